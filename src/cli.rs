@@ -1,0 +1,230 @@
+//! Command-line definitions (clap derive). Nothing outside `cli` and `config`
+//! sees clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Turn what the Hermes Agent harness recorded into SFT and DPO training data,
+/// and inject Nexus perception events into Hermes.
+#[derive(Debug, Parser)]
+#[command(name = "hermes-harvest", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Export conversations as SFT or DPO JSONL.
+    Export(Box<ExportArgs>),
+    /// List what was found under HERMES_HOME: stores, schema versions,
+    /// sessions and messages per channel, time range.
+    Sources(SourcesArgs),
+    /// Send a Nexus perception event to the Hermes API server.
+    Send(Box<SendArgs>),
+    /// Check a JSONL file against the output schemas and the semantic rules.
+    Validate(ValidateArgs),
+}
+
+/// Where the Hermes data lives.
+#[derive(Debug, Args, Clone)]
+pub struct HomeArgs {
+    /// Hermes home directory [default: $HERMES_HOME, else ~/.hermes]
+    #[arg(long, value_name = "DIR")]
+    pub hermes_home: Option<PathBuf>,
+    /// Read the stores of this profile (HERMES_HOME/profiles/NAME)
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Sft,
+    Dpo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChannelArg {
+    Nexus,
+    Telegram,
+    Tui,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    /// Tool-call arguments as JSON objects (TRL, mlx-lm, axolotl)
+    Hf,
+    /// Tool-call arguments as JSON strings (OpenAI fine-tuning)
+    Openai,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DpoStyleArg {
+    /// TRL conversational: prompt/chosen/rejected message lists
+    Conversational,
+    /// system/prompt/chosen/rejected strings (mlx-lm-lora)
+    Flat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SignalArg {
+    Rewind,
+    Regenerate,
+    ToolRetry,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// Output shape
+    #[arg(long, value_enum, default_value = "sft")]
+    pub format: FormatArg,
+    /// Channels to export (comma-separated or repeated) [default: all]
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub channel: Vec<ChannelArg>,
+    /// Raw `sessions.source` values to export (e.g. api_server, webhook)
+    #[arg(long, value_delimiter = ',')]
+    pub source: Vec<String>,
+    /// Only these session ids (comma-separated or repeated)
+    #[arg(long, value_delimiter = ',')]
+    pub session: Vec<String>,
+    /// Only sessions whose upstream model matches
+    #[arg(long)]
+    pub model: Vec<String>,
+    /// Only turns at or after this time: a date, RFC 3339, or a duration such as 7d, 12h
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only turns before this time (same forms as --since)
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Skip sessions with fewer complete user turns than this
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub min_turns: usize,
+    /// Approximate token budget per sample; long sessions are cut into several samples
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    pub max_tokens: usize,
+    /// System prompt policy: `session` (what the session ran with), `none`, or a FILE to use instead
+    #[arg(long, default_value = "session", value_name = "session|none|FILE")]
+    pub system_prompt: String,
+    /// Keep assistant reasoning as `reasoning_content`
+    #[arg(long)]
+    pub include_reasoning: bool,
+    /// Tool-call argument flavour
+    #[arg(long, value_enum, default_value = "hf")]
+    pub target: TargetArg,
+    /// DPO line style
+    #[arg(long, value_enum, default_value = "conversational")]
+    pub dpo_style: DpoStyleArg,
+    /// Preference signals to mine for DPO [default: all]
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub signals: Vec<SignalArg>,
+    /// Session-id prefix that marks API-server sessions as Nexus traffic
+    #[arg(long, default_value = "nexus-", value_name = "PREFIX")]
+    pub nexus_prefix: String,
+    /// `-` for stdout, FILE.jsonl (written atomically), or DIR/ for train/valid split plus manifest
+    #[arg(long, short = 'o', default_value = "-", value_name = "-|FILE|DIR/")]
+    pub out: String,
+    /// Share of sessions that go to valid.jsonl with --out DIR/
+    #[arg(long, default_value_t = 0.05, value_name = "F")]
+    pub valid_fraction: f64,
+    /// Incremental runs: remember what was exported in this state file
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Do not redact secrets and home-directory paths
+    #[arg(long)]
+    pub no_redact: bool,
+    /// Any unreadable input is fatal instead of skipped
+    #[arg(long)]
+    pub strict: bool,
+    /// Print errors only
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SourcesArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// Session-id prefix that marks API-server sessions as Nexus traffic
+    #[arg(long, default_value = "nexus-", value_name = "PREFIX")]
+    pub nexus_prefix: String,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventKind {
+    ArchonEntering,
+    ArchonMaterialized,
+    ArchonDeparted,
+    SceneChange,
+    Tick,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Event type (or use --event)
+    #[arg(value_enum, required_unless_present = "event")]
+    pub kind: Option<EventKind>,
+    /// JSON event file, or - for stdin (schemas/perception-event.schema.json)
+    #[arg(long, value_name = "FILE|-", conflicts_with = "kind")]
+    pub event: Option<String>,
+    /// Who the event is about
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Position in the world, X,Y,Z
+    #[arg(long, value_name = "X,Y,Z", allow_hyphen_values = true)]
+    pub at: Option<String>,
+    /// Free text detail
+    #[arg(long)]
+    pub detail: Option<String>,
+    /// World name (the default session is nexus-<world>)
+    #[arg(long, default_value = "world")]
+    pub world: String,
+    /// Hermes session id [default: nexus-<world>]
+    #[arg(long)]
+    pub session: Option<String>,
+    /// API server base URL [env: HERMES_API_URL; else HERMES_HOME config; else http://127.0.0.1:8642]
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Print the raw JSON response instead of the reply text
+    #[arg(long)]
+    pub json: bool,
+    /// After sending, check the stores until the session holds this turn and a reply
+    #[arg(long)]
+    pub verify: bool,
+    /// Seconds to wait for the HTTP reply
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub timeout: u64,
+    /// Seconds to poll the stores with --verify
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub verify_timeout: u64,
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// Print errors only
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShapeArg {
+    Sft,
+    Dpo,
+    DpoFlat,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// JSONL file to check (- for stdin)
+    pub file: String,
+    /// Expected shape [default: detected from the first line]
+    #[arg(long, value_enum)]
+    pub format: Option<ShapeArg>,
+    /// Print errors only
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}

@@ -1,0 +1,128 @@
+//! Decoding of stored message content and tool calls.
+
+use serde_json::Value;
+
+use crate::model::ToolCall;
+
+/// Prefix Hermes puts before JSON-encoded structured content (v25+).
+const JSON_PREFIX: &str = "\0json:";
+
+/// Turns stored content into training text. Structured content (a
+/// `\0json:` string, or a JSON list of parts from a session file) keeps its
+/// text parts in order; images and other media become `[image]`/`[<type>]`.
+pub fn decode(raw: &str) -> String {
+    match raw.strip_prefix(JSON_PREFIX) {
+        Some(json) => match serde_json::from_str::<Value>(json) {
+            Ok(v) => value_text(&v),
+            Err(_) => json.to_string(),
+        },
+        None => raw.to_string(),
+    }
+}
+
+/// Text of a content value as it appears in JSON files (string, list of
+/// parts, or null).
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => decode(s),
+        Value::Array(parts) => {
+            let texts: Vec<String> = parts.iter().map(part_text).collect();
+            texts
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        Value::Object(_) => part_text(v),
+        other => other.to_string(),
+    }
+}
+
+fn part_text(part: &Value) -> String {
+    match part {
+        Value::String(s) => s.clone(),
+        Value::Object(map) => {
+            if let Some(t) = map.get("text").and_then(Value::as_str) {
+                return t.to_string();
+            }
+            if let Some(c) = map.get("content") {
+                return value_text(c);
+            }
+            match map.get("type").and_then(Value::as_str) {
+                Some(kind) if kind.contains("image") => "[image]".to_string(),
+                Some(kind) => format!("[{kind}]"),
+                None => part.to_string(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Parses a stored `tool_calls` JSON array (OpenAI shape plus Hermes
+/// extras). Arguments stored as a JSON string are parsed; when they do not
+/// parse, the raw string is kept so a check can reject the turn.
+pub fn parse_tool_calls(v: &Value) -> Option<Vec<ToolCall>> {
+    let list = v.as_array()?;
+    let mut calls = Vec::with_capacity(list.len());
+    for item in list {
+        let func = item.get("function").unwrap_or(item);
+        let name = func.get("name").and_then(Value::as_str)?.to_string();
+        let id = item
+            .get("id")
+            .or_else(|| item.get("call_id"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let arguments = match func.get("arguments") {
+            Some(Value::String(s)) => {
+                serde_json::from_str::<Value>(s).unwrap_or_else(|_| Value::String(s.clone()))
+            }
+            Some(v) => v.clone(),
+            None => Value::Object(Default::default()),
+        };
+        calls.push(ToolCall {
+            id,
+            name,
+            arguments,
+        });
+    }
+    Some(calls)
+}
+
+/// Tool-call list from the stored string; `Err` when it is not valid JSON.
+pub fn tool_calls_from_str(raw: Option<&str>) -> Result<Vec<ToolCall>, String> {
+    let Some(raw) = raw.filter(|s| !s.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let v: Value = serde_json::from_str(raw).map_err(|e| format!("tool_calls is not JSON: {e}"))?;
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    parse_tool_calls(&v).ok_or_else(|| "tool_calls is not a list of calls".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_json_prefixed_multimodal_content() {
+        let raw = "\0json:[{\"type\":\"text\",\"text\":\"look\"},{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:...\"}}]";
+        assert_eq!(decode(raw), "look\n[image]");
+        assert_eq!(decode("plain"), "plain");
+        assert_eq!(decode("\0json:not json"), "not json");
+    }
+
+    #[test]
+    fn parses_string_arguments() {
+        let calls = tool_calls_from_str(Some(
+            r#"[{"id":"call_1","type":"function","function":{"name":"todo","arguments":"{\"a\": 1}"}}]"#,
+        ))
+        .unwrap();
+        assert_eq!(calls[0].name, "todo");
+        assert_eq!(calls[0].arguments["a"], 1);
+        assert!(tool_calls_from_str(Some("{oops")).is_err());
+        assert!(tool_calls_from_str(None).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,61 @@
+//! Exit codes. Every code is documented in the README; keep the two in sync.
+
+/// Everything worked.
+pub const OK: u8 = 0;
+/// A fatal error: nothing usable could be produced (bad store, I/O error...).
+pub const ERROR: u8 = 1;
+/// Bad command-line usage (clap's own code).
+pub const USAGE: u8 = 2;
+/// The run finished, but some inputs were unreadable and were skipped.
+pub const PARTIAL: u8 = 3;
+/// `validate` found problems in the file.
+pub const INVALID: u8 = 4;
+/// Another run holds the lock for this output or state file.
+pub const LOCKED: u8 = 5;
+/// `send`: the API server could not be reached (connection refused, bad host).
+pub const UNREACHABLE: u8 = 10;
+/// `send`: the API server rejected the key (401/403).
+pub const AUTH: u8 = 11;
+/// `send`: the API server is rate limiting (429).
+pub const RATE_LIMITED: u8 = 12;
+/// `send`: the API server failed (5xx) or refused the request (other 4xx).
+pub const SERVER: u8 = 13;
+/// `send`: no reply within the timeout.
+pub const TIMEOUT: u8 = 14;
+/// `send`: the reply was not a chat completion.
+pub const BAD_REPLY: u8 = 15;
+/// `send --verify`: the turn did not show up in the stores in time.
+pub const NOT_CAPTURED: u8 = 16;
+
+/// An error that carries its own exit code. Anything else that reaches
+/// `main` exits with [`ERROR`].
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The exit code for an error chain: the code of the first [`Failure`] in it,
+/// else [`ERROR`].
+pub fn code_of(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Failure>())
+        .map_or(ERROR, |f| f.code)
+}

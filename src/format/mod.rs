@@ -1,0 +1,215 @@
+//! Formatters: from a rebuilt conversation to output lines. The wire
+//! structs live here so the model can change while the JSONL contract
+//! stays put.
+
+pub mod sft;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{ExportConfig, SystemPolicy};
+use crate::model::{Message, Role, Session};
+
+/// One message as written. Field order is the output order.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutMsg {
+    pub role: &'static str,
+    /// `null` only on tool-call turns of the OpenAI flavour.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<OutCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: OutFunction,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutFunction {
+    pub name: String,
+    /// A JSON object, or its text for `--target openai`.
+    pub arguments: Value,
+}
+
+impl OutMsg {
+    pub fn text(role: &'static str, content: impl Into<String>) -> OutMsg {
+        OutMsg {
+            role,
+            content: Some(content.into()),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+            reasoning_content: None,
+        }
+    }
+
+    pub fn from_message(m: &Message, cfg: &ExportConfig) -> OutMsg {
+        let tool_calls: Vec<OutCall> = m
+            .tool_calls
+            .iter()
+            .map(|c| OutCall {
+                id: c.id.clone(),
+                kind: "function",
+                function: OutFunction {
+                    name: c.name.clone(),
+                    arguments: if cfg.string_arguments {
+                        Value::String(match &c.arguments {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                    } else {
+                        c.arguments.clone()
+                    },
+                },
+            })
+            .collect();
+        let content = if cfg.string_arguments && !tool_calls.is_empty() && m.content.is_empty() {
+            None
+        } else {
+            Some(m.content.clone())
+        };
+        OutMsg {
+            role: m.role.as_str(),
+            content,
+            tool_calls,
+            tool_call_id: (m.role == Role::Tool)
+                .then(|| m.tool_call_id.clone())
+                .flatten(),
+            name: (m.role == Role::Tool)
+                .then(|| m.tool_name.clone())
+                .flatten(),
+            reasoning_content: (cfg.include_reasoning && m.role == Role::Assistant)
+                .then(|| m.reasoning.clone())
+                .flatten(),
+        }
+    }
+}
+
+/// The system prompt a sample carries under the configured policy.
+pub fn system_text(s: &Session, policy: &SystemPolicy) -> Option<String> {
+    match policy {
+        SystemPolicy::None => None,
+        SystemPolicy::Fixed(text) => Some(text.clone()),
+        SystemPolicy::Session => {
+            let parts: Vec<&str> = [s.system_prompt.as_deref(), s.instructions.as_deref()]
+                .into_iter()
+                .flatten()
+                .filter(|p| !p.trim().is_empty())
+                .collect();
+            (!parts.is_empty()).then(|| parts.join("\n\n"))
+        }
+    }
+}
+
+/// Rough token count (about four bytes a token, plus a little per message).
+pub fn approx_tokens(m: &Message) -> usize {
+    let args: usize = m
+        .tool_calls
+        .iter()
+        .map(|c| c.name.len() + c.arguments.to_string().len())
+        .sum();
+    (m.content.len() + args).div_ceil(4) + 4
+}
+
+pub fn approx_text_tokens(s: &str) -> usize {
+    s.len().div_ceil(4) + 4
+}
+
+/// A user turn and everything up to the next one.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    pub msgs: &'a [Message],
+    /// Why this exchange cannot be a training turn, if it cannot.
+    pub problem: Option<&'static str>,
+    pub tokens: usize,
+    /// When the user spoke.
+    pub timestamp: Option<f64>,
+}
+
+/// Splits a conversation into exchanges; anything before the first user
+/// turn is dropped.
+pub fn exchanges(messages: &[Message]) -> Vec<Exchange<'_>> {
+    let starts: Vec<usize> = (0..messages.len())
+        .filter(|&i| messages[i].role == Role::User)
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, &start)| {
+            let end = starts.get(k + 1).copied().unwrap_or(messages.len());
+            let msgs = &messages[start..end];
+            Exchange {
+                msgs,
+                problem: check(msgs),
+                tokens: msgs.iter().map(approx_tokens).sum(),
+                timestamp: msgs[0].timestamp,
+            }
+        })
+        .collect()
+}
+
+/// The quality rules a training turn must meet.
+fn check(msgs: &[Message]) -> Option<&'static str> {
+    if msgs[0].content.trim().is_empty() {
+        return Some("empty_prompt");
+    }
+    let last = msgs.last().expect("an exchange has its user turn");
+    if msgs.len() == 1 {
+        return Some("no_reply");
+    }
+    if !last.is_final_answer() {
+        return Some(
+            if last.role == Role::Assistant && last.tool_calls.is_empty() {
+                "empty_reply"
+            } else {
+                "incomplete_turn"
+            },
+        );
+    }
+    match last.finish_reason.as_deref() {
+        Some("length") => return Some("truncated_reply"),
+        Some("error") | Some("content_filter") => return Some("errored_reply"),
+        _ => {}
+    }
+    // Every call answered exactly once, every result answers a call.
+    let mut open: Vec<&str> = Vec::new();
+    for m in &msgs[1..] {
+        match m.role {
+            Role::Assistant => {
+                if !open.is_empty() {
+                    return Some("unanswered_tool_call");
+                }
+                for c in &m.tool_calls {
+                    if c.id.is_empty() || c.name.is_empty() {
+                        return Some("broken_tool_call");
+                    }
+                    if !c.arguments.is_object() {
+                        return Some("bad_tool_arguments");
+                    }
+                    open.push(&c.id);
+                }
+            }
+            Role::Tool => {
+                let id = m.tool_call_id.as_deref().unwrap_or_default();
+                match open.iter().position(|o| *o == id) {
+                    Some(p) => {
+                        open.remove(p);
+                    }
+                    None => return Some("orphan_tool_result"),
+                }
+            }
+            Role::User => unreachable!("an exchange holds one user turn"),
+        }
+    }
+    None
+}

@@ -1,0 +1,65 @@
+//! Locating HERMES_HOME, the profile, and the stores inside it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+use crate::cli::HomeArgs;
+
+/// A resolved Hermes home (or profile home) directory.
+#[derive(Debug, Clone)]
+pub struct HermesHome {
+    pub dir: PathBuf,
+}
+
+impl HermesHome {
+    /// `--hermes-home`, else `$HERMES_HOME`, else `~/.hermes`; then
+    /// `profiles/<name>` for `--profile`.
+    pub fn resolve(args: &HomeArgs) -> Result<HermesHome> {
+        let root = match &args.hermes_home {
+            Some(dir) => dir.clone(),
+            None => match std::env::var_os("HERMES_HOME").filter(|v| !v.is_empty()) {
+                Some(dir) => PathBuf::from(dir),
+                None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+                    Some(home) => Path::new(&home).join(".hermes"),
+                    None => bail!("no --hermes-home given and neither HERMES_HOME nor HOME is set"),
+                },
+            },
+        };
+        if !root.is_dir() {
+            bail!(
+                "Hermes home {} does not exist or is not a directory (set --hermes-home or HERMES_HOME)",
+                root.display()
+            );
+        }
+        let dir = match &args.profile {
+            Some(name) => {
+                if name.is_empty() || name.contains(['/', '\\']) || name == ".." {
+                    bail!("invalid profile name {name:?}");
+                }
+                let dir = root.join("profiles").join(name);
+                if !dir.is_dir() {
+                    bail!(
+                        "profile {name:?} not found: {} does not exist",
+                        dir.display()
+                    );
+                }
+                dir
+            }
+            None => root,
+        };
+        Ok(HermesHome { dir })
+    }
+
+    pub fn state_db(&self) -> PathBuf {
+        self.dir.join("state.db")
+    }
+
+    pub fn response_store(&self) -> PathBuf {
+        self.dir.join("response_store.db")
+    }
+
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.dir.join("sessions")
+    }
+}

@@ -1,0 +1,34 @@
+//! hermes-harvest: Hermes Agent's recorded conversations → training JSONL.
+//!
+//! Data flows `source` (one module per Hermes store) → [`model`] →
+//! [`rebuild`] (the true conversation) → selection ([`config`]) →
+//! [`format`] (sft, dpo) → [`sink`]. `send` is separate.
+
+pub mod cli;
+pub mod config;
+pub mod content;
+pub mod exit;
+pub mod export;
+pub mod fixture;
+pub mod format;
+pub mod home;
+pub mod model;
+pub mod rebuild;
+pub mod report;
+pub mod sink;
+pub mod source;
+pub mod sources_cmd;
+
+use anyhow::Result;
+
+use cli::{Cli, Command};
+
+/// Runs a parsed command line and returns the exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Export(args) => export::run(&args),
+        Command::Sources(args) => sources_cmd::run(&args),
+        Command::Send(_) => anyhow::bail!("send is not available yet"),
+        Command::Validate(_) => anyhow::bail!("validate is not available yet"),
+    }
+}

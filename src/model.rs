@@ -1,0 +1,195 @@
+//! The normalised conversation model every source converts into.
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+
+    /// Maps a stored role; `None` for bookkeeping rows (`session_meta`,
+    /// `system`) that are not part of the conversation.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            "tool" => Some(Role::Tool),
+            _ => None,
+        }
+    }
+}
+
+/// What happened to a stored row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowState {
+    /// Part of the live transcript (`active = 1`).
+    Live,
+    /// Archived by in-place context compaction (`active = 0, compacted = 1`):
+    /// still an original turn.
+    Compacted,
+    /// Taken back with `/undo` (`active = 0, compacted = 0`).
+    Undone,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// Parsed arguments: a JSON object when the stored string parses as
+    /// one, otherwise the raw string.
+    pub arguments: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// `messages.id` in state.db, when the message came from there.
+    pub row_id: Option<i64>,
+    pub role: Role,
+    pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub tool_call_id: Option<String>,
+    pub tool_name: Option<String>,
+    pub reasoning: Option<String>,
+    /// Epoch seconds.
+    pub timestamp: Option<f64>,
+    pub finish_reason: Option<String>,
+    /// `effect_disposition` (e.g. `denied`) on tool rows.
+    pub disposition: Option<String>,
+    pub state: RowState,
+    /// The store flags this row as a compaction summary (v30
+    /// `_compressed_summary`); older stores are recognised by its text.
+    pub summary_flag: bool,
+}
+
+impl Message {
+    pub fn new(role: Role, content: impl Into<String>) -> Message {
+        Message {
+            row_id: None,
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            tool_name: None,
+            reasoning: None,
+            timestamp: None,
+            finish_reason: None,
+            disposition: None,
+            state: RowState::Live,
+            summary_flag: false,
+        }
+    }
+
+    /// True when two rows carry the same turn (compaction copies keep role,
+    /// content and calls but get new ids and sometimes new timestamps).
+    pub fn same_turn(&self, other: &Message) -> bool {
+        self.role == other.role
+            && self.content == other.content
+            && self.tool_call_id == other.tool_call_id
+            && self.tool_calls == other.tool_calls
+    }
+
+    /// An assistant message that ends a turn: text, no pending calls.
+    pub fn is_final_answer(&self) -> bool {
+        self.role == Role::Assistant
+            && self.tool_calls.is_empty()
+            && !self.content.trim().is_empty()
+    }
+}
+
+/// Which store a session was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    StateDb,
+    ResponseStore,
+    SessionJson,
+    Transcript,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::StateDb => "state.db",
+            Origin::ResponseStore => "response_store.db",
+            Origin::SessionJson => "session_json",
+            Origin::Transcript => "session_jsonl",
+        }
+    }
+}
+
+/// One session (or one compression lineage) with its rows in stored order.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub id: String,
+    /// `sessions.source` (or the file's `platform` when no DB row exists).
+    pub source: String,
+    pub title: Option<String>,
+    pub model: Option<String>,
+    pub started_at: Option<f64>,
+    pub end_reason: Option<String>,
+    pub parent_id: Option<String>,
+    /// Hermes's stored system prompt.
+    pub system_prompt: Option<String>,
+    /// Responses-API `instructions` (the client's system prompt), if known.
+    pub instructions: Option<String>,
+    /// Tool definitions, if a session file recorded them.
+    pub tools: Option<Vec<Value>>,
+    /// Ids of the sessions merged into this one (compression rotation).
+    pub lineage: Vec<String>,
+    pub origin: Option<Origin>,
+    pub messages: Vec<Message>,
+}
+
+/// The channels of SPEC §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Channel {
+    Nexus,
+    Telegram,
+    Tui,
+    Other,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 4] = [
+        Channel::Nexus,
+        Channel::Telegram,
+        Channel::Tui,
+        Channel::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Nexus => "nexus",
+            Channel::Telegram => "telegram",
+            Channel::Tui => "tui",
+            Channel::Other => "other",
+        }
+    }
+
+    pub fn of(source: &str, id: &str, title: Option<&str>, nexus_prefix: &str) -> Channel {
+        let titled_nexus = title.is_some_and(|t| {
+            t.get(..5)
+                .is_some_and(|head| head.eq_ignore_ascii_case("nexus"))
+        });
+        match source {
+            "telegram" => Channel::Telegram,
+            "cli" | "tui" => Channel::Tui,
+            "nexus" => Channel::Nexus,
+            "api_server" if !nexus_prefix.is_empty() && id.starts_with(nexus_prefix) => {
+                Channel::Nexus
+            }
+            _ if titled_nexus => Channel::Nexus,
+            _ => Channel::Other,
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! From stored rows to the one true conversation of a session.
+//!
+//! Phase 1 (structure) undoes what the harness did to the stored history:
+//! `/undo`-ed rows are set aside, context-compaction summaries are dropped,
+//! and the copies that compaction inserts (the protected head before the
+//! summary, the protected tail after it) are recognised against the turns
+//! already seen, so every original turn appears once, in order, across a
+//! rotated lineage too (SPEC §2, hermes-formats §13.5).
+//!
+//! Phase 2 (meaning) keeps one branch where a user took something back or
+//! asked again, and records the other branch as a preference signal:
+//! `rewind` (undone reply vs the reply to the same text re-sent),
+//! `regenerate` (earlier vs later answer to a repeated prompt) and
+//! `tool-retry` (a failed call vs the call that then worked). It also merges
+//! orphan user turns, drops background-review harness turns and restores
+//! tool names that 0.13 did not store.
+
+use crate::model::{Message, Role, RowState, Session};
+
+/// The kinds of preference signal found in the data (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Signal {
+    Rewind,
+    Regenerate,
+    ToolRetry,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Rewind => "rewind",
+            Signal::Regenerate => "regenerate",
+            Signal::ToolRetry => "tool-retry",
+        }
+    }
+}
+
+/// A branch that was not kept, next to the one that was.
+#[derive(Debug, Clone)]
+pub struct Alternative {
+    pub signal: Signal,
+    /// `messages[..prompt_end]` is the shared context.
+    pub prompt_end: usize,
+    /// `messages[prompt_end..chosen_end]` is the kept branch.
+    pub chosen_end: usize,
+    /// The branch that was not kept.
+    pub rejected: Vec<Message>,
+}
+
+/// What was dropped while rebuilding, for the summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildStats {
+    pub summaries: usize,
+    pub compaction_copies: usize,
+    pub undone_rows: usize,
+    pub harness_rows: usize,
+    pub merged_user_turns: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Rebuilt {
+    pub messages: Vec<Message>,
+    pub alternatives: Vec<Alternative>,
+    pub stats: RebuildStats,
+}
+
+/// Opening of every compaction summary Hermes has written.
+const SUMMARY_PREFIXES: [&str; 2] = ["[CONTEXT COMPACTION", "[CONTEXT SUMMARY]:"];
+/// A summary merged into the first tail message keeps that message's text
+/// between these two markers.
+const MERGED_HEADER: &str = "[PRIOR CONTEXT — for reference only; not a new message]";
+const MERGED_DELIMITER: &str = "[END OF PRIOR CONTEXT — COMPACTION SUMMARY BELOW]";
+/// Background-review prompts that older builds wrote into real sessions.
+const HARNESS_PREFIXES: [&str; 2] = [
+    "Review the conversation above and update the skill library",
+    "Review the conversation above and consider saving to memory",
+];
+/// Longest run of copies a compaction inserts that we look for.
+const MAX_COPY_RUN: usize = 256;
+
+pub fn rebuild(session: &Session) -> Rebuilt {
+    let mut stats = RebuildStats::default();
+    let (turns, undone) = structure(&session.messages, &mut stats);
+    let (messages, alternatives) = meaning(turns, undone, &mut stats);
+    Rebuilt {
+        messages,
+        alternatives,
+        stats,
+    }
+}
+
+/// How a row relates to compaction.
+enum Summary {
+    No,
+    /// A standalone summary row.
+    Standalone,
+    /// A summary merged into a tail message; the message's own text.
+    Merged(String),
+}
+
+fn summary_kind(m: &Message) -> Summary {
+    let text = m.content.trim_start();
+    if let Some(rest) = text.strip_prefix(MERGED_HEADER)
+        && let Some((prior, _)) = rest.split_once(MERGED_DELIMITER)
+    {
+        return Summary::Merged(prior.trim().to_string());
+    }
+    if m.summary_flag || SUMMARY_PREFIXES.iter().any(|p| text.starts_with(p)) {
+        Summary::Standalone
+    } else {
+        Summary::No
+    }
+}
+
+/// Phase 1. Returns the original turns in order, and the undone blocks with
+/// the position (in those turns) where each was taken back.
+fn structure(
+    rows: &[Message],
+    stats: &mut RebuildStats,
+) -> (Vec<Message>, Vec<(usize, Vec<Message>)>) {
+    // (message, index of the row it came from)
+    let mut out: Vec<(Message, usize)> = Vec::with_capacity(rows.len());
+    let mut undone: Vec<(usize, Vec<Message>)> = Vec::new();
+    let mut skip = 0usize;
+    for (i, row) in rows.iter().enumerate() {
+        if row.state == RowState::Undone {
+            stats.undone_rows += 1;
+            match undone.last_mut() {
+                Some((at, block)) if *at == out.len() && rows[i - 1].state == RowState::Undone => {
+                    block.push(row.clone())
+                }
+                _ => undone.push((out.len(), vec![row.clone()])),
+            }
+            continue;
+        }
+        if skip > 0 {
+            skip -= 1;
+            stats.compaction_copies += 1;
+            continue;
+        }
+        let merged = match summary_kind(row) {
+            Summary::No => {
+                out.push((row.clone(), i));
+                continue;
+            }
+            Summary::Standalone => None,
+            Summary::Merged(text) => Some(Message {
+                content: text,
+                summary_flag: false,
+                ..row.clone()
+            }),
+        };
+        stats.summaries += 1;
+        // Head copies: the rows just before the summary repeat the first turns.
+        let k = head_copies(&out, i);
+        out.truncate(out.len() - k);
+        stats.compaction_copies += k;
+        // Tail copies: the rows after it repeat the last turns seen.
+        let following = rows[i + 1..]
+            .iter()
+            .filter(|r| r.state != RowState::Undone)
+            .take(MAX_COPY_RUN);
+        let candidates: Vec<&Message> = merged.iter().chain(following).collect();
+        let m = tail_copies(&out, &candidates);
+        if m == 0 {
+            if let Some(msg) = merged {
+                out.push((msg, i));
+            }
+        } else {
+            // The merged row itself is the first copy.
+            let from_rows = if merged.is_some() { m - 1 } else { m };
+            stats.compaction_copies += usize::from(merged.is_some());
+            skip = from_rows;
+        }
+    }
+    (out.into_iter().map(|(m, _)| m).collect(), undone)
+}
+
+/// How many of the last entries of `out` are copies of its first entries,
+/// inserted as one block right before the summary at row `at`.
+fn head_copies(out: &[(Message, usize)], at: usize) -> usize {
+    let max = (out.len() / 2).min(MAX_COPY_RUN);
+    (1..=max)
+        .rev()
+        .find(|&k| {
+            let tail = &out[out.len() - k..];
+            tail.iter()
+                .enumerate()
+                .all(|(j, (m, row))| *row + k == at + j && m.same_turn(&out[j].0))
+        })
+        .unwrap_or(0)
+}
+
+/// How many of `candidates` repeat, in order, the last turns of `out`.
+fn tail_copies(out: &[(Message, usize)], candidates: &[&Message]) -> usize {
+    let max = out.len().min(candidates.len());
+    (1..=max)
+        .rev()
+        .find(|&m| {
+            out[out.len() - m..]
+                .iter()
+                .zip(&candidates[..m])
+                .all(|((a, _), b)| a.same_turn(b))
+        })
+        .unwrap_or(0)
+}
+
+fn is_harness(m: &Message) -> bool {
+    m.role == Role::User && HARNESS_PREFIXES.iter().any(|p| m.content.starts_with(p))
+}
+
+/// Phase 2.
+fn meaning(
+    turns: Vec<Message>,
+    undone: Vec<(usize, Vec<Message>)>,
+    stats: &mut RebuildStats,
+) -> (Vec<Message>, Vec<Alternative>) {
+    let mut res: Vec<Message> = Vec::with_capacity(turns.len());
+    let mut alts: Vec<Alternative> = Vec::new();
+    let mut undone = undone.into_iter().peekable();
+    // The first exchange of the last undone block: (user text, replies).
+    let mut pending_rewind: Option<(String, Vec<Message>)> = None;
+    let mut in_harness = false;
+    let mut exchange_start: Option<usize> = None;
+
+    for (pos, m) in turns.into_iter().enumerate() {
+        while let Some((_, block)) = undone.next_if(|(at, _)| *at <= pos) {
+            pending_rewind = first_exchange(block);
+        }
+        if m.role == Role::User {
+            if let Some(start) = exchange_start {
+                close_exchange(&mut res, start, &mut alts);
+            }
+            if is_harness(&m) {
+                in_harness = true;
+                stats.harness_rows += 1;
+                continue;
+            }
+            in_harness = false;
+            let rewound = pending_rewind
+                .take()
+                .filter(|(text, _)| text.trim() == m.content.trim());
+            // A prompt repeated right after its own answer: a regeneration.
+            let last_user = res.iter().rposition(|x| x.role == Role::User);
+            let regenerated = last_user.filter(|&u| {
+                res[u].content.trim() == m.content.trim()
+                    && res[u + 1..].iter().any(|x| x.role == Role::Assistant)
+            });
+            if let Some(u) = regenerated {
+                let rejected = res.split_off(u + 1);
+                res.truncate(u);
+                alts.push(Alternative {
+                    signal: Signal::Regenerate,
+                    prompt_end: u + 1,
+                    chosen_end: 0,
+                    rejected,
+                });
+            }
+            if let Some(prev) = res.last_mut().filter(|p| p.role == Role::User) {
+                // An orphan user turn (no reply): merge, or drop a re-send.
+                stats.merged_user_turns += 1;
+                if prev.content.trim() != m.content.trim() {
+                    prev.content = format!("{}\n\n{}", prev.content, m.content);
+                }
+                exchange_start = Some(res.len() - 1);
+            } else {
+                res.push(m);
+                exchange_start = Some(res.len() - 1);
+            }
+            if let Some((_, rejected)) = rewound {
+                alts.push(Alternative {
+                    signal: Signal::Rewind,
+                    prompt_end: res.len(),
+                    chosen_end: 0,
+                    rejected,
+                });
+            }
+            continue;
+        }
+        if in_harness {
+            stats.harness_rows += 1;
+            continue;
+        }
+        let mut m = m;
+        if m.role == Role::Tool && m.tool_name.is_none() {
+            m.tool_name = tool_name_for(&res, m.tool_call_id.as_deref());
+        }
+        res.push(m);
+    }
+    if let Some(start) = exchange_start {
+        close_exchange(&mut res, start, &mut alts);
+    }
+    finish_alternatives(&res, &mut alts);
+    (res, alts)
+}
+
+/// The user text and replies of the first exchange of an undone block.
+fn first_exchange(block: Vec<Message>) -> Option<(String, Vec<Message>)> {
+    let mut iter = block.into_iter();
+    let first = iter.next()?;
+    if first.role != Role::User {
+        return None;
+    }
+    let replies: Vec<Message> = iter.take_while(|m| m.role != Role::User).collect();
+    replies
+        .iter()
+        .any(Message::is_final_answer)
+        .then_some((first.content, replies))
+}
+
+fn tool_name_for(res: &[Message], call_id: Option<&str>) -> Option<String> {
+    let call_id = call_id?;
+    res.iter().rev().find_map(|m| {
+        m.tool_calls
+            .iter()
+            .find(|c| c.id == call_id)
+            .map(|c| c.name.clone())
+    })
+}
+
+/// True when a tool result reports a failure: an unknown tool, an
+/// `Error:` text, a JSON result with an `error`, or a denied effect.
+pub fn is_error_result(m: &Message) -> bool {
+    if m.disposition.as_deref() == Some("denied") {
+        return true;
+    }
+    let text = m.content.trim_start();
+    if (text.starts_with("Tool '") && text.contains("' does not exist"))
+        || text.starts_with("Error:")
+    {
+        return true;
+    }
+    if text.starts_with('{')
+        && let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text)
+    {
+        let failed = match map.get("error") {
+            None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
+            Some(serde_json::Value::String(s)) => !s.is_empty(),
+            Some(_) => true,
+        };
+        return failed || map.get("success") == Some(&serde_json::Value::Bool(false));
+    }
+    false
+}
+
+/// Removes, from the exchange `res[start..]`, tool-call turns whose every
+/// result was an error when a later call in the same exchange worked, and
+/// records each as a `tool-retry` alternative.
+fn close_exchange(res: &mut Vec<Message>, start: usize, alts: &mut Vec<Alternative>) {
+    if !res[start..].iter().any(|m| m.role == Role::Tool) {
+        return;
+    }
+    let tail = res.split_off(start);
+    // Failed call groups waiting for a retry: (all their messages, the call turn).
+    let mut held: Vec<Message> = Vec::new();
+    let mut held_calls: Vec<Message> = Vec::new();
+    let mut i = 0;
+    while i < tail.len() {
+        let m = &tail[i];
+        let mut end = i + 1;
+        if m.role == Role::Assistant {
+            while end < tail.len()
+                && tail[end].role == Role::Tool
+                && m.tool_calls
+                    .iter()
+                    .any(|c| Some(c.id.as_str()) == tail[end].tool_call_id.as_deref())
+            {
+                end += 1;
+            }
+        }
+        let group = &tail[i..end];
+        let results = &group[1..];
+        let is_call = !results.is_empty();
+        if is_call
+            && m.content.trim().is_empty()
+            && results.len() == m.tool_calls.len()
+            && results.iter().all(is_error_result)
+        {
+            held.extend_from_slice(group);
+            held_calls.push(m.clone());
+        } else if is_call && !held_calls.is_empty() {
+            // This call worked: the failed attempts before it become signals.
+            for rejected in held_calls.drain(..) {
+                alts.push(Alternative {
+                    signal: Signal::ToolRetry,
+                    prompt_end: res.len(),
+                    chosen_end: res.len() + 1,
+                    rejected: vec![rejected],
+                });
+            }
+            held.clear();
+            res.extend_from_slice(group);
+        } else {
+            // No retry followed: keep what happened.
+            res.append(&mut held);
+            held_calls.clear();
+            res.extend_from_slice(group);
+        }
+        i = end;
+    }
+    res.append(&mut held);
+}
+
+/// Drops the second copy of the transcript that Hermes flushes into a
+/// session right before rotating it for compression: the rows from the
+/// middle on repeat all rows before them (at most the current user turn
+/// follows). Undone rows are not part of the flushed transcript.
+pub fn drop_rotation_reflush(rows: &mut Vec<Message>) {
+    let live: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].state != RowState::Undone)
+        .collect();
+    let n = live.len();
+    for j in [n / 2, n.saturating_sub(1) / 2] {
+        if j == 0 || 2 * j > n {
+            continue;
+        }
+        if (0..j).all(|k| rows[live[j + k]].same_turn(&rows[live[k]])) {
+            let drop: Vec<usize> = live[j..2 * j].to_vec();
+            let mut idx = 0;
+            rows.retain(|_| {
+                let keep = !drop.contains(&idx);
+                idx += 1;
+                keep
+            });
+            return;
+        }
+    }
+}
+
+/// Sets where each kept branch ends and drops alternatives that no longer
+/// point at a user turn followed by a reply.
+fn finish_alternatives(res: &[Message], alts: &mut Vec<Alternative>) {
+    for a in alts.iter_mut() {
+        if a.signal != Signal::ToolRetry {
+            a.chosen_end = (a.prompt_end..res.len())
+                .find(|&k| res[k].role == Role::User)
+                .unwrap_or(res.len());
+        }
+    }
+    alts.retain(|a| {
+        a.prompt_end > 0
+            && a.chosen_end > a.prompt_end
+            && a.chosen_end <= res.len()
+            && !a.rejected.is_empty()
+            && match a.signal {
+                Signal::ToolRetry => res[a.prompt_end].role == Role::Assistant,
+                _ => res[a.prompt_end - 1].role == Role::User,
+            }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ToolCall;
+
+    fn row(role: Role, text: &str, state: RowState) -> Message {
+        Message {
+            state,
+            ..Message::new(role, text)
+        }
+    }
+    fn live(role: Role, text: &str) -> Message {
+        row(role, text, RowState::Live)
+    }
+    fn call(id: &str, name: &str) -> Message {
+        Message {
+            tool_calls: vec![ToolCall {
+                id: id.into(),
+                name: name.into(),
+                arguments: serde_json::json!({}),
+            }],
+            ..Message::new(Role::Assistant, "")
+        }
+    }
+    fn result(id: &str, text: &str) -> Message {
+        Message {
+            tool_call_id: Some(id.into()),
+            ..Message::new(Role::Tool, text)
+        }
+    }
+    fn texts(msgs: &[Message]) -> Vec<String> {
+        msgs.iter().map(|m| m.content.clone()).collect()
+    }
+    fn session(messages: Vec<Message>) -> Session {
+        Session {
+            messages,
+            ..Session::default()
+        }
+    }
+    const SUMMARY: &str = "[CONTEXT COMPACTION — REFERENCE ONLY] Earlier turns were compacted.";
+
+    #[test]
+    fn in_place_compaction_gives_every_original_turn_once() {
+        use Role::*;
+        use RowState::*;
+        let mut rows = Vec::new();
+        for t in 1..=4 {
+            rows.push(row(User, &format!("T{t}"), Compacted));
+            rows.push(row(Assistant, &format!("A{t}"), Compacted));
+        }
+        // head copy, summary, tail copies, current turn
+        rows.push(live(User, "T1"));
+        rows.push(live(Assistant, SUMMARY));
+        for t in 3..=4 {
+            rows.push(live(User, &format!("T{t}")));
+            rows.push(live(Assistant, &format!("A{t}")));
+        }
+        rows.push(live(User, "T5"));
+        rows.push(live(Assistant, "A5"));
+        let r = rebuild(&session(rows));
+        assert_eq!(
+            texts(&r.messages),
+            ["T1", "A1", "T2", "A2", "T3", "A3", "T4", "A4", "T5", "A5"]
+        );
+        assert_eq!(r.stats.summaries, 1);
+        assert_eq!(r.stats.compaction_copies, 5);
+        assert!(r.alternatives.is_empty());
+    }
+
+    #[test]
+    fn rotation_lineage_drops_reflush_head_summary_and_tail() {
+        use Role::*;
+        let mut parent = Vec::new();
+        for t in 1..=3 {
+            parent.push(live(User, &format!("T{t}")));
+            parent.push(live(Assistant, &format!("A{t}")));
+        }
+        let copy = parent.clone();
+        parent.extend(copy);
+        parent.push(live(User, "T4"));
+        drop_rotation_reflush(&mut parent);
+        assert_eq!(texts(&parent), ["T1", "A1", "T2", "A2", "T3", "A3", "T4"]);
+        let mut rows = parent;
+        rows.extend([
+            live(User, "T1"),
+            live(Assistant, SUMMARY),
+            live(User, "T3"),
+            live(Assistant, "A3"),
+            live(User, "T4"),
+            live(Assistant, "A4"),
+        ]);
+        let r = rebuild(&session(rows));
+        assert_eq!(
+            texts(&r.messages),
+            ["T1", "A1", "T2", "A2", "T3", "A3", "T4", "A4"]
+        );
+    }
+
+    #[test]
+    fn undo_then_same_text_is_a_rewind_and_different_text_is_not() {
+        use Role::*;
+        use RowState::*;
+        let rows = vec![
+            live(User, "Q1"),
+            live(Assistant, "A1"),
+            row(User, "Q2", Undone),
+            row(Assistant, "bad answer", Undone),
+            live(User, "Q2"),
+            live(Assistant, "good answer"),
+            row(User, "Q3", Undone),
+            row(Assistant, "A3", Undone),
+            live(User, "something else"),
+            live(Assistant, "A4"),
+        ];
+        let r = rebuild(&session(rows));
+        assert_eq!(
+            texts(&r.messages),
+            ["Q1", "A1", "Q2", "good answer", "something else", "A4"]
+        );
+        assert_eq!(r.alternatives.len(), 1);
+        let a = &r.alternatives[0];
+        assert_eq!(a.signal, Signal::Rewind);
+        assert_eq!(texts(&r.messages[..a.prompt_end]), ["Q1", "A1", "Q2"]);
+        assert_eq!(
+            texts(&r.messages[a.prompt_end..a.chosen_end]),
+            ["good answer"]
+        );
+        assert_eq!(texts(&a.rejected), ["bad answer"]);
+        assert_eq!(r.stats.undone_rows, 4);
+    }
+
+    #[test]
+    fn regeneration_keeps_the_later_answer() {
+        use Role::*;
+        let rows = vec![
+            live(User, "u1"),
+            live(Assistant, "a1"),
+            live(User, "u2"),
+            live(Assistant, "a2"),
+            live(User, "u2"),
+            live(Assistant, "a2b"),
+            live(User, "u3"),
+            live(Assistant, "a3"),
+        ];
+        let r = rebuild(&session(rows));
+        assert_eq!(texts(&r.messages), ["u1", "a1", "u2", "a2b", "u3", "a3"]);
+        let a = &r.alternatives[0];
+        assert_eq!(a.signal, Signal::Regenerate);
+        assert_eq!(texts(&a.rejected), ["a2"]);
+        assert_eq!(texts(&r.messages[a.prompt_end..a.chosen_end]), ["a2b"]);
+    }
+
+    #[test]
+    fn failed_tool_call_then_good_one_is_a_tool_retry() {
+        use Role::*;
+        let rows = vec![
+            live(User, "go"),
+            call("c1", "frobnicate_world"),
+            result(
+                "c1",
+                "Tool 'frobnicate_world' does not exist. Available tools: todo",
+            ),
+            call("c2", "todo"),
+            result("c2", "{\"todos\": []}"),
+            live(Assistant, "done"),
+            live(User, "again"),
+            call("c3", "read_file"),
+            result("c3", "{\"error\": \"File not found\"}"),
+            live(Assistant, "could not read it"),
+        ];
+        let r = rebuild(&session(rows));
+        assert_eq!(
+            r.messages.iter().map(|m| m.role).collect::<Vec<_>>(),
+            [
+                User, Assistant, Tool, Assistant, User, Assistant, Tool, Assistant
+            ]
+        );
+        assert_eq!(r.messages[2].tool_name.as_deref(), Some("todo"));
+        assert_eq!(r.alternatives.len(), 1);
+        let a = &r.alternatives[0];
+        assert_eq!(a.signal, Signal::ToolRetry);
+        assert_eq!(a.prompt_end, 1);
+        assert_eq!(r.messages[a.prompt_end].tool_calls[0].name, "todo");
+        assert_eq!(a.rejected[0].tool_calls[0].name, "frobnicate_world");
+    }
+
+    #[test]
+    fn orphan_user_turns_merge_and_harness_turns_go() {
+        use Role::*;
+        let rows = vec![
+            live(User, "first"),
+            live(User, "second"),
+            live(Assistant, "reply"),
+            live(
+                User,
+                "Review the conversation above and update the skill library now",
+            ),
+            live(Assistant, "curator reply"),
+            live(User, "next"),
+            live(Assistant, "r2"),
+        ];
+        let r = rebuild(&session(rows));
+        assert_eq!(
+            texts(&r.messages),
+            ["first\n\nsecond", "reply", "next", "r2"]
+        );
+        assert_eq!(r.stats.harness_rows, 2);
+    }
+}

@@ -1,0 +1,110 @@
+//! Warnings, skip counters and the one-line summary, all on stderr.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Collects what happened during a run. Warnings about unreadable inputs
+/// make the run "partial"; with `--strict` they are fatal.
+#[derive(Debug)]
+pub struct Report {
+    strict: bool,
+    quiet: bool,
+    bar: ProgressBar,
+    /// Some input (file, line, row) could not be read and was skipped.
+    pub partial: bool,
+    /// Sessions read, per store.
+    pub sessions_read: BTreeMap<&'static str, usize>,
+    /// What was left out, per reason.
+    pub skipped: BTreeMap<&'static str, usize>,
+}
+
+impl Report {
+    pub fn new(strict: bool, quiet: bool) -> Report {
+        Report {
+            strict,
+            quiet,
+            bar: ProgressBar::hidden(),
+            partial: false,
+            sessions_read: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+        }
+    }
+
+    /// Shows a progress bar of `len` steps on stderr, only when stderr is a
+    /// terminal and the run is not quiet.
+    pub fn start_progress(&mut self, len: u64, what: &str) {
+        if self.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({eta})")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        self.bar = bar;
+    }
+
+    pub fn tick(&self) {
+        self.bar.inc(1);
+    }
+
+    pub fn finish_progress(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    /// An input that could not be read: warn with its name and go on, or
+    /// fail with `--strict`.
+    pub fn input_problem(&mut self, what: impl std::fmt::Display) -> Result<()> {
+        if self.strict {
+            bail!("{what} (--strict)");
+        }
+        self.partial = true;
+        *self.skipped.entry("unreadable_input").or_default() += 1;
+        self.warn(format_args!("{what}; skipped"));
+        Ok(())
+    }
+
+    /// A warning that does not make the run partial.
+    pub fn warn(&self, what: impl std::fmt::Display) {
+        if !self.quiet {
+            self.bar
+                .suspend(|| eprintln!("hermes-harvest: warning: {what}"));
+        }
+    }
+
+    /// A line of information (summary), hidden by `--quiet`.
+    pub fn info(&self, what: impl std::fmt::Display) {
+        if !self.quiet {
+            self.bar.suspend(|| eprintln!("hermes-harvest: {what}"));
+        }
+    }
+
+    pub fn skip(&mut self, reason: &'static str) {
+        self.skip_n(reason, 1);
+    }
+
+    pub fn skip_n(&mut self, reason: &'static str, n: usize) {
+        if n > 0 {
+            *self.skipped.entry(reason).or_default() += n;
+        }
+    }
+
+    pub fn read_session(&mut self, store: &'static str) {
+        *self.sessions_read.entry(store).or_default() += 1;
+    }
+}
+
+/// `a=1 b=2`, or `none` for an empty map.
+pub fn counts<K: std::fmt::Display>(map: &BTreeMap<K, usize>) -> String {
+    if map.is_empty() {
+        return "none".to_string();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,312 @@
+//! The Hermes stores, and how they combine into one session each.
+//!
+//! Authority (SPEC §2): `state.db` wins; `response_store.db` adds
+//! Responses `instructions` and whole sessions the DB lacks; the
+//! `sessions/` files add tool definitions and sessions nobody else has.
+//! A session's identity is its id, so each is produced once.
+
+pub mod response_store;
+pub mod session_files;
+pub mod state_db;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Result, bail};
+use serde_json::Value;
+
+use crate::content;
+use crate::home::HermesHome;
+use crate::model::{Message, Role, RowState, Session};
+use crate::report::Report;
+use response_store::ResponseStore;
+use session_files::{IndexEntry, SessionFiles};
+use state_db::{SessionHead, StateDb};
+
+/// All stores found under one Hermes home, opened read-only.
+pub struct Stores {
+    pub home: HermesHome,
+    pub state: Option<StateDb>,
+    pub responses: Option<ResponseStore>,
+    pub files: SessionFiles,
+    index: BTreeMap<String, IndexEntry>,
+}
+
+impl Stores {
+    /// Opens whatever exists. A store that cannot be read is reported (and
+    /// the run becomes partial); finding no store at all is an error.
+    pub fn open(home: &HermesHome, report: &mut Report) -> Result<Stores> {
+        let state_path = home.state_db();
+        let state = if state_path.exists() {
+            match StateDb::open(&state_path) {
+                Ok(db) => {
+                    if let Some(note) = db.schema_note() {
+                        report.warn(note);
+                    }
+                    Some(db)
+                }
+                Err(e) => {
+                    report.input_problem(format!("{e:#}"))?;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let rs_path = home.response_store();
+        let responses = if rs_path.exists() {
+            match ResponseStore::open(&rs_path, &mut |p| report.input_problem(p)) {
+                Ok(rs) => Some(rs),
+                Err(e) => {
+                    report.input_problem(format!("{e:#}"))?;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let files = match SessionFiles::scan(&home.sessions_dir(), &home.dir) {
+            Ok(f) => f,
+            Err(e) => {
+                report.input_problem(format!("{e:#}"))?;
+                SessionFiles::default()
+            }
+        };
+        let mut index = BTreeMap::new();
+        if let Some(path) = &files.index {
+            match session_files::read_index(path) {
+                Ok(i) => index = i,
+                Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
+            }
+        }
+        if state.is_none() && responses.is_none() && files.is_empty() && !report.partial {
+            bail!(
+                "no Hermes stores under {} (looked for state.db, response_store.db and sessions/)",
+                home.dir.display()
+            );
+        }
+        Ok(Stores {
+            home: home.clone(),
+            state,
+            responses,
+            files,
+            index,
+        })
+    }
+
+    fn in_db(&self, id: &str) -> Result<bool> {
+        match &self.state {
+            Some(db) => db.contains(id),
+            None => Ok(false),
+        }
+    }
+
+    /// Calls `f` with every session `want`s, once each, in a fixed order:
+    /// state.db sessions by id (a compression lineage as one session, under
+    /// its first id), then sessions only the response store has, then
+    /// sessions only the files have.
+    pub fn each_session(
+        &self,
+        report: &mut Report,
+        want: &dyn Fn(&SessionHead) -> bool,
+        f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(db) = &self.state {
+            db.for_each_head(|head| {
+                if head.is_rotation_child() || !want(&head) {
+                    return Ok(());
+                }
+                let mut s = db.load(&head, &mut |p| report.input_problem(p))?;
+                self.enrich(&mut s, report)?;
+                report.read_session("state.db");
+                f(s, report)
+            })?;
+        }
+        let mut done = BTreeSet::new();
+        for s in self.response_sessions()? {
+            done.insert(s.id.clone());
+            if want(&head_of(&s)) {
+                let mut s = s;
+                self.enrich(&mut s, report)?;
+                report.read_session("response_store.db");
+                f(s, report)?;
+            }
+        }
+        let ids: BTreeSet<&String> = self
+            .files
+            .snapshots
+            .keys()
+            .chain(self.files.transcripts.keys())
+            .collect();
+        for id in ids {
+            if done.contains(id.as_str()) || self.in_db(id)? {
+                continue;
+            }
+            if let Some(s) = self.file_session(id, report)?
+                && want(&head_of(&s))
+            {
+                report.read_session(s.origin.map_or("sessions", |o| o.as_str()));
+                f(s, report)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One session by id, from whichever store has it (a rotation child
+    /// gives its whole lineage).
+    pub fn load_session(&self, id: &str, report: &mut Report) -> Result<Option<Session>> {
+        if let Some(db) = &self.state
+            && let Some(mut head) = db.head(id)?
+        {
+            let mut hops = 0;
+            while head.is_rotation_child() && hops < 10_000 {
+                let Some(parent) = head
+                    .parent_id
+                    .as_deref()
+                    .map(|p| db.head(p))
+                    .transpose()?
+                    .flatten()
+                else {
+                    break;
+                };
+                head = parent;
+                hops += 1;
+            }
+            let mut s = db.load(&head, &mut |p| report.input_problem(p))?;
+            self.enrich(&mut s, report)?;
+            return Ok(Some(s));
+        }
+        if let Some(mut s) = self.response_sessions()?.into_iter().find(|s| s.id == id) {
+            self.enrich(&mut s, report)?;
+            return Ok(Some(s));
+        }
+        self.file_session(id, report)
+    }
+
+    fn response_sessions(&self) -> Result<Vec<Session>> {
+        let Some(rs) = &self.responses else {
+            return Ok(Vec::new());
+        };
+        let mut known = BTreeSet::new();
+        for id in rs.responses.iter().filter_map(|r| r.session_id.as_deref()) {
+            if self.in_db(id)? {
+                known.insert(id);
+            }
+        }
+        Ok(rs.sessions(&|id| known.contains(id)))
+    }
+
+    /// A session only the `sessions/` files hold.
+    fn file_session(&self, id: &str, report: &mut Report) -> Result<Option<Session>> {
+        let mut session = None;
+        if let Some(path) = self.files.snapshots.get(id) {
+            match session_files::read_snapshot(path) {
+                Ok(s) => session = Some(s),
+                Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
+            }
+        }
+        if session.is_none()
+            && let Some(path) = self.files.transcripts.get(id)
+        {
+            session = session_files::read_transcript(path, &mut |p| report.input_problem(p))?;
+        }
+        let Some(mut s) = session else {
+            return Ok(None);
+        };
+        if let Some(entry) = self.index.get(id) {
+            if s.source == "unknown"
+                && let Some(p) = &entry.platform
+            {
+                s.source = p.clone();
+            }
+            if s.title.is_none() {
+                s.title = entry.display_name.clone();
+            }
+        }
+        self.enrich(&mut s, report)?;
+        Ok(Some(s))
+    }
+
+    /// Fills what the session's own store lacks: tool definitions and the
+    /// system prompt from the session files, Responses `instructions`.
+    fn enrich(&self, s: &mut Session, report: &mut Report) -> Result<()> {
+        for id in s.lineage.clone() {
+            if s.tools.is_some() && s.system_prompt.is_some() {
+                break;
+            }
+            if let Some(path) = self.files.snapshots.get(&id) {
+                match session_files::read_snapshot(path) {
+                    Ok(snap) => {
+                        s.tools = s.tools.take().or(snap.tools);
+                        s.system_prompt = s.system_prompt.take().or(snap.system_prompt);
+                    }
+                    Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
+                }
+            }
+            if s.tools.is_none()
+                && let Some(path) = self.files.transcripts.get(&id)
+                && let Some(t) =
+                    session_files::read_transcript(path, &mut |p| report.input_problem(p))?
+            {
+                s.tools = t.tools;
+            }
+        }
+        if s.instructions.is_none()
+            && let Some(rs) = &self.responses
+        {
+            s.instructions = s
+                .lineage
+                .iter()
+                .find_map(|id| rs.instructions_for(id))
+                .map(str::to_string);
+        }
+        Ok(())
+    }
+}
+
+/// The head of a session that did not come from state.db.
+pub fn head_of(s: &Session) -> SessionHead {
+    SessionHead {
+        id: s.id.clone(),
+        source: s.source.clone(),
+        title: s.title.clone(),
+        model: s.model.clone(),
+        started_at: s.started_at,
+        end_reason: s.end_reason.clone(),
+        parent_id: s.parent_id.clone(),
+        parent_end_reason: None,
+    }
+}
+
+/// A message from a JSON file (`messages` of a snapshot, a transcript
+/// line, a Responses history entry). `None` for non-conversation roles.
+pub fn json_message(v: &Value) -> Option<Message> {
+    let role = Role::parse(v.get("role")?.as_str()?)?;
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let timestamp = match v.get("timestamp") {
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => session_files::iso_to_epoch(s),
+        _ => None,
+    };
+    Some(Message {
+        row_id: None,
+        role,
+        content: v
+            .get("content")
+            .map(content::value_text)
+            .unwrap_or_default(),
+        tool_calls: v
+            .get("tool_calls")
+            .and_then(content::parse_tool_calls)
+            .unwrap_or_default(),
+        tool_call_id: text("tool_call_id"),
+        tool_name: text("tool_name").or_else(|| text("name")),
+        reasoning: text("reasoning_content")
+            .or_else(|| text("reasoning"))
+            .filter(|s| !s.is_empty()),
+        timestamp,
+        finish_reason: text("finish_reason"),
+        disposition: text("effect_disposition"),
+        state: RowState::Live,
+        summary_flag: v.get("_compressed_summary").and_then(Value::as_bool) == Some(true),
+    })
+}

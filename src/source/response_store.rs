@@ -1,0 +1,226 @@
+//! Reader for `response_store.db` (Responses API objects).
+//!
+//! Each row holds a whole cumulative `conversation_history`, so a chain of
+//! N calls stores N growing copies, and Hermes records every new user input
+//! twice. The store is small (an LRU of 100 bodies) and is read whole. It
+//! serves two purposes: the Responses `instructions` of sessions that
+//! state.db also holds (state.db never stores them), and whole
+//! conversations from early API-server versions that did not write
+//! state.db at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+
+use crate::model::{Message, Origin, Role, Session};
+use crate::source::json_message;
+
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    pub response_id: String,
+    pub created_at: Option<f64>,
+    pub session_id: Option<String>,
+    pub instructions: Option<String>,
+    pub history: Vec<Message>,
+}
+
+#[derive(Debug)]
+pub struct ResponseStore {
+    pub path: PathBuf,
+    pub responses: Vec<StoredResponse>,
+}
+
+impl ResponseStore {
+    /// Reads every response body, skipping `idem:` idempotency rows. A
+    /// body that is not valid JSON goes to `on_problem`.
+    pub fn open(
+        path: &Path,
+        on_problem: &mut dyn FnMut(String) -> Result<()>,
+    ) -> Result<ResponseStore> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("{}: cannot open as SQLite", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let has_table: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'responses'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            > 0;
+        if !has_table {
+            bail!(
+                "{}: not a Hermes response_store.db (no responses table)",
+                path.display()
+            );
+        }
+        let mut stmt = conn.prepare(
+            "SELECT response_id, data FROM responses WHERE response_id NOT LIKE 'idem:%' ORDER BY response_id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut responses = Vec::new();
+        for row in rows {
+            let (id, data) = row?;
+            match parse_body(&id, &data) {
+                Ok(resp) => responses.push(resp),
+                Err(why) => on_problem(format!("{}: response {id}: {why}", path.display()))?,
+            }
+        }
+        Ok(ResponseStore {
+            path: path.to_path_buf(),
+            responses,
+        })
+    }
+
+    /// The Responses `instructions` a session last ran with.
+    pub fn instructions_for(&self, session_id: &str) -> Option<&str> {
+        self.responses
+            .iter()
+            .filter(|r| r.session_id.as_deref() == Some(session_id))
+            .filter(|r| {
+                r.instructions
+                    .as_deref()
+                    .is_some_and(|s| !s.trim().is_empty())
+            })
+            .max_by(|a, b| {
+                a.created_at
+                    .partial_cmp(&b.created_at)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .and_then(|r| r.instructions.as_deref())
+    }
+
+    /// Conversations of the sessions for which `known` is false (e.g. not in
+    /// state.db). A chain is grouped by its `session_id` (or, in versions
+    /// without it, by its first user turn) and rebuilt from its longest
+    /// history, with Hermes's duplicated user inputs collapsed.
+    pub fn sessions(&self, known: &dyn Fn(&str) -> bool) -> Vec<Session> {
+        let mut groups: BTreeMap<String, &StoredResponse> = BTreeMap::new();
+        for resp in &self.responses {
+            let key = match &resp.session_id {
+                Some(id) => id.clone(),
+                None => match resp.history.iter().find(|m| m.role == Role::User) {
+                    Some(first) => format!("resp-chain:{}", first.content),
+                    None => resp.response_id.clone(),
+                },
+            };
+            if resp.session_id.as_deref().is_some_and(known) {
+                continue;
+            }
+            let better = match groups.get(&key) {
+                Some(cur) => {
+                    (resp.history.len(), resp.created_at.unwrap_or(0.0))
+                        > (cur.history.len(), cur.created_at.unwrap_or(0.0))
+                }
+                None => true,
+            };
+            if better {
+                groups.insert(key, resp);
+            }
+        }
+        let mut out: Vec<Session> = groups
+            .into_values()
+            .map(|leaf| {
+                let id = leaf
+                    .session_id
+                    .clone()
+                    .unwrap_or_else(|| leaf.response_id.clone());
+                Session {
+                    id: id.clone(),
+                    source: "api_server".to_string(),
+                    started_at: leaf.created_at,
+                    instructions: leaf.instructions.clone(),
+                    origin: Some(Origin::ResponseStore),
+                    lineage: vec![id],
+                    messages: collapse_duplicate_inputs(leaf.history.clone()),
+                    ..Session::default()
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+fn parse_body(id: &str, data: &str) -> Result<StoredResponse, String> {
+    let v: Value = serde_json::from_str(data).map_err(|e| format!("data is not JSON: {e}"))?;
+    let response = v.get("response");
+    let created_at = response
+        .and_then(|r| r.get("created_at"))
+        .and_then(Value::as_f64);
+    let history = match v.get("conversation_history") {
+        Some(Value::Array(items)) => items.iter().filter_map(json_message).collect(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(_) => return Err("conversation_history is not a list".to_string()),
+    };
+    Ok(StoredResponse {
+        response_id: id.to_string(),
+        created_at,
+        session_id: v
+            .get("session_id")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        instructions: v
+            .get("instructions")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        history,
+    })
+}
+
+/// Hermes records each new Responses input twice, and merges the copies
+/// into `"X\n\nX"` on the next call: undo both.
+fn collapse_duplicate_inputs(messages: Vec<Message>) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
+    for mut m in messages {
+        if m.role == Role::User {
+            if let Some(half) = doubled_half(&m.content) {
+                m.content = half.to_string();
+            }
+            if out
+                .last()
+                .is_some_and(|prev| prev.role == Role::User && prev.content == m.content)
+            {
+                continue;
+            }
+        }
+        out.push(m);
+    }
+    out
+}
+
+fn doubled_half(s: &str) -> Option<&str> {
+    let n = s.len();
+    if n < 3 || (n - 2) % 2 != 0 {
+        return None;
+    }
+    let half = (n - 2) / 2;
+    let (a, rest) = (s.get(..half)?, s.get(half..)?);
+    let b = rest.strip_prefix("\n\n")?;
+    (a == b).then_some(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collapses_doubled_inputs() {
+        assert_eq!(doubled_half("hi\n\nhi"), Some("hi"));
+        assert_eq!(doubled_half("hi\n\nho"), None);
+        let msgs = vec![
+            Message::new(Role::User, "a"),
+            Message::new(Role::User, "a"),
+            Message::new(Role::Assistant, "b"),
+            Message::new(Role::User, "c\n\nc"),
+        ];
+        let out = collapse_duplicate_inputs(msgs);
+        let texts: Vec<_> = out.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(texts, ["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,256 @@
+//! Reader for the `sessions/` folder: `session_<id>.json` snapshots,
+//! legacy `<id>.jsonl` transcripts and the `sessions.json` routing index.
+//!
+//! `request_dump_*` files are never opened (they hold raw request headers),
+//! and links that lead out of HERMES_HOME are not followed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::model::{Origin, Session};
+use crate::source::json_message;
+
+/// What the folder holds, by file name only (nothing is parsed yet).
+#[derive(Debug, Default)]
+pub struct SessionFiles {
+    pub dir: PathBuf,
+    /// session id → `session_<id>.json`
+    pub snapshots: BTreeMap<String, PathBuf>,
+    /// session id → `<id>.jsonl`
+    pub transcripts: BTreeMap<String, PathBuf>,
+    /// `sessions.json`, if present.
+    pub index: Option<PathBuf>,
+}
+
+/// Routing-index facts about a session (messaging platforms only).
+#[derive(Debug, Clone, Default)]
+pub struct IndexEntry {
+    pub platform: Option<String>,
+    pub display_name: Option<String>,
+}
+
+impl SessionFiles {
+    /// Lists `dir` (one level, sorted). A missing folder is an empty one.
+    pub fn scan(dir: &Path, home: &Path) -> Result<SessionFiles> {
+        let mut files = SessionFiles {
+            dir: dir.to_path_buf(),
+            ..SessionFiles::default()
+        };
+        if !dir.is_dir() {
+            return Ok(files);
+        }
+        let home_real = home.canonicalize().unwrap_or_else(|_| home.to_path_buf());
+        let entries = walkdir::WalkDir::new(dir)
+            .min_depth(1)
+            .max_depth(1)
+            .sort_by_file_name();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name.starts_with("request_dump_") || name.starts_with('.') {
+                continue;
+            }
+            if entry.path_is_symlink() {
+                match path.canonicalize() {
+                    Ok(real) if real.starts_with(&home_real) && real.is_file() => {}
+                    _ => continue,
+                }
+            } else if !entry.file_type().is_file() {
+                continue;
+            }
+            if name == "sessions.json" {
+                files.index = Some(path.to_path_buf());
+            } else if let Some(id) = name
+                .strip_prefix("session_")
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                files.snapshots.insert(id.to_string(), path.to_path_buf());
+            } else if let Some(id) = name.strip_suffix(".jsonl") {
+                files.transcripts.insert(id.to_string(), path.to_path_buf());
+            }
+        }
+        Ok(files)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.snapshots.is_empty() && self.transcripts.is_empty() && self.index.is_none()
+    }
+}
+
+/// Parses a `session_<id>.json` snapshot.
+pub fn read_snapshot(path: &Path) -> Result<Session, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let obj = v.as_object().ok_or("not a JSON object")?;
+    let id = obj
+        .get("session_id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| id_from_name(path, "session_", ".json"))
+        .ok_or("no session_id")?;
+    let messages = match obj.get("messages") {
+        Some(Value::Array(items)) => items.iter().filter_map(json_message).collect(),
+        _ => return Err("no messages list".to_string()),
+    };
+    Ok(Session {
+        id: id.clone(),
+        source: str_field(obj.get("platform")).unwrap_or_else(|| "unknown".to_string()),
+        model: str_field(obj.get("model")),
+        started_at: obj
+            .get("session_start")
+            .and_then(Value::as_str)
+            .and_then(iso_to_epoch),
+        system_prompt: str_field(obj.get("system_prompt")),
+        tools: tools_field(obj.get("tools")),
+        origin: Some(Origin::SessionJson),
+        lineage: vec![id],
+        messages,
+        ..Session::default()
+    })
+}
+
+/// Parses a legacy `<id>.jsonl` transcript. A line that is not JSON goes
+/// to `on_problem` (with its line number) and the rest is still read.
+pub fn read_transcript(
+    path: &Path,
+    on_problem: &mut dyn FnMut(String) -> Result<()>,
+) -> Result<Option<Session>> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            on_problem(format!("{}: cannot read: {e}", path.display()))?;
+            return Ok(None);
+        }
+    };
+    let id = id_from_name(path, "", ".jsonl").unwrap_or_default();
+    let mut session = Session {
+        id: id.clone(),
+        source: "unknown".to_string(),
+        origin: Some(Origin::Transcript),
+        lineage: vec![id],
+        ..Session::default()
+    };
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => {
+                on_problem(format!("{}:{}: not valid JSON: {e}", path.display(), n + 1))?;
+                continue;
+            }
+        };
+        if v.get("role").and_then(Value::as_str) == Some("session_meta") {
+            if session.tools.is_none() {
+                session.tools = tools_field(v.get("tools"));
+            }
+            if let Some(p) = str_field(v.get("platform")) {
+                session.source = p;
+            }
+            session.model = session.model.or_else(|| str_field(v.get("model")));
+            continue;
+        }
+        if let Some(m) = json_message(&v) {
+            if session.started_at.is_none() {
+                session.started_at = m.timestamp;
+            }
+            session.messages.push(m);
+        }
+    }
+    Ok(Some(session))
+}
+
+/// Reads `sessions.json`: session id → platform facts. Keys starting with
+/// `_` are sentinels (`_README`).
+pub fn read_index(path: &Path) -> Result<BTreeMap<String, IndexEntry>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let obj = v.as_object().ok_or("not a JSON object")?;
+    let mut out = BTreeMap::new();
+    for (key, entry) in obj {
+        if key.starts_with('_') {
+            continue;
+        }
+        let Some(id) = entry.get("session_id").and_then(Value::as_str) else {
+            continue;
+        };
+        out.insert(
+            id.to_string(),
+            IndexEntry {
+                platform: str_field(entry.get("platform")),
+                display_name: str_field(entry.get("display_name")),
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn id_from_name(path: &Path, prefix: &str, suffix: &str) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    Some(name.strip_prefix(prefix)?.strip_suffix(suffix)?.to_string())
+}
+
+fn str_field(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn tools_field(v: Option<&Value>) -> Option<Vec<Value>> {
+    match v {
+        Some(Value::Array(list)) if !list.is_empty() => Some(list.clone()),
+        _ => None,
+    }
+}
+
+/// Session-file times are local ISO strings without a zone; they are read
+/// as UTC, which is only used for ordering and `--since` on file-only
+/// sessions.
+pub fn iso_to_epoch(s: &str) -> Option<f64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros() as f64 / 1e6);
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+    Some(naive.and_utc().timestamp_micros() as f64 / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_times() {
+        assert_eq!(iso_to_epoch("1970-01-01T00:00:01.5"), Some(1.5));
+        assert!(iso_to_epoch("yesterday").is_none());
+    }
+
+    #[test]
+    fn transcript_keeps_going_after_a_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc.jsonl");
+        std::fs::write(
+            &path,
+            "{\"role\":\"session_meta\",\"platform\":\"telegram\",\"tools\":[{\"type\":\"function\"}]}\n{\"role\":\"user\",\"content\":\"hi\"}\n{\"role\":\"assis\n{\"role\":\"assistant\",\"content\":\"yo\"}\n",
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        let s = read_transcript(&path, &mut |p| {
+            problems.push(p);
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.source, "telegram");
+        assert_eq!(s.messages.len(), 2);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("abc.jsonl:3"));
+        assert!(s.tools.is_some());
+    }
+}

@@ -1,0 +1,432 @@
+//! Reader for Hermes's canonical store, `state.db`.
+//!
+//! Columns differ between schema versions (v1–v4 lack `finish_reason` and
+//! `active`, v11 lacks `active`/`compacted`, v25+ moves system prompts into
+//! `system_prompts`), so every query is built from `PRAGMA table_info`;
+//! a missing column reads as its default. The database is opened read-only
+//! and everything is read inside one deferred transaction, so all rows come
+//! from a single WAL snapshot while Hermes keeps writing.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Statement};
+
+use crate::content;
+use crate::model::{Message, Origin, Role, RowState, Session};
+
+/// Newest `schema_version` this tool was written against.
+pub const NEWEST_KNOWN_SCHEMA: i64 = 30;
+
+/// A session row, without its messages.
+#[derive(Debug, Clone)]
+pub struct SessionHead {
+    pub id: String,
+    pub source: String,
+    pub title: Option<String>,
+    pub model: Option<String>,
+    pub started_at: Option<f64>,
+    pub end_reason: Option<String>,
+    pub parent_id: Option<String>,
+    /// `end_reason` of the parent row, when the parent exists.
+    pub parent_end_reason: Option<String>,
+}
+
+impl SessionHead {
+    /// A child created by compression rotation: exported with its root.
+    pub fn is_rotation_child(&self) -> bool {
+        self.parent_end_reason.as_deref() == Some("compression")
+    }
+}
+
+pub struct StateDb {
+    pub path: PathBuf,
+    conn: Connection,
+    pub schema_version: Option<i64>,
+    head_sql: String,
+    message_sql: String,
+    prompt_sql: String,
+}
+
+const HEAD_COLUMNS: &str =
+    "s.id, s.source, {title}, {model}, s.started_at, {end_reason}, {parent}, {parent_end}";
+
+impl StateDb {
+    /// Opens `path` read-only. Errors name the file and say what is wrong
+    /// (missing, not SQLite, not a Hermes store).
+    pub fn open(path: &Path) -> Result<StateDb> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("{}: cannot open as SQLite", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let tables = table_names(&conn).map_err(|e| describe_open_error(path, e))?;
+        if !tables.contains("sessions") || !tables.contains("messages") {
+            bail!(
+                "{}: not a Hermes state.db (no sessions/messages tables)",
+                path.display()
+            );
+        }
+        let scols = columns(&conn, "sessions")?;
+        let mcols = columns(&conn, "messages")?;
+        for needed in ["id", "source"] {
+            if !scols.contains(needed) {
+                bail!("{}: sessions table has no {needed} column", path.display());
+            }
+        }
+        for needed in ["id", "session_id", "role", "content"] {
+            if !mcols.contains(needed) {
+                bail!("{}: messages table has no {needed} column", path.display());
+            }
+        }
+        let schema_version = if tables.contains("schema_version") {
+            conn.query_row("SELECT MAX(version) FROM schema_version", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .optional()?
+            .flatten()
+        } else {
+            None
+        };
+
+        let s = |name: &str, default: &str| -> String {
+            if scols.contains(name) {
+                format!("s.{name}")
+            } else {
+                default.to_string()
+            }
+        };
+        let parent_join = scols.contains("parent_session_id");
+        let head_cols = HEAD_COLUMNS
+            .replace("{title}", &s("title", "NULL"))
+            .replace("{model}", &s("model", "NULL"))
+            .replace("{end_reason}", &s("end_reason", "NULL"))
+            .replace("{parent}", &s("parent_session_id", "NULL"))
+            .replace(
+                "{parent_end}",
+                if parent_join && scols.contains("end_reason") {
+                    "p.end_reason"
+                } else {
+                    "NULL"
+                },
+            );
+        let head_sql = if parent_join {
+            format!(
+                "SELECT {head_cols} FROM sessions s LEFT JOIN sessions p ON p.id = s.parent_session_id"
+            )
+        } else {
+            format!("SELECT {head_cols} FROM sessions s")
+        };
+
+        let prompt_sql = if tables.contains("system_prompts")
+            && scols.contains("system_prompt_hash")
+        {
+            format!(
+                "SELECT COALESCE(sp.prompt, {}) FROM sessions s LEFT JOIN system_prompts sp ON sp.hash = s.system_prompt_hash WHERE s.id = ?1",
+                s("system_prompt", "NULL")
+            )
+        } else {
+            format!(
+                "SELECT {} FROM sessions s WHERE s.id = ?1",
+                s("system_prompt", "NULL")
+            )
+        };
+
+        let m = |name: &str, default: &str| -> String {
+            if mcols.contains(name) {
+                name.to_string()
+            } else {
+                default.to_string()
+            }
+        };
+        let reasoning = match (
+            mcols.contains("reasoning_content"),
+            mcols.contains("reasoning"),
+        ) {
+            (true, true) => "COALESCE(reasoning_content, reasoning)".to_string(),
+            (true, false) => "reasoning_content".to_string(),
+            (false, true) => "reasoning".to_string(),
+            (false, false) => "NULL".to_string(),
+        };
+        let message_sql = format!(
+            "SELECT id, role, content, {}, {}, {}, {}, {}, {reasoning}, {}, {}, {}, {}, {} FROM messages WHERE session_id = ?1 ORDER BY id",
+            m("tool_call_id", "NULL"),
+            m("tool_calls", "NULL"),
+            m("tool_name", "NULL"),
+            m("timestamp", "NULL"),
+            m("finish_reason", "NULL"),
+            m("active", "1"),
+            m("compacted", "0"),
+            m("effect_disposition", "NULL"),
+            m("_compressed_summary", "0"),
+            m("display_kind", "NULL"),
+        );
+
+        // One snapshot for the whole run.
+        conn.execute_batch("BEGIN DEFERRED")?;
+        Ok(StateDb {
+            path: path.to_path_buf(),
+            conn,
+            schema_version,
+            head_sql,
+            message_sql,
+            prompt_sql,
+        })
+    }
+
+    /// A warning for a schema newer than this tool knows, if any.
+    pub fn schema_note(&self) -> Option<String> {
+        match self.schema_version {
+            Some(v) if v > NEWEST_KNOWN_SCHEMA => Some(format!(
+                "{}: schema v{v} is newer than the newest this tool knows (v{NEWEST_KNOWN_SCHEMA}); exporting the columns it understands",
+                self.path.display()
+            )),
+            _ => None,
+        }
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Calls `f` for every session row, ordered by id.
+    pub fn for_each_head(&self, mut f: impl FnMut(SessionHead) -> Result<()>) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{} ORDER BY s.id", self.head_sql))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            f(head_from_row(row)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn head(&self, id: &str) -> Result<Option<SessionHead>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{} WHERE s.id = ?1", self.head_sql))?;
+        Ok(stmt.query_row([id], head_from_row).optional()?)
+    }
+
+    pub fn contains(&self, id: &str) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?;
+        Ok(stmt.exists([id])?)
+    }
+
+    /// Loads a session with all its rows; a session that ended in a
+    /// compression rotation is followed into its children, so the lineage
+    /// comes back as one session. Bad rows go to `on_problem`.
+    pub fn load(
+        &self,
+        head: &SessionHead,
+        on_problem: &mut dyn FnMut(String) -> Result<()>,
+    ) -> Result<Session> {
+        let mut session = Session {
+            id: head.id.clone(),
+            source: head.source.clone(),
+            title: head.title.clone(),
+            model: head.model.clone(),
+            started_at: head.started_at,
+            end_reason: head.end_reason.clone(),
+            parent_id: head.parent_id.clone(),
+            system_prompt: self.system_prompt(&head.id)?,
+            origin: Some(Origin::StateDb),
+            lineage: vec![head.id.clone()],
+            ..Session::default()
+        };
+        let mut msg_stmt = self.conn.prepare_cached(&self.message_sql)?;
+        self.append_rows(&mut msg_stmt, head, &mut session.messages, on_problem)?;
+
+        let mut current = head.clone();
+        let mut child_stmt = self.conn.prepare_cached(&format!(
+            "{} WHERE s.parent_session_id = ?1 ORDER BY s.started_at, s.id",
+            self.head_sql
+        ))?;
+        while current.end_reason.as_deref() == Some("compression") {
+            let child = child_stmt
+                .query_row([&current.id], head_from_row)
+                .optional()?;
+            let Some(child) = child else { break };
+            if session.lineage.contains(&child.id) {
+                break; // a cycle in a damaged store
+            }
+            self.append_rows(&mut msg_stmt, &child, &mut session.messages, on_problem)?;
+            session.lineage.push(child.id.clone());
+            current = child;
+        }
+        Ok(session)
+    }
+
+    fn system_prompt(&self, id: &str) -> Result<Option<String>> {
+        let mut stmt = self.conn.prepare_cached(&self.prompt_sql)?;
+        Ok(stmt
+            .query_row([id], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten())
+    }
+
+    fn append_rows(
+        &self,
+        stmt: &mut Statement<'_>,
+        head: &SessionHead,
+        out: &mut Vec<Message>,
+        on_problem: &mut dyn FnMut(String) -> Result<()>,
+    ) -> Result<()> {
+        let session_id = head.id.as_str();
+        let mut segment = Vec::new();
+        let mut rows = stmt.query([session_id])?;
+        while let Some(row) = rows.next()? {
+            match message_from_row(row) {
+                Ok(Some(m)) => segment.push(m),
+                Ok(None) => {}
+                Err(why) => on_problem(format!(
+                    "{}: session {session_id} row {}: {why}",
+                    self.path.display(),
+                    row.get::<_, i64>(0).unwrap_or_default()
+                ))?,
+            }
+        }
+        if head.end_reason.as_deref() == Some("compression") {
+            crate::rebuild::drop_rotation_reflush(&mut segment);
+        }
+        out.append(&mut segment);
+        Ok(())
+    }
+}
+
+fn head_from_row(r: &Row<'_>) -> rusqlite::Result<SessionHead> {
+    Ok(SessionHead {
+        id: r.get(0)?,
+        source: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+        title: r.get(2)?,
+        model: r.get(3)?,
+        started_at: r.get(4).ok().flatten(),
+        end_reason: r.get(5)?,
+        parent_id: r.get(6)?,
+        parent_end_reason: r.get(7)?,
+    })
+}
+
+fn message_from_row(r: &Row<'_>) -> Result<Option<Message>, String> {
+    let text = |i: usize| -> Result<Option<String>, String> {
+        match r.get_ref(i).map_err(|e| e.to_string())? {
+            rusqlite::types::ValueRef::Null => Ok(None),
+            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                Ok(Some(String::from_utf8_lossy(t).into_owned()))
+            }
+            rusqlite::types::ValueRef::Integer(n) => Ok(Some(n.to_string())),
+            rusqlite::types::ValueRef::Real(f) => Ok(Some(f.to_string())),
+        }
+    };
+    let int = |i: usize, default: i64| -> i64 {
+        r.get::<_, Option<i64>>(i).ok().flatten().unwrap_or(default)
+    };
+    let role_raw = text(1)?.unwrap_or_default();
+    let Some(role) = Role::parse(&role_raw) else {
+        return Ok(None); // session_meta and other bookkeeping rows
+    };
+    if text(14)?.as_deref() == Some("hidden") {
+        return Ok(None); // model-facing scaffolding (v30 display_kind)
+    }
+    let tool_calls = content::tool_calls_from_str(text(4)?.as_deref())?;
+    let active = int(10, 1);
+    let compacted = int(11, 0);
+    let state = match (active, compacted) {
+        (0, 0) => RowState::Undone,
+        (0, _) => RowState::Compacted,
+        _ => RowState::Live,
+    };
+    let content = content::decode(&text(2)?.unwrap_or_default());
+    Ok(Some(Message {
+        row_id: Some(int(0, 0)),
+        role,
+        content,
+        tool_calls,
+        tool_call_id: text(3)?,
+        tool_name: text(5)?,
+        reasoning: text(8)?.filter(|s| !s.is_empty()),
+        timestamp: r.get::<_, Option<f64>>(6).ok().flatten(),
+        finish_reason: text(7)?,
+        disposition: text(12)?,
+        state,
+        summary_flag: int(13, 0) != 0,
+    }))
+}
+
+fn table_names(conn: &Connection) -> rusqlite::Result<HashSet<String>> {
+    let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type IN ('table','view')")?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    names.collect()
+}
+
+fn columns(conn: &Connection, table: &str) -> Result<HashSet<String>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+    Ok(names.collect::<rusqlite::Result<_>>()?)
+}
+
+fn describe_open_error(path: &Path, e: rusqlite::Error) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("not a database") || text.contains("file is encrypted") {
+        anyhow::anyhow!("{}: not an SQLite database", path.display())
+    } else if text.contains("unable to open") {
+        anyhow::anyhow!(
+            "{}: cannot open read-only ({text}); a WAL store needs its -shm file or a writable directory",
+            path.display()
+        )
+    } else {
+        anyhow::anyhow!("{}: {text}", path.display())
+    }
+}
+
+/// Per-channel counts and the time range, for `sources`.
+pub struct Stats {
+    pub sessions: Vec<(String, String, Option<String>, i64)>,
+    pub first: Option<f64>,
+    pub last: Option<f64>,
+}
+
+impl StateDb {
+    /// (id, source, title, message count) for every session, plus the time
+    /// range of its messages.
+    pub fn stats(&self) -> Result<Stats> {
+        let title = if columns(&self.conn, "sessions")?.contains("title") {
+            "s.title"
+        } else {
+            "NULL"
+        };
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT s.id, s.source, {title}, (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id AND m.role IN ('user','assistant','tool')) FROM sessions s ORDER BY s.id"
+        ))?;
+        let sessions = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let has_ts = columns(&self.conn, "messages")?.contains("timestamp");
+        let (first, last) = if has_ts {
+            self.conn.query_row(
+                "SELECT MIN(timestamp), MAX(timestamp) FROM messages",
+                [],
+                |r| Ok((r.get(0).ok().flatten(), r.get(1).ok().flatten())),
+            )?
+        } else {
+            (None, None)
+        };
+        Ok(Stats {
+            sessions,
+            first,
+            last,
+        })
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests: they drive the real binary on homes built from the
+//! captured fixtures, and validate every line against `schemas/`.
+
+mod common;
