@@ -1,26 +1,50 @@
 //! The `export` pipeline: stores → sessions → rebuilt conversations →
-//! selection → formatter → sink, with a summary on stderr.
+//! selection → formatter → redaction → output, with a one-line summary on
+//! stderr and, for directory output, a manifest.
 
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use serde_json::{Value, json};
 
 use crate::cli::ExportArgs;
-use crate::config::{ExportConfig, Format, OutTarget};
+use crate::config::{DpoStyle, ExportConfig, Format, OutTarget};
 use crate::exit;
-use crate::format::{self, sft};
+use crate::format::{self, Exchange, dpo, sft};
 use crate::home::HermesHome;
-use crate::model::{Channel, Session};
+use crate::model::{Channel, Message, Origin, Session};
+use crate::output::Output;
 use crate::rebuild::{self, RebuildStats};
+use crate::redact::Redactor;
 use crate::report::{Report, counts};
-use crate::sink::Sink;
 use crate::source::{Stores, head_of};
+use crate::state::{RunLock, RunState};
 
-/// Totals for the summary line.
+/// Totals for the summary and the manifest.
 #[derive(Debug, Default)]
-pub struct Totals {
-    pub samples: BTreeMap<&'static str, usize>,
-    pub history: RebuildStats,
+struct Totals {
+    samples: BTreeMap<&'static str, usize>,
+    signals: BTreeMap<&'static str, usize>,
+    history: RebuildStats,
+    first: Option<f64>,
+    last: Option<f64>,
+    /// Non-DB sessions: exchanges covered after this run.
+    covered: BTreeMap<String, usize>,
+}
+
+impl Totals {
+    fn saw_time(&mut self, t: Option<f64>) {
+        if let Some(t) = t {
+            self.first = Some(self.first.map_or(t, |f| f.min(t)));
+            self.last = Some(self.last.map_or(t, |l| l.max(t)));
+        }
+    }
+}
+
+/// What the previous runs covered.
+struct Covered<'a> {
+    watermark: i64,
+    exchanges: Option<&'a BTreeMap<String, usize>>,
 }
 
 pub fn run(args: &ExportArgs) -> Result<u8> {
@@ -28,31 +52,105 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     let cfg = ExportConfig::from_args(args, now)?;
     let home = HermesHome::resolve(&args.home)?;
     let mut report = Report::new(cfg.strict, cfg.quiet);
-    let stores = Stores::open(&home, &mut report)?;
 
-    let mut sink = match &cfg.out {
-        OutTarget::Stdout => Sink::stdout(),
-        OutTarget::File(path) => Sink::file(path)?,
-        OutTarget::Dir(dir) => anyhow::bail!(
-            "--out {}: directory output is not available yet; give a FILE.jsonl or -",
-            dir.display()
-        ),
+    // One run at a time per state file (or per output).
+    let _lock = match (&cfg.state, &cfg.out) {
+        (Some(state), _) => Some(RunLock::acquire(state)?),
+        (None, OutTarget::File(path)) => Some(RunLock::acquire(path)?),
+        (None, OutTarget::Dir(dir)) => Some(RunLock::acquire(&dir.join(".hermes-harvest"))?),
+        (None, OutTarget::Stdout) => None,
     };
-    if let Some(db) = &stores.state {
-        let n: i64 = db
-            .connection()
-            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
-            .unwrap_or(0);
-        report.start_progress(n.max(0) as u64, "exporting");
+    let state = cfg.state.as_deref().map(RunState::load).transpose()?;
+    let stores = Stores::open(&home, &mut report)?;
+    let mut redactor = cfg.redact.then(|| Redactor::new(Some(&home.dir)));
+
+    let top = match &stores.state {
+        Some(db) => db.max_message_id()?,
+        None => 0,
+    };
+    let covered = Covered {
+        watermark: state.as_ref().map_or(0, |s| s.watermark),
+        exchanges: state.as_ref().map(|s| &s.covered_exchanges),
+    };
+    if let Some(s) = &state
+        && top < s.watermark
+    {
+        report.warn(format_args!(
+            "state.db holds messages up to id {top}, but the state file has seen up to {}; was state.db replaced? Only newer ids will be exported",
+            s.watermark
+        ));
     }
+    let db_heads = match (&state, &stores.state) {
+        (Some(s), Some(db)) => Some(db.touched_since(s.watermark)?),
+        _ => None,
+    };
+    let progress_len = match (&db_heads, &stores.state) {
+        (Some(h), _) => h.len() as u64,
+        (None, Some(db)) => db
+            .connection()
+            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+            .max(0) as u64,
+        _ => 0,
+    };
+    report.start_progress(progress_len, "exporting");
+
+    let mut output = Output::open(&cfg.out, state.as_ref(), cfg.valid_fraction)?;
     let mut totals = Totals::default();
-    stores.each_session(&mut report, &|h| cfg.wants(h), &mut |session, report| {
-        report.tick();
-        export_session(&session, &cfg, report, &mut totals, &mut sink)
-    })?;
+    stores.each_session(
+        &mut report,
+        db_heads,
+        &|h| cfg.wants(h),
+        &mut |session, report| {
+            report.tick();
+            export_session(
+                &session,
+                &cfg,
+                &covered,
+                report,
+                &mut totals,
+                &mut output,
+                redactor.as_mut(),
+            )
+        },
+    )?;
     report.finish_progress();
-    sink.finish()?;
-    summarize(&report, &totals, &cfg);
+
+    let redactions = redactor
+        .as_ref()
+        .map(|r| r.counts.clone())
+        .unwrap_or_default();
+    let written = output.finish(&|w| {
+        let m = manifest(
+            &cfg,
+            &stores,
+            &report,
+            &totals,
+            &redactions,
+            top.max(covered.watermark),
+            w,
+        );
+        Ok(serde_json::to_vec_pretty(&m)?)
+    })?;
+
+    if let (Some(path), Some(mut st)) = (&cfg.state, state) {
+        let advanced = top > st.watermark || !totals.covered.is_empty();
+        if let Some(w) = &written {
+            for (name, bytes, lines) in &w.files {
+                st.output_bytes.insert(name.clone(), *bytes);
+                st.output_lines.insert(name.clone(), *lines);
+            }
+            st.forced_valid = w.forced_valid.clone();
+        }
+        if advanced || written.is_some() {
+            st.watermark = st.watermark.max(top);
+            st.covered_exchanges
+                .extend(std::mem::take(&mut totals.covered));
+            st.runs += 1;
+            st.save(path)?;
+        }
+    }
+    summarize(&report, &totals, &cfg, &redactions, written.is_none());
     Ok(if report.partial {
         exit::PARTIAL
     } else {
@@ -60,47 +158,108 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn export_session(
     session: &Session,
     cfg: &ExportConfig,
+    covered: &Covered<'_>,
     report: &mut Report,
     totals: &mut Totals,
-    sink: &mut Sink,
+    output: &mut Output,
+    mut redactor: Option<&mut Redactor>,
 ) -> Result<()> {
     let channel = cfg.channel_of(&head_of(session));
     let rebuilt = rebuild::rebuild(session);
     add_stats(&mut totals.history, &rebuilt.stats);
     let exchanges = format::exchanges(&rebuilt.messages);
+    let from_db = session.origin == Some(Origin::StateDb);
+    let already = if from_db {
+        0
+    } else {
+        covered
+            .exchanges
+            .and_then(|c| c.get(&session.id).copied())
+            .unwrap_or(0)
+    };
+    let is_new = |index: usize, msgs: &[Message]| -> bool {
+        if from_db {
+            msgs.iter().filter_map(|m| m.row_id).max().unwrap_or(0) > covered.watermark
+        } else {
+            index >= already
+        }
+    };
+    let in_window = |ex: &Exchange<'_>| cfg.in_window(ex.timestamp.or(session.started_at));
     let selected: Vec<bool> = exchanges
         .iter()
-        .map(|e| cfg.in_window(e.timestamp.or(session.started_at)))
+        .enumerate()
+        .map(|(i, ex)| in_window(ex) && is_new(i, ex.msgs))
         .collect();
+    if covered.exchanges.is_some() && !from_db {
+        // Cover everything but a trailing turn that may still be in flight.
+        let n =
+            exchanges.len() - usize::from(exchanges.last().is_some_and(|e| e.problem.is_some()));
+        if n > already {
+            totals.covered.insert(session.id.clone(), n);
+        }
+    }
     let complete = exchanges
         .iter()
         .zip(&selected)
         .filter(|(e, s)| **s && e.problem.is_none())
         .count();
-    if complete < cfg.min_turns {
-        report.skip(if complete == 0 {
-            "no_complete_turn"
-        } else {
-            "too_few_turns"
-        });
-        return Ok(());
-    }
+
+    let mut emit = |line: Value, t: Option<f64>, totals: &mut Totals| -> Result<()> {
+        let mut line = line;
+        if let Some(r) = redactor.as_deref_mut() {
+            r.value(&mut line);
+        }
+        output.line(&session.id, &serde_json::to_vec(&line)?)?;
+        totals.saw_time(t);
+        Ok(())
+    };
+
     match cfg.format {
         Format::Sft => {
+            if !selected.iter().any(|s| *s) {
+                return Ok(());
+            }
+            if complete < cfg.min_turns {
+                report.skip(if complete == 0 {
+                    "no_complete_turn"
+                } else {
+                    "too_few_turns"
+                });
+                return Ok(());
+            }
             let outcome = sft::samples(session, &exchanges, &selected, cfg);
             for reason in outcome.skipped {
                 report.skip(reason);
             }
-            for line in outcome.lines {
-                let bytes = serde_json::to_vec(&line)?;
-                sink.line(&bytes)?;
+            for (line, t) in outcome.lines {
+                emit(serde_json::to_value(&line)?, t, totals)?;
                 *totals.samples.entry(channel.as_str()).or_default() += 1;
             }
         }
-        Format::Dpo => anyhow::bail!("--format dpo is not available yet"),
+        Format::Dpo => {
+            let msgs = &rebuilt.messages;
+            let selected_pair = |user: usize, chosen_end: usize| -> bool {
+                let index = msgs[..user]
+                    .iter()
+                    .filter(|m| m.role == crate::model::Role::User)
+                    .count();
+                cfg.in_window(msgs[user].timestamp.or(session.started_at))
+                    && is_new(index, &msgs[user..chosen_end])
+            };
+            let outcome = dpo::pairs(session, &rebuilt, cfg, &selected_pair);
+            for reason in outcome.skipped {
+                report.skip(reason);
+            }
+            for (signal, line, t) in outcome.lines {
+                emit(serde_json::to_value(&line)?, t, totals)?;
+                *totals.samples.entry(channel.as_str()).or_default() += 1;
+                *totals.signals.entry(signal.as_str()).or_default() += 1;
+            }
+        }
     }
     Ok(())
 }
@@ -113,9 +272,15 @@ fn add_stats(total: &mut RebuildStats, s: &RebuildStats) {
     total.merged_user_turns += s.merged_user_turns;
 }
 
-fn summarize(report: &Report, totals: &Totals, cfg: &ExportConfig) {
-    let written: usize = totals.samples.values().sum();
-    let per_channel: BTreeMap<&str, usize> = Channel::ALL
+fn iso(t: Option<f64>) -> Value {
+    t.and_then(|t| chrono::DateTime::from_timestamp_micros((t * 1e6) as i64))
+        .map_or(Value::Null, |d| {
+            Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        })
+}
+
+fn per_channel(totals: &Totals, cfg: &ExportConfig) -> BTreeMap<&'static str, usize> {
+    Channel::ALL
         .iter()
         .filter(|c| cfg.channels.is_empty() || cfg.channels.contains(c))
         .map(|c| {
@@ -124,18 +289,98 @@ fn summarize(report: &Report, totals: &Totals, cfg: &ExportConfig) {
                 totals.samples.get(c.as_str()).copied().unwrap_or(0),
             )
         })
+        .collect()
+}
+
+fn per_signal(totals: &Totals, cfg: &ExportConfig) -> BTreeMap<&'static str, usize> {
+    cfg.signals
+        .iter()
+        .map(|s| {
+            (
+                s.as_str(),
+                totals.signals.get(s.as_str()).copied().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn manifest(
+    cfg: &ExportConfig,
+    stores: &Stores,
+    report: &Report,
+    totals: &Totals,
+    redactions: &BTreeMap<&'static str, usize>,
+    watermark: i64,
+    w: &crate::output::Written,
+) -> Value {
+    let mut sources = Vec::new();
+    if let Some(db) = &stores.state {
+        sources.push(json!({"store": "state.db", "path": db.path.display().to_string(), "schema_version": db.schema_version, "sessions_read": report.sessions_read.get("state.db").copied().unwrap_or(0)}));
+    }
+    if let Some(rs) = &stores.responses {
+        sources.push(json!({"store": "response_store.db", "path": rs.path.display().to_string(), "schema_version": null, "sessions_read": report.sessions_read.get("response_store.db").copied().unwrap_or(0)}));
+    }
+    sources.push(json!({"store": "sessions", "path": stores.files.dir.display().to_string(), "schema_version": null,
+        "sessions_read": report.sessions_read.get(Origin::SessionJson.as_str()).copied().unwrap_or(0) + report.sessions_read.get(Origin::Transcript.as_str()).copied().unwrap_or(0)}));
+    let files: serde_json::Map<String, Value> = w
+        .files
+        .iter()
+        .map(|(name, bytes, lines)| (name.clone(), json!({"lines": lines, "bytes": bytes})))
         .collect();
+    json!({
+        "tool": "hermes-harvest",
+        "version": env!("CARGO_PKG_VERSION"),
+        "format": match (cfg.format, cfg.dpo_style) {
+            (Format::Sft, _) => "sft",
+            (Format::Dpo, DpoStyle::Conversational) => "dpo",
+            (Format::Dpo, DpoStyle::Flat) => "dpo-flat",
+        },
+        "flags": std::env::args().skip(1).collect::<Vec<_>>(),
+        "sources": sources,
+        "counts": {
+            "channels": per_channel(totals, cfg),
+            "signals": if cfg.format == Format::Dpo { json!(per_signal(totals, cfg)) } else { Value::Null },
+            "skipped": report.skipped,
+            "new_lines": w.new_lines,
+        },
+        "redactions": if cfg.redact { json!(redactions) } else { Value::Null },
+        "time_range": {"first": iso(totals.first), "last": iso(totals.last)},
+        "watermark": {"state_db_message_id": watermark},
+        "split": {"valid_fraction": cfg.valid_fraction, "by": "session", "files": files, "forced_valid_sessions": w.forced_valid.len()},
+    })
+}
+
+fn summarize(
+    report: &Report,
+    totals: &Totals,
+    cfg: &ExportConfig,
+    redactions: &BTreeMap<&'static str, usize>,
+    nothing_new: bool,
+) {
+    let written: usize = totals.samples.values().sum();
     let h = &totals.history;
+    if nothing_new {
+        report.info(format_args!(
+            "nothing new since the last run; outputs left as they were (read {} sessions)",
+            report.sessions_read.values().sum::<usize>()
+        ));
+        return;
+    }
+    let signals = match cfg.format {
+        Format::Dpo => format!("; pairs per signal: {}", counts(&per_signal(totals, cfg))),
+        Format::Sft => String::new(),
+    };
     report.info(format_args!(
-        "read {} sessions ({}); wrote {written} {} samples ({}); skipped: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out",
+        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out",
         report.sessions_read.values().sum::<usize>(),
         counts(&report.sessions_read),
         match cfg.format {
             Format::Sft => "sft",
             Format::Dpo => "dpo",
         },
-        counts(&per_channel),
+        counts(&per_channel(totals, cfg)),
         counts(&report.skipped),
+        if cfg.redact { counts(redactions) } else { "off".to_string() },
         h.summaries,
         h.compaction_copies,
         h.undone_rows,

@@ -13,11 +13,15 @@ pub mod fixture;
 pub mod format;
 pub mod home;
 pub mod model;
+pub mod output;
 pub mod rebuild;
+pub mod redact;
 pub mod report;
+pub mod send;
 pub mod sink;
 pub mod source;
 pub mod sources_cmd;
+pub mod state;
 
 use anyhow::Result;
 
@@ -28,7 +32,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Export(args) => export::run(&args),
         Command::Sources(args) => sources_cmd::run(&args),
-        Command::Send(_) => anyhow::bail!("send is not available yet"),
+        Command::Send(args) => send::run(*args),
         Command::Validate(_) => anyhow::bail!("validate is not available yet"),
     }
 }

@@ -2,6 +2,7 @@
 //! structs live here so the model can change while the JSONL contract
 //! stays put.
 
+pub mod dpo;
 pub mod sft;
 
 use serde::Serialize;

@@ -17,7 +17,8 @@ pub struct SftLine {
 /// What one session gave.
 #[derive(Debug, Default)]
 pub struct SftOutcome {
-    pub lines: Vec<SftLine>,
+    /// Each line with the time of its first user turn.
+    pub lines: Vec<(SftLine, Option<f64>)>,
     /// Exchanges left out, per reason.
     pub skipped: Vec<&'static str>,
 }
@@ -42,6 +43,7 @@ pub fn samples(
         if current.is_empty() {
             return;
         }
+        let t = current[0].timestamp;
         let mut messages = Vec::new();
         if let Some(s) = &system {
             messages.push(OutMsg::text("system", s.clone()));
@@ -49,10 +51,13 @@ pub fn samples(
         for ex in current.drain(..) {
             messages.extend(ex.msgs.iter().map(|m| OutMsg::from_message(m, cfg)));
         }
-        out.lines.push(SftLine {
-            messages,
-            tools: session.tools.clone(),
-        });
+        out.lines.push((
+            SftLine {
+                messages,
+                tools: session.tools.clone(),
+            },
+            t,
+        ));
     };
     for (ex, &sel) in exchanges.iter().zip(selected) {
         if !sel {

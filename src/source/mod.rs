@@ -104,14 +104,18 @@ impl Stores {
     /// state.db sessions by id (a compression lineage as one session, under
     /// its first id), then sessions only the response store has, then
     /// sessions only the files have.
+    ///
+    /// `db_heads` limits the state.db part to those sessions (incremental
+    /// runs pass the sessions touched since the last run).
     pub fn each_session(
         &self,
         report: &mut Report,
+        db_heads: Option<Vec<SessionHead>>,
         want: &dyn Fn(&SessionHead) -> bool,
         f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
     ) -> Result<()> {
         if let Some(db) = &self.state {
-            db.for_each_head(|head| {
+            let mut one = |head: SessionHead, report: &mut Report| -> Result<()> {
                 if head.is_rotation_child() || !want(&head) {
                     return Ok(());
                 }
@@ -119,7 +123,15 @@ impl Stores {
                 self.enrich(&mut s, report)?;
                 report.read_session("state.db");
                 f(s, report)
-            })?;
+            };
+            match db_heads {
+                Some(heads) => {
+                    for head in heads {
+                        one(head, report)?;
+                    }
+                }
+                None => db.for_each_head(|head| one(head, report))?,
+            }
         }
         let mut done = BTreeSet::new();
         for s in self.response_sessions()? {

@@ -196,7 +196,7 @@ fn collapse_duplicate_inputs(messages: Vec<Message>) -> Vec<Message> {
 
 fn doubled_half(s: &str) -> Option<&str> {
     let n = s.len();
-    if n < 3 || (n - 2) % 2 != 0 {
+    if n < 3 || !(n - 2).is_multiple_of(2) {
         return None;
     }
     let half = (n - 2) / 2;

@@ -211,6 +211,56 @@ impl StateDb {
         Ok(stmt.query_row([id], head_from_row).optional()?)
     }
 
+    /// Highest message id in this snapshot (0 for an empty store).
+    pub fn max_message_id(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Sessions with a message newer than `watermark`, as the heads they are
+    /// exported under (a rotation child maps to its root), sorted by id.
+    pub fn touched_since(&self, watermark: i64) -> Result<Vec<SessionHead>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT session_id FROM messages WHERE id > ?1")?;
+        let ids = stmt
+            .query_map([watermark], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        let mut heads: std::collections::BTreeMap<String, SessionHead> = Default::default();
+        for id in ids {
+            if let Some(head) = self.root_of(&id)? {
+                heads.insert(head.id.clone(), head);
+            }
+        }
+        Ok(heads.into_values().collect())
+    }
+
+    /// The head a session is exported under: itself, or the first session
+    /// of its compression lineage.
+    pub fn root_of(&self, id: &str) -> Result<Option<SessionHead>> {
+        let Some(mut head) = self.head(id)? else {
+            return Ok(None);
+        };
+        let mut hops = 0;
+        while head.is_rotation_child() && hops < 10_000 {
+            let Some(parent) = head
+                .parent_id
+                .as_deref()
+                .map(|p| self.head(p))
+                .transpose()?
+                .flatten()
+            else {
+                break;
+            };
+            head = parent;
+            hops += 1;
+        }
+        Ok(Some(head))
+    }
+
     pub fn contains(&self, id: &str) -> Result<bool> {
         let mut stmt = self
             .conn
@@ -330,12 +380,12 @@ fn message_from_row(r: &Row<'_>) -> Result<Option<Message>, String> {
     let Some(role) = Role::parse(&role_raw) else {
         return Ok(None); // session_meta and other bookkeeping rows
     };
-    if text(14)?.as_deref() == Some("hidden") {
+    if text(13)?.as_deref() == Some("hidden") {
         return Ok(None); // model-facing scaffolding (v30 display_kind)
     }
     let tool_calls = content::tool_calls_from_str(text(4)?.as_deref())?;
-    let active = int(10, 1);
-    let compacted = int(11, 0);
+    let active = int(9, 1);
+    let compacted = int(10, 0);
     let state = match (active, compacted) {
         (0, 0) => RowState::Undone,
         (0, _) => RowState::Compacted,
@@ -352,9 +402,9 @@ fn message_from_row(r: &Row<'_>) -> Result<Option<Message>, String> {
         reasoning: text(8)?.filter(|s| !s.is_empty()),
         timestamp: r.get::<_, Option<f64>>(6).ok().flatten(),
         finish_reason: text(7)?,
-        disposition: text(12)?,
+        disposition: text(11)?,
         state,
-        summary_flag: int(13, 0) != 0,
+        summary_flag: int(12, 0) != 0,
     }))
 }
 

@@ -2,3 +2,4 @@
 //! captured fixtures, and validate every line against `schemas/`.
 
 mod common;
+mod send;
