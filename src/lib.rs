@@ -22,6 +22,7 @@ pub mod sink;
 pub mod source;
 pub mod sources_cmd;
 pub mod state;
+pub mod validate;
 
 use anyhow::Result;
 
@@ -33,6 +34,6 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Export(args) => export::run(&args),
         Command::Sources(args) => sources_cmd::run(&args),
         Command::Send(args) => send::run(*args),
-        Command::Validate(_) => anyhow::bail!("validate is not available yet"),
+        Command::Validate(args) => validate::run(&args),
     }
 }

@@ -1,0 +1,347 @@
+//! `validate`: checks a JSONL file against the output schemas (embedded
+//! from `schemas/`) and the rules a schema cannot express: role order, the
+//! last turn, matching tool-call ids, no blank lines, one shape and one
+//! argument flavour per file. Problems are printed one per line as
+//! `FILE:LINE: problem`, and the exit code is INVALID.
+
+use std::io::{BufRead, BufReader, Read};
+
+use anyhow::{Context, Result};
+use jsonschema::{Registry, Validator};
+use serde_json::Value;
+
+use crate::cli::{ShapeArg, ValidateArgs};
+use crate::exit;
+
+pub const SFT_SCHEMA: &str = include_str!("../schemas/sft.schema.json");
+pub const DPO_SCHEMA: &str = include_str!("../schemas/dpo.schema.json");
+pub const DPO_FLAT_SCHEMA: &str = include_str!("../schemas/dpo-flat.schema.json");
+pub const MANIFEST_SCHEMA: &str = include_str!("../schemas/manifest.schema.json");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Sft,
+    Dpo,
+    DpoFlat,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Sft => "sft",
+            Shape::Dpo => "dpo",
+            Shape::DpoFlat => "dpo-flat",
+        }
+    }
+
+    /// The shape a line looks like, if any.
+    pub fn of(v: &Value) -> Option<Shape> {
+        if v.get("messages").is_some() {
+            Some(Shape::Sft)
+        } else {
+            match v.get("prompt") {
+                Some(Value::Array(_)) => Some(Shape::Dpo),
+                Some(Value::String(_)) => Some(Shape::DpoFlat),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Compiled validators for the three line shapes.
+pub struct Schemas {
+    sft: Validator,
+    dpo: Validator,
+    flat: Validator,
+}
+
+impl Schemas {
+    pub fn load() -> Result<Schemas> {
+        let sft: Value = serde_json::from_str(SFT_SCHEMA)?;
+        let id = sft["$id"].as_str().unwrap_or_default().to_string();
+        let registry = Registry::new().add(id, sft.clone())?.prepare()?;
+        let build = |text: &str| -> Result<Validator> {
+            let schema: Value = serde_json::from_str(text)?;
+            jsonschema::options()
+                .with_registry(&registry)
+                .build(&schema)
+                .map_err(|e| anyhow::anyhow!("bad built-in schema: {e}"))
+        };
+        Ok(Schemas {
+            sft: build(SFT_SCHEMA)?,
+            dpo: build(DPO_SCHEMA)?,
+            flat: build(DPO_FLAT_SCHEMA)?,
+        })
+    }
+
+    fn validator(&self, shape: Shape) -> &Validator {
+        match shape {
+            Shape::Sft => &self.sft,
+            Shape::Dpo => &self.dpo,
+            Shape::DpoFlat => &self.flat,
+        }
+    }
+
+    /// Schema and semantic problems of one line of the given shape.
+    pub fn check(&self, v: &Value, shape: Shape) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .validator(shape)
+            .iter_errors(v)
+            .take(5)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                format!(
+                    "schema: {}{e}",
+                    if path.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{path}: ")
+                    }
+                )
+            })
+            .collect();
+        if problems.is_empty() {
+            problems.extend(semantic(v, shape));
+        }
+        problems
+    }
+}
+
+fn role(m: &Value) -> &str {
+    m.get("role").and_then(Value::as_str).unwrap_or_default()
+}
+
+fn text(m: &Value) -> &str {
+    m.get("content").and_then(Value::as_str).unwrap_or_default()
+}
+
+fn calls(m: &Value) -> Vec<&str> {
+    m.get("tool_calls")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("id").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Checks a message sequence: system only first, tool results answering
+/// earlier calls, calls answered before the next assistant turn (unless
+/// `open_calls_ok`, for DPO completions that stop at a call).
+fn sequence(msgs: &[Value], where_: &str, open_calls_ok: bool, out: &mut Vec<String>) {
+    let mut open: Vec<&str> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        match role(m) {
+            "system" if i > 0 => {
+                out.push(format!("{where_}[{i}]: a system message must come first"))
+            }
+            "user" | "assistant" if !open.is_empty() => {
+                out.push(format!(
+                    "{where_}[{i}]: tool call {} has no result before this {} turn",
+                    open[0],
+                    role(m)
+                ));
+                open.clear();
+            }
+            "tool" => {
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                match open.iter().position(|o| *o == id) {
+                    Some(p) => {
+                        open.remove(p);
+                    }
+                    None => out.push(format!(
+                        "{where_}[{i}]: tool result {id:?} answers no open tool call"
+                    )),
+                }
+            }
+            _ => {}
+        }
+        for id in calls(m) {
+            if seen.contains(&id) {
+                out.push(format!("{where_}[{i}]: tool call id {id:?} is used twice"));
+            }
+            seen.push(id);
+            open.push(id);
+        }
+    }
+    if !open.is_empty() && !open_calls_ok {
+        out.push(format!("{where_}: tool call {} has no result", open[0]));
+    }
+}
+
+fn semantic(v: &Value, shape: Shape) -> Vec<String> {
+    let mut out = Vec::new();
+    let list = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    match shape {
+        Shape::Sft => {
+            let msgs = list("messages");
+            sequence(&msgs, "messages", false, &mut out);
+            if let Some(first) = msgs.iter().find(|m| role(m) != "system")
+                && role(first) != "user"
+            {
+                out.push(
+                    "messages: the first turn after the system prompt must be a user turn".into(),
+                );
+            }
+            match msgs.last() {
+                Some(last)
+                    if role(last) == "assistant"
+                        && calls(last).is_empty()
+                        && !text(last).trim().is_empty() => {}
+                _ => out
+                    .push("messages: the last message must be an assistant reply with text".into()),
+            }
+        }
+        Shape::Dpo => {
+            let prompt = list("prompt");
+            sequence(&prompt, "prompt", false, &mut out);
+            if prompt.last().is_none_or(|m| role(m) != "user") {
+                out.push("prompt: must end with a user turn".into());
+            }
+            for side in ["chosen", "rejected"] {
+                let msgs = list(side);
+                if msgs.first().is_some_and(|m| role(m) != "assistant") {
+                    out.push(format!("{side}: must start with an assistant turn"));
+                }
+                if msgs.iter().any(|m| matches!(role(m), "system" | "user")) {
+                    out.push(format!("{side}: may hold only assistant and tool turns"));
+                }
+                sequence(&msgs, side, true, &mut out);
+            }
+            if v.get("chosen") == v.get("rejected") {
+                out.push("chosen and rejected are the same".into());
+            }
+        }
+        Shape::DpoFlat => {
+            let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().trim();
+            if s("chosen") == s("rejected") {
+                out.push("chosen and rejected are the same".into());
+            }
+        }
+    }
+    out
+}
+
+/// Tool-call argument flavour of a line: objects or strings, if it has calls.
+fn flavour(v: &Value) -> Option<bool> {
+    let mut found = None;
+    let mut visit = |msgs: Option<&Value>| {
+        for m in msgs.and_then(Value::as_array).into_iter().flatten() {
+            for c in m
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                found = found.or(Some(c["function"]["arguments"].is_string()));
+            }
+        }
+    };
+    for k in ["messages", "prompt", "chosen", "rejected"] {
+        visit(v.get(k));
+    }
+    found
+}
+
+pub fn run(args: &ValidateArgs) -> Result<u8> {
+    let schemas = Schemas::load()?;
+    let reader: Box<dyn Read> = if args.file == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file))?)
+    };
+    let mut shape = args.format.map(|f| match f {
+        ShapeArg::Sft => Shape::Sft,
+        ShapeArg::Dpo => Shape::Dpo,
+        ShapeArg::DpoFlat => Shape::DpoFlat,
+    });
+    let mut string_args: Option<(bool, usize)> = None;
+    let (mut lines, mut bad) = (0usize, 0usize);
+    let report = |n: usize, problem: &str| {
+        println!("{}:{n}: {problem}", args.file);
+    };
+    let mut buf = Vec::new();
+    let mut r = BufReader::new(reader);
+    let mut n = 0;
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading {}", args.file))?
+            == 0
+        {
+            break;
+        }
+        n += 1;
+        lines += 1;
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            report(n, "blank line");
+            bad += 1;
+            continue;
+        }
+        let v: Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => {
+                report(n, &format!("not JSON: {e}"));
+                bad += 1;
+                continue;
+            }
+        };
+        let Some(this) = Shape::of(&v) else {
+            report(
+                n,
+                "neither an SFT (messages) nor a DPO (prompt/chosen/rejected) line",
+            );
+            bad += 1;
+            continue;
+        };
+        let expected = *shape.get_or_insert(this);
+        let mut problems = if this == expected {
+            schemas.check(&v, expected)
+        } else {
+            vec![format!(
+                "a {} line in a {} file (one shape per file)",
+                this.name(),
+                expected.name()
+            )]
+        };
+        if let Some(f) = flavour(&v) {
+            match string_args {
+                None => string_args = Some((f, n)),
+                Some((first, at)) if first != f => problems.push(format!(
+                    "tool-call arguments are {} here but {} on line {at} (one flavour per file)",
+                    if f { "strings" } else { "objects" },
+                    if first { "strings" } else { "objects" }
+                )),
+                _ => {}
+            }
+        }
+        if !problems.is_empty() {
+            bad += 1;
+            for p in problems {
+                report(n, &p);
+            }
+        }
+    }
+    if !args.quiet {
+        eprintln!(
+            "hermes-harvest: {}: {lines} lines, {bad} with problems{}",
+            args.file,
+            shape
+                .map(|s| format!(" ({})", s.name()))
+                .unwrap_or_default()
+        );
+    }
+    Ok(if bad > 0 { exit::INVALID } else { exit::OK })
+}
