@@ -2,7 +2,7 @@
 //! selection → formatter → redaction → output, with a one-line summary on
 //! stderr and, for directory output, a manifest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -13,7 +13,7 @@ use crate::exit;
 use crate::format::{self, Exchange, dpo, sft};
 use crate::home::HermesHome;
 use crate::model::{Channel, Message, Origin, Session};
-use crate::output::Output;
+use crate::output::{Output, stable_hash};
 use crate::rebuild::{self, RebuildStats};
 use crate::redact::Redactor;
 use crate::report::{Report, counts};
@@ -30,6 +30,21 @@ struct Totals {
     last: Option<f64>,
     /// Non-DB sessions: exchanges covered after this run.
     covered: BTreeMap<String, usize>,
+    /// Fingerprints of the turns of the state.db sessions read in this run.
+    /// Session files can hold the same turns under another id (0.13 writes
+    /// snapshots for compaction and retry sessions that never reach the
+    /// DB); those turns are exported once.
+    seen: HashSet<u64>,
+}
+
+/// A turn's identity across stores: its user text and its final answer.
+fn fingerprint(msgs: &[Message]) -> u64 {
+    let mut key = String::new();
+    for m in [msgs.first(), msgs.last()].into_iter().flatten() {
+        key.push_str(m.content.trim());
+        key.push('\u{1}');
+    }
+    stable_hash(&key)
 }
 
 impl Totals {
@@ -183,17 +198,33 @@ fn export_session(
     };
     let is_new = |index: usize, msgs: &[Message]| -> bool {
         if from_db {
-            msgs.iter().filter_map(|m| m.row_id).max().unwrap_or(0) > covered.watermark
+            // Turns recovered from a snapshot have no row id: they predate
+            // the compaction, so only a first run takes them.
+            msgs.iter()
+                .filter_map(|m| m.row_id)
+                .max()
+                .map_or(covered.watermark == 0, |id| id > covered.watermark)
         } else {
             index >= already
         }
     };
     let in_window = |ex: &Exchange<'_>| cfg.in_window(ex.timestamp.or(session.started_at));
+    let mut duplicates = 0;
     let selected: Vec<bool> = exchanges
         .iter()
         .enumerate()
-        .map(|(i, ex)| in_window(ex) && is_new(i, ex.msgs))
+        .map(|(i, ex)| {
+            let print = fingerprint(ex.msgs);
+            if from_db {
+                totals.seen.insert(print);
+            } else if totals.seen.contains(&print) {
+                duplicates += 1;
+                return false;
+            }
+            in_window(ex) && is_new(i, ex.msgs)
+        })
         .collect();
+    report.skip_n("turn_already_in_state_db", duplicates);
     if covered.exchanges.is_some() && !from_db {
         // Cover everything but a trailing turn that may still be in flight.
         let n =

@@ -77,6 +77,8 @@ const HARNESS_PREFIXES: [&str; 2] = [
 ];
 /// Longest run of copies a compaction inserts that we look for.
 const MAX_COPY_RUN: usize = 256;
+/// How far back tail copies are looked for.
+const COPY_SEARCH_WINDOW: usize = 4096;
 
 pub fn rebuild(session: &Session) -> Rebuilt {
     let mut stats = RebuildStats::default();
@@ -110,6 +112,27 @@ fn summary_kind(m: &Message) -> Summary {
     } else {
         Summary::No
     }
+}
+
+/// True for a compaction summary row (standalone or merged into a turn).
+pub fn is_summary(m: &Message) -> bool {
+    !matches!(summary_kind(m), Summary::No)
+}
+
+/// True when the stored rows start with a compaction's head copy and
+/// summary: the original turns before them are not in this store (0.13's
+/// gateway rewrites the session on compaction; only the session snapshot
+/// keeps them).
+pub fn starts_compacted(rows: &[Message]) -> bool {
+    // Hermes protects only the first few turns; a store that kept the
+    // originals has many rows (or archived ones) before the first summary.
+    const HEAD_ROWS: usize = 4;
+    rows.iter()
+        .filter(|m| m.state != RowState::Undone)
+        .take(HEAD_ROWS + 1)
+        .take_while(|m| m.state == RowState::Live)
+        .enumerate()
+        .any(|(i, m)| i > 0 && is_summary(m))
 }
 
 /// Phase 1. Returns the original turns in order, and the undone blocks with
@@ -177,32 +200,56 @@ fn structure(
 }
 
 /// How many of the last entries of `out` are copies of its first entries,
-/// inserted as one block right before the summary at row `at`.
+/// inserted as one block right before the summary at row `at`. When the
+/// session itself starts with that block (a child or a snapshot whose
+/// ancestor is elsewhere), the whole block is the head copy.
 fn head_copies(out: &[(Message, usize)], at: usize) -> usize {
     let max = (out.len() / 2).min(MAX_COPY_RUN);
-    (1..=max)
-        .rev()
-        .find(|&k| {
-            let tail = &out[out.len() - k..];
-            tail.iter()
+    let matched = (1..=max).rev().find(|&k| {
+        let tail = &out[out.len() - k..];
+        tail.iter()
+            .enumerate()
+            .all(|(j, (m, row))| *row + k == at + j && m.same_turn(&out[j].0))
+    });
+    match matched {
+        Some(k) => k,
+        None if out.len() <= MAX_COPY_RUN
+            && out
+                .iter()
                 .enumerate()
-                .all(|(j, (m, row))| *row + k == at + j && m.same_turn(&out[j].0))
-        })
-        .unwrap_or(0)
+                .all(|(j, (_, row))| *row + out.len() == at + j) =>
+        {
+            out.len()
+        }
+        None => 0,
+    }
 }
 
-/// How many of `candidates` repeat, in order, the last turns of `out`.
+/// How many of `candidates` repeat, in order, a run of turns already in
+/// `out`: the tail copies after a summary. They repeat the last turns before
+/// the compaction, which are the end of `out`, or (when Hermes compacts the
+/// same parent again into a sibling session) an earlier run. A run of one
+/// turn only counts when it is the very end of `out`, so a new turn that
+/// happens to repeat an old one is not taken for a copy.
 fn tail_copies(out: &[(Message, usize)], candidates: &[&Message]) -> usize {
-    let max = out.len().min(candidates.len());
-    (1..=max)
-        .rev()
-        .find(|&m| {
-            out[out.len() - m..]
-                .iter()
-                .zip(&candidates[..m])
-                .all(|((a, _), b)| a.same_turn(b))
-        })
-        .unwrap_or(0)
+    let Some(first) = candidates.first() else {
+        return 0;
+    };
+    let mut best = 0;
+    for k in out.len().saturating_sub(COPY_SEARCH_WINDOW)..out.len() {
+        if !out[k].0.same_turn(first) {
+            continue;
+        }
+        let m = out[k..]
+            .iter()
+            .zip(candidates)
+            .take_while(|((a, _), b)| a.same_turn(b))
+            .count();
+        if (m >= 2 || k + m == out.len()) && m >= best {
+            best = m;
+        }
+    }
+    best
 }
 
 fn is_harness(m: &Message) -> bool {
@@ -545,6 +592,67 @@ mod tests {
             texts(&r.messages),
             ["T1", "A1", "T2", "A2", "T3", "A3", "T4", "A4"]
         );
+    }
+
+    #[test]
+    fn sibling_children_of_one_compacted_parent() {
+        use Role::*;
+        // 0.13's API server compacts the same parent again for each request:
+        // every child holds head, summary, tail copies and one new turn.
+        let mut rows = Vec::new();
+        for t in 1..=4 {
+            rows.push(live(User, &format!("T{t}")));
+            rows.push(live(Assistant, &format!("A{t}")));
+        }
+        for new in ["T5", "T6"] {
+            rows.extend([
+                live(User, "T1"),
+                live(Assistant, SUMMARY),
+                live(User, "T3"),
+                live(Assistant, "A3"),
+                live(User, "T4"),
+                live(Assistant, "A4"),
+                live(User, new),
+                live(Assistant, &new.replace('T', "A")),
+            ]);
+        }
+        let r = rebuild(&session(rows));
+        assert_eq!(
+            texts(&r.messages),
+            [
+                "T1", "A1", "T2", "A2", "T3", "A3", "T4", "A4", "T5", "A5", "T6", "A6"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_child_without_its_parent_drops_the_head_copy_and_summary() {
+        use Role::*;
+        let rows = vec![
+            live(User, "T1"),
+            live(Assistant, SUMMARY),
+            live(User, "T7"),
+            live(Assistant, "A7"),
+        ];
+        let r = rebuild(&session(rows));
+        assert_eq!(texts(&r.messages), ["T7", "A7"]);
+    }
+
+    #[test]
+    fn starts_compacted_only_when_the_originals_are_missing() {
+        use Role::*;
+        let lost = vec![live(User, "T1"), live(Assistant, SUMMARY), live(User, "T7")];
+        assert!(starts_compacted(&lost));
+        let mut kept = vec![
+            row(User, "T1", RowState::Compacted),
+            row(Assistant, "A1", RowState::Compacted),
+        ];
+        kept.extend(lost);
+        assert!(!starts_compacted(&kept));
+        assert!(!starts_compacted(&[
+            live(User, "T1"),
+            live(Assistant, "A1")
+        ]));
     }
 
     #[test]

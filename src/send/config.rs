@@ -184,7 +184,7 @@ fn connect_host(host: &str) -> String {
 }
 
 /// Checks an `http://` base URL and drops trailing slashes.
-fn normalize_url(url: &str) -> Result<String> {
+pub fn normalize_url(url: &str) -> Result<String> {
     let url = url.trim().trim_end_matches('/');
     let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
     if authority.split('/').next().is_some_and(|a| a.contains('@')) {

@@ -48,12 +48,23 @@ pub fn run(args: SendArgs) -> Result<u8> {
 
     // A missing home is "no settings" for sending; --verify needs it.
     let home = HermesHome::resolve(&args.home);
+    if let Err(e) = &home
+        && (args.home.hermes_home.is_some() || args.home.profile.is_some())
+        && !args.verify
+        && !args.quiet
+    {
+        eprintln!("hermes-harvest: warning: {e:#}; using the default API server settings");
+    }
+    if let Some(url) = &args.url {
+        config::normalize_url(url)
+            .map_err(|e| Failure::new(exit::USAGE, format!("--url: {e:#}")))?;
+    }
+    // Bad settings in the environment or the Hermes home: exit 1.
     let endpoint = config::resolve(
         args.url.as_deref(),
         &config::EnvVars::from_process(),
         home.as_ref().ok().map(|h| h.dir.as_path()),
-    )
-    .map_err(|e| Failure::new(exit::USAGE, format!("{e:#}")))?;
+    )?;
 
     let verify_home = if args.verify {
         let home = home.context("--verify reads the Hermes stores")?;

@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::content;
 use crate::home::HermesHome;
 use crate::model::{Message, Role, RowState, Session};
+use crate::rebuild;
 use crate::report::Report;
 use response_store::ResponseStore;
 use session_files::{IndexEntry, SessionFiles};
@@ -250,6 +251,14 @@ impl Stores {
                     Ok(snap) => {
                         s.tools = s.tools.take().or(snap.tools);
                         s.system_prompt = s.system_prompt.take().or(snap.system_prompt);
+                        if id == s.id && rebuild::starts_compacted(&s.messages) {
+                            // The store lost the turns before a compaction; the
+                            // snapshot (which never shrinks) still has them, and
+                            // the rebuild drops what both hold.
+                            let mut rows = snap.messages;
+                            rows.append(&mut s.messages);
+                            s.messages = rows;
+                        }
                     }
                     Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
                 }

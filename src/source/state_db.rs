@@ -289,25 +289,35 @@ impl StateDb {
             lineage: vec![head.id.clone()],
             ..Session::default()
         };
-        let mut msg_stmt = self.conn.prepare_cached(&self.message_sql)?;
-        self.append_rows(&mut msg_stmt, head, &mut session.messages, on_problem)?;
-
-        let mut current = head.clone();
+        // The lineage: every child of a session that ended in a compression
+        // rotation (0.13 can give one parent several), breadth first.
+        let mut members = vec![head.clone()];
         let mut child_stmt = self.conn.prepare_cached(&format!(
             "{} WHERE s.parent_session_id = ?1 ORDER BY s.started_at, s.id",
             self.head_sql
         ))?;
-        while current.end_reason.as_deref() == Some("compression") {
-            let child = child_stmt
-                .query_row([&current.id], head_from_row)
-                .optional()?;
-            let Some(child) = child else { break };
-            if session.lineage.contains(&child.id) {
-                break; // a cycle in a damaged store
+        let mut i = 0;
+        while i < members.len() && members.len() < 100_000 {
+            if members[i].end_reason.as_deref() == Some("compression") {
+                let children = child_stmt
+                    .query_map([&members[i].id], head_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                for child in children {
+                    if !members.iter().any(|m| m.id == child.id) {
+                        members.push(child);
+                    }
+                }
             }
-            self.append_rows(&mut msg_stmt, &child, &mut session.messages, on_problem)?;
-            session.lineage.push(child.id.clone());
-            current = child;
+            i += 1;
+        }
+        let mut msg_stmt = self.conn.prepare_cached(&self.message_sql)?;
+        for member in &members {
+            self.append_rows(&mut msg_stmt, member, &mut session.messages, on_problem)?;
+        }
+        if members.len() > 1 {
+            // Stored order across the lineage.
+            session.messages.sort_by_key(|m| m.row_id);
+            session.lineage = members.into_iter().map(|m| m.id).collect();
         }
         Ok(session)
     }

@@ -2,6 +2,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::OnceLock;
+
+use hermes_harvest::validate::{Schemas, Shape};
+use serde_json::Value;
+
+pub const VERSIONS: [&str; 2] = ["hermes-0.19.0", "hermes-0.13.0"];
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hermes-harvest"))
@@ -25,14 +31,146 @@ pub fn fixture_home(name: &str) -> tempfile::TempDir {
 pub fn run(args: &[&str]) -> Output {
     std::process::Command::new(bin())
         .args(args)
+        .env_remove("HERMES_HOME")
         .output()
         .expect("run binary")
 }
 
+/// Runs the binary with `--hermes-home HOME` appended.
 pub fn run_in(home: &Path, args: &[&str]) -> Output {
     let mut full: Vec<&str> = args.to_vec();
-    let h = home.to_str().unwrap();
     full.push("--hermes-home");
-    full.push(h);
+    full.push(home.to_str().expect("utf-8 path"));
     run(&full)
+}
+
+fn schemas() -> &'static Schemas {
+    static S: OnceLock<Schemas> = OnceLock::new();
+    S.get_or_init(|| Schemas::load().expect("schemas"))
+}
+
+/// Parses JSONL output and validates every line against its schema and
+/// the semantic rules; panics with the line on any problem.
+pub fn lines(bytes: &[u8]) -> Vec<Value> {
+    let text = std::str::from_utf8(bytes).expect("utf-8 output");
+    if text.is_empty() {
+        return Vec::new();
+    }
+    assert!(text.ends_with('\n'), "output must end with a newline");
+    let mut shape = None;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            assert!(!l.trim().is_empty(), "blank line {}", i + 1);
+            let v: Value = serde_json::from_str(l).expect("JSON line");
+            let s = Shape::of(&v).expect("known shape");
+            assert_eq!(*shape.get_or_insert(s), s, "one shape per file");
+            let problems = schemas().check(&v, s);
+            assert!(problems.is_empty(), "line {}: {problems:?}\n{l}", i + 1);
+            v
+        })
+        .collect()
+}
+
+/// Exports and returns (exit code, validated lines, stderr).
+pub fn export(home: &Path, args: &[&str]) -> (i32, Vec<Value>, String) {
+    let mut full = vec!["export"];
+    full.extend_from_slice(args);
+    let out = run_in(home, &full);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    (code, lines(&out.stdout), stderr)
+}
+
+fn short(s: &str) -> String {
+    let s = s.replace('\n', " ");
+    if s.chars().count() > 90 {
+        format!("{}…", s.chars().take(90).collect::<String>())
+    } else {
+        s
+    }
+}
+
+fn render_msgs(msgs: &[Value], out: &mut String) {
+    for m in msgs {
+        let role = m["role"].as_str().unwrap_or("?");
+        let content = m["content"].as_str().unwrap_or("");
+        let mut line = if role == "system" {
+            format!("  system: <{} chars>", content.len())
+        } else if role == "tool" {
+            format!(
+                "  tool[{}]: {}",
+                m["name"].as_str().unwrap_or("?"),
+                short(content)
+            )
+        } else {
+            format!("  {role}: {}", short(content))
+        };
+        for c in m["tool_calls"].as_array().into_iter().flatten() {
+            line += &format!(
+                " <call {}({})>",
+                c["function"]["name"].as_str().unwrap_or("?"),
+                short(&c["function"]["arguments"].to_string())
+            );
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+}
+
+/// A compact, reviewable rendering of exported lines for snapshots.
+pub fn render(lines: &[Value]) -> String {
+    let mut out = String::new();
+    for (i, v) in lines.iter().enumerate() {
+        out += &format!("#{}", i + 1);
+        if let Some(t) = v["tools"].as_array() {
+            out += &format!(" tools={}", t.len());
+        }
+        out.push('\n');
+        if let Some(msgs) = v["messages"].as_array() {
+            render_msgs(msgs, &mut out);
+        } else if let Some(p) = v["prompt"].as_array() {
+            render_msgs(p, &mut out);
+            for side in ["chosen", "rejected"] {
+                out += &format!(" {side}:\n");
+                render_msgs(v[side].as_array().expect("side"), &mut out);
+            }
+        } else {
+            for k in ["system", "prompt", "chosen", "rejected"] {
+                if let Some(s) = v[k].as_str() {
+                    out += &format!("  {k}: {}\n", short(s));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every user text of every SFT line, in order.
+pub fn user_texts(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .flat_map(|v| v["messages"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Every file under `dir` with its length and hash, for "stores untouched".
+pub fn snapshot_files(dir: &Path) -> Vec<(PathBuf, usize, u64)> {
+    walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).expect("read");
+            let text = bytes.iter().map(|b| *b as char).collect::<String>();
+            (
+                e.path().to_path_buf(),
+                bytes.len(),
+                hermes_harvest::output::stable_hash(&text),
+            )
+        })
+        .collect()
 }

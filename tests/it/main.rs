@@ -2,4 +2,5 @@
 //! captured fixtures, and validate every line against `schemas/`.
 
 mod common;
+mod export;
 mod send;

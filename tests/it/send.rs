@@ -447,6 +447,27 @@ fn bad_events_are_usage_errors() {
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
         assert_eq!(r.stdout, "");
     }
+    for bad_url in [
+        "https://127.0.0.1:9",
+        "127.0.0.1:9",
+        "http://user:pw@127.0.0.1:9",
+    ] {
+        let mut cmd = send_cmd(home.path());
+        cmd.args(["tick", "--url", bad_url]);
+        let r = run(cmd);
+        assert_eq!(r.code, 2, "{bad_url}: {}", r.stderr);
+        assert!(!r.stderr.contains("pw@"), "{}", r.stderr);
+    }
+    // A broken setting in the Hermes home is an error (exit 1) naming it.
+    let hermes = home.path().join("hermes");
+    std::fs::create_dir(&hermes).unwrap();
+    std::fs::write(hermes.join(".env"), "API_SERVER_PORT=eighty\n").unwrap();
+    let mut cmd = send_cmd(home.path());
+    cmd.args(["tick", "--hermes-home", hermes.to_str().unwrap()]);
+    let r = run(cmd);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("\"eighty\""), "{}", r.stderr);
+
     let mut cmd = send_cmd(home.path());
     cmd.args(["--event", "-", "--url", "http://127.0.0.1:9"])
         .write_stdin(r#"{"type":"archon_departed"}"#);
