@@ -157,6 +157,7 @@ pub struct SourcesArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
 pub enum EventKind {
     ArchonEntering,
     ArchonMaterialized,

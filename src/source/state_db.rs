@@ -48,6 +48,8 @@ pub struct StateDb {
     head_sql: String,
     message_sql: String,
     prompt_sql: String,
+    /// `sessions.parent_session_id` exists (lineage can be followed).
+    has_parent: bool,
 }
 
 const HEAD_COLUMNS: &str =
@@ -174,6 +176,7 @@ impl StateDb {
             head_sql,
             message_sql,
             prompt_sql,
+            has_parent: parent_join,
         })
     }
 
@@ -292,23 +295,25 @@ impl StateDb {
         // The lineage: every child of a session that ended in a compression
         // rotation (0.13 can give one parent several), breadth first.
         let mut members = vec![head.clone()];
-        let mut child_stmt = self.conn.prepare_cached(&format!(
-            "{} WHERE s.parent_session_id = ?1 ORDER BY s.started_at, s.id",
-            self.head_sql
-        ))?;
-        let mut i = 0;
-        while i < members.len() && members.len() < 100_000 {
-            if members[i].end_reason.as_deref() == Some("compression") {
-                let children = child_stmt
-                    .query_map([&members[i].id], head_from_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                for child in children {
-                    if !members.iter().any(|m| m.id == child.id) {
-                        members.push(child);
+        if self.has_parent {
+            let mut child_stmt = self.conn.prepare_cached(&format!(
+                "{} WHERE s.parent_session_id = ?1 ORDER BY s.started_at, s.id",
+                self.head_sql
+            ))?;
+            let mut i = 0;
+            while i < members.len() && members.len() < 100_000 {
+                if members[i].end_reason.as_deref() == Some("compression") {
+                    let children = child_stmt
+                        .query_map([&members[i].id], head_from_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    for child in children {
+                        if !members.iter().any(|m| m.id == child.id) {
+                            members.push(child);
+                        }
                     }
                 }
+                i += 1;
             }
-            i += 1;
         }
         let mut msg_stmt = self.conn.prepare_cached(&self.message_sql)?;
         for member in &members {
