@@ -75,6 +75,18 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         (None, OutTarget::Dir(dir)) => Some(RunLock::acquire(&dir.join(".hermes-harvest"))?),
         (None, OutTarget::Stdout) => None,
     };
+    // Leftovers of a killed run (we hold the lock, so nobody owns them).
+    let targets: Vec<std::path::PathBuf> = match &cfg.out {
+        OutTarget::File(p) => vec![p.clone()],
+        OutTarget::Dir(d) => ["train.jsonl", "valid.jsonl", "manifest.json"]
+            .iter()
+            .map(|n| d.join(n))
+            .collect(),
+        OutTarget::Stdout => Vec::new(),
+    };
+    for t in targets.iter().chain(&cfg.state) {
+        crate::sink::remove_stale_partials(t);
+    }
     let state = cfg.state.as_deref().map(RunState::load).transpose()?;
     let stores = Stores::open(&home, &mut report)?;
     let mut redactor = cfg.redact.then(|| Redactor::new(Some(&home.dir)));

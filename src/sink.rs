@@ -7,19 +7,46 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tempfile::NamedTempFile;
 
+fn partial_prefix(target: &Path) -> String {
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    format!(".hermes-harvest-partial-{name}.")
+}
+
+fn dir_of(target: &Path) -> PathBuf {
+    match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Creates a temporary file next to `target` (so it can be renamed over
 /// it), readable by the owner only.
 pub fn temp_beside(target: &Path) -> Result<NamedTempFile> {
-    let dir = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = dir_of(target);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = tempfile::Builder::new()
-        .prefix(".hermes-harvest-partial-")
+        .prefix(&partial_prefix(target))
         .tempfile_in(&dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     Ok(tmp)
+}
+
+/// Removes temporary files a killed run left for `target`. Call it only
+/// while holding the run lock, so no live run owns them.
+pub fn remove_stale_partials(target: &Path) {
+    let prefix = partial_prefix(target);
+    let Ok(entries) = std::fs::read_dir(dir_of(target)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Flushes, fsyncs and renames a temporary file over `target`, then syncs

@@ -2,5 +2,6 @@
 //! captured fixtures, and validate every line against `schemas/`.
 
 mod common;
+mod cron;
 mod export;
 mod send;

@@ -1,0 +1,534 @@
+//! The nightly cron job: redaction, directory output with manifest,
+//! incremental state, lock, kill safety, a live writer.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// One planted secret of each kind, with where it goes.
+const SECRETS: &[&str] = &[
+    "sk-proj-PLANTEDopenaiKEY0123456789abcdefXYZ",
+    "sk-ant-api03-PLANTEDanthropic0123456789abcdef",
+    "ghp_PLANTEDgithubTOKEN0123456789abcdefghijkl",
+    "AIzaSyPLANTEDgoogleKEY0123456789abcdefgh",
+    "AKIAPLANTEDAWS012345",
+    "xoxb-123456789012-PLANTEDslack",
+    "hf_PLANTEDhuggingface0123456789abcdefgh",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJQTEFOVEVEIn0.PLANTEDsignature0123456789",
+    "PLANTEDbearerTOKEN0123456789",
+    "MIIEPLANTEDprivateKEYbody",
+    "7012345678:AAFakeFixtureTokenNotReal-0123456789ab",
+    "ci-test-key-0123456789abcdef",
+    "/home/timmyplanted",
+    "/Users/alexplanted",
+];
+
+const NEAR_MISSES: &[&str] = &[
+    "the risk-assessment-framework-document",
+    "Bearer of bad news",
+    "/var/home/shared",
+    "port 8642:8642",
+    "task-list sk-short",
+];
+
+fn sql(home: &Path, batch: &str) {
+    let db = rusqlite::Connection::open(home.join("state.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute_batch(batch).unwrap();
+}
+
+fn plant_secrets(home: &Path) {
+    let q = |s: &str| s.replace('\'', "''");
+    let [
+        openai,
+        anthropic,
+        github,
+        google,
+        aws,
+        slack,
+        hf,
+        jwt,
+        bearer,
+        pkey,
+        telegram,
+        configured,
+        linux,
+        mac,
+    ] = SECRETS.try_into().unwrap();
+    sql(
+        home,
+        &format!(
+            "UPDATE messages SET content = content || ' key {openai} and {configured} at {linux}/notes' WHERE role = 'user';
+             UPDATE messages SET content = content || ' token {anthropic} {telegram} in {mac}/x' WHERE role = 'assistant' AND content <> '';
+             UPDATE messages SET reasoning = COALESCE(reasoning, '') || ' {slack}', reasoning_content = COALESCE(reasoning_content, '') || ' {slack}' WHERE role = 'assistant';
+             UPDATE messages SET tool_calls = replace(tool_calls, 'greet the archon', 'greet the archon {aws} {github}') WHERE tool_calls IS NOT NULL;
+             UPDATE messages SET content = content || ' Authorization: Bearer {bearer} {hf}' WHERE role = 'tool';
+             UPDATE sessions SET system_prompt = system_prompt || ' {google} {jwt} -----BEGIN RSA PRIVATE KEY-----\n{pkey}\n-----END RSA PRIVATE KEY-----';
+             UPDATE messages SET content = content || ' {}' WHERE role = 'user';",
+            q(&NEAR_MISSES.join(" | "))
+        ),
+    );
+}
+
+#[test]
+fn planted_secrets_never_reach_the_output_and_near_misses_stay() {
+    let home = fixture_home(VERSIONS[0]);
+    plant_secrets(home.path());
+    let out_dir = tempfile::tempdir().unwrap();
+    for format in ["sft", "dpo"] {
+        let dir = out_dir.path().join(format);
+        let dir_arg = format!("{}/", dir.display());
+        let out = run_in(
+            home.path(),
+            &[
+                "export",
+                "--format",
+                format,
+                "--include-reasoning",
+                "--out",
+                &dir_arg,
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let mut all = String::new();
+        for f in ["train.jsonl", "valid.jsonl", "manifest.json"] {
+            all += &std::fs::read_to_string(dir.join(f)).unwrap();
+        }
+        all += &stderr;
+        for s in SECRETS {
+            assert!(!all.contains(s), "{format}: {s} leaked");
+        }
+        for s in NEAR_MISSES {
+            assert!(all.contains(s), "{format}: near miss {s:?} was changed");
+        }
+        assert!(all.contains("[REDACTED:"), "{format}");
+        let manifest: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
+                .unwrap();
+        let red = manifest["redactions"].as_object().unwrap();
+        for kind in [
+            "openai_key",
+            "configured_secret",
+            "home_path",
+            "bearer",
+            "private_key",
+            "jwt",
+        ] {
+            assert!(
+                red.get(kind).and_then(Value::as_u64).unwrap_or(0) > 0,
+                "{format}: {kind} not counted: {red:?}"
+            );
+        }
+        assert!(stderr.contains("redacted: "), "{stderr}");
+    }
+    // The planting really put them there.
+    let out = run_in(
+        home.path(),
+        &["export", "--no-redact", "--include-reasoning"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for s in SECRETS {
+        assert!(text.contains(s), "planting failed for {s}");
+    }
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    ["train.jsonl", "valid.jsonl", "manifest.json"]
+        .iter()
+        .map(|n| (n.to_string(), read(&dir.join(n))))
+        .collect()
+}
+
+fn manifest_schema() -> jsonschema::Validator {
+    jsonschema::validator_for(
+        &serde_json::from_str(hermes_harvest::validate::MANIFEST_SCHEMA).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn directory_output_splits_by_session_and_writes_a_valid_manifest() {
+    let home = fixture_home(VERSIONS[0]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("sft");
+    let arg = format!("{}/", dir.display());
+    let run1 = run_in(home.path(), &["export", "--out", &arg]);
+    assert_eq!(run1.status.code(), Some(0));
+    assert!(run1.stdout.is_empty(), "data goes to the files, not stdout");
+    let first = files_of(&dir);
+    let train = lines(&first[0].1);
+    let valid = lines(&first[1].1);
+    assert!(
+        valid.len() >= 4,
+        "valid holds at least a batch: {}",
+        valid.len()
+    );
+    assert!(!train.is_empty());
+    let manifest: Value = serde_json::from_slice(&first[2].1).unwrap();
+    let schema = manifest_schema();
+    let errors: Vec<String> = schema
+        .iter_errors(&manifest)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        manifest["split"]["files"]["train.jsonl"]["lines"],
+        train.len()
+    );
+    assert_eq!(
+        manifest["split"]["files"]["valid.jsonl"]["lines"],
+        valid.len()
+    );
+    assert_eq!(manifest["sources"][0]["schema_version"], 22);
+    // No session is on both sides: the first user turn of each sample names its session.
+    let firsts = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|l| {
+                l["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["role"] == "user")
+                    .unwrap()["content"]
+                    .to_string()
+            })
+            .collect()
+    };
+    for t in firsts(&train) {
+        assert!(!firsts(&valid).contains(&t));
+    }
+    // Deterministic.
+    let run2 = run_in(home.path(), &["export", "--out", &arg]);
+    assert_eq!(run2.status.code(), Some(0));
+    assert_eq!(files_of(&dir)[..2], first[..2]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["train.jsonl", "valid.jsonl", "manifest.json"] {
+            let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+    }
+}
+
+fn user_texts_in(dir: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for f in ["train.jsonl", "valid.jsonl"] {
+        v.extend(user_texts(&lines(&read(&dir.join(f)))));
+    }
+    v
+}
+
+/// Appends one complete exchange to a session, as Hermes does: the user
+/// row, then the reply in a later transaction.
+fn append_turn(db: &rusqlite::Connection, session: &str, text: &str) {
+    let now = 1_900_000_000.0 + text.len() as f64;
+    db.execute(
+        "INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES (?1, 'user', ?2, ?3, 1, 0)",
+        rusqlite::params![session, text, now],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES (?1, 'assistant', ?2, ?3, 'stop', 1, 0)",
+        rusqlite::params![session, format!("Answer to {text}"), now + 1.0],
+    )
+    .unwrap();
+}
+
+#[test]
+fn incremental_runs_export_each_new_turn_once_and_nothing_twice() {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("out");
+    let dir_arg = format!("{}/", dir.display());
+    let state = work.path().join("state.json");
+    let state_arg = state.to_str().unwrap();
+    let cron = |args: &[&str]| {
+        let mut full = vec!["export", "--out", &dir_arg, "--state", state_arg];
+        full.extend_from_slice(args);
+        run_in(home.path(), &full)
+    };
+    let r1 = cron(&[]);
+    assert_eq!(r1.status.code(), Some(0));
+    let before = user_texts_in(&dir);
+    assert!(!before.is_empty());
+
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    append_turn(
+        &db,
+        "nexus-world-0001",
+        "[perception] tick: a new turn in the long-lived session",
+    );
+    drop(db);
+    let r2 = cron(&[]);
+    assert_eq!(
+        r2.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r2.stderr)
+    );
+    let after = user_texts_in(&dir);
+    assert_eq!(after.len(), before.len() + 1, "exactly one new sample");
+    assert_eq!(
+        after
+            .iter()
+            .filter(|u| u.contains("a new turn in the long-lived"))
+            .count(),
+        1
+    );
+
+    let files = files_of(&dir);
+    let state_bytes = read(&state);
+    let r3 = cron(&[]);
+    assert_eq!(r3.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&r3.stderr).contains("nothing new"),
+        "{}",
+        String::from_utf8_lossy(&r3.stderr)
+    );
+    assert_eq!(
+        files_of(&dir),
+        files,
+        "a run with nothing new writes nothing"
+    );
+    assert_eq!(read(&state), state_bytes);
+}
+
+#[test]
+fn an_overlapping_run_is_stopped_by_the_lock() {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state.json");
+    let lock = std::fs::File::create(work.path().join("state.json.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let out = run_in(
+        home.path(),
+        &[
+            "export",
+            "--state",
+            state.to_str().unwrap(),
+            "--out",
+            work.path().join("o.jsonl").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another run holds"), "{stderr}");
+    assert!(!work.path().join("o.jsonl").exists());
+    drop(lock);
+    let out = run_in(
+        home.path(),
+        &[
+            "export",
+            "--state",
+            state.to_str().unwrap(),
+            "--out",
+            work.path().join("o.jsonl").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// Copies every short captured session `times` times under new ids (a
+/// larger store).
+fn grow(home: &Path, times: usize, tag: &str) {
+    let mut batch = String::from("BEGIN;");
+    for k in 0..times {
+        let sfx = format!("~{tag}{k}");
+        batch += &format!(
+            "CREATE TEMP TABLE s AS SELECT * FROM sessions WHERE id NOT LIKE '%~%' AND id IN (SELECT session_id FROM messages GROUP BY session_id HAVING MAX(length(content)) < 3000);
+             UPDATE s SET id = id || '{sfx}', title = CASE WHEN title IS NULL THEN NULL ELSE title || '{sfx}' END, parent_session_id = NULL;
+             CREATE TEMP TABLE m AS SELECT * FROM messages WHERE session_id IN (SELECT substr(id, 1, length(id) - {}) FROM s);
+             UPDATE m SET id = NULL, session_id = session_id || '{sfx}', content = content || ' ({tag}{k})';
+             INSERT INTO sessions SELECT * FROM s;
+             INSERT INTO messages SELECT * FROM m ORDER BY rowid;
+             DROP TABLE s; DROP TABLE m;",
+            sfx.len()
+        );
+    }
+    batch += "COMMIT;";
+    sql(home, &batch);
+}
+
+#[test]
+fn a_killed_run_leaves_everything_intact_and_the_rerun_matches() {
+    let home = fixture_home(VERSIONS[0]);
+    // Drop the FTS triggers in this scratch copy so growing it is quick.
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    let triggers: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    for t in triggers {
+        db.execute_batch(&format!("DROP TRIGGER \"{t}\"")).unwrap();
+    }
+    drop(db);
+    grow(home.path(), 40, "a");
+    let work = tempfile::tempdir().unwrap();
+    let killed = work.path().join("killed");
+    let clean = work.path().join("clean");
+    let export = |dir: &Path| -> Command {
+        let mut c = Command::new(bin());
+        c.args([
+            "export",
+            "--hermes-home",
+            home.path().to_str().unwrap(),
+            "--out",
+            &format!("{}/", dir.join("out").display()),
+            "--state",
+            dir.join("state.json").to_str().unwrap(),
+            "--quiet",
+        ]);
+        c
+    };
+    for dir in [&killed, &clean] {
+        std::fs::create_dir_all(dir).unwrap();
+        assert!(export(dir).status().unwrap().success());
+    }
+    // More data arrives; the clean copy takes it in one go.
+    grow(home.path(), 40, "b");
+    let start = Instant::now();
+    assert!(export(&clean).status().unwrap().success());
+    let full_time = start.elapsed();
+
+    let snapshot = |dir: &Path| {
+        let mut f = files_of(&dir.join("out"));
+        f.push(("state".into(), read(&dir.join("state.json"))));
+        f
+    };
+    let before = snapshot(&killed);
+    let mut kills = 0;
+    for step in 1..=12u32 {
+        let delay = full_time.mul_f64(f64::from(step) / 10.0);
+        let mut child = export(&killed)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_some() {
+            break; // it finished before the kill
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        let now = snapshot(&killed);
+        // Either nothing was committed, or the outputs were renamed but the
+        // state not yet: then the next run cuts them back. The state itself
+        // is always the old one or the final one.
+        assert!(
+            now[3].1 == before[3].1 || now == snapshot(&clean),
+            "state half-written after kill at {delay:?}"
+        );
+        if now[3].1 == before[3].1 {
+            for (name, bytes) in &now[..2] {
+                let (_, old) = before.iter().find(|(n, _)| n == name).unwrap();
+                assert!(
+                    bytes.starts_with(old),
+                    "{name} lost committed lines after kill at {delay:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        kills > 0,
+        "no kill landed mid-run (full run took {full_time:?})"
+    );
+    assert!(export(&killed).status().unwrap().success());
+    let a = snapshot(&killed);
+    let b = snapshot(&clean);
+    assert_eq!(a[0], b[0], "train.jsonl differs from an uninterrupted run");
+    assert_eq!(a[1], b[1], "valid.jsonl differs from an uninterrupted run");
+    let leftovers: Vec<_> = std::fs::read_dir(killed.join("out"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "stale temporary files remain: {leftovers:?}"
+    );
+}
+
+#[test]
+fn back_to_back_runs_against_a_live_writer_lose_and_duplicate_nothing() {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("out");
+    let dir_arg = format!("{}/", dir.display());
+    let state = work.path().join("state.json");
+    let db_path = home.path().join("state.db");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let db = rusqlite::Connection::open(db_path).unwrap();
+            db.busy_timeout(Duration::from_secs(10)).unwrap();
+            db.pragma_update(None, "journal_mode", "wal").unwrap();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                append_turn(
+                    &db,
+                    "nexus-world-0001",
+                    &format!("[perception] tick: live writer turn {n:05}"),
+                );
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            n
+        })
+    };
+    let cron = || {
+        let out = run_in(
+            home.path(),
+            &[
+                "export",
+                "--out",
+                &dir_arg,
+                "--state",
+                state.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    cron();
+    cron();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    cron();
+    let texts = user_texts_in(&dir);
+    let live: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.contains("live writer turn"))
+        .collect();
+    let mut unique = live.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), live.len(), "a live turn was exported twice");
+    assert_eq!(live.len(), written, "every written turn was exported once");
+    // And the totals equal one export of the final store.
+    let full = run_in(home.path(), &["export"]);
+    let mut expected = user_texts(&lines(&full.stdout));
+    let mut got = texts.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+}
