@@ -133,6 +133,16 @@ fn sequence(msgs: &[Value], where_: &str, open_calls_ok: bool, out: &mut Vec<Str
     let mut open: Vec<&str> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
+        if i > 0 && role(m) == "user" && role(&msgs[i - 1]) == "user" {
+            out.push(format!(
+                "{where_}[{i}]: two user turns in a row (roles must alternate)"
+            ));
+        }
+        if i > 0 && role(m) == "assistant" && role(&msgs[i - 1]) == "system" {
+            out.push(format!(
+                "{where_}[{i}]: an assistant turn right after the system prompt"
+            ));
+        }
         match role(m) {
             "system" if i > 0 => {
                 out.push(format!("{where_}[{i}]: a system message must come first"))

@@ -3,5 +3,6 @@
 
 mod common;
 mod cron;
+mod dpo;
 mod export;
 mod send;
