@@ -12,7 +12,7 @@ use crate::config::{DpoStyle, ExportConfig, Format, OutTarget};
 use crate::exit;
 use crate::format::{self, Exchange, dpo, sft};
 use crate::home::HermesHome;
-use crate::model::{Channel, Message, Origin, Session};
+use crate::model::{Channel, Message, Origin, Role, Session};
 use crate::output::{Output, stable_hash};
 use crate::rebuild::{self, RebuildStats};
 use crate::redact::Redactor;
@@ -35,6 +35,8 @@ struct Totals {
     /// snapshots for compaction and retry sessions that never reach the
     /// DB); those turns are exported once.
     seen: HashSet<u64>,
+    /// Whether any store besides state.db can repeat its turns.
+    dedupe: bool,
 }
 
 /// A turn's identity across stores: its user text and its final answer.
@@ -64,7 +66,7 @@ struct Covered<'a> {
 
 pub fn run(args: &ExportArgs) -> Result<u8> {
     let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-    let cfg = ExportConfig::from_args(args, now)?;
+    let mut cfg = ExportConfig::from_args(args, now)?;
     let home = HermesHome::resolve(&args.home)?;
     let mut report = Report::new(cfg.strict, cfg.quiet);
 
@@ -123,7 +125,17 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     report.start_progress(progress_len, "exporting");
 
     let mut output = Output::open(&cfg.out, state.as_ref(), cfg.valid_fraction)?;
-    let mut totals = Totals::default();
+    let mut totals = Totals {
+        dedupe: stores.responses.is_some()
+            || !stores.files.snapshots.is_empty()
+            || !stores.files.transcripts.is_empty(),
+        ..Totals::default()
+    };
+    if let (Some(r), crate::config::SystemPolicy::Fixed(text)) =
+        (redactor.as_mut(), &mut cfg.system)
+    {
+        r.string(text);
+    }
     stores.each_session(
         &mut report,
         db_heads,
@@ -131,7 +143,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         &mut |session, report| {
             report.tick();
             export_session(
-                &session,
+                session,
                 &cfg,
                 &covered,
                 report,
@@ -187,17 +199,34 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
 
 #[allow(clippy::too_many_arguments)]
 fn export_session(
-    session: &Session,
+    mut session: Session,
     cfg: &ExportConfig,
     covered: &Covered<'_>,
     report: &mut Report,
     totals: &mut Totals,
     output: &mut Output,
-    mut redactor: Option<&mut Redactor>,
+    redactor: Option<&mut Redactor>,
 ) -> Result<()> {
-    let channel = cfg.channel_of(&head_of(session));
-    let rebuilt = rebuild::rebuild(session);
+    let channel = cfg.channel_of(&head_of(&session));
+    let mut rebuilt = rebuild::rebuild(&session);
     add_stats(&mut totals.history, &rebuilt.stats);
+    if let Some(r) = redactor {
+        // Every string once, before any sample repeats it.
+        rebuilt.messages.iter_mut().for_each(|m| r.message(m));
+        for alt in &mut rebuilt.alternatives {
+            alt.rejected.iter_mut().for_each(|m| r.message(m));
+        }
+        for text in [&mut session.system_prompt, &mut session.instructions]
+            .into_iter()
+            .flatten()
+        {
+            r.string(text);
+        }
+        for tool in session.tools.iter_mut().flatten() {
+            r.value(tool);
+        }
+    }
+    let session = &session;
     let exchanges = format::exchanges(&rebuilt.messages);
     let from_db = session.origin == Some(Origin::StateDb);
     let already = if from_db {
@@ -226,12 +255,14 @@ fn export_session(
         .iter()
         .enumerate()
         .map(|(i, ex)| {
-            let print = fingerprint(ex.msgs);
-            if from_db {
-                totals.seen.insert(print);
-            } else if totals.seen.contains(&print) {
-                duplicates += 1;
-                return false;
+            if totals.dedupe {
+                let print = fingerprint(ex.msgs);
+                if from_db {
+                    totals.seen.insert(print);
+                } else if totals.seen.contains(&print) {
+                    duplicates += 1;
+                    return false;
+                }
             }
             in_window(ex) && is_new(i, ex.msgs)
         })
@@ -251,16 +282,6 @@ fn export_session(
         .filter(|(e, s)| **s && e.problem.is_none())
         .count();
 
-    let mut emit = |line: Value, t: Option<f64>, totals: &mut Totals| -> Result<()> {
-        let mut line = line;
-        if let Some(r) = redactor.as_deref_mut() {
-            r.value(&mut line);
-        }
-        output.line(&session.id, &serde_json::to_vec(&line)?)?;
-        totals.saw_time(t);
-        Ok(())
-    };
-
     match cfg.format {
         Format::Sft => {
             if !selected.iter().any(|s| *s) {
@@ -279,26 +300,31 @@ fn export_session(
                 report.skip(reason);
             }
             for (line, t) in outcome.lines {
-                emit(serde_json::to_value(&line)?, t, totals)?;
+                output.line(&session.id, &serde_json::to_vec(&line)?)?;
+                totals.saw_time(t);
                 *totals.samples.entry(channel.as_str()).or_default() += 1;
             }
         }
         Format::Dpo => {
             let msgs = &rebuilt.messages;
+            let seen = &totals.seen;
+            let dedupe = totals.dedupe && !from_db;
             let selected_pair = |user: usize, chosen_end: usize| -> bool {
-                let index = msgs[..user]
-                    .iter()
-                    .filter(|m| m.role == crate::model::Role::User)
-                    .count();
+                let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
+                let end = (user + 1..msgs.len())
+                    .find(|&k| msgs[k].role == Role::User)
+                    .unwrap_or(msgs.len());
                 cfg.in_window(msgs[user].timestamp.or(session.started_at))
                     && is_new(index, &msgs[user..chosen_end])
+                    && !(dedupe && seen.contains(&fingerprint(&msgs[user..end])))
             };
             let outcome = dpo::pairs(session, &rebuilt, cfg, &selected_pair);
             for reason in outcome.skipped {
                 report.skip(reason);
             }
             for (signal, line, t) in outcome.lines {
-                emit(serde_json::to_value(&line)?, t, totals)?;
+                output.line(&session.id, &serde_json::to_vec(&line)?)?;
+                totals.saw_time(t);
                 *totals.samples.entry(channel.as_str()).or_default() += 1;
                 *totals.signals.entry(signal.as_str()).or_default() += 1;
             }

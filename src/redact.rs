@@ -9,8 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use serde_json::Value;
+
+use crate::model::Message;
 
 /// Secret shapes of the common providers. Order matters: more specific
 /// shapes come first so they name the kind.
@@ -19,33 +21,39 @@ const PATTERNS: &[(&str, &str)] = &[
         "private_key",
         r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----",
     ),
-    ("anthropic_key", r"\bsk-ant-[A-Za-z0-9_-]{20,}"),
-    ("openrouter_key", r"\bsk-or-v1-[A-Za-z0-9]{32,}"),
+    ("anthropic_key", r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}"),
+    ("openrouter_key", r"(?-u:\b)sk-or-v1-[A-Za-z0-9]{32,}"),
     (
         "openai_key",
-        r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}",
+        r"(?-u:\b)sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}",
     ),
     (
         "github_token",
-        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
+        r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
     ),
-    ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}"),
-    ("google_oauth_secret", r"\bGOCSPX-[A-Za-z0-9_-]{20,}"),
-    ("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    ("slack_token", r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
-    ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}"),
-    ("groq_key", r"\bgsk_[A-Za-z0-9]{40,}"),
-    ("xai_key", r"\bxai-[A-Za-z0-9]{40,}"),
+    ("google_api_key", r"(?-u:\b)AIza[0-9A-Za-z_-]{35}"),
+    ("google_oauth_secret", r"(?-u:\b)GOCSPX-[A-Za-z0-9_-]{20,}"),
+    (
+        "aws_access_key",
+        r"(?-u:\b)(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)",
+    ),
+    ("slack_token", r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,}"),
+    ("huggingface_token", r"(?-u:\b)hf_[A-Za-z0-9]{30,}"),
+    ("groq_key", r"(?-u:\b)gsk_[A-Za-z0-9]{40,}"),
+    ("xai_key", r"(?-u:\b)xai-[A-Za-z0-9]{40,}"),
     (
         "stripe_key",
-        r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{20,}",
+        r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{20,}",
     ),
-    ("telegram_bot_token", r"\b[0-9]{8,10}:[A-Za-z0-9_-]{35}\b"),
+    (
+        "telegram_bot_token",
+        r"(?-u:\b)[0-9]{8,10}:[A-Za-z0-9_-]{35}(?-u:\b)",
+    ),
     (
         "jwt",
-        r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
+        r"(?-u:\b)eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
     ),
-    ("bearer", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{16,}"),
+    ("bearer", r"(?i)(?-u:\b)bearer\s+[A-Za-z0-9._~+/=-]{16,}"),
 ];
 
 /// Names of settings whose values are secrets.
@@ -57,6 +65,9 @@ fn secret_setting(name: &str) -> bool {
 }
 
 pub struct Redactor {
+    /// Every pattern (secrets, configured literals, home paths) in one set:
+    /// a string that matches none of them is scanned once and left alone.
+    any: RegexSet,
     patterns: Vec<(&'static str, Regex)>,
     /// The exact secret values from `.env` and `config.yaml`.
     literals: Option<Regex>,
@@ -64,79 +75,120 @@ pub struct Redactor {
     pub counts: BTreeMap<&'static str, usize>,
 }
 
+const HOME_PATH: &str = r"(^|[^A-Za-z0-9._/~-])/(?:Users|home)/[A-Za-z0-9._-]+";
+
 impl Redactor {
     /// Patterns plus the secret values configured under `home` (if given).
     pub fn new(home: Option<&Path>) -> Redactor {
-        let patterns = PATTERNS
+        let patterns: Vec<(&'static str, Regex)> = PATTERNS
             .iter()
             .map(|(kind, re)| (*kind, Regex::new(re).expect("valid built-in pattern")))
             .collect();
         let mut values: Vec<String> = home.map(configured_secrets).unwrap_or_default();
         values.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         values.dedup();
-        let literals = (!values.is_empty()).then(|| {
+        let literal_re = (!values.is_empty()).then(|| {
             let alt: Vec<String> = values.iter().map(|v| regex::escape(v)).collect();
-            Regex::new(&alt.join("|")).expect("escaped literals")
+            alt.join("|")
         });
+        let mut all: Vec<&str> = PATTERNS.iter().map(|(_, re)| *re).collect();
+        all.push(HOME_PATH);
+        if let Some(l) = &literal_re {
+            all.push(l);
+        }
         Redactor {
+            any: RegexSet::new(all).expect("valid pattern set"),
             patterns,
-            literals,
-            home_path: Regex::new(r"(^|[^A-Za-z0-9._/~-])/(?:Users|home)/[A-Za-z0-9._-]+")
-                .expect("valid home pattern"),
+            literals: literal_re.map(|l| Regex::new(&l).expect("escaped literals")),
+            home_path: Regex::new(HOME_PATH).expect("valid home pattern"),
             counts: BTreeMap::new(),
         }
     }
 
-    /// Redacts one string.
+    /// Redacts one string; `None` when there is nothing to redact.
     pub fn text(&mut self, s: &str) -> Option<String> {
+        if !self.any.is_match(s) {
+            return None;
+        }
         let mut cur: Option<String> = None;
         if let Some(re) = &self.literals {
-            let src = cur.as_deref().unwrap_or(s);
-            let n = re.find_iter(src).count();
-            if n > 0 {
-                *self.counts.entry("configured_secret").or_default() += n;
-                cur = Some(
-                    re.replace_all(src, "[REDACTED:configured_secret]")
-                        .into_owned(),
-                );
-            }
+            cur = replace_counted(
+                re,
+                s,
+                "[REDACTED:configured_secret]",
+                "configured_secret",
+                &mut self.counts,
+            );
         }
         for (kind, re) in &self.patterns {
             let src = cur.as_deref().unwrap_or(s);
-            let n = re.find_iter(src).count();
-            if n > 0 {
-                *self.counts.entry(kind).or_default() += n;
-                let token = format!("[REDACTED:{kind}]");
-                let replaced = if *kind == "bearer" {
-                    re.replace_all(src, format!("Bearer {token}").as_str())
-                } else {
-                    re.replace_all(src, token.as_str())
-                };
-                cur = Some(replaced.into_owned());
+            let token = if *kind == "bearer" {
+                format!("Bearer [REDACTED:{kind}]")
+            } else {
+                format!("[REDACTED:{kind}]")
+            };
+            if let Some(new) = replace_counted(re, src, &token, kind, &mut self.counts) {
+                cur = Some(new);
             }
         }
         let src = cur.as_deref().unwrap_or(s);
-        let n = self.home_path.find_iter(src).count();
-        if n > 0 {
-            *self.counts.entry("home_path").or_default() += n;
-            cur = Some(self.home_path.replace_all(src, "${1}~").into_owned());
+        if let Some(new) =
+            replace_counted(&self.home_path, src, "${1}~", "home_path", &mut self.counts)
+        {
+            cur = Some(new);
         }
         cur
+    }
+
+    /// Redacts a string in place.
+    pub fn string(&mut self, s: &mut String) {
+        if let Some(new) = self.text(s) {
+            *s = new;
+        }
     }
 
     /// Redacts every string inside a JSON value, in place.
     pub fn value(&mut self, v: &mut Value) {
         match v {
-            Value::String(s) => {
-                if let Some(new) = self.text(s) {
-                    *s = new;
-                }
-            }
+            Value::String(s) => self.string(s),
             Value::Array(items) => items.iter_mut().for_each(|i| self.value(i)),
             Value::Object(map) => map.values_mut().for_each(|i| self.value(i)),
             _ => {}
         }
     }
+
+    /// Redacts every string of a message: text, reasoning, tool calls.
+    pub fn message(&mut self, m: &mut Message) {
+        self.string(&mut m.content);
+        if let Some(r) = m.reasoning.as_mut() {
+            self.string(r);
+        }
+        for c in &mut m.tool_calls {
+            self.value(&mut c.arguments);
+        }
+    }
+}
+
+/// Replaces every match, counting them under `kind`; `None` if none.
+fn replace_counted(
+    re: &Regex,
+    src: &str,
+    with: &str,
+    kind: &'static str,
+    counts: &mut BTreeMap<&'static str, usize>,
+) -> Option<String> {
+    let mut n = 0;
+    let out = re.replace_all(src, |caps: &regex::Captures<'_>| {
+        n += 1;
+        let mut dst = String::new();
+        caps.expand(with, &mut dst);
+        dst
+    });
+    if n == 0 {
+        return None;
+    }
+    *counts.entry(kind).or_default() += n;
+    Some(out.into_owned())
 }
 
 /// Secret values set in `HERMES_HOME/.env` and `config.yaml`: values of

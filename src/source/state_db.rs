@@ -382,7 +382,7 @@ fn message_from_row(r: &Row<'_>) -> Result<Option<Message>, String> {
         match r.get_ref(i).map_err(|e| e.to_string())? {
             rusqlite::types::ValueRef::Null => Ok(None),
             rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                Ok(Some(String::from_utf8_lossy(t).into_owned()))
+                Ok(Some(utf8(t)))
             }
             rusqlite::types::ValueRef::Integer(n) => Ok(Some(n.to_string())),
             rusqlite::types::ValueRef::Real(f) => Ok(Some(f.to_string())),
@@ -421,6 +421,15 @@ fn message_from_row(r: &Row<'_>) -> Result<Option<Message>, String> {
         state,
         summary_flag: int(12, 0) != 0,
     }))
+}
+
+/// Text from a column: valid UTF-8 as is (the fast path), anything else
+/// with replacement characters.
+fn utf8(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 fn table_names(conn: &Connection) -> rusqlite::Result<HashSet<String>> {
