@@ -137,7 +137,7 @@ impl ResponseStore {
                     instructions: leaf.instructions.clone(),
                     origin: Some(Origin::ResponseStore),
                     lineage: vec![id],
-                    messages: collapse_duplicate_inputs(leaf.history.clone()),
+                    messages: clean_history(leaf.history.clone()),
                     ..Session::default()
                 }
             })
@@ -173,54 +173,91 @@ fn parse_body(id: &str, data: &str) -> Result<StoredResponse, String> {
     })
 }
 
-/// Hermes records each new Responses input twice, and merges the copies
-/// into `"X\n\nX"` on the next call: undo both.
-fn collapse_duplicate_inputs(messages: Vec<Message>) -> Vec<Message> {
+/// Rebuilds a clean conversation from a Responses `conversation_history`.
+/// Hermes records each new input twice and, on the next chained call,
+/// merges the copies (and older inputs) into one user message
+/// (`"X\n\nX"`, `"Y\n\nX\n\nX"`), and later histories replay earlier
+/// exchanges with their old answers. So: a user message keeps only its
+/// paragraphs that are not earlier inputs (or its first paragraph), and an
+/// exchange whose answer was already seen is a replay and is dropped.
+fn clean_history(messages: Vec<Message>) -> Vec<Message> {
     let mut out: Vec<Message> = Vec::with_capacity(messages.len());
-    for mut m in messages {
-        if m.role == Role::User {
-            if let Some(half) = doubled_half(&m.content) {
-                m.content = half.to_string();
+    let mut inputs: Vec<String> = Vec::new();
+    let mut answers: Vec<String> = Vec::new();
+    let mut iter = messages.into_iter().peekable();
+    while let Some(first) = iter.next() {
+        let mut exchange = vec![first];
+        while let Some(m) = iter.next_if(|m| m.role != Role::User) {
+            exchange.push(m);
+        }
+        if exchange[0].role == Role::User {
+            let text = exchange[0].content.clone();
+            let mut fresh: Vec<&str> = Vec::new();
+            for p in text.split("\n\n") {
+                if !inputs.iter().any(|i| i == p) && !fresh.contains(&p) {
+                    fresh.push(p);
+                }
             }
+            exchange[0].content = if fresh.is_empty() {
+                text.split("\n\n").next().unwrap_or_default().to_string()
+            } else {
+                fresh.join("\n\n")
+            };
+        }
+        let answer = exchange
+            .iter()
+            .rev()
+            .find(|m| m.is_final_answer())
+            .map(|m| m.content.clone());
+        if let Some(a) = &answer {
+            if answers.contains(a) {
+                continue; // a replayed exchange
+            }
+            answers.push(a.clone());
+        }
+        if exchange[0].role == Role::User {
             if out
                 .last()
-                .is_some_and(|prev| prev.role == Role::User && prev.content == m.content)
+                .is_some_and(|p| p.role == Role::User && p.content == exchange[0].content)
             {
-                continue;
+                out.pop(); // the input recorded twice
             }
+            inputs.push(exchange[0].content.clone());
         }
-        out.push(m);
+        out.extend(exchange);
     }
     out
-}
-
-fn doubled_half(s: &str) -> Option<&str> {
-    let n = s.len();
-    if n < 3 || !(n - 2).is_multiple_of(2) {
-        return None;
-    }
-    let half = (n - 2) / 2;
-    let (a, rest) = (s.get(..half)?, s.get(half..)?);
-    let b = rest.strip_prefix("\n\n")?;
-    (a == b).then_some(a)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn texts(m: &[Message]) -> Vec<&str> {
+        m.iter().map(|m| m.content.as_str()).collect()
+    }
+
     #[test]
-    fn collapses_doubled_inputs() {
-        assert_eq!(doubled_half("hi\n\nhi"), Some("hi"));
-        assert_eq!(doubled_half("hi\n\nho"), None);
-        let msgs = vec![
-            Message::new(Role::User, "a"),
-            Message::new(Role::User, "a"),
-            Message::new(Role::Assistant, "b"),
-            Message::new(Role::User, "c\n\nc"),
+    fn cleans_duplicated_merged_and_replayed_inputs() {
+        use Role::*;
+        let h = |r, t: &str| Message::new(r, t);
+        let history = vec![
+            h(User, "J1\n\nJ1"),
+            h(Assistant, "A1"),
+            h(User, "J2\n\nJ1"),
+            h(Assistant, "A1"),
+            h(User, "J2"),
+            h(Assistant, "A2"),
+            h(User, "J3\n\nJ1"),
+            h(Assistant, "A1"),
+            h(User, "J3"),
+            h(Assistant, "A3"),
         ];
-        let out = collapse_duplicate_inputs(msgs);
-        let texts: Vec<_> = out.iter().map(|m| m.content.as_str()).collect();
-        assert_eq!(texts, ["a", "b", "c"]);
+        assert_eq!(
+            texts(&clean_history(history)),
+            ["J1", "A1", "J2", "A2", "J3", "A3"]
+        );
+        let doubled = vec![h(User, "a"), h(User, "a"), h(Assistant, "b")];
+        assert_eq!(texts(&clean_history(doubled)), ["a", "b"]);
     }
 }

@@ -6,3 +6,4 @@ mod cron;
 mod dpo;
 mod export;
 mod send;
+mod stores;

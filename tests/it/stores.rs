@@ -1,0 +1,210 @@
+//! Store shapes a real 0.13/0.19 run cannot give: the newest schema, the
+//! earliest one, a response store alone, odd and hostile files.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+fn sql(home: &Path, batch: &str) {
+    let db = rusqlite::Connection::open(home.join("state.db")).unwrap();
+    db.execute_batch(batch).unwrap();
+}
+
+#[test]
+fn newest_schema_with_system_prompts_table_and_structured_content() {
+    let home = fixture_home(VERSIONS[0]);
+    sql(
+        home.path(),
+        "CREATE TABLE system_prompts (hash TEXT PRIMARY KEY, prompt TEXT NOT NULL);
+         ALTER TABLE sessions ADD COLUMN system_prompt_hash TEXT;
+         ALTER TABLE sessions ADD COLUMN created_source TEXT;
+         ALTER TABLE messages ADD COLUMN _compressed_summary INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE messages ADD COLUMN display_kind TEXT;
+         CREATE TABLE session_turn_leases (session_id TEXT, lease TEXT);
+         INSERT INTO system_prompts SELECT 'h-' || id, 'MOVED PROMPT of ' || id || ': ' || system_prompt FROM sessions WHERE system_prompt IS NOT NULL;
+         UPDATE sessions SET system_prompt_hash = 'h-' || id, system_prompt = NULL WHERE system_prompt IS NOT NULL;
+         UPDATE messages SET _compressed_summary = 1 WHERE content LIKE '[CONTEXT COMPACTION%';
+         UPDATE messages SET content = char(0) || 'json:' || '[{\"type\":\"text\",\"text\":\"Look at this map\"},{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAA\"}}]'
+           WHERE id = (SELECT MIN(id) FROM messages WHERE session_id = 'nexus-world-0001' AND role = 'user');
+         INSERT INTO messages (session_id, role, content, timestamp, active, compacted, display_kind)
+           VALUES ('nexus-world-0001', 'user', 'HIDDEN SCAFFOLDING', 1.0, 1, 0, 'hidden');
+         UPDATE schema_version SET version = 30;",
+    );
+    let (code, lines, stderr) = export(home.path(), &["--channel", "nexus"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("newer"), "v30 is known: {stderr}");
+    let text: String = lines.iter().map(Value::to_string).collect();
+    assert!(
+        text.contains("MOVED PROMPT of nexus-world-0001"),
+        "system prompt from system_prompts"
+    );
+    assert!(
+        text.contains("Look at this map\\n[image]"),
+        "structured content decoded"
+    );
+    assert!(!text.contains("HIDDEN SCAFFOLDING"));
+    assert!(!text.contains("CONTEXT COMPACTION"));
+    assert!(!text.contains("json:"));
+}
+
+#[test]
+fn earliest_schema_without_finish_reason_or_active() {
+    let dir = tempfile::tempdir().unwrap();
+    sql(
+        dir.path(),
+        r#"CREATE TABLE schema_version (version INTEGER NOT NULL);
+        INSERT INTO schema_version VALUES (1);
+        CREATE TABLE sessions (id TEXT PRIMARY KEY, source TEXT NOT NULL, user_id TEXT, model TEXT,
+          model_config TEXT, system_prompt TEXT, parent_session_id TEXT, started_at REAL NOT NULL,
+          ended_at REAL, end_reason TEXT, message_count INTEGER DEFAULT 0, tool_call_count INTEGER DEFAULT 0,
+          input_tokens INTEGER DEFAULT 0, output_tokens INTEGER DEFAULT 0);
+        CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL REFERENCES sessions(id),
+          role TEXT NOT NULL, content TEXT, tool_call_id TEXT, tool_calls TEXT, tool_name TEXT,
+          timestamp REAL NOT NULL, token_count INTEGER);
+        INSERT INTO sessions (id, source, system_prompt, started_at) VALUES ('20260301_101500_a1b2c3', 'cli', 'You are Hermes.', 1772359000);
+        INSERT INTO messages (session_id, role, content, timestamp) VALUES ('20260301_101500_a1b2c3', 'user', 'list files', 1772359001);
+        INSERT INTO messages (session_id, role, content, tool_calls, timestamp) VALUES ('20260301_101500_a1b2c3', 'assistant', '',
+          '[{"id":"call_1","type":"function","function":{"name":"terminal","arguments":"{\"command\":\"ls\"}"}}]', 1772359002);
+        INSERT INTO messages (session_id, role, content, tool_call_id, timestamp) VALUES ('20260301_101500_a1b2c3', 'tool', 'README.md', 'call_1', 1772359003);
+        INSERT INTO messages (session_id, role, content, timestamp) VALUES ('20260301_101500_a1b2c3', 'assistant', 'You have a README.', 1772359004);"#,
+    );
+    let (code, lines, stderr) = export(dir.path(), &["--channel", "tui"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 1);
+    let msgs = lines[0]["messages"].as_array().unwrap();
+    assert_eq!(msgs[0]["content"], "You are Hermes.");
+    assert_eq!(
+        msgs[2]["tool_calls"][0]["function"]["arguments"]["command"],
+        "ls"
+    );
+    assert_eq!(
+        msgs[3]["name"], "terminal",
+        "tool name recovered from the call"
+    );
+    let out = run_in(dir.path(), &["sources", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state_db"]["schema_version"], 1);
+}
+
+#[test]
+fn a_response_store_alone_gives_its_conversations_with_instructions() {
+    let home = fixture_home(VERSIONS[0]);
+    std::fs::remove_file(home.path().join("state.db")).unwrap();
+    for side in ["state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(home.path().join(side));
+    }
+    // An idempotency replay row must be skipped.
+    let rs = rusqlite::Connection::open(home.path().join("response_store.db")).unwrap();
+    rs.execute(
+        "INSERT INTO responses (response_id, data, accessed_at) VALUES ('idem:replay-1', '{\"not\": \"a response\"}', 1.0)",
+        [],
+    )
+    .unwrap();
+    drop(rs);
+    std::fs::remove_dir_all(home.path().join("sessions")).unwrap();
+    let (code, lines, stderr) = export(home.path(), &["--source", "api_server"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("response_store.db="), "{stderr}");
+    assert_eq!(lines.len(), 2, "two Responses sessions: {stderr}");
+    let users = user_texts(&lines);
+    // Each user turn once, though the store records every input twice.
+    let mut sorted = users.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), users.len(), "{users:#?}");
+    assert!(users.iter().any(|u| u.starts_with("First responses turn")));
+    for v in &lines {
+        let system = v["messages"][0]["content"].as_str().unwrap();
+        assert_eq!(v["messages"][0]["role"], "system");
+        assert!(!system.is_empty());
+    }
+}
+
+#[test]
+fn responses_instructions_join_the_stored_system_prompt() {
+    let home = fixture_home(VERSIONS[0]);
+    let rs = rusqlite::Connection::open(home.path().join("response_store.db")).unwrap();
+    let instr: String = rs
+        .query_row("SELECT json_extract(data, '$.instructions') FROM responses WHERE json_extract(data, '$.instructions') IS NOT NULL LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    drop(rs);
+    let (_, lines, _) = export(home.path(), &["--source", "api_server", "--no-redact"]);
+    assert!(
+        lines.iter().any(|v| v["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .ends_with(&instr)),
+        "instructions {instr:?} not in any system prompt"
+    );
+}
+
+#[test]
+fn odd_and_hostile_files_get_one_clear_line() {
+    // A SQLite file that is not a Hermes store.
+    let dir = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(dir.path().join("state.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE recipes (name TEXT); INSERT INTO recipes VALUES ('soup');")
+        .unwrap();
+    let out = run_in(dir.path(), &["export"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("not a Hermes state.db"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+
+    // An empty HERMES_HOME.
+    let empty = tempfile::tempdir().unwrap();
+    let out = run_in(empty.path(), &["sources"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+
+    // An unreadable store (root reads everything, so only check when not root).
+    let home = fixture_home(VERSIONS[0]);
+    let unreadable = home
+        .path()
+        .join("sessions")
+        .join("session_locked-0001.json");
+    std::fs::write(&unreadable, "{}").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let out = run_in(home.path(), &["export"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("session_locked-0001.json"), "{stderr}");
+}
+
+#[test]
+fn request_dumps_and_links_out_of_the_home_are_never_read() {
+    let home = fixture_home(VERSIONS[0]);
+    let sessions = home.path().join("sessions");
+    // A request dump with raw headers: never opened, so its key never shows.
+    std::fs::write(
+        sessions.join("request_dump_nexus-world-0001_20261125_120000_000001.json"),
+        r#"{"headers": {"Authorization": "Bearer DUMPSECRET0123456789"}, "messages": [{"role": "user", "content": "DUMPSECRET0123456789"}]}"#,
+    )
+    .unwrap();
+    // A link to a session file outside HERMES_HOME.
+    let outside = tempfile::tempdir().unwrap();
+    let foreign = outside.path().join("session_foreign-0001.json");
+    std::fs::write(
+        &foreign,
+        r#"{"session_id": "foreign-0001", "platform": "cli", "messages": [{"role": "user", "content": "OUTSIDE THE HOME"}, {"role": "assistant", "content": "should not be read"}]}"#,
+    )
+    .unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&foreign, sessions.join("session_foreign-0001.json")).unwrap();
+    let out = run_in(home.path(), &["export", "--no-redact"]);
+    assert!(out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("DUMPSECRET"));
+    assert!(!all.contains("OUTSIDE THE HOME"));
+}
