@@ -263,62 +263,48 @@ fn flavour(v: &Value) -> Option<bool> {
     found
 }
 
-pub fn run(args: &ValidateArgs) -> Result<u8> {
-    let schemas = Schemas::load()?;
-    let reader: Box<dyn Read> = if args.file == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file))?)
-    };
-    let mut shape = args.format.map(|f| match f {
-        ShapeArg::Sft => Shape::Sft,
-        ShapeArg::Dpo => Shape::Dpo,
-        ShapeArg::DpoFlat => Shape::DpoFlat,
-    });
-    let mut string_args: Option<(bool, usize)> = None;
-    let (mut lines, mut bad) = (0usize, 0usize);
-    let report = |n: usize, problem: &str| {
-        println!("{}:{n}: {problem}", args.file);
-    };
-    let mut buf = Vec::new();
-    let mut r = BufReader::new(reader);
-    let mut n = 0;
-    loop {
-        buf.clear();
-        if r.read_until(b'\n', &mut buf)
-            .with_context(|| format!("reading {}", args.file))?
-            == 0
-        {
-            break;
+/// Checks a file line by line, remembering the file's shape and argument
+/// flavour from the first line that shows them.
+pub struct LineChecker<'a> {
+    schemas: &'a Schemas,
+    shape: Option<Shape>,
+    /// (arguments are strings, line where that was first seen)
+    flavour: Option<(bool, usize)>,
+    line: usize,
+}
+
+impl<'a> LineChecker<'a> {
+    pub fn new(schemas: &'a Schemas, shape: Option<Shape>) -> LineChecker<'a> {
+        LineChecker {
+            schemas,
+            shape,
+            flavour: None,
+            line: 0,
         }
-        n += 1;
-        lines += 1;
-        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    }
+
+    pub fn shape(&self) -> Option<Shape> {
+        self.shape
+    }
+
+    /// The problems of the next line (without its line ending).
+    pub fn check(&mut self, line: &[u8]) -> Vec<String> {
+        self.line += 1;
         if line.iter().all(u8::is_ascii_whitespace) {
-            report(n, "blank line");
-            bad += 1;
-            continue;
+            return vec!["blank line".to_string()];
         }
         let v: Value = match serde_json::from_slice(line) {
             Ok(v) => v,
-            Err(e) => {
-                report(n, &format!("not JSON: {e}"));
-                bad += 1;
-                continue;
-            }
+            Err(e) => return vec![format!("not JSON: {e}")],
         };
         let Some(this) = Shape::of(&v) else {
-            report(
-                n,
-                "neither an SFT (messages) nor a DPO (prompt/chosen/rejected) line",
-            );
-            bad += 1;
-            continue;
+            return vec![
+                "neither an SFT (messages) nor a DPO (prompt/chosen/rejected) line".to_string(),
+            ];
         };
-        let expected = *shape.get_or_insert(this);
+        let expected = *self.shape.get_or_insert(this);
         let mut problems = if this == expected {
-            schemas.check(&v, expected)
+            self.schemas.check(&v, expected)
         } else {
             vec![format!(
                 "a {} line in a {} file (one shape per file)",
@@ -327,8 +313,8 @@ pub fn run(args: &ValidateArgs) -> Result<u8> {
             )]
         };
         if let Some(f) = flavour(&v) {
-            match string_args {
-                None => string_args = Some((f, n)),
+            match self.flavour {
+                None => self.flavour = Some((f, self.line)),
                 Some((first, at)) if first != f => problems.push(format!(
                     "tool-call arguments are {} here but {} on line {at} (one flavour per file)",
                     if f { "strings" } else { "objects" },
@@ -337,10 +323,44 @@ pub fn run(args: &ValidateArgs) -> Result<u8> {
                 _ => {}
             }
         }
+        problems
+    }
+}
+
+pub fn run(args: &ValidateArgs) -> Result<u8> {
+    let schemas = Schemas::load()?;
+    let reader: Box<dyn Read> = if args.file == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file))?)
+    };
+    let mut checker = LineChecker::new(
+        &schemas,
+        args.format.map(|f| match f {
+            ShapeArg::Sft => Shape::Sft,
+            ShapeArg::Dpo => Shape::Dpo,
+            ShapeArg::DpoFlat => Shape::DpoFlat,
+        }),
+    );
+    let (mut lines, mut bad) = (0usize, 0usize);
+    let mut buf = Vec::new();
+    let mut r = BufReader::new(reader);
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading {}", args.file))?
+            == 0
+        {
+            break;
+        }
+        lines += 1;
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let problems = checker.check(line);
         if !problems.is_empty() {
             bad += 1;
             for p in problems {
-                report(n, &p);
+                println!("{}:{lines}: {p}", args.file);
             }
         }
     }
@@ -348,7 +368,8 @@ pub fn run(args: &ValidateArgs) -> Result<u8> {
         eprintln!(
             "hermes-harvest: {}: {lines} lines, {bad} with problems{}",
             args.file,
-            shape
+            checker
+                .shape()
                 .map(|s| format!(" ({})", s.name()))
                 .unwrap_or_default()
         );

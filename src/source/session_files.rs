@@ -83,16 +83,23 @@ impl SessionFiles {
     }
 }
 
-/// Parses a `session_<id>.json` snapshot.
+/// Reads and parses a `session_<id>.json` snapshot.
 pub fn read_snapshot(path: &Path) -> Result<Session, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let fallback = id_from_name(path, "session_", ".json");
+    parse_snapshot(&bytes, fallback.as_deref())
+}
+
+/// Parses the bytes of a snapshot; `fallback_id` (from the file name) is
+/// used when the JSON names no session.
+pub fn parse_snapshot(bytes: &[u8], fallback_id: Option<&str>) -> Result<Session, String> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     let obj = v.as_object().ok_or("not a JSON object")?;
     let id = obj
         .get("session_id")
         .and_then(Value::as_str)
+        .or(fallback_id)
         .map(str::to_string)
-        .or_else(|| id_from_name(path, "session_", ".json"))
         .ok_or("no session_id")?;
     let messages = match obj.get("messages") {
         Some(Value::Array(items)) => items.iter().filter_map(json_message).collect(),
@@ -115,25 +122,39 @@ pub fn read_snapshot(path: &Path) -> Result<Session, String> {
     })
 }
 
-/// Parses a legacy `<id>.jsonl` transcript. A line that is not JSON goes
-/// to `on_problem` (with its line number) and the rest is still read.
+/// Reads and parses a legacy `<id>.jsonl` transcript. A line that is not
+/// JSON goes to `on_problem` (with its line number) and the rest is still
+/// read.
 pub fn read_transcript(
     path: &Path,
     on_problem: &mut dyn FnMut(String) -> Result<()>,
 ) -> Result<Option<Session>> {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
         Err(e) => {
             on_problem(format!("{}: cannot read: {e}", path.display()))?;
             return Ok(None);
         }
     };
     let id = id_from_name(path, "", ".jsonl").unwrap_or_default();
+    parse_transcript(&bytes, &id, &mut |line, why| {
+        on_problem(format!("{}:{line}: {why}", path.display()))
+    })
+    .map(Some)
+}
+
+/// Parses the bytes of a transcript; `on_bad_line(line number, why)`.
+pub fn parse_transcript(
+    bytes: &[u8],
+    id: &str,
+    on_bad_line: &mut dyn FnMut(usize, String) -> Result<()>,
+) -> Result<Session> {
+    let text = String::from_utf8_lossy(bytes);
     let mut session = Session {
-        id: id.clone(),
+        id: id.to_string(),
         source: "unknown".to_string(),
         origin: Some(Origin::Transcript),
-        lineage: vec![id],
+        lineage: vec![id.to_string()],
         ..Session::default()
     };
     for (n, line) in text.lines().enumerate() {
@@ -143,7 +164,7 @@ pub fn read_transcript(
         let v: Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(e) => {
-                on_problem(format!("{}:{}: not valid JSON: {e}", path.display(), n + 1))?;
+                on_bad_line(n + 1, format!("not valid JSON: {e}"))?;
                 continue;
             }
         };
@@ -164,7 +185,7 @@ pub fn read_transcript(
             session.messages.push(m);
         }
     }
-    Ok(Some(session))
+    Ok(session)
 }
 
 /// Reads `sessions.json`: session id → platform facts. Keys starting with
