@@ -90,7 +90,12 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         crate::sink::remove_stale_partials(t);
     }
     let state = cfg.state.as_deref().map(RunState::load).transpose()?;
-    let stores = Stores::open(&home, &mut report)?;
+    let mut stores = Stores::open(&home, &mut report)?;
+    if let Some(db) = stores.state.as_mut() {
+        // A text longer than twice the sample budget can never be trained on.
+        db.set_limits(cfg.max_tokens as u64 * 8 + 4096, cfg.include_reasoning);
+    }
+    let stores = stores;
     let mut redactor = cfg.redact.then(|| Redactor::new(Some(&home.dir)));
 
     let top = match &stores.state {
@@ -241,10 +246,11 @@ fn export_session(
         if from_db {
             // Turns recovered from a snapshot have no row id: they predate
             // the compaction, so only a first run takes them.
+            let after = covered.watermark.max(session.resume_after.unwrap_or(0));
             msgs.iter()
                 .filter_map(|m| m.row_id)
                 .max()
-                .map_or(covered.watermark == 0, |id| id > covered.watermark)
+                .map_or(covered.watermark == 0, |id| id > after)
         } else {
             index >= already
         }

@@ -70,6 +70,9 @@ pub struct Message {
     /// The store flags this row as a compaction summary (v30
     /// `_compressed_summary`); older stores are recognised by its text.
     pub summary_flag: bool,
+    /// The stored text was larger than any sample can hold and was not
+    /// read (`content` is a placeholder).
+    pub oversize: bool,
 }
 
 impl Message {
@@ -87,6 +90,7 @@ impl Message {
             disposition: None,
             state: RowState::Live,
             summary_flag: false,
+            oversize: false,
         }
     }
 
@@ -148,6 +152,9 @@ pub struct Session {
     pub lineage: Vec<String>,
     pub origin: Option<Origin>,
     pub messages: Vec<Message>,
+    /// A later part of a very long session: its rows up to this id were in
+    /// the previous part and are here only as context.
+    pub resume_after: Option<i64>,
 }
 
 /// The channels of SPEC §3.

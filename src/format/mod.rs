@@ -161,6 +161,9 @@ pub fn exchanges(messages: &[Message]) -> Vec<Exchange<'_>> {
 
 /// The quality rules a training turn must meet.
 fn check(msgs: &[Message]) -> Option<&'static str> {
+    if msgs.iter().any(|m| m.oversize) {
+        return Some("oversize_message");
+    }
     if msgs[0].content.trim().is_empty() {
         return Some("empty_prompt");
     }

@@ -116,14 +116,34 @@ impl Stores {
         f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
     ) -> Result<()> {
         if let Some(db) = &self.state {
+            let part_rows = std::env::var("HERMES_HARVEST_PART_ROWS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(state_db::PART_ROWS);
             let mut one = |head: SessionHead, report: &mut Report| -> Result<()> {
                 if head.is_rotation_child() || !want(&head) {
                     return Ok(());
                 }
-                let mut s = db.load(&head, &mut |p| report.input_problem(p))?;
-                self.enrich(&mut s, report)?;
                 report.read_session("state.db");
-                f(s, report)
+                // `load_parts` reports bad rows through `report` while it also
+                // hands parts to `f`, which needs `report` too: collect them.
+                let mut problems = Vec::new();
+                db.load_parts(
+                    &head,
+                    part_rows,
+                    &mut |p| {
+                        problems.push(p);
+                        Ok(())
+                    },
+                    &mut |mut s| {
+                        self.enrich(&mut s, report)?;
+                        f(s, report)
+                    },
+                )?;
+                for p in problems {
+                    report.input_problem(p)?;
+                }
+                Ok(())
             };
             match db_heads {
                 Some(heads) => {
@@ -251,7 +271,10 @@ impl Stores {
                     Ok(snap) => {
                         s.tools = s.tools.take().or(snap.tools);
                         s.system_prompt = s.system_prompt.take().or(snap.system_prompt);
-                        if id == s.id && rebuild::starts_compacted(&s.messages) {
+                        if id == s.id
+                            && s.resume_after.is_none()
+                            && rebuild::starts_compacted(&s.messages)
+                        {
                             // The store lost the turns before a compaction; the
                             // snapshot (which never shrinks) still has them, and
                             // the rebuild drops what both hold.
@@ -329,5 +352,6 @@ pub fn json_message(v: &Value) -> Option<Message> {
         disposition: text("effect_disposition"),
         state: RowState::Live,
         summary_flag: v.get("_compressed_summary").and_then(Value::as_bool) == Some(true),
+        oversize: false,
     })
 }

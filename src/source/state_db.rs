@@ -20,6 +20,15 @@ use crate::model::{Message, Origin, Role, RowState, Session};
 /// Newest `schema_version` this tool was written against.
 pub const NEWEST_KNOWN_SCHEMA: i64 = 30;
 
+/// Rows of a session handled at once before it is cut into parts.
+pub const PART_ROWS: usize = 20_000;
+/// Text of a session handled at once before it is cut into parts.
+pub const PART_BYTES: usize = 24 << 20;
+/// The session's first rows, repeated as context in every later part.
+const HEAD_ROWS: usize = 16;
+/// The previous part's last rows, repeated as context in the next.
+const CARRY_ROWS: usize = 512;
+
 /// A session row, without its messages.
 #[derive(Debug, Clone)]
 pub struct SessionHead {
@@ -50,6 +59,9 @@ pub struct StateDb {
     prompt_sql: String,
     /// `sessions.parent_session_id` exists (lineage can be followed).
     has_parent: bool,
+    /// Texts longer than this are not read.
+    max_text_bytes: i64,
+    with_reasoning: bool,
 }
 
 const HEAD_COLUMNS: &str =
@@ -153,10 +165,16 @@ impl StateDb {
             (false, true) => "reasoning".to_string(),
             (false, false) => "NULL".to_string(),
         };
+        // Text larger than ?2 bytes is not read (no sample could hold it);
+        // reasoning only when ?3 asks for it.
+        let tool_calls = if mcols.contains("tool_calls") {
+            "CASE WHEN octet_length(tool_calls) > ?2 THEN NULL ELSE tool_calls END"
+        } else {
+            "NULL"
+        };
         let message_sql = format!(
-            "SELECT id, role, content, {}, {}, {}, {}, {}, {reasoning}, {}, {}, {}, {}, {} FROM messages WHERE session_id = ?1 ORDER BY id",
+            "SELECT id, role, CASE WHEN octet_length(content) > ?2 THEN NULL ELSE content END, {}, {tool_calls}, {}, {}, {}, CASE WHEN ?3 THEN {reasoning} END, {}, {}, {}, {}, {}, octet_length(content), {} FROM messages WHERE session_id = ?1 ORDER BY id",
             m("tool_call_id", "NULL"),
-            m("tool_calls", "NULL"),
             m("tool_name", "NULL"),
             m("timestamp", "NULL"),
             m("finish_reason", "NULL"),
@@ -165,6 +183,11 @@ impl StateDb {
             m("effect_disposition", "NULL"),
             m("_compressed_summary", "0"),
             m("display_kind", "NULL"),
+            if mcols.contains("tool_calls") {
+                "octet_length(tool_calls)"
+            } else {
+                "0"
+            },
         );
 
         // One snapshot for the whole run.
@@ -177,7 +200,16 @@ impl StateDb {
             message_sql,
             prompt_sql,
             has_parent: parent_join,
+            max_text_bytes: i64::MAX,
+            with_reasoning: true,
         })
+    }
+
+    /// Texts longer than `max_text_bytes` are not read (their message is
+    /// marked oversize); reasoning is read only when wanted.
+    pub fn set_limits(&mut self, max_text_bytes: u64, with_reasoning: bool) {
+        self.max_text_bytes = i64::try_from(max_text_bytes).unwrap_or(i64::MAX);
+        self.with_reasoning = with_reasoning;
     }
 
     /// A warning for a schema newer than this tool knows, if any.
@@ -279,7 +311,28 @@ impl StateDb {
         head: &SessionHead,
         on_problem: &mut dyn FnMut(String) -> Result<()>,
     ) -> Result<Session> {
-        let mut session = Session {
+        let mut out = None;
+        self.load_parts(head, usize::MAX, on_problem, &mut |s| {
+            out = Some(s);
+            Ok(())
+        })?;
+        Ok(out.expect("a session without parts is still one part"))
+    }
+
+    /// Like [`StateDb::load`], but a very long single session (one with
+    /// more than `part_rows` rows, or more than [`PART_BYTES`] of text) is
+    /// handed to `f` in parts, cut before a user turn, so memory stays
+    /// bounded. Each later part starts with the session's first rows and
+    /// the previous part's last rows as context (`resume_after`), which the
+    /// rebuild needs to recognise compaction copies and regenerations.
+    pub fn load_parts(
+        &self,
+        head: &SessionHead,
+        part_rows: usize,
+        on_problem: &mut dyn FnMut(String) -> Result<()>,
+        f: &mut dyn FnMut(Session) -> Result<()>,
+    ) -> Result<()> {
+        let template = Session {
             id: head.id.clone(),
             source: head.source.clone(),
             title: head.title.clone(),
@@ -316,38 +369,79 @@ impl StateDb {
             }
         }
         let mut msg_stmt = self.conn.prepare_cached(&self.message_sql)?;
-        for member in &members {
-            self.append_rows(&mut msg_stmt, member, &mut session.messages, on_problem)?;
-        }
         if members.len() > 1 {
+            // A rotated lineage: each segment holds at most a context window.
+            let mut session = template;
+            for member in &members {
+                let mut segment = Vec::new();
+                self.rows(&mut msg_stmt, &member.id, on_problem, &mut |m| {
+                    segment.push(m);
+                    Ok(())
+                })?;
+                if member.end_reason.as_deref() == Some("compression") {
+                    crate::rebuild::drop_rotation_reflush(&mut segment);
+                }
+                session.messages.append(&mut segment);
+            }
             // Stored order across the lineage.
             session.messages.sort_by_key(|m| m.row_id);
             session.lineage = members.into_iter().map(|m| m.id).collect();
+            return f(session);
         }
-        Ok(session)
+        let mut part: Vec<Message> = Vec::new();
+        let mut bytes = 0usize;
+        let mut head_rows: Vec<Message> = Vec::new();
+        let mut resume_after = None;
+        self.rows(&mut msg_stmt, &head.id, on_problem, &mut |m| {
+            let size = m.content.len() + 256;
+            if m.role == Role::User && (part.len() >= part_rows || bytes >= PART_BYTES) {
+                let last = part.last().and_then(|m| m.row_id);
+                let carry_from = part.len().saturating_sub(CARRY_ROWS);
+                let mut next = head_rows.clone();
+                next.extend(
+                    part[carry_from..]
+                        .iter()
+                        .filter(|m| !head_rows.contains(m))
+                        .cloned(),
+                );
+                let done = std::mem::replace(&mut part, next);
+                bytes = part.iter().map(|m| m.content.len() + 256).sum();
+                f(Session {
+                    messages: done,
+                    resume_after,
+                    ..template.clone()
+                })?;
+                resume_after = last;
+            }
+            if head_rows.len() < HEAD_ROWS {
+                head_rows.push(m.clone());
+            }
+            bytes += size;
+            part.push(m);
+            Ok(())
+        })?;
+        f(Session {
+            messages: part,
+            resume_after,
+            ..template
+        })
     }
 
-    fn system_prompt(&self, id: &str) -> Result<Option<String>> {
-        let mut stmt = self.conn.prepare_cached(&self.prompt_sql)?;
-        Ok(stmt
-            .query_row([id], |r| r.get::<_, Option<String>>(0))
-            .optional()?
-            .flatten())
-    }
-
-    fn append_rows(
+    fn rows(
         &self,
         stmt: &mut Statement<'_>,
-        head: &SessionHead,
-        out: &mut Vec<Message>,
+        session_id: &str,
         on_problem: &mut dyn FnMut(String) -> Result<()>,
+        each: &mut dyn FnMut(Message) -> Result<()>,
     ) -> Result<()> {
-        let session_id = head.id.as_str();
-        let mut segment = Vec::new();
-        let mut rows = stmt.query([session_id])?;
+        let mut rows = stmt.query(rusqlite::params![
+            session_id,
+            self.max_text_bytes,
+            self.with_reasoning
+        ])?;
         while let Some(row) = rows.next()? {
-            match message_from_row(row) {
-                Ok(Some(m)) => segment.push(m),
+            match message_from_row(row, self.max_text_bytes) {
+                Ok(Some(m)) => each(m)?,
                 Ok(None) => {}
                 Err(why) => on_problem(format!(
                     "{}: session {session_id} row {}: {why}",
@@ -356,11 +450,15 @@ impl StateDb {
                 ))?,
             }
         }
-        if head.end_reason.as_deref() == Some("compression") {
-            crate::rebuild::drop_rotation_reflush(&mut segment);
-        }
-        out.append(&mut segment);
         Ok(())
+    }
+
+    fn system_prompt(&self, id: &str) -> Result<Option<String>> {
+        let mut stmt = self.conn.prepare_cached(&self.prompt_sql)?;
+        Ok(stmt
+            .query_row([id], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten())
     }
 }
 
@@ -377,7 +475,7 @@ fn head_from_row(r: &Row<'_>) -> rusqlite::Result<SessionHead> {
     })
 }
 
-fn message_from_row(r: &Row<'_>) -> Result<Option<Message>, String> {
+fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>, String> {
     let text = |i: usize| -> Result<Option<String>, String> {
         match r.get_ref(i).map_err(|e| e.to_string())? {
             rusqlite::types::ValueRef::Null => Ok(None),
@@ -398,6 +496,7 @@ fn message_from_row(r: &Row<'_>) -> Result<Option<Message>, String> {
     if text(13)?.as_deref() == Some("hidden") {
         return Ok(None); // model-facing scaffolding (v30 display_kind)
     }
+    let oversize = int(14, 0) > max_text_bytes || int(15, 0) > max_text_bytes;
     let tool_calls = content::tool_calls_from_str(text(4)?.as_deref())?;
     let active = int(9, 1);
     let compacted = int(10, 0);
@@ -406,7 +505,11 @@ fn message_from_row(r: &Row<'_>) -> Result<Option<Message>, String> {
         (0, _) => RowState::Compacted,
         _ => RowState::Live,
     };
-    let content = content::decode(&text(2)?.unwrap_or_default());
+    let content = if oversize {
+        format!("[not read: {} bytes]", int(14, 0).max(int(15, 0)))
+    } else {
+        content::decode(&text(2)?.unwrap_or_default())
+    };
     Ok(Some(Message {
         row_id: Some(int(0, 0)),
         role,
@@ -420,6 +523,7 @@ fn message_from_row(r: &Row<'_>) -> Result<Option<Message>, String> {
         disposition: text(11)?,
         state,
         summary_flag: int(12, 0) != 0,
+        oversize,
     }))
 }
 

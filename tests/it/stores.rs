@@ -208,3 +208,78 @@ fn request_dumps_and_links_out_of_the_home_are_never_read() {
     assert!(!all.contains("DUMPSECRET"));
     assert!(!all.contains("OUTSIDE THE HOME"));
 }
+
+/// Adds one long Nexus session of `turns` exchanges (FTS triggers dropped
+/// first so the insert is quick).
+fn long_session(home: &Path, id: &str, turns: usize) {
+    let db = rusqlite::Connection::open(home.join("state.db")).unwrap();
+    let triggers: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    for t in triggers {
+        db.execute_batch(&format!("DROP TRIGGER \"{t}\"")).unwrap();
+    }
+    db.execute(
+        "INSERT INTO sessions (id, source, started_at, system_prompt) VALUES (?1, 'api_server', 1800000000, 'You are Timmy.')",
+        [id],
+    )
+    .unwrap();
+    db.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?2 * 2 - 1)
+         INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted)
+         SELECT ?1, CASE i % 2 WHEN 0 THEN 'user' ELSE 'assistant' END,
+                CASE i % 2 WHEN 0 THEN '[perception] tick ' || (i / 2) ELSE 'Noted, tick ' || (i / 2) || '.' END,
+                1800000000 + i, CASE i % 2 WHEN 1 THEN 'stop' END, 1, 0
+         FROM n",
+        rusqlite::params![id, turns as i64],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_very_long_session_is_read_in_parts_with_every_turn_once() {
+    let home = fixture_home(VERSIONS[0]);
+    long_session(home.path(), "nexus-longest", 3000);
+    let users = |part_rows: &str| -> Vec<String> {
+        let out = std::process::Command::new(bin())
+            .args([
+                "export",
+                "--session",
+                "nexus-longest",
+                "--hermes-home",
+                home.path().to_str().unwrap(),
+            ])
+            .env("HERMES_HARVEST_PART_ROWS", part_rows)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        user_texts(&lines(&out.stdout))
+    };
+    let whole = users("1000000");
+    assert_eq!(whole.len(), 3000);
+    let parts = users("700");
+    assert_eq!(parts, whole, "reading in parts loses or repeats nothing");
+}
+
+#[test]
+fn an_oversize_message_is_not_read_and_its_turn_is_skipped() {
+    let home = fixture_home(VERSIONS[0]);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    db.execute_batch("DROP TRIGGER IF EXISTS messages_fts_update; DROP TRIGGER IF EXISTS messages_fts_trigram_update;").ok();
+    // 2 MB of text in one reply: far over any sample budget.
+    db.execute(
+        "UPDATE messages SET content = 'HUGE' || printf('%.*c', 2000000, 'x') WHERE id = (SELECT MAX(id) FROM messages WHERE session_id = 'nexus-world-0001' AND role = 'assistant')",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let (code, lines, stderr) = export(home.path(), &["--session", "nexus-world-0001"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("oversize_message=1"), "{stderr}");
+    assert!(!lines.iter().any(|v| v.to_string().contains("HUGExxxx")));
+    assert!(!lines.is_empty(), "the other turns are still exported");
+}
