@@ -286,6 +286,18 @@ fn incremental_runs_export_each_new_turn_once_and_nothing_twice() {
         1
     );
 
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o600, "state file");
+        assert_eq!(
+            mode(&work.path().join("state.json.lock")),
+            0o600,
+            "lock file"
+        );
+        assert_eq!(mode(&dir), 0o700, "a new output directory");
+    }
     let files = files_of(&dir);
     let state_bytes = read(&state);
     let r3 = cron(&[]);
@@ -531,4 +543,32 @@ fn back_to_back_runs_against_a_live_writer_lose_and_duplicate_nothing() {
     expected.sort();
     got.sort();
     assert_eq!(got, expected);
+}
+
+#[test]
+fn an_open_write_transaction_does_not_block_or_leak_into_the_export() {
+    let home = fixture_home(VERSIONS[0]);
+    let before = read(&home.path().join("state.db"));
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    append_turn(
+        &db,
+        "nexus-world-0001",
+        "[perception] tick: not committed yet",
+    );
+    let out = run_in(home.path(), &["export", "--channel", "nexus"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("not committed yet"));
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    assert_eq!(
+        read(&home.path().join("state.db")),
+        before,
+        "the store file is unchanged"
+    );
 }
