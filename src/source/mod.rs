@@ -188,22 +188,8 @@ impl Stores {
     /// gives its whole lineage).
     pub fn load_session(&self, id: &str, report: &mut Report) -> Result<Option<Session>> {
         if let Some(db) = &self.state
-            && let Some(mut head) = db.head(id)?
+            && let Some(head) = db.root_of(id)?
         {
-            let mut hops = 0;
-            while head.is_rotation_child() && hops < 10_000 {
-                let Some(parent) = head
-                    .parent_id
-                    .as_deref()
-                    .map(|p| db.head(p))
-                    .transpose()?
-                    .flatten()
-                else {
-                    break;
-                };
-                head = parent;
-                hops += 1;
-            }
             let mut s = db.load(&head, &mut |p| report.input_problem(p))?;
             self.enrich(&mut s, report)?;
             return Ok(Some(s));

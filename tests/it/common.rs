@@ -174,3 +174,18 @@ pub fn snapshot_files(dir: &Path) -> Vec<(PathBuf, usize, u64)> {
         })
         .collect()
 }
+
+/// Drops the FTS sync triggers of a scratch store so tests can insert many
+/// rows quickly.
+pub fn drop_fts_triggers(db: &rusqlite::Connection) {
+    let triggers: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    for t in triggers {
+        db.execute_batch(&format!("DROP TRIGGER \"{t}\"")).unwrap();
+    }
+}

@@ -320,33 +320,26 @@ fn an_overlapping_run_is_stopped_by_the_lock() {
     let home = fixture_home(VERSIONS[0]);
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state.json");
-    let lock = std::fs::File::create(work.path().join("state.json.lock")).unwrap();
-    lock.try_lock().unwrap();
-    let out = run_in(
-        home.path(),
-        &[
+    let out_file = work.path().join("o.jsonl");
+    let export = || {
+        let args = [
             "export",
             "--state",
             state.to_str().unwrap(),
             "--out",
-            work.path().join("o.jsonl").to_str().unwrap(),
-        ],
-    );
+            out_file.to_str().unwrap(),
+        ];
+        run_in(home.path(), &args)
+    };
+    let lock = std::fs::File::create(work.path().join("state.json.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let out = export();
     assert_eq!(out.status.code(), Some(5));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another run holds"), "{stderr}");
-    assert!(!work.path().join("o.jsonl").exists());
+    assert!(!out_file.exists());
     drop(lock);
-    let out = run_in(
-        home.path(),
-        &[
-            "export",
-            "--state",
-            state.to_str().unwrap(),
-            "--out",
-            work.path().join("o.jsonl").to_str().unwrap(),
-        ],
-    );
+    let out = export();
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -376,16 +369,7 @@ fn a_killed_run_leaves_everything_intact_and_the_rerun_matches() {
     let home = fixture_home(VERSIONS[0]);
     // Drop the FTS triggers in this scratch copy so growing it is quick.
     let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
-    let triggers: Vec<String> = db
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    for t in triggers {
-        db.execute_batch(&format!("DROP TRIGGER \"{t}\"")).unwrap();
-    }
+    drop_fts_triggers(&db);
     drop(db);
     grow(home.path(), 40, "a");
     let work = tempfile::tempdir().unwrap();

@@ -213,16 +213,7 @@ fn request_dumps_and_links_out_of_the_home_are_never_read() {
 /// first so the insert is quick).
 fn long_session(home: &Path, id: &str, turns: usize) {
     let db = rusqlite::Connection::open(home.join("state.db")).unwrap();
-    let triggers: Vec<String> = db
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    for t in triggers {
-        db.execute_batch(&format!("DROP TRIGGER \"{t}\"")).unwrap();
-    }
+    drop_fts_triggers(&db);
     db.execute(
         "INSERT INTO sessions (id, source, started_at, system_prompt) VALUES (?1, 'api_server', 1800000000, 'You are Timmy.')",
         [id],
