@@ -51,6 +51,20 @@ impl HermesHome {
         Ok(HermesHome { dir })
     }
 
+    /// Names of the profiles under this home, sorted.
+    pub fn profiles(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join("profiles"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     pub fn state_db(&self) -> PathBuf {
         self.dir.join("state.db")
     }

@@ -25,17 +25,7 @@ pub fn run(args: &SourcesArgs) -> Result<u8> {
     let stores = Stores::open(&home, &mut report)?;
     let mut doc = serde_json::Map::new();
     doc.insert("hermes_home".into(), json!(home.dir.display().to_string()));
-    let profiles: Vec<String> = std::fs::read_dir(home.dir.join("profiles"))
-        .map(|rd| {
-            let mut v: Vec<String> = rd
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect();
-            v.sort();
-            v
-        })
-        .unwrap_or_default();
+    let profiles = home.profiles();
     doc.insert("profiles".into(), json!(profiles));
 
     if let Some(db) = &stores.state {

@@ -80,9 +80,18 @@ impl Stores {
             }
         }
         if state.is_none() && responses.is_none() && files.is_empty() && !report.partial {
+            let profiles = home.profiles();
             bail!(
-                "no Hermes stores under {} (looked for state.db, response_store.db and sessions/)",
-                home.dir.display()
+                "no Hermes stores under {} (looked for state.db, response_store.db and sessions/){}",
+                home.dir.display(),
+                if profiles.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; profiles here: {} (choose one with --profile)",
+                        profiles.join(", ")
+                    )
+                }
             );
         }
         Ok(Stores {

@@ -274,3 +274,24 @@ fn an_oversize_message_is_not_read_and_its_turn_is_skipped() {
     assert!(!lines.iter().any(|v| v.to_string().contains("HUGExxxx")));
     assert!(!lines.is_empty(), "the other turns are still exported");
 }
+
+#[test]
+fn a_profile_has_its_own_stores() {
+    let root = tempfile::tempdir().unwrap();
+    let profile = root.path().join("profiles").join("timmy");
+    hermes_harvest::fixture::materialize(&repo().join("fixtures/hermes-0.13.0/home"), &profile)
+        .unwrap();
+    let out = run_in(root.path(), &["sources"]);
+    assert_eq!(out.status.code(), Some(1), "the root itself has no stores");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("profiles here: timmy"));
+    let out = run_in(root.path(), &["sources", "--profile", "timmy", "--json"]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state_db"]["schema_version"], 11);
+    let (code, lines, _) = export(root.path(), &["--profile", "timmy", "--channel", "nexus"]);
+    assert_eq!(code, 0);
+    assert!(!lines.is_empty());
+    let out = run_in(root.path(), &["export", "--profile", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("profile \"nobody\" not found"));
+}
