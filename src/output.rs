@@ -7,15 +7,15 @@
 //! starts from the committed bytes of each file (see `state`) and appends
 //! only what is new.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use tempfile::NamedTempFile;
+use tempfile::TempPath;
 
 use crate::config::OutTarget;
-use crate::sink::{Sink, persist, temp_beside};
+use crate::sink::{Sink, persist, sync_dir, temp_beside};
 use crate::state::RunState;
 
 /// Trainers' usual batch size: mlx-lm refuses a split with fewer rows.
@@ -40,31 +40,51 @@ fn split_point(session: &str) -> f64 {
 struct FileOut {
     name: String,
     target: PathBuf,
-    out: BufWriter<NamedTempFile>,
+    out: BufWriter<File>,
+    /// Snapshot mode: the temporary file that replaces `target` at the end.
+    /// Cumulative mode writes `target` in place instead.
+    temp: Option<TempPath>,
     base_bytes: u64,
     base_lines: u64,
     new_lines: u64,
 }
 
 impl FileOut {
-    /// Starts a temporary copy of `target`, keeping its first `keep` bytes.
+    /// Snapshot mode (`keep` is `None`): a temporary file beside `target`.
+    /// Cumulative mode: `target` itself, cut back to its committed
+    /// `keep = (bytes, lines)` (dropping the tail a killed run may have
+    /// left) and appended to.
     fn open(target: &Path, name: &str, keep: Option<(u64, u64)>) -> Result<FileOut> {
-        let mut tmp = temp_beside(target)?;
-        let (mut base_bytes, base_lines) = keep.unwrap_or((0, 0));
-        if base_bytes > 0 {
-            let mut src = File::open(target).with_context(|| {
-                format!(
-                    "{} is missing but the state file says it holds {base_bytes} bytes; restore it or start a new state file",
-                    target.display()
-                )
-            })?;
-            let copied = std::io::copy(&mut (&mut src).take(base_bytes), tmp.as_file_mut())?;
-            base_bytes = copied;
-        }
+        let (file, temp, base_bytes, base_lines) = match keep {
+            None => {
+                let (file, path) = temp_beside(target)?.into_parts();
+                (file, Some(path), 0, 0)
+            }
+            Some((bytes, lines)) => {
+                let mut opts = OpenOptions::new();
+                opts.read(true).write(true).create(true).truncate(false);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                let mut file = opts
+                    .open(target)
+                    .with_context(|| format!("opening {}", target.display()))?;
+                let len = file.metadata()?.len();
+                if len < bytes {
+                    anyhow::bail!(
+                        "{} holds {len} bytes but the state file committed {bytes}: it was changed by someone else; restore it or start a new state file",
+                        target.display()
+                    );
+                }
+                file.set_len(bytes)?;
+                file.seek(SeekFrom::End(0))?;
+                (file, None, bytes, lines)
+            }
+        };
         Ok(FileOut {
             name: name.to_string(),
             target: target.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 16, tmp),
+            out: BufWriter::with_capacity(1 << 16, file),
+            temp,
             base_bytes,
             base_lines,
             new_lines: 0,
@@ -82,16 +102,28 @@ impl FileOut {
 
     fn offset(&mut self) -> Result<u64> {
         self.out.flush()?;
-        Ok(self.out.get_mut().as_file_mut().stream_position()?)
+        Ok(self.out.get_mut().stream_position()?)
     }
 
-    fn into_temp(self) -> Result<(NamedTempFile, PathBuf)> {
-        let tmp = self
+    /// Flushes and fsyncs; a snapshot file is then renamed over the target.
+    /// Returns (name, bytes, lines) as now on disk.
+    fn commit(self) -> Result<(String, u64, u64)> {
+        let target = self.target;
+        let file = self
             .out
             .into_inner()
             .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {}", self.target.display()))?;
-        Ok((tmp, self.target))
+            .with_context(|| format!("writing {}", target.display()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", target.display()))?;
+        let bytes = file.metadata()?.len();
+        drop(file);
+        if let Some(temp) = self.temp {
+            temp.persist(&target)
+                .with_context(|| format!("replacing {}", target.display()))?;
+        }
+        sync_dir(&target);
+        Ok((self.name, bytes, self.base_lines + self.new_lines))
     }
 }
 
@@ -261,17 +293,12 @@ impl Output {
                 if self.cumulative && nothing_new {
                     return Ok(None);
                 }
-                let mut w = Written {
-                    new_lines: f.new_lines,
+                let new_lines = f.new_lines;
+                Ok(Some(Written {
+                    new_lines,
+                    files: vec![f.commit()?],
                     ..Written::default()
-                };
-                let name = f.name.clone();
-                let lines = f.base_lines + f.new_lines;
-                let (tmp, target) = f.into_temp()?;
-                let bytes = tmp.as_file().metadata()?.len();
-                persist(tmp, &target)?;
-                w.files.push((name, bytes, lines));
-                Ok(Some(w))
+                }))
             }
             Kind::Dir {
                 dir,
@@ -290,11 +317,7 @@ impl Output {
                     ..Written::default()
                 };
                 for f in [train, valid] {
-                    let (name, lines) = (f.name.clone(), f.base_lines + f.new_lines);
-                    let (tmp, target) = f.into_temp()?;
-                    let bytes = tmp.as_file().metadata()?.len();
-                    persist(tmp, &target)?;
-                    w.files.push((name, bytes, lines));
+                    w.files.push(f.commit()?);
                 }
                 let target = dir.join("manifest.json");
                 let mut tmp = temp_beside(&target)?;
@@ -335,32 +358,33 @@ fn ensure_valid_batch(
         moving[i] = true;
         need = need.saturating_sub(runs[i].lines);
     }
-    // Rebuild train without the moved sessions; append them to valid.
+    // Rewrite this run's part of train without the moved sessions, and
+    // append those to valid.
     train.out.flush()?;
-    let old = train.out.get_mut().as_file_mut();
-    let mut fresh = temp_beside(&train.target)?;
-    old.seek(SeekFrom::Start(0))?;
-    std::io::copy(&mut (&mut *old).take(train.base_bytes), fresh.as_file_mut())?;
+    let file = train.out.get_mut();
+    let mut chunks = Vec::with_capacity(runs.len());
+    for run in runs.iter() {
+        let mut chunk = vec![0; (run.end - run.start) as usize];
+        file.seek(SeekFrom::Start(run.start))?;
+        file.read_exact(&mut chunk)?;
+        chunks.push(chunk);
+    }
+    file.set_len(train.base_bytes)?;
+    file.seek(SeekFrom::Start(train.base_bytes))?;
     let mut moved = Vec::new();
     let mut kept_lines = 0;
-    for (run, &mv) in runs.iter().zip(&moving) {
-        old.seek(SeekFrom::Start(run.start))?;
-        let mut chunk = Vec::with_capacity((run.end - run.start) as usize);
-        (&mut *old)
-            .take(run.end - run.start)
-            .read_to_end(&mut chunk)?;
+    for ((run, &mv), chunk) in runs.iter().zip(&moving).zip(&chunks) {
         if mv {
             for l in chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 valid.line(l)?;
             }
             moved.push(run.session.clone());
         } else {
-            fresh.as_file_mut().write_all(&chunk)?;
+            train.out.write_all(chunk)?;
             kept_lines += run.lines;
         }
     }
     train.new_lines = kept_lines;
-    train.out = BufWriter::with_capacity(1 << 16, fresh);
     Ok(moved)
 }
 

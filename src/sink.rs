@@ -57,12 +57,16 @@ pub fn persist(tmp: NamedTempFile, target: &Path) -> Result<()> {
         .with_context(|| format!("syncing {}", target.display()))?;
     tmp.persist(target)
         .with_context(|| format!("replacing {}", target.display()))?;
-    if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty())
-        && let Ok(d) = File::open(dir)
-    {
+    sync_dir(target);
+    Ok(())
+}
+
+/// Syncs the directory holding `target`, so a rename or a new file in it
+/// is durable.
+pub fn sync_dir(target: &Path) {
+    if let Ok(d) = File::open(dir_of(target)) {
         let _ = d.sync_all();
     }
-    Ok(())
 }
 
 /// A JSONL destination.
