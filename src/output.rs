@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use tempfile::TempPath;
 
 use crate::config::OutTarget;
-use crate::sink::{Sink, persist, sync_dir, temp_beside};
+use crate::sink::{Stdout, persist, sync_dir, temp_beside};
 use crate::state::RunState;
 
 /// Trainers' usual batch size: mlx-lm refuses a split with fewer rows.
@@ -146,7 +146,7 @@ pub struct Output {
 }
 
 enum Kind {
-    Stdout(Sink),
+    Stdout(Stdout),
     File(FileOut),
     Dir {
         dir: PathBuf,
@@ -174,7 +174,7 @@ impl Output {
             state.and_then(|s| Some((*s.output_bytes.get(name)?, *s.output_lines.get(name)?)))
         };
         let kind = match target {
-            OutTarget::Stdout => Kind::Stdout(Sink::stdout()),
+            OutTarget::Stdout => Kind::Stdout(Stdout::new()),
             OutTarget::File(path) => {
                 let name = path
                     .file_name()

@@ -1,4 +1,4 @@
-//! Where lines go: stdout, or a file replaced atomically.
+//! Low-level output: stdout, and files replaced atomically.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -69,76 +69,52 @@ pub fn sync_dir(target: &Path) {
     }
 }
 
-/// A JSONL destination.
-pub enum Sink {
-    Stdout {
-        out: BufWriter<io::Stdout>,
-        /// The reader went away: stop writing, exit quietly.
-        closed: bool,
-    },
-    File {
-        out: BufWriter<NamedTempFile>,
-        target: PathBuf,
-    },
+/// JSONL on stdout: buffered, and quiet when the reader goes away (a
+/// broken pipe ends the output, not the run).
+pub struct Stdout {
+    out: BufWriter<io::Stdout>,
+    closed: bool,
 }
 
-impl Sink {
-    pub fn stdout() -> Sink {
-        Sink::Stdout {
+impl Stdout {
+    pub fn new() -> Stdout {
+        Stdout {
             out: BufWriter::with_capacity(1 << 16, io::stdout()),
             closed: false,
         }
     }
 
-    pub fn file(target: &Path) -> Result<Sink> {
-        Ok(Sink::File {
-            out: BufWriter::with_capacity(1 << 16, temp_beside(target)?),
-            target: target.to_path_buf(),
-        })
-    }
-
     /// Writes one line (a newline is added).
     pub fn line(&mut self, line: &[u8]) -> Result<()> {
-        match self {
-            Sink::Stdout { out, closed } => {
-                if *closed {
-                    return Ok(());
-                }
-                if let Err(e) = out.write_all(line).and_then(|_| out.write_all(b"\n")) {
-                    if e.kind() == io::ErrorKind::BrokenPipe {
-                        *closed = true;
-                        return Ok(());
-                    }
-                    return Err(e).context("writing to stdout");
-                }
+        if self.closed {
+            return Ok(());
+        }
+        match self
+            .out
+            .write_all(line)
+            .and_then(|_| self.out.write_all(b"\n"))
+        {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
                 Ok(())
             }
-            Sink::File { out, target } => out
-                .write_all(line)
-                .and_then(|_| out.write_all(b"\n"))
-                .with_context(|| format!("writing {}", target.display())),
+            other => other.context("writing to stdout"),
         }
     }
 
-    /// Makes the output final: flushes stdout, or puts the file in place.
-    pub fn finish(self) -> Result<()> {
-        match self {
-            Sink::Stdout { mut out, closed } => {
-                if closed {
-                    return Ok(());
-                }
-                match out.flush() {
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-                    other => other.context("writing to stdout"),
-                }
-            }
-            Sink::File { out, target } => {
-                let tmp = out
-                    .into_inner()
-                    .map_err(|e| e.into_error())
-                    .with_context(|| format!("writing {}", target.display()))?;
-                persist(tmp, &target)
-            }
+    pub fn finish(mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
         }
+        match self.out.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.context("writing to stdout"),
+        }
+    }
+}
+
+impl Default for Stdout {
+    fn default() -> Self {
+        Stdout::new()
     }
 }
