@@ -98,7 +98,14 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("synth-store: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let args = parse_args()?;
     let started = Instant::now();
     let tmp = tempfile::tempdir()?;

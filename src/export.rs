@@ -37,6 +37,7 @@ struct Totals {
     seen: HashSet<u64>,
     /// Whether any store besides state.db can repeat its turns.
     dedupe: bool,
+    system_json: sft::SystemCache,
 }
 
 /// A turn's identity across stores: its user text and its final answer.
@@ -114,8 +115,9 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
             s.watermark
         ));
     }
+    // A first incremental run reads everything, streaming like a full one.
     let db_heads = match (&state, &stores.state) {
-        (Some(s), Some(db)) => Some(db.touched_since(s.watermark)?),
+        (Some(s), Some(db)) if s.watermark > 0 => Some(db.touched_since(s.watermark)?),
         _ => None,
     };
     let progress_len = match (&db_heads, &stores.state) {
@@ -225,7 +227,7 @@ fn export_session(
             .into_iter()
             .flatten()
         {
-            r.string(text);
+            r.repeated(text);
         }
         for tool in session.tools.iter_mut().flatten() {
             r.value(tool);
@@ -301,12 +303,13 @@ fn export_session(
                 });
                 return Ok(());
             }
-            let outcome = sft::samples(session, &exchanges, &selected, cfg);
+            let outcome =
+                sft::samples(session, &exchanges, &selected, cfg, &mut totals.system_json);
             for reason in outcome.skipped {
                 report.skip(reason);
             }
             for (line, t) in outcome.lines {
-                output.line(&session.id, &serde_json::to_vec(&line)?)?;
+                output.line(&session.id, &line.to_json()?)?;
                 totals.saw_time(t);
                 *totals.samples.entry(channel.as_str()).or_default() += 1;
             }

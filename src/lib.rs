@@ -17,6 +17,7 @@ pub mod output;
 pub mod rebuild;
 pub mod redact;
 pub mod report;
+pub mod sampled_hash;
 pub mod send;
 pub mod sink;
 pub mod source;

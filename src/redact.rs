@@ -6,13 +6,14 @@
 //! `~`), and the count per kind is kept for the summary and the manifest;
 //! the secrets themselves are never stored or printed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use regex::{Regex, RegexSet};
 use serde_json::Value;
 
 use crate::model::Message;
+use crate::sampled_hash::BuildSampled;
 
 /// Secret shapes of the common providers. Order matters: more specific
 /// shapes come first so they name the kind.
@@ -73,7 +74,15 @@ pub struct Redactor {
     literals: Option<Regex>,
     home_path: Regex,
     pub counts: BTreeMap<&'static str, usize>,
+    /// Long texts that repeat across sessions (system prompts): their
+    /// redaction and what it counted.
+    cache: HashMap<String, Cached, BuildSampled>,
 }
+
+type Cached = (Option<String>, Vec<(&'static str, usize)>);
+
+/// Distinct repeated texts remembered at most (about 12 MB of prompts).
+const CACHE_ENTRIES: usize = 1024;
 
 const HOME_PATH: &str = r"(^|[^A-Za-z0-9._/~-])/(?:Users|home)/[A-Za-z0-9._-]+";
 
@@ -102,6 +111,7 @@ impl Redactor {
             literals: literal_re.map(|l| Regex::new(&l).expect("escaped literals")),
             home_path: Regex::new(HOME_PATH).expect("valid home pattern"),
             counts: BTreeMap::new(),
+            cache: HashMap::default(),
         }
     }
 
@@ -144,6 +154,36 @@ impl Redactor {
     pub fn string(&mut self, s: &mut String) {
         if let Some(new) = self.text(s) {
             *s = new;
+        }
+    }
+
+    /// Like [`Redactor::string`], for a text that many sessions share (a
+    /// system prompt): each distinct text is scanned once; every occurrence
+    /// still counts.
+    pub fn repeated(&mut self, s: &mut String) {
+        if let Some((out, counts)) = self.cache.get(s.as_str()) {
+            for (kind, n) in counts {
+                *self.counts.entry(kind).or_default() += n;
+            }
+            if let Some(out) = out {
+                *s = out.clone();
+            }
+            return;
+        }
+        let before = self.counts.clone();
+        let out = self.text(s);
+        let counted = self
+            .counts
+            .iter()
+            .map(|(k, n)| (*k, n - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if self.cache.len() >= CACHE_ENTRIES {
+            self.cache.clear();
+        }
+        self.cache.insert(s.clone(), (out.clone(), counted));
+        if let Some(out) = out {
+            *s = out;
         }
     }
 

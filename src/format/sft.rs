@@ -1,17 +1,73 @@
 //! SFT lines: `{"messages": [...], "tools": [...]}` (SPEC §4).
 
-use serde::Serialize;
-use serde_json::Value;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::config::ExportConfig;
 use crate::format::{Exchange, OutMsg, approx_text_tokens, system_text};
 use crate::model::Session;
+use crate::sampled_hash::BuildSampled;
 
-#[derive(Debug, Clone, Serialize)]
+/// One SFT line. The system message and the tools are kept as their JSON:
+/// they repeat in every sample of a session (and the prompt across many
+/// sessions), so they are escaped once.
+#[derive(Debug, Clone)]
 pub struct SftLine {
+    pub system: Option<Rc<[u8]>>,
     pub messages: Vec<OutMsg>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tools: Option<Vec<Value>>,
+    pub tools: Option<Rc<[u8]>>,
+}
+
+impl SftLine {
+    /// `{"messages":[...],"tools":[...]}` as one JSON line (no newline).
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(1024);
+        out.extend_from_slice(b"{\"messages\":[");
+        let mut first = true;
+        if let Some(system) = &self.system {
+            out.extend_from_slice(system);
+            first = false;
+        }
+        for m in &self.messages {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut out, m)?;
+        }
+        out.push(b']');
+        if let Some(tools) = &self.tools {
+            out.extend_from_slice(b",\"tools\":");
+            out.extend_from_slice(tools);
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+/// The JSON of system messages already written, by text.
+#[derive(Debug, Default)]
+pub struct SystemCache {
+    map: HashMap<String, Rc<[u8]>, BuildSampled>,
+}
+
+/// Distinct system prompts remembered at most.
+const SYSTEM_CACHE_ENTRIES: usize = 1024;
+
+impl SystemCache {
+    fn get(&mut self, text: &str) -> Rc<[u8]> {
+        if let Some(json) = self.map.get(text) {
+            return json.clone();
+        }
+        let json: Rc<[u8]> = serde_json::to_vec(&OutMsg::text("system", text))
+            .expect("a message serializes")
+            .into();
+        if self.map.len() >= SYSTEM_CACHE_ENTRIES {
+            self.map.clear();
+        }
+        self.map.insert(text.to_owned(), json.clone());
+        json
+    }
 }
 
 /// What one session gave.
@@ -33,10 +89,16 @@ pub fn samples(
     exchanges: &[Exchange<'_>],
     selected: &[bool],
     cfg: &ExportConfig,
+    cache: &mut SystemCache,
 ) -> SftOutcome {
     let mut out = SftOutcome::default();
     let system = system_text(session, &cfg.system);
     let sys_tokens = system.as_deref().map_or(0, approx_text_tokens);
+    let system_json = system.as_deref().map(|s| cache.get(s));
+    let tools_json: Option<Rc<[u8]>> = session
+        .tools
+        .as_ref()
+        .map(|t| serde_json::to_vec(t).expect("JSON values serialize").into());
     let mut current: Vec<&Exchange<'_>> = Vec::new();
     let mut tokens = sys_tokens;
     let flush = |current: &mut Vec<&Exchange<'_>>, out: &mut SftOutcome| {
@@ -45,16 +107,14 @@ pub fn samples(
         }
         let t = current[0].timestamp;
         let mut messages = Vec::new();
-        if let Some(s) = &system {
-            messages.push(OutMsg::text("system", s.clone()));
-        }
         for ex in current.drain(..) {
             messages.extend(ex.msgs.iter().map(|m| OutMsg::from_message(m, cfg)));
         }
         out.lines.push((
             SftLine {
+                system: system_json.clone(),
                 messages,
-                tools: session.tools.clone(),
+                tools: tools_json.clone(),
             },
             t,
         ));
