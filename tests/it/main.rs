@@ -5,5 +5,6 @@ mod common;
 mod cron;
 mod dpo;
 mod export;
+mod props;
 mod send;
 mod stores;
