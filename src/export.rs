@@ -212,22 +212,25 @@ fn export_session(
     report: &mut Report,
     totals: &mut Totals,
     output: &mut Output,
-    redactor: Option<&mut Redactor>,
+    mut redactor: Option<&mut Redactor>,
 ) -> Result<()> {
     let channel = cfg.channel_of(&head_of(&session));
     let mut rebuilt = rebuild::rebuild(&session);
     add_stats(&mut totals.history, &rebuilt.stats);
-    if let Some(r) = redactor {
+    if let Some(r) = redactor.as_deref_mut() {
         // Every string once, before any sample repeats it.
         rebuilt.messages.iter_mut().for_each(|m| r.message(m));
         for alt in &mut rebuilt.alternatives {
             alt.rejected.iter_mut().for_each(|m| r.message(m));
         }
-        for text in [&mut session.system_prompt, &mut session.instructions]
-            .into_iter()
-            .flatten()
-        {
-            r.repeated(text);
+        // SFT redacts the system prompt with its JSON cache (below).
+        if cfg.format == Format::Dpo {
+            for text in [&mut session.system_prompt, &mut session.instructions]
+                .into_iter()
+                .flatten()
+            {
+                r.repeated(text);
+            }
         }
         for tool in session.tools.iter_mut().flatten() {
             r.value(tool);
@@ -303,8 +306,14 @@ fn export_session(
                 });
                 return Ok(());
             }
-            let outcome =
-                sft::samples(session, &exchanges, &selected, cfg, &mut totals.system_json);
+            let outcome = sft::samples(
+                session,
+                &exchanges,
+                &selected,
+                cfg,
+                &mut totals.system_json,
+                redactor,
+            );
             for reason in outcome.skipped {
                 report.skip(reason);
             }

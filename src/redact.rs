@@ -79,7 +79,10 @@ pub struct Redactor {
     cache: HashMap<String, Cached, BuildSampled>,
 }
 
-type Cached = (Option<String>, Vec<(&'static str, usize)>);
+/// What one redaction counted, per kind.
+pub type Counted = Vec<(&'static str, usize)>;
+
+type Cached = (Option<String>, Counted);
 
 /// Distinct repeated texts remembered at most (about 12 MB of prompts).
 const CACHE_ENTRIES: usize = 1024;
@@ -170,6 +173,19 @@ impl Redactor {
             }
             return;
         }
+        let (out, counted) = self.counted(s);
+        if self.cache.len() >= CACHE_ENTRIES {
+            self.cache.clear();
+        }
+        self.cache.insert(s.clone(), (out.clone(), counted));
+        if let Some(out) = out {
+            *s = out;
+        }
+    }
+
+    /// Redacts `s` and returns, besides the result, what this call counted
+    /// (so a caller that caches the result can count it again on reuse).
+    pub fn counted(&mut self, s: &str) -> (Option<String>, Counted) {
         let before = self.counts.clone();
         let out = self.text(s);
         let counted = self
@@ -178,12 +194,13 @@ impl Redactor {
             .map(|(k, n)| (*k, n - before.get(k).copied().unwrap_or(0)))
             .filter(|(_, n)| *n > 0)
             .collect();
-        if self.cache.len() >= CACHE_ENTRIES {
-            self.cache.clear();
-        }
-        self.cache.insert(s.clone(), (out.clone(), counted));
-        if let Some(out) = out {
-            *s = out;
+        (out, counted)
+    }
+
+    /// Counts again what an earlier, cached redaction counted.
+    pub fn recount(&mut self, counted: &[(&'static str, usize)]) {
+        for (kind, n) in counted {
+            *self.counts.entry(kind).or_default() += n;
         }
     }
 

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use crate::config::ExportConfig;
 use crate::format::{Exchange, OutMsg, approx_text_tokens, system_text};
 use crate::model::Session;
+use crate::redact::{Counted, Redactor};
 use crate::sampled_hash::BuildSampled;
 
 /// One SFT line. The system message and the tools are kept as their JSON:
@@ -45,27 +46,37 @@ impl SftLine {
     }
 }
 
-/// The JSON of system messages already written, by text.
+/// The JSON of system messages already written, by their text before
+/// redaction, with what redacting it counted: a system prompt shared by
+/// many sessions is redacted and escaped once.
 #[derive(Debug, Default)]
 pub struct SystemCache {
-    map: HashMap<String, Rc<[u8]>, BuildSampled>,
+    map: HashMap<String, (Rc<[u8]>, Counted), BuildSampled>,
 }
 
 /// Distinct system prompts remembered at most.
 const SYSTEM_CACHE_ENTRIES: usize = 1024;
 
 impl SystemCache {
-    fn get(&mut self, text: &str) -> Rc<[u8]> {
-        if let Some(json) = self.map.get(text) {
+    fn get(&mut self, text: &str, redactor: Option<&mut Redactor>) -> Rc<[u8]> {
+        if let Some((json, counted)) = self.map.get(text) {
+            if let Some(r) = redactor {
+                r.recount(counted);
+            }
             return json.clone();
         }
-        let json: Rc<[u8]> = serde_json::to_vec(&OutMsg::text("system", text))
-            .expect("a message serializes")
-            .into();
+        let (redacted, counted) = match redactor {
+            Some(r) => r.counted(text),
+            None => (None, Vec::new()),
+        };
+        let json: Rc<[u8]> =
+            serde_json::to_vec(&OutMsg::text("system", redacted.as_deref().unwrap_or(text)))
+                .expect("a message serializes")
+                .into();
         if self.map.len() >= SYSTEM_CACHE_ENTRIES {
             self.map.clear();
         }
-        self.map.insert(text.to_owned(), json.clone());
+        self.map.insert(text.to_owned(), (json.clone(), counted));
         json
     }
 }
@@ -90,11 +101,12 @@ pub fn samples(
     selected: &[bool],
     cfg: &ExportConfig,
     cache: &mut SystemCache,
+    redactor: Option<&mut Redactor>,
 ) -> SftOutcome {
     let mut out = SftOutcome::default();
     let system = system_text(session, &cfg.system);
     let sys_tokens = system.as_deref().map_or(0, approx_text_tokens);
-    let system_json = system.as_deref().map(|s| cache.get(s));
+    let system_json = system.as_deref().map(|s| cache.get(s, redactor));
     let tools_json: Option<Rc<[u8]>> = session
         .tools
         .as_ref()
