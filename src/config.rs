@@ -167,6 +167,14 @@ impl ExportConfig {
     }
 }
 
+/// Epoch seconds as an RFC 3339 UTC time (`2026-11-25T13:25:44Z`), or null.
+pub fn iso_time(t: Option<f64>) -> serde_json::Value {
+    t.and_then(|t| chrono::DateTime::from_timestamp_micros((t * 1e6) as i64))
+        .map_or(serde_json::Value::Null, |d| {
+            serde_json::Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        })
+}
+
 /// `2026-11-01`, RFC 3339, or a duration back from now: `90m`, `12h`, `7d`, `2w`.
 pub fn parse_when(s: &str, now: f64) -> Result<f64> {
     let s = s.trim();

@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::cli::ExportArgs;
-use crate::config::{DpoStyle, ExportConfig, Format, OutTarget};
+use crate::config::{DpoStyle, ExportConfig, Format, OutTarget, iso_time};
 use crate::exit;
 use crate::format::{self, Exchange, dpo, sft};
 use crate::home::HermesHome;
@@ -359,13 +359,6 @@ fn add_stats(total: &mut RebuildStats, s: &RebuildStats) {
     total.merged_user_turns += s.merged_user_turns;
 }
 
-fn iso(t: Option<f64>) -> Value {
-    t.and_then(|t| chrono::DateTime::from_timestamp_micros((t * 1e6) as i64))
-        .map_or(Value::Null, |d| {
-            Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        })
-}
-
 fn per_channel(totals: &Totals, cfg: &ExportConfig) -> BTreeMap<&'static str, usize> {
     Channel::ALL
         .iter()
@@ -402,10 +395,10 @@ fn manifest(
 ) -> Value {
     let mut sources = Vec::new();
     if let Some(db) = &stores.state {
-        sources.push(json!({"store": "state.db", "path": db.path.display().to_string(), "schema_version": db.schema_version, "sessions_read": report.sessions_read.get("state.db").copied().unwrap_or(0)}));
+        sources.push(json!({"store": "state.db", "path": db.path.display().to_string(), "schema_version": db.schema_version, "sessions_read": report.sessions_read.get(Origin::StateDb.as_str()).copied().unwrap_or(0)}));
     }
     if let Some(rs) = &stores.responses {
-        sources.push(json!({"store": "response_store.db", "path": rs.path.display().to_string(), "schema_version": null, "sessions_read": report.sessions_read.get("response_store.db").copied().unwrap_or(0)}));
+        sources.push(json!({"store": "response_store.db", "path": rs.path.display().to_string(), "schema_version": null, "sessions_read": report.sessions_read.get(Origin::ResponseStore.as_str()).copied().unwrap_or(0)}));
     }
     sources.push(json!({"store": "sessions", "path": stores.files.dir.display().to_string(), "schema_version": null,
         "sessions_read": report.sessions_read.get(Origin::SessionJson.as_str()).copied().unwrap_or(0) + report.sessions_read.get(Origin::Transcript.as_str()).copied().unwrap_or(0)}));
@@ -431,7 +424,7 @@ fn manifest(
             "new_lines": w.new_lines,
         },
         "redactions": if cfg.redact { json!(redactions) } else { Value::Null },
-        "time_range": {"first": iso(totals.first), "last": iso(totals.last)},
+        "time_range": {"first": iso_time(totals.first), "last": iso_time(totals.last)},
         "watermark": {"state_db_message_id": watermark},
         "split": {"valid_fraction": cfg.valid_fraction, "by": "session", "files": files, "forced_valid_sessions": w.forced_valid.len()},
     })

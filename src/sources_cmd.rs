@@ -6,18 +6,12 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::cli::SourcesArgs;
+use crate::config::iso_time;
 use crate::exit;
 use crate::home::HermesHome;
 use crate::model::Channel;
 use crate::report::Report;
 use crate::source::Stores;
-
-fn when(t: Option<f64>) -> Value {
-    t.and_then(|t| chrono::DateTime::from_timestamp_micros((t * 1e6) as i64))
-        .map_or(Value::Null, |d| {
-            Value::String(d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        })
-}
 
 pub fn run(args: &SourcesArgs) -> Result<u8> {
     let home = HermesHome::resolve(&args.home)?;
@@ -49,8 +43,8 @@ pub fn run(args: &SourcesArgs) -> Result<u8> {
                 "messages": stats.sessions.iter().map(|s| s.3).sum::<i64>(),
                 "channels": per.iter().map(|(c, (s, m))| (c.to_string(), json!({"sessions": s, "messages": m}))).collect::<serde_json::Map<_, _>>(),
                 "sources": per_source,
-                "first": when(stats.first),
-                "last": when(stats.last),
+                "first": iso_time(stats.first),
+                "last": iso_time(stats.last),
             }),
         );
     }

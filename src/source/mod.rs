@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::content;
 use crate::home::HermesHome;
-use crate::model::{Message, Role, RowState, Session};
+use crate::model::{Message, Origin, Role, RowState, Session};
 use crate::rebuild;
 use crate::report::Report;
 use response_store::ResponseStore;
@@ -133,7 +133,7 @@ impl Stores {
                 if head.is_rotation_child() || !want(&head) {
                     return Ok(());
                 }
-                report.read_session("state.db");
+                report.read_session(Origin::StateDb.as_str());
                 // `load_parts` reports bad rows through `report` while it also
                 // hands parts to `f`, which needs `report` too: collect them.
                 let mut problems = Vec::new();
@@ -169,7 +169,7 @@ impl Stores {
             if want(&head_of(&s)) {
                 let mut s = s;
                 self.enrich(&mut s, report)?;
-                report.read_session("response_store.db");
+                report.read_session(Origin::ResponseStore.as_str());
                 f(s, report)?;
             }
         }
@@ -232,10 +232,14 @@ impl Stores {
                 Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
             }
         }
-        if session.is_none()
+        if session.as_ref().is_none_or(|s| s.tools.is_none())
             && let Some(path) = self.files.transcripts.get(id)
+            && let Some(t) = session_files::read_transcript(path, &mut |p| report.input_problem(p))?
         {
-            session = session_files::read_transcript(path, &mut |p| report.input_problem(p))?;
+            match session.as_mut() {
+                Some(s) => s.tools = t.tools,
+                None => session = Some(t),
+            }
         }
         let Some(mut s) = session else {
             return Ok(None);
@@ -257,7 +261,12 @@ impl Stores {
     /// Fills what the session's own store lacks: tool definitions and the
     /// system prompt from the session files, Responses `instructions`.
     fn enrich(&self, s: &mut Session, report: &mut Report) -> Result<()> {
+        // A session read from the files has already had its files read.
+        let from_files = matches!(s.origin, Some(Origin::SessionJson | Origin::Transcript));
         for id in s.lineage.clone() {
+            if from_files {
+                break;
+            }
             if s.tools.is_some() && s.system_prompt.is_some() {
                 break;
             }

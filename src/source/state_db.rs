@@ -66,6 +66,8 @@ pub struct StateDb {
     prompt_sql: String,
     /// `sessions.parent_session_id` exists (lineage can be followed).
     has_parent: bool,
+    has_title: bool,
+    has_timestamp: bool,
     /// Texts longer than this are not read.
     max_text_bytes: i64,
     with_reasoning: bool,
@@ -207,6 +209,8 @@ impl StateDb {
             message_sql,
             prompt_sql,
             has_parent: parent_join,
+            has_title: scols.contains("title"),
+            has_timestamp: mcols.contains("timestamp"),
             max_text_bytes: i64::MAX,
             with_reasoning: true,
         })
@@ -580,11 +584,7 @@ impl StateDb {
     /// (id, source, title, message count) for every session, plus the time
     /// range of its messages.
     pub fn stats(&self) -> Result<Stats> {
-        let title = if columns(&self.conn, "sessions")?.contains("title") {
-            "s.title"
-        } else {
-            "NULL"
-        };
+        let title = if self.has_title { "s.title" } else { "NULL" };
         let mut stmt = self.conn.prepare(&format!(
             "SELECT s.id, s.source, {title}, (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id AND m.role IN ('user','assistant','tool')) FROM sessions s ORDER BY s.id"
         ))?;
@@ -598,8 +598,7 @@ impl StateDb {
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let has_ts = columns(&self.conn, "messages")?.contains("timestamp");
-        let (first, last) = if has_ts {
+        let (first, last) = if self.has_timestamp {
             self.conn.query_row(
                 "SELECT MIN(timestamp), MAX(timestamp) FROM messages",
                 [],
