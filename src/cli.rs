@@ -69,6 +69,16 @@ pub enum DpoStyleArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ToolsArg {
+    /// The tools each sample calls, plus a few other tools the session offered
+    Used,
+    /// Every tool the session offered
+    All,
+    /// No tool definitions
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SignalArg {
     Rewind,
     Regenerate,
@@ -103,11 +113,21 @@ pub struct ExportArgs {
     /// Skip sessions with fewer complete user turns than this
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub min_turns: usize,
-    /// Approximate token budget per sample; long sessions are cut into several samples
-    #[arg(long, default_value_t = 8192, value_name = "N")]
+    /// Token budget of a whole rendered sample (system prompt, tool definitions, messages
+    /// and the chat template's tokens). Set your trainer's max length to at least this
+    #[arg(long, default_value_t = 2048, value_name = "N")]
     pub max_tokens: usize,
-    /// System prompt policy: `session` (what the session ran with), `none`, or a FILE to use instead
-    #[arg(long, default_value = "session", value_name = "session|none|FILE")]
+    /// Count tokens exactly with this model's tokenizer and chat template: the model
+    /// directory you give your trainer, or its tokenizer.json [default: a conservative estimate]
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+    /// Tool definitions a sample carries: the tools it calls plus a few others the session
+    /// offered (`used`), every offered tool (`all`), or none
+    #[arg(long, value_enum, default_value = "used")]
+    pub tools: ToolsArg,
+    /// System prompt policy: `session` (what the session ran with), `soul` (only its SOUL.md
+    /// persona part), `none`, or a FILE to use instead
+    #[arg(long, default_value = "session", value_name = "session|soul|none|FILE")]
     pub system_prompt: String,
     /// Keep assistant reasoning as `reasoning_content`
     #[arg(long)]
@@ -225,6 +245,12 @@ pub struct ValidateArgs {
     /// Expected shape [default: detected from the first line]
     #[arg(long, value_enum)]
     pub format: Option<ShapeArg>,
+    /// Flag rows whose rendered sample exceeds N tokens
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Count exactly with this model's tokenizer and chat template (see export --tokenizer)
+    #[arg(long, value_name = "PATH", requires = "max_tokens")]
+    pub tokenizer: Option<PathBuf>,
     /// Print errors only
     #[arg(long, short = 'q')]
     pub quiet: bool,

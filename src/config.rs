@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{ChannelArg, DpoStyleArg, ExportArgs, FormatArg, SignalArg, TargetArg};
+use crate::cli::{ChannelArg, DpoStyleArg, ExportArgs, FormatArg, SignalArg, TargetArg, ToolsArg};
+use crate::format::tools::ToolsPolicy;
+use crate::format::{FormatOptions, MsgOptions};
 use crate::model::Channel;
 use crate::rebuild::Signal;
 use crate::source::state_db::SessionHead;
@@ -13,6 +15,9 @@ use crate::source::state_db::SessionHead;
 pub enum SystemPolicy {
     /// What the session ran with (Hermes's prompt plus Responses instructions).
     Session,
+    /// Only the persona part of the stored prompt; `SOUL.md`'s text when
+    /// known (filled in once the home is known).
+    Soul(Option<String>),
     None,
     /// Replaced by this text.
     Fixed(String),
@@ -49,6 +54,8 @@ pub struct ExportConfig {
     pub until: Option<f64>,
     pub min_turns: usize,
     pub max_tokens: usize,
+    pub tokenizer: Option<PathBuf>,
+    pub tools: ToolsPolicy,
     pub system: SystemPolicy,
     pub include_reasoning: bool,
     /// Tool-call arguments as JSON strings (OpenAI flavour).
@@ -68,10 +75,13 @@ impl ExportConfig {
     pub fn from_args(a: &ExportArgs, now: f64) -> Result<ExportConfig> {
         let system = match a.system_prompt.as_str() {
             "session" => SystemPolicy::Session,
+            "soul" => SystemPolicy::Soul(None),
             "none" => SystemPolicy::None,
             path => SystemPolicy::Fixed(
                 std::fs::read_to_string(path)
-                    .with_context(|| format!("--system-prompt: cannot read {path}"))?,
+                    .with_context(|| format!("--system-prompt: cannot read {path}"))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
             ),
         };
         if a.max_tokens < 64 {
@@ -128,6 +138,12 @@ impl ExportConfig {
             until,
             min_turns: a.min_turns,
             max_tokens: a.max_tokens,
+            tokenizer: a.tokenizer.clone(),
+            tools: match a.tools {
+                ToolsArg::Used => ToolsPolicy::Used,
+                ToolsArg::All => ToolsPolicy::All,
+                ToolsArg::None => ToolsPolicy::None,
+            },
             system,
             include_reasoning: a.include_reasoning,
             string_arguments: a.target == TargetArg::Openai,
@@ -144,6 +160,20 @@ impl ExportConfig {
             strict: a.strict,
             quiet: a.quiet,
         })
+    }
+
+    /// What the formatters need.
+    pub fn format_options(&self) -> FormatOptions {
+        FormatOptions {
+            msg: MsgOptions {
+                string_arguments: self.string_arguments,
+                include_reasoning: self.include_reasoning,
+            },
+            max_tokens: self.max_tokens,
+            tools: self.tools,
+            signals: self.signals.clone(),
+            flat_dpo: self.dpo_style == DpoStyle::Flat,
+        }
     }
 
     pub fn channel_of(&self, h: &SessionHead) -> Channel {

@@ -2,23 +2,38 @@
 //! selection → formatter → redaction → output, with a one-line summary on
 //! stderr and, for directory output, a manifest.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::cli::ExportArgs;
-use crate::config::{DpoStyle, ExportConfig, Format, OutTarget, iso_time};
+use crate::config::{DpoStyle, ExportConfig, Format, OutTarget, SystemPolicy, iso_time};
 use crate::exit;
-use crate::format::{self, Exchange, dpo, sft};
+use crate::format::fit::Fitter;
+use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
+use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_text};
 use crate::home::HermesHome;
 use crate::model::{Channel, Message, Origin, Role, Session};
 use crate::output::{Output, stable_hash};
 use crate::rebuild::{self, RebuildStats};
 use crate::redact::Redactor;
 use crate::report::{Report, counts};
+use crate::source::session_files::ToolCatalog;
 use crate::source::{Stores, head_of};
 use crate::state::{RunLock, RunState};
+use crate::tokens::{Count, Counter, Estimate, Sample};
+
+/// Token figures of one channel.
+#[derive(Debug, Default, Clone, Copy)]
+struct TokenTotals {
+    samples: usize,
+    total: usize,
+    trainable: usize,
+    longest: usize,
+    system: usize,
+    over_budget: usize,
+}
 
 /// Totals for the summary and the manifest.
 #[derive(Debug, Default)]
@@ -38,6 +53,43 @@ struct Totals {
     /// Whether any store besides state.db can repeat its turns.
     dedupe: bool,
     system_json: sft::SystemCache,
+    tokens: BTreeMap<&'static str, TokenTotals>,
+    /// The first chat-template failure, reported once.
+    template_error: Option<String>,
+}
+
+/// What formatting a session needs besides the session.
+struct Kit {
+    opts: FormatOptions,
+    counter: Counter,
+    catalog: ToolCatalog,
+    /// Tokens of each system prompt (by its text) under the counter.
+    system_tokens: HashMap<String, usize>,
+}
+
+impl Kit {
+    /// Tokens the system prompt alone costs a sample.
+    fn system_tokens(&mut self, text: &str) -> usize {
+        if let Some(&n) = self.system_tokens.get(text) {
+            return n;
+        }
+        let n = match &self.counter {
+            Counter::Estimate => Estimate::system(text),
+            Counter::Exact(_) => self
+                .counter
+                .count(&Sample {
+                    system: Some(text),
+                    messages: &[],
+                    tools: None,
+                })
+                .map_or_else(|_| Estimate::system(text), |c| c.total),
+        };
+        if self.system_tokens.len() > 1024 {
+            self.system_tokens.clear();
+        }
+        self.system_tokens.insert(text.to_string(), n);
+        n
+    }
 }
 
 /// A turn's identity across stores: its user text and its final answer.
@@ -51,6 +103,16 @@ fn fingerprint(msgs: &[Message]) -> u64 {
 }
 
 impl Totals {
+    fn wrote(&mut self, channel: Channel, count: Count, system_tokens: usize) {
+        *self.samples.entry(channel.as_str()).or_default() += 1;
+        let t = self.tokens.entry(channel.as_str()).or_default();
+        t.samples += 1;
+        t.total += count.total;
+        t.trainable += count.trainable;
+        t.longest = t.longest.max(count.total);
+        t.system += system_tokens;
+    }
+
     fn saw_time(&mut self, t: Option<f64>) {
         if let Some(t) = t {
             self.first = Some(self.first.map_or(t, |f| f.min(t)));
@@ -131,6 +193,15 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     };
     report.start_progress(progress_len, "exporting");
 
+    if let SystemPolicy::Soul(soul) = &mut cfg.system {
+        *soul = std::fs::read_to_string(home.dir.join("SOUL.md")).ok();
+    }
+    let mut kit = Kit {
+        opts: cfg.format_options(),
+        counter: Counter::new(cfg.tokenizer.as_deref())?,
+        catalog: ToolCatalog::new(&stores.files),
+        system_tokens: HashMap::new(),
+    };
     let mut output = Output::open(&cfg.out, state.as_ref(), cfg.valid_fraction)?;
     let mut totals = Totals {
         dedupe: stores.responses.is_some()
@@ -152,6 +223,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
             export_session(
                 session,
                 &cfg,
+                &mut kit,
                 &covered,
                 report,
                 &mut totals,
@@ -166,6 +238,12 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         .as_ref()
         .map(|r| r.counts.clone())
         .unwrap_or_default();
+    if let Some(e) = &totals.template_error {
+        report.warn(format_args!(
+            "the chat template failed on some samples (skipped as template_error): {e}"
+        ));
+    }
+    let counted_with = kit.counter.describe();
     let written = output.finish(&|w| {
         let m = manifest(
             &cfg,
@@ -175,6 +253,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
             &redactions,
             top.max(covered.watermark),
             w,
+            (&counted_with, kit.counter.is_exact()),
         );
         Ok(serde_json::to_vec_pretty(&m)?)
     })?;
@@ -196,7 +275,14 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
             st.save(path)?;
         }
     }
-    summarize(&report, &totals, &cfg, &redactions, written.is_none());
+    summarize(
+        &report,
+        &totals,
+        &cfg,
+        &redactions,
+        written.is_none(),
+        kit.counter.is_exact(),
+    );
     Ok(if report.partial {
         exit::PARTIAL
     } else {
@@ -206,8 +292,9 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
 
 #[allow(clippy::too_many_arguments)]
 fn export_session(
-    mut session: Session,
+    session: Session,
     cfg: &ExportConfig,
+    kit: &mut Kit,
     covered: &Covered<'_>,
     report: &mut Report,
     totals: &mut Totals,
@@ -223,21 +310,45 @@ fn export_session(
         for alt in &mut rebuilt.alternatives {
             alt.rejected.iter_mut().for_each(|m| r.message(m));
         }
-        // SFT redacts the system prompt with its JSON cache (below).
-        if cfg.format == Format::Dpo {
-            for text in [&mut session.system_prompt, &mut session.instructions]
-                .into_iter()
-                .flatten()
-            {
-                r.repeated(text);
+    }
+    let system = system_text(&session, &cfg.system)
+        .map(|text| totals.system_json.get(&text, redactor.as_deref_mut()));
+    let session_tools = if kit.opts.tools == ToolsPolicy::None {
+        SessionTools::default()
+    } else {
+        let called = called_names(
+            rebuilt
+                .messages
+                .iter()
+                .chain(rebuilt.alternatives.iter().flat_map(|a| &a.rejected)),
+        );
+        let catalog = &mut kit.catalog;
+        let mut t = SessionTools::new(&session.id, session.tools.as_deref(), &called, &mut |n| {
+            catalog.get(n)
+        });
+        if let Some(r) = redactor {
+            t.offered
+                .iter_mut()
+                .chain(&mut t.borrowed)
+                .for_each(|v| r.value(v));
+        }
+        t
+    };
+    let session = &session;
+    let mut exchanges = format::exchanges(&rebuilt.messages);
+    // A turn whose failed call was taken out for a tool-retry pair would
+    // teach a reply that may speak of the removed call: not SFT data.
+    for alt in &rebuilt.alternatives {
+        if alt.signal == crate::rebuild::Signal::ToolRetry {
+            let k = rebuilt.messages[..alt.prompt_end]
+                .iter()
+                .filter(|m| m.role == Role::User)
+                .count();
+            if let Some(ex) = k.checked_sub(1).and_then(|k| exchanges.get_mut(k)) {
+                ex.problem = ex.problem.or(Some("retried_tool_call"));
             }
         }
-        for tool in session.tools.iter_mut().flatten() {
-            r.value(tool);
-        }
     }
-    let session = &session;
-    let exchanges = format::exchanges(&rebuilt.messages);
     let from_db = session.origin == Some(Origin::StateDb);
     let already = if from_db {
         0
@@ -293,6 +404,13 @@ fn export_session(
         .filter(|(e, s)| **s && e.problem.is_none())
         .count();
 
+    let system_tokens = system.as_ref().map_or(0, |s| kit.system_tokens(&s.text));
+    let mut fitter = Fitter {
+        counter: &mut kit.counter,
+        max: kit.opts.max_tokens,
+        template_error: None,
+    };
+    let mut over_budget = 0;
     match cfg.format {
         Format::Sft => {
             if !selected.iter().any(|s| *s) {
@@ -307,20 +425,24 @@ fn export_session(
                 return Ok(());
             }
             let outcome = sft::samples(
-                session,
                 &exchanges,
                 &selected,
-                cfg,
-                &mut totals.system_json,
-                redactor,
+                &kit.opts,
+                system,
+                &session_tools,
+                &mut fitter,
             );
             for reason in outcome.skipped {
+                over_budget += usize::from(reason == "over_budget");
                 report.skip(reason);
+            }
+            if let Some(e) = outcome.template_error {
+                totals.template_error.get_or_insert(e);
             }
             for (line, t) in outcome.lines {
                 output.line(&session.id, &line.to_json()?)?;
                 totals.saw_time(t);
-                *totals.samples.entry(channel.as_str()).or_default() += 1;
+                totals.wrote(channel, line.count, system_tokens);
             }
         }
         Format::Dpo => {
@@ -336,18 +458,34 @@ fn export_session(
                     && is_new(index, &msgs[user..chosen_end])
                     && !(dedupe && seen.contains(&fingerprint(&msgs[user..end])))
             };
-            let outcome = dpo::pairs(session, &rebuilt, cfg, &selected_pair);
+            let outcome = dpo::pairs(
+                &rebuilt,
+                &kit.opts,
+                system.as_ref().map(|s| s.text.as_str()),
+                &session_tools,
+                &mut fitter,
+                &selected_pair,
+            );
             for reason in outcome.skipped {
+                over_budget += usize::from(reason == "over_budget");
                 report.skip(reason);
             }
-            for (signal, line, t) in outcome.lines {
+            if let Some(e) = outcome.template_error {
+                totals.template_error.get_or_insert(e);
+            }
+            for (signal, line, count, t) in outcome.lines {
                 output.line(&session.id, &serde_json::to_vec(&line)?)?;
                 totals.saw_time(t);
-                *totals.samples.entry(channel.as_str()).or_default() += 1;
+                totals.wrote(channel, count, system_tokens);
                 *totals.signals.entry(signal.as_str()).or_default() += 1;
             }
         }
     }
+    totals
+        .tokens
+        .entry(channel.as_str())
+        .or_default()
+        .over_budget += over_budget;
     Ok(())
 }
 
@@ -384,6 +522,34 @@ fn per_signal(totals: &Totals, cfg: &ExportConfig) -> BTreeMap<&'static str, usi
         .collect()
 }
 
+fn per_channel_tokens(totals: &Totals, cfg: &ExportConfig) -> BTreeMap<&'static str, Value> {
+    Channel::ALL
+        .iter()
+        .filter(|c| cfg.channels.is_empty() || cfg.channels.contains(c))
+        .map(|c| {
+            let t = totals.tokens.get(c.as_str()).copied().unwrap_or_default();
+            let share = if t.total == 0 {
+                0.0
+            } else {
+                (t.trainable as f64 / t.total as f64 * 1000.0).round() / 1000.0
+            };
+            (
+                c.as_str(),
+                json!({
+                    "samples": t.samples,
+                    "total": t.total,
+                    "trainable": t.trainable,
+                    "trainable_share": share,
+                    "longest": t.longest,
+                    "system": t.system,
+                    "over_budget": t.over_budget,
+                }),
+            )
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn manifest(
     cfg: &ExportConfig,
     stores: &Stores,
@@ -392,6 +558,7 @@ fn manifest(
     redactions: &BTreeMap<&'static str, usize>,
     watermark: i64,
     w: &crate::output::Written,
+    (counted_with, exact): (&str, bool),
 ) -> Value {
     let mut sources = Vec::new();
     if let Some(db) = &stores.state {
@@ -423,6 +590,24 @@ fn manifest(
             "skipped": report.skipped,
             "new_lines": w.new_lines,
         },
+        "tokens": {
+            "counted_with": counted_with,
+            "exact": exact,
+            "max_tokens": cfg.max_tokens,
+            "trainer_max_length_at_least": cfg.max_tokens,
+            "tools_policy": match cfg.tools {
+                ToolsPolicy::Used => "used",
+                ToolsPolicy::All => "all",
+                ToolsPolicy::None => "none",
+            },
+            "system_prompt_policy": match cfg.system {
+                SystemPolicy::Session => "session",
+                SystemPolicy::Soul(_) => "soul",
+                SystemPolicy::None => "none",
+                SystemPolicy::Fixed(_) => "file",
+            },
+            "channels": per_channel_tokens(totals, cfg),
+        },
         "redactions": if cfg.redact { json!(redactions) } else { Value::Null },
         "time_range": {"first": iso_time(totals.first), "last": iso_time(totals.last)},
         "watermark": {"state_db_message_id": watermark},
@@ -436,6 +621,7 @@ fn summarize(
     cfg: &ExportConfig,
     redactions: &BTreeMap<&'static str, usize>,
     nothing_new: bool,
+    exact: bool,
 ) {
     let written: usize = totals.samples.values().sum();
     let h = &totals.history;
@@ -450,8 +636,29 @@ fn summarize(
         Format::Dpo => format!("; pairs per signal: {}", counts(&per_signal(totals, cfg))),
         Format::Sft => String::new(),
     };
+    let tokens: Vec<String> = Channel::ALL
+        .iter()
+        .filter_map(|c| {
+            let t = totals.tokens.get(c.as_str())?;
+            (t.samples > 0 || t.over_budget > 0).then(|| {
+                format!(
+                    "{} {} (trainable {}, {:.0}%; longest {}; over budget {})",
+                    c.as_str(),
+                    t.total,
+                    t.trainable,
+                    if t.total == 0 {
+                        0.0
+                    } else {
+                        100.0 * t.trainable as f64 / t.total as f64
+                    },
+                    t.longest,
+                    t.over_budget
+                )
+            })
+        })
+        .collect();
     report.info(format_args!(
-        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out",
+        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out",
         report.sessions_read.values().sum::<usize>(),
         counts(&report.sessions_read),
         match cfg.format {
@@ -459,6 +666,13 @@ fn summarize(
             Format::Dpo => "dpo",
         },
         counts(&per_channel(totals, cfg)),
+        if exact { "exact" } else { "estimated" },
+        cfg.max_tokens,
+        if tokens.is_empty() {
+            "none".to_string()
+        } else {
+            tokens.join(", ")
+        },
         counts(&report.skipped),
         if cfg.redact { counts(redactions) } else { "off".to_string() },
         h.summaries,

@@ -23,6 +23,7 @@ pub mod sink;
 pub mod source;
 pub mod sources_cmd;
 pub mod state;
+pub mod tokens;
 pub mod validate;
 
 use anyhow::Result;

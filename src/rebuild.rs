@@ -390,17 +390,43 @@ pub fn is_error_result(m: &Message) -> bool {
     false
 }
 
+/// True when a tool result says the tool does not exist.
+fn is_unknown_tool(m: &Message) -> bool {
+    let text = m.content.trim_start();
+    text.starts_with("Tool '") && text.contains("' does not exist")
+}
+
+/// Whether the call turn `retry` retries the failed call turn `failed`
+/// (with its `results`) at the same step: every failed call was either to
+/// a tool that does not exist, or is made again to the same tool with
+/// other arguments. A failure followed by a different, existing tool is
+/// not the same step (the model changed its plan), so no preference can
+/// be read from it.
+fn retries_same_step(failed: &Message, results: &[Message], retry: &Message) -> bool {
+    failed.tool_calls.iter().all(|c| {
+        let unknown = results
+            .iter()
+            .filter(|r| r.tool_call_id.as_deref() == Some(c.id.as_str()))
+            .any(is_unknown_tool);
+        unknown
+            || retry
+                .tool_calls
+                .iter()
+                .any(|r| r.name == c.name && r.arguments != c.arguments)
+    })
+}
+
 /// Removes, from the exchange `res[start..]`, tool-call turns whose every
-/// result was an error when a later call in the same exchange worked, and
-/// records each as a `tool-retry` alternative.
+/// result was an error when a later call in the same exchange retried the
+/// same step and worked, and records each as a `tool-retry` alternative.
+/// Failures that no retry of the same step followed stay as they happened.
 fn close_exchange(res: &mut Vec<Message>, start: usize, alts: &mut Vec<Alternative>) {
     if !res[start..].iter().any(|m| m.role == Role::Tool) {
         return;
     }
     let tail = res.split_off(start);
-    // Failed call groups waiting for a retry: (all their messages, the call turn).
-    let mut held: Vec<Message> = Vec::new();
-    let mut held_calls: Vec<Message> = Vec::new();
+    // Failed call groups waiting for a retry, as (start, end) in `tail`.
+    let mut held: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
     while i < tail.len() {
         let m = &tail[i];
@@ -423,29 +449,35 @@ fn close_exchange(res: &mut Vec<Message>, start: usize, alts: &mut Vec<Alternati
             && results.len() == m.tool_calls.len()
             && results.iter().all(is_error_result)
         {
-            held.extend_from_slice(group);
-            held_calls.push(m.clone());
-        } else if is_call && !held_calls.is_empty() {
-            // This call worked: the failed attempts before it become signals.
-            for rejected in held_calls.drain(..) {
+            held.push((i, end));
+        } else if is_call
+            && !held.is_empty()
+            && held
+                .iter()
+                .all(|&(a, b)| retries_same_step(&tail[a], &tail[a + 1..b], m))
+        {
+            // This call retried the failed ones and worked: they become signals.
+            for (a, _) in held.drain(..) {
                 alts.push(Alternative {
                     signal: Signal::ToolRetry,
                     prompt_end: res.len(),
                     chosen_end: res.len() + 1,
-                    rejected: vec![rejected],
+                    rejected: vec![tail[a].clone()],
                 });
             }
-            held.clear();
             res.extend_from_slice(group);
         } else {
-            // No retry followed: keep what happened.
-            res.append(&mut held);
-            held_calls.clear();
+            // No retry of the same step followed: keep what happened.
+            for (a, b) in held.drain(..) {
+                res.extend_from_slice(&tail[a..b]);
+            }
             res.extend_from_slice(group);
         }
         i = end;
     }
-    res.append(&mut held);
+    for (a, b) in held {
+        res.extend_from_slice(&tail[a..b]);
+    }
 }
 
 /// Drops the second copy of the transcript that Hermes flushes into a

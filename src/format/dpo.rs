@@ -8,17 +8,22 @@
 //! text) are not written in that style.
 
 use serde::Serialize;
+use serde_json::Value;
 
-use crate::config::{DpoStyle, ExportConfig};
-use crate::format::{OutMsg, approx_text_tokens, approx_tokens, system_text};
-use crate::model::{Message, Role, Session};
+use crate::format::fit::Fitter;
+use crate::format::tools::{SessionTools, ToolsPolicy};
+use crate::format::{FormatOptions, OutMsg};
+use crate::model::{Message, Role};
 use crate::rebuild::{Alternative, Rebuilt, Signal};
+use crate::tokens::{Count, Sample};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DpoLine {
     pub prompt: Vec<OutMsg>,
     pub chosen: Vec<OutMsg>,
     pub rejected: Vec<OutMsg>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,25 +44,29 @@ pub enum PairLine {
 
 #[derive(Debug, Default)]
 pub struct DpoOutcome {
-    /// Each pair with its signal and the time of its user turn.
-    pub lines: Vec<(Signal, PairLine, Option<f64>)>,
+    /// Each pair with its signal, its tokens (the prompt with the longer
+    /// side; trainable: the chosen side) and the time of its user turn.
+    pub lines: Vec<(Signal, PairLine, Count, Option<f64>)>,
     pub skipped: Vec<&'static str>,
+    /// Set when the chat template failed on a pair.
+    pub template_error: Option<String>,
 }
 
 /// Builds the pairs of one session. `selected(user, chosen_end)` says
 /// whether the pair whose prompt ends with `messages[user]` and whose kept
 /// branch ends at `chosen_end` is wanted (time window, not yet exported).
 pub fn pairs(
-    session: &Session,
     rebuilt: &Rebuilt,
-    cfg: &ExportConfig,
+    opts: &FormatOptions,
+    system: Option<&str>,
+    tools: &SessionTools,
+    fitter: &mut Fitter<'_>,
     selected: &dyn Fn(usize, usize) -> bool,
 ) -> DpoOutcome {
     let mut out = DpoOutcome::default();
     let msgs = &rebuilt.messages;
-    let system = system_text(session, &cfg.system);
     for alt in &rebuilt.alternatives {
-        if !cfg.signals.contains(&alt.signal) {
+        if !opts.signals.contains(&alt.signal) {
             continue;
         }
         let Some(user) = msgs[..alt.prompt_end]
@@ -70,107 +79,254 @@ pub fn pairs(
         if !selected(user, alt.chosen_end) {
             continue;
         }
-        match build(msgs, user, alt, system.as_deref(), cfg) {
-            Ok(line) => out.lines.push((alt.signal, line, msgs[user].timestamp)),
+        let pair = Pair {
+            msgs,
+            user,
+            alt,
+            system,
+            opts,
+            tools,
+        };
+        match pair.build(fitter) {
+            Ok((line, count)) => out
+                .lines
+                .push((alt.signal, line, count, msgs[user].timestamp)),
             Err(reason) => out.skipped.push(reason),
         }
     }
+    out.template_error = fitter.template_error.take();
     out
 }
 
-fn build(
-    msgs: &[Message],
+struct Pair<'a> {
+    msgs: &'a [Message],
     user: usize,
-    alt: &Alternative,
-    system: Option<&str>,
-    cfg: &ExportConfig,
-) -> Result<PairLine, &'static str> {
-    // The completions start right after the user turn; a tool-retry shares
-    // the steps that came before the failed call.
-    let shared = &msgs[user + 1..alt.prompt_end];
-    let chosen: Vec<&Message> = shared
-        .iter()
-        .chain(&msgs[alt.prompt_end..alt.chosen_end])
-        .collect();
-    let rejected: Vec<&Message> = shared.iter().chain(&alt.rejected).collect();
-    if chosen.is_empty() || rejected.is_empty() {
-        return Err("empty_pair_side");
-    }
-    if alt.signal != Signal::ToolRetry
-        && !(chosen.last().is_some_and(|m| m.is_final_answer())
-            && rejected.last().is_some_and(|m| m.is_final_answer()))
-    {
-        return Err("pair_side_without_answer");
-    }
-    if chosen.len() == rejected.len() && chosen.iter().zip(&rejected).all(|(a, b)| a.same_turn(b)) {
-        return Err("chosen_equals_rejected");
-    }
-    let side_tokens = chosen
-        .iter()
-        .map(|m| approx_tokens(m))
-        .sum::<usize>()
-        .max(rejected.iter().map(|m| approx_tokens(m)).sum());
-    let sys_tokens = system.map_or(0, approx_text_tokens);
+    alt: &'a Alternative,
+    system: Option<&'a str>,
+    opts: &'a FormatOptions,
+    tools: &'a SessionTools,
+}
 
-    match cfg.dpo_style {
-        DpoStyle::Flat => {
-            if alt.signal == Signal::ToolRetry {
-                return Err("tool_pair_in_flat_style");
+/// Both sides of a pair after the same prompt fit: the larger count, with
+/// the chosen side's completion tokens as trainable.
+fn both_fit(
+    fitter: &mut Fitter<'_>,
+    system: Option<&str>,
+    prompt: &[OutMsg],
+    chosen: &[OutMsg],
+    rejected: &[OutMsg],
+    tools: &[Value],
+) -> Option<Count> {
+    let tools = (!tools.is_empty()).then_some(tools);
+    let mut total = 0;
+    let mut chosen_total = 0;
+    for (k, side) in [chosen, rejected].into_iter().enumerate() {
+        let mut all = prompt.to_vec();
+        all.extend_from_slice(side);
+        let c = fitter.fits(&Sample {
+            system,
+            messages: &all,
+            tools,
+        })?;
+        total = total.max(c.total);
+        if k == 0 {
+            chosen_total = c.total;
+        }
+    }
+    Some(Count {
+        total,
+        trainable: chosen_total,
+    })
+}
+
+impl Pair<'_> {
+    fn build(&self, fitter: &mut Fitter<'_>) -> Result<(PairLine, Count), &'static str> {
+        let (msgs, user, alt) = (self.msgs, self.user, self.alt);
+        // The completions start right after the user turn; a tool-retry
+        // shares the steps that came before the failed call.
+        let shared = &msgs[user + 1..alt.prompt_end];
+        let chosen: Vec<&Message> = shared
+            .iter()
+            .chain(&msgs[alt.prompt_end..alt.chosen_end])
+            .collect();
+        let rejected: Vec<&Message> = shared.iter().chain(&alt.rejected).collect();
+        if chosen.is_empty() || rejected.is_empty() {
+            return Err("empty_pair_side");
+        }
+        if alt.signal != Signal::ToolRetry
+            && !(chosen.last().is_some_and(|m| m.is_final_answer())
+                && rejected.last().is_some_and(|m| m.is_final_answer()))
+        {
+            return Err("pair_side_without_answer");
+        }
+        if chosen.len() == rejected.len()
+            && chosen.iter().zip(&rejected).all(|(a, b)| a.same_turn(b))
+        {
+            return Err("chosen_equals_rejected");
+        }
+        if self.opts.flat_dpo {
+            return self.flat(fitter, &chosen, &rejected);
+        }
+        let out = |side: &[&Message]| -> Vec<OutMsg> {
+            side.iter()
+                .map(|m| OutMsg::from_message(m, &self.opts.msg))
+                .collect()
+        };
+        let (chosen, rejected) = (out(&chosen), out(&rejected));
+        let mut called: std::collections::BTreeSet<&str> = chosen
+            .iter()
+            .chain(&rejected)
+            .flat_map(|m| m.tool_calls.iter().map(|c| c.function.name.as_str()))
+            .collect();
+        let mut tools = self
+            .tools
+            .for_calls(self.opts.tools, &called)
+            .map_err(|_| "tool_definition_missing")?;
+        let mut prompt = vec![OutMsg::from_message(&msgs[user], &self.opts.msg)];
+        let mut count = match both_fit(fitter, self.system, &prompt, &chosen, &rejected, &tools) {
+            Some(c) => c,
+            None => return Err("over_budget"),
+        };
+        if self.opts.tools == ToolsPolicy::Used {
+            // Distractors that fit with the longer side.
+            let longer = if count.total == count.trainable {
+                &chosen
+            } else {
+                &rejected
+            };
+            let mut all = prompt.clone();
+            all.extend_from_slice(longer);
+            let before = tools.clone();
+            let mut probe = count;
+            fitter.add_distractors(self.tools, &mut tools, &mut probe, self.system, &all);
+            if tools != before {
+                match both_fit(fitter, self.system, &prompt, &chosen, &rejected, &tools) {
+                    Some(c) => count = c,
+                    None => tools = before,
+                }
             }
-            let prompt = msgs[user].content.clone();
-            let c = chosen.last().expect("checked").content.clone();
-            let r = rejected.last().expect("checked").content.clone();
-            if c.trim() == r.trim() {
-                return Err("chosen_equals_rejected");
+        }
+        // History before the user turn: whole exchanges, newest first, each
+        // with its long tool results shortened if that makes it fit.
+        let starts: Vec<usize> = (0..user).filter(|&i| msgs[i].role == Role::User).collect();
+        let mut end = user;
+        for &s in starts.iter().rev() {
+            let exchange = &msgs[s..end];
+            if exchange.last().is_some_and(|m| !m.is_final_answer()) {
+                break;
             }
-            if sys_tokens + approx_text_tokens(&prompt) + side_tokens > cfg.max_tokens {
-                return Err("over_token_budget");
+            let mut more_called = called.clone();
+            more_called.extend(
+                exchange
+                    .iter()
+                    .flat_map(|m| m.tool_calls.iter().map(|c| c.name.as_str())),
+            );
+            let Ok(mut more_tools) = self.tools.for_calls(self.opts.tools, &more_called) else {
+                break;
+            };
+            for t in &tools {
+                if !more_tools.contains(t) {
+                    self.tools.insert(&mut more_tools, t);
+                }
             }
-            Ok(PairLine::Flat(FlatLine {
-                system: system.map(str::to_string),
+            let mut head: Vec<OutMsg> = exchange
+                .iter()
+                .map(|m| OutMsg::from_message(m, &self.opts.msg))
+                .collect();
+            let mut candidate = head.clone();
+            candidate.extend_from_slice(&prompt);
+            let fitted = match both_fit(
+                fitter,
+                self.system,
+                &candidate,
+                &chosen,
+                &rejected,
+                &more_tools,
+            ) {
+                Some(c) => Some(c),
+                None if head.iter().any(|m| m.role == "tool") => {
+                    let mut longer_all = head.clone();
+                    longer_all.extend_from_slice(&prompt);
+                    longer_all.extend_from_slice(if count.total == count.trainable {
+                        &chosen
+                    } else {
+                        &rejected
+                    });
+                    let tools_opt = (!more_tools.is_empty()).then_some(more_tools.as_slice());
+                    fitter.shorten_tool_results(self.system, &mut longer_all, tools_opt);
+                    head = longer_all[..head.len()].to_vec();
+                    candidate = head.clone();
+                    candidate.extend_from_slice(&prompt);
+                    both_fit(
+                        fitter,
+                        self.system,
+                        &candidate,
+                        &chosen,
+                        &rejected,
+                        &more_tools,
+                    )
+                }
+                None => None,
+            };
+            match fitted {
+                Some(c) => {
+                    count = c;
+                    prompt = candidate;
+                    tools = more_tools;
+                    called = more_called;
+                    end = s;
+                }
+                None => break,
+            }
+        }
+        let mut full_prompt = Vec::with_capacity(prompt.len() + 1);
+        if let Some(s) = self.system {
+            full_prompt.push(OutMsg::text("system", s));
+        }
+        full_prompt.extend(prompt);
+        Ok((
+            PairLine::Conversational(DpoLine {
+                prompt: full_prompt,
+                chosen,
+                rejected,
+                tools,
+            }),
+            count,
+        ))
+    }
+
+    fn flat(
+        &self,
+        fitter: &mut Fitter<'_>,
+        chosen: &[&Message],
+        rejected: &[&Message],
+    ) -> Result<(PairLine, Count), &'static str> {
+        if self.alt.signal == Signal::ToolRetry {
+            return Err("tool_pair_in_flat_style");
+        }
+        let prompt = self.msgs[self.user].content.clone();
+        let c = chosen.last().expect("checked").content.clone();
+        let r = rejected.last().expect("checked").content.clone();
+        if c.trim() == r.trim() {
+            return Err("chosen_equals_rejected");
+        }
+        let count = both_fit(
+            fitter,
+            self.system,
+            &[OutMsg::text("user", prompt.as_str())],
+            &[OutMsg::text("assistant", c.as_str())],
+            &[OutMsg::text("assistant", r.as_str())],
+            &[],
+        )
+        .ok_or("over_budget")?;
+        Ok((
+            PairLine::Flat(FlatLine {
+                system: self.system.map(str::to_string),
                 prompt,
                 chosen: c,
                 rejected: r,
-            }))
-        }
-        DpoStyle::Conversational => {
-            // Keep as much history as the budget allows, whole exchanges only.
-            let mut start = user;
-            let history_starts: Vec<usize> =
-                (0..user).filter(|&i| msgs[i].role == Role::User).collect();
-            let fixed = sys_tokens + approx_tokens(&msgs[user]) + side_tokens;
-            if fixed > cfg.max_tokens {
-                return Err("over_token_budget");
-            }
-            let mut budget = cfg.max_tokens - fixed;
-            for &s in history_starts.iter().rev() {
-                let cost: usize = msgs[s..start].iter().map(approx_tokens).sum();
-                if cost > budget || msgs[s..start].last().is_some_and(|m| !m.is_final_answer()) {
-                    break;
-                }
-                budget -= cost;
-                start = s;
-            }
-            let mut prompt = Vec::new();
-            if let Some(s) = system {
-                prompt.push(OutMsg::text("system", s));
-            }
-            prompt.extend(
-                msgs[start..=user]
-                    .iter()
-                    .map(|m| OutMsg::from_message(m, cfg)),
-            );
-            Ok(PairLine::Conversational(DpoLine {
-                prompt,
-                chosen: chosen
-                    .iter()
-                    .map(|m| OutMsg::from_message(m, cfg))
-                    .collect(),
-                rejected: rejected
-                    .iter()
-                    .map(|m| OutMsg::from_message(m, cfg))
-                    .collect(),
-            }))
-        }
+            }),
+            count,
+        ))
     }
 }

@@ -3,13 +3,35 @@
 //! stays put.
 
 pub mod dpo;
+pub mod fit;
 pub mod sft;
+pub mod tools;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{ExportConfig, SystemPolicy};
+use crate::config::SystemPolicy;
 use crate::model::{Message, Role, Session};
+use crate::rebuild::Signal;
+
+/// How messages are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MsgOptions {
+    /// Tool-call arguments as JSON strings (OpenAI flavour).
+    pub string_arguments: bool,
+    pub include_reasoning: bool,
+}
+
+/// What the formatters need to know (and nothing else of the export).
+#[derive(Debug, Clone)]
+pub struct FormatOptions {
+    pub msg: MsgOptions,
+    /// Budget of a whole rendered sample, in tokens.
+    pub max_tokens: usize,
+    pub tools: tools::ToolsPolicy,
+    pub signals: Vec<Signal>,
+    pub flat_dpo: bool,
+}
 
 /// One message as written. Field order is the output order.
 #[derive(Debug, Clone, Serialize)]
@@ -54,7 +76,7 @@ impl OutMsg {
         }
     }
 
-    pub fn from_message(m: &Message, cfg: &ExportConfig) -> OutMsg {
+    pub fn from_message(m: &Message, cfg: &MsgOptions) -> OutMsg {
         let tool_calls: Vec<OutCall> = m
             .tool_calls
             .iter()
@@ -98,11 +120,24 @@ impl OutMsg {
 
 /// The system prompt a sample carries under the configured policy.
 pub fn system_text(s: &Session, policy: &SystemPolicy) -> Option<String> {
+    let stored = || {
+        let parts: Vec<&str> = [s.system_prompt.as_deref(), s.instructions.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.trim().is_empty())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("\n\n"))
+    };
     match policy {
         SystemPolicy::None => None,
         SystemPolicy::Fixed(text) => Some(text.clone()),
-        SystemPolicy::Session => {
-            let parts: Vec<&str> = [s.system_prompt.as_deref(), s.instructions.as_deref()]
+        SystemPolicy::Session => stored(),
+        SystemPolicy::Soul(soul) => {
+            let persona = s
+                .system_prompt
+                .as_deref()
+                .and_then(|p| soul_part(p, soul.as_deref()));
+            let parts: Vec<&str> = [persona, s.instructions.as_deref()]
                 .into_iter()
                 .flatten()
                 .filter(|p| !p.trim().is_empty())
@@ -112,18 +147,51 @@ pub fn system_text(s: &Session, policy: &SystemPolicy) -> Option<String> {
     }
 }
 
-/// Rough token count (about four bytes a token, plus a little per message).
-pub fn approx_tokens(m: &Message) -> usize {
-    let args: usize = m
-        .tool_calls
-        .iter()
-        .map(|c| c.name.len() + c.arguments.to_string().len())
-        .sum();
-    (m.content.len() + args).div_ceil(4) + 4
-}
+/// Paragraph openings of what Hermes adds after the persona: its own
+/// platform notes, memory and skill guidance, the environment block, the
+/// channel hints and the session facts.
+const HARNESS_OPENINGS: [&str; 14] = [
+    "You run on Hermes Agent",
+    "If the user asks about configuring",
+    "You have persistent memory",
+    "# ",
+    "## ",
+    "Host:",
+    "User home directory:",
+    "Current working directory:",
+    "Active Hermes profile",
+    "You're responding through",
+    "You are responding through",
+    "Conversation started:",
+    "Model:",
+    "<memory",
+];
 
-pub fn approx_text_tokens(s: &str) -> usize {
-    s.len().div_ceil(4) + 4
+/// The persona part of a stored Hermes system prompt. Hermes puts the
+/// home's `SOUL.md` first; when the prompt starts with the current
+/// `SOUL.md`, that is the part. Otherwise (no `SOUL.md`, or it changed
+/// since) the part is everything before the first paragraph Hermes itself
+/// writes.
+pub fn soul_part<'a>(prompt: &'a str, soul: Option<&str>) -> Option<&'a str> {
+    if let Some(soul) = soul.map(str::trim).filter(|s| !s.is_empty())
+        && let Some(rest) = prompt.trim_start().strip_prefix(soul)
+    {
+        let start = prompt.len() - prompt.trim_start().len();
+        return Some(&prompt[start..prompt.len() - rest.len()]);
+    }
+    let mut end = 0;
+    for para in prompt.split_inclusive("\n\n") {
+        if end > 0
+            && HARNESS_OPENINGS
+                .iter()
+                .any(|o| para.trim_start().starts_with(o))
+        {
+            break;
+        }
+        end += para.len();
+    }
+    let part = prompt[..end].trim();
+    (!part.is_empty()).then_some(part)
 }
 
 /// A user turn and everything up to the next one.
@@ -132,7 +200,6 @@ pub struct Exchange<'a> {
     pub msgs: &'a [Message],
     /// Why this exchange cannot be a training turn, if it cannot.
     pub problem: Option<&'static str>,
-    pub tokens: usize,
     /// When the user spoke.
     pub timestamp: Option<f64>,
 }
@@ -152,7 +219,6 @@ pub fn exchanges(messages: &[Message]) -> Vec<Exchange<'_>> {
             Exchange {
                 msgs,
                 problem: check(msgs),
-                tokens: msgs.iter().map(approx_tokens).sum(),
                 timestamp: msgs[0].timestamp,
             }
         })

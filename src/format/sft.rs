@@ -1,22 +1,54 @@
-//! SFT lines: `{"messages": [...], "tools": [...]}` (SPEC §4).
+//! SFT lines: `{"messages": [...], "tools": [...]}`.
+//!
+//! A session's selected exchanges are cut into samples that each fit the
+//! token budget as the trainer renders them (system prompt, tool
+//! definitions, messages and template tokens together). Each sample
+//! starts at a user turn, carries the system prompt, ends with an
+//! assistant answer, and never splits a tool-call group (exchanges are
+//! never split). An exchange that cannot be trained on, or is not
+//! selected, ends the current sample.
+//!
+//! Filling a sample, in order: its own exchanges (as many as fit); then
+//! up to [`DISTRACTORS`](super::tools::DISTRACTORS) other offered tools;
+//! then, for a sample that starts mid-session, the exchanges before it as
+//! context, newest first, within [`CONTEXT_SHARE`] of the budget. One
+//! exchange that does not fit on its own gets its long tool results
+//! shortened; if it still does not fit it is skipped as `over_budget`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
-use crate::config::ExportConfig;
-use crate::format::{Exchange, OutMsg, approx_text_tokens, system_text};
-use crate::model::Session;
+use serde_json::Value;
+
+use crate::format::fit::Fitter;
+use crate::format::tools::{SessionTools, ToolsPolicy};
+use crate::format::{Exchange, FormatOptions, OutMsg};
 use crate::redact::{Counted, Redactor};
 use crate::sampled_hash::BuildSampled;
+use crate::tokens::{Count, Sample};
 
-/// One SFT line. The system message and the tools are kept as their JSON:
-/// they repeat in every sample of a session (and the prompt across many
-/// sessions), so they are escaped once.
+/// Share of the budget that context before a mid-session sample may take.
+/// Context turns are trained again by trainers that learn every assistant
+/// turn; half the budget keeps a sample grounded in what came before
+/// while bounding that repetition (README, "Training with it").
+pub const CONTEXT_SHARE: f64 = 0.5;
+/// Exchanges looked back at for context at most.
+const CONTEXT_EXCHANGES: usize = 64;
+
+/// A system message: its (redacted) text and its JSON, escaped once.
+#[derive(Debug)]
+pub struct SystemMsg {
+    pub text: String,
+    pub json: Box<[u8]>,
+}
+
+/// One SFT line, with its token count.
 #[derive(Debug, Clone)]
 pub struct SftLine {
-    pub system: Option<Rc<[u8]>>,
+    pub system: Option<Rc<SystemMsg>>,
     pub messages: Vec<OutMsg>,
-    pub tools: Option<Rc<[u8]>>,
+    pub tools: Vec<Value>,
+    pub count: Count,
 }
 
 impl SftLine {
@@ -26,7 +58,7 @@ impl SftLine {
         out.extend_from_slice(b"{\"messages\":[");
         let mut first = true;
         if let Some(system) = &self.system {
-            out.extend_from_slice(system);
+            out.extend_from_slice(&system.json);
             first = false;
         }
         for m in &self.messages {
@@ -37,125 +69,281 @@ impl SftLine {
             serde_json::to_writer(&mut out, m)?;
         }
         out.push(b']');
-        if let Some(tools) = &self.tools {
+        if !self.tools.is_empty() {
             out.extend_from_slice(b",\"tools\":");
-            out.extend_from_slice(tools);
+            serde_json::to_writer(&mut out, &self.tools)?;
         }
         out.push(b'}');
         Ok(out)
     }
 }
 
-/// The JSON of system messages already written, by their text before
-/// redaction, with what redacting it counted: a system prompt shared by
-/// many sessions is redacted and escaped once.
+/// System messages already made, by their text before redaction, with
+/// what redacting it counted: a system prompt shared by many sessions is
+/// redacted and escaped once.
 #[derive(Debug, Default)]
 pub struct SystemCache {
-    map: HashMap<String, (Rc<[u8]>, Counted), BuildSampled>,
+    map: HashMap<String, (Rc<SystemMsg>, Counted), BuildSampled>,
 }
 
 /// Distinct system prompts remembered at most.
 const SYSTEM_CACHE_ENTRIES: usize = 1024;
 
 impl SystemCache {
-    fn get(&mut self, text: &str, redactor: Option<&mut Redactor>) -> Rc<[u8]> {
-        if let Some((json, counted)) = self.map.get(text) {
+    pub fn get(&mut self, text: &str, redactor: Option<&mut Redactor>) -> Rc<SystemMsg> {
+        if let Some((msg, counted)) = self.map.get(text) {
             if let Some(r) = redactor {
                 r.recount(counted);
             }
-            return json.clone();
+            return msg.clone();
         }
         let (redacted, counted) = match redactor {
             Some(r) => r.counted(text),
             None => (None, Vec::new()),
         };
-        let json: Rc<[u8]> =
-            serde_json::to_vec(&OutMsg::text("system", redacted.as_deref().unwrap_or(text)))
-                .expect("a message serializes")
-                .into();
+        let text_out = redacted.unwrap_or_else(|| text.to_string());
+        let json = serde_json::to_vec(&OutMsg::text("system", text_out.as_str()))
+            .expect("a message serializes")
+            .into_boxed_slice();
+        let msg = Rc::new(SystemMsg {
+            text: text_out,
+            json,
+        });
         if self.map.len() >= SYSTEM_CACHE_ENTRIES {
             self.map.clear();
         }
-        self.map.insert(text.to_owned(), (json.clone(), counted));
-        json
+        self.map.insert(text.to_owned(), (msg.clone(), counted));
+        msg
     }
 }
 
 /// What one session gave.
 #[derive(Debug, Default)]
 pub struct SftOutcome {
-    /// Each line with the time of its first user turn.
+    /// Each line with the time of its first own user turn.
     pub lines: Vec<(SftLine, Option<f64>)>,
     /// Exchanges left out, per reason.
     pub skipped: Vec<&'static str>,
+    /// Set when the chat template failed on a sample.
+    pub template_error: Option<String>,
 }
 
-/// Cuts the selected exchanges of a session into samples within the token
-/// budget. Each sample starts at a user turn, carries the system prompt,
-/// and ends with an assistant answer; a tool-call group is never split
-/// because exchanges are never split. An exchange that cannot be trained
-/// on, or falls outside the time window, ends the current sample.
+/// The session's exchanges as written, side by side in one list so that
+/// consecutive exchanges are one slice.
+struct Flat<'e> {
+    msgs: Vec<OutMsg>,
+    /// Range of each exchange in `msgs` (empty for exchanges not converted).
+    ranges: Vec<(usize, usize)>,
+    called: Vec<BTreeSet<&'e str>>,
+}
+
+impl<'e> Flat<'e> {
+    fn new(exchanges: &'e [Exchange<'e>], from: usize, opts: &FormatOptions) -> Flat<'e> {
+        let mut msgs = Vec::new();
+        let mut ranges = vec![(0, 0); exchanges.len()];
+        let mut called = vec![BTreeSet::new(); exchanges.len()];
+        for (k, ex) in exchanges.iter().enumerate().skip(from) {
+            let start = msgs.len();
+            msgs.extend(ex.msgs.iter().map(|m| OutMsg::from_message(m, &opts.msg)));
+            ranges[k] = (start, msgs.len());
+            called[k] = ex
+                .msgs
+                .iter()
+                .flat_map(|m| m.tool_calls.iter().map(|c| c.name.as_str()))
+                .collect();
+        }
+        Flat {
+            msgs,
+            ranges,
+            called,
+        }
+    }
+
+    fn slice(&self, a: usize, b: usize) -> &[OutMsg] {
+        &self.msgs[self.ranges[a].0..self.ranges[b - 1].1]
+    }
+
+    fn called(&self, a: usize, b: usize) -> BTreeSet<&'e str> {
+        self.called[a..b].iter().flatten().copied().collect()
+    }
+}
+
+/// Cuts the selected exchanges of a session into samples within the
+/// budget (see the module documentation).
 pub fn samples(
-    session: &Session,
     exchanges: &[Exchange<'_>],
     selected: &[bool],
-    cfg: &ExportConfig,
-    cache: &mut SystemCache,
-    redactor: Option<&mut Redactor>,
+    opts: &FormatOptions,
+    system: Option<Rc<SystemMsg>>,
+    tools: &SessionTools,
+    fitter: &mut Fitter<'_>,
 ) -> SftOutcome {
     let mut out = SftOutcome::default();
-    let system = system_text(session, &cfg.system);
-    let sys_tokens = system.as_deref().map_or(0, approx_text_tokens);
-    let system_json = system.as_deref().map(|s| cache.get(s, redactor));
-    let tools_json: Option<Rc<[u8]>> = session
-        .tools
-        .as_ref()
-        .map(|t| serde_json::to_vec(t).expect("JSON values serialize").into());
-    let mut current: Vec<&Exchange<'_>> = Vec::new();
-    let mut tokens = sys_tokens;
-    let flush = |current: &mut Vec<&Exchange<'_>>, out: &mut SftOutcome| {
-        if current.is_empty() {
-            return;
-        }
-        let t = current[0].timestamp;
-        let mut messages = Vec::new();
-        for ex in current.drain(..) {
-            messages.extend(ex.msgs.iter().map(|m| OutMsg::from_message(m, cfg)));
-        }
-        out.lines.push((
-            SftLine {
-                system: system_json.clone(),
-                messages,
-                tools: tools_json.clone(),
-            },
-            t,
-        ));
+    let Some(first) = selected.iter().position(|s| *s) else {
+        return out;
     };
-    for (ex, &sel) in exchanges.iter().zip(selected) {
-        if !sel {
-            flush(&mut current, &mut out);
-            tokens = sys_tokens;
+    let flat = Flat::new(exchanges, first.saturating_sub(CONTEXT_EXCHANGES), opts);
+    let mut packer = Packer {
+        flat: &flat,
+        exchanges,
+        opts,
+        system_text: system.as_ref().map(|s| s.text.as_str()),
+        tools,
+        fitter,
+    };
+    let mut i = first;
+    while i < exchanges.len() {
+        if !selected[i] {
+            i += 1;
             continue;
         }
-        if let Some(problem) = ex.problem {
+        if let Some(problem) = exchanges[i].problem {
             out.skipped.push(problem);
-            flush(&mut current, &mut out);
-            tokens = sys_tokens;
+            i += 1;
             continue;
         }
-        if sys_tokens + ex.tokens > cfg.max_tokens {
-            out.skipped.push("over_token_budget");
-            flush(&mut current, &mut out);
-            tokens = sys_tokens;
-            continue;
+        let run_end = (i..exchanges.len())
+            .find(|&k| !selected[k] || exchanges[k].problem.is_some())
+            .unwrap_or(exchanges.len());
+        match packer.sample(i, run_end) {
+            Ok((line, next)) => {
+                out.lines.push((
+                    SftLine {
+                        system: system.clone(),
+                        ..line
+                    },
+                    exchanges[i].timestamp,
+                ));
+                i = next;
+            }
+            Err(reason) => {
+                out.skipped.push(reason);
+                i += 1;
+            }
         }
-        if tokens + ex.tokens > cfg.max_tokens {
-            flush(&mut current, &mut out);
-            tokens = sys_tokens;
-        }
-        tokens += ex.tokens;
-        current.push(ex);
     }
-    flush(&mut current, &mut out);
+    out.template_error = packer.fitter.template_error.take();
     out
+}
+
+struct Packer<'p, 'e, 'f> {
+    flat: &'p Flat<'e>,
+    exchanges: &'p [Exchange<'e>],
+    opts: &'p FormatOptions,
+    system_text: Option<&'p str>,
+    tools: &'p SessionTools,
+    fitter: &'p mut Fitter<'f>,
+}
+
+impl Packer<'_, '_, '_> {
+    fn tools_for(&self, a: usize, b: usize) -> Result<Vec<Value>, &'static str> {
+        self.tools
+            .for_calls(self.opts.tools, &self.flat.called(a, b))
+            .map_err(|_| "tool_definition_missing")
+    }
+
+    fn fits(&mut self, a: usize, b: usize, tools: &[Value]) -> Option<Count> {
+        let sample = Sample {
+            system: self.system_text,
+            messages: self.flat.slice(a, b),
+            tools: (!tools.is_empty()).then_some(tools),
+        };
+        self.fitter.fits(&sample)
+    }
+
+    /// The sample that starts with exchange `i` (of the run ending before
+    /// `end`), and the exchange after its last one.
+    fn sample(&mut self, i: usize, end: usize) -> Result<(SftLine, usize), &'static str> {
+        let mut tools = self.tools_for(i, i + 1)?;
+        let Some(mut count) = self.fits(i, i + 1, &tools) else {
+            return self.shortened(i, &tools).map(|line| (line, i + 1));
+        };
+        // Own exchanges, as many as fit.
+        let mut j = i + 1;
+        while j < end {
+            let Ok(more) = self.tools_for(i, j + 1) else {
+                break;
+            };
+            match self.fits(i, j + 1, &more) {
+                Some(c) => {
+                    count = c;
+                    tools = more;
+                    j += 1;
+                }
+                None => break,
+            }
+        }
+        // Distractors.
+        let mut distractors = Vec::new();
+        if self.opts.tools == ToolsPolicy::Used {
+            let before: Vec<Value> = tools.clone();
+            self.fitter.add_distractors(
+                self.tools,
+                &mut tools,
+                &mut count,
+                self.system_text,
+                self.flat.slice(i, j),
+            );
+            distractors = tools
+                .iter()
+                .filter(|t| !before.contains(t))
+                .cloned()
+                .collect();
+        }
+        // Context before a mid-session start.
+        let own = count.total;
+        let mut start = i;
+        while start > 0
+            && i - start < CONTEXT_EXCHANGES
+            && self.flat.ranges[start - 1].1 > self.flat.ranges[start - 1].0
+            && self.exchanges[start - 1].problem.is_none()
+        {
+            let Ok(mut more) = self.tools_for(start - 1, j) else {
+                break;
+            };
+            for d in &distractors {
+                if !more.contains(d) {
+                    self.tools.insert(&mut more, d);
+                }
+            }
+            match self.fits(start - 1, j, &more) {
+                Some(c)
+                    if (c.total - own) as f64 <= CONTEXT_SHARE * self.opts.max_tokens as f64 =>
+                {
+                    count = c;
+                    tools = more;
+                    start -= 1;
+                }
+                _ => break,
+            }
+        }
+        Ok((
+            SftLine {
+                system: None,
+                messages: self.flat.slice(start, j).to_vec(),
+                tools,
+                count,
+            },
+            j,
+        ))
+    }
+
+    /// Exchange `i` alone with its long tool results shortened, if that fits.
+    fn shortened(&mut self, i: usize, tools: &[Value]) -> Result<SftLine, &'static str> {
+        let mut messages = self.flat.slice(i, i + 1).to_vec();
+        let count = self
+            .fitter
+            .shorten_tool_results(
+                self.system_text,
+                &mut messages,
+                (!tools.is_empty()).then_some(tools),
+            )
+            .ok_or("over_budget")?;
+        Ok(SftLine {
+            system: None,
+            messages,
+            tools: tools.to_vec(),
+            count,
+        })
+    }
 }

@@ -25,6 +25,53 @@ pub struct SessionFiles {
     pub index: Option<PathBuf>,
 }
 
+/// Tool definitions by name from the home's session snapshots, for
+/// sessions that call a tool they did not record a definition of. Files
+/// are read lazily, in reverse id order, and at most [`CATALOG_FILES`] of
+/// them; a name takes the definition of the first file that has it, so
+/// the answer does not depend on what was asked before.
+#[derive(Debug, Default)]
+pub struct ToolCatalog {
+    files: Vec<PathBuf>,
+    read: usize,
+    defs: BTreeMap<String, Value>,
+}
+
+/// Snapshot files read for the catalog at most.
+pub const CATALOG_FILES: usize = 256;
+
+impl ToolCatalog {
+    pub fn new(files: &SessionFiles) -> ToolCatalog {
+        ToolCatalog {
+            files: files
+                .snapshots
+                .values()
+                .rev()
+                .take(CATALOG_FILES)
+                .cloned()
+                .collect(),
+            read: 0,
+            defs: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&mut self, name: &str) -> Option<Value> {
+        while !self.defs.contains_key(name) && self.read < self.files.len() {
+            let path = &self.files[self.read];
+            self.read += 1;
+            let Ok(session) = read_snapshot(path) else {
+                continue;
+            };
+            for def in session.tools.into_iter().flatten() {
+                if let Some(n) = crate::format::tools::tool_name(&def) {
+                    self.defs.entry(n.to_string()).or_insert(def);
+                }
+            }
+        }
+        self.defs.get(name).cloned()
+    }
+}
+
 /// Routing-index facts about a session (messaging platforms only).
 #[derive(Debug, Clone, Default)]
 pub struct IndexEntry {

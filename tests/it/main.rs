@@ -8,3 +8,4 @@ mod export;
 mod props;
 mod send;
 mod stores;
+mod tokens;

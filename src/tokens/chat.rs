@@ -1,0 +1,580 @@
+//! A model's own tokenizer and chat template: renders a sample exactly as
+//! transformers' `apply_chat_template` does for training (messages, tools,
+//! `add_generation_prompt=False`, the tokenizer's special-token strings as
+//! variables) and counts its tokens, and the tokens inside the template's
+//! `{% generation %}` blocks (what `return_assistant_tokens_mask` marks,
+//! i.e. what `assistant_only_loss` trains on).
+//!
+//! The template engine is minijinja, set up like transformers' Jinja2
+//! environment: `trim_blocks`, `lstrip_blocks`, loop controls, a `tojson`
+//! that writes what Python's `json.dumps` writes, `raise_exception`,
+//! `strftime_now`, Python string and dict methods, and the
+//! `{% generation %}` block.
+//!
+//! Counting is exact. For speed, the rendered text is split at the
+//! tokenizer's special tokens (which the tokenizer itself splits out before
+//! anything else runs), and the token count of each long piece between
+//! them is remembered: a system prompt and a tool list repeat in every
+//! sample. Tokenizers whose pieces are not independent (a normalizer or
+//! pre-tokenizer that treats the start of the text specially, special
+//! tokens that strip neighbouring spaces) are always counted whole.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use minijinja::{Environment, Error, ErrorKind, Value};
+use serde_json::Value as Json;
+use tokenizers::Tokenizer;
+
+use crate::sampled_hash::BuildSampled;
+use crate::tokens::Count;
+use crate::tokens::pyjson::PyJson;
+
+/// Marks written where a `{% generation %}` block opens and closes. They
+/// are Unicode noncharacters, which never occur in exchanged text, and are
+/// removed before tokenizing.
+const GEN_OPEN: char = '\u{FDD0}';
+const GEN_CLOSE: char = '\u{FDD1}';
+
+/// Pieces shorter than this are tokenized every time (cheap); longer ones
+/// are remembered.
+const CACHE_MIN_BYTES: usize = 256;
+/// Remembered pieces at most (then the memory starts over).
+const CACHE_ENTRIES: usize = 4096;
+
+pub struct ChatTokenizer {
+    tokenizer: Tokenizer,
+    env: Environment<'static>,
+    /// Template names: `default` always; `tool_use` when the model has one.
+    has_tool_use: bool,
+    has_default: bool,
+    /// The special-token strings templates see (`bos_token`, `eos_token`, …).
+    specials: Vec<(String, Json)>,
+    /// Special tokens to split rendered text at, longest first; empty when
+    /// the tokenizer must count whole texts.
+    splitters: Vec<String>,
+    cache: HashMap<String, usize, BuildSampled>,
+    /// Whether the template marks assistant tokens with `{% generation %}`.
+    pub marks_assistant: bool,
+    /// Where the tokenizer and the template came from, for the manifest.
+    pub description: String,
+}
+
+/// `{% generation %}` / `{% endgeneration %}` (with any whitespace control)
+/// become filter blocks that write the marks, so the tags keep their
+/// whitespace behaviour under `trim_blocks`/`lstrip_blocks`.
+fn rewrite_generation(src: &str) -> (String, bool) {
+    let re =
+        regex::Regex::new(r"\{%([-+]?)\s*(end)?generation\s*([-+]?)%\}").expect("static regex");
+    let found = re.is_match(src);
+    let out = re.replace_all(src, |c: &regex::Captures<'_>| {
+        let filter = if c.get(2).is_some() {
+            "__hh_gen_close"
+        } else {
+            "__hh_gen_open"
+        };
+        format!("{{%{} filter {filter} %}}{{% endfilter {}%}}", &c[1], &c[3])
+    });
+    (out.into_owned(), found)
+}
+
+fn token_string(v: &Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(m) => m.get("content").and_then(Json::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<Json>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is not valid JSON", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The chat templates of a model directory by name, and where they came
+/// from: `chat_template.jinja`, then `chat_template.json`, then
+/// `tokenizer_config.json`'s `chat_template` (a string, or a list of
+/// `{"name", "template"}`).
+fn templates(dir: &Path, config: Option<&Json>) -> Result<(Vec<(String, String)>, String)> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        let text = std::fs::read_to_string(&jinja)
+            .with_context(|| format!("reading {}", jinja.display()))?;
+        return Ok((vec![("default".into(), text)], jinja.display().to_string()));
+    }
+    let json_file = dir.join("chat_template.json");
+    let (value, origin) = match read_json(&json_file)? {
+        Some(v) => (v.get("chat_template").cloned(), json_file),
+        None => (
+            config.and_then(|c| c.get("chat_template")).cloned(),
+            dir.join("tokenizer_config.json"),
+        ),
+    };
+    let list = match value {
+        Some(Json::String(s)) => vec![("default".to_string(), s)],
+        Some(Json::Array(items)) => items
+            .iter()
+            .filter_map(|t| {
+                Some((
+                    t.get("name")?.as_str()?.to_string(),
+                    t.get("template")?.as_str()?.to_string(),
+                ))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if list.is_empty() {
+        bail!(
+            "{}: no chat template (looked for chat_template.jinja, chat_template.json and tokenizer_config.json's chat_template)",
+            dir.display()
+        );
+    }
+    Ok((list, origin.display().to_string()))
+}
+
+/// Whether counting the pieces between special tokens separately gives the
+/// count of the whole text for this tokenizer.
+fn pieces_are_independent(tokenizer_json: &Json) -> bool {
+    let position_dependent = |v: Option<&Json>| {
+        let text = v.map(Json::to_string).unwrap_or_default();
+        text.contains("Prepend") || text.contains("Metaspace")
+    };
+    !position_dependent(tokenizer_json.get("normalizer"))
+        && !position_dependent(tokenizer_json.get("pre_tokenizer"))
+}
+
+impl ChatTokenizer {
+    /// `path` is a model directory (as given to the trainer) or its
+    /// `tokenizer.json`.
+    pub fn load(path: &Path) -> Result<ChatTokenizer> {
+        let (dir, file): (PathBuf, PathBuf) = if path.is_dir() {
+            (path.to_path_buf(), path.join("tokenizer.json"))
+        } else {
+            (
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf(),
+                path.to_path_buf(),
+            )
+        };
+        let raw = std::fs::read(&file)
+            .with_context(|| format!("--tokenizer: cannot read {}", file.display()))?;
+        let mut tokenizer = Tokenizer::from_bytes(&raw)
+            .map_err(|e| anyhow!("--tokenizer: {} is not a tokenizer: {e}", file.display()))?;
+        let _ = tokenizer.with_truncation(None);
+        tokenizer.with_padding(None);
+        let tokenizer_json: Json = serde_json::from_slice(&raw)
+            .with_context(|| format!("{} is not valid JSON", file.display()))?;
+
+        let config = read_json(&dir.join("tokenizer_config.json"))?;
+        let map_file = read_json(&dir.join("special_tokens_map.json"))?;
+        let mut specials = Vec::new();
+        for key in [
+            "bos_token",
+            "eos_token",
+            "unk_token",
+            "sep_token",
+            "pad_token",
+            "cls_token",
+            "mask_token",
+        ] {
+            let v = [config.as_ref(), map_file.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|c| c.get(key).and_then(token_string));
+            if let Some(v) = v {
+                specials.push((key.to_string(), Json::String(v)));
+            }
+        }
+        if let Some(extra) = [config.as_ref(), map_file.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.get("additional_special_tokens").and_then(Json::as_array))
+        {
+            let list: Vec<Json> = extra
+                .iter()
+                .filter_map(token_string)
+                .map(Json::String)
+                .collect();
+            specials.push(("additional_special_tokens".into(), Json::Array(list)));
+        }
+
+        let (list, origin) = templates(&dir, config.as_ref())?;
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |fmt: String| -> Result<String, Error> {
+            let mut out = String::new();
+            write!(out, "{}", chrono::Local::now().format(&fmt)).map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("strftime_now: bad format {fmt:?}"),
+                )
+            })?;
+            Ok(out)
+        });
+        env.add_filter("tojson", tojson);
+        env.add_filter("__hh_gen_open", |_: String| GEN_OPEN.to_string());
+        env.add_filter("__hh_gen_close", |_: String| GEN_CLOSE.to_string());
+        let mut marks_assistant = false;
+        let (mut has_default, mut has_tool_use) = (false, false);
+        for (name, text) in list {
+            let (text, marks) = rewrite_generation(&text);
+            marks_assistant |= marks;
+            has_default |= name == "default";
+            has_tool_use |= name == "tool_use";
+            env.add_template_owned(name.clone(), text)
+                .map_err(|e| anyhow!("{origin}: chat template {name:?} does not parse: {e:#}"))?;
+        }
+
+        let splitters = if pieces_are_independent(&tokenizer_json) {
+            let mut added: Vec<String> = tokenizer
+                .get_added_tokens_decoder()
+                .into_values()
+                .filter(|t| t.special && !t.lstrip && !t.rstrip && !t.single_word)
+                .map(|t| t.content)
+                .filter(|c| !c.is_empty())
+                .collect();
+            let risky = tokenizer
+                .get_added_tokens_decoder()
+                .into_values()
+                .any(|t| t.lstrip || t.rstrip);
+            if risky {
+                added.clear();
+            }
+            added.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+            added
+        } else {
+            Vec::new()
+        };
+        Ok(ChatTokenizer {
+            tokenizer,
+            env,
+            has_tool_use,
+            has_default,
+            specials,
+            splitters,
+            cache: HashMap::default(),
+            marks_assistant,
+            description: format!("{} with the chat template of {origin}", file.display()),
+        })
+    }
+
+    /// The text the trainer's template makes of a sample, with the marks of
+    /// the generation blocks still in it.
+    fn render_marked(&self, messages: &Value, tools: Option<&Value>) -> Result<String> {
+        let name = if tools.is_some() && self.has_tool_use {
+            "tool_use"
+        } else if self.has_default {
+            "default"
+        } else {
+            bail!("the chat template list has no \"default\" template");
+        };
+        let tmpl = self.env.get_template(name).expect("added above");
+        let mut ctx: Vec<(String, Value)> = vec![
+            ("messages".into(), messages.clone()),
+            ("tools".into(), tools.cloned().unwrap_or(Value::from(()))),
+            ("documents".into(), Value::from(())),
+            ("add_generation_prompt".into(), Value::from(false)),
+        ];
+        for (k, v) in &self.specials {
+            ctx.push((k.clone(), Value::from_serialize(v)));
+        }
+        let ctx: Value = ctx.into_iter().collect();
+        tmpl.render(ctx)
+            .map_err(|e| anyhow!("the chat template failed on this sample: {e:#}"))
+    }
+
+    /// The rendered text, as `apply_chat_template(tokenize=False)` returns it.
+    pub fn render(&self, messages: &Value, tools: Option<&Value>) -> Result<String> {
+        let marked = self.render_marked(messages, tools)?;
+        Ok(marked.replace([GEN_OPEN, GEN_CLOSE], ""))
+    }
+
+    /// Tokens of the rendered sample, and those inside generation blocks.
+    pub fn count(&mut self, messages: &Value, tools: Option<&Value>) -> Result<Count> {
+        let marked = self.render_marked(messages, tools)?;
+        let (text, spans) = strip_marks(&marked);
+        if self.splitters.is_empty() {
+            return self.count_whole(&text, &spans);
+        }
+        self.count_pieces(&text, &spans)
+    }
+
+    fn encode_len(&self, text: &str) -> Result<usize> {
+        Ok(self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?
+            .len())
+    }
+
+    fn offsets(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?
+            .get_offsets()
+            .to_vec())
+    }
+
+    fn count_whole(&self, text: &str, spans: &[(usize, usize)]) -> Result<Count> {
+        let offsets = self.offsets(text)?;
+        let at = |c: usize| offsets.iter().position(|&(s, e)| s <= c && c < e);
+        let ranges = spans
+            .iter()
+            .filter_map(|&(s, e)| Some((at(s)?, at(e - 1))))
+            .map(|(a, b)| (a, b.unwrap_or(offsets.len() - 1)))
+            .collect();
+        Ok(Count {
+            total: offsets.len(),
+            trainable: union_len(ranges),
+        })
+    }
+
+    fn count_pieces(&mut self, text: &str, spans: &[(usize, usize)]) -> Result<Count> {
+        let pieces = split_at_specials(text, &self.splitters);
+        // Token index where each piece starts.
+        let mut starts = Vec::with_capacity(pieces.len() + 1);
+        let mut total = 0;
+        for p in &pieces {
+            starts.push(total);
+            total += match p.special {
+                true => 1,
+                false => self.piece_len(&text[p.start..p.end])?,
+            };
+        }
+        let token_at = |c: usize, me: &Self| -> Result<Option<usize>> {
+            let Some(k) = pieces.iter().position(|p| p.start <= c && c < p.end) else {
+                return Ok(None);
+            };
+            let p = &pieces[k];
+            if p.special {
+                return Ok(Some(starts[k]));
+            }
+            let offsets = me.offsets(&text[p.start..p.end])?;
+            let local = c - p.start;
+            Ok(offsets
+                .iter()
+                .position(|&(s, e)| s <= local && local < e)
+                .map(|i| starts[k] + i))
+        };
+        let mut ranges = Vec::new();
+        for &(s, e) in spans {
+            let Some(a) = token_at(s, self)? else {
+                continue;
+            };
+            let b = token_at(e - 1, self)?.unwrap_or(total - 1);
+            ranges.push((a, b));
+        }
+        Ok(Count {
+            total,
+            trainable: union_len(ranges),
+        })
+    }
+
+    fn piece_len(&mut self, piece: &str) -> Result<usize> {
+        if piece.len() < CACHE_MIN_BYTES {
+            return self.encode_len(piece);
+        }
+        if let Some(&n) = self.cache.get(piece) {
+            return Ok(n);
+        }
+        let n = self.encode_len(piece)?;
+        if self.cache.len() >= CACHE_ENTRIES {
+            self.cache.clear();
+        }
+        self.cache.insert(piece.to_string(), n);
+        Ok(n)
+    }
+}
+
+/// transformers' `tojson`: `json.dumps` with `ensure_ascii=False` by
+/// default, and its `indent`, `separators`, `sort_keys` and
+/// `ensure_ascii` arguments.
+fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, Error> {
+    let json = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let mut py = PyJson::default();
+    if let Some(indent) = kwargs.get::<Option<Value>>("indent")? {
+        py.indent = if let Some(n) = indent.as_usize() {
+            Some(" ".repeat(n))
+        } else {
+            indent.as_str().map(str::to_string)
+        };
+    }
+    if let Some(seps) = kwargs.get::<Option<Vec<String>>>("separators")?
+        && seps.len() == 2
+    {
+        py.item_sep = Some(seps[0].clone());
+        py.key_sep = Some(seps[1].clone());
+    }
+    py.sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    py.ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
+    kwargs.assert_all_used()?;
+    Ok(Value::from_safe_string(py.dumps(&json)))
+}
+
+/// Removes the generation marks; returns the text and the byte spans
+/// (in the returned text) that were inside generation blocks.
+fn strip_marks(marked: &str) -> (String, Vec<(usize, usize)>) {
+    if !marked.contains([GEN_OPEN, GEN_CLOSE]) {
+        return (marked.to_string(), Vec::new());
+    }
+    let mut text = String::with_capacity(marked.len());
+    let mut spans = Vec::new();
+    let mut open: Option<usize> = None;
+    for c in marked.chars() {
+        match c {
+            GEN_OPEN => open = open.or(Some(text.len())),
+            GEN_CLOSE => {
+                if let Some(s) = open.take()
+                    && text.len() > s
+                {
+                    spans.push((s, text.len()));
+                }
+            }
+            c => text.push(c),
+        }
+    }
+    if let Some(s) = open
+        && text.len() > s
+    {
+        spans.push((s, text.len()));
+    }
+    (text, spans)
+}
+
+struct Piece {
+    start: usize,
+    end: usize,
+    special: bool,
+}
+
+fn split_at_specials(text: &str, specials: &[String]) -> Vec<Piece> {
+    let mut first = [false; 256];
+    for s in specials {
+        first[usize::from(s.as_bytes()[0])] = true;
+    }
+    let mut pieces = Vec::new();
+    let mut plain = 0;
+    let mut i = 0;
+    let bytes = text.as_bytes();
+    while i < bytes.len() {
+        let hit = if first[usize::from(bytes[i])] {
+            specials
+                .iter()
+                .find(|s| bytes[i..].starts_with(s.as_bytes()))
+        } else {
+            None
+        };
+        match hit {
+            Some(s) => {
+                if plain < i {
+                    pieces.push(Piece {
+                        start: plain,
+                        end: i,
+                        special: false,
+                    });
+                }
+                pieces.push(Piece {
+                    start: i,
+                    end: i + s.len(),
+                    special: true,
+                });
+                i += s.len();
+                plain = i;
+            }
+            None => i += 1,
+        }
+    }
+    if plain < bytes.len() {
+        pieces.push(Piece {
+            start: plain,
+            end: bytes.len(),
+            special: false,
+        });
+    }
+    pieces
+}
+
+/// How many token indices the inclusive ranges cover together.
+fn union_len(mut ranges: Vec<(usize, usize)>) -> usize {
+    ranges.retain(|(a, b)| a <= b);
+    ranges.sort_unstable();
+    let mut n = 0;
+    let mut reach: Option<usize> = None;
+    for (a, b) in ranges {
+        let from = match reach {
+            Some(r) if a <= r => r + 1,
+            _ => a,
+        };
+        if b >= from {
+            n += b - from + 1;
+        }
+        reach = Some(reach.map_or(b, |r| r.max(b)));
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_become_spans() {
+        let (text, spans) = strip_marks("a\u{FDD0}bc\u{FDD1}d\u{FDD0}e");
+        assert_eq!(text, "abcde");
+        assert_eq!(spans, vec![(1, 3), (4, 5)]);
+    }
+
+    #[test]
+    fn generation_tags_keep_their_whitespace_control() {
+        let (out, found) = rewrite_generation("x{%- generation -%}y{% endgeneration %}");
+        assert!(found);
+        assert_eq!(
+            out,
+            "x{%- filter __hh_gen_open %}{% endfilter -%}y{% filter __hh_gen_close %}{% endfilter %}"
+        );
+    }
+
+    #[test]
+    fn union_of_ranges() {
+        assert_eq!(union_len(vec![(0, 2), (1, 3), (6, 6)]), 5);
+        assert_eq!(union_len(vec![]), 0);
+    }
+
+    #[test]
+    fn split_keeps_specials_apart() {
+        let specials = vec!["<|im_end|>".to_string(), "<|im_start|>".to_string()];
+        let text = "<|im_start|>user\nhi<|im_end|>\n";
+        let pieces: Vec<(&str, bool)> = split_at_specials(text, &specials)
+            .iter()
+            .map(|p| (&text[p.start..p.end], p.special))
+            .collect();
+        assert_eq!(
+            pieces,
+            vec![
+                ("<|im_start|>", true),
+                ("user\nhi", false),
+                ("<|im_end|>", true),
+                ("\n", false)
+            ]
+        );
+    }
+}
