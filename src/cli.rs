@@ -125,6 +125,11 @@ pub struct ExportArgs {
     /// offered (`used`), every offered tool (`all`), or none
     #[arg(long, value_enum, default_value = "used")]
     pub tools: ToolsArg,
+    /// Share of the budget that the turns before an SFT sample starting mid-session (a later
+    /// part of a long session, a turn exported incrementally) may take as context; those
+    /// turns are trained again by trainers that learn every assistant turn. 0 turns it off
+    #[arg(long, default_value_t = 0.5, value_name = "F")]
+    pub sft_context: f64,
     /// System prompt policy: `session` (what the session ran with), `soul` (only its SOUL.md
     /// persona part), `none`, or a FILE to use instead
     #[arg(long, default_value = "session", value_name = "session|soul|none|FILE")]

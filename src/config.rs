@@ -56,6 +56,7 @@ pub struct ExportConfig {
     pub max_tokens: usize,
     pub tokenizer: Option<PathBuf>,
     pub tools: ToolsPolicy,
+    pub sft_context: f64,
     pub system: SystemPolicy,
     pub include_reasoning: bool,
     /// Tool-call arguments as JSON strings (OpenAI flavour).
@@ -86,6 +87,9 @@ impl ExportConfig {
         };
         if a.max_tokens < 64 {
             bail!("--max-tokens must be at least 64");
+        }
+        if !(0.0..=1.0).contains(&a.sft_context) {
+            bail!("--sft-context must be in [0, 1]");
         }
         if !(0.0..1.0).contains(&a.valid_fraction) {
             bail!("--valid-fraction must be in [0, 1)");
@@ -144,6 +148,7 @@ impl ExportConfig {
                 ToolsArg::All => ToolsPolicy::All,
                 ToolsArg::None => ToolsPolicy::None,
             },
+            sft_context: a.sft_context,
             system,
             include_reasoning: a.include_reasoning,
             string_arguments: a.target == TargetArg::Openai,
@@ -171,6 +176,7 @@ impl ExportConfig {
             },
             max_tokens: self.max_tokens,
             tools: self.tools,
+            sft_context: self.sft_context,
             signals: self.signals.clone(),
             flat_dpo: self.dpo_style == DpoStyle::Flat,
         }

@@ -33,6 +33,7 @@ struct TokenTotals {
     longest: usize,
     system: usize,
     over_budget: usize,
+    tool_definitions_missing: usize,
 }
 
 /// Totals for the summary and the manifest.
@@ -103,7 +104,7 @@ fn fingerprint(msgs: &[Message]) -> u64 {
 }
 
 impl Totals {
-    fn wrote(&mut self, channel: Channel, count: Count, system_tokens: usize) {
+    fn wrote(&mut self, channel: Channel, count: Count, system_tokens: usize, missing: usize) {
         *self.samples.entry(channel.as_str()).or_default() += 1;
         let t = self.tokens.entry(channel.as_str()).or_default();
         t.samples += 1;
@@ -111,6 +112,7 @@ impl Totals {
         t.trainable += count.trainable;
         t.longest = t.longest.max(count.total);
         t.system += system_tokens;
+        t.tool_definitions_missing += usize::from(missing > 0);
     }
 
     fn saw_time(&mut self, t: Option<f64>) {
@@ -316,12 +318,7 @@ fn export_session(
     let session_tools = if kit.opts.tools == ToolsPolicy::None {
         SessionTools::default()
     } else {
-        let called = called_names(
-            rebuilt
-                .messages
-                .iter()
-                .chain(rebuilt.alternatives.iter().flat_map(|a| &a.rejected)),
-        );
+        let called = called_names(&rebuilt.messages);
         let catalog = &mut kit.catalog;
         let mut t = SessionTools::new(&session.id, session.tools.as_deref(), &called, &mut |n| {
             catalog.get(n)
@@ -442,7 +439,7 @@ fn export_session(
             for (line, t) in outcome.lines {
                 output.line(&session.id, &line.to_json()?)?;
                 totals.saw_time(t);
-                totals.wrote(channel, line.count, system_tokens);
+                totals.wrote(channel, line.count, system_tokens, line.missing_tools);
             }
         }
         Format::Dpo => {
@@ -473,10 +470,10 @@ fn export_session(
             if let Some(e) = outcome.template_error {
                 totals.template_error.get_or_insert(e);
             }
-            for (signal, line, count, t) in outcome.lines {
+            for (signal, line, count, missing, t) in outcome.lines {
                 output.line(&session.id, &serde_json::to_vec(&line)?)?;
                 totals.saw_time(t);
-                totals.wrote(channel, count, system_tokens);
+                totals.wrote(channel, count, system_tokens, missing);
                 *totals.signals.entry(signal.as_str()).or_default() += 1;
             }
         }
@@ -543,6 +540,7 @@ fn per_channel_tokens(totals: &Totals, cfg: &ExportConfig) -> BTreeMap<&'static 
                     "longest": t.longest,
                     "system": t.system,
                     "over_budget": t.over_budget,
+                    "tool_definitions_missing": t.tool_definitions_missing,
                 }),
             )
         })
@@ -642,7 +640,7 @@ fn summarize(
             let t = totals.tokens.get(c.as_str())?;
             (t.samples > 0 || t.over_budget > 0).then(|| {
                 format!(
-                    "{} {} (trainable {}, {:.0}%; longest {}; over budget {})",
+                    "{} {} (trainable {}, {:.0}%; longest {}; over budget {}{})",
                     c.as_str(),
                     t.total,
                     t.trainable,
@@ -652,7 +650,15 @@ fn summarize(
                         100.0 * t.trainable as f64 / t.total as f64
                     },
                     t.longest,
-                    t.over_budget
+                    t.over_budget,
+                    if t.tool_definitions_missing > 0 {
+                        format!(
+                            "; {} without a called tool's definition",
+                            t.tool_definitions_missing
+                        )
+                    } else {
+                        String::new()
+                    }
                 )
             })
         })

@@ -45,8 +45,9 @@ pub enum PairLine {
 #[derive(Debug, Default)]
 pub struct DpoOutcome {
     /// Each pair with its signal, its tokens (the prompt with the longer
-    /// side; trainable: the chosen side) and the time of its user turn.
-    pub lines: Vec<(Signal, PairLine, Count, Option<f64>)>,
+    /// side; trainable: the chosen side), how many called tools have no
+    /// definition, and the time of its user turn.
+    pub lines: Vec<(Signal, PairLine, Count, usize, Option<f64>)>,
     pub skipped: Vec<&'static str>,
     /// Set when the chat template failed on a pair.
     pub template_error: Option<String>,
@@ -88,9 +89,10 @@ pub fn pairs(
             tools,
         };
         match pair.build(fitter) {
-            Ok((line, count)) => out
-                .lines
-                .push((alt.signal, line, count, msgs[user].timestamp)),
+            Ok((line, count, missing)) => {
+                out.lines
+                    .push((alt.signal, line, count, missing, msgs[user].timestamp))
+            }
             Err(reason) => out.skipped.push(reason),
         }
     }
@@ -139,8 +141,24 @@ fn both_fit(
     })
 }
 
+/// Tokens of the prompt alone (to tell the chosen side's own tokens).
+fn prompt_tokens(
+    fitter: &mut Fitter<'_>,
+    system: Option<&str>,
+    prompt: &[OutMsg],
+    tools: &[Value],
+) -> usize {
+    fitter
+        .count(&Sample {
+            system,
+            messages: prompt,
+            tools: (!tools.is_empty()).then_some(tools),
+        })
+        .map_or(0, |c| c.total)
+}
+
 impl Pair<'_> {
-    fn build(&self, fitter: &mut Fitter<'_>) -> Result<(PairLine, Count), &'static str> {
+    fn build(&self, fitter: &mut Fitter<'_>) -> Result<(PairLine, Count, usize), &'static str> {
         let (msgs, user, alt) = (self.msgs, self.user, self.alt);
         // The completions start right after the user turn; a tool-retry
         // shares the steps that came before the failed call.
@@ -165,7 +183,9 @@ impl Pair<'_> {
             return Err("chosen_equals_rejected");
         }
         if self.opts.flat_dpo {
-            return self.flat(fitter, &chosen, &rejected);
+            return self
+                .flat(fitter, &chosen, &rejected)
+                .map(|(line, count)| (line, count, 0));
         }
         let out = |side: &[&Message]| -> Vec<OutMsg> {
             side.iter()
@@ -173,15 +193,14 @@ impl Pair<'_> {
                 .collect()
         };
         let (chosen, rejected) = (out(&chosen), out(&rejected));
+        // The rejected side of a tool-retry may call a tool that does not
+        // exist: only what the prompt and the chosen side call needs a
+        // definition.
         let mut called: std::collections::BTreeSet<&str> = chosen
             .iter()
-            .chain(&rejected)
             .flat_map(|m| m.tool_calls.iter().map(|c| c.function.name.as_str()))
             .collect();
-        let mut tools = self
-            .tools
-            .for_calls(self.opts.tools, &called)
-            .map_err(|_| "tool_definition_missing")?;
+        let (mut tools, mut missing) = self.tools.for_calls(self.opts.tools, &called);
         let mut prompt = vec![OutMsg::from_message(&msgs[user], &self.opts.msg)];
         let mut count = match both_fit(fitter, self.system, &prompt, &chosen, &rejected, &tools) {
             Some(c) => c,
@@ -221,9 +240,11 @@ impl Pair<'_> {
                     .iter()
                     .flat_map(|m| m.tool_calls.iter().map(|c| c.name.as_str())),
             );
-            let Ok(mut more_tools) = self.tools.for_calls(self.opts.tools, &more_called) else {
+            let (mut more_tools, more_missing) =
+                self.tools.for_calls(self.opts.tools, &more_called);
+            if more_missing > missing {
                 break;
-            };
+            }
             for t in &tools {
                 if !more_tools.contains(t) {
                     self.tools.insert(&mut more_tools, t);
@@ -274,11 +295,13 @@ impl Pair<'_> {
                     prompt = candidate;
                     tools = more_tools;
                     called = more_called;
+                    missing = more_missing;
                     end = s;
                 }
                 None => break,
             }
         }
+        count.trainable -= prompt_tokens(fitter, self.system, &prompt, &tools).min(count.trainable);
         let mut full_prompt = Vec::with_capacity(prompt.len() + 1);
         if let Some(s) = self.system {
             full_prompt.push(OutMsg::text("system", s));
@@ -292,6 +315,7 @@ impl Pair<'_> {
                 tools,
             }),
             count,
+            missing,
         ))
     }
 
@@ -310,15 +334,17 @@ impl Pair<'_> {
         if c.trim() == r.trim() {
             return Err("chosen_equals_rejected");
         }
-        let count = both_fit(
+        let user = [OutMsg::text("user", prompt.as_str())];
+        let mut count = both_fit(
             fitter,
             self.system,
-            &[OutMsg::text("user", prompt.as_str())],
+            &user,
             &[OutMsg::text("assistant", c.as_str())],
             &[OutMsg::text("assistant", r.as_str())],
             &[],
         )
         .ok_or("over_budget")?;
+        count.trainable -= prompt_tokens(fitter, self.system, &user, &[]).min(count.trainable);
         Ok((
             PairLine::Flat(FlatLine {
                 system: self.system.map(str::to_string),

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::format::OutMsg;
 use crate::format::tools::{DISTRACTORS, SessionTools};
-use crate::tokens::{Count, Counter, Sample};
+use crate::tokens::{Count, Counter, Estimate, Sample, TOKENS_TOOL_PREAMBLE};
 
 /// Tool-result text kept at least on each side of a cut.
 const KEEP_EACH_SIDE: usize = 200;
@@ -45,8 +45,12 @@ impl Fitter<'_> {
         system: Option<&str>,
         messages: &[OutMsg],
     ) {
+        // A distractor may take an eighth of the budget at most, so that
+        // they teach choosing without crowding out the conversation.
+        let cap = self.max / 8;
         let candidates: Vec<Value> = session
             .distractors(tools)
+            .filter(|d| Estimate::tools(std::slice::from_ref(*d)) - TOKENS_TOOL_PREAMBLE <= cap)
             .take(DISTRACTORS * 2)
             .cloned()
             .collect();

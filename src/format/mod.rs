@@ -29,6 +29,9 @@ pub struct FormatOptions {
     /// Budget of a whole rendered sample, in tokens.
     pub max_tokens: usize,
     pub tools: tools::ToolsPolicy,
+    /// Share of the budget an SFT sample that starts mid-session may give
+    /// to the turns before it.
+    pub sft_context: f64,
     pub signals: Vec<Signal>,
     pub flat_dpo: bool,
 }

@@ -10,8 +10,10 @@
 //!
 //! Filling a sample, in order: its own exchanges (as many as fit); then
 //! up to [`DISTRACTORS`](super::tools::DISTRACTORS) other offered tools;
-//! then, for a sample that starts mid-session, the exchanges before it as
-//! context, newest first, within [`CONTEXT_SHARE`] of the budget. One
+//! then, for a sample that starts mid-session after turns this run does
+//! not write (exported the night before, outside the time window, in an
+//! earlier part of a long session), those turns as context, newest first,
+//! within `--sft-context` of the budget. One
 //! exchange that does not fit on its own gets its long tool results
 //! shortened; if it still does not fit it is skipped as `over_budget`.
 
@@ -27,11 +29,6 @@ use crate::redact::{Counted, Redactor};
 use crate::sampled_hash::BuildSampled;
 use crate::tokens::{Count, Sample};
 
-/// Share of the budget that context before a mid-session sample may take.
-/// Context turns are trained again by trainers that learn every assistant
-/// turn; half the budget keeps a sample grounded in what came before
-/// while bounding that repetition (README, "Training with it").
-pub const CONTEXT_SHARE: f64 = 0.5;
 /// Exchanges looked back at for context at most.
 const CONTEXT_EXCHANGES: usize = 64;
 
@@ -49,6 +46,8 @@ pub struct SftLine {
     pub messages: Vec<OutMsg>,
     pub tools: Vec<Value>,
     pub count: Count,
+    /// Called tools whose definition is nowhere in the home.
+    pub missing_tools: usize,
 }
 
 impl SftLine {
@@ -186,6 +185,7 @@ pub fn samples(
     let mut packer = Packer {
         flat: &flat,
         exchanges,
+        selected,
         opts,
         system_text: system.as_ref().map(|s| s.text.as_str()),
         tools,
@@ -229,6 +229,7 @@ pub fn samples(
 struct Packer<'p, 'e, 'f> {
     flat: &'p Flat<'e>,
     exchanges: &'p [Exchange<'e>],
+    selected: &'p [bool],
     opts: &'p FormatOptions,
     system_text: Option<&'p str>,
     tools: &'p SessionTools,
@@ -236,10 +237,9 @@ struct Packer<'p, 'e, 'f> {
 }
 
 impl Packer<'_, '_, '_> {
-    fn tools_for(&self, a: usize, b: usize) -> Result<Vec<Value>, &'static str> {
+    fn tools_for(&self, a: usize, b: usize) -> (Vec<Value>, usize) {
         self.tools
             .for_calls(self.opts.tools, &self.flat.called(a, b))
-            .map_err(|_| "tool_definition_missing")
     }
 
     fn fits(&mut self, a: usize, b: usize, tools: &[Value]) -> Option<Count> {
@@ -252,22 +252,24 @@ impl Packer<'_, '_, '_> {
     }
 
     /// The sample that starts with exchange `i` (of the run ending before
-    /// `end`), and the exchange after its last one.
+    /// `end`), and the exchange after its last one. Context comes only
+    /// from exchanges this run does not write (exported before, outside
+    /// the time window, or in an earlier part of a long session), so no
+    /// turn is written twice by one run.
     fn sample(&mut self, i: usize, end: usize) -> Result<(SftLine, usize), &'static str> {
-        let mut tools = self.tools_for(i, i + 1)?;
+        let (mut tools, mut missing) = self.tools_for(i, i + 1);
         let Some(mut count) = self.fits(i, i + 1, &tools) else {
-            return self.shortened(i, &tools).map(|line| (line, i + 1));
+            return self.shortened(i, &tools, missing).map(|line| (line, i + 1));
         };
         // Own exchanges, as many as fit.
         let mut j = i + 1;
         while j < end {
-            let Ok(more) = self.tools_for(i, j + 1) else {
-                break;
-            };
+            let (more, more_missing) = self.tools_for(i, j + 1);
             match self.fits(i, j + 1, &more) {
                 Some(c) => {
                     count = c;
                     tools = more;
+                    missing = more_missing;
                     j += 1;
                 }
                 None => break,
@@ -292,24 +294,25 @@ impl Packer<'_, '_, '_> {
         }
         // Context before a mid-session start.
         let own = count.total;
+        let context_budget = self.opts.sft_context * self.opts.max_tokens as f64;
         let mut start = i;
         while start > 0
+            && !self.selected[start - 1]
             && i - start < CONTEXT_EXCHANGES
             && self.flat.ranges[start - 1].1 > self.flat.ranges[start - 1].0
             && self.exchanges[start - 1].problem.is_none()
         {
-            let Ok(mut more) = self.tools_for(start - 1, j) else {
+            let (mut more, more_missing) = self.tools_for(start - 1, j);
+            if more_missing > missing {
                 break;
-            };
+            }
             for d in &distractors {
                 if !more.contains(d) {
                     self.tools.insert(&mut more, d);
                 }
             }
             match self.fits(start - 1, j, &more) {
-                Some(c)
-                    if (c.total - own) as f64 <= CONTEXT_SHARE * self.opts.max_tokens as f64 =>
-                {
+                Some(c) if (c.total - own) as f64 <= context_budget => {
                     count = c;
                     tools = more;
                     start -= 1;
@@ -323,13 +326,19 @@ impl Packer<'_, '_, '_> {
                 messages: self.flat.slice(start, j).to_vec(),
                 tools,
                 count,
+                missing_tools: missing,
             },
             j,
         ))
     }
 
     /// Exchange `i` alone with its long tool results shortened, if that fits.
-    fn shortened(&mut self, i: usize, tools: &[Value]) -> Result<SftLine, &'static str> {
+    fn shortened(
+        &mut self,
+        i: usize,
+        tools: &[Value],
+        missing_tools: usize,
+    ) -> Result<SftLine, &'static str> {
         let mut messages = self.flat.slice(i, i + 1).to_vec();
         let count = self
             .fitter
@@ -344,6 +353,7 @@ impl Packer<'_, '_, '_> {
             messages,
             tools: tools.to_vec(),
             count,
+            missing_tools,
         })
     }
 }

@@ -8,7 +8,8 @@
 //! whatever it is shown, at a fraction of the tokens. A row that calls a
 //! tool always carries that tool's definition: where the session recorded
 //! none, the same-named definition from another session of the home is
-//! used; a row whose call has no definition anywhere is not written.
+//! used; a row whose call has no definition anywhere is written without
+//! it and counted (`tool_definitions_missing`).
 
 use std::collections::BTreeSet;
 
@@ -85,20 +86,14 @@ impl SessionTools {
     }
 
     /// The definitions a sample calling `called` carries, without
-    /// distractors, in a stable order (offered order, then borrowed). `Err`
-    /// names a called tool with no definition.
-    pub fn for_calls<'n>(
-        &self,
-        policy: ToolsPolicy,
-        called: &BTreeSet<&'n str>,
-    ) -> Result<Vec<Value>, &'n str> {
+    /// distractors, in a stable order (offered order, then borrowed), and
+    /// how many called tools have no definition anywhere.
+    pub fn for_calls(&self, policy: ToolsPolicy, called: &BTreeSet<&str>) -> (Vec<Value>, usize) {
         if policy == ToolsPolicy::None {
-            return Ok(Vec::new());
+            return (Vec::new(), 0);
         }
-        if let Some(missing) = called.iter().find(|n| self.find(n).is_none()) {
-            return Err(missing);
-        }
-        Ok(self
+        let missing = called.iter().filter(|n| self.find(n).is_none()).count();
+        let defs = self
             .offered
             .iter()
             .chain(&self.borrowed)
@@ -106,7 +101,8 @@ impl SessionTools {
                 policy == ToolsPolicy::All || tool_name(d).is_some_and(|n| called.contains(n))
             })
             .cloned()
-            .collect())
+            .collect();
+        (defs, missing)
     }
 
     /// Distractor candidates for a sample that already carries `carried`,
@@ -160,14 +156,15 @@ mod tests {
             (n == "z").then(|| def("z"))
         });
         let want: BTreeSet<&str> = ["z", "c"].into_iter().collect();
-        let tools = t.for_calls(ToolsPolicy::Used, &want).unwrap();
+        let (tools, missing) = t.for_calls(ToolsPolicy::Used, &want);
+        assert_eq!(missing, 0);
         let names: Vec<&str> = tools.iter().filter_map(tool_name).collect();
         assert_eq!(names, ["c", "z"]);
-        let all = t.for_calls(ToolsPolicy::All, &want).unwrap();
-        assert_eq!(all.len(), 5);
-        assert!(t.for_calls(ToolsPolicy::None, &want).unwrap().is_empty());
-        let missing: BTreeSet<&str> = ["y"].into_iter().collect();
-        assert_eq!(t.for_calls(ToolsPolicy::Used, &missing), Err("y"));
+        assert_eq!(t.for_calls(ToolsPolicy::All, &want).0.len(), 5);
+        assert!(t.for_calls(ToolsPolicy::None, &want).0.is_empty());
+        let unknown: BTreeSet<&str> = ["y", "c"].into_iter().collect();
+        let (defs, missing) = t.for_calls(ToolsPolicy::Used, &unknown);
+        assert_eq!((defs.len(), missing), (1, 1));
         // Distractors: every other offered tool, in a per-session order.
         let d: Vec<&str> = t.distractors(&tools).filter_map(tool_name).collect();
         assert_eq!(d.len(), 3);

@@ -17,6 +17,15 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The committed tokenizer directory (ChatML-style template with tools).
+pub fn tokenizer_dir() -> String {
+    repo()
+        .join("fixtures/tokenizer/chatml")
+        .to_str()
+        .expect("utf-8 path")
+        .to_string()
+}
+
 /// Builds a Hermes home from `fixtures/<name>/home` in a fresh temp dir.
 pub fn fixture_home(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -124,7 +133,11 @@ pub fn render(lines: &[Value]) -> String {
     for (i, v) in lines.iter().enumerate() {
         out += &format!("#{}", i + 1);
         if let Some(t) = v["tools"].as_array() {
-            out += &format!(" tools={}", t.len());
+            let names: Vec<&str> = t
+                .iter()
+                .map(|d| d["function"]["name"].as_str().unwrap_or("?"))
+                .collect();
+            out += &format!(" tools=[{}]", names.join(","));
         }
         out.push('\n');
         if let Some(msgs) = v["messages"].as_array() {

@@ -89,6 +89,10 @@ fn planted_secrets_never_reach_the_output_and_near_misses_stay() {
                 "--format",
                 format,
                 "--include-reasoning",
+                "--tools",
+                "all",
+                "--max-tokens",
+                "100000",
                 "--out",
                 &dir_arg,
             ],
@@ -129,7 +133,15 @@ fn planted_secrets_never_reach_the_output_and_near_misses_stay() {
     // The planting really put them there.
     let out = run_in(
         home.path(),
-        &["export", "--no-redact", "--include-reasoning"],
+        &[
+            "export",
+            "--no-redact",
+            "--include-reasoning",
+            "--tools",
+            "all",
+            "--max-tokens",
+            "100000",
+        ],
     );
     let text = String::from_utf8_lossy(&out.stdout);
     for s in SECRETS {
@@ -253,7 +265,16 @@ fn incremental_runs_export_each_new_turn_once_and_nothing_twice() {
     let state = work.path().join("state.json");
     let state_arg = state.to_str().unwrap();
     let cron = |args: &[&str]| {
-        let mut full = vec!["export", "--out", &dir_arg, "--state", state_arg];
+        // Context off: this counts each turn as a training target.
+        let mut full = vec![
+            "export",
+            "--sft-context",
+            "0",
+            "--out",
+            &dir_arg,
+            "--state",
+            state_arg,
+        ];
         full.extend_from_slice(args);
         run_in(home.path(), &full)
     };
@@ -491,6 +512,8 @@ fn back_to_back_runs_against_a_live_writer_lose_and_duplicate_nothing() {
             home.path(),
             &[
                 "export",
+                "--sft-context",
+                "0",
                 "--out",
                 &dir_arg,
                 "--state",

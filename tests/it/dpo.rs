@@ -16,7 +16,19 @@ fn last_user(pair: &Value) -> &str {
 #[test]
 fn nexus_dpo_yields_the_regeneration_pair() {
     let home = fixture_home(VERSIONS[0]);
-    let (code, pairs, stderr) = export(home.path(), &["--channel", "nexus", "--format", "dpo"]);
+    let (code, pairs, stderr) = export(
+        home.path(),
+        &[
+            "--channel",
+            "nexus",
+            "--format",
+            "dpo",
+            "--tokenizer",
+            &tokenizer_dir(),
+            "--system-prompt",
+            "soul",
+        ],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(pairs.len(), 1, "{stderr}");
     let p = &pairs[0];
@@ -35,9 +47,12 @@ fn nexus_dpo_yields_the_regeneration_pair() {
         stderr.contains("regenerate=1 rewind=0 tool-retry=0"),
         "{stderr}"
     );
-    // The earlier turns of the session are the prompt, with the system prompt first.
+    // The earlier turns of the session are the prompt, as far as the budget
+    // allows, with the system prompt (its SOUL.md part) first.
     let prompt = p["prompt"].as_array().unwrap();
     assert_eq!(prompt[0]["role"], "system");
+    let soul = std::fs::read_to_string(home.path().join("SOUL.md")).unwrap();
+    assert_eq!(text(&prompt[0]), soul.trim());
     assert!(
         prompt
             .iter()
@@ -59,6 +74,8 @@ fn telegram_dpo_yields_the_rewind_and_tool_retry_pairs() {
             "telegram",
             "--format",
             "dpo",
+            "--tokenizer",
+            &tokenizer_dir(),
             "--out",
             &arg,
         ],
@@ -103,12 +120,26 @@ fn telegram_dpo_yields_the_rewind_and_tool_retry_pairs() {
         retry("CALL_UNKNOWN_TOOL"),
         ("todo".into(), "frobnicate_world".into())
     );
-    assert_eq!(retry("FAIL_TOOL"), ("todo".into(), "read_file".into()));
+    // read_file failing on a missing file, then todo, is not a retry of the
+    // same step: no pair.
+    assert!(!pairs.iter().any(|p| last_user(p).contains("FAIL_TOOL")));
+    // The pair carries the chosen tool's definition.
+    let p = pairs
+        .iter()
+        .find(|p| last_user(p).contains("CALL_UNKNOWN_TOOL"))
+        .unwrap();
+    assert!(
+        p["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["function"]["name"] == "todo")
+    );
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["format"], "dpo");
     assert_eq!(manifest["counts"]["signals"]["rewind"], 1);
-    assert_eq!(manifest["counts"]["signals"]["tool-retry"], 2);
+    assert_eq!(manifest["counts"]["signals"]["tool-retry"], 1);
 
     let (_, only, _) = export(
         home.path(),
@@ -170,7 +201,9 @@ fn flat_style_is_single_turn_strings_without_tool_pairs() {
         assert!(p["prompt"].is_string() && p["chosen"].is_string() && p["rejected"].is_string());
         assert!(p.get("system").is_none());
     }
-    assert!(stderr.contains("tool_pair_in_flat_style=2"), "{stderr}");
+    // Only the unknown-tool retry is a tool-retry pair (read_file failing,
+    // then todo, is not the same step).
+    assert!(stderr.contains("tool_pair_in_flat_style=1"), "{stderr}");
 }
 
 #[test]

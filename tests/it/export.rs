@@ -22,7 +22,12 @@ fn nexus_tool_turn(lines: &[Value]) -> bool {
 fn nexus_channel_exports_the_perception_conversation_with_its_tool_call() {
     for version in VERSIONS {
         let home = fixture_home(version);
-        let (code, lines, stderr) = export(home.path(), &["--channel", "nexus"]);
+        // The exact count fits the todo turn (with the stored system prompt
+        // and the todo definition) into the default 2048 tokens.
+        let (code, lines, stderr) = export(
+            home.path(),
+            &["--channel", "nexus", "--tokenizer", &tokenizer_dir()],
+        );
         assert_eq!(code, 0, "{version}: {stderr}");
         assert!(!lines.is_empty(), "{version}");
         let users = user_texts(&lines);
@@ -65,7 +70,14 @@ fn versions_give_the_same_shape_of_output() {
         let home = fixture_home(version);
         let (_, lines, _) = export(
             home.path(),
-            &["--channel", "nexus", "--session", "nexus-world-0001"],
+            &[
+                "--channel",
+                "nexus",
+                "--session",
+                "nexus-world-0001",
+                "--max-tokens",
+                "8192",
+            ],
         );
         lines
             .iter()
@@ -105,7 +117,11 @@ fn sessions_in_the_db_and_in_session_files_are_exported_once() {
             })
             .count();
         assert!(snapshots > 0, "{version}: the capture has session files");
-        let (_, lines, _) = export(home.path(), &["--system-prompt", "none"]);
+        // The chronicle turns hold long replies: a budget that fits them.
+        let (_, lines, _) = export(
+            home.path(),
+            &["--system-prompt", "none", "--max-tokens", "16384"],
+        );
         let users = user_texts(&lines);
         let mut sorted = users.clone();
         sorted.sort();
@@ -135,7 +151,10 @@ fn sessions_in_the_db_and_in_session_files_are_exported_once() {
 fn compaction_is_undone_every_original_turn_once_and_no_summary() {
     for version in VERSIONS {
         let home = fixture_home(version);
-        let out = run_in(home.path(), &["export", "--system-prompt", "none"]);
+        let out = run_in(
+            home.path(),
+            &["export", "--system-prompt", "none", "--max-tokens", "16384"],
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(!text.contains("[CONTEXT COMPACTION"), "{version}");
         assert!(!text.contains("[CONTEXT SUMMARY]"), "{version}");
@@ -195,6 +214,17 @@ fn full_exports_match_their_snapshots() {
         let (code, dpo, _) = export(home.path(), &["--format", "dpo"]);
         assert_eq!(code, 0);
         insta::assert_snapshot!(format!("{version}-dpo"), render(&dpo));
+        // Counted exactly with the model's tokenizer, with the persona
+        // prompt: the tool turns fit the default budget.
+        let exact = ["--tokenizer", &tokenizer_dir(), "--system-prompt", "soul"];
+        let (code, sft, _) = export(home.path(), &exact);
+        assert_eq!(code, 0);
+        insta::assert_snapshot!(format!("{version}-sft-exact-soul"), render(&sft));
+        let mut dpo_args = exact.to_vec();
+        dpo_args.extend(["--format", "dpo"]);
+        let (code, dpo, _) = export(home.path(), &dpo_args);
+        assert_eq!(code, 0);
+        insta::assert_snapshot!(format!("{version}-dpo-exact-soul"), render(&dpo));
     }
 }
 
@@ -253,7 +283,8 @@ fn a_newer_schema_still_exports_what_it_understands() {
     )
     .unwrap();
     drop(db);
-    let (code, lines, stderr) = export(home.path(), &["--channel", "nexus"]);
+    let (code, lines, stderr) =
+        export(home.path(), &["--channel", "nexus", "--max-tokens", "8192"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("schema v31 is newer"), "{stderr}");
     assert!(stderr.contains("state.db"), "{stderr}");
@@ -355,7 +386,7 @@ fn system_prompt_policy_and_reasoning() {
 #[test]
 fn openai_target_writes_string_arguments() {
     let home = fixture_home(VERSIONS[0]);
-    let (_, lines, _) = export(home.path(), &["--target", "openai"]);
+    let (_, lines, _) = export(home.path(), &["--target", "openai", "--max-tokens", "8192"]);
     let calls: Vec<&Value> = lines
         .iter()
         .flat_map(|v| v["messages"].as_array().unwrap())
@@ -379,27 +410,25 @@ fn long_sessions_are_cut_within_the_budget() {
         &["--session", "nexus-world-0001", "--system-prompt", "none"],
     );
     assert_eq!(whole.len(), 1, "the whole session fits the default budget");
-    let (_, lines, stderr) = export(
-        home.path(),
-        &[
-            "--session",
-            "nexus-world-0001",
-            "--system-prompt",
-            "none",
-            "--max-tokens",
-            "200",
-        ],
-    );
+    let small = [
+        "--session",
+        "nexus-world-0001",
+        "--system-prompt",
+        "none",
+        "--tools",
+        "none",
+        "--max-tokens",
+        "350",
+    ];
+    let (_, lines, stderr) = export(home.path(), &small);
     assert!(lines.len() >= 3, "cut into several samples: {stderr}");
+    assert!(!stderr.contains("over_budget"), "{stderr}");
     let mut users = 0;
+    let mut counter = hermes_harvest::tokens::Counter::new(None).unwrap();
     for v in &lines {
         let msgs = v["messages"].as_array().unwrap();
         assert_eq!(msgs[0]["role"], "user", "each sample starts at a user turn");
-        let text: usize = msgs
-            .iter()
-            .map(|m| m["content"].as_str().unwrap_or("").len() + m["tool_calls"].to_string().len())
-            .sum();
-        assert!(text / 4 <= 200, "{text}");
+        assert!(counter.count_line(v).unwrap().total <= 350);
         users += msgs.iter().filter(|m| m["role"] == "user").count();
     }
     let whole_users = whole[0]["messages"]
