@@ -776,6 +776,48 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_must_address_the_same_step() {
+        use Role::*;
+        let call_with = |id: &str, name: &str, args: serde_json::Value| {
+            let mut m = call(id, name);
+            m.tool_calls[0].arguments = args;
+            m
+        };
+        let rows = vec![
+            live(User, "read the map"),
+            call_with("c1", "read_file", serde_json::json!({"path": "/nope"})),
+            result("c1", "{\"error\": \"File not found\"}"),
+            // Another tool: the plan changed, not a retry of the step.
+            call("c2", "todo"),
+            result("c2", "{\"todos\": []}"),
+            live(Assistant, "could not read it, made a todo instead"),
+            live(User, "read the map again"),
+            call_with("c3", "read_file", serde_json::json!({"path": "/nope"})),
+            result("c3", "{\"error\": \"File not found\"}"),
+            // The same tool with corrected arguments: a retry.
+            call_with(
+                "c4",
+                "read_file",
+                serde_json::json!({"path": "/maps/nexus.txt"}),
+            ),
+            result("c4", "{\"content\": \"the map\"}"),
+            live(Assistant, "here it is"),
+        ];
+        let r = rebuild(&session(rows));
+        // The first failure stays as it happened; the second is a pair.
+        assert_eq!(r.messages.len(), 10);
+        assert_eq!(r.messages[1].tool_calls[0].name, "read_file");
+        assert_eq!(r.alternatives.len(), 1);
+        let a = &r.alternatives[0];
+        assert_eq!(a.signal, Signal::ToolRetry);
+        assert_eq!(
+            r.messages[a.prompt_end].tool_calls[0].arguments["path"],
+            "/maps/nexus.txt"
+        );
+        assert_eq!(a.rejected[0].tool_calls[0].arguments["path"], "/nope");
+    }
+
+    #[test]
     fn orphan_user_turns_merge_and_harness_turns_go() {
         use Role::*;
         let rows = vec![

@@ -342,6 +342,12 @@ pub fn run(args: &ValidateArgs) -> Result<u8> {
             ShapeArg::DpoFlat => Shape::DpoFlat,
         }),
     );
+    // With --max-tokens, each line is also rendered and counted as its
+    // trainer would (exactly with --tokenizer, else the export's estimate).
+    let mut budget = match args.max_tokens {
+        Some(n) => Some((n, crate::tokens::Counter::new(args.tokenizer.as_deref())?)),
+        None => None,
+    };
     let (mut lines, mut bad) = (0usize, 0usize);
     let mut buf = Vec::new();
     let mut r = BufReader::new(reader);
@@ -356,7 +362,19 @@ pub fn run(args: &ValidateArgs) -> Result<u8> {
         lines += 1;
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let problems = checker.check(line);
+        let mut problems = checker.check(line);
+        if let Some((max, counter)) = budget.as_mut()
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
+        {
+            match counter.count_line(&v) {
+                Ok(c) if c.total > *max => problems.push(format!(
+                    "{} tokens as rendered, over the budget of {max}",
+                    c.total
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("cannot count tokens: {e:#}")),
+            }
+        }
         if !problems.is_empty() {
             bad += 1;
             for p in problems {

@@ -127,11 +127,13 @@ pub fn cut_middle(text: &str, cut: usize) -> Option<String> {
     let keep_tail = (keep - keep_head).min(tail.len());
     let tail_from = ceil_char(tail, tail.len() - keep_tail);
     let removed = already + (head.len() - keep_head) + tail_from;
-    Some(format!(
-        "{}{MARK_OPEN}{removed}{MARK_CLOSE}{}",
-        &head[..keep_head],
-        &tail[tail_from..]
-    ))
+    Some(mark_cut(&head[..keep_head], &tail[tail_from..], removed))
+}
+
+/// `head` and `tail` of a text whose middle (`removed` bytes) was cut,
+/// with a visible marker between them.
+pub fn mark_cut(head: &str, tail: &str, removed: usize) -> String {
+    format!("{head}{MARK_OPEN}{removed}{MARK_CLOSE}{tail}")
 }
 
 const MARK_OPEN: &str = "\n[… ";

@@ -174,15 +174,17 @@ impl StateDb {
             (false, true) => "reasoning".to_string(),
             (false, false) => "NULL".to_string(),
         };
-        // Text larger than ?2 bytes is not read (no sample could hold it);
-        // reasoning only when ?3 asks for it.
+        // Text larger than ?2 bytes is not read (no sample could hold it),
+        // but for a tool result, whose middle a sample may leave out, its
+        // head and tail are (joined by U+FDD2, a noncharacter); reasoning
+        // only when ?3 asks for it.
         let tool_calls = if mcols.contains("tool_calls") {
             "CASE WHEN octet_length(tool_calls) > ?2 THEN NULL ELSE tool_calls END"
         } else {
             "NULL"
         };
         let message_sql = format!(
-            "SELECT id, role, CASE WHEN octet_length(content) > ?2 THEN NULL ELSE content END, {}, {tool_calls}, {}, {}, {}, CASE WHEN ?3 THEN {reasoning} END, {}, {}, {}, {}, {}, octet_length(content), {} FROM messages WHERE session_id = +?1 ORDER BY id",
+            "SELECT id, role, CASE WHEN octet_length(content) <= ?2 THEN content WHEN role = 'tool' THEN substr(content, 1, min(?2 / 4, length(content) / 3)) || char(64978) || substr(content, -min(?2 / 4, length(content) / 3)) END, {}, {tool_calls}, {}, {}, {}, CASE WHEN ?3 THEN {reasoning} END, {}, {}, {}, {}, {}, octet_length(content), {} FROM messages WHERE session_id = +?1 ORDER BY id",
             m("tool_call_id", "NULL"),
             m("tool_name", "NULL"),
             m("timestamp", "NULL"),
@@ -486,6 +488,9 @@ fn head_from_row(r: &Row<'_>) -> rusqlite::Result<SessionHead> {
     })
 }
 
+/// Joins the head and tail of an oversize tool result read from the store.
+const HEAD_TAIL: char = '\u{FDD2}';
+
 fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>, String> {
     let text = |i: usize| -> Result<Option<String>, String> {
         match r.get_ref(i).map_err(|e| e.to_string())? {
@@ -516,10 +521,22 @@ fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>,
         (0, _) => RowState::Compacted,
         _ => RowState::Live,
     };
-    let content = if oversize {
-        format!("[not read: {} bytes]", int(14, 0).max(int(15, 0)))
-    } else {
-        content::decode(&text(2)?.unwrap_or_default())
+    let raw = text(2)?;
+    let cut = (role == Role::Tool && int(15, 0) <= max_text_bytes)
+        .then(|| raw.as_deref()?.split_once(HEAD_TAIL))
+        .flatten();
+    let (content, oversize) = match cut {
+        Some((head, tail)) => {
+            let removed = usize::try_from(int(14, 0))
+                .unwrap_or(0)
+                .saturating_sub(head.len() + tail.len());
+            (crate::format::fit::mark_cut(head, tail, removed), false)
+        }
+        None if oversize => (
+            format!("[not read: {} bytes]", int(14, 0).max(int(15, 0))),
+            true,
+        ),
+        None => (content::decode(&raw.unwrap_or_default()), false),
     };
     Ok(Some(Message {
         row_id: Some(int(0, 0)),

@@ -1,0 +1,397 @@
+//! Samples a trainer can learn from: every sample fits the budget as the
+//! trainer renders it, tool rows carry their definitions, long tool
+//! results are shortened, what cannot fit is counted.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use hermes_harvest::tokens::Counter;
+use serde_json::Value;
+
+use crate::common::*;
+
+fn exact() -> Counter {
+    Counter::new(Some(Path::new(&tokenizer_dir()))).unwrap()
+}
+
+fn names(v: &Value, key: &str) -> BTreeSet<String> {
+    v[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m["tool_calls"].as_array().cloned().unwrap_or_default())
+        .map(|c| c["function"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn tool_names(v: &Value) -> BTreeSet<String> {
+    v["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_sample_fits_the_default_budget_as_the_trainer_renders_it() {
+    let mut counter = exact();
+    for version in VERSIONS {
+        let home = fixture_home(version);
+        for format in ["sft", "dpo"] {
+            for system in ["session", "soul"] {
+                let (code, lines, stderr) = export(
+                    home.path(),
+                    &[
+                        "--format",
+                        format,
+                        "--system-prompt",
+                        system,
+                        "--tokenizer",
+                        &tokenizer_dir(),
+                    ],
+                );
+                assert_eq!(code, 0, "{stderr}");
+                assert!(
+                    stderr.contains("tokens (exact of at most 2048 each)"),
+                    "{stderr}"
+                );
+                for v in &lines {
+                    let c = counter.count_line(v).unwrap();
+                    assert!(c.total <= 2048, "{version} {format} {system}: {c:?}");
+                    assert!(c.trainable > 0, "{version} {format} {system}: {v}");
+                }
+                if system == "soul" {
+                    assert!(!lines.is_empty(), "{version} {format}: {stderr}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn validate_flags_rows_over_a_budget() {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("sft.jsonl");
+    let out = run_in(
+        home.path(),
+        &[
+            "export",
+            "--tokenizer",
+            &tokenizer_dir(),
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let check = |n: &str| {
+        run(&[
+            "validate",
+            file.to_str().unwrap(),
+            "--max-tokens",
+            n,
+            "--tokenizer",
+            &tokenizer_dir(),
+        ])
+    };
+    let ok = check("2048");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let tight = check("1000");
+    assert_eq!(tight.status.code(), Some(4));
+    let report = String::from_utf8_lossy(&tight.stdout);
+    assert!(report.contains("over the budget of 1000"), "{report}");
+    // Without a tokenizer, the estimate counts (and is more cautious).
+    let est = run(&["validate", file.to_str().unwrap(), "--max-tokens", "2048"]);
+    assert!(matches!(est.status.code(), Some(0) | Some(4)));
+}
+
+#[test]
+fn tool_rows_carry_their_definitions_in_sft_and_dpo() {
+    for version in VERSIONS {
+        let home = fixture_home(version);
+        let base = ["--tokenizer", &tokenizer_dir(), "--system-prompt", "soul"];
+        let (_, sft, _) = export(home.path(), &base);
+        let mut dpo_args = base.to_vec();
+        dpo_args.extend(["--format", "dpo"]);
+        let (_, dpo, _) = export(home.path(), &dpo_args);
+        let mut calling = 0;
+        for v in &sft {
+            let called = names(v, "messages");
+            calling += usize::from(!called.is_empty());
+            assert!(called.is_subset(&tool_names(v)), "{version}: {v}");
+        }
+        for v in &dpo {
+            let mut called = names(v, "prompt");
+            called.extend(names(v, "chosen"));
+            calling += usize::from(!called.is_empty());
+            assert!(called.is_subset(&tool_names(v)), "{version}: {v}");
+        }
+        assert!(calling > 0, "{version}: no row calls a tool");
+        // `all` carries every offered tool; `none` carries none.
+        let mut all = base.to_vec();
+        all.extend(["--tools", "all", "--max-tokens", "100000"]);
+        let (_, lines, _) = export(home.path(), &all);
+        assert!(lines.iter().any(|v| tool_names(v).len() >= 16), "{version}");
+        let mut none = base.to_vec();
+        none.extend(["--tools", "none"]);
+        let (_, lines, _) = export(home.path(), &none);
+        assert!(lines.iter().all(|v| v.get("tools").is_none()), "{version}");
+    }
+}
+
+#[test]
+fn a_session_without_definitions_borrows_them_from_the_home() {
+    let home = fixture_home(VERSIONS[0]);
+    // nexus-world-0001 calls todo; without its snapshot the definition
+    // comes from another session's.
+    std::fs::remove_file(home.path().join("sessions/session_nexus-world-0001.json")).unwrap();
+    let args = [
+        "--session",
+        "nexus-world-0001",
+        "--tokenizer",
+        &tokenizer_dir(),
+        "--system-prompt",
+        "soul",
+    ];
+    let (code, lines, stderr) = export(home.path(), &args);
+    assert_eq!(code, 0, "{stderr}");
+    let calling: Vec<&Value> = lines
+        .iter()
+        .filter(|v| !names(v, "messages").is_empty())
+        .collect();
+    assert!(!calling.is_empty(), "{stderr}");
+    for v in calling {
+        assert!(tool_names(v).contains("todo"));
+    }
+    // With no snapshot anywhere, the row is written and the gap counted.
+    std::fs::remove_dir_all(home.path().join("sessions")).unwrap();
+    let (code, _, stderr) = export(home.path(), &args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("without a called tool's definition"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_two_template_layouts_give_byte_identical_output() {
+    let home = fixture_home(VERSIONS[0]);
+    let layouts = [
+        tokenizer_dir(),
+        repo()
+            .join("fixtures/tokenizer/chatml-config")
+            .display()
+            .to_string(),
+        repo()
+            .join("fixtures/tokenizer/chatml/tokenizer.json")
+            .display()
+            .to_string(),
+    ];
+    for format in ["sft", "dpo"] {
+        let outputs: Vec<Vec<u8>> = layouts
+            .iter()
+            .map(|t| {
+                let out = run_in(
+                    home.path(),
+                    &["export", "--format", format, "--tokenizer", t],
+                );
+                assert_eq!(out.status.code(), Some(0));
+                out.stdout
+            })
+            .collect();
+        assert!(!outputs[0].is_empty());
+        assert_eq!(outputs[0], outputs[1], "{format}: chatml vs chatml-config");
+        assert_eq!(
+            outputs[0], outputs[2],
+            "{format}: directory vs tokenizer.json"
+        );
+    }
+}
+
+#[test]
+fn over_budget_is_counted_never_silent() {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("out");
+    let arg = format!("{}/", dir.display());
+    // The stored system prompt alone is over 1,000 tokens.
+    let out = run_in(
+        home.path(),
+        &[
+            "export",
+            "--tokenizer",
+            &tokenizer_dir(),
+            "--max-tokens",
+            "1000",
+            "--out",
+            &arg,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let skipped = manifest["counts"]["skipped"]["over_budget"]
+        .as_u64()
+        .unwrap();
+    assert!(skipped > 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!("over_budget={skipped}")),
+        "{stderr}"
+    );
+    let per_channel: u64 = manifest["tokens"]["channels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["over_budget"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_channel, skipped);
+    assert_eq!(manifest["tokens"]["trainer_max_length_at_least"], 1000);
+    assert_eq!(manifest["tokens"]["exact"], true);
+    assert!(lines(&std::fs::read(dir.join("train.jsonl")).unwrap()).is_empty());
+}
+
+#[test]
+fn long_tool_results_are_shortened_head_and_tail_to_fit() {
+    let home = fixture_home(VERSIONS[0]);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    drop_fts_triggers(&db);
+    let long = format!("HEAD-OF-RESULT {} TAIL-OF-RESULT", "x".repeat(30_000));
+    let n = db
+        .execute(
+            "UPDATE messages SET content = ?1 WHERE role = 'tool' AND session_id = 'nexus-world-0001'",
+            [&long],
+        )
+        .unwrap();
+    assert!(n > 0);
+    drop(db);
+    let (code, lines, stderr) = export(
+        home.path(),
+        &[
+            "--session",
+            "nexus-world-0001",
+            "--tokenizer",
+            &tokenizer_dir(),
+            "--system-prompt",
+            "soul",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let tool: Vec<String> = lines
+        .iter()
+        .flat_map(|v| v["messages"].as_array().unwrap().clone())
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!tool.is_empty(), "the tool turn is kept: {stderr}");
+    for t in &tool {
+        assert!(t.starts_with("HEAD-OF-RESULT") && t.ends_with("TAIL-OF-RESULT"));
+        assert!(t.contains("bytes cut by hermes-harvest to fit the token budget"));
+        assert!(t.len() < long.len());
+    }
+    let mut counter = exact();
+    for v in &lines {
+        assert!(counter.count_line(v).unwrap().total <= 2048);
+    }
+}
+
+#[test]
+fn system_prompt_policies() {
+    let home = fixture_home(VERSIONS[0]);
+    let soul = std::fs::read_to_string(home.path().join("SOUL.md")).unwrap();
+    let first_system = |args: &[&str]| -> Option<String> {
+        let (code, lines, stderr) = export(home.path(), args);
+        assert_eq!(code, 0, "{stderr}");
+        let m = &lines[0]["messages"][0];
+        (m["role"] == "system").then(|| m["content"].as_str().unwrap().to_string())
+    };
+    let session = first_system(&["--max-tokens", "8192"]).unwrap();
+    assert!(session.len() > 5000);
+    assert_eq!(
+        first_system(&["--system-prompt", "soul"]).unwrap(),
+        soul.trim()
+    );
+    assert_eq!(first_system(&["--system-prompt", "none"]), None);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("timmy.txt");
+    std::fs::write(&file, "You are Timmy.\n\n").unwrap();
+    assert_eq!(
+        first_system(&["--system-prompt", file.to_str().unwrap()]).unwrap(),
+        "You are Timmy.",
+        "a FILE loses its trailing newline"
+    );
+    // Without SOUL.md the persona is what comes before Hermes's own text.
+    std::fs::remove_file(home.path().join("SOUL.md")).unwrap();
+    assert_eq!(
+        first_system(&["--system-prompt", "soul"]).unwrap(),
+        soul.trim()
+    );
+}
+
+#[test]
+fn a_turn_exported_the_next_night_carries_the_turns_before_it() {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state.json");
+    let out = |extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--session",
+            "nexus-world-0001",
+            "--system-prompt",
+            "soul",
+            "--tokenizer",
+        ];
+        let tok = tokenizer_dir();
+        args.push(&tok);
+        args.extend_from_slice(extra);
+        let o = run_in(home.path(), &args);
+        assert_eq!(o.status.code(), Some(0));
+        lines(&o.stdout)
+    };
+    let state_arg = ["--state", state.to_str().unwrap()];
+    assert!(!out(&state_arg).is_empty());
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    let now = 1_900_000_000.0;
+    db.execute(
+        "INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES ('nexus-world-0001', 'user', '[perception] tick: the next night', ?1, 1, 0)",
+        [now],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES ('nexus-world-0001', 'assistant', 'Good evening, Nexus.', ?1, 'stop', 1, 0)",
+        [now + 1.0],
+    )
+    .unwrap();
+    drop(db);
+    let night = out(&state_arg);
+    assert_eq!(night.len(), 1);
+    let users = user_texts(&night);
+    assert_eq!(users.last().unwrap(), "[perception] tick: the next night");
+    assert!(users.len() > 1, "earlier turns come as context: {users:?}");
+    // Without context the sample is the new turn alone.
+    let mut no_context = state_arg.to_vec();
+    no_context.extend(["--sft-context", "0"]);
+    std::fs::remove_file(&state).unwrap();
+    out(&state_arg);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    db.execute(
+        "INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES ('nexus-world-0001', 'user', '[perception] tick: another night', ?1, 1, 0)",
+        [now + 10.0],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES ('nexus-world-0001', 'assistant', 'Still here.', ?1, 'stop', 1, 0)",
+        [now + 11.0],
+    )
+    .unwrap();
+    drop(db);
+    let alone = out(&no_context);
+    assert_eq!(user_texts(&alone), ["[perception] tick: another night"]);
+}
