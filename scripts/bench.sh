@@ -5,13 +5,15 @@
 #
 # Prints wall time and peak RSS, measured on this machine, of:
 #   - our full SFT export (`hermes-harvest export --out - --quiet > /dev/null`);
+#   - the same with exact token counts (`--tokenizer fixtures/tokenizer/chatml`: every
+#     sample rendered with that chat template and tokenized);
 #   - the baseline scan `sqlite3 state.db "SELECT m.*, s.source FROM messages m JOIN
 #     sessions s ON s.id = m.session_id ORDER BY m.session_id, m.id" > /dev/null`;
 #   - Hermes's own `hermes sessions export --format jsonl` (test venv, no network, on a
 #     copy of the store, bounded by a timeout), with the number of sessions it exported;
 #   - an incremental export (`--state`) after one more day was appended to a copy;
-# then the ratios against the bars (ours <= 2x the scan, peak RSS < 100 MB, incremental
-# run < 1 s).
+# then the ratios against the bars (ours <= 2x the scan, with --tokenizer <= 4x, peak RSS
+# < 100 MB, incremental run < 1 s).
 #
 # The store is $BENCH_DIR/home/state.db (default target/bench/home/state.db), generated
 # by the synth-store example when absent (about 220,000 sessions, 900,000 messages,
@@ -156,6 +158,14 @@ OURS_WALL=$WALL OURS_RSS=$RSS
 ours_peak
 row "hermes-harvest export (full SFT, redacted)" "$OURS_WALL" "$OURS_RSS" "runs: $ALL"
 
+say "our full SFT export with --tokenizer ($REPEAT timed)"
+TOKENIZER="$REPO/fixtures/tokenizer/chatml"
+best_of ours-tok "$OURS" export --hermes-home "$STORE_HOME" --tokenizer "$TOKENIZER" --out - --quiet
+[ "$RC" = 0 ] || die "hermes-harvest export --tokenizer failed (exit $RC)"
+TOK_WALL=$WALL
+ours_peak
+row "export --tokenizer (exact counts)" "$TOK_WALL" "$RSS" "runs: $ALL"
+
 say "sqlite3 scan (warm-up, then $REPEAT timed)"
 measure scan-warm sqlite3 "$STORE" "$SCAN_SQL"
 [ "$RC" = 0 ] || die "sqlite3 scan failed (exit $RC)"
@@ -246,6 +256,8 @@ printf '%-44s %10s %12s   %s\n' "command" "wall (s)" "peak RSS MB" "notes"
 printf '%s\n' "${ROWS[@]}"
 echo
 echo "ours / sqlite3 scan:           $RATIO   (bar <= 2.0: $(verdict "$RATIO <= 2.0"))"
+TOK_RATIO=$(awk -v a="$TOK_WALL" -v b="$SCAN_WALL" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+echo "with --tokenizer / scan:       $TOK_RATIO   (bar <= 4.0: $(verdict "$TOK_RATIO <= 4.0"))"
 echo "peak RSS of our exports:       $OUR_PEAK MB   (bar < 100 MB: $(verdict "$OUR_PEAK < 100"))"
 echo "incremental run, one new day:  $INCR_WALL s   (bar < 1 s: $(verdict "$INCR_WALL < 1"))"
 if [ -n "${HERMES_WALL:-}" ]; then
