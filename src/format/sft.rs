@@ -12,8 +12,11 @@
 //! up to [`DISTRACTORS`](super::tools::DISTRACTORS) other offered tools;
 //! then, for a sample that starts mid-session after turns this run does
 //! not write (exported the night before, outside the time window, in an
-//! earlier part of a long session), those turns as context, newest first,
-//! within `--sft-context` of the budget. One
+//! earlier part of a long session), those turns as context, newest first:
+//! at most as many exchanges as the sample has of its own, within
+//! `--sft-context` of the budget. Trainers that learn every assistant turn
+//! train context turns again; this bound keeps a turn from being repeated
+//! more often than new turns arrive. One
 //! exchange that does not fit on its own gets its long tool results
 //! shortened; if it still does not fit it is skipped as `over_budget`.
 
@@ -297,6 +300,7 @@ impl Packer<'_, '_, '_> {
         let context_budget = self.opts.sft_context * self.opts.max_tokens as f64;
         let mut start = i;
         while start > 0
+            && i - start < j - i
             && !self.selected[start - 1]
             && i - start < CONTEXT_EXCHANGES
             && self.flat.ranges[start - 1].1 > self.flat.ranges[start - 1].0
