@@ -402,11 +402,7 @@ fn export_session(
         .count();
 
     let system_tokens = system.as_ref().map_or(0, |s| kit.system_tokens(&s.text));
-    let mut fitter = Fitter {
-        counter: &mut kit.counter,
-        max: kit.opts.max_tokens,
-        template_error: None,
-    };
+    let mut fitter = Fitter::new(&mut kit.counter, kit.opts.max_tokens);
     let mut over_budget = 0;
     match cfg.format {
         Format::Sft => {

@@ -88,11 +88,13 @@ pub fn pairs(
             opts,
             tools,
         };
+        let failures = fitter.template_failures;
         match pair.build(fitter) {
             Ok((line, count, missing)) => {
                 out.lines
                     .push((alt.signal, line, count, missing, msgs[user].timestamp))
             }
+            Err("over_budget") => out.skipped.push(fitter.reason(failures)),
             Err(reason) => out.skipped.push(reason),
         }
     }

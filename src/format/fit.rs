@@ -13,11 +13,32 @@ const KEEP_EACH_SIDE: usize = 200;
 pub struct Fitter<'a> {
     pub counter: &'a mut Counter,
     pub max: usize,
-    /// Set when the chat template failed on a sample (it is then skipped).
+    /// The first error of the chat template on a sample (it is then
+    /// skipped), and how many candidates it failed on.
     pub template_error: Option<String>,
+    pub template_failures: usize,
 }
 
 impl Fitter<'_> {
+    pub fn new(counter: &mut Counter, max: usize) -> Fitter<'_> {
+        Fitter {
+            counter,
+            max,
+            template_error: None,
+            template_failures: 0,
+        }
+    }
+
+    /// The skip reason for a sample that did not fit: `template_error` when
+    /// the template failed on it since `failures_before`.
+    pub fn reason(&self, failures_before: usize) -> &'static str {
+        if self.template_failures > failures_before {
+            "template_error"
+        } else {
+            "over_budget"
+        }
+    }
+
     /// The count of a candidate; `None` when the template cannot render it
     /// (treated as not fitting, and remembered for the warning).
     pub fn count(&mut self, s: &Sample<'_>) -> Option<Count> {
@@ -25,6 +46,7 @@ impl Fitter<'_> {
             Ok(c) => Some(c),
             Err(e) => {
                 self.template_error.get_or_insert_with(|| format!("{e:#}"));
+                self.template_failures += 1;
                 None
             }
         }

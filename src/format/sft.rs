@@ -208,6 +208,7 @@ pub fn samples(
         let run_end = (i..exchanges.len())
             .find(|&k| !selected[k] || exchanges[k].problem.is_some())
             .unwrap_or(exchanges.len());
+        let failures = packer.fitter.template_failures;
         match packer.sample(i, run_end) {
             Ok((line, next)) => {
                 out.lines.push((
@@ -220,7 +221,10 @@ pub fn samples(
                 i = next;
             }
             Err(reason) => {
-                out.skipped.push(reason);
+                out.skipped.push(match reason {
+                    "over_budget" => packer.fitter.reason(failures),
+                    other => other,
+                });
                 i += 1;
             }
         }

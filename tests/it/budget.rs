@@ -395,3 +395,38 @@ fn a_turn_exported_the_next_night_carries_the_turns_before_it() {
     let alone = out(&no_context);
     assert_eq!(user_texts(&alone), ["[perception] tick: another night"]);
 }
+
+#[test]
+fn a_sample_the_template_rejects_is_skipped_and_named() {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    let src = repo().join("fixtures/tokenizer/chatml");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let template = std::fs::read_to_string(src.join("chat_template.jinja")).unwrap();
+    let strict = format!(
+        "{{%- for m in messages %}}{{%- if m.content is string and '[perception]' in m.content %}}{{{{ raise_exception('no perception turns') }}}}{{%- endif %}}{{%- endfor %}}\n{template}"
+    );
+    std::fs::write(dir.join("chat_template.jinja"), strict).unwrap();
+    let (code, lines, stderr) = export(
+        home.path(),
+        &[
+            "--tokenizer",
+            dir.to_str().unwrap(),
+            "--system-prompt",
+            "soul",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("template_error="), "{stderr}");
+    assert!(stderr.contains("no perception turns"), "{stderr}");
+    assert!(!lines.is_empty());
+    assert!(
+        user_texts(&lines)
+            .iter()
+            .all(|u| !u.contains("[perception]"))
+    );
+}
