@@ -39,10 +39,16 @@ impl Fitter<'_> {
         }
     }
 
-    /// The count of a candidate; `None` when the template cannot render it
-    /// (treated as not fitting, and remembered for the warning).
+    /// The count of a candidate, with its trainable tokens; `None` when the
+    /// template cannot render it (treated as not fitting, and remembered
+    /// for the warning).
     pub fn count(&mut self, s: &Sample<'_>) -> Option<Count> {
-        match self.counter.count(s) {
+        let counted = self.counter.count(s);
+        self.checked(counted)
+    }
+
+    fn checked(&mut self, counted: anyhow::Result<Count>) -> Option<Count> {
+        match counted {
             Ok(c) => Some(c),
             Err(e) => {
                 self.template_error.get_or_insert_with(|| format!("{e:#}"));
@@ -52,9 +58,11 @@ impl Fitter<'_> {
         }
     }
 
-    /// The count when the candidate fits the budget.
+    /// The count when the candidate fits the budget (its trainable tokens
+    /// are not counted: see [`Fitter::count`]).
     pub fn fits(&mut self, s: &Sample<'_>) -> Option<Count> {
-        self.count(s).filter(|c| c.total <= self.max)
+        let counted = self.counter.total(s);
+        self.checked(counted).filter(|c| c.total <= self.max)
     }
 
     /// Adds up to [`DISTRACTORS`] other offered tools to `tools`, each only

@@ -30,7 +30,7 @@ use crate::format::tools::{SessionTools, ToolsPolicy};
 use crate::format::{Exchange, FormatOptions, OutMsg};
 use crate::redact::{Counted, Redactor};
 use crate::sampled_hash::BuildSampled;
-use crate::tokens::{Count, Sample};
+use crate::tokens::{Count, Estimate, Sample};
 
 /// Exchanges looked back at for context at most.
 const CONTEXT_EXCHANGES: usize = 64;
@@ -264,12 +264,28 @@ impl Packer<'_, '_, '_> {
     /// the time window, or in an earlier part of a long session), so no
     /// turn is written twice by one run.
     fn sample(&mut self, i: usize, end: usize) -> Result<(SftLine, usize), &'static str> {
-        let (mut tools, mut missing) = self.tools_for(i, i + 1);
-        let Some(mut count) = self.fits(i, i + 1, &tools) else {
-            return self.shortened(i, &tools, missing).map(|line| (line, i + 1));
+        // The whole run often fits: one count instead of one per exchange
+        // (tried only when the estimate, never below the real count and
+        // rarely above twice it, says it may).
+        let (whole_tools, whole_missing) = self.tools_for(i, end);
+        let whole = Sample {
+            system: self.system_text,
+            messages: self.flat.slice(i, end),
+            tools: (!whole_tools.is_empty()).then_some(&whole_tools),
         };
+        let maybe = Estimate::count(&whole).total <= 2 * self.opts.max_tokens;
+        let (mut tools, mut missing, mut count, mut j) =
+            match maybe.then(|| self.fits(i, end, &whole_tools)).flatten() {
+                Some(c) => (whole_tools, whole_missing, c, end),
+                None => {
+                    let (tools, missing) = self.tools_for(i, i + 1);
+                    let Some(count) = self.fits(i, i + 1, &tools) else {
+                        return self.shortened(i, &tools, missing).map(|line| (line, i + 1));
+                    };
+                    (tools, missing, count, i + 1)
+                }
+            };
         // Own exchanges, as many as fit.
-        let mut j = i + 1;
         while j < end {
             let (more, more_missing) = self.tools_for(i, j + 1);
             match self.fits(i, j + 1, &more) {
@@ -328,10 +344,20 @@ impl Packer<'_, '_, '_> {
                 _ => break,
             }
         }
+        // The chosen sample once more, for its trainable tokens.
+        let messages = self.flat.slice(start, j);
+        let count = self
+            .fitter
+            .count(&Sample {
+                system: self.system_text,
+                messages,
+                tools: (!tools.is_empty()).then_some(&tools),
+            })
+            .unwrap_or(count);
         Ok((
             SftLine {
                 system: None,
-                messages: self.flat.slice(start, j).to_vec(),
+                messages: messages.to_vec(),
                 tools,
                 count,
                 missing_tools: missing,

@@ -38,11 +38,11 @@ use crate::tokens::pyjson::PyJson;
 const GEN_OPEN: char = '\u{FDD0}';
 const GEN_CLOSE: char = '\u{FDD1}';
 
-/// Pieces shorter than this are tokenized every time (cheap); longer ones
-/// are remembered.
-const CACHE_MIN_BYTES: usize = 256;
-/// Remembered pieces at most (then the memory starts over).
-const CACHE_ENTRIES: usize = 4096;
+/// Remembered pieces at most, and their bytes at most (then the memory
+/// starts over). Fitting a sample renders it several times, and a system
+/// prompt and tool list repeat across samples: every piece is remembered.
+const CACHE_ENTRIES: usize = 1 << 16;
+const CACHE_BYTES: usize = 24 << 20;
 
 pub struct ChatTokenizer {
     tokenizer: Tokenizer,
@@ -56,6 +56,7 @@ pub struct ChatTokenizer {
     /// the tokenizer must count whole texts.
     splitters: Vec<String>,
     cache: HashMap<String, usize, BuildSampled>,
+    cache_bytes: usize,
     /// Whether the template marks assistant tokens with `{% generation %}`.
     pub marks_assistant: bool,
     /// Where the tokenizer and the template came from, for the manifest.
@@ -270,6 +271,7 @@ impl ChatTokenizer {
             specials,
             splitters,
             cache: HashMap::default(),
+            cache_bytes: 0,
             marks_assistant,
             description: format!("{} with the chat template of {origin}", file.display()),
         })
@@ -306,10 +308,19 @@ impl ChatTokenizer {
         Ok(marked.replace([GEN_OPEN, GEN_CLOSE], ""))
     }
 
-    /// Tokens of the rendered sample, and those inside generation blocks.
-    pub fn count(&mut self, messages: &Value, tools: Option<&Value>) -> Result<Count> {
+    /// Tokens of the rendered sample, and (with `trainable`) those inside
+    /// generation blocks; without it `Count::trainable` is 0.
+    pub fn count(
+        &mut self,
+        messages: &Value,
+        tools: Option<&Value>,
+        trainable: bool,
+    ) -> Result<Count> {
         let marked = self.render_marked(messages, tools)?;
-        let (text, spans) = strip_marks(&marked);
+        let (text, mut spans) = strip_marks(&marked);
+        if !trainable {
+            spans.clear();
+        }
         if self.splitters.is_empty() {
             return self.count_whole(&text, &spans);
         }
@@ -359,7 +370,9 @@ impl ChatTokenizer {
                 false => self.piece_len(&text[p.start..p.end])?,
             };
         }
-        let token_at = |c: usize, me: &Self| -> Result<Option<usize>> {
+        // Offsets of the pieces a span starts or ends in, each encoded once.
+        let mut encoded: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
+        let mut token_at = |c: usize, me: &Self| -> Result<Option<usize>> {
             let Some(k) = pieces.iter().position(|p| p.start <= c && c < p.end) else {
                 return Ok(None);
             };
@@ -367,7 +380,14 @@ impl ChatTokenizer {
             if p.special {
                 return Ok(Some(starts[k]));
             }
-            let offsets = me.offsets(&text[p.start..p.end])?;
+            let at = match encoded.iter().position(|(i, _)| *i == k) {
+                Some(at) => at,
+                None => {
+                    encoded.push((k, me.offsets(&text[p.start..p.end])?));
+                    encoded.len() - 1
+                }
+            };
+            let offsets = &encoded[at].1;
             let local = c - p.start;
             Ok(offsets
                 .iter()
@@ -389,16 +409,15 @@ impl ChatTokenizer {
     }
 
     fn piece_len(&mut self, piece: &str) -> Result<usize> {
-        if piece.len() < CACHE_MIN_BYTES {
-            return self.encode_len(piece);
-        }
         if let Some(&n) = self.cache.get(piece) {
             return Ok(n);
         }
         let n = self.encode_len(piece)?;
-        if self.cache.len() >= CACHE_ENTRIES {
+        if self.cache.len() >= CACHE_ENTRIES || self.cache_bytes + piece.len() > CACHE_BYTES {
             self.cache.clear();
+            self.cache_bytes = 0;
         }
+        self.cache_bytes += piece.len();
         self.cache.insert(piece.to_string(), n);
         Ok(n)
     }

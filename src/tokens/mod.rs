@@ -196,15 +196,25 @@ impl Counter {
         }
     }
 
-    /// Tokens of the rendered sample. A template that fails on the sample
-    /// is an error (the trainer would fail on it too).
+    /// Tokens of the rendered sample and its trainable part. A template
+    /// that fails on the sample is an error (the trainer would fail on it
+    /// too).
     pub fn count(&mut self, s: &Sample<'_>) -> Result<Count> {
+        self.count_with(s, true)
+    }
+
+    /// Tokens of the rendered sample (`trainable` left 0: cheaper).
+    pub fn total(&mut self, s: &Sample<'_>) -> Result<Count> {
+        self.count_with(s, false)
+    }
+
+    fn count_with(&mut self, s: &Sample<'_>, trainable: bool) -> Result<Count> {
         match self {
             Counter::Estimate => Ok(Estimate::count(s)),
             Counter::Exact(t) => {
                 let messages = minijinja::Value::from_serialize(MessageList(s));
                 let tools = s.tools.map(minijinja::Value::from_serialize);
-                t.count(&messages, tools.as_ref())
+                t.count(&messages, tools.as_ref(), trainable)
             }
         }
     }
@@ -274,7 +284,7 @@ impl Counter {
                 let msgs: Vec<Value> = messages.iter().map(without_nulls).collect();
                 let messages = minijinja::Value::from_serialize(&msgs);
                 let tools = tools.map(minijinja::Value::from_serialize);
-                t.count(&messages, tools.as_ref())
+                t.count(&messages, tools.as_ref(), true)
             }
         }
     }
