@@ -2,23 +2,25 @@
 //! selection → formatter → redaction → output, with a one-line summary on
 //! stderr and, for directory output, a manifest.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::cli::ExportArgs;
-use crate::config::{DpoStyle, ExportConfig, Format, OutTarget, iso_time};
-use crate::exit;
+use crate::config::{DpoStyle, ExportConfig, Format, iso_time};
+use crate::exit::{self, Failure};
 use crate::format::{self, Exchange, dpo, sft};
 use crate::home::HermesHome;
 use crate::model::{Channel, Message, Origin, Role, Session};
 use crate::output::{Output, stable_hash};
+use crate::paths::{DIR_FILES, Dest};
 use crate::rebuild::{self, RebuildStats};
 use crate::redact::Redactor;
 use crate::report::{Report, counts};
 use crate::source::{Stores, head_of};
-use crate::state::{RunLock, RunState};
+
+use crate::state::{OutputIdentity, Pending, RunLock, RunState};
 
 /// Totals for the summary and the manifest.
 #[derive(Debug, Default)]
@@ -28,13 +30,21 @@ struct Totals {
     history: RebuildStats,
     first: Option<f64>,
     last: Option<f64>,
-    /// Non-DB sessions: exchanges covered after this run.
-    covered: BTreeMap<String, usize>,
+    /// Sessions without row ids: identities of the turns this run covered.
+    covered: BTreeMap<String, Vec<u64>>,
+    /// state.db sessions read in this run, and what they leave pending
+    /// (turns a filter left out).
+    read_db: BTreeSet<String>,
+    pending: BTreeMap<String, Pending>,
+    /// state.db sessions the session filters left out in this run.
+    unselected: Vec<String>,
     /// Fingerprints of the turns of the state.db sessions read in this run.
     /// Session files can hold the same turns under another id (0.13 writes
     /// snapshots for compaction and retry sessions that never reach the
     /// DB); those turns are exported once.
     seen: HashSet<u64>,
+    /// state.db sessions whose turns are in `seen`.
+    fingerprinted: HashSet<String>,
     /// Whether any store besides state.db can repeat its turns.
     dedupe: bool,
     system_json: sft::SystemCache,
@@ -59,10 +69,87 @@ impl Totals {
     }
 }
 
-/// What the previous runs covered.
+/// What the previous runs covered (`state` is `None` without `--state`).
 struct Covered<'a> {
     watermark: i64,
-    exchanges: Option<&'a BTreeMap<String, usize>>,
+    state: Option<&'a RunState>,
+}
+
+/// A turn's identity within a session without row ids: its fingerprint and
+/// how many identical turns came before it.
+fn identities(exchanges: &[Exchange<'_>]) -> Vec<u64> {
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    exchanges
+        .iter()
+        .map(|ex| {
+            let print = fingerprint(ex.msgs);
+            let n = seen.entry(print).or_default();
+            *n += 1;
+            stable_hash(&format!("{print:016x}:{n}"))
+        })
+        .collect()
+}
+
+/// The session filters, as recorded in the state.
+fn selection(cfg: &ExportConfig) -> String {
+    format!(
+        "channels={:?} sources={:?} sessions={:?} models={:?} nexus_prefix={:?}",
+        cfg.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        cfg.sources,
+        cfg.sessions,
+        cfg.models,
+        cfg.nexus_prefix
+    )
+}
+
+fn format_name(cfg: &ExportConfig) -> &'static str {
+    match (cfg.format, cfg.dpo_style) {
+        (Format::Sft, _) => "sft",
+        (Format::Dpo, DpoStyle::Conversational) => "dpo",
+        (Format::Dpo, DpoStyle::Flat) => "dpo-flat",
+    }
+}
+
+/// Whether pending turns in `[first, last]` may fall in the time window.
+fn window_may_hold(cfg: &ExportConfig, p: &Pending) -> bool {
+    let open = cfg.since.is_none() && cfg.until.is_none();
+    (p.untimed && open)
+        || match (p.first, p.last) {
+            (Some(f), Some(l)) => {
+                cfg.since.is_none_or(|s| l >= s) && cfg.until.is_none_or(|u| f < u)
+            }
+            _ => false,
+        }
+}
+
+/// Refuses a one-shot export into a directory that holds a cumulative
+/// dataset kept with `--state` (it would replace the committed lines).
+fn refuse_overwriting_cumulative(dir: &std::path::Path) -> Result<()> {
+    let path = dir.join("manifest.json");
+    let Ok(Some(bytes)) = crate::safe_io::read_optional(&path, crate::safe_io::MAX_SETTINGS_BYTES)
+    else {
+        return Ok(());
+    };
+    let Ok(m) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(());
+    };
+    let by_flags = m["flags"].as_array().is_some_and(|f| {
+        f.iter().any(|a| {
+            a.as_str()
+                .is_some_and(|a| a == "--state" || a.starts_with("--state="))
+        })
+    });
+    if m["cumulative"] == Value::Bool(true) || by_flags {
+        return Err(Failure::new(
+            exit::ERROR,
+            format!(
+                "{} holds a cumulative dataset kept with --state; an export without that --state would replace its committed lines. Nothing was written: export elsewhere, or pass the same --state",
+                dir.display()
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 pub fn run(args: &ExportArgs) -> Result<u8> {
@@ -71,27 +158,61 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     let home = HermesHome::resolve(&args.home)?;
     let mut report = Report::new(cfg.strict, cfg.quiet);
 
+    // Every path this run writes, resolved and checked first.
+    let system_file = matches!(cfg.system, crate::config::SystemPolicy::Fixed(_))
+        .then(|| std::path::Path::new(&args.system_prompt));
+    let plan = crate::paths::plan(&cfg.out, cfg.state.as_deref(), &home, system_file)?;
+
     // One run at a time per state file (or per output).
-    let _lock = match (&cfg.state, &cfg.out) {
-        (Some(state), _) => Some(RunLock::acquire(state)?),
-        (None, OutTarget::File(path)) => Some(RunLock::acquire(path)?),
-        (None, OutTarget::Dir(dir)) => Some(RunLock::acquire(&dir.join(".hermes-harvest"))?),
-        (None, OutTarget::Stdout) => None,
-    };
+    let _lock = plan.lock.as_deref().map(RunLock::acquire).transpose()?;
     // Leftovers of a killed run (we hold the lock, so nobody owns them).
-    let targets: Vec<std::path::PathBuf> = match &cfg.out {
-        OutTarget::File(p) => vec![p.clone()],
-        OutTarget::Dir(d) => ["train.jsonl", "valid.jsonl", "manifest.json"]
-            .iter()
-            .map(|n| d.join(n))
-            .collect(),
-        OutTarget::Stdout => Vec::new(),
+    let targets: Vec<std::path::PathBuf> = match &plan.dest {
+        Dest::File(p) => vec![p.clone()],
+        Dest::Dir(d) => DIR_FILES.iter().map(|n| d.join(n)).collect(),
+        Dest::Stdout | Dest::Special(_) => Vec::new(),
     };
-    for t in targets.iter().chain(&cfg.state) {
+    for t in targets.iter().chain(&plan.state) {
         crate::sink::remove_stale_partials(t);
     }
-    let state = cfg.state.as_deref().map(RunState::load).transpose()?;
+    let state = plan.state.as_deref().map(RunState::load).transpose()?;
+    // A cumulative output belongs to one state, format and style.
+    let identity = OutputIdentity {
+        format: format_name(&cfg).to_string(),
+        target: if cfg.string_arguments { "openai" } else { "hf" }.to_string(),
+        out: plan.out_id.clone(),
+        split: crate::output::SPLIT.to_string(),
+    };
+    if let (Some(st), Some(path)) = (&state, &plan.state)
+        && let Some(old) = &st.identity
+        && *old != identity
+    {
+        return Err(Failure::new(
+            exit::ERROR,
+            format!(
+                "state file {} belongs to the export {}; this run is {}. Nothing was written: use one state file per output",
+                path.display(),
+                old.describe(),
+                identity.describe()
+            ),
+        )
+        .into());
+    }
+    if let (None, Dest::Dir(d)) = (&state, &plan.dest) {
+        refuse_overwriting_cumulative(d)?;
+    }
     let mut stores = Stores::open(&home, &mut report)?;
+    if state.is_some() && stores.state.is_none() && home.state_db().exists() {
+        // Exporting the other stores now would commit their copies of the
+        // canonical turns, and the next run would export them again.
+        return Err(Failure::new(
+            exit::PARTIAL,
+            format!(
+                "{} could not be read (see above); with --state nothing is exported and the state is not advanced, so the next run takes everything",
+                home.state_db().display()
+            ),
+        )
+        .into());
+    }
     if let Some(db) = stores.state.as_mut() {
         // A text longer than twice the sample budget can never be trained on.
         db.set_limits(cfg.max_tokens as u64 * 8 + 4096, cfg.include_reasoning);
@@ -105,8 +226,9 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     };
     let covered = Covered {
         watermark: state.as_ref().map_or(0, |s| s.watermark),
-        exchanges: state.as_ref().map(|s| &s.covered_exchanges),
+        state: state.as_ref(),
     };
+    let selection = selection(&cfg);
     if let Some(s) = &state
         && top < s.watermark
     {
@@ -116,8 +238,30 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         ));
     }
     // A first incremental run reads everything, streaming like a full one.
+    // Later runs read the sessions touched since, and those holding pending
+    // turns that this run's filters may now take.
     let db_heads = match (&state, &stores.state) {
-        (Some(s), Some(db)) if s.watermark > 0 => Some(db.touched_since(s.watermark)?),
+        (Some(s), Some(db)) if s.watermark > 0 => {
+            let mut heads: BTreeMap<String, crate::source::state_db::SessionHead> = db
+                .touched_since(s.watermark)?
+                .into_iter()
+                .map(|h| (h.id.clone(), h))
+                .collect();
+            let selection_changed = s.selection != selection;
+            for (id, p) in &s.pending {
+                let take = (p.unselected_after.is_some() && selection_changed)
+                    || (!p.turns.is_empty()
+                        && p.complete.is_none_or(|c| c >= cfg.min_turns)
+                        && window_may_hold(&cfg, p));
+                if take
+                    && !heads.contains_key(id)
+                    && let Some(h) = db.root_of(id)?
+                {
+                    heads.insert(h.id.clone(), h);
+                }
+            }
+            Some(heads.into_values().collect::<Vec<_>>())
+        }
         _ => None,
     };
     let progress_len = match (&db_heads, &stores.state) {
@@ -131,7 +275,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     };
     report.start_progress(progress_len, "exporting");
 
-    let mut output = Output::open(&cfg.out, state.as_ref(), cfg.valid_fraction)?;
+    let mut output = Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?;
     let mut totals = Totals {
         dedupe: stores.responses.is_some()
             || !stores.files.snapshots.is_empty()
@@ -143,12 +287,24 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     {
         r.string(text);
     }
+    let unselected = std::cell::RefCell::new(Vec::new());
     stores.each_session(
         &mut report,
         db_heads,
         &|h| cfg.wants(h),
+        &mut |h| unselected.borrow_mut().push(h.id.clone()),
         &mut |session, report| {
             report.tick();
+            if session.origin != Some(Origin::StateDb) && totals.dedupe {
+                fingerprint_db_copy(
+                    &stores,
+                    &session.id,
+                    &cfg,
+                    report,
+                    &mut totals,
+                    redactor.as_mut(),
+                )?;
+            }
             export_session(
                 session,
                 &cfg,
@@ -161,6 +317,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         },
     )?;
     report.finish_progress();
+    totals.unselected = unselected.into_inner();
 
     let redactions = redactor
         .as_ref()
@@ -179,20 +336,46 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         Ok(serde_json::to_vec_pretty(&m)?)
     })?;
 
-    if let (Some(path), Some(mut st)) = (&cfg.state, state) {
-        let advanced = top > st.watermark || !totals.covered.is_empty();
+    if let (Some(path), Some(mut st)) = (&plan.state, state) {
+        if written.as_ref().is_some_and(|w| !w.delivered) {
+            return Err(Failure::new(
+                exit::ERROR,
+                "the reader closed the output before every line was delivered; the state file was not advanced, so the next run sends these lines again",
+            )
+            .into());
+        }
+        let before = st.clone();
+        let previous = st.watermark;
+        for id in &totals.read_db {
+            st.pending.remove(id);
+        }
+        for (id, p) in std::mem::take(&mut totals.pending) {
+            st.pending.entry(id).or_default().merge(p);
+        }
+        for id in &totals.unselected {
+            let p = st.pending.entry(id.clone()).or_default();
+            p.unselected_after = Some(p.unselected_after.map_or(previous, |a| a.min(previous)));
+        }
+        st.pending.retain(|_, p| !p.is_empty());
+        for (id, mut idents) in std::mem::take(&mut totals.covered) {
+            let v = st.covered_turns.entry(id).or_default();
+            v.append(&mut idents);
+            v.sort_unstable();
+            v.dedup();
+        }
         if let Some(w) = &written {
-            for (name, bytes, lines) in &w.files {
-                st.output_bytes.insert(name.clone(), *bytes);
-                st.output_lines.insert(name.clone(), *lines);
+            for (name, committed) in &w.files {
+                st.outputs.insert(name.clone(), committed.clone());
             }
             st.forced_valid = w.forced_valid.clone();
+            st.forced_train = w.forced_train.clone();
         }
-        if advanced || written.is_some() {
-            st.watermark = st.watermark.max(top);
-            st.covered_exchanges
-                .extend(std::mem::take(&mut totals.covered));
+        st.watermark = st.watermark.max(top);
+        st.selection = selection;
+        st.identity = Some(identity);
+        if st != before || written.as_ref().is_some_and(|w| !w.files.is_empty()) {
             st.runs += 1;
+            crate::stall::point("before-state");
             st.save(path)?;
         }
     }
@@ -202,6 +385,46 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     } else {
         exit::OK
     })
+}
+
+/// Puts the turns of the state.db session `id` (a session file can carry
+/// its id, as 0.13's background-review snapshots do) into `seen` when this
+/// run did not read it: an incremental run reads only the sessions touched
+/// since, and the file's copies of turns exported earlier must not be
+/// exported again.
+fn fingerprint_db_copy(
+    stores: &Stores,
+    id: &str,
+    cfg: &ExportConfig,
+    report: &mut Report,
+    totals: &mut Totals,
+    redactor: Option<&mut Redactor>,
+) -> Result<()> {
+    let Some(db) = &stores.state else {
+        return Ok(());
+    };
+    let Some(root) = db.root_of(id)? else {
+        return Ok(());
+    };
+    if !totals.fingerprinted.insert(root.id.clone()) {
+        return Ok(());
+    }
+    let mut quiet = Report::new(cfg.strict, true);
+    let Some(session) = stores.load_session(&root.id, &mut quiet)? else {
+        return Ok(());
+    };
+    report.partial |= quiet.partial;
+    let mut rebuilt = rebuild::rebuild(&session);
+    if let Some(r) = redactor {
+        // The same text as the export sees; these redactions are not counted.
+        let counts = r.counts.clone();
+        rebuilt.messages.iter_mut().for_each(|m| r.message(m));
+        r.counts = counts;
+    }
+    for ex in format::exchanges(&rebuilt.messages) {
+        totals.seen.insert(fingerprint(ex.msgs));
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -239,29 +462,39 @@ fn export_session(
     let session = &session;
     let exchanges = format::exchanges(&rebuilt.messages);
     let from_db = session.origin == Some(Origin::StateDb);
-    let already = if from_db {
-        0
+    // Which turns no committed run has covered yet. state.db turns: rows
+    // past the watermark, or listed as pending (a filter left them out);
+    // rows up to `resume_after` belong to the previous part of a long
+    // session and are only context here. Other sessions: by identity.
+    let pending = covered.state.and_then(|s| s.pending.get(&session.id));
+    let context_upto = session.resume_after.unwrap_or(0);
+    let idents = if from_db {
+        Vec::new()
     } else {
-        covered
-            .exchanges
-            .and_then(|c| c.get(&session.id).copied())
-            .unwrap_or(0)
+        identities(&exchanges)
     };
+    let known = covered.state.and_then(|s| s.covered_turns.get(&session.id));
+    let key_of = |msgs: &[Message]| msgs.iter().find_map(|m| m.row_id);
     let is_new = |index: usize, msgs: &[Message]| -> bool {
-        if from_db {
+        if !from_db {
+            return known.is_none_or(|k| k.binary_search(&idents[index]).is_err());
+        }
+        let (Some(key), Some(last)) = (key_of(msgs), msgs.iter().filter_map(|m| m.row_id).max())
+        else {
             // Turns recovered from a snapshot have no row id: they predate
             // the compaction, so only a first run takes them.
-            let after = covered.watermark.max(session.resume_after.unwrap_or(0));
-            msgs.iter()
-                .filter_map(|m| m.row_id)
-                .max()
-                .map_or(covered.watermark == 0, |id| id > after)
-        } else {
-            index >= already
-        }
+            return covered.watermark == 0;
+        };
+        key > context_upto
+            && (last > covered.watermark
+                || pending.is_some_and(|p| {
+                    p.has_turn(key) || p.unselected_after.is_some_and(|a| last > a)
+                }))
     };
     let in_window = |ex: &Exchange<'_>| cfg.in_window(ex.timestamp.or(session.started_at));
     let mut duplicates = 0;
+    let mut fresh = vec![false; exchanges.len()];
+    let mut usable = vec![false; exchanges.len()];
     let selected: Vec<bool> = exchanges
         .iter()
         .enumerate()
@@ -269,36 +502,77 @@ fn export_session(
             if totals.dedupe {
                 let print = fingerprint(ex.msgs);
                 if from_db {
+                    totals.fingerprinted.insert(session.id.clone());
                     totals.seen.insert(print);
                 } else if totals.seen.contains(&print) {
                     duplicates += 1;
                     return false;
                 }
             }
-            in_window(ex) && is_new(i, ex.msgs)
+            fresh[i] = is_new(i, ex.msgs);
+            usable[i] = in_window(ex);
+            usable[i] && fresh[i]
         })
         .collect();
     report.skip_n("turn_already_in_state_db", duplicates);
-    if covered.exchanges.is_some() && !from_db {
-        // Cover everything but a trailing turn that may still be in flight.
-        let n =
-            exchanges.len() - usize::from(exchanges.last().is_some_and(|e| e.problem.is_some()));
-        if n > already {
-            totals.covered.insert(session.id.clone(), n);
-        }
-    }
+    // `--min-turns` counts the session's complete turns in the window, old
+    // and new, so a session that reaches it exports its pending turns then.
     let complete = exchanges
         .iter()
-        .zip(&selected)
-        .filter(|(e, s)| **s && e.problem.is_none())
+        .zip(&usable)
+        .filter(|(e, u)| **u && e.problem.is_none())
         .count();
+    let too_few = cfg.format == Format::Sft && complete < cfg.min_turns;
+    if covered.state.is_some() {
+        // A turn is covered once a run selected it; one a filter left out
+        // stays for a later run (never consumed by what was not exported).
+        let mut left = Pending::default();
+        let mut extend = false;
+        for (i, ex) in exchanges.iter().enumerate() {
+            let consumed = selected[i] && !too_few;
+            if from_db {
+                match key_of(ex.msgs) {
+                    Some(key) if key > context_upto && fresh[i] && !consumed => {
+                        left.add_turn(key, ex.timestamp.or(session.started_at), extend);
+                        extend = true;
+                    }
+                    _ => extend = false,
+                }
+            } else if consumed {
+                totals
+                    .covered
+                    .entry(session.id.clone())
+                    .or_default()
+                    .push(idents[i]);
+            }
+        }
+        if from_db {
+            if too_few && !left.turns.is_empty() {
+                left.complete = Some(complete);
+            }
+            totals.read_db.insert(session.id.clone());
+            if !left.is_empty() {
+                totals
+                    .pending
+                    .entry(session.id.clone())
+                    .or_default()
+                    .merge(left);
+            }
+        }
+    }
 
     match cfg.format {
         Format::Sft => {
             if !selected.iter().any(|s| *s) {
                 return Ok(());
             }
-            if complete < cfg.min_turns {
+            if too_few {
+                // Say why each turn could not count.
+                for ex in exchanges.iter().zip(&selected).filter(|(_, s)| **s) {
+                    if let Some(problem) = ex.0.problem {
+                        report.skip(problem);
+                    }
+                }
                 report.skip(if complete == 0 {
                     "no_complete_turn"
                 } else {
@@ -325,16 +599,10 @@ fn export_session(
         }
         Format::Dpo => {
             let msgs = &rebuilt.messages;
-            let seen = &totals.seen;
-            let dedupe = totals.dedupe && !from_db;
-            let selected_pair = |user: usize, chosen_end: usize| -> bool {
+            // The pair's prompt ends with its exchange's user turn.
+            let selected_pair = |user: usize, _chosen_end: usize| -> bool {
                 let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
-                let end = (user + 1..msgs.len())
-                    .find(|&k| msgs[k].role == Role::User)
-                    .unwrap_or(msgs.len());
-                cfg.in_window(msgs[user].timestamp.or(session.started_at))
-                    && is_new(index, &msgs[user..chosen_end])
-                    && !(dedupe && seen.contains(&fingerprint(&msgs[user..end])))
+                selected.get(index).copied().unwrap_or(false)
             };
             let outcome = dpo::pairs(session, &rebuilt, cfg, &selected_pair);
             for reason in outcome.skipped {
@@ -405,16 +673,13 @@ fn manifest(
     let files: serde_json::Map<String, Value> = w
         .files
         .iter()
-        .map(|(name, bytes, lines)| (name.clone(), json!({"lines": lines, "bytes": bytes})))
+        .map(|(name, c)| (name.clone(), json!({"lines": c.lines, "bytes": c.bytes})))
         .collect();
     json!({
         "tool": "hermes-harvest",
         "version": env!("CARGO_PKG_VERSION"),
-        "format": match (cfg.format, cfg.dpo_style) {
-            (Format::Sft, _) => "sft",
-            (Format::Dpo, DpoStyle::Conversational) => "dpo",
-            (Format::Dpo, DpoStyle::Flat) => "dpo-flat",
-        },
+        "format": format_name(cfg),
+        "cumulative": cfg.state.is_some(),
         "flags": std::env::args().skip(1).collect::<Vec<_>>(),
         "sources": sources,
         "counts": {

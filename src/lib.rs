@@ -14,14 +14,17 @@ pub mod format;
 pub mod home;
 pub mod model;
 pub mod output;
+pub mod paths;
 pub mod rebuild;
 pub mod redact;
 pub mod report;
+pub mod safe_io;
 pub mod sampled_hash;
 pub mod send;
 pub mod sink;
 pub mod source;
 pub mod sources_cmd;
+pub mod stall;
 pub mod state;
 pub mod validate;
 

@@ -37,7 +37,14 @@ impl Stores {
     /// the run becomes partial); finding no store at all is an error.
     pub fn open(home: &HermesHome, report: &mut Report) -> Result<Stores> {
         let state_path = home.state_db();
-        let state = if state_path.exists() {
+        let state = if let Some(kind) = crate::safe_io::special_file(&state_path) {
+            // SQLite would block on a FIFO; a device is no store.
+            report.input_problem(format!(
+                "{}: is {kind}, not a regular file",
+                state_path.display()
+            ))?;
+            None
+        } else if state_path.exists() {
             match StateDb::open(&state_path) {
                 Ok(db) => {
                     if let Some(note) = db.schema_note() {
@@ -54,7 +61,13 @@ impl Stores {
             None
         };
         let rs_path = home.response_store();
-        let responses = if rs_path.exists() {
+        let responses = if let Some(kind) = crate::safe_io::special_file(&rs_path) {
+            report.input_problem(format!(
+                "{}: is {kind}, not a regular file",
+                rs_path.display()
+            ))?;
+            None
+        } else if rs_path.exists() {
             match ResponseStore::open(&rs_path, &mut |p| report.input_problem(p)) {
                 Ok(rs) => Some(rs),
                 Err(e) => {
@@ -116,12 +129,14 @@ impl Stores {
     /// sessions only the files have.
     ///
     /// `db_heads` limits the state.db part to those sessions (incremental
-    /// runs pass the sessions touched since the last run).
+    /// runs pass the sessions touched since the last run). `unwanted` hears
+    /// of every state.db session `want` left out.
     pub fn each_session(
         &self,
         report: &mut Report,
         db_heads: Option<Vec<SessionHead>>,
         want: &dyn Fn(&SessionHead) -> bool,
+        unwanted: &mut dyn FnMut(&SessionHead),
         f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
     ) -> Result<()> {
         if let Some(db) = &self.state {
@@ -130,7 +145,11 @@ impl Stores {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(state_db::PART_ROWS);
             let mut one = |head: SessionHead, report: &mut Report| -> Result<()> {
-                if head.is_rotation_child() || !want(&head) {
+                if head.is_rotation_child() {
+                    return Ok(());
+                }
+                if !want(&head) {
+                    unwanted(&head);
                     return Ok(());
                 }
                 report.read_session(Origin::StateDb.as_str());
@@ -271,14 +290,14 @@ impl Stores {
                 break;
             }
             if let Some(path) = self.files.snapshots.get(&id) {
-                match session_files::read_snapshot(path) {
-                    Ok(snap) => {
-                        s.tools = s.tools.take().or(snap.tools);
-                        s.system_prompt = s.system_prompt.take().or(snap.system_prompt);
-                        if id == s.id
-                            && s.resume_after.is_none()
-                            && rebuild::starts_compacted(&s.messages)
-                        {
+                let lost_turns = id == s.id
+                    && s.resume_after.is_none()
+                    && rebuild::starts_compacted(&s.messages);
+                if lost_turns {
+                    match session_files::read_snapshot(path) {
+                        Ok(snap) => {
+                            s.tools = s.tools.take().or(snap.tools);
+                            s.system_prompt = s.system_prompt.take().or(snap.system_prompt);
                             // The store lost the turns before a compaction; the
                             // snapshot (which never shrinks) still has them, and
                             // the rebuild drops what both hold.
@@ -286,8 +305,17 @@ impl Stores {
                             rows.append(&mut s.messages);
                             s.messages = rows;
                         }
+                        Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
                     }
-                    Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
+                } else {
+                    // Only the tools and the prompt: the messages are streamed past.
+                    match session_files::read_snapshot_meta(path) {
+                        Ok(meta) => {
+                            s.tools = s.tools.take().or(meta.tools);
+                            s.system_prompt = s.system_prompt.take().or(meta.system_prompt);
+                        }
+                        Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
+                    }
                 }
             }
             if s.tools.is_none()
