@@ -219,6 +219,18 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     }
     let stores = stores;
     let mut redactor = cfg.redact.then(|| Redactor::new(Some(&home.dir)));
+    if let Some(r) = &redactor {
+        for p in &r.problems {
+            report.input_problem(p)?;
+        }
+        if r.skipped_short > 0 {
+            report.warn(format_args!(
+                "{} credential setting(s) in .env/config.yaml are shorter than {} characters and are not redacted (they would hit ordinary words)",
+                r.skipped_short,
+                crate::redact::MIN_SECRET_LEN
+            ));
+        }
+    }
 
     let top = match &stores.state {
         Some(db) => db.max_message_id()?,
@@ -515,6 +527,14 @@ fn export_session(
         })
         .collect();
     report.skip_n("turn_already_in_state_db", duplicates);
+    for ex in exchanges.iter().zip(&selected).filter(|(_, s)| **s) {
+        if ex.0.problem == Some("tool_arguments_too_deep") {
+            report.warn(format_args!(
+                "session {}: a turn's tool-call arguments are nested deeper than 128 levels; the turn is skipped (tool_arguments_too_deep)",
+                session.id
+            ));
+        }
+    }
     // `--min-turns` counts the session's complete turns in the window, old
     // and new, so a session that reaches it exports its pending turns then.
     let complete = exchanges
