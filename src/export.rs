@@ -213,6 +213,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         )
         .into());
     }
+    stores.only_ids = cfg.sessions.clone();
     if let Some(db) = stores.state.as_mut() {
         // A text longer than twice the sample budget can never be trained on.
         db.set_limits(cfg.max_tokens as u64 * 8 + 4096, cfg.include_reasoning);
@@ -542,7 +543,8 @@ fn export_session(
         .zip(&usable)
         .filter(|(e, u)| **u && e.problem.is_none())
         .count();
-    let too_few = cfg.format == Format::Sft && complete < cfg.min_turns;
+    let too_few =
+        cfg.format == Format::Sft && complete < cfg.min_turns && selected.iter().any(|s| *s);
     if covered.state.is_some() {
         // A turn is covered once a run selected it; one a filter left out
         // stays for a later run (never consumed by what was not exported).

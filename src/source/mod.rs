@@ -25,6 +25,9 @@ use state_db::{SessionHead, StateDb};
 
 /// All stores found under one Hermes home, opened read-only.
 pub struct Stores {
+    /// `--session`: files of other sessions are not even read (a session
+    /// file can be hundreds of megabytes).
+    pub only_ids: Vec<String>,
     pub home: HermesHome,
     pub state: Option<StateDb>,
     pub responses: Option<ResponseStore>,
@@ -108,6 +111,7 @@ impl Stores {
             );
         }
         Ok(Stores {
+            only_ids: Vec::new(),
             home: home.clone(),
             state,
             responses,
@@ -199,7 +203,10 @@ impl Stores {
             .chain(self.files.transcripts.keys())
             .collect();
         for id in ids {
-            if done.contains(id.as_str()) || self.in_db(id)? {
+            if done.contains(id.as_str())
+                || (!self.only_ids.is_empty() && !self.only_ids.contains(id))
+                || self.in_db(id)?
+            {
                 continue;
             }
             if let Some(s) = self.file_session(id, report)?

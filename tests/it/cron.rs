@@ -35,7 +35,7 @@ const NEAR_MISSES: &[&str] = &[
     "task-list sk-short",
 ];
 
-fn sql(home: &Path, batch: &str) {
+pub(crate) fn sql(home: &Path, batch: &str) {
     let db = rusqlite::Connection::open(home.join("state.db")).unwrap();
     db.busy_timeout(Duration::from_secs(10)).unwrap();
     db.execute_batch(batch).unwrap();
@@ -137,11 +137,11 @@ fn planted_secrets_never_reach_the_output_and_near_misses_stay() {
     }
 }
 
-fn read(path: &Path) -> Vec<u8> {
+pub(crate) fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
 }
 
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
     ["train.jsonl", "valid.jsonl", "manifest.json"]
         .iter()
         .map(|n| (n.to_string(), read(&dir.join(n))))
@@ -220,7 +220,7 @@ fn directory_output_splits_by_session_and_writes_a_valid_manifest() {
     }
 }
 
-fn user_texts_in(dir: &Path) -> Vec<String> {
+pub(crate) fn user_texts_in(dir: &Path) -> Vec<String> {
     let mut v = Vec::new();
     for f in ["train.jsonl", "valid.jsonl"] {
         v.extend(user_texts(&lines(&read(&dir.join(f)))));
@@ -230,7 +230,7 @@ fn user_texts_in(dir: &Path) -> Vec<String> {
 
 /// Appends one complete exchange to a session, as Hermes does: the user
 /// row, then the reply in a later transaction.
-fn append_turn(db: &rusqlite::Connection, session: &str, text: &str) {
+pub(crate) fn append_turn(db: &rusqlite::Connection, session: &str, text: &str) {
     let now = 1_900_000_000.0 + text.len() as f64;
     db.execute(
         "INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES (?1, 'user', ?2, ?3, 1, 0)",
@@ -345,7 +345,7 @@ fn an_overlapping_run_is_stopped_by_the_lock() {
 
 /// Copies every short captured session `times` times under new ids (a
 /// larger store).
-fn grow(home: &Path, times: usize, tag: &str) {
+pub(crate) fn grow(home: &Path, times: usize, tag: &str) {
     let mut batch = String::from("BEGIN;");
     for k in 0..times {
         let sfx = format!("~{tag}{k}");
@@ -438,10 +438,10 @@ fn a_killed_run_leaves_everything_intact_and_the_rerun_matches() {
             }
         }
     }
-    assert!(
-        kills > 0,
-        "no kill landed mid-run (full run took {full_time:?})"
-    );
+    // Whether a timed kill lands mid-run depends on the machine's load, so
+    // it is not asserted here: `integrity::a_run_killed_at_each_commit_point…`
+    // kills at exact points through HERMES_HARVEST_STALL_AT.
+    let _ = kills;
     assert!(export(&killed).status().unwrap().success());
     let a = snapshot(&killed);
     let b = snapshot(&clean);

@@ -5,6 +5,7 @@ mod common;
 mod cron;
 mod dpo;
 mod export;
+mod integrity;
 mod props;
 mod send;
 mod stores;
