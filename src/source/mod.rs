@@ -209,6 +209,9 @@ impl Stores {
             {
                 continue;
             }
+            if !self.big_file_wanted(id, want) {
+                continue;
+            }
             if let Some(s) = self.file_session(id, report)?
                 && want(&head_of(&s))
             {
@@ -217,6 +220,37 @@ impl Stores {
             }
         }
         Ok(())
+    }
+
+    /// A snapshot too large to read whole is first streamed for its head
+    /// (id, platform, model), so one the filters leave out is neither read
+    /// nor reported.
+    fn big_file_wanted(&self, id: &str, want: &dyn Fn(&SessionHead) -> bool) -> bool {
+        let Some(path) = self.files.snapshots.get(id) else {
+            return true;
+        };
+        let big =
+            std::fs::metadata(path).is_ok_and(|m| m.len() > crate::safe_io::MAX_SESSION_FILE_BYTES);
+        if !big {
+            return true;
+        }
+        let Ok(meta) = session_files::read_snapshot_meta(path) else {
+            return true; // reported when it is read
+        };
+        let entry = self.index.get(id);
+        want(&SessionHead {
+            id: meta.session_id.unwrap_or_else(|| id.to_string()),
+            source: meta
+                .platform
+                .or_else(|| entry.and_then(|e| e.platform.clone()))
+                .unwrap_or_else(|| "unknown".to_string()),
+            title: entry.and_then(|e| e.display_name.clone()),
+            model: meta.model,
+            started_at: None,
+            end_reason: None,
+            parent_id: None,
+            parent_end_reason: None,
+        })
     }
 
     /// One session by id, from whichever store has it (a rotation child

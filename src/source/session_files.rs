@@ -24,6 +24,9 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
 pub struct SnapshotMeta {
     pub system_prompt: Option<String>,
     pub tools: Option<Vec<Value>>,
+    pub session_id: Option<String>,
+    pub platform: Option<String>,
+    pub model: Option<String>,
 }
 
 /// Reads a snapshot's tools and system prompt without keeping its messages.
@@ -35,6 +38,12 @@ pub fn read_snapshot_meta(path: &Path) -> Result<SnapshotMeta, String> {
         #[serde(default)]
         tools: Option<Value>,
         #[serde(default)]
+        session_id: Option<Value>,
+        #[serde(default)]
+        platform: Option<Value>,
+        #[serde(default)]
+        model: Option<Value>,
+        #[serde(default)]
         #[allow(dead_code)]
         messages: Option<serde::de::IgnoredAny>,
     }
@@ -44,6 +53,9 @@ pub fn read_snapshot_meta(path: &Path) -> Result<SnapshotMeta, String> {
     Ok(SnapshotMeta {
         system_prompt: str_field(raw.system_prompt.as_ref()),
         tools: tools_field(raw.tools.as_ref()),
+        session_id: str_field(raw.session_id.as_ref()),
+        platform: str_field(raw.platform.as_ref()),
+        model: str_field(raw.model.as_ref()),
     })
 }
 
