@@ -2,25 +2,25 @@
 //! selection → formatter → redaction → output, with a one-line summary on
 //! stderr and, for directory output, a manifest.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::cli::ExportArgs;
-use crate::config::{DpoStyle, ExportConfig, Format, iso_time};
+use crate::config::{ExportConfig, Format, iso_time};
+use crate::coverage::{self, RunCoverage, fingerprint, identities};
 use crate::exit::{self, Failure};
 use crate::format::{self, Exchange, dpo, sft};
 use crate::home::HermesHome;
 use crate::model::{Channel, Message, Origin, Role, Session};
-use crate::output::{Output, stable_hash};
+use crate::output::Output;
 use crate::paths::{DIR_FILES, Dest};
 use crate::rebuild::{self, RebuildStats};
 use crate::redact::Redactor;
 use crate::report::{Report, counts};
 use crate::source::{Stores, head_of};
-
-use crate::state::{OutputIdentity, Pending, RunLock, RunState};
+use crate::state::{Pending, RunLock, RunState};
 
 /// Totals for the summary and the manifest.
 #[derive(Debug, Default)]
@@ -30,14 +30,8 @@ struct Totals {
     history: RebuildStats,
     first: Option<f64>,
     last: Option<f64>,
-    /// Sessions without row ids: identities of the turns this run covered.
-    covered: BTreeMap<String, Vec<u64>>,
-    /// state.db sessions read in this run, and what they leave pending
-    /// (turns a filter left out).
-    read_db: BTreeSet<String>,
-    pending: BTreeMap<String, Pending>,
-    /// state.db sessions the session filters left out in this run.
-    unselected: Vec<String>,
+    /// What this run covered and left pending, for the state.
+    coverage: RunCoverage,
     /// Fingerprints of the turns of the state.db sessions read in this run.
     /// Session files can hold the same turns under another id (0.13 writes
     /// snapshots for compaction and retry sessions that never reach the
@@ -48,16 +42,6 @@ struct Totals {
     /// Whether any store besides state.db can repeat its turns.
     dedupe: bool,
     system_json: sft::SystemCache,
-}
-
-/// A turn's identity across stores: its user text and its final answer.
-fn fingerprint(msgs: &[Message]) -> u64 {
-    let mut key = String::new();
-    for m in [msgs.first(), msgs.last()].into_iter().flatten() {
-        key.push_str(m.content.trim());
-        key.push('\u{1}');
-    }
-    stable_hash(&key)
 }
 
 impl Totals {
@@ -73,83 +57,6 @@ impl Totals {
 struct Covered<'a> {
     watermark: i64,
     state: Option<&'a RunState>,
-}
-
-/// A turn's identity within a session without row ids: its fingerprint and
-/// how many identical turns came before it.
-fn identities(exchanges: &[Exchange<'_>]) -> Vec<u64> {
-    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-    exchanges
-        .iter()
-        .map(|ex| {
-            let print = fingerprint(ex.msgs);
-            let n = seen.entry(print).or_default();
-            *n += 1;
-            stable_hash(&format!("{print:016x}:{n}"))
-        })
-        .collect()
-}
-
-/// The session filters, as recorded in the state.
-fn selection(cfg: &ExportConfig) -> String {
-    format!(
-        "channels={:?} sources={:?} sessions={:?} models={:?} nexus_prefix={:?}",
-        cfg.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        cfg.sources,
-        cfg.sessions,
-        cfg.models,
-        cfg.nexus_prefix
-    )
-}
-
-fn format_name(cfg: &ExportConfig) -> &'static str {
-    match (cfg.format, cfg.dpo_style) {
-        (Format::Sft, _) => "sft",
-        (Format::Dpo, DpoStyle::Conversational) => "dpo",
-        (Format::Dpo, DpoStyle::Flat) => "dpo-flat",
-    }
-}
-
-/// Whether pending turns in `[first, last]` may fall in the time window.
-fn window_may_hold(cfg: &ExportConfig, p: &Pending) -> bool {
-    let open = cfg.since.is_none() && cfg.until.is_none();
-    (p.untimed && open)
-        || match (p.first, p.last) {
-            (Some(f), Some(l)) => {
-                cfg.since.is_none_or(|s| l >= s) && cfg.until.is_none_or(|u| f < u)
-            }
-            _ => false,
-        }
-}
-
-/// Refuses a one-shot export into a directory that holds a cumulative
-/// dataset kept with `--state` (it would replace the committed lines).
-fn refuse_overwriting_cumulative(dir: &std::path::Path) -> Result<()> {
-    let path = dir.join("manifest.json");
-    let Ok(Some(bytes)) = crate::safe_io::read_optional(&path, crate::safe_io::MAX_SETTINGS_BYTES)
-    else {
-        return Ok(());
-    };
-    let Ok(m) = serde_json::from_slice::<Value>(&bytes) else {
-        return Ok(());
-    };
-    let by_flags = m["flags"].as_array().is_some_and(|f| {
-        f.iter().any(|a| {
-            a.as_str()
-                .is_some_and(|a| a == "--state" || a.starts_with("--state="))
-        })
-    });
-    if m["cumulative"] == Value::Bool(true) || by_flags {
-        return Err(Failure::new(
-            exit::ERROR,
-            format!(
-                "{} holds a cumulative dataset kept with --state; an export without that --state would replace its committed lines. Nothing was written: export elsewhere, or pass the same --state",
-                dir.display()
-            ),
-        )
-        .into());
-    }
-    Ok(())
 }
 
 pub fn run(args: &ExportArgs) -> Result<u8> {
@@ -176,30 +83,8 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     }
     let state = plan.state.as_deref().map(RunState::load).transpose()?;
     // A cumulative output belongs to one state, format and style.
-    let identity = OutputIdentity {
-        format: format_name(&cfg).to_string(),
-        target: if cfg.string_arguments { "openai" } else { "hf" }.to_string(),
-        out: plan.out_id.clone(),
-        split: crate::output::SPLIT.to_string(),
-    };
-    if let (Some(st), Some(path)) = (&state, &plan.state)
-        && let Some(old) = &st.identity
-        && *old != identity
-    {
-        return Err(Failure::new(
-            exit::ERROR,
-            format!(
-                "state file {} belongs to the export {}; this run is {}. Nothing was written: use one state file per output",
-                path.display(),
-                old.describe(),
-                identity.describe()
-            ),
-        )
-        .into());
-    }
-    if let (None, Dest::Dir(d)) = (&state, &plan.dest) {
-        refuse_overwriting_cumulative(d)?;
-    }
+    let identity = coverage::identity(&cfg, &plan);
+    coverage::check_output(state.as_ref(), &plan, &identity)?;
     let mut stores = Stores::open(&home, &mut report)?;
     if state.is_some() && stores.state.is_none() && home.state_db().exists() {
         // Exporting the other stores now would commit their copies of the
@@ -241,7 +126,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         watermark: state.as_ref().map_or(0, |s| s.watermark),
         state: state.as_ref(),
     };
-    let selection = selection(&cfg);
+    let selection = coverage::selection(&cfg);
     if let Some(s) = &state
         && top < s.watermark
     {
@@ -255,25 +140,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     // turns that this run's filters may now take.
     let db_heads = match (&state, &stores.state) {
         (Some(s), Some(db)) if s.watermark > 0 => {
-            let mut heads: BTreeMap<String, crate::source::state_db::SessionHead> = db
-                .touched_since(s.watermark)?
-                .into_iter()
-                .map(|h| (h.id.clone(), h))
-                .collect();
-            let selection_changed = s.selection != selection;
-            for (id, p) in &s.pending {
-                let take = (p.unselected_after.is_some() && selection_changed)
-                    || (!p.turns.is_empty()
-                        && p.complete.is_none_or(|c| c >= cfg.min_turns)
-                        && window_may_hold(&cfg, p));
-                if take
-                    && !heads.contains_key(id)
-                    && let Some(h) = db.root_of(id)?
-                {
-                    heads.insert(h.id.clone(), h);
-                }
-            }
-            Some(heads.into_values().collect::<Vec<_>>())
+            Some(coverage::heads_to_read(s, db, &cfg, &selection)?)
         }
         _ => None,
     };
@@ -309,12 +176,12 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         &mut |session, report| {
             report.tick();
             if session.origin != Some(Origin::StateDb) && totals.dedupe {
-                fingerprint_db_copy(
+                coverage::fingerprint_db_copy(
                     &stores,
                     &session.id,
-                    &cfg,
+                    cfg.strict,
                     report,
-                    &mut totals,
+                    (&mut totals.seen, &mut totals.fingerprinted),
                     redactor.as_mut(),
                 )?;
             }
@@ -330,7 +197,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         },
     )?;
     report.finish_progress();
-    totals.unselected = unselected.into_inner();
+    totals.coverage.unselected = unselected.into_inner();
 
     let redactions = redactor
         .as_ref()
@@ -357,37 +224,14 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
             )
             .into());
         }
-        let before = st.clone();
-        let previous = st.watermark;
-        for id in &totals.read_db {
-            st.pending.remove(id);
-        }
-        for (id, p) in std::mem::take(&mut totals.pending) {
-            st.pending.entry(id).or_default().merge(p);
-        }
-        for id in &totals.unselected {
-            let p = st.pending.entry(id.clone()).or_default();
-            p.unselected_after = Some(p.unselected_after.map_or(previous, |a| a.min(previous)));
-        }
-        st.pending.retain(|_, p| !p.is_empty());
-        for (id, mut idents) in std::mem::take(&mut totals.covered) {
-            let v = st.covered_turns.entry(id).or_default();
-            v.append(&mut idents);
-            v.sort_unstable();
-            v.dedup();
-        }
-        if let Some(w) = &written {
-            for (name, committed) in &w.files {
-                st.outputs.insert(name.clone(), committed.clone());
-            }
-            st.forced_valid = w.forced_valid.clone();
-            st.forced_train = w.forced_train.clone();
-        }
-        st.watermark = st.watermark.max(top);
-        st.selection = selection;
-        st.identity = Some(identity);
-        if st != before || written.as_ref().is_some_and(|w| !w.files.is_empty()) {
-            st.runs += 1;
+        let changed = std::mem::take(&mut totals.coverage).commit(
+            &mut st,
+            written.as_ref(),
+            top,
+            selection,
+            identity,
+        );
+        if changed {
             crate::stall::point("before-state");
             st.save(path)?;
         }
@@ -398,46 +242,6 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     } else {
         exit::OK
     })
-}
-
-/// Puts the turns of the state.db session `id` (a session file can carry
-/// its id, as 0.13's background-review snapshots do) into `seen` when this
-/// run did not read it: an incremental run reads only the sessions touched
-/// since, and the file's copies of turns exported earlier must not be
-/// exported again.
-fn fingerprint_db_copy(
-    stores: &Stores,
-    id: &str,
-    cfg: &ExportConfig,
-    report: &mut Report,
-    totals: &mut Totals,
-    redactor: Option<&mut Redactor>,
-) -> Result<()> {
-    let Some(db) = &stores.state else {
-        return Ok(());
-    };
-    let Some(root) = db.root_of(id)? else {
-        return Ok(());
-    };
-    if !totals.fingerprinted.insert(root.id.clone()) {
-        return Ok(());
-    }
-    let mut quiet = Report::new(cfg.strict, true);
-    let Some(session) = stores.load_session(&root.id, &mut quiet)? else {
-        return Ok(());
-    };
-    report.partial |= quiet.partial;
-    let mut rebuilt = rebuild::rebuild(&session);
-    if let Some(r) = redactor {
-        // The same text as the export sees; these redactions are not counted.
-        let counts = r.counts.clone();
-        rebuilt.messages.iter_mut().for_each(|m| r.message(m));
-        r.counts = counts;
-    }
-    for ex in format::exchanges(&rebuilt.messages) {
-        totals.seen.insert(fingerprint(ex.msgs));
-    }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -562,6 +366,7 @@ fn export_session(
                 }
             } else if consumed {
                 totals
+                    .coverage
                     .covered
                     .entry(session.id.clone())
                     .or_default()
@@ -572,9 +377,10 @@ fn export_session(
             if too_few && !left.turns.is_empty() {
                 left.complete = Some(complete);
             }
-            totals.read_db.insert(session.id.clone());
+            totals.coverage.read_db.insert(session.id.clone());
             if !left.is_empty() {
                 totals
+                    .coverage
                     .pending
                     .entry(session.id.clone())
                     .or_default()
@@ -700,7 +506,7 @@ fn manifest(
     json!({
         "tool": "hermes-harvest",
         "version": env!("CARGO_PKG_VERSION"),
-        "format": format_name(cfg),
+        "format": coverage::format_name(cfg),
         "cumulative": cfg.state.is_some(),
         "flags": std::env::args().skip(1).collect::<Vec<_>>(),
         "sources": sources,

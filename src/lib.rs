@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod content;
+pub mod coverage;
 pub mod exit;
 pub mod export;
 pub mod fixture;
