@@ -179,8 +179,9 @@ pub fn heads_to_read(
 pub struct RunCoverage {
     /// Sessions without row ids: identities of the turns this run covered.
     pub covered: BTreeMap<String, Vec<u64>>,
-    /// state.db sessions read in this run, and what they leave pending
-    /// (turns a filter left out).
+    /// state.db sessions with a pending entry that this run read (the entry
+    /// is replaced), and what the sessions read leave pending (turns a
+    /// filter left out).
     pub read_db: BTreeSet<String>,
     pub pending: BTreeMap<String, Pending>,
     /// state.db sessions the session filters left out in this run.

@@ -377,7 +377,10 @@ fn export_session(
             if too_few && !left.turns.is_empty() {
                 left.complete = Some(complete);
             }
-            totals.coverage.read_db.insert(session.id.clone());
+            if pending.is_some() {
+                // Its old entry is replaced by what this run leaves.
+                totals.coverage.read_db.insert(session.id.clone());
+            }
             if !left.is_empty() {
                 totals
                     .coverage
