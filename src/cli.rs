@@ -115,7 +115,7 @@ pub struct ExportArgs {
     pub min_turns: usize,
     /// Token budget of a whole rendered sample (system prompt, tool definitions, messages
     /// and the chat template's tokens). Set your trainer's max length to at least this
-    #[arg(long, default_value_t = 2048, value_name = "N")]
+    #[arg(long, default_value_t = 2048, value_name = "N", value_parser = parse_max_tokens)]
     pub max_tokens: usize,
     /// Count tokens exactly with this model's tokenizer and chat template: the model
     /// directory you give your trainer, or its tokenizer.json [default: a conservative estimate]
@@ -128,7 +128,7 @@ pub struct ExportArgs {
     /// Share of the budget that the turns before an SFT sample starting mid-session (a later
     /// part of a long session, a turn exported incrementally) may take as context; those
     /// turns are trained again by trainers that learn every assistant turn. 0 turns it off
-    #[arg(long, default_value_t = 0.5, value_name = "F")]
+    #[arg(long, default_value_t = 0.5, value_name = "F", value_parser = parse_share)]
     pub sft_context: f64,
     /// System prompt policy: `session` (what the session ran with), `soul` (only its SOUL.md
     /// persona part), `none`, or a FILE to use instead
@@ -153,7 +153,7 @@ pub struct ExportArgs {
     #[arg(long, short = 'o', default_value = "-", value_name = "-|FILE|DIR/")]
     pub out: String,
     /// Share of sessions that go to valid.jsonl with --out DIR/
-    #[arg(long, default_value_t = 0.05, value_name = "F")]
+    #[arg(long, default_value_t = 0.05, value_name = "F", value_parser = parse_fraction)]
     pub valid_fraction: f64,
     /// Incremental runs: remember what was exported in this state file
     #[arg(long, value_name = "FILE")]
@@ -224,10 +224,10 @@ pub struct SendArgs {
     #[arg(long)]
     pub verify: bool,
     /// Seconds to wait for the HTTP reply
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=MAX_WAIT_SECS))]
     pub timeout: u64,
     /// Seconds to poll the stores with --verify
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     pub verify_timeout: u64,
     #[command(flatten)]
     pub home: HomeArgs,
@@ -251,7 +251,7 @@ pub struct ValidateArgs {
     #[arg(long, value_enum)]
     pub format: Option<ShapeArg>,
     /// Flag rows whose rendered sample exceeds N tokens
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_max_tokens)]
     pub max_tokens: Option<usize>,
     /// Count exactly with this model's tokenizer and chat template (see export --tokenizer)
     #[arg(long, value_name = "PATH", requires = "max_tokens")]
@@ -259,4 +259,47 @@ pub struct ValidateArgs {
     /// Print errors only
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+// Bad values are usage errors (exit 2), caught by clap before anything runs.
+// (`--url` is checked by `send` itself: clap would echo a URL's credentials.)
+
+/// Longest `--timeout` / `--verify-timeout`: a day (larger values would
+/// overflow a deadline).
+pub const MAX_WAIT_SECS: u64 = 86_400;
+
+/// `--max-tokens`: at least 64.
+fn parse_max_tokens(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))?;
+    if n < 64 {
+        return Err("must be at least 64".to_string());
+    }
+    Ok(n)
+}
+
+/// `--sft-context`: a number in [0, 1].
+fn parse_share(s: &str) -> Result<f64, String> {
+    let f: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&f) {
+        return Err("must be between 0 and 1".to_string());
+    }
+    Ok(f)
+}
+
+/// `--valid-fraction`: a number in [0, 1).
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.0..1.0).contains(&f) {
+        return Err("must be at least 0 and below 1".to_string());
+    }
+    Ok(f)
 }

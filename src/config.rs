@@ -88,9 +88,6 @@ impl ExportConfig {
         if a.max_tokens < 64 {
             bail!("--max-tokens must be at least 64");
         }
-        if !(0.0..=1.0).contains(&a.sft_context) {
-            bail!("--sft-context must be in [0, 1]");
-        }
         if !(0.0..1.0).contains(&a.valid_fraction) {
             bail!("--valid-fraction must be in [0, 1)");
         }

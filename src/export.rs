@@ -8,20 +8,22 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::cli::ExportArgs;
-use crate::config::{DpoStyle, ExportConfig, Format, OutTarget, SystemPolicy, iso_time};
-use crate::exit;
+use crate::config::{ExportConfig, Format, SystemPolicy, iso_time};
+use crate::coverage::{self, RunCoverage, fingerprint, identities};
+use crate::exit::{self, Failure};
 use crate::format::fit::Fitter;
 use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
 use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_text};
 use crate::home::HermesHome;
 use crate::model::{Channel, Message, Origin, Role, Session};
-use crate::output::{Output, stable_hash};
+use crate::output::Output;
+use crate::paths::{DIR_FILES, Dest};
 use crate::rebuild::{self, RebuildStats};
 use crate::redact::Redactor;
 use crate::report::{Report, counts};
 use crate::source::session_files::ToolCatalog;
 use crate::source::{Stores, head_of};
-use crate::state::{RunLock, RunState};
+use crate::state::{Pending, RunLock, RunState};
 use crate::tokens::{Count, Counter, Estimate, Sample};
 
 /// Token figures of one channel.
@@ -44,13 +46,15 @@ struct Totals {
     history: RebuildStats,
     first: Option<f64>,
     last: Option<f64>,
-    /// Non-DB sessions: exchanges covered after this run.
-    covered: BTreeMap<String, usize>,
+    /// What this run covered and left pending, for the state.
+    coverage: RunCoverage,
     /// Fingerprints of the turns of the state.db sessions read in this run.
     /// Session files can hold the same turns under another id (0.13 writes
     /// snapshots for compaction and retry sessions that never reach the
     /// DB); those turns are exported once.
     seen: HashSet<u64>,
+    /// state.db sessions whose turns are in `seen`.
+    fingerprinted: HashSet<String>,
     /// Whether any store besides state.db can repeat its turns.
     dedupe: bool,
     system_json: sft::SystemCache,
@@ -93,16 +97,6 @@ impl Kit {
     }
 }
 
-/// A turn's identity across stores: its user text and its final answer.
-fn fingerprint(msgs: &[Message]) -> u64 {
-    let mut key = String::new();
-    for m in [msgs.first(), msgs.last()].into_iter().flatten() {
-        key.push_str(m.content.trim());
-        key.push('\u{1}');
-    }
-    stable_hash(&key)
-}
-
 impl Totals {
     fn wrote(&mut self, channel: Channel, count: Count, system_tokens: usize, missing: usize) {
         *self.samples.entry(channel.as_str()).or_default() += 1;
@@ -123,10 +117,10 @@ impl Totals {
     }
 }
 
-/// What the previous runs covered.
+/// What the previous runs covered (`state` is `None` without `--state`).
 struct Covered<'a> {
     watermark: i64,
-    exchanges: Option<&'a BTreeMap<String, usize>>,
+    state: Option<&'a RunState>,
 }
 
 pub fn run(args: &ExportArgs) -> Result<u8> {
@@ -135,33 +129,58 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     let home = HermesHome::resolve(&args.home)?;
     let mut report = Report::new(cfg.strict, cfg.quiet);
 
+    // Every path this run writes, resolved and checked first.
+    let system_file = matches!(cfg.system, crate::config::SystemPolicy::Fixed(_))
+        .then(|| std::path::Path::new(&args.system_prompt));
+    let plan = crate::paths::plan(&cfg.out, cfg.state.as_deref(), &home, system_file)?;
+
     // One run at a time per state file (or per output).
-    let _lock = match (&cfg.state, &cfg.out) {
-        (Some(state), _) => Some(RunLock::acquire(state)?),
-        (None, OutTarget::File(path)) => Some(RunLock::acquire(path)?),
-        (None, OutTarget::Dir(dir)) => Some(RunLock::acquire(&dir.join(".hermes-harvest"))?),
-        (None, OutTarget::Stdout) => None,
-    };
+    let _lock = plan.lock.as_deref().map(RunLock::acquire).transpose()?;
     // Leftovers of a killed run (we hold the lock, so nobody owns them).
-    let targets: Vec<std::path::PathBuf> = match &cfg.out {
-        OutTarget::File(p) => vec![p.clone()],
-        OutTarget::Dir(d) => ["train.jsonl", "valid.jsonl", "manifest.json"]
-            .iter()
-            .map(|n| d.join(n))
-            .collect(),
-        OutTarget::Stdout => Vec::new(),
+    let targets: Vec<std::path::PathBuf> = match &plan.dest {
+        Dest::File(p) => vec![p.clone()],
+        Dest::Dir(d) => DIR_FILES.iter().map(|n| d.join(n)).collect(),
+        Dest::Stdout | Dest::Special(_) => Vec::new(),
     };
-    for t in targets.iter().chain(&cfg.state) {
+    for t in targets.iter().chain(&plan.state) {
         crate::sink::remove_stale_partials(t);
     }
-    let state = cfg.state.as_deref().map(RunState::load).transpose()?;
+    let state = plan.state.as_deref().map(RunState::load).transpose()?;
+    // A cumulative output belongs to one state, format and style.
+    let identity = coverage::identity(&cfg, &plan);
+    coverage::check_output(state.as_ref(), &plan, &identity)?;
     let mut stores = Stores::open(&home, &mut report)?;
+    if state.is_some() && stores.state.is_none() && home.state_db().exists() {
+        // Exporting the other stores now would commit their copies of the
+        // canonical turns, and the next run would export them again.
+        return Err(Failure::new(
+            exit::PARTIAL,
+            format!(
+                "{} could not be read (see above); with --state nothing is exported and the state is not advanced, so the next run takes everything",
+                home.state_db().display()
+            ),
+        )
+        .into());
+    }
+    stores.only_ids = cfg.sessions.clone();
     if let Some(db) = stores.state.as_mut() {
         // A text longer than twice the sample budget can never be trained on.
         db.set_limits(cfg.max_tokens as u64 * 8 + 4096, cfg.include_reasoning);
     }
     let stores = stores;
     let mut redactor = cfg.redact.then(|| Redactor::new(Some(&home.dir)));
+    if let Some(r) = &redactor {
+        for p in &r.problems {
+            report.input_problem(p)?;
+        }
+        if r.skipped_short > 0 {
+            report.warn(format_args!(
+                "{} credential setting(s) in .env/config.yaml are shorter than {} characters and are not redacted (they would hit ordinary words)",
+                r.skipped_short,
+                crate::redact::MIN_SECRET_LEN
+            ));
+        }
+    }
 
     let top = match &stores.state {
         Some(db) => db.max_message_id()?,
@@ -169,8 +188,9 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     };
     let covered = Covered {
         watermark: state.as_ref().map_or(0, |s| s.watermark),
-        exchanges: state.as_ref().map(|s| &s.covered_exchanges),
+        state: state.as_ref(),
     };
+    let selection = coverage::selection(&cfg);
     if let Some(s) = &state
         && top < s.watermark
     {
@@ -180,8 +200,12 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         ));
     }
     // A first incremental run reads everything, streaming like a full one.
+    // Later runs read the sessions touched since, and those holding pending
+    // turns that this run's filters may now take.
     let db_heads = match (&state, &stores.state) {
-        (Some(s), Some(db)) if s.watermark > 0 => Some(db.touched_since(s.watermark)?),
+        (Some(s), Some(db)) if s.watermark > 0 => {
+            Some(coverage::heads_to_read(s, db, &cfg, &selection)?)
+        }
         _ => None,
     };
     let progress_len = match (&db_heads, &stores.state) {
@@ -204,7 +228,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         catalog: ToolCatalog::new(&stores.files),
         system_tokens: HashMap::new(),
     };
-    let mut output = Output::open(&cfg.out, state.as_ref(), cfg.valid_fraction)?;
+    let mut output = Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?;
     let mut totals = Totals {
         dedupe: stores.responses.is_some()
             || !stores.files.snapshots.is_empty()
@@ -216,12 +240,24 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
     {
         r.string(text);
     }
+    let unselected = std::cell::RefCell::new(Vec::new());
     stores.each_session(
         &mut report,
         db_heads,
         &|h| cfg.wants(h),
+        &mut |h| unselected.borrow_mut().push(h.id.clone()),
         &mut |session, report| {
             report.tick();
+            if session.origin != Some(Origin::StateDb) && totals.dedupe {
+                coverage::fingerprint_db_copy(
+                    &stores,
+                    &session.id,
+                    cfg.strict,
+                    report,
+                    (&mut totals.seen, &mut totals.fingerprinted),
+                    redactor.as_mut(),
+                )?;
+            }
             export_session(
                 session,
                 &cfg,
@@ -235,6 +271,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         },
     )?;
     report.finish_progress();
+    totals.coverage.unselected = unselected.into_inner();
 
     let redactions = redactor
         .as_ref()
@@ -260,20 +297,23 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         Ok(serde_json::to_vec_pretty(&m)?)
     })?;
 
-    if let (Some(path), Some(mut st)) = (&cfg.state, state) {
-        let advanced = top > st.watermark || !totals.covered.is_empty();
-        if let Some(w) = &written {
-            for (name, bytes, lines) in &w.files {
-                st.output_bytes.insert(name.clone(), *bytes);
-                st.output_lines.insert(name.clone(), *lines);
-            }
-            st.forced_valid = w.forced_valid.clone();
+    if let (Some(path), Some(mut st)) = (&plan.state, state) {
+        if written.as_ref().is_some_and(|w| !w.delivered) {
+            return Err(Failure::new(
+                exit::ERROR,
+                "the reader closed the output before every line was delivered; the state file was not advanced, so the next run sends these lines again",
+            )
+            .into());
         }
-        if advanced || written.is_some() {
-            st.watermark = st.watermark.max(top);
-            st.covered_exchanges
-                .extend(std::mem::take(&mut totals.covered));
-            st.runs += 1;
+        let changed = std::mem::take(&mut totals.coverage).commit(
+            &mut st,
+            written.as_ref(),
+            top,
+            selection,
+            identity,
+        );
+        if changed {
+            crate::stall::point("before-state");
             st.save(path)?;
         }
     }
@@ -347,29 +387,41 @@ fn export_session(
         }
     }
     let from_db = session.origin == Some(Origin::StateDb);
-    let already = if from_db {
-        0
+    // Which turns no committed run has covered yet. state.db turns: rows
+    // past the watermark, or listed as pending (a filter left them out);
+    // rows up to `resume_after` belong to the previous part of a long
+    // session and are only context here. Other sessions: by identity.
+    let pending = covered.state.and_then(|s| s.pending.get(&session.id));
+    let context_upto = session.resume_after.unwrap_or(0);
+    let idents = if from_db {
+        Vec::new()
     } else {
-        covered
-            .exchanges
-            .and_then(|c| c.get(&session.id).copied())
-            .unwrap_or(0)
+        identities(&exchanges)
     };
+    let known = covered.state.and_then(|s| s.covered_turns.get(&session.id));
+    let key_of = |msgs: &[Message]| msgs.iter().find_map(|m| m.row_id);
     let is_new = |index: usize, msgs: &[Message]| -> bool {
-        if from_db {
+        if !from_db {
+            return known.is_none_or(|k| k.binary_search(&idents[index]).is_err());
+        }
+        let (Some(key), Some(last)) = (key_of(msgs), msgs.iter().filter_map(|m| m.row_id).max())
+        else {
             // Turns recovered from a snapshot have no row id: they predate
             // the compaction, so only a first run takes them.
-            let after = covered.watermark.max(session.resume_after.unwrap_or(0));
-            msgs.iter()
-                .filter_map(|m| m.row_id)
-                .max()
-                .map_or(covered.watermark == 0, |id| id > after)
-        } else {
-            index >= already
-        }
+            return covered.watermark == 0;
+        };
+        key > context_upto
+            && (last > covered.watermark
+                || pending.is_some_and(|p| {
+                    p.has_turn(key) || p.unselected_after.is_some_and(|a| last > a)
+                }))
     };
     let in_window = |ex: &Exchange<'_>| cfg.in_window(ex.timestamp.or(session.started_at));
     let mut duplicates = 0;
+    // Turns another store's copy of which is exported: never context.
+    let mut copied = vec![false; exchanges.len()];
+    let mut fresh = vec![false; exchanges.len()];
+    let mut usable = vec![false; exchanges.len()];
     let selected: Vec<bool> = exchanges
         .iter()
         .enumerate()
@@ -377,29 +429,79 @@ fn export_session(
             if totals.dedupe {
                 let print = fingerprint(ex.msgs);
                 if from_db {
+                    totals.fingerprinted.insert(session.id.clone());
                     totals.seen.insert(print);
                 } else if totals.seen.contains(&print) {
                     duplicates += 1;
+                    copied[i] = true;
                     return false;
                 }
             }
-            in_window(ex) && is_new(i, ex.msgs)
+            fresh[i] = is_new(i, ex.msgs);
+            usable[i] = in_window(ex);
+            usable[i] && fresh[i]
         })
         .collect();
     report.skip_n("turn_already_in_state_db", duplicates);
-    if covered.exchanges.is_some() && !from_db {
-        // Cover everything but a trailing turn that may still be in flight.
-        let n =
-            exchanges.len() - usize::from(exchanges.last().is_some_and(|e| e.problem.is_some()));
-        if n > already {
-            totals.covered.insert(session.id.clone(), n);
+    for ex in exchanges.iter().zip(&selected).filter(|(_, s)| **s) {
+        if ex.0.problem == Some("tool_arguments_too_deep") {
+            report.warn(format_args!(
+                "session {}: a turn's tool-call arguments are nested deeper than 128 levels; the turn is skipped (tool_arguments_too_deep)",
+                session.id
+            ));
         }
     }
+    // `--min-turns` counts the session's complete turns in the window, old
+    // and new, so a session that reaches it exports its pending turns then.
     let complete = exchanges
         .iter()
-        .zip(&selected)
-        .filter(|(e, s)| **s && e.problem.is_none())
+        .zip(&usable)
+        .filter(|(e, u)| **u && e.problem.is_none())
         .count();
+    let too_few =
+        cfg.format == Format::Sft && complete < cfg.min_turns && selected.iter().any(|s| *s);
+    if covered.state.is_some() {
+        // A turn is covered once a run selected it; one a filter left out
+        // stays for a later run (never consumed by what was not exported).
+        let mut left = Pending::default();
+        let mut extend = false;
+        for (i, ex) in exchanges.iter().enumerate() {
+            let consumed = selected[i] && !too_few;
+            if from_db {
+                match key_of(ex.msgs) {
+                    Some(key) if key > context_upto && fresh[i] && !consumed => {
+                        left.add_turn(key, ex.timestamp.or(session.started_at), extend);
+                        extend = true;
+                    }
+                    _ => extend = false,
+                }
+            } else if consumed {
+                totals
+                    .coverage
+                    .covered
+                    .entry(session.id.clone())
+                    .or_default()
+                    .push(idents[i]);
+            }
+        }
+        if from_db {
+            if too_few && !left.turns.is_empty() {
+                left.complete = Some(complete);
+            }
+            if pending.is_some() {
+                // Its old entry is replaced by what this run leaves.
+                totals.coverage.read_db.insert(session.id.clone());
+            }
+            if !left.is_empty() {
+                totals
+                    .coverage
+                    .pending
+                    .entry(session.id.clone())
+                    .or_default()
+                    .merge(left);
+            }
+        }
+    }
 
     let system_tokens = system.as_ref().map_or(0, |s| kit.system_tokens(&s.text));
     let mut fitter = Fitter::new(&mut kit.counter, kit.opts.max_tokens);
@@ -409,7 +511,13 @@ fn export_session(
             if !selected.iter().any(|s| *s) {
                 return Ok(());
             }
-            if complete < cfg.min_turns {
+            if too_few {
+                // Say why each turn could not count.
+                for ex in exchanges.iter().zip(&selected).filter(|(_, s)| **s) {
+                    if let Some(problem) = ex.0.problem {
+                        report.skip(problem);
+                    }
+                }
                 report.skip(if complete == 0 {
                     "no_complete_turn"
                 } else {
@@ -420,6 +528,7 @@ fn export_session(
             let outcome = sft::samples(
                 &exchanges,
                 &selected,
+                &copied,
                 &kit.opts,
                 system,
                 &session_tools,
@@ -440,16 +549,10 @@ fn export_session(
         }
         Format::Dpo => {
             let msgs = &rebuilt.messages;
-            let seen = &totals.seen;
-            let dedupe = totals.dedupe && !from_db;
-            let selected_pair = |user: usize, chosen_end: usize| -> bool {
+            // The pair's prompt ends with its exchange's user turn.
+            let selected_pair = |user: usize, _chosen_end: usize| -> bool {
                 let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
-                let end = (user + 1..msgs.len())
-                    .find(|&k| msgs[k].role == Role::User)
-                    .unwrap_or(msgs.len());
-                cfg.in_window(msgs[user].timestamp.or(session.started_at))
-                    && is_new(index, &msgs[user..chosen_end])
-                    && !(dedupe && seen.contains(&fingerprint(&msgs[user..end])))
+                selected.get(index).copied().unwrap_or(false)
             };
             let outcome = dpo::pairs(
                 &rebuilt,
@@ -566,16 +669,13 @@ fn manifest(
     let files: serde_json::Map<String, Value> = w
         .files
         .iter()
-        .map(|(name, bytes, lines)| (name.clone(), json!({"lines": lines, "bytes": bytes})))
+        .map(|(name, c)| (name.clone(), json!({"lines": c.lines, "bytes": c.bytes})))
         .collect();
     json!({
         "tool": "hermes-harvest",
         "version": env!("CARGO_PKG_VERSION"),
-        "format": match (cfg.format, cfg.dpo_style) {
-            (Format::Sft, _) => "sft",
-            (Format::Dpo, DpoStyle::Conversational) => "dpo",
-            (Format::Dpo, DpoStyle::Flat) => "dpo-flat",
-        },
+        "format": coverage::format_name(cfg),
+        "cumulative": cfg.state.is_some(),
         "flags": std::env::args().skip(1).collect::<Vec<_>>(),
         "sources": sources,
         "counts": {

@@ -7,7 +7,9 @@ fn main() -> ExitCode {
     match hermes_harvest::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("hermes-harvest: {err:#}");
+            // Server text and stored ids can hold terminal escapes.
+            let text = format!("{err:#}");
+            eprintln!("hermes-harvest: {}", hermes_harvest::report::clean(&text));
             ExitCode::from(hermes_harvest::exit::code_of(&err))
         }
     }

@@ -5,7 +5,10 @@
 //! into place only when the run succeeds, so a crash or kill leaves the
 //! previous files intact. With `--state` the files are cumulative: a run
 //! starts from the committed bytes of each file (see `state`) and appends
-//! only what is new.
+//! only what is new. Before a cumulative file is cut back to its committed
+//! length, its committed tail is checked against the hash the state
+//! recorded: a file changed by someone else (another export, a hand edit)
+//! is refused, never cut in the middle of a line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -14,9 +17,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tempfile::TempPath;
 
-use crate::config::OutTarget;
+use crate::exit::{self, Failure};
+use crate::paths::Dest;
 use crate::sink::{Stdout, persist, sync_dir, temp_beside};
-use crate::state::RunState;
+use crate::state::{Committed, RunState, TAIL_BYTES};
 
 /// Trainers' usual batch size: mlx-lm refuses a split with fewer rows.
 pub const MIN_VALID_LINES: u64 = 4;
@@ -32,9 +36,21 @@ pub fn stable_hash(s: &str) -> u64 {
     h
 }
 
-/// A session's place in [0, 1) for the split.
+/// How sessions are split (recorded in the state's output identity).
+pub const SPLIT: &str = "fnv1a-fmix64";
+
+/// A session's place in [0, 1) for the split. FNV-1a alone mixes its high
+/// bits poorly for ids that differ only at the end (`nexus-world-0001`,
+/// `…0002`), so the whole 64-bit hash goes through a finalizer (MurmurHash3's
+/// fmix64) before its top 53 bits are taken.
 fn split_point(session: &str) -> f64 {
-    (stable_hash(session) >> 11) as f64 / (1u64 << 53) as f64
+    let mut h = stable_hash(session);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 struct FileOut {
@@ -50,35 +66,55 @@ struct FileOut {
 }
 
 impl FileOut {
-    /// Snapshot mode (`keep` is `None`): a temporary file beside `target`.
-    /// Cumulative mode: `target` itself, cut back to its committed
-    /// `keep = (bytes, lines)` (dropping the tail a killed run may have
-    /// left) and appended to.
-    fn open(target: &Path, name: &str, keep: Option<(u64, u64)>) -> Result<FileOut> {
-        let (file, temp, base_bytes, base_lines) = match keep {
-            None => {
-                let (file, path) = temp_beside(target)?.into_parts();
-                (file, Some(path), 0, 0)
+    /// Snapshot mode (`cumulative` is false): a temporary file beside
+    /// `target`. Cumulative mode: `target` itself, checked against and cut
+    /// back to its committed state `keep` (dropping the tail a killed run
+    /// may have left), and appended to.
+    fn open(
+        target: &Path,
+        name: &str,
+        cumulative: bool,
+        keep: Option<&Committed>,
+    ) -> Result<FileOut> {
+        let (file, temp, base_bytes, base_lines) = if !cumulative {
+            let (file, path) = temp_beside(target)?.into_parts();
+            (file, Some(path), 0, 0)
+        } else {
+            let mut opts = OpenOptions::new();
+            opts.read(true).write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+                opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
             }
-            Some((bytes, lines)) => {
-                let mut opts = OpenOptions::new();
-                opts.read(true).write(true).create(true).truncate(false);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                let mut file = opts
-                    .open(target)
-                    .with_context(|| format!("opening {}", target.display()))?;
-                let len = file.metadata()?.len();
-                if len < bytes {
-                    anyhow::bail!(
-                        "{} holds {len} bytes but the state file committed {bytes}: it was changed by someone else; restore it or start a new state file",
-                        target.display()
-                    );
+            let mut file = opts
+                .open(target)
+                .with_context(|| format!("opening {}", target.display()))?;
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Err(refused(format!(
+                    "{} is not a regular file; refusing to write to it",
+                    target.display()
+                )));
+            }
+            let len = meta.len();
+            let (bytes, lines) = match keep {
+                Some(c) => {
+                    check_committed(&mut file, target, len, c)?;
+                    (c.bytes, c.lines)
                 }
-                file.set_len(bytes)?;
-                file.seek(SeekFrom::End(0))?;
-                (file, None, bytes, lines)
-            }
+                None if len > 0 => {
+                    return Err(refused(format!(
+                        "{} already holds {len} bytes that this state file did not write (another export, or another format); a cumulative output needs its own file or an empty directory: move the file away or choose another --out",
+                        target.display()
+                    )));
+                }
+                None => (0, 0),
+            };
+            file.set_len(bytes)?;
+            file.seek(SeekFrom::End(0))?;
+            (file, None, bytes, lines)
         };
         Ok(FileOut {
             name: name.to_string(),
@@ -106,8 +142,8 @@ impl FileOut {
     }
 
     /// Flushes and fsyncs; a snapshot file is then renamed over the target.
-    /// Returns (name, bytes, lines) as now on disk.
-    fn commit(self) -> Result<(String, u64, u64)> {
+    /// Returns the name and the file as now on disk.
+    fn commit(self) -> Result<(String, Committed)> {
         let target = self.target;
         let file = self
             .out
@@ -117,14 +153,62 @@ impl FileOut {
         file.sync_all()
             .with_context(|| format!("syncing {}", target.display()))?;
         let bytes = file.metadata()?.len();
+        let mut file = file;
+        let tail = tail_hash(&mut file, bytes)?;
         drop(file);
         if let Some(temp) = self.temp {
             temp.persist(&target)
                 .with_context(|| format!("replacing {}", target.display()))?;
         }
         sync_dir(&target);
-        Ok((self.name, bytes, self.base_lines + self.new_lines))
+        Ok((
+            self.name,
+            Committed {
+                bytes,
+                lines: self.base_lines + self.new_lines,
+                tail,
+            },
+        ))
     }
+}
+
+fn refused(msg: String) -> anyhow::Error {
+    Failure::new(exit::ERROR, msg).into()
+}
+
+/// Hash of the last [`TAIL_BYTES`] bytes before `end`.
+fn tail_hash(file: &mut File, end: u64) -> Result<String> {
+    let start = end.saturating_sub(TAIL_BYTES);
+    let mut buf = vec![0; (end - start) as usize];
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(&mut buf)?;
+    file.seek(SeekFrom::End(0))?;
+    let text: String = buf.iter().map(|b| *b as char).collect();
+    Ok(format!("{:016x}", stable_hash(&text)))
+}
+
+/// Checks that `file` still starts with what the state committed: at least
+/// that many bytes, ending with a newline, with the same tail.
+fn check_committed(file: &mut File, target: &Path, len: u64, c: &Committed) -> Result<()> {
+    let changed = |why: &str| {
+        refused(format!(
+            "{} does not hold what the state file committed ({why}): it was changed by another export or by hand. Nothing was written; restore it, or start over with a new state file and an empty output",
+            target.display()
+        ))
+    };
+    if len < c.bytes {
+        return Err(changed(&format!("{len} bytes, {} were committed", c.bytes)));
+    }
+    if c.bytes == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(c.bytes - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] != b'\n' || tail_hash(file, c.bytes)? != c.tail {
+        return Err(changed("its committed lines differ"));
+    }
+    Ok(())
 }
 
 /// Lines of one session written to train.jsonl in this run.
@@ -141,8 +225,11 @@ pub struct Output {
     cumulative: bool,
     valid_fraction: f64,
     forced_valid: Vec<String>,
+    forced_train: Vec<String>,
     train_runs: Vec<TrainRun>,
     current: Option<(String, u64, u64)>, // session, start offset, lines so far
+    valid_runs: Vec<TrainRun>,
+    current_valid: Option<(String, u64, u64)>,
 }
 
 enum Kind {
@@ -159,61 +246,64 @@ enum Kind {
 #[derive(Debug, Default, Clone)]
 pub struct Written {
     pub new_lines: u64,
-    /// file name → (bytes, lines) after this run.
-    pub files: Vec<(String, u64, u64)>,
+    /// file name → what it holds after this run.
+    pub files: Vec<(String, Committed)>,
     pub forced_valid: Vec<String>,
+    pub forced_train: Vec<String>,
+    /// Every line reached its destination (false when the reader of a
+    /// pipe went away first).
+    pub delivered: bool,
 }
 
 impl Output {
-    pub fn open(
-        target: &OutTarget,
-        state: Option<&RunState>,
-        valid_fraction: f64,
-    ) -> Result<Output> {
-        let keep = |name: &str| {
-            state.and_then(|s| Some((*s.output_bytes.get(name)?, *s.output_lines.get(name)?)))
-        };
-        let kind = match target {
-            OutTarget::Stdout => Kind::Stdout(Stdout::new()),
-            OutTarget::File(path) => {
+    pub fn open(dest: &Dest, state: Option<&RunState>, valid_fraction: f64) -> Result<Output> {
+        let cumulative = state.is_some();
+        let keep = |name: &str| state.and_then(|s| s.outputs.get(name));
+        let kind = match dest {
+            Dest::Stdout => Kind::Stdout(Stdout::new()),
+            Dest::Special(path) => {
+                // Written into like a shell redirection (a FIFO, a terminal,
+                // /dev/stdout): never replaced, never cut back.
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                Kind::Stdout(Stdout::on(Box::new(file), path.display().to_string()))
+            }
+            Dest::File(path) => {
                 let name = path
                     .file_name()
                     .and_then(|n| n.to_str())
                     .unwrap_or("out.jsonl")
                     .to_string();
-                Kind::File(FileOut::open(path, &name, keep(&name))?)
+                let keep = keep(&name);
+                Kind::File(FileOut::open(path, &name, cumulative, keep)?)
             }
-            OutTarget::Dir(dir) => {
-                if !dir.exists() {
-                    let mut b = std::fs::DirBuilder::new();
-                    b.recursive(true);
-                    #[cfg(unix)]
-                    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-                    b.create(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                }
+            Dest::Dir(dir) => {
+                crate::safe_io::create_private_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let file = |name: &str| -> Result<FileOut> {
+                    let path = dir.join(name);
+                    crate::safe_io::check_managed_file(&path).map_err(refused)?;
+                    FileOut::open(&path, name, cumulative, keep(name))
+                };
                 Kind::Dir {
                     dir: dir.clone(),
-                    train: FileOut::open(
-                        &dir.join("train.jsonl"),
-                        "train.jsonl",
-                        keep("train.jsonl"),
-                    )?,
-                    valid: FileOut::open(
-                        &dir.join("valid.jsonl"),
-                        "valid.jsonl",
-                        keep("valid.jsonl"),
-                    )?,
+                    train: file("train.jsonl")?,
+                    valid: file("valid.jsonl")?,
                 }
             }
         };
         Ok(Output {
             kind,
-            cumulative: state.is_some(),
+            cumulative,
             valid_fraction,
             forced_valid: state.map(|s| s.forced_valid.clone()).unwrap_or_default(),
+            forced_train: state.map(|s| s.forced_train.clone()).unwrap_or_default(),
             train_runs: Vec::new(),
             current: None,
+            valid_runs: Vec::new(),
+            current_valid: None,
         })
     }
 
@@ -222,6 +312,9 @@ impl Output {
     }
 
     fn is_valid(&self, session: &str) -> bool {
+        if self.forced_train.iter().any(|s| s == session) {
+            return false;
+        }
         split_point(session) < self.valid_fraction || self.forced_valid.iter().any(|s| s == session)
     }
 
@@ -235,6 +328,17 @@ impl Output {
                 train, valid: v, ..
             } => {
                 if valid {
+                    if self
+                        .current_valid
+                        .as_ref()
+                        .is_none_or(|(s, _, _)| s != session)
+                    {
+                        Self::close_run(&mut self.current_valid, &mut self.valid_runs, v)?;
+                        self.current_valid = Some((session.to_string(), v.offset()?, 0));
+                    }
+                    if let Some(cur) = self.current_valid.as_mut() {
+                        cur.2 += 1;
+                    }
                     return v.line(line);
                 }
                 if self.current.as_ref().is_none_or(|(s, _, _)| s != session) {
@@ -244,7 +348,12 @@ impl Output {
                 if let Some(cur) = self.current.as_mut() {
                     cur.2 += 1;
                 }
-                train.line(line)
+                train.line(line)?;
+                if train.new_lines == crate::stall::MID_OUTPUT_LINES {
+                    train.out.flush()?;
+                    crate::stall::point("mid-output");
+                }
+                Ok(())
             }
         }
     }
@@ -286,8 +395,11 @@ impl Output {
         let nothing_new = self.new_lines() == 0;
         match self.kind {
             Kind::Stdout(sink) => {
-                sink.finish()?;
-                Ok(Some(Written::default()))
+                let delivered = sink.finish()?;
+                Ok(Some(Written {
+                    delivered,
+                    ..Written::default()
+                }))
             }
             Kind::File(f) => {
                 if self.cumulative && nothing_new {
@@ -297,6 +409,7 @@ impl Output {
                 Ok(Some(Written {
                     new_lines,
                     files: vec![f.commit()?],
+                    delivered: true,
                     ..Written::default()
                 }))
             }
@@ -309,16 +422,22 @@ impl Output {
                     return Ok(None);
                 }
                 Self::close_run(&mut self.current, &mut self.train_runs, &mut train)?;
+                Self::close_run(&mut self.current_valid, &mut self.valid_runs, &mut valid)?;
                 let moved = ensure_valid_batch(&mut train, &mut valid, &mut self.train_runs)?;
                 self.forced_valid.extend(moved);
+                let moved = ensure_train_not_empty(&mut valid, &mut train, &self.valid_runs)?;
+                self.forced_train.extend(moved);
                 let mut w = Written {
                     new_lines: train.new_lines + valid.new_lines,
                     forced_valid: self.forced_valid.clone(),
+                    forced_train: self.forced_train.clone(),
+                    delivered: true,
                     ..Written::default()
                 };
                 for f in [train, valid] {
                     w.files.push(f.commit()?);
                 }
+                crate::stall::point("outputs-committed");
                 let target = dir.join("manifest.json");
                 let mut tmp = temp_beside(&target)?;
                 tmp.write_all(&manifest(&w)?)?;
@@ -327,6 +446,54 @@ impl Output {
             }
         }
     }
+}
+
+/// When train.jsonl would stay empty while valid.jsonl got lines of at
+/// least two sessions in this run, moves the session with the highest split
+/// point (lines of this run only) to train, so both splits hold data.
+fn ensure_train_not_empty(
+    valid: &mut FileOut,
+    train: &mut FileOut,
+    runs: &[TrainRun],
+) -> Result<Vec<String>> {
+    let sessions: std::collections::BTreeSet<&str> =
+        runs.iter().map(|r| r.session.as_str()).collect();
+    if train.base_lines + train.new_lines > 0 || sessions.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let pick = runs
+        .iter()
+        .max_by(|a, b| a.point.total_cmp(&b.point).then(a.session.cmp(&b.session)))
+        .map(|r| r.session.clone())
+        .expect("runs is not empty");
+    valid.out.flush()?;
+    let file = valid.out.get_mut();
+    let mut kept = Vec::new();
+    let mut moved = Vec::new();
+    let mut kept_lines = 0;
+    for run in runs {
+        let mut chunk = vec![0; (run.end - run.start) as usize];
+        file.seek(SeekFrom::Start(run.start))?;
+        file.read_exact(&mut chunk)?;
+        if run.session == pick {
+            moved.push(chunk);
+        } else {
+            kept_lines += run.lines;
+            kept.push(chunk);
+        }
+    }
+    file.set_len(valid.base_bytes)?;
+    file.seek(SeekFrom::Start(valid.base_bytes))?;
+    for chunk in &kept {
+        valid.out.write_all(chunk)?;
+    }
+    valid.new_lines = kept_lines;
+    for chunk in &moved {
+        for l in chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            train.line(l)?;
+        }
+    }
+    Ok(vec![pick])
 }
 
 /// When valid.jsonl would hold fewer than a batch of lines but there is
@@ -339,7 +506,14 @@ fn ensure_valid_batch(
 ) -> Result<Vec<String>> {
     let valid_total = valid.base_lines + valid.new_lines;
     let total = valid_total + train.base_lines + train.new_lines;
-    if valid_total >= MIN_VALID_LINES || total < 2 * MIN_VALID_LINES || runs.is_empty() {
+    // A full batch when there is enough data for two; else at least one
+    // session, so that both splits hold data.
+    let want = if total >= 2 * MIN_VALID_LINES {
+        MIN_VALID_LINES
+    } else {
+        1
+    };
+    if valid_total >= want || total < 2 || runs.is_empty() {
         return Ok(Vec::new());
     }
     let mut order: Vec<usize> = (0..runs.len()).collect();
@@ -349,10 +523,11 @@ fn ensure_valid_batch(
             .total_cmp(&runs[b].point)
             .then(runs[a].session.cmp(&runs[b].session))
     });
-    let mut need = MIN_VALID_LINES - valid_total;
+    let mut need = want - valid_total;
     let mut moving = vec![false; runs.len()];
-    for i in order {
-        if need == 0 {
+    for (moved_runs, i) in order.into_iter().enumerate() {
+        if need == 0 || (train.base_lines == 0 && moved_runs + 1 == runs.len()) {
+            // Done, or train would be left empty.
             break;
         }
         moving[i] = true;
@@ -391,6 +566,14 @@ fn ensure_valid_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn similar_ids_split_near_the_fraction() {
+        let valid = (0..1000)
+            .filter(|i| split_point(&format!("nexus-world-{i:04}")) < 0.05)
+            .count();
+        assert!((30..=70).contains(&valid), "{valid} of 1000 below 0.05");
+    }
 
     #[test]
     fn hash_is_stable() {

@@ -15,61 +15,230 @@ use serde_json::Value;
 use crate::model::Message;
 use crate::sampled_hash::BuildSampled;
 
+/// How a match of a pattern is checked and replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// The whole match is the secret.
+    Whole,
+    /// A provider key `prefix + body`: the body may be wrapped over lines
+    /// (a line break followed by more key characters) and must hold at
+    /// least `min` characters; group 1, if any, is kept (`bot` of a Bot API
+    /// URL).
+    Key { min: usize },
+    /// `Bearer <token>`: the word as written is kept, and the token must
+    /// look like one (16+ characters with a digit, a symbol or mixed case),
+    /// so "standard bearer responsibilities" stays.
+    Bearer,
+    /// Group 1 is kept, group 2 is the secret.
+    Keep1,
+    /// A bare 40-character AWS secret access key: upper, lower and digits.
+    AwsSecret,
+}
+
 /// Secret shapes of the common providers. Order matters: more specific
 /// shapes come first so they name the kind.
-const PATTERNS: &[(&str, &str)] = &[
+const PATTERNS: &[(&str, &str, Rule)] = &[
     (
         "private_key",
-        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----",
+        // With its END line, or (cut off) the base64 and header lines that
+        // follow the BEGIN line; PGP blocks too.
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|(?:[ \t]*(?:\r?\n|\\n)[ \t]*(?:[A-Za-z0-9+/=]+|[A-Za-z-]+: [^\r\n]*)?)*)",
+        Rule::Whole,
     ),
-    ("anthropic_key", r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}"),
-    ("openrouter_key", r"(?-u:\b)sk-or-v1-[A-Za-z0-9]{32,}"),
+    (
+        "anthropic_key",
+        r"(?-u:\b)sk-ant-(?:[A-Za-z0-9_-]|\r?\n)+",
+        Rule::Key { min: 20 },
+    ),
+    (
+        "openrouter_key",
+        r"(?-u:\b)sk-or-v1-(?:[A-Za-z0-9]|\r?\n)+",
+        Rule::Key { min: 32 },
+    ),
     (
         "openai_key",
-        r"(?-u:\b)sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}",
+        r"(?-u:\b)sk-(?:proj-|svcacct-|admin-)?(?:[A-Za-z0-9_-]|\r?\n)+",
+        Rule::Key { min: 20 },
     ),
     (
         "github_token",
-        r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
+        r"(?-u:\b)(?:gh[pousr]_|github_pat_)(?:[A-Za-z0-9_]|\r?\n)+",
+        Rule::Key { min: 22 },
     ),
-    ("google_api_key", r"(?-u:\b)AIza[0-9A-Za-z_-]{35}"),
-    ("google_oauth_secret", r"(?-u:\b)GOCSPX-[A-Za-z0-9_-]{20,}"),
+    (
+        "google_api_key",
+        r"(?-u:\b)AIza(?:[0-9A-Za-z_-]|\r?\n)+",
+        Rule::Key { min: 35 },
+    ),
+    (
+        "google_oauth_secret",
+        r"(?-u:\b)GOCSPX-(?:[A-Za-z0-9_-]|\r?\n)+",
+        Rule::Key { min: 20 },
+    ),
     (
         "aws_access_key",
         r"(?-u:\b)(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)",
+        Rule::Whole,
     ),
-    ("slack_token", r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,}"),
-    ("huggingface_token", r"(?-u:\b)hf_[A-Za-z0-9]{30,}"),
-    ("groq_key", r"(?-u:\b)gsk_[A-Za-z0-9]{40,}"),
-    ("xai_key", r"(?-u:\b)xai-[A-Za-z0-9]{40,}"),
+    (
+        "aws_secret_key",
+        r#"(?i)((?:aws_?)?secret_?access_?key["']?\s*[:=]\s*["']?)([A-Za-z0-9/+]{40})"#,
+        Rule::Keep1,
+    ),
+    (
+        "aws_secret_key",
+        r"(^|[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})(?:$|[^A-Za-z0-9/+=])",
+        Rule::AwsSecret,
+    ),
+    (
+        "slack_token",
+        r"(?-u:\b)xox[abprs]-(?:[A-Za-z0-9-]|\r?\n)+",
+        Rule::Key { min: 10 },
+    ),
+    (
+        "huggingface_token",
+        r"(?-u:\b)hf_(?:[A-Za-z0-9]|\r?\n)+",
+        Rule::Key { min: 30 },
+    ),
+    (
+        "groq_key",
+        r"(?-u:\b)gsk_(?:[A-Za-z0-9]|\r?\n)+",
+        Rule::Key { min: 40 },
+    ),
+    (
+        "xai_key",
+        r"(?-u:\b)xai-(?:[A-Za-z0-9]|\r?\n)+",
+        Rule::Key { min: 40 },
+    ),
     (
         "stripe_key",
-        r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{20,}",
+        r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_(?:[A-Za-z0-9]|\r?\n)+",
+        Rule::Key { min: 20 },
     ),
     (
         "telegram_bot_token",
-        r"(?-u:\b)[0-9]{8,10}:[A-Za-z0-9_-]{35}(?-u:\b)",
+        // Also inside Bot API URLs (`/bot<token>/sendMessage`), and ending
+        // in `-` or `_`.
+        r"(?-u:\b)(bot)?[0-9]{8,10}:(?:[A-Za-z0-9_-]|\r?\n)+",
+        Rule::Key { min: 35 },
     ),
     (
         "jwt",
         r"(?-u:\b)eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
+        Rule::Whole,
     ),
-    ("bearer", r"(?i)(?-u:\b)bearer\s+[A-Za-z0-9._~+/=-]{16,}"),
+    (
+        "basic_auth",
+        r#"(?i)((?:proxy-)?authorization["']?\s*[:=]\s*["']?\s*basic\s+)([A-Za-z0-9+/=._~-]{4,})"#,
+        Rule::Keep1,
+    ),
+    (
+        "bearer",
+        r"(?i)(?-u:\b)(bearer\s+)([A-Za-z0-9._~+/=-]{16,})",
+        Rule::Bearer,
+    ),
+    (
+        "url_credentials",
+        // scheme://user:password@ (https, postgres, redis, amqp...)
+        r"(?i)((?-u:\b)[a-z][a-z0-9+.-]{1,20}://)[^\s:/?#@\[\]]*:[^\s/?#@]+@",
+        Rule::Keep1,
+    ),
 ];
 
-/// Names of settings whose values are secrets.
+/// Word in a setting's name that makes its value a credential when it is
+/// the last word (`API_SERVER_KEY`, `bot_token`, `db_password`); `key`
+/// counts unless the word before says otherwise (`sort_key`).
+const CREDENTIAL_WORDS: &[&str] = &[
+    "key",
+    "apikey",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "credential",
+    "credentials",
+    "pat",
+    "auth",
+];
+
+/// Words before `key` that name something that is not a secret.
+const NOT_SECRET_KEYS: &[&str] = &[
+    "sort",
+    "primary",
+    "foreign",
+    "unique",
+    "partition",
+    "group",
+    "cache",
+    "dedup",
+    "dedupe",
+    "lookup",
+    "index",
+    "map",
+    "hash",
+    "join",
+    "order",
+    "row",
+    "type",
+    "name",
+    "id",
+    "public",
+    "hot",
+    "short",
+    "shortcut",
+    "keyboard",
+    "sequence",
+    "shard",
+    "routing",
+    "idempotency",
+];
+
+/// Shortest configured value that is redacted; shorter ones are counted
+/// as skipped (they would hit ordinary words).
+pub const MIN_SECRET_LEN: usize = 6;
+
+/// Whether a setting named `name` holds a credential: its name, split into
+/// words (`_`, `-`, `.`, camelCase), ends with a credential word.
 fn secret_setting(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    ["key", "token", "secret", "password", "passwd", "credential"]
-        .iter()
-        .any(|w| n.contains(w))
+    let mut words: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() {
+            if !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+            prev_lower = false;
+            continue;
+        }
+        if c.is_ascii_uppercase() && prev_lower && !cur.is_empty() {
+            words.push(std::mem::take(&mut cur));
+        }
+        prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        cur.push(c.to_ascii_lowercase());
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let Some(last) = words.last() else {
+        return false;
+    };
+    if !CREDENTIAL_WORDS.contains(&last.as_str()) {
+        return false;
+    }
+    if last == "key" && words.len() >= 2 {
+        return !NOT_SECRET_KEYS.contains(&words[words.len() - 2].as_str());
+    }
+    true
 }
 
 pub struct Redactor {
     /// Every pattern (secrets, configured literals, home paths) in one set:
     /// a string that matches none of them is scanned once and left alone.
     any: RegexSet,
-    patterns: Vec<(&'static str, Regex)>,
+    patterns: Vec<(&'static str, Regex, Rule)>,
     /// The exact secret values from `.env` and `config.yaml`.
     literals: Option<Regex>,
     home_path: Regex,
@@ -77,6 +246,10 @@ pub struct Redactor {
     /// Long texts that repeat across sessions (system prompts): their
     /// redaction and what it counted.
     cache: HashMap<String, Cached, BuildSampled>,
+    /// Credential settings whose values are too short to redact safely.
+    pub skipped_short: usize,
+    /// Settings files that could not be read (FIFO, too large...).
+    pub problems: Vec<String>,
 }
 
 /// What one redaction counted, per kind.
@@ -87,23 +260,50 @@ type Cached = (Option<String>, Counted);
 /// Distinct repeated texts remembered at most (about 12 MB of prompts).
 const CACHE_ENTRIES: usize = 1024;
 
-const HOME_PATH: &str = r"(^|[^A-Za-z0-9._/~-])/(?:Users|home)/[A-Za-z0-9._-]+";
+const HOME_PATH: &str = r"(^|[^A-Za-z0-9._/~-]|file://)/(?:Users|home)/[A-Za-z0-9._-]+";
 
 impl Redactor {
     /// Patterns plus the secret values configured under `home` (if given).
     pub fn new(home: Option<&Path>) -> Redactor {
-        let patterns: Vec<(&'static str, Regex)> = PATTERNS
+        let patterns: Vec<(&'static str, Regex, Rule)> = PATTERNS
             .iter()
-            .map(|(kind, re)| (*kind, Regex::new(re).expect("valid built-in pattern")))
+            .map(|(kind, re, rule)| {
+                (
+                    *kind,
+                    Regex::new(re).expect("valid built-in pattern"),
+                    *rule,
+                )
+            })
             .collect();
-        let mut values: Vec<String> = home.map(configured_secrets).unwrap_or_default();
+        let found = home.map(configured_secrets).unwrap_or_default();
+        let mut values = found.values;
         values.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         values.dedup();
+        // At word boundaries: a password "hunter" leaves "hunters" alone.
         let literal_re = (!values.is_empty()).then(|| {
-            let alt: Vec<String> = values.iter().map(|v| regex::escape(v)).collect();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            let alt: Vec<String> = values
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{}{}{}",
+                        if word(v.chars().next()) {
+                            r"(?-u:\b)"
+                        } else {
+                            ""
+                        },
+                        regex::escape(v),
+                        if word(v.chars().last()) {
+                            r"(?-u:\b)"
+                        } else {
+                            ""
+                        },
+                    )
+                })
+                .collect();
             alt.join("|")
         });
-        let mut all: Vec<&str> = PATTERNS.iter().map(|(_, re)| *re).collect();
+        let mut all: Vec<&str> = PATTERNS.iter().map(|(_, re, _)| *re).collect();
         all.push(HOME_PATH);
         if let Some(l) = &literal_re {
             all.push(l);
@@ -115,6 +315,8 @@ impl Redactor {
             home_path: Regex::new(HOME_PATH).expect("valid home pattern"),
             counts: BTreeMap::new(),
             cache: HashMap::default(),
+            skipped_short: found.too_short,
+            problems: found.problems,
         }
     }
 
@@ -133,14 +335,9 @@ impl Redactor {
                 &mut self.counts,
             );
         }
-        for (kind, re) in &self.patterns {
+        for (kind, re, rule) in &self.patterns {
             let src = cur.as_deref().unwrap_or(s);
-            let token = if *kind == "bearer" {
-                format!("Bearer [REDACTED:{kind}]")
-            } else {
-                format!("[REDACTED:{kind}]")
-            };
-            if let Some(new) = replace_counted(re, src, &token, kind, &mut self.counts) {
+            if let Some(new) = replace_rule(re, src, kind, *rule, &mut self.counts) {
                 cur = Some(new);
             }
         }
@@ -248,34 +445,218 @@ fn replace_counted(
     Some(out.into_owned())
 }
 
-/// Secret values set in `HERMES_HOME/.env` and `config.yaml`: values of
-/// settings whose name says key, token, secret or password, at least six
-/// characters long.
-pub fn configured_secrets(home: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for file in [".env", "config.yaml"] {
-        let Ok(text) = std::fs::read_to_string(home.join(file)) else {
-            continue;
+/// Replaces the matches of one pattern under its rule, counting them;
+/// `None` if nothing changed.
+fn replace_rule(
+    re: &Regex,
+    src: &str,
+    kind: &'static str,
+    rule: Rule,
+    counts: &mut BTreeMap<&'static str, usize>,
+) -> Option<String> {
+    let token = format!("[REDACTED:{kind}]");
+    let mut n = 0;
+    let out = re.replace_all(src, |caps: &regex::Captures<'_>| {
+        let whole = caps.get(0).map_or("", |m| m.as_str());
+        let g = |i: usize| caps.get(i).map_or("", |m| m.as_str());
+        let replaced = match rule {
+            Rule::Whole => Some(token.clone()),
+            Rule::Keep1 => Some(format!("{}{token}", g(1))),
+            Rule::Bearer => looks_like_token(g(2)).then(|| format!("{}{token}", g(1))),
+            Rule::AwsSecret => {
+                let key = g(2);
+                let has = |f: fn(&char) -> bool| key.chars().any(|c| f(&c));
+                (has(char::is_ascii_uppercase)
+                    && has(char::is_ascii_lowercase)
+                    && has(char::is_ascii_digit)
+                    && !key.contains("//"))
+                .then(|| {
+                    let after = &whole[g(1).len() + key.len()..];
+                    format!("{}{token}{after}", g(1))
+                })
+            }
+            Rule::Key { min } => {
+                let kept = g(1);
+                let rest = &whole[kept.len()..];
+                let (key, tail) = split_wrapped_key(rest);
+                let body = key.chars().filter(|c| !matches!(c, '\r' | '\n')).count();
+                (body >= min + prefix_len(key)).then(|| format!("{kept}{token}{tail}"))
+            }
         };
+        match replaced {
+            Some(r) => {
+                n += 1;
+                r
+            }
+            None => whole.to_string(),
+        }
+    });
+    if n == 0 {
+        return None;
+    }
+    *counts.entry(kind).or_default() += n;
+    Some(out.into_owned())
+}
+
+/// Characters of a key's fixed prefix (`sk-proj-`, `ghp_`, `123456789:`),
+/// which do not count towards its minimum length.
+fn prefix_len(key: &str) -> usize {
+    if let Some((digits, _)) = key.split_once(':')
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return digits.len() + 1;
+    }
+    for p in [
+        "sk-ant-",
+        "sk-or-v1-",
+        "sk-proj-",
+        "sk-svcacct-",
+        "sk-admin-",
+        "github_pat_",
+        "GOCSPX-",
+        "sk_live_",
+        "sk_test_",
+        "rk_live_",
+        "rk_test_",
+        "pk_live_",
+        "pk_test_",
+        "sk-",
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "AIza",
+        "xoxa-",
+        "xoxb-",
+        "xoxp-",
+        "xoxr-",
+        "xoxs-",
+        "hf_",
+        "gsk_",
+        "xai-",
+    ] {
+        if key.starts_with(p) {
+            return p.len();
+        }
+    }
+    0
+}
+
+/// Splits a key match that may run over line breaks into the key and what
+/// follows it: a later line continues the key only when it looks like one
+/// (a digit, an inner capital, `_` or `-`), not like the next word of
+/// prose. Trailing line breaks are never part of the key.
+fn split_wrapped_key(m: &str) -> (&str, &str) {
+    let piece_end = |from: usize| m[from..].find(['\r', '\n']).map_or(m.len(), |i| from + i);
+    let mut end = piece_end(0);
+    loop {
+        let rest = &m[end..];
+        let brk = if rest.starts_with("\r\n") {
+            2
+        } else if rest.starts_with('\n') {
+            1
+        } else {
+            break;
+        };
+        let start = end + brk;
+        let stop = piece_end(start);
+        if stop == start || !looks_like_key_piece(&m[start..stop]) {
+            break;
+        }
+        end = stop;
+    }
+    m.split_at(end)
+}
+
+fn looks_like_key_piece(s: &str) -> bool {
+    !s.is_empty()
+        && (s
+            .chars()
+            .any(|c| c.is_ascii_digit() || c == '_' || c == '-')
+            || s.chars().skip(1).any(|c| c.is_ascii_uppercase()))
+}
+
+/// A bearer token, not a word: long, with a digit, a symbol or mixed case.
+fn looks_like_token(t: &str) -> bool {
+    t.len() >= 16
+        && (t
+            .chars()
+            .any(|c| c.is_ascii_digit() || "._~+/=-".contains(c))
+            || (t.chars().any(|c| c.is_ascii_uppercase())
+                && t.chars().any(|c| c.is_ascii_lowercase())))
+}
+
+/// The credential values configured under a Hermes home.
+#[derive(Debug, Default)]
+pub struct Configured {
+    pub values: Vec<String>,
+    /// Credential settings with a value shorter than [`MIN_SECRET_LEN`].
+    pub too_short: usize,
+    /// Files that could not be read.
+    pub problems: Vec<String>,
+}
+
+/// Secret values set in `HERMES_HOME/.env` and `config.yaml`: values of
+/// settings that are credentials (see [`secret_setting`]), at least
+/// [`MIN_SECRET_LEN`] characters long; spaces are allowed (quoted `.env`
+/// values). The files are read only if they are regular and small.
+pub fn configured_secrets(home: &Path) -> Configured {
+    let mut out = Configured::default();
+    let take = |out: &mut Configured, name: &str, value: &str| {
+        let value = value.trim();
+        if !secret_setting(name)
+            || value.is_empty()
+            || matches!(
+                value.to_ascii_lowercase().as_str(),
+                "true" | "false" | "null" | "none" | "~" | "yes" | "no"
+            )
+            || (value.starts_with("${") && value.ends_with('}'))
+        {
+            return;
+        }
+        if value.chars().count() < MIN_SECRET_LEN {
+            out.too_short += 1;
+        } else {
+            out.values.push(value.to_string());
+        }
+    };
+    for file in [".env", "config.yaml"] {
+        let path = home.join(file);
+        let text = match crate::safe_io::read_optional(&path, crate::safe_io::MAX_SETTINGS_BYTES) {
+            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(None) => continue,
+            Err(e) => {
+                out.problems.push(format!(
+                    "{}: {e}; its secrets cannot be redacted",
+                    path.display()
+                ));
+                continue;
+            }
+        };
+        if file == ".env" {
+            for (name, value) in crate::send::config::parse_dotenv(&text) {
+                take(&mut out, &name, &value);
+            }
+            continue;
+        }
         for line in text.lines() {
             let line = line.trim();
             if line.starts_with('#') {
                 continue;
             }
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let Some((name, value)) = line.split_once('=').or_else(|| line.split_once(':')) else {
+            let line = line.strip_prefix("- ").unwrap_or(line);
+            let Some((name, value)) = line.split_once(':') else {
                 continue;
             };
-            let name = name.trim().trim_start_matches("- ");
             let value = value.split(" #").next().unwrap_or_default().trim();
-            let value = value.trim_matches(|c| c == '"' || c == '\'');
-            if secret_setting(name)
-                && value.len() >= 6
-                && !matches!(value, "true" | "false" | "null" | "none")
-                && !value.contains(char::is_whitespace)
-            {
-                out.push(value.to_string());
-            }
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(value);
+            take(&mut out, name.trim(), value);
         }
     }
     out
@@ -356,6 +737,140 @@ mod tests {
             assert_eq!(out, text);
             assert!(counts.is_empty(), "{text}: {counts:?}");
         }
+    }
+
+    #[test]
+    fn leaks_of_issue_11_are_caught() {
+        let cases = [
+            (
+                "curl https://api.telegram.org/bot7012345678:AAFakeFixtureTokenNotReal-0123456789ab/sendMessage",
+                "telegram_bot_token",
+                "AAFakeFixture",
+            ),
+            (
+                "token 7012345678:AAFakeFixtureTokenNotReal-01234567-_ end",
+                "telegram_bot_token",
+                "AAFakeFixture",
+            ),
+            (
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQyNTUxOQAAACDxyz",
+                "private_key",
+                "b3BlbnNz",
+            ),
+            (
+                "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\nlQOYBF0secretPGPbody\n=abcd\n-----END PGP PRIVATE KEY BLOCK-----",
+                "private_key",
+                "secretPGPbody",
+            ),
+            (
+                "key: sk-proj-abcdefghij0123456789ABCD\nEFGHIJ0123456789wrapped\nand then prose",
+                "openai_key",
+                "wrapped",
+            ),
+            ("open file:///home/alex/notes.txt", "home_path", "alex"),
+            (
+                "db postgres://admin:hunter2secret@db.local:5432/x",
+                "url_credentials",
+                "hunter2secret",
+            ),
+            (
+                "fetch https://user:pa55word@example.com/",
+                "url_credentials",
+                "pa55word",
+            ),
+            (
+                "Authorization: Basic dXNlcjpwYXNzd29yZA==",
+                "basic_auth",
+                "dXNlcjpw",
+            ),
+            (
+                "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                "aws_secret_key",
+                "wJalrXUtnFEMI",
+            ),
+            (
+                "the secret is wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY.",
+                "aws_secret_key",
+                "wJalrXUtnFEMI",
+            ),
+        ];
+        for (text, kind, secret) in cases {
+            let (out, counts) = red(text);
+            assert!(counts.contains_key(kind), "{kind} not counted: {out}");
+            assert!(!out.contains(secret), "{kind} leaked: {out}");
+        }
+        let (out, _) = red("key: sk-proj-abcdefghij0123456789ABCD\nand then prose");
+        assert!(out.ends_with("\nand then prose"), "{out}");
+        let (out, _) = red(
+            "https://api.telegram.org/bot7012345678:AAFakeFixtureTokenNotReal-0123456789ab/sendMessage",
+        );
+        assert!(
+            out.contains("/bot[REDACTED:telegram_bot_token]/sendMessage"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn ordinary_words_are_not_redacted() {
+        for text in [
+            "standard bearer responsibilities",
+            "basic understanding of the problem",
+            "a git sha 0123456789abcdef0123456789abcdef01234567 here",
+            "see https://example.com/path and mailto:someone@example.com",
+        ] {
+            let (out, counts) = red(text);
+            assert_eq!(out, text, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn settings_are_credentials_by_name() {
+        for yes in [
+            "API_SERVER_KEY",
+            "key",
+            "api_key",
+            "TELEGRAM_BOT_TOKEN",
+            "db_password",
+            "clientSecret",
+            "OPENAI_API_KEY",
+        ] {
+            assert!(secret_setting(yes), "{yes}");
+        }
+        for no in [
+            "max_tokens",
+            "sort_key",
+            "timestamp",
+            "model",
+            "keyboard_layout",
+            "API_SERVER_KEY_FILE",
+            "public_key",
+            "token_budget",
+        ] {
+            assert!(!secret_setting(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn configured_values_respect_words_and_spaces() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "DB_PASSWORD=hunter\nPHRASE_SECRET=\"correct horse battery\"\nPIN_CODE=abc\nPIN_TOKEN=1234\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            "model:\n  max_tokens: 100000\n  sort_key: timestamp\n",
+        )
+        .unwrap();
+        let mut r = Redactor::new(Some(dir.path()));
+        assert_eq!(r.skipped_short, 1, "PIN_TOKEN=1234 is too short");
+        let text = "hunters hunt; hunter! said correct horse battery at timestamp 100000";
+        let out = r.text(text).unwrap();
+        assert_eq!(
+            out,
+            "hunters hunt; [REDACTED:configured_secret]! said [REDACTED:configured_secret] at timestamp 100000"
+        );
     }
 
     #[test]

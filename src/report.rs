@@ -60,7 +60,7 @@ impl Report {
     /// fail with `--strict`.
     pub fn input_problem(&mut self, what: impl std::fmt::Display) -> Result<()> {
         if self.strict {
-            bail!("{what} (--strict)");
+            bail!("{} (--strict)", clean(&what.to_string()));
         }
         self.partial = true;
         *self.skipped.entry("unreadable_input").or_default() += 1;
@@ -71,15 +71,19 @@ impl Report {
     /// A warning that does not make the run partial.
     pub fn warn(&self, what: impl std::fmt::Display) {
         if !self.quiet {
+            let text = what.to_string();
+            let text = clean(&text);
             self.bar
-                .suspend(|| eprintln!("hermes-harvest: warning: {what}"));
+                .suspend(|| eprintln!("hermes-harvest: warning: {text}"));
         }
     }
 
     /// A line of information (summary), hidden by `--quiet`.
     pub fn info(&self, what: impl std::fmt::Display) {
         if !self.quiet {
-            self.bar.suspend(|| eprintln!("hermes-harvest: {what}"));
+            let text = what.to_string();
+            let text = clean(&text);
+            self.bar.suspend(|| eprintln!("hermes-harvest: {text}"));
         }
     }
 
@@ -96,6 +100,26 @@ impl Report {
     pub fn read_session(&mut self, store: &'static str) {
         *self.sessions_read.entry(store).or_default() += 1;
     }
+}
+
+/// Text for the terminal: control characters (ANSI escapes, OSC titles,
+/// carriage returns, C1 controls) and bidirectional overrides from stored
+/// data or a server are shown escaped, never sent raw.
+pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `a=1 b=2`, or `none` for an empty map.

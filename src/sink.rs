@@ -23,7 +23,8 @@ fn dir_of(target: &Path) -> PathBuf {
 /// it), readable by the owner only.
 pub fn temp_beside(target: &Path) -> Result<NamedTempFile> {
     let dir = dir_of(target);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::safe_io::create_private_dir_all(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let tmp = tempfile::Builder::new()
         .prefix(&partial_prefix(target))
         .tempfile_in(&dir)
@@ -69,18 +70,27 @@ pub fn sync_dir(target: &Path) {
     }
 }
 
-/// JSONL on stdout: buffered, and quiet when the reader goes away (a
-/// broken pipe ends the output, not the run).
+/// JSONL on a stream (stdout, or a FIFO or device named by `--out`):
+/// buffered, and quiet when the reader goes away (a broken pipe ends the
+/// output, not the run; [`Stdout::finish`] then says the lines were not
+/// all delivered).
 pub struct Stdout {
-    out: BufWriter<io::Stdout>,
+    out: BufWriter<Box<dyn Write>>,
     closed: bool,
+    what: String,
 }
 
 impl Stdout {
     pub fn new() -> Stdout {
+        Stdout::on(Box::new(io::stdout()), "stdout".to_string())
+    }
+
+    /// A stream into an already opened special file.
+    pub fn on(out: Box<dyn Write>, what: String) -> Stdout {
         Stdout {
-            out: BufWriter::with_capacity(1 << 16, io::stdout()),
+            out: BufWriter::with_capacity(1 << 16, out),
             closed: false,
+            what,
         }
     }
 
@@ -98,17 +108,20 @@ impl Stdout {
                 self.closed = true;
                 Ok(())
             }
-            other => other.context("writing to stdout"),
+            other => other.with_context(|| format!("writing to {}", self.what)),
         }
     }
 
-    pub fn finish(mut self) -> Result<()> {
+    /// Flushes. `Ok(true)` when every line reached the reader, `Ok(false)`
+    /// when the reader closed the pipe first.
+    pub fn finish(mut self) -> Result<bool> {
         if self.closed {
-            return Ok(());
+            return Ok(false);
         }
         match self.out.flush() {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            other => other.context("writing to stdout"),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("writing to {}", self.what)),
+            Ok(()) => Ok(true),
         }
     }
 }

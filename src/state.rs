@@ -3,12 +3,27 @@
 //!
 //! The state file is the commit point of a run: outputs are written and
 //! renamed into place first, then the state is replaced atomically. It
-//! records the byte length of every cumulative output file as committed,
-//! so a run killed after renaming an output but before saving the state
-//! is undone (the file is cut back) by the next run.
+//! records, for every cumulative output file, its committed byte length,
+//! line count and a hash of its committed tail, so a run killed after
+//! writing an output but before saving the state is undone (the file is cut
+//! back) by the next run, and a file that someone else changed is refused
+//! instead of being cut at a byte count that no longer ends a line.
+//!
+//! Coverage rules (a filter never consumes what it did not export):
+//! - `state.db` turns are covered by the watermark (the highest message id
+//!   of the snapshot a committed run read), except those listed in
+//!   [`Pending`]: turns a filter left out (`--since`, `--until`,
+//!   `--min-turns`) and sessions the session filters (`--channel`,
+//!   `--source`, `--session`, `--model`) did not select. They stay
+//!   exportable by a later run whose filters take them.
+//! - Sessions without row ids (response store, session files) are covered by
+//!   the identities of their exported turns, so a file rewritten shorter (an
+//!   undo) does not hide the turns that follow.
+//! - The state belongs to one output (format, style, target, destination);
+//!   any other is refused before a byte changes.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,36 +33,158 @@ use serde::{Deserialize, Serialize};
 use crate::exit::{self, Failure};
 use crate::sink::{persist, temp_beside};
 
-pub const STATE_VERSION: u32 = 1;
+/// Version 2: pending turns, turn identities, output identity and tails.
+pub const STATE_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunState {
     pub version: u32,
-    /// Highest `state.db` message id covered by committed runs.
+    /// What the cumulative outputs are; `None` until the first commit.
+    #[serde(default)]
+    pub identity: Option<OutputIdentity>,
+    /// The session filters of the last committed run (sessions they left
+    /// out are pending; they need a look only when these change).
+    #[serde(default)]
+    pub selection: String,
+    /// Highest `state.db` message id of the snapshot the last committed run
+    /// read.
     pub watermark: i64,
-    /// Sessions without row ids (response store, session files): how many
-    /// exchanges of each were already covered.
+    /// `state.db` sessions with turns at or below the watermark that no
+    /// committed run exported.
     #[serde(default)]
-    pub covered_exchanges: BTreeMap<String, usize>,
-    /// Committed byte length of each cumulative output file (by file name).
+    pub pending: BTreeMap<String, Pending>,
+    /// Sessions without row ids (response store, session files): the
+    /// identities of the turns already covered, sorted.
     #[serde(default)]
-    pub output_bytes: BTreeMap<String, u64>,
-    /// Committed line count of each cumulative output file.
+    pub covered_turns: BTreeMap<String, Vec<u64>>,
+    /// Each cumulative output file as committed (by file name).
     #[serde(default)]
-    pub output_lines: BTreeMap<String, u64>,
+    pub outputs: BTreeMap<String, Committed>,
     /// Sessions moved to valid.jsonl to give it a full batch; they stay there.
     #[serde(default)]
     pub forced_valid: Vec<String>,
+    /// Sessions moved to train.jsonl so that it is not empty; they stay there.
+    #[serde(default)]
+    pub forced_train: Vec<String>,
     /// Successful runs so far.
     #[serde(default)]
     pub runs: u64,
 }
 
+/// The identity of a cumulative output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutputIdentity {
+    /// `sft`, `dpo` or `dpo-flat`.
+    pub format: String,
+    /// `hf` or `openai` (tool-call arguments as objects or strings).
+    pub target: String,
+    /// `-`, or the absolute path of the file or directory.
+    pub out: String,
+    /// How sessions are split between train and valid.
+    pub split: String,
+}
+
+impl OutputIdentity {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({} arguments) into {}",
+            self.format,
+            self.target,
+            if self.out == "-" { "stdout" } else { &self.out }
+        )
+    }
+}
+
+/// A cumulative output file as the last committed run left it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Committed {
+    pub bytes: u64,
+    pub lines: u64,
+    /// Hash of the last (at most [`TAIL_BYTES`]) committed bytes.
+    pub tail: String,
+}
+
+/// Bytes at the end of a committed output that are hashed.
+pub const TAIL_BYTES: u64 = 4096;
+
+/// What a `state.db` session still holds for a later run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Pending {
+    /// The session filters left the session out: every turn whose rows go
+    /// past this message id is still to export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unselected_after: Option<i64>,
+    /// Turns a turn filter left out, as runs of consecutive turns given by
+    /// the message ids of their first and last user rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<(i64, i64)>,
+    /// Time range of those turns (when the user spoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<f64>,
+    /// Some of those turns have no time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untimed: bool,
+    /// Complete turns the session had when `--min-turns` left it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete: Option<usize>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.unselected_after.is_none() && self.turns.is_empty()
+    }
+
+    /// Whether the turn whose first user row is `key` is listed.
+    pub fn has_turn(&self, key: i64) -> bool {
+        self.turns.iter().any(|(a, b)| (*a..=*b).contains(&key))
+    }
+
+    /// Adds a turn (keys arrive in increasing order).
+    pub fn add_turn(&mut self, key: i64, time: Option<f64>, extend: bool) {
+        match self.turns.last_mut() {
+            Some(run) if extend && run.1 < key => run.1 = key,
+            _ => self.turns.push((key, key)),
+        }
+        match time {
+            Some(t) => {
+                self.first = Some(self.first.map_or(t, |f| f.min(t)));
+                self.last = Some(self.last.map_or(t, |l| l.max(t)));
+            }
+            None => self.untimed = true,
+        }
+    }
+
+    /// Merges what another part of the same session left pending.
+    pub fn merge(&mut self, other: Pending) {
+        self.unselected_after = match (self.unselected_after, other.unselected_after) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.turns.extend(other.turns);
+        self.turns.sort_unstable();
+        self.first = [self.first, other.first]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min);
+        self.last = [self.last, other.last]
+            .into_iter()
+            .flatten()
+            .reduce(f64::max);
+        self.untimed |= other.untimed;
+        self.complete = match (self.complete, other.complete) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
 impl RunState {
     pub fn load(path: &Path) -> Result<RunState> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let bytes = match crate::safe_io::read_optional(path, crate::safe_io::MAX_STATE_BYTES) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
                 return Ok(RunState {
                     version: STATE_VERSION,
                     ..RunState::default()
@@ -57,26 +194,37 @@ impl RunState {
                 return Err(e).with_context(|| format!("reading state file {}", path.display()));
             }
         };
-        let state: RunState = serde_json::from_slice(&bytes).with_context(|| {
+        #[derive(Deserialize)]
+        struct Version {
+            version: Option<u32>,
+        }
+        let version = serde_json::from_slice::<Version>(&bytes)
+            .ok()
+            .and_then(|v| v.version);
+        match version {
+            Some(STATE_VERSION) => {}
+            Some(v) if v < STATE_VERSION => bail!(
+                "state file {} was written by an earlier hermes-harvest (state version {v}), whose coverage cannot be carried over safely; move it and its output directory away and run again to start a fresh cumulative export (everything is exported once more)",
+                path.display()
+            ),
+            Some(v) => bail!(
+                "state file {} has version {v}, newer than this tool's {STATE_VERSION}; use the newer hermes-harvest",
+                path.display()
+            ),
+            None => {}
+        }
+        serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "state file {} is not valid; move it away to start over (everything will be exported again)",
                 path.display()
             )
-        })?;
-        if state.version != STATE_VERSION {
-            bail!(
-                "state file {} has version {}, this tool writes {STATE_VERSION}",
-                path.display(),
-                state.version
-            );
-        }
-        Ok(state)
+        })
     }
 
     /// Replaces the state file atomically (owner-only permissions).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tmp = temp_beside(path)?;
-        serde_json::to_writer_pretty(&mut tmp, self)?;
+        serde_json::to_writer(&mut tmp, self)?;
         tmp.write_all(b"\n")?;
         persist(tmp, path)
     }
@@ -96,20 +244,19 @@ impl RunLock {
         name.push(".lock");
         let path = PathBuf::from(name);
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::safe_io::create_private_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut file = opts
-            .open(&path)
+        // Never through a link: a planted one would receive our pid.
+        let mut file = crate::safe_io::open_private_nofollow(&path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                let holder = holder.trim();
+                let mut holder = String::new();
+                let _ =
+                    std::io::Read::read_to_string(&mut std::io::Read::take(&file, 32), &mut holder);
+                let holder: String = holder.trim().chars().filter(char::is_ascii_digit).collect();
                 return Err(Failure::new(
                     exit::LOCKED,
                     format!(

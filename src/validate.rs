@@ -351,6 +351,9 @@ pub fn run(args: &ValidateArgs) -> Result<u8> {
     let (mut lines, mut bad) = (0usize, 0usize);
     let mut buf = Vec::new();
     let mut r = BufReader::new(reader);
+    // A reader that goes away (`| head`) ends the listing, not the check.
+    let mut out = crate::sink::Stdout::new();
+    let file = crate::report::clean(&args.file).into_owned();
     loop {
         buf.clear();
         if r.read_until(b'\n', &mut buf)
@@ -378,14 +381,15 @@ pub fn run(args: &ValidateArgs) -> Result<u8> {
         if !problems.is_empty() {
             bad += 1;
             for p in problems {
-                println!("{}:{lines}: {p}", args.file);
+                let p = crate::report::clean(&p);
+                out.line(format!("{file}:{lines}: {p}").as_bytes())?;
             }
         }
     }
+    out.finish()?;
     if !args.quiet {
         eprintln!(
-            "hermes-harvest: {}: {lines} lines, {bad} with problems{}",
-            args.file,
+            "hermes-harvest: {file}: {lines} lines, {bad} with problems{}",
             checker
                 .shape()
                 .map(|s| format!(" ({})", s.name()))

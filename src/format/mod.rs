@@ -267,7 +267,11 @@ fn check(msgs: &[Message]) -> Option<&'static str> {
                         return Some("broken_tool_call");
                     }
                     if !c.arguments.is_object() {
-                        return Some("bad_tool_arguments");
+                        return Some(if too_deep(&c.arguments) {
+                            "tool_arguments_too_deep"
+                        } else {
+                            "bad_tool_arguments"
+                        });
                     }
                     open.push(&c.id);
                 }
@@ -285,4 +289,34 @@ fn check(msgs: &[Message]) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// Arguments kept as text because the JSON parser's nesting limit (128
+/// levels) refused them.
+fn too_deep(arguments: &Value) -> bool {
+    let Some(s) = arguments.as_str() else {
+        return false;
+    };
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for b in s.bytes() {
+        if in_str {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max >= 128
 }

@@ -175,6 +175,7 @@ impl<'e> Flat<'e> {
 pub fn samples(
     exchanges: &[Exchange<'_>],
     selected: &[bool],
+    copied: &[bool],
     opts: &FormatOptions,
     system: Option<Rc<SystemMsg>>,
     tools: &SessionTools,
@@ -189,6 +190,7 @@ pub fn samples(
         flat: &flat,
         exchanges,
         selected,
+        copied,
         opts,
         system_text: system.as_ref().map(|s| s.text.as_str()),
         tools,
@@ -237,6 +239,8 @@ struct Packer<'p, 'e, 'f> {
     flat: &'p Flat<'e>,
     exchanges: &'p [Exchange<'e>],
     selected: &'p [bool],
+    /// Exchanges exported from another store's copy: never context.
+    copied: &'p [bool],
     opts: &'p FormatOptions,
     system_text: Option<&'p str>,
     tools: &'p SessionTools,
@@ -322,6 +326,7 @@ impl Packer<'_, '_, '_> {
         while start > 0
             && i - start < j - i
             && !self.selected[start - 1]
+            && !self.copied[start - 1]
             && i - start < CONTEXT_EXCHANGES
             && self.flat.ranges[start - 1].1 > self.flat.ranges[start - 1].0
             && self.exchanges[start - 1].problem.is_none()

@@ -164,10 +164,12 @@ pub fn resolve(url_flag: Option<&str>, env: &EnvVars, home: Option<&Path>) -> Re
     Ok(Endpoint { base, key })
 }
 
+/// A settings file: only a regular file, and only a small one (a FIFO or a
+/// link to a device must not hang or flood `send`).
 fn read_optional(path: &Path) -> Result<Option<String>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+    match crate::safe_io::read_optional(path, crate::safe_io::MAX_SETTINGS_BYTES) {
+        Ok(Some(bytes)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Ok(None) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
@@ -201,6 +203,18 @@ pub fn normalize_url(url: &str) -> Result<String> {
     };
     if rest.is_empty() || rest.starts_with('/') {
         bail!("{url:?} has no host");
+    }
+    let uri = ureq::http::Uri::try_from(url)
+        .map_err(|e| anyhow::anyhow!("{url:?} is not a valid URL ({e})"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        bail!("{url:?} has no host");
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if let Some((_, port)) = authority.rsplit_once(':')
+        && !authority.ends_with(']')
+        && port.parse::<u16>().ok().filter(|p| *p != 0).is_none()
+    {
+        bail!("{url:?}: {port:?} is not a port number (1-65535)");
     }
     Ok(url.to_owned())
 }

@@ -102,6 +102,7 @@ pub fn post(endpoint: &Endpoint, session: &str, turn: &str, timeout: Duration) -
         Err(e) => return Err(transport_failure(e, &endpoint.base, timeout, secret).into()),
     };
     let text = reply_text(&raw).map_err(|why| {
+        let raw = redact(&raw, secret);
         Failure::new(
             exit::BAD_REPLY,
             redact(
@@ -207,6 +208,8 @@ fn status_failure(
     secret: Option<&str>,
 ) -> Failure {
     let base = &endpoint.base;
+    // The key goes before the body is cut: a cut key would leave a prefix.
+    let body = &redact(body, secret);
     let said = server_message(body);
     let (code, message) = match status {
         401 | 403 => {

@@ -53,7 +53,11 @@ pub fn run(args: SendArgs) -> Result<u8> {
         && !args.verify
         && !args.quiet
     {
-        eprintln!("hermes-harvest: warning: {e:#}; using the default API server settings");
+        let e = format!("{e:#}");
+        eprintln!(
+            "hermes-harvest: warning: {}; using the default API server settings",
+            crate::report::clean(&e)
+        );
     }
     if let Some(url) = &args.url {
         config::normalize_url(url)
@@ -110,7 +114,7 @@ pub fn run(args: SendArgs) -> Result<u8> {
     );
     if ok {
         if !args.quiet {
-            eprintln!("verified: session {captured_id}");
+            eprintln!("verified: session {}", crate::report::clean(&captured_id));
         }
         return Ok(exit::OK);
     }

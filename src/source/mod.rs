@@ -25,6 +25,9 @@ use state_db::{SessionHead, StateDb};
 
 /// All stores found under one Hermes home, opened read-only.
 pub struct Stores {
+    /// `--session`: files of other sessions are not even read (a session
+    /// file can be hundreds of megabytes).
+    pub only_ids: Vec<String>,
     pub home: HermesHome,
     pub state: Option<StateDb>,
     pub responses: Option<ResponseStore>,
@@ -37,7 +40,14 @@ impl Stores {
     /// the run becomes partial); finding no store at all is an error.
     pub fn open(home: &HermesHome, report: &mut Report) -> Result<Stores> {
         let state_path = home.state_db();
-        let state = if state_path.exists() {
+        let state = if let Some(kind) = crate::safe_io::special_file(&state_path) {
+            // SQLite would block on a FIFO; a device is no store.
+            report.input_problem(format!(
+                "{}: is {kind}, not a regular file",
+                state_path.display()
+            ))?;
+            None
+        } else if state_path.exists() {
             match StateDb::open(&state_path) {
                 Ok(db) => {
                     if let Some(note) = db.schema_note() {
@@ -54,7 +64,13 @@ impl Stores {
             None
         };
         let rs_path = home.response_store();
-        let responses = if rs_path.exists() {
+        let responses = if let Some(kind) = crate::safe_io::special_file(&rs_path) {
+            report.input_problem(format!(
+                "{}: is {kind}, not a regular file",
+                rs_path.display()
+            ))?;
+            None
+        } else if rs_path.exists() {
             match ResponseStore::open(&rs_path, &mut |p| report.input_problem(p)) {
                 Ok(rs) => Some(rs),
                 Err(e) => {
@@ -95,6 +111,7 @@ impl Stores {
             );
         }
         Ok(Stores {
+            only_ids: Vec::new(),
             home: home.clone(),
             state,
             responses,
@@ -116,12 +133,14 @@ impl Stores {
     /// sessions only the files have.
     ///
     /// `db_heads` limits the state.db part to those sessions (incremental
-    /// runs pass the sessions touched since the last run).
+    /// runs pass the sessions touched since the last run). `unwanted` hears
+    /// of every state.db session `want` left out.
     pub fn each_session(
         &self,
         report: &mut Report,
         db_heads: Option<Vec<SessionHead>>,
         want: &dyn Fn(&SessionHead) -> bool,
+        unwanted: &mut dyn FnMut(&SessionHead),
         f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
     ) -> Result<()> {
         if let Some(db) = &self.state {
@@ -130,7 +149,11 @@ impl Stores {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(state_db::PART_ROWS);
             let mut one = |head: SessionHead, report: &mut Report| -> Result<()> {
-                if head.is_rotation_child() || !want(&head) {
+                if head.is_rotation_child() {
+                    return Ok(());
+                }
+                if !want(&head) {
+                    unwanted(&head);
                     return Ok(());
                 }
                 report.read_session(Origin::StateDb.as_str());
@@ -180,7 +203,13 @@ impl Stores {
             .chain(self.files.transcripts.keys())
             .collect();
         for id in ids {
-            if done.contains(id.as_str()) || self.in_db(id)? {
+            if done.contains(id.as_str())
+                || (!self.only_ids.is_empty() && !self.only_ids.contains(id))
+                || self.in_db(id)?
+            {
+                continue;
+            }
+            if !self.big_file_wanted(id, want) {
                 continue;
             }
             if let Some(s) = self.file_session(id, report)?
@@ -191,6 +220,37 @@ impl Stores {
             }
         }
         Ok(())
+    }
+
+    /// A snapshot too large to read whole is first streamed for its head
+    /// (id, platform, model), so one the filters leave out is neither read
+    /// nor reported.
+    fn big_file_wanted(&self, id: &str, want: &dyn Fn(&SessionHead) -> bool) -> bool {
+        let Some(path) = self.files.snapshots.get(id) else {
+            return true;
+        };
+        let big =
+            std::fs::metadata(path).is_ok_and(|m| m.len() > crate::safe_io::MAX_SESSION_FILE_BYTES);
+        if !big {
+            return true;
+        }
+        let Ok(meta) = session_files::read_snapshot_meta(path) else {
+            return true; // reported when it is read
+        };
+        let entry = self.index.get(id);
+        want(&SessionHead {
+            id: meta.session_id.unwrap_or_else(|| id.to_string()),
+            source: meta
+                .platform
+                .or_else(|| entry.and_then(|e| e.platform.clone()))
+                .unwrap_or_else(|| "unknown".to_string()),
+            title: entry.and_then(|e| e.display_name.clone()),
+            model: meta.model,
+            started_at: None,
+            end_reason: None,
+            parent_id: None,
+            parent_end_reason: None,
+        })
     }
 
     /// One session by id, from whichever store has it (a rotation child
@@ -271,14 +331,14 @@ impl Stores {
                 break;
             }
             if let Some(path) = self.files.snapshots.get(&id) {
-                match session_files::read_snapshot(path) {
-                    Ok(snap) => {
-                        s.tools = s.tools.take().or(snap.tools);
-                        s.system_prompt = s.system_prompt.take().or(snap.system_prompt);
-                        if id == s.id
-                            && s.resume_after.is_none()
-                            && rebuild::starts_compacted(&s.messages)
-                        {
+                let lost_turns = id == s.id
+                    && s.resume_after.is_none()
+                    && rebuild::starts_compacted(&s.messages);
+                if lost_turns {
+                    match session_files::read_snapshot(path) {
+                        Ok(snap) => {
+                            s.tools = s.tools.take().or(snap.tools);
+                            s.system_prompt = s.system_prompt.take().or(snap.system_prompt);
                             // The store lost the turns before a compaction; the
                             // snapshot (which never shrinks) still has them, and
                             // the rebuild drops what both hold.
@@ -286,8 +346,17 @@ impl Stores {
                             rows.append(&mut s.messages);
                             s.messages = rows;
                         }
+                        Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
                     }
-                    Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
+                } else {
+                    // Only the tools and the prompt: the messages are streamed past.
+                    match session_files::read_snapshot_meta(path) {
+                        Ok(meta) => {
+                            s.tools = s.tools.take().or(meta.tools);
+                            s.system_prompt = s.system_prompt.take().or(meta.system_prompt);
+                        }
+                        Err(why) => report.input_problem(format!("{}: {why}", path.display()))?,
+                    }
                 }
             }
             if s.tools.is_none()

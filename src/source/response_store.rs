@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags};
@@ -44,7 +43,7 @@ impl ResponseStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
             .with_context(|| format!("{}: cannot open as SQLite", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(crate::source::state_db::busy_timeout())?;
         let has_table: bool = conn
             .query_row(
                 "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'responses'",
@@ -100,6 +99,9 @@ impl ResponseStore {
     /// without it, by its first user turn) and rebuilt from its longest
     /// history, with Hermes's duplicated user inputs collapsed.
     pub fn sessions(&self, known: &dyn Fn(&str) -> bool) -> Vec<Session> {
+        // A chain without a session id is named after its group key, not its
+        // newest response: the leaf changes with every call, and coverage
+        // of incremental runs is kept by session id.
         let mut groups: BTreeMap<String, &StoredResponse> = BTreeMap::new();
         for resp in &self.responses {
             let key = match &resp.session_id {
@@ -124,12 +126,15 @@ impl ResponseStore {
             }
         }
         let mut out: Vec<Session> = groups
-            .into_values()
-            .map(|leaf| {
-                let id = leaf
-                    .session_id
-                    .clone()
-                    .unwrap_or_else(|| leaf.response_id.clone());
+            .into_iter()
+            .map(|(key, leaf)| {
+                let id = match &leaf.session_id {
+                    Some(id) => id.clone(),
+                    None if key.starts_with("resp-chain:") => {
+                        format!("resp-chain-{:016x}", crate::output::stable_hash(&key))
+                    }
+                    None => leaf.response_id.clone(),
+                };
                 Session {
                     id: id.clone(),
                     source: "api_server".to_string(),

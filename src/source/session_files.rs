@@ -11,7 +11,53 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::model::{Origin, Session};
+use crate::safe_io::{self, MAX_SESSION_FILE_BYTES};
 use crate::source::json_message;
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    safe_io::read_regular(path, MAX_SESSION_FILE_BYTES).map_err(|e| format!("cannot read: {e}"))
+}
+
+/// What enrichment needs from a snapshot: its tools and system prompt. The
+/// messages are skipped while streaming, so a huge snapshot costs no memory.
+#[derive(Debug, Default)]
+pub struct SnapshotMeta {
+    pub system_prompt: Option<String>,
+    pub tools: Option<Vec<Value>>,
+    pub session_id: Option<String>,
+    pub platform: Option<String>,
+    pub model: Option<String>,
+}
+
+/// Reads a snapshot's tools and system prompt without keeping its messages.
+pub fn read_snapshot_meta(path: &Path) -> Result<SnapshotMeta, String> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        #[serde(default)]
+        system_prompt: Option<Value>,
+        #[serde(default)]
+        tools: Option<Value>,
+        #[serde(default)]
+        session_id: Option<Value>,
+        #[serde(default)]
+        platform: Option<Value>,
+        #[serde(default)]
+        model: Option<Value>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        messages: Option<serde::de::IgnoredAny>,
+    }
+    let file = safe_io::open_regular(path, u64::MAX).map_err(|e| format!("cannot read: {e}"))?;
+    let raw: Raw = serde_json::from_reader(std::io::BufReader::with_capacity(1 << 16, file))
+        .map_err(|e| format!("not valid JSON: {e}"))?;
+    Ok(SnapshotMeta {
+        system_prompt: str_field(raw.system_prompt.as_ref()),
+        tools: tools_field(raw.tools.as_ref()),
+        session_id: str_field(raw.session_id.as_ref()),
+        platform: str_field(raw.platform.as_ref()),
+        model: str_field(raw.model.as_ref()),
+    })
+}
 
 /// What the folder holds, by file name only (nothing is parsed yet).
 #[derive(Debug, Default)]
@@ -130,9 +176,10 @@ impl SessionFiles {
     }
 }
 
-/// Reads and parses a `session_<id>.json` snapshot.
+/// Reads and parses a `session_<id>.json` snapshot (a regular file of at
+/// most [`MAX_SESSION_FILE_BYTES`]).
 pub fn read_snapshot(path: &Path) -> Result<Session, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = read_limited(path)?;
     let fallback = id_from_name(path, "session_", ".json");
     parse_snapshot(&bytes, fallback.as_deref())
 }
@@ -176,10 +223,10 @@ pub fn read_transcript(
     path: &Path,
     on_problem: &mut dyn FnMut(String) -> Result<()>,
 ) -> Result<Option<Session>> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match read_limited(path) {
         Ok(bytes) => bytes,
         Err(e) => {
-            on_problem(format!("{}: cannot read: {e}", path.display()))?;
+            on_problem(format!("{}: {e}", path.display()))?;
             return Ok(None);
         }
     };
@@ -238,7 +285,7 @@ pub fn parse_transcript(
 /// Reads `sessions.json`: session id → platform facts. Keys starting with
 /// `_` are sentinels (`_README`).
 pub fn read_index(path: &Path) -> Result<BTreeMap<String, IndexEntry>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = read_limited(path)?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     let obj = v.as_object().ok_or("not a JSON object")?;
     let mut out = BTreeMap::new();

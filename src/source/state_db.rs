@@ -36,6 +36,15 @@ const HEAD_ROWS: usize = 16;
 /// The previous part's last rows, repeated as context in the next.
 const CARRY_ROWS: usize = 512;
 
+/// How long to wait for a writer's lock: 10 s, or
+/// `HERMES_HARVEST_BUSY_TIMEOUT_MS` (tests use a short one).
+pub fn busy_timeout() -> Duration {
+    std::env::var("HERMES_HARVEST_BUSY_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
 /// A session row, without its messages.
 #[derive(Debug, Clone)]
 pub struct SessionHead {
@@ -85,7 +94,7 @@ impl StateDb {
             | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(path, flags)
             .with_context(|| format!("{}: cannot open as SQLite", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(busy_timeout())?;
         let tables = table_names(&conn).map_err(|e| describe_open_error(path, e))?;
         if !tables.contains("sessions") || !tables.contains("messages") {
             bail!(

@@ -35,7 +35,7 @@ const NEAR_MISSES: &[&str] = &[
     "task-list sk-short",
 ];
 
-fn sql(home: &Path, batch: &str) {
+pub(crate) fn sql(home: &Path, batch: &str) {
     let db = rusqlite::Connection::open(home.join("state.db")).unwrap();
     db.busy_timeout(Duration::from_secs(10)).unwrap();
     db.execute_batch(batch).unwrap();
@@ -149,11 +149,11 @@ fn planted_secrets_never_reach_the_output_and_near_misses_stay() {
     }
 }
 
-fn read(path: &Path) -> Vec<u8> {
+pub(crate) fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
 }
 
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
     ["train.jsonl", "valid.jsonl", "manifest.json"]
         .iter()
         .map(|n| (n.to_string(), read(&dir.join(n))))
@@ -232,7 +232,7 @@ fn directory_output_splits_by_session_and_writes_a_valid_manifest() {
     }
 }
 
-fn user_texts_in(dir: &Path) -> Vec<String> {
+pub(crate) fn user_texts_in(dir: &Path) -> Vec<String> {
     let mut v = Vec::new();
     for f in ["train.jsonl", "valid.jsonl"] {
         v.extend(user_texts(&lines(&read(&dir.join(f)))));
@@ -242,7 +242,7 @@ fn user_texts_in(dir: &Path) -> Vec<String> {
 
 /// Appends one complete exchange to a session, as Hermes does: the user
 /// row, then the reply in a later transaction.
-fn append_turn(db: &rusqlite::Connection, session: &str, text: &str) {
+pub(crate) fn append_turn(db: &rusqlite::Connection, session: &str, text: &str) {
     let now = 1_900_000_000.0 + text.len() as f64;
     db.execute(
         "INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES (?1, 'user', ?2, ?3, 1, 0)",
@@ -366,7 +366,7 @@ fn an_overlapping_run_is_stopped_by_the_lock() {
 
 /// Copies every short captured session `times` times under new ids (a
 /// larger store).
-fn grow(home: &Path, times: usize, tag: &str) {
+pub(crate) fn grow(home: &Path, times: usize, tag: &str) {
     let mut batch = String::from("BEGIN;");
     for k in 0..times {
         let sfx = format!("~{tag}{k}");
@@ -444,11 +444,17 @@ fn a_killed_run_leaves_everything_intact_and_the_rerun_matches() {
         let now = snapshot(&killed);
         // Either nothing was committed, or the outputs were renamed but the
         // state not yet: then the next run cuts them back. The state itself
-        // is always the old one or the final one.
-        assert!(
-            now[3].1 == before[3].1 || now == snapshot(&clean),
-            "state half-written after kill at {delay:?}"
-        );
+        // is always the old one or the final one: whole, with the final
+        // outputs (its output identity names this directory, and the
+        // manifest these flags, so neither is compared byte for byte with
+        // the clean copy's).
+        if now[3].1 != before[3].1 {
+            let clean_now = snapshot(&clean);
+            assert!(
+                serde_json::from_slice::<Value>(&now[3].1).is_ok() && now[..2] == clean_now[..2],
+                "state half-written after kill at {delay:?}"
+            );
+        }
         if now[3].1 == before[3].1 {
             for (name, bytes) in &now[..2] {
                 let (_, old) = before.iter().find(|(n, _)| n == name).unwrap();
@@ -459,10 +465,10 @@ fn a_killed_run_leaves_everything_intact_and_the_rerun_matches() {
             }
         }
     }
-    assert!(
-        kills > 0,
-        "no kill landed mid-run (full run took {full_time:?})"
-    );
+    // Whether a timed kill lands mid-run depends on the machine's load, so
+    // it is not asserted here: `integrity::a_run_killed_at_each_commit_point…`
+    // kills at exact points through HERMES_HARVEST_STALL_AT.
+    let _ = kills;
     assert!(export(&killed).status().unwrap().success());
     let a = snapshot(&killed);
     let b = snapshot(&clean);

@@ -6,6 +6,7 @@ mod common;
 mod cron;
 mod dpo;
 mod export;
+mod integrity;
 mod props;
 mod send;
 mod stores;

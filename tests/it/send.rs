@@ -399,11 +399,9 @@ fn a_server_that_never_answers_is_exit_14_within_the_timeout() {
     cmd.args(["--timeout", "1"]);
     let r = run(cmd);
     assert_failure(&r, 14, "--timeout");
-    assert!(
-        r.elapsed < Duration::from_millis(2500),
-        "took {:?}",
-        r.elapsed
-    );
+    // Far below the 30 s the fake holds the connection (a loose bound, so a
+    // loaded machine does not make it flake).
+    assert!(r.elapsed < Duration::from_secs(20), "took {:?}", r.elapsed);
 }
 
 #[test]
@@ -642,4 +640,79 @@ fn verify_fails_with_16_when_the_turn_never_shows_up() {
     let r = run(cmd);
     assert_eq!(r.code, 1, "stderr: {}", r.stderr);
     assert_eq!(r.stdout, "");
+}
+
+#[test]
+fn a_key_echoed_late_in_an_error_body_is_not_printed_even_in_part() {
+    let home = tempfile::tempdir().unwrap();
+    // The key straddles the 200-character cut of the snippet.
+    let body = format!("{} bad key {KEY} rejected", "y".repeat(185));
+    let (port, _rx) = serve(move |_| Answer::Status(401, "text/plain", body.clone()));
+    let r = run(entering(home.path(), port));
+    assert_eq!(r.code, 11, "{}", r.stderr);
+    for n in 6..=KEY.len() {
+        assert!(
+            !r.stderr.contains(&KEY[..n]),
+            "a {n}-character prefix of the key leaked: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn settings_that_are_not_regular_files_do_not_hang_send() {
+    let home = tempfile::tempdir().unwrap();
+    let hermes = home.path().join("hermes");
+    std::fs::create_dir(&hermes).unwrap();
+    let fifo = hermes.join(".env");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut cmd = send_cmd(home.path());
+    cmd.args([
+        "tick",
+        "--timeout",
+        "1",
+        "--hermes-home",
+        hermes.to_str().unwrap(),
+    ]);
+    let r = run(cmd);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("FIFO"), "{}", r.stderr);
+    std::fs::remove_file(&fifo).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &fifo).unwrap();
+    let mut cmd = send_cmd(home.path());
+    cmd.args([
+        "tick",
+        "--timeout",
+        "1",
+        "--hermes-home",
+        hermes.to_str().unwrap(),
+    ]);
+    let r = run(cmd);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
+}
+
+#[test]
+fn out_of_range_values_are_usage_errors_not_panics() {
+    let home = tempfile::tempdir().unwrap();
+    for args in [
+        &["tick", "--timeout", "18446744073709551615"][..],
+        &["tick", "--timeout", "0"],
+        &["tick", "--verify-timeout", "18446744073709551615"],
+        &["tick", "--url", "http://[::1"],
+        &["tick", "--url", "http://127.0.0.1:99999"],
+        &["tick", "--url", "http://a b"],
+    ] {
+        let mut cmd = send_cmd(home.path());
+        cmd.args(args);
+        let r = run(cmd);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
 }
