@@ -30,6 +30,7 @@ use tokenizers::Tokenizer;
 
 use crate::sampled_hash::BuildSampled;
 use crate::tokens::Count;
+use crate::tokens::bpe::FastBpe;
 use crate::tokens::pyjson::PyJson;
 
 /// Marks written where a `{% generation %}` block opens and closes. They
@@ -46,6 +47,11 @@ const CACHE_BYTES: usize = 24 << 20;
 
 pub struct ChatTokenizer {
     tokenizer: Tokenizer,
+    /// The exact fast path for byte-level BPE tokenizers, if this is one.
+    fast: Option<FastBpe>,
+    /// Whether `fast` may also give offsets (the tokenizer does not trim
+    /// them).
+    fast_offsets: bool,
     env: Environment<'static>,
     /// Template names: `default` always; `tool_use` when the model has one.
     has_tool_use: bool,
@@ -263,8 +269,16 @@ impl ChatTokenizer {
         } else {
             Vec::new()
         };
+        let fast = FastBpe::from_json(&tokenizer_json);
+        let fast_offsets = !tokenizer_json
+            .get("post_processor")
+            .map(Json::to_string)
+            .unwrap_or_default()
+            .contains("\"trim_offsets\":true");
         Ok(ChatTokenizer {
             tokenizer,
+            fast,
+            fast_offsets,
             env,
             has_tool_use,
             has_default,
@@ -327,7 +341,10 @@ impl ChatTokenizer {
         self.count_pieces(&text, &spans)
     }
 
-    fn encode_len(&self, text: &str) -> Result<usize> {
+    fn encode_len(&mut self, text: &str) -> Result<usize> {
+        if let Some(n) = self.fast.as_mut().and_then(|f| f.count(text)) {
+            return Ok(n);
+        }
         Ok(self
             .tokenizer
             .encode_fast(text, false)
@@ -335,7 +352,23 @@ impl ChatTokenizer {
             .len())
     }
 
-    fn offsets(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+    fn offsets(&mut self, text: &str) -> Result<Vec<(usize, usize)>> {
+        if self.fast_offsets
+            && let Some(fast) = self.fast.as_mut()
+        {
+            let mut lens = Vec::new();
+            if fast.token_lengths(text, &mut lens).is_some() {
+                let mut at = 0;
+                return Ok(lens
+                    .into_iter()
+                    .map(|n| {
+                        let span = (at, at + n as usize);
+                        at += n as usize;
+                        span
+                    })
+                    .collect());
+            }
+        }
         Ok(self
             .tokenizer
             .encode(text, false)
@@ -344,7 +377,7 @@ impl ChatTokenizer {
             .to_vec())
     }
 
-    fn count_whole(&self, text: &str, spans: &[(usize, usize)]) -> Result<Count> {
+    fn count_whole(&mut self, text: &str, spans: &[(usize, usize)]) -> Result<Count> {
         let offsets = self.offsets(text)?;
         let at = |c: usize| offsets.iter().position(|&(s, e)| s <= c && c < e);
         let ranges = spans
@@ -372,7 +405,7 @@ impl ChatTokenizer {
         }
         // Offsets of the pieces a span starts or ends in, each encoded once.
         let mut encoded: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
-        let mut token_at = |c: usize, me: &Self| -> Result<Option<usize>> {
+        let mut token_at = |c: usize, me: &mut Self| -> Result<Option<usize>> {
             let Some(k) = pieces.iter().position(|p| p.start <= c && c < p.end) else {
                 return Ok(None);
             };

@@ -7,6 +7,7 @@
 //! byte lengths divided by the fewest bytes per token that real tokenizers
 //! reached on Hermes data, plus the template tokens each part costs.
 
+pub mod bpe;
 pub mod chat;
 pub mod pyjson;
 

@@ -95,3 +95,47 @@ fn the_estimate_never_counts_fewer_tokens_than_the_tokenizer() {
     }
     assert!(Estimate::system("") > 0);
 }
+
+#[test]
+fn the_fast_byte_level_counter_agrees_with_the_tokenizers_crate() {
+    let path = repo().join("fixtures/tokenizer/chatml/tokenizer.json");
+    let json: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut fast = hermes_harvest::tokens::bpe::FastBpe::from_json(&json)
+        .expect("a byte-level BPE tokenizer is handled");
+    let crate_tok = tokenizers::Tokenizer::from_file(&path).unwrap();
+    let dir = repo().join("fixtures/tokenizer/golden/rendered");
+    let mut checked = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        // Pieces between special tokens, as the counter sees them.
+        for piece in text.split(['\u{0}']).flat_map(|t| t.split("<|im_start|>")) {
+            for piece in piece.split("<|im_end|>") {
+                let want = crate_tok.encode(piece, false).unwrap().len();
+                if let Some(n) = fast.count(piece) {
+                    assert_eq!(n, want, "{piece:?}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 100);
+    // Unusual text: numbers, contractions, whitespace runs, non-ASCII.
+    for s in [
+        "it's 12,345.67 — naïve café ☕ 😀\n\n\t  x",
+        "  leading and trailing  ",
+        "don't WON'T y'all'll",
+        "",
+    ] {
+        assert_eq!(
+            fast.count(s),
+            Some(crate_tok.encode(s, false).unwrap().len()),
+            "{s:?}"
+        );
+    }
+    // A word too long for the fast path is left to the crate.
+    assert_eq!(fast.count(&"x".repeat(10_000)), None);
+    // A configuration it does not reproduce is not claimed.
+    let mut other = json.clone();
+    other["normalizer"] = serde_json::json!({"type": "NFC"});
+    assert!(hermes_harvest::tokens::bpe::FastBpe::from_json(&other).is_none());
+}

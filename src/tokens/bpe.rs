@@ -1,0 +1,247 @@
+//! A fast, exact token counter for byte-level BPE tokenizers (the family of
+//! GPT-2, Llama 3, Qwen, Mistral Tekken and most chat models), used in place
+//! of the `tokenizers` crate's full encoding, which builds per-byte
+//! alignments and a string per token and runs at a few MB/s.
+//!
+//! It implements what that crate does for this family and nothing else:
+//! split the text with the pre-tokenizer's regex (the same `fancy-regex`
+//! engine and pattern), map each byte to its byte-level symbol, and apply
+//! the BPE merges lowest rank first, leftmost first (the order of the
+//! crate's merge queue). Word results are remembered. Any other
+//! configuration (a normalizer, another pre-tokenizer or model, dropout,
+//! byte fallback, added tokens that are not special) is not handled:
+//! [`FastBpe::from_json`] returns `None` and the crate counts.
+
+use std::collections::HashMap;
+
+use serde_json::Value as Json;
+
+/// The pattern of the `ByteLevel` pre-tokenizer with `use_regex`.
+const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// Words longer than this are left to the crate (the merge loop here is
+/// quadratic in the word's length).
+pub const MAX_WORD_BYTES: usize = 256;
+/// Words remembered at most (then the memory starts over).
+const CACHE_WORDS: usize = 1 << 17;
+
+pub struct FastBpe {
+    split: fancy_regex::Regex,
+    /// The symbol id of each byte.
+    byte_ids: [u32; 256],
+    /// (left, right) → (rank, merged id).
+    merges: HashMap<(u32, u32), (u32, u32)>,
+    /// With `ignore_merges`, a word that is itself a token is one token.
+    whole_words: Option<HashMap<Vec<u8>, u32>>,
+    /// Byte length of each token id (for offsets).
+    token_len: Vec<u32>,
+    /// Each word's tokens, as byte lengths.
+    cache: HashMap<Box<[u8]>, Box<[u32]>>,
+}
+
+/// GPT-2's byte → symbol map (printable bytes stand for themselves, the
+/// others are shifted past 255).
+fn byte_chars() -> [char; 256] {
+    let mut map = ['\0'; 256];
+    let mut n = 0;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        map[usize::from(b)] = if printable {
+            char::from(b)
+        } else {
+            n += 1;
+            char::from_u32(255 + n).expect("valid scalar")
+        };
+    }
+    map
+}
+
+fn is_null_or(v: Option<&Json>, ok: &dyn Fn(&Json) -> bool) -> bool {
+    v.is_none_or(|v| v.is_null() || ok(v))
+}
+
+impl FastBpe {
+    /// The counter for a `tokenizer.json`, when its configuration is one
+    /// this module reproduces exactly.
+    pub fn from_json(t: &Json) -> Option<FastBpe> {
+        if !is_null_or(t.get("normalizer"), &|_| false) {
+            return None;
+        }
+        if t.get("added_tokens")
+            .and_then(Json::as_array)
+            .is_some_and(|a| a.iter().any(|x| x.get("special") != Some(&Json::Bool(true))))
+        {
+            return None;
+        }
+        let pattern = split_pattern(t.get("pre_tokenizer")?)?;
+        let model = t.get("model")?;
+        if model.get("type")?.as_str()? != "BPE"
+            || !is_null_or(model.get("dropout"), &|_| false)
+            || model.get("byte_fallback").and_then(Json::as_bool) == Some(true)
+            || !is_null_or(model.get("continuing_subword_prefix"), &|v| v == "")
+            || !is_null_or(model.get("end_of_word_suffix"), &|v| v == "")
+        {
+            return None;
+        }
+        let chars = byte_chars();
+        let mut char_byte: HashMap<char, u8> = HashMap::new();
+        for (b, c) in chars.iter().enumerate() {
+            char_byte.insert(*c, b as u8);
+        }
+        let to_bytes = |s: &str| -> Option<Vec<u8>> {
+            s.chars().map(|c| char_byte.get(&c).copied()).collect()
+        };
+        let vocab = model.get("vocab")?.as_object()?;
+        let mut ids: HashMap<&str, u32> = HashMap::with_capacity(vocab.len());
+        let mut token_len = vec![0u32; vocab.len() + 1];
+        for (k, v) in vocab {
+            let id = u32::try_from(v.as_u64()?).ok()?;
+            ids.insert(k.as_str(), id);
+            let idx = id as usize;
+            if idx >= token_len.len() {
+                token_len.resize(idx + 1, 0);
+            }
+            token_len[idx] = u32::try_from(to_bytes(k)?.len()).ok()?;
+        }
+        let mut byte_ids = [0u32; 256];
+        for (b, c) in chars.iter().enumerate() {
+            byte_ids[b] = *ids.get(c.to_string().as_str())?;
+        }
+        let mut merges = HashMap::new();
+        for (rank, m) in model.get("merges")?.as_array()?.iter().enumerate() {
+            let (a, b) = match m {
+                Json::String(s) => s.split_once(' ')?,
+                Json::Array(p) if p.len() == 2 => (p[0].as_str()?, p[1].as_str()?),
+                _ => return None,
+            };
+            let merged = format!("{a}{b}");
+            let new = *ids.get(merged.as_str())?;
+            merges.insert((*ids.get(a)?, *ids.get(b)?), (u32::try_from(rank).ok()?, new));
+        }
+        let whole_words = if model.get("ignore_merges").and_then(Json::as_bool) == Some(true) {
+            let mut m = HashMap::with_capacity(vocab.len());
+            for (k, v) in vocab {
+                m.insert(to_bytes(k)?, u32::try_from(v.as_u64()?).ok()?);
+            }
+            Some(m)
+        } else {
+            None
+        };
+        Some(FastBpe {
+            split: fancy_regex::Regex::new(&pattern).ok()?,
+            byte_ids,
+            merges,
+            whole_words,
+            token_len,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// The byte lengths of the tokens of `text`; `None` when a word is too
+    /// long for this counter (or the regex fails), so the crate must count.
+    pub fn token_lengths(&mut self, text: &str, out: &mut Vec<u32>) -> Option<()> {
+        let mut bounds = Vec::new();
+        for m in self.split.find_iter(text) {
+            let m = m.ok()?;
+            bounds.push((m.start(), m.end()));
+        }
+        let mut last = 0;
+        for (start, end) in bounds {
+            if start > last {
+                self.word(&text.as_bytes()[last..start], out)?;
+            }
+            self.word(&text.as_bytes()[start..end], out)?;
+            last = end;
+        }
+        if last < text.len() {
+            self.word(&text.as_bytes()[last..], out)?;
+        }
+        Some(())
+    }
+
+    /// The number of tokens of `text` (see [`FastBpe::token_lengths`]).
+    pub fn count(&mut self, text: &str) -> Option<usize> {
+        let mut lens = Vec::new();
+        self.token_lengths(text, &mut lens)?;
+        Some(lens.len())
+    }
+
+    fn word(&mut self, w: &[u8], out: &mut Vec<u32>) -> Option<()> {
+        if w.is_empty() {
+            return Some(());
+        }
+        if let Some(lens) = self.cache.get(w) {
+            out.extend_from_slice(lens);
+            return Some(());
+        }
+        if w.len() > MAX_WORD_BYTES {
+            return None;
+        }
+        let lens: Box<[u32]> = match self.whole_words.as_ref().and_then(|v| v.get(w)) {
+            Some(id) => Box::new([self.token_len[*id as usize]]),
+            None => self
+                .merge(w)
+                .into_iter()
+                .map(|id| self.token_len[id as usize])
+                .collect(),
+        };
+        out.extend_from_slice(&lens);
+        if self.cache.len() >= CACHE_WORDS {
+            self.cache.clear();
+        }
+        self.cache.insert(w.into(), lens);
+        Some(())
+    }
+
+    /// BPE merges on one word: the lowest-ranked adjacent pair first, the
+    /// leftmost of equal rank first, until no pair merges.
+    fn merge(&self, w: &[u8]) -> Vec<u32> {
+        let mut syms: Vec<u32> = w.iter().map(|b| self.byte_ids[usize::from(*b)]).collect();
+        loop {
+            let mut best: Option<(u32, usize, u32)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                if let Some(&(rank, new)) = self.merges.get(&(syms[i], syms[i + 1]))
+                    && best.is_none_or(|(r, _, _)| rank < r)
+                {
+                    best = Some((rank, i, new));
+                }
+            }
+            let Some((_, i, new)) = best else {
+                return syms;
+            };
+            syms[i] = new;
+            syms.remove(i + 1);
+        }
+    }
+}
+
+/// The split regex of a supported pre-tokenizer: `ByteLevel` with its own
+/// regex, or a `Split` (isolated, not inverted) followed by a `ByteLevel`
+/// without one; never a prefix space.
+fn split_pattern(p: &Json) -> Option<String> {
+    let byte_level = |p: &Json, with_regex: bool| {
+        p.get("type").and_then(Json::as_str) == Some("ByteLevel")
+            && p.get("add_prefix_space").and_then(Json::as_bool) != Some(true)
+            && p.get("use_regex").and_then(Json::as_bool).unwrap_or(true) == with_regex
+    };
+    if byte_level(p, true) {
+        return Some(GPT2_PATTERN.to_string());
+    }
+    let steps = p.get("pretokenizers")?.as_array()?;
+    if p.get("type")?.as_str()? != "Sequence" || steps.len() != 2 || !byte_level(&steps[1], false) {
+        return None;
+    }
+    let split = &steps[0];
+    if split.get("type")?.as_str()? != "Split"
+        || split.get("behavior")?.as_str()? != "Isolated"
+        || split.get("invert").and_then(Json::as_bool) == Some(true)
+    {
+        return None;
+    }
+    split
+        .get("pattern")?
+        .get("Regex")?
+        .as_str()
+        .map(str::to_string)
+}
