@@ -278,17 +278,24 @@ impl Packer<'_, '_, '_> {
             tools: (!whole_tools.is_empty()).then_some(&whole_tools),
         };
         let maybe = Estimate::count(&whole).total <= 2 * self.opts.max_tokens;
-        let (mut tools, mut missing, mut count, mut j) =
-            match maybe.then(|| self.fits(i, end, &whole_tools)).flatten() {
-                Some(c) => (whole_tools, whole_missing, c, end),
-                None => {
-                    let (tools, missing) = self.tools_for(i, i + 1);
-                    let Some(count) = self.fits(i, i + 1, &tools) else {
-                        return self.shortened(i, &tools, missing).map(|line| (line, i + 1));
-                    };
-                    (tools, missing, count, i + 1)
-                }
-            };
+        // Counted with its trainable tokens: when it fits and nothing is
+        // added, this is the final count.
+        let max = self.opts.max_tokens;
+        let first = maybe
+            .then(|| self.fitter.count(&whole))
+            .flatten()
+            .filter(|c| c.total <= max);
+        let final_known = first.is_some();
+        let (mut tools, mut missing, mut count, mut j) = match first {
+            Some(c) => (whole_tools, whole_missing, c, end),
+            None => {
+                let (tools, missing) = self.tools_for(i, i + 1);
+                let Some(count) = self.fits(i, i + 1, &tools) else {
+                    return self.shortened(i, &tools, missing).map(|line| (line, i + 1));
+                };
+                (tools, missing, count, i + 1)
+            }
+        };
         // Own exchanges, as many as fit.
         while j < end {
             let (more, more_missing) = self.tools_for(i, j + 1);
@@ -349,16 +356,21 @@ impl Packer<'_, '_, '_> {
                 _ => break,
             }
         }
-        // The chosen sample once more, for its trainable tokens.
+        // The chosen sample once more, for its trainable tokens, unless the
+        // whole run was counted so and nothing was added to it.
         let messages = self.flat.slice(start, j);
-        let count = self
-            .fitter
-            .count(&Sample {
-                system: self.system_text,
-                messages,
-                tools: (!tools.is_empty()).then_some(&tools),
-            })
-            .unwrap_or(count);
+        let unchanged = final_known && start == i && distractors.is_empty();
+        let count = if unchanged {
+            count
+        } else {
+            self.fitter
+                .count(&Sample {
+                    system: self.system_text,
+                    messages,
+                    tools: (!tools.is_empty()).then_some(&tools),
+                })
+                .unwrap_or(count)
+        };
         Ok((
             SftLine {
                 system: None,

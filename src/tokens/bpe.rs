@@ -26,8 +26,82 @@ pub const MAX_WORD_BYTES: usize = 256;
 /// Words remembered at most (then the memory starts over).
 const CACHE_WORDS: usize = 1 << 17;
 
+/// The pre-tokenizer's split. Patterns ending in `\s+(?!\S)|\s+` (GPT-2,
+/// Llama 3, Qwen) run on the `regex` crate's automata, with the look-ahead
+/// done by hand: the last alternative becomes a capture group, and a
+/// whitespace run it matched that is followed by a non-space gives its last
+/// character back (what `\s+(?!\S)` does by backtracking). Other patterns
+/// run on `fancy-regex`, as in the `tokenizers` crate.
+enum Splitter {
+    Fast(regex::Regex),
+    Fancy(fancy_regex::Regex),
+}
+
+const LOOKAHEAD_TAIL: &str = r"|\s+(?!\S)|\s+";
+
+impl Splitter {
+    fn new(pattern: &str) -> Option<Splitter> {
+        if let Some(head) = pattern.strip_suffix(LOOKAHEAD_TAIL)
+            && let Ok(re) = regex::Regex::new(&format!("{head}|(\\s+)"))
+            && re.captures_len() == 2
+        {
+            return Some(Splitter::Fast(re));
+        }
+        fancy_regex::Regex::new(pattern).ok().map(Splitter::Fancy)
+    }
+
+    /// Start and end of every match, in order.
+    fn bounds(&self, text: &str, out: &mut Vec<(usize, usize)>) -> Option<()> {
+        match self {
+            Splitter::Fancy(re) => {
+                for m in re.find_iter(text) {
+                    let m = m.ok()?;
+                    out.push((m.start(), m.end()));
+                }
+            }
+            Splitter::Fast(re) => {
+                let mut locs = re.capture_locations();
+                let mut at = 0;
+                while at < text.len() {
+                    let Some(m) = re.find_at(text, at) else {
+                        break;
+                    };
+                    let (start, mut end) = (m.start(), m.end());
+                    // Only a whitespace match can come from the last
+                    // alternative; which one matched is read (slowly) then.
+                    if text[start..end].chars().all(char::is_whitespace)
+                        && text[end..]
+                            .chars()
+                            .next()
+                            .is_some_and(|c| !c.is_whitespace())
+                        && re.captures_read_at(&mut locs, text, start).is_some()
+                        && locs.get(1).is_some()
+                    {
+                        // `\s+(?!\S)`: all but the last whitespace character.
+                        let last = text[start..end]
+                            .chars()
+                            .next_back()
+                            .map_or(0, char::len_utf8);
+                        if end - last > start {
+                            end -= last;
+                        }
+                    }
+                    if end == start {
+                        // An empty match: step over one character.
+                        at = start + text[start..].chars().next().map_or(1, char::len_utf8);
+                        continue;
+                    }
+                    out.push((start, end));
+                    at = end;
+                }
+            }
+        }
+        Some(())
+    }
+}
+
 pub struct FastBpe {
-    split: fancy_regex::Regex,
+    split: Splitter,
     /// The symbol id of each byte.
     byte_ids: [u32; 256],
     /// (left, right) → (rank, merged id).
@@ -70,7 +144,10 @@ impl FastBpe {
         }
         if t.get("added_tokens")
             .and_then(Json::as_array)
-            .is_some_and(|a| a.iter().any(|x| x.get("special") != Some(&Json::Bool(true))))
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|x| x.get("special") != Some(&Json::Bool(true)))
+            })
         {
             return None;
         }
@@ -117,7 +194,10 @@ impl FastBpe {
             };
             let merged = format!("{a}{b}");
             let new = *ids.get(merged.as_str())?;
-            merges.insert((*ids.get(a)?, *ids.get(b)?), (u32::try_from(rank).ok()?, new));
+            merges.insert(
+                (*ids.get(a)?, *ids.get(b)?),
+                (u32::try_from(rank).ok()?, new),
+            );
         }
         let whole_words = if model.get("ignore_merges").and_then(Json::as_bool) == Some(true) {
             let mut m = HashMap::with_capacity(vocab.len());
@@ -129,7 +209,7 @@ impl FastBpe {
             None
         };
         Some(FastBpe {
-            split: fancy_regex::Regex::new(&pattern).ok()?,
+            split: Splitter::new(&pattern)?,
             byte_ids,
             merges,
             whole_words,
@@ -142,10 +222,7 @@ impl FastBpe {
     /// long for this counter (or the regex fails), so the crate must count.
     pub fn token_lengths(&mut self, text: &str, out: &mut Vec<u32>) -> Option<()> {
         let mut bounds = Vec::new();
-        for m in self.split.find_iter(text) {
-            let m = m.ok()?;
-            bounds.push((m.start(), m.end()));
-        }
+        self.split.bounds(text, &mut bounds)?;
         let mut last = 0;
         for (start, end) in bounds {
             if start > last {

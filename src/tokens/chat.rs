@@ -485,25 +485,36 @@ fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, Error
 /// Removes the generation marks; returns the text and the byte spans
 /// (in the returned text) that were inside generation blocks.
 fn strip_marks(marked: &str) -> (String, Vec<(usize, usize)>) {
-    if !marked.contains([GEN_OPEN, GEN_CLOSE]) {
-        return (marked.to_string(), Vec::new());
-    }
+    let bytes = marked.as_bytes();
     let mut text = String::with_capacity(marked.len());
     let mut spans = Vec::new();
     let mut open: Option<usize> = None;
-    for c in marked.chars() {
-        match c {
-            GEN_OPEN => open = open.or(Some(text.len())),
-            GEN_CLOSE => {
-                if let Some(s) = open.take()
-                    && text.len() > s
-                {
-                    spans.push((s, text.len()));
-                }
-            }
-            c => text.push(c),
+    let mut copied = 0;
+    let mut i = 0;
+    // Both marks are EF B7 90 / EF B7 91 in UTF-8.
+    while let Some(k) = bytes[i..].iter().position(|&b| b == 0xEF) {
+        let at = i + k;
+        let mark = match bytes.get(at + 1..at + 3) {
+            Some([0xB7, 0x90]) => Some(GEN_OPEN),
+            Some([0xB7, 0x91]) => Some(GEN_CLOSE),
+            _ => None,
+        };
+        i = at + 1;
+        let Some(mark) = mark else {
+            continue;
+        };
+        text.push_str(&marked[copied..at]);
+        copied = at + 3;
+        i = copied;
+        if mark == GEN_OPEN {
+            open = open.or(Some(text.len()));
+        } else if let Some(s) = open.take()
+            && text.len() > s
+        {
+            spans.push((s, text.len()));
         }
     }
+    text.push_str(&marked[copied..]);
     if let Some(s) = open
         && text.len() > s
     {

@@ -124,6 +124,10 @@ fn the_fast_byte_level_counter_agrees_with_the_tokenizers_crate() {
         "it's 12,345.67 — naïve café ☕ 😀\n\n\t  x",
         "  leading and trailing  ",
         "don't WON'T y'all'll",
+        "a  b   c\n\n\nd \n e\t\tf",
+        "\n\nx  ",
+        " \t x\u{3000}\u{3000}y\u{a0}z",
+        "{\"todos\": [{\"id\": \"1\"}]}\n\n  ",
         "",
     ] {
         assert_eq!(
