@@ -111,35 +111,41 @@ struct Pair<'a> {
     tools: &'a SessionTools,
 }
 
-/// Both sides of a pair after the same prompt fit: the larger count, with
-/// the chosen side's completion tokens as trainable.
+/// Tokens of a pair whose both sides fit after the same prompt.
+#[derive(Debug, Clone, Copy)]
+struct PairFit {
+    /// The prompt with the longer side.
+    total: usize,
+    /// The prompt with the chosen side.
+    chosen: usize,
+    chosen_is_longer: bool,
+}
+
+/// Both sides of a pair after the same prompt, when both fit.
 fn both_fit(
     fitter: &mut Fitter<'_>,
     system: Option<&str>,
     prompt: &[OutMsg],
-    chosen: &[OutMsg],
-    rejected: &[OutMsg],
+    sides: [&[OutMsg]; 2],
     tools: &[Value],
-) -> Option<Count> {
+) -> Option<PairFit> {
     let tools = (!tools.is_empty()).then_some(tools);
-    let mut total = 0;
-    let mut chosen_total = 0;
-    for (k, side) in [chosen, rejected].into_iter().enumerate() {
+    let mut totals = [0; 2];
+    for (k, side) in sides.into_iter().enumerate() {
         let mut all = prompt.to_vec();
         all.extend_from_slice(side);
-        let c = fitter.fits(&Sample {
-            system,
-            messages: &all,
-            tools,
-        })?;
-        total = total.max(c.total);
-        if k == 0 {
-            chosen_total = c.total;
-        }
+        totals[k] = fitter
+            .fits(&Sample {
+                system,
+                messages: &all,
+                tools,
+            })?
+            .total;
     }
-    Some(Count {
-        total,
-        trainable: chosen_total,
+    Some(PairFit {
+        total: totals[0].max(totals[1]),
+        chosen: totals[0],
+        chosen_is_longer: totals[0] >= totals[1],
     })
 }
 
@@ -204,25 +210,25 @@ impl Pair<'_> {
             .collect();
         let (mut tools, mut missing) = self.tools.for_calls(self.opts.tools, &called);
         let mut prompt = vec![OutMsg::from_message(&msgs[user], &self.opts.msg)];
-        let mut count = match both_fit(fitter, self.system, &prompt, &chosen, &rejected, &tools) {
-            Some(c) => c,
-            None => return Err("over_budget"),
+        let sides = [chosen.as_slice(), rejected.as_slice()];
+        let longer = |fit: &PairFit| {
+            if fit.chosen_is_longer {
+                sides[0]
+            } else {
+                sides[1]
+            }
         };
+        let mut fit = both_fit(fitter, self.system, &prompt, sides, &tools).ok_or("over_budget")?;
         if self.opts.tools == ToolsPolicy::Used {
             // Distractors that fit with the longer side.
-            let longer = if count.total == count.trainable {
-                &chosen
-            } else {
-                &rejected
-            };
             let mut all = prompt.clone();
-            all.extend_from_slice(longer);
+            all.extend_from_slice(longer(&fit));
             let before = tools.clone();
-            let mut probe = count;
+            let mut probe = Count::default();
             fitter.add_distractors(self.tools, &mut tools, &mut probe, self.system, &all);
             if tools != before {
-                match both_fit(fitter, self.system, &prompt, &chosen, &rejected, &tools) {
-                    Some(c) => count = c,
+                match both_fit(fitter, self.system, &prompt, sides, &tools) {
+                    Some(f) => fit = f,
                     None => tools = before,
                 }
             }
@@ -252,48 +258,25 @@ impl Pair<'_> {
                     self.tools.insert(&mut more_tools, t);
                 }
             }
-            let mut head: Vec<OutMsg> = exchange
+            let head: Vec<OutMsg> = exchange
                 .iter()
                 .map(|m| OutMsg::from_message(m, &self.opts.msg))
                 .collect();
-            let mut candidate = head.clone();
-            candidate.extend_from_slice(&prompt);
-            let fitted = match both_fit(
-                fitter,
-                self.system,
-                &candidate,
-                &chosen,
-                &rejected,
-                &more_tools,
-            ) {
-                Some(c) => Some(c),
-                None if head.iter().any(|m| m.role == "tool") => {
-                    let mut longer_all = head.clone();
-                    longer_all.extend_from_slice(&prompt);
-                    longer_all.extend_from_slice(if count.total == count.trainable {
-                        &chosen
-                    } else {
-                        &rejected
-                    });
-                    let tools_opt = (!more_tools.is_empty()).then_some(more_tools.as_slice());
-                    fitter.shorten_tool_results(self.system, &mut longer_all, tools_opt);
-                    head = longer_all[..head.len()].to_vec();
-                    candidate = head.clone();
-                    candidate.extend_from_slice(&prompt);
-                    both_fit(
-                        fitter,
-                        self.system,
-                        &candidate,
-                        &chosen,
-                        &rejected,
-                        &more_tools,
-                    )
-                }
-                None => None,
-            };
+            let with_head = |head: &[OutMsg]| [head, prompt.as_slice()].concat();
+            let mut candidate = with_head(&head);
+            let mut fitted = both_fit(fitter, self.system, &candidate, sides, &more_tools);
+            if fitted.is_none() && head.iter().any(|m| m.role == "tool") {
+                // Shorten the exchange's long tool results, measured with the
+                // longer side, and try once more.
+                let mut all = [candidate.as_slice(), longer(&fit)].concat();
+                let tools_opt = (!more_tools.is_empty()).then_some(more_tools.as_slice());
+                fitter.shorten_tool_results(self.system, &mut all, tools_opt);
+                candidate = with_head(&all[..head.len()]);
+                fitted = both_fit(fitter, self.system, &candidate, sides, &more_tools);
+            }
             match fitted {
-                Some(c) => {
-                    count = c;
+                Some(f) => {
+                    fit = f;
                     prompt = candidate;
                     tools = more_tools;
                     called = more_called;
@@ -303,7 +286,15 @@ impl Pair<'_> {
                 None => break,
             }
         }
-        count.trainable -= prompt_tokens(fitter, self.system, &prompt, &tools).min(count.trainable);
+        let count = Count {
+            total: fit.total,
+            trainable: fit.chosen.saturating_sub(prompt_tokens(
+                fitter,
+                self.system,
+                &prompt,
+                &tools,
+            )),
+        };
         let mut full_prompt = Vec::with_capacity(prompt.len() + 1);
         if let Some(s) = self.system {
             full_prompt.push(OutMsg::text("system", s));
@@ -337,16 +328,23 @@ impl Pair<'_> {
             return Err("chosen_equals_rejected");
         }
         let user = [OutMsg::text("user", prompt.as_str())];
-        let mut count = both_fit(
+        let fit = both_fit(
             fitter,
             self.system,
             &user,
-            &[OutMsg::text("assistant", c.as_str())],
-            &[OutMsg::text("assistant", r.as_str())],
+            [
+                &[OutMsg::text("assistant", c.as_str())],
+                &[OutMsg::text("assistant", r.as_str())],
+            ],
             &[],
         )
         .ok_or("over_budget")?;
-        count.trainable -= prompt_tokens(fitter, self.system, &user, &[]).min(count.trainable);
+        let count = Count {
+            total: fit.total,
+            trainable: fit
+                .chosen
+                .saturating_sub(prompt_tokens(fitter, self.system, &user, &[])),
+        };
         Ok((
             PairLine::Flat(FlatLine {
                 system: self.system.map(str::to_string),
