@@ -2,7 +2,7 @@
 //! selection → formatter → redaction → output, with a one-line summary on
 //! stderr and, for directory output, a manifest.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -68,16 +68,16 @@ struct Kit {
     opts: FormatOptions,
     counter: Counter,
     catalog: ToolCatalog,
-    /// Tokens of each system prompt (by its text) under the counter.
-    system_tokens: HashMap<String, usize>,
 }
 
 impl Kit {
-    /// Tokens the system prompt alone costs a sample.
-    fn system_tokens(&mut self, text: &str) -> usize {
-        if let Some(&n) = self.system_tokens.get(text) {
+    /// Tokens the system prompt alone costs a sample (counted once per
+    /// distinct prompt: the cached message keeps them).
+    fn system_tokens(&mut self, system: &sft::SystemMsg) -> usize {
+        if let Some(n) = system.tokens.get() {
             return n;
         }
+        let text = system.text.as_str();
         let n = match &self.counter {
             Counter::Estimate => Estimate::system(text),
             Counter::Exact(_) => self
@@ -89,10 +89,7 @@ impl Kit {
                 })
                 .map_or_else(|_| Estimate::system(text), |c| c.total),
         };
-        if self.system_tokens.len() > 1024 {
-            self.system_tokens.clear();
-        }
-        self.system_tokens.insert(text.to_string(), n);
+        system.tokens.set(Some(n));
         n
     }
 }
@@ -226,7 +223,6 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         opts: cfg.format_options(),
         counter: Counter::new(cfg.tokenizer.as_deref())?,
         catalog: ToolCatalog::new(&stores.files),
-        system_tokens: HashMap::new(),
     };
     let mut output = Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?;
     let mut totals = Totals {
@@ -503,7 +499,7 @@ fn export_session(
         }
     }
 
-    let system_tokens = system.as_ref().map_or(0, |s| kit.system_tokens(&s.text));
+    let system_tokens = system.as_ref().map_or(0, |s| kit.system_tokens(s));
     let mut fitter = Fitter::new(&mut kit.counter, kit.opts.max_tokens);
     let mut over_budget = 0;
     match cfg.format {

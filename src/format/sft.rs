@@ -35,11 +35,13 @@ use crate::tokens::{Count, Estimate, Sample};
 /// Exchanges looked back at for context at most.
 const CONTEXT_EXCHANGES: usize = 64;
 
-/// A system message: its (redacted) text and its JSON, escaped once.
+/// A system message: its (redacted) text and its JSON, escaped once, and
+/// its tokens once counted.
 #[derive(Debug)]
 pub struct SystemMsg {
     pub text: String,
     pub json: Box<[u8]>,
+    pub tokens: std::cell::Cell<Option<usize>>,
 }
 
 /// One SFT line, with its token count.
@@ -110,6 +112,7 @@ impl SystemCache {
         let msg = Rc::new(SystemMsg {
             text: text_out,
             json,
+            tokens: std::cell::Cell::new(None),
         });
         if self.map.len() >= SYSTEM_CACHE_ENTRIES {
             self.map.clear();
