@@ -37,8 +37,15 @@ def home(version, name):
     return dst
 
 
+# Turns are counted as training targets: SFT context (earlier turns repeated
+# before a sample that starts mid-session) is turned off where the binary
+# knows the flag.
+CONTEXT_OFF = ["--sft-context", "0"] if b"--sft-context" in subprocess.run(
+    [BIN, "export", "--help"], capture_output=True).stdout else []
+
+
 def run(h, *args, stdin=None):
-    return subprocess.run([BIN, "export", "--hermes-home", h, *args],
+    return subprocess.run([BIN, "export", "--hermes-home", h, *CONTEXT_OFF, *args],
                           capture_output=True, stdin=stdin)
 
 
