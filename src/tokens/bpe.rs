@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use crate::sampled_hash::BuildSampled;
+
 use serde_json::Value as Json;
 
 /// The pattern of the `ByteLevel` pre-tokenizer with `use_regex`.
@@ -111,7 +113,7 @@ pub struct FastBpe {
     /// Byte length of each token id (for offsets).
     token_len: Vec<u32>,
     /// Each word's tokens, as byte lengths.
-    cache: HashMap<Box<[u8]>, Box<[u32]>>,
+    cache: HashMap<Box<[u8]>, Box<[u32]>, BuildSampled>,
 }
 
 /// GPT-2's byte → symbol map (printable bytes stand for themselves, the
@@ -214,7 +216,7 @@ impl FastBpe {
             merges,
             whole_words,
             token_len,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
         })
     }
 

@@ -492,7 +492,7 @@ fn strip_marks(marked: &str) -> (String, Vec<(usize, usize)>) {
     let mut copied = 0;
     let mut i = 0;
     // Both marks are EF B7 90 / EF B7 91 in UTF-8.
-    while let Some(k) = bytes[i..].iter().position(|&b| b == 0xEF) {
+    while let Some(k) = memchr::memchr(0xEF, &bytes[i..]) {
         let at = i + k;
         let mark = match bytes.get(at + 1..at + 3) {
             Some([0xB7, 0x90]) => Some(GEN_OPEN),
@@ -530,40 +530,47 @@ struct Piece {
 }
 
 fn split_at_specials(text: &str, specials: &[String]) -> Vec<Piece> {
-    let mut first = [false; 256];
-    for s in specials {
-        first[usize::from(s.as_bytes()[0])] = true;
+    let mut firsts: Vec<u8> = specials.iter().map(|s| s.as_bytes()[0]).collect();
+    firsts.sort_unstable();
+    firsts.dedup();
+    let mut table = [false; 256];
+    for b in &firsts {
+        table[usize::from(*b)] = true;
     }
+    // The next byte that may start a special token (usually `<`).
+    let next = |hay: &[u8]| match firsts.as_slice() {
+        [a] => memchr::memchr(*a, hay),
+        [a, b] => memchr::memchr2(*a, *b, hay),
+        [a, b, c] => memchr::memchr3(*a, *b, *c, hay),
+        _ => hay.iter().position(|b| table[usize::from(*b)]),
+    };
     let mut pieces = Vec::new();
     let mut plain = 0;
     let mut i = 0;
     let bytes = text.as_bytes();
-    while i < bytes.len() {
-        let hit = if first[usize::from(bytes[i])] {
-            specials
-                .iter()
-                .find(|s| bytes[i..].starts_with(s.as_bytes()))
-        } else {
-            None
-        };
-        match hit {
+    while let Some(k) = next(&bytes[i..]) {
+        let at = i + k;
+        match specials
+            .iter()
+            .find(|s| bytes[at..].starts_with(s.as_bytes()))
+        {
             Some(s) => {
-                if plain < i {
+                if plain < at {
                     pieces.push(Piece {
                         start: plain,
-                        end: i,
+                        end: at,
                         special: false,
                     });
                 }
                 pieces.push(Piece {
-                    start: i,
-                    end: i + s.len(),
+                    start: at,
+                    end: at + s.len(),
                     special: true,
                 });
-                i += s.len();
+                i = at + s.len();
                 plain = i;
             }
-            None => i += 1,
+            None => i = at + 1,
         }
     }
     if plain < bytes.len() {
