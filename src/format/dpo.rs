@@ -1,4 +1,5 @@
-//! DPO lines from the preference signals found while rebuilding (SPEC §4).
+//! DPO lines from the preference signals found while rebuilding (`rewind`,
+//! `regenerate`, `tool-retry`; see `rebuild`).
 //!
 //! Conversational (default, TRL / axolotl `chat_template.default`):
 //! `{"prompt": [system?, ..., user], "chosen": [...], "rejected": [...]}`.
