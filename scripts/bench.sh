@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Speed benchmark (SPEC §6): one run on one large synthetic Hermes 0.19 store.
+# Speed benchmark: one run on one large synthetic Hermes 0.19 store.
 #
 #   scripts/bench.sh
 #

@@ -157,7 +157,10 @@ pub struct Session {
     pub resume_after: Option<i64>,
 }
 
-/// The channels of SPEC §3.
+/// Where a conversation happened: `telegram` (`source = 'telegram'`),
+/// `tui` (`cli` or `tui`), `nexus` (`source = 'nexus'`, an API-server
+/// session whose id has the Nexus prefix, or a title starting with
+/// "nexus"), and `other` for everything else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Channel {
     Nexus,

@@ -5,7 +5,9 @@
 //! and the copies that compaction inserts (the protected head before the
 //! summary, the protected tail after it) are recognised against the turns
 //! already seen, so every original turn appears once, in order, across a
-//! rotated lineage too (SPEC §2, hermes-formats §13.5).
+//! rotated lineage too (a rotation parent ends with `end_reason =
+//! 'compression'` and its child starts with copies of the head, a summary
+//! and copies of the tail).
 //!
 //! Phase 2 (meaning) keeps one branch where a user took something back or
 //! asked again, and records the other branch as a preference signal:
@@ -17,7 +19,8 @@
 
 use crate::model::{Message, Role, RowState, Session};
 
-/// The kinds of preference signal found in the data (SPEC §4).
+/// The kinds of preference signal found in the data: Hermes stores no
+/// ratings, so every DPO pair comes from one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Signal {
     Rewind,

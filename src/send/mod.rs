@@ -1,4 +1,5 @@
-//! `send`: inject a Nexus perception event into Hermes (SPEC §5).
+//! `send`: inject a Nexus perception event into Hermes through its
+//! existing `/v1/chat/completions` endpoint.
 //!
 //! The event (from flags, or a JSON file / stdin following
 //! `schemas/perception-event.schema.json`) is rendered as one user turn (see

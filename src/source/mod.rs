@@ -1,6 +1,6 @@
 //! The Hermes stores, and how they combine into one session each.
 //!
-//! Authority (SPEC §2): `state.db` wins; `response_store.db` adds
+//! Authority: `state.db` (the canonical store) wins; `response_store.db` adds
 //! Responses `instructions` and whole sessions the DB lacks; the
 //! `sessions/` files add tool definitions and sessions nobody else has.
 //! A session's identity is its id, so each is produced once.
