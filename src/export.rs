@@ -330,7 +330,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
 
 #[allow(clippy::too_many_arguments)]
 fn export_session(
-    session: Session,
+    mut session: Session,
     cfg: &ExportConfig,
     kit: &mut Kit,
     covered: &Covered<'_>,
@@ -356,9 +356,9 @@ fn export_session(
     } else {
         let called = called_names(&rebuilt.messages);
         let catalog = &mut kit.catalog;
-        let mut t = SessionTools::new(&session.id, session.tools.as_deref(), &called, &mut |n| {
-            catalog.get(n)
-        });
+        // The definitions move into the sample tools (redacted there, once).
+        let offered = session.tools.take();
+        let mut t = SessionTools::new(&session.id, offered, &called, &mut |n| catalog.get(n));
         if let Some(r) = redactor {
             t.offered
                 .iter_mut()

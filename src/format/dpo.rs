@@ -225,9 +225,8 @@ impl Pair<'_> {
             let mut all = prompt.clone();
             all.extend_from_slice(longer(&fit));
             let before = tools.clone();
-            let mut probe = Count::default();
-            fitter.add_distractors(self.tools, &mut tools, &mut probe, self.system, &all);
-            if tools != before {
+            let (added, _) = fitter.add_distractors(self.tools, &mut tools, self.system, &all);
+            if !added.is_empty() {
                 match both_fit(fitter, self.system, &prompt, sides, &tools) {
                     Some(f) => fit = f,
                     None => tools = before,

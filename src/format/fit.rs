@@ -66,15 +66,15 @@ impl Fitter<'_> {
     }
 
     /// Adds up to [`DISTRACTORS`] other offered tools to `tools`, each only
-    /// if the sample of `system` and `messages` still fits.
+    /// if the sample of `system` and `messages` still fits. Returns those
+    /// added and the count with the last of them.
     pub fn add_distractors(
         &mut self,
         session: &SessionTools,
         tools: &mut Vec<Value>,
-        count: &mut Count,
         system: Option<&str>,
         messages: &[OutMsg],
-    ) {
+    ) -> (Vec<Value>, Option<Count>) {
         // A distractor may take an eighth of the budget at most, so that
         // they teach choosing without crowding out the conversation.
         let cap = self.max / 8;
@@ -84,9 +84,9 @@ impl Fitter<'_> {
             .take(DISTRACTORS * 2)
             .cloned()
             .collect();
-        let mut added = 0;
+        let (mut added, mut count) = (Vec::new(), None);
         for d in candidates {
-            if added == DISTRACTORS {
+            if added.len() == DISTRACTORS {
                 break;
             }
             let mut trial = tools.clone();
@@ -97,10 +97,11 @@ impl Fitter<'_> {
                 tools: Some(&trial),
             }) {
                 *tools = trial;
-                *count = c;
-                added += 1;
+                count = Some(c);
+                added.push(d);
             }
         }
+        (added, count)
     }
 
     /// Shortens the longest tool results of `messages` (keeping their head

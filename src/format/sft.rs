@@ -315,19 +315,14 @@ impl Packer<'_, '_, '_> {
         // Distractors.
         let mut distractors = Vec::new();
         if self.opts.tools == ToolsPolicy::Used {
-            let before: Vec<Value> = tools.clone();
-            self.fitter.add_distractors(
+            let (added, last) = self.fitter.add_distractors(
                 self.tools,
                 &mut tools,
-                &mut count,
                 self.system_text,
                 self.flat.slice(i, j),
             );
-            distractors = tools
-                .iter()
-                .filter(|t| !before.contains(t))
-                .cloned()
-                .collect();
+            count = last.unwrap_or(count);
+            distractors = added;
         }
         // Context before a mid-session start.
         let own = count.total;
@@ -338,7 +333,6 @@ impl Packer<'_, '_, '_> {
             && !self.selected[start - 1]
             && !self.copied[start - 1]
             && i - start < CONTEXT_EXCHANGES
-            && self.flat.ranges[start - 1].1 > self.flat.ranges[start - 1].0
             && self.exchanges[start - 1].problem.is_none()
         {
             let (mut more, more_missing) = self.tools_for(start - 1, j);

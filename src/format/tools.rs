@@ -55,11 +55,11 @@ impl SessionTools {
     /// `lookup` finds a definition elsewhere in the home by name.
     pub fn new(
         session_id: &str,
-        offered: Option<&[Value]>,
+        offered: Option<Vec<Value>>,
         called: &BTreeSet<String>,
         lookup: &mut dyn FnMut(&str) -> Option<Value>,
     ) -> SessionTools {
-        let offered: Vec<Value> = offered.map(<[Value]>::to_vec).unwrap_or_default();
+        let offered = offered.unwrap_or_default();
         let known: BTreeSet<&str> = offered.iter().filter_map(tool_name).collect();
         let borrowed = called
             .iter()
@@ -152,7 +152,7 @@ mod tests {
     fn used_tools_keep_the_offered_order_and_borrow_what_is_missing() {
         let offered = vec![def("a"), def("b"), def("c"), def("d")];
         let called: BTreeSet<String> = ["c", "z"].iter().map(|s| s.to_string()).collect();
-        let t = SessionTools::new("s1", Some(&offered), &called, &mut |n| {
+        let t = SessionTools::new("s1", Some(offered.clone()), &called, &mut |n| {
             (n == "z").then(|| def("z"))
         });
         let want: BTreeSet<&str> = ["z", "c"].into_iter().collect();
@@ -169,7 +169,7 @@ mod tests {
         let d: Vec<&str> = t.distractors(&tools).filter_map(tool_name).collect();
         assert_eq!(d.len(), 3);
         assert!(!d.contains(&"c"));
-        let again = SessionTools::new("s1", Some(&offered), &called, &mut |_| None);
+        let again = SessionTools::new("s1", Some(offered), &called, &mut |_| None);
         let d2: Vec<&str> = again.distractors(&tools).filter_map(tool_name).collect();
         assert_eq!(d, d2);
         let mut with = tools.clone();

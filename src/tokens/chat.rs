@@ -63,8 +63,6 @@ pub struct ChatTokenizer {
     splitters: Vec<String>,
     cache: HashMap<String, usize, BuildSampled>,
     cache_bytes: usize,
-    /// Whether the template marks assistant tokens with `{% generation %}`.
-    pub marks_assistant: bool,
     /// Where the tokenizer and the template came from, for the manifest.
     pub description: String,
 }
@@ -286,8 +284,15 @@ impl ChatTokenizer {
             splitters,
             cache: HashMap::default(),
             cache_bytes: 0,
-            marks_assistant,
-            description: format!("{} with the chat template of {origin}", file.display()),
+            description: format!(
+                "{} with the chat template of {origin}{}",
+                file.display(),
+                if marks_assistant {
+                    ""
+                } else {
+                    " (no {% generation %} block: trainable tokens are not counted)"
+                }
+            ),
         })
     }
 
@@ -335,9 +340,7 @@ impl ChatTokenizer {
         if !trainable {
             spans.clear();
         }
-        if self.splitters.is_empty() {
-            return self.count_whole(&text, &spans);
-        }
+        // Without splitters the whole text is one piece.
         self.count_pieces(&text, &spans)
     }
 
@@ -375,20 +378,6 @@ impl ChatTokenizer {
             .map_err(|e| anyhow!("tokenizing: {e}"))?
             .get_offsets()
             .to_vec())
-    }
-
-    fn count_whole(&mut self, text: &str, spans: &[(usize, usize)]) -> Result<Count> {
-        let offsets = self.offsets(text)?;
-        let at = |c: usize| offsets.iter().position(|&(s, e)| s <= c && c < e);
-        let ranges = spans
-            .iter()
-            .filter_map(|&(s, e)| Some((at(s)?, at(e - 1))))
-            .map(|(a, b)| (a, b.unwrap_or(offsets.len() - 1)))
-            .collect();
-        Ok(Count {
-            total: offsets.len(),
-            trainable: union_len(ranges),
-        })
     }
 
     fn count_pieces(&mut self, text: &str, spans: &[(usize, usize)]) -> Result<Count> {

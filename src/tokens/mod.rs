@@ -108,6 +108,12 @@ fn text_tokens(bytes: usize, per_token: f64) -> usize {
 }
 
 impl Estimate {
+    /// A non-system message of `bytes` of text (content, reasoning, call
+    /// names and arguments) with `calls` tool calls.
+    fn message_tokens(bytes: usize, calls: usize) -> usize {
+        text_tokens(bytes, BYTES_PER_TOKEN_TEXT) + TOKENS_PER_MESSAGE + calls * TOKENS_PER_CALL
+    }
+
     fn message(m: &OutMsg) -> usize {
         let mut bytes = m.content.as_deref().map_or(0, str::len);
         bytes += m.reasoning_content.as_deref().map_or(0, str::len);
@@ -120,7 +126,7 @@ impl Estimate {
             };
             calls += 1;
         }
-        text_tokens(bytes, BYTES_PER_TOKEN_TEXT) + TOKENS_PER_MESSAGE + calls * TOKENS_PER_CALL
+        Estimate::message_tokens(bytes, calls)
     }
 
     pub fn tools(tools: &[Value]) -> usize {
@@ -219,31 +225,30 @@ impl Counter {
             }
         }
     }
-
-    /// The rendered text of a sample (exact counter only).
-    pub fn render(&self, s: &Sample<'_>) -> Option<Result<String>> {
-        match self {
-            Counter::Estimate => None,
-            Counter::Exact(t) => {
-                let messages = minijinja::Value::from_serialize(MessageList(s));
-                let tools = s.tools.map(minijinja::Value::from_serialize);
-                Some(t.render(&messages, tools.as_ref()))
-            }
-        }
-    }
 }
 
-/// A JSON message as a template sees it: top-level null keys left out.
-fn without_nulls(m: &Value) -> Value {
-    match m {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
+/// JSON messages and tools as a template sees them: top-level null keys
+/// of a message left out (as transformers does).
+fn template_input(
+    messages: &[Value],
+    tools: Option<&[Value]>,
+) -> (minijinja::Value, Option<minijinja::Value>) {
+    let msgs: Vec<Value> = messages
+        .iter()
+        .map(|m| match m {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            other => other.clone(),
+        })
+        .collect();
+    (
+        minijinja::Value::from_serialize(&msgs),
+        tools.map(minijinja::Value::from_serialize),
+    )
 }
 
 fn estimate_json(messages: &[Value], tools: Option<&[Value]>) -> Count {
@@ -265,9 +270,7 @@ fn estimate_json(messages: &[Value], tools: Option<&[Value]>) -> Count {
             .map_or(0, str::len);
         let calls = m.get("tool_calls").and_then(Value::as_array);
         bytes += calls.map_or(0, |c| c.iter().map(json_len).sum());
-        let n = text_tokens(bytes, BYTES_PER_TOKEN_TEXT)
-            + TOKENS_PER_MESSAGE
-            + calls.map_or(0, Vec::len) * TOKENS_PER_CALL;
+        let n = Estimate::message_tokens(bytes, calls.map_or(0, Vec::len));
         c.total += n;
         if role == "assistant" {
             c.trainable += n;
@@ -282,9 +285,7 @@ impl Counter {
         match self {
             Counter::Estimate => Ok(estimate_json(messages, tools)),
             Counter::Exact(t) => {
-                let msgs: Vec<Value> = messages.iter().map(without_nulls).collect();
-                let messages = minijinja::Value::from_serialize(&msgs);
-                let tools = tools.map(minijinja::Value::from_serialize);
+                let (messages, tools) = template_input(messages, tools);
                 t.count(&messages, tools.as_ref(), true)
             }
         }
@@ -299,9 +300,7 @@ impl Counter {
         match self {
             Counter::Estimate => None,
             Counter::Exact(t) => {
-                let msgs: Vec<Value> = messages.iter().map(without_nulls).collect();
-                let messages = minijinja::Value::from_serialize(&msgs);
-                let tools = tools.map(minijinja::Value::from_serialize);
+                let (messages, tools) = template_input(messages, tools);
                 Some(t.render(&messages, tools.as_ref()))
             }
         }

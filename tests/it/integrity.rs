@@ -86,6 +86,21 @@ impl Cron {
     }
 }
 
+/// Runs `cmd`, reads the first line of its stdout and closes the pipe (a
+/// reader like `| head -1`); returns that line and how the run ended.
+fn first_line_then_close(mut cmd: Command) -> (String, std::process::Output) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    (first, child.wait_with_output().unwrap())
+}
+
 /// Runs `cmd`, failing the test (instead of hanging it) after a minute.
 fn bounded(mut cmd: Command) -> std::process::Output {
     let mut child = cmd
@@ -143,17 +158,11 @@ fn a_reader_that_stops_early_does_not_advance_the_state() {
     grow(home.path(), 20, "a"); // far more than a pipe buffer
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state.json");
-    let mut child = export_cmd(home.path(), &["--state", state.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
     // `| head -1`: the reader goes away after one line.
-    let out = child.wait_with_output().unwrap();
+    let (first, out) = first_line_then_close(export_cmd(
+        home.path(),
+        &["--state", state.to_str().unwrap()],
+    ));
     assert!(!first.is_empty());
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("not advanced"), "{}", stderr(&out));
@@ -811,17 +820,9 @@ fn validate_into_a_closed_pipe_does_not_panic() {
     let work = tempfile::tempdir().unwrap();
     let bad = work.path().join("bad.jsonl");
     std::fs::write(&bad, "not json\n".repeat(20_000)).unwrap();
-    let mut child = Command::new(bin())
-        .args(["validate", bad.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut validate = Command::new(bin());
+    validate.args(["validate", bad.to_str().unwrap()]);
+    let (first, out) = first_line_then_close(validate);
     assert!(first.contains("bad.jsonl:1:"), "{first}");
     assert_eq!(code(&out), 4, "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
