@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use regex_automata::{Anchored, Input, meta};
+
 use crate::sampled_hash::BuildSampled;
 
 use serde_json::Value as Json;
@@ -29,13 +31,19 @@ pub const MAX_WORD_BYTES: usize = 256;
 const CACHE_WORDS: usize = 1 << 17;
 
 /// The pre-tokenizer's split. Patterns ending in `\s+(?!\S)|\s+` (GPT-2,
-/// Llama 3, Qwen) run on the `regex` crate's automata, with the look-ahead
-/// done by hand: the last alternative becomes a capture group, and a
-/// whitespace run it matched that is followed by a non-space gives its last
-/// character back (what `\s+(?!\S)` does by backtracking). Other patterns
-/// run on `fancy-regex`, as in the `tokenizers` crate.
+/// Llama 3, Qwen) run on the `regex-automata` engines, with the look-ahead
+/// done by hand: the last alternative becomes `\s+`, and a whitespace run it
+/// matched that is followed by a non-space gives its last character back
+/// (what `\s+(?!\S)` does by backtracking). Other patterns run on
+/// `fancy-regex`, as in the `tokenizers` crate.
 enum Splitter {
-    Fast(regex::Regex),
+    Fast {
+        /// The pattern with `\s+` for its two last alternatives.
+        all: meta::Regex,
+        /// The pattern without them: a match of `all` came from `\s+`
+        /// exactly when this one does not match at the same start.
+        head: meta::Regex,
+    },
     Fancy(fancy_regex::Regex),
 }
 
@@ -44,10 +52,10 @@ const LOOKAHEAD_TAIL: &str = r"|\s+(?!\S)|\s+";
 impl Splitter {
     fn new(pattern: &str) -> Option<Splitter> {
         if let Some(head) = pattern.strip_suffix(LOOKAHEAD_TAIL)
-            && let Ok(re) = regex::Regex::new(&format!("{head}|(\\s+)"))
-            && re.captures_len() == 2
+            && let Ok(all) = meta::Regex::new(&format!("{head}|\\s+"))
+            && let Ok(head) = meta::Regex::new(head)
         {
-            return Some(Splitter::Fast(re));
+            return Some(Splitter::Fast { all, head });
         }
         fancy_regex::Regex::new(pattern).ok().map(Splitter::Fancy)
     }
@@ -61,23 +69,29 @@ impl Splitter {
                     out.push((m.start(), m.end()));
                 }
             }
-            Splitter::Fast(re) => {
-                let mut locs = re.capture_locations();
+            Splitter::Fast { all, head } => {
                 let mut at = 0;
                 while at < text.len() {
-                    let Some(m) = re.find_at(text, at) else {
+                    // Nearly every match starts where the last one ended: an
+                    // anchored search (forward only) finds it; otherwise the
+                    // next match further on.
+                    let input = Input::new(text).range(at..);
+                    let Some(m) = all
+                        .search(&input.clone().anchored(Anchored::Yes))
+                        .or_else(|| all.search(&input))
+                    else {
                         break;
                     };
                     let (start, mut end) = (m.start(), m.end());
-                    // Only a whitespace match can come from the last
-                    // alternative; which one matched is read (slowly) then.
+                    // Only a whitespace match can come from `\s+`.
                     if text[start..end].chars().all(char::is_whitespace)
                         && text[end..]
                             .chars()
                             .next()
                             .is_some_and(|c| !c.is_whitespace())
-                        && re.captures_read_at(&mut locs, text, start).is_some()
-                        && locs.get(1).is_some()
+                        && head
+                            .search(&Input::new(text).range(start..).anchored(Anchored::Yes))
+                            .is_none()
                     {
                         // `\s+(?!\S)`: all but the last whitespace character.
                         let last = text[start..end]

@@ -382,48 +382,40 @@ impl ChatTokenizer {
 
     fn count_pieces(&mut self, text: &str, spans: &[(usize, usize)]) -> Result<Count> {
         let pieces = split_at_specials(text, &self.splitters);
-        // Token index where each piece starts.
+        // Token index where each piece starts, and the token offsets of the
+        // pieces a span starts or ends in (encoded once, for both).
         let mut starts = Vec::with_capacity(pieces.len() + 1);
+        let mut offsets: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
         let mut total = 0;
-        for p in &pieces {
+        for (k, p) in pieces.iter().enumerate() {
             starts.push(total);
-            total += match p.special {
-                true => 1,
-                false => self.piece_len(&text[p.start..p.end])?,
+            let holds = |c: usize| p.start <= c && c < p.end;
+            total += if p.special {
+                1
+            } else if spans.iter().any(|&(s, e)| holds(s) || holds(e - 1)) {
+                let o = self.offsets(&text[p.start..p.end])?;
+                let n = o.len();
+                offsets.push((k, o));
+                n
+            } else {
+                self.piece_len(&text[p.start..p.end])?
             };
         }
-        // Offsets of the pieces a span starts or ends in, each encoded once.
-        let mut encoded: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
-        let mut token_at = |c: usize, me: &mut Self| -> Result<Option<usize>> {
-            let Some(k) = pieces.iter().position(|p| p.start <= c && c < p.end) else {
-                return Ok(None);
-            };
-            let p = &pieces[k];
-            if p.special {
-                return Ok(Some(starts[k]));
+        let token_at = |c: usize| -> Option<usize> {
+            let k = pieces.iter().position(|p| p.start <= c && c < p.end)?;
+            if pieces[k].special {
+                return Some(starts[k]);
             }
-            let at = match encoded.iter().position(|(i, _)| *i == k) {
-                Some(at) => at,
-                None => {
-                    encoded.push((k, me.offsets(&text[p.start..p.end])?));
-                    encoded.len() - 1
-                }
-            };
-            let offsets = &encoded[at].1;
-            let local = c - p.start;
-            Ok(offsets
-                .iter()
+            let (_, o) = offsets.iter().find(|(i, _)| *i == k)?;
+            let local = c - pieces[k].start;
+            o.iter()
                 .position(|&(s, e)| s <= local && local < e)
-                .map(|i| starts[k] + i))
+                .map(|i| starts[k] + i)
         };
-        let mut ranges = Vec::new();
-        for &(s, e) in spans {
-            let Some(a) = token_at(s, self)? else {
-                continue;
-            };
-            let b = token_at(e - 1, self)?.unwrap_or(total - 1);
-            ranges.push((a, b));
-        }
+        let ranges = spans
+            .iter()
+            .filter_map(|&(s, e)| Some((token_at(s)?, token_at(e - 1).unwrap_or(total - 1))))
+            .collect();
         Ok(Count {
             total,
             trainable: union_len(ranges),
