@@ -2,6 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// The export allocates and frees many short strings and template values per
+// sample; mimalloc does that markedly faster than the system allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = hermes_harvest::cli::Cli::parse();
     match hermes_harvest::run(cli) {

@@ -57,7 +57,9 @@ pub struct ChatTokenizer {
     has_tool_use: bool,
     has_default: bool,
     /// The special-token strings templates see (`bos_token`, `eos_token`, …).
-    specials: Vec<(String, Json)>,
+    /// The special-token variables templates read (`bos_token`, …), as
+    /// template values.
+    specials: Vec<(String, Value)>,
     /// Special tokens to split rendered text at, longest first; empty when
     /// the tokenizer must count whole texts.
     splitters: Vec<String>,
@@ -198,7 +200,7 @@ impl ChatTokenizer {
                 .flatten()
                 .find_map(|c| c.get(key).and_then(token_string));
             if let Some(v) = v {
-                specials.push((key.to_string(), Json::String(v)));
+                specials.push((key.to_string(), Value::from(v)));
             }
         }
         if let Some(extra) = [config.as_ref(), map_file.as_ref()]
@@ -206,12 +208,8 @@ impl ChatTokenizer {
             .flatten()
             .find_map(|c| c.get("additional_special_tokens").and_then(Json::as_array))
         {
-            let list: Vec<Json> = extra
-                .iter()
-                .filter_map(token_string)
-                .map(Json::String)
-                .collect();
-            specials.push(("additional_special_tokens".into(), Json::Array(list)));
+            let list: Vec<String> = extra.iter().filter_map(token_string).collect();
+            specials.push(("additional_special_tokens".into(), Value::from(list)));
         }
 
         let (list, origin) = templates(&dir, config.as_ref())?;
@@ -307,16 +305,15 @@ impl ChatTokenizer {
             bail!("the chat template list has no \"default\" template");
         };
         let tmpl = self.env.get_template(name).expect("added above");
-        let mut ctx: Vec<(String, Value)> = vec![
-            ("messages".into(), messages.clone()),
-            ("tools".into(), tools.cloned().unwrap_or(Value::from(()))),
-            ("documents".into(), Value::from(())),
-            ("add_generation_prompt".into(), Value::from(false)),
-        ];
-        for (k, v) in &self.specials {
-            ctx.push((k.clone(), Value::from_serialize(v)));
-        }
-        let ctx: Value = ctx.into_iter().collect();
+        let ctx: Value = [
+            ("messages", messages.clone()),
+            ("tools", tools.cloned().unwrap_or(Value::from(()))),
+            ("documents", Value::from(())),
+            ("add_generation_prompt", Value::from(false)),
+        ]
+        .into_iter()
+        .chain(self.specials.iter().map(|(k, v)| (k.as_str(), v.clone())))
+        .collect();
         tmpl.render(ctx)
             .map_err(|e| anyhow!("the chat template failed on this sample: {e:#}"))
     }
