@@ -2,6 +2,7 @@
 //! selection → formatter → redaction → output, with a one-line summary on
 //! stderr and, for directory output, a manifest.
 
+use crate::skip::Skip;
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
@@ -378,7 +379,7 @@ fn export_session(
                 .filter(|m| m.role == Role::User)
                 .count();
             if let Some(ex) = k.checked_sub(1).and_then(|k| exchanges.get_mut(k)) {
-                ex.problem = ex.problem.or(Some("retried_tool_call"));
+                ex.problem = ex.problem.or(Some(Skip::RetriedToolCall));
             }
         }
     }
@@ -438,9 +439,9 @@ fn export_session(
             usable[i] && fresh[i]
         })
         .collect();
-    report.skip_n("turn_already_in_state_db", duplicates);
+    report.skip_n(Skip::TurnAlreadyInStateDb, duplicates);
     for ex in exchanges.iter().zip(&selected).filter(|(_, s)| **s) {
-        if ex.0.problem == Some("tool_arguments_too_deep") {
+        if ex.0.problem == Some(Skip::ToolArgumentsTooDeep) {
             report.warn(format_args!(
                 "session {}: a turn's tool-call arguments are nested deeper than 128 levels; the turn is skipped (tool_arguments_too_deep)",
                 session.id
@@ -515,9 +516,9 @@ fn export_session(
                     }
                 }
                 report.skip(if complete == 0 {
-                    "no_complete_turn"
+                    Skip::NoCompleteTurn
                 } else {
-                    "too_few_turns"
+                    Skip::TooFewTurns
                 });
                 return Ok(());
             }
@@ -531,7 +532,7 @@ fn export_session(
                 &mut fitter,
             );
             for reason in outcome.skipped {
-                over_budget += usize::from(reason == "over_budget");
+                over_budget += usize::from(reason == Skip::OverBudget);
                 report.skip(reason);
             }
             if let Some(e) = outcome.template_error {
@@ -559,7 +560,7 @@ fn export_session(
                 &selected_pair,
             );
             for reason in outcome.skipped {
-                over_budget += usize::from(reason == "over_budget");
+                over_budget += usize::from(reason == Skip::OverBudget);
                 report.skip(reason);
             }
             if let Some(e) = outcome.template_error {

@@ -6,14 +6,13 @@
 //! `~`), and the count per kind is kept for the summary and the manifest;
 //! the secrets themselves are never stored or printed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use regex::{Regex, RegexSet};
 use serde_json::Value;
 
 use crate::model::Message;
-use crate::sampled_hash::BuildSampled;
 
 /// How a match of a pattern is checked and replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,9 +242,6 @@ pub struct Redactor {
     literals: Option<Regex>,
     home_path: Regex,
     pub counts: BTreeMap<&'static str, usize>,
-    /// Long texts that repeat across sessions (system prompts): their
-    /// redaction and what it counted.
-    cache: HashMap<String, Cached, BuildSampled>,
     /// Credential settings whose values are too short to redact safely.
     pub skipped_short: usize,
     /// Settings files that could not be read (FIFO, too large...).
@@ -254,11 +250,6 @@ pub struct Redactor {
 
 /// What one redaction counted, per kind.
 pub type Counted = Vec<(&'static str, usize)>;
-
-type Cached = (Option<String>, Counted);
-
-/// Distinct repeated texts remembered at most (about 12 MB of prompts).
-const CACHE_ENTRIES: usize = 1024;
 
 const HOME_PATH: &str = r"(^|[^A-Za-z0-9._/~-]|file://)/(?:Users|home)/[A-Za-z0-9._-]+";
 
@@ -314,7 +305,6 @@ impl Redactor {
             literals: literal_re.map(|l| Regex::new(&l).expect("escaped literals")),
             home_path: Regex::new(HOME_PATH).expect("valid home pattern"),
             counts: BTreeMap::new(),
-            cache: HashMap::default(),
             skipped_short: found.too_short,
             problems: found.problems,
         }
@@ -354,29 +344,6 @@ impl Redactor {
     pub fn string(&mut self, s: &mut String) {
         if let Some(new) = self.text(s) {
             *s = new;
-        }
-    }
-
-    /// Like [`Redactor::string`], for a text that many sessions share (a
-    /// system prompt): each distinct text is scanned once; every occurrence
-    /// still counts.
-    pub fn repeated(&mut self, s: &mut String) {
-        if let Some((out, counts)) = self.cache.get(s.as_str()) {
-            for (kind, n) in counts {
-                *self.counts.entry(kind).or_default() += n;
-            }
-            if let Some(out) = out {
-                *s = out.clone();
-            }
-            return;
-        }
-        let (out, counted) = self.counted(s);
-        if self.cache.len() >= CACHE_ENTRIES {
-            self.cache.clear();
-        }
-        self.cache.insert(s.clone(), (out.clone(), counted));
-        if let Some(out) = out {
-            *s = out;
         }
     }
 

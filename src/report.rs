@@ -1,5 +1,6 @@
 //! Warnings, skip counters and the one-line summary, all on stderr.
 
+use crate::skip::Skip;
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
@@ -63,7 +64,10 @@ impl Report {
             bail!("{} (--strict)", clean(&what.to_string()));
         }
         self.partial = true;
-        *self.skipped.entry("unreadable_input").or_default() += 1;
+        *self
+            .skipped
+            .entry(Skip::UnreadableInput.as_str())
+            .or_default() += 1;
         self.warn(format_args!("{what}; skipped"));
         Ok(())
     }
@@ -87,13 +91,13 @@ impl Report {
         }
     }
 
-    pub fn skip(&mut self, reason: &'static str) {
+    pub fn skip(&mut self, reason: Skip) {
         self.skip_n(reason, 1);
     }
 
-    pub fn skip_n(&mut self, reason: &'static str, n: usize) {
+    pub fn skip_n(&mut self, reason: Skip, n: usize) {
         if n > 0 {
-            *self.skipped.entry(reason).or_default() += n;
+            *self.skipped.entry(reason.as_str()).or_default() += n;
         }
     }
 

@@ -8,6 +8,7 @@
 //! each side is its final answer text, so tool-retry pairs (which have no
 //! text) are not written in that style.
 
+use crate::skip::Skip;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -49,7 +50,7 @@ pub struct DpoOutcome {
     /// side; trainable: the chosen side), how many called tools have no
     /// definition, and the time of its user turn.
     pub lines: Vec<(Signal, PairLine, Count, usize, Option<f64>)>,
-    pub skipped: Vec<&'static str>,
+    pub skipped: Vec<Skip>,
     /// Set when the chat template failed on a pair.
     pub template_error: Option<String>,
 }
@@ -75,7 +76,7 @@ pub fn pairs(
             .iter()
             .rposition(|m| m.role == Role::User)
         else {
-            out.skipped.push("pair_without_prompt");
+            out.skipped.push(Skip::PairWithoutPrompt);
             continue;
         };
         if !selected(user, alt.chosen_end) {
@@ -95,7 +96,7 @@ pub fn pairs(
                 out.lines
                     .push((alt.signal, line, count, missing, msgs[user].timestamp))
             }
-            Err("over_budget") => out.skipped.push(fitter.reason(failures)),
+            Err(Skip::OverBudget) => out.skipped.push(fitter.reason(failures)),
             Err(reason) => out.skipped.push(reason),
         }
     }
@@ -167,7 +168,7 @@ fn prompt_tokens(
 }
 
 impl Pair<'_> {
-    fn build(&self, fitter: &mut Fitter<'_>) -> Result<(PairLine, Count, usize), &'static str> {
+    fn build(&self, fitter: &mut Fitter<'_>) -> Result<(PairLine, Count, usize), Skip> {
         let (msgs, user, alt) = (self.msgs, self.user, self.alt);
         // The completions start right after the user turn; a tool-retry
         // shares the steps that came before the failed call.
@@ -178,18 +179,18 @@ impl Pair<'_> {
             .collect();
         let rejected: Vec<&Message> = shared.iter().chain(&alt.rejected).collect();
         if chosen.is_empty() || rejected.is_empty() {
-            return Err("empty_pair_side");
+            return Err(Skip::EmptyPairSide);
         }
         if alt.signal != Signal::ToolRetry
             && !(chosen.last().is_some_and(|m| m.is_final_answer())
                 && rejected.last().is_some_and(|m| m.is_final_answer()))
         {
-            return Err("pair_side_without_answer");
+            return Err(Skip::PairSideWithoutAnswer);
         }
         if chosen.len() == rejected.len()
             && chosen.iter().zip(&rejected).all(|(a, b)| a.same_turn(b))
         {
-            return Err("chosen_equals_rejected");
+            return Err(Skip::ChosenEqualsRejected);
         }
         if self.opts.flat_dpo {
             return self
@@ -219,7 +220,8 @@ impl Pair<'_> {
                 sides[1]
             }
         };
-        let mut fit = both_fit(fitter, self.system, &prompt, sides, &tools).ok_or("over_budget")?;
+        let mut fit =
+            both_fit(fitter, self.system, &prompt, sides, &tools).ok_or(Skip::OverBudget)?;
         if self.opts.tools == ToolsPolicy::Used {
             // Distractors that fit with the longer side.
             let mut all = prompt.clone();
@@ -317,15 +319,15 @@ impl Pair<'_> {
         fitter: &mut Fitter<'_>,
         chosen: &[&Message],
         rejected: &[&Message],
-    ) -> Result<(PairLine, Count), &'static str> {
+    ) -> Result<(PairLine, Count), Skip> {
         if self.alt.signal == Signal::ToolRetry {
-            return Err("tool_pair_in_flat_style");
+            return Err(Skip::ToolPairInFlatStyle);
         }
         let prompt = self.msgs[self.user].content.clone();
         let c = chosen.last().expect("checked").content.clone();
         let r = rejected.last().expect("checked").content.clone();
         if c.trim() == r.trim() {
-            return Err("chosen_equals_rejected");
+            return Err(Skip::ChosenEqualsRejected);
         }
         let user = [OutMsg::text("user", prompt.as_str())];
         let fit = both_fit(
@@ -338,7 +340,7 @@ impl Pair<'_> {
             ],
             &[],
         )
-        .ok_or("over_budget")?;
+        .ok_or(Skip::OverBudget)?;
         let count = Count {
             total: fit.total,
             trainable: fit

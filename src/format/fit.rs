@@ -1,6 +1,7 @@
 //! Making samples fit the token budget, shared by SFT and DPO: counting a
 //! candidate, trying distractor tools, and shortening long tool results.
 
+use crate::skip::Skip;
 use serde_json::Value;
 
 use crate::format::OutMsg;
@@ -31,11 +32,11 @@ impl Fitter<'_> {
 
     /// The skip reason for a sample that did not fit: `template_error` when
     /// the template failed on it since `failures_before`.
-    pub fn reason(&self, failures_before: usize) -> &'static str {
+    pub fn reason(&self, failures_before: usize) -> Skip {
         if self.template_failures > failures_before {
-            "template_error"
+            Skip::TemplateError
         } else {
-            "over_budget"
+            Skip::OverBudget
         }
     }
 

@@ -20,6 +20,7 @@
 //! exchange that does not fit on its own gets its long tool results
 //! shortened; if it still does not fit it is skipped as `over_budget`.
 
+use crate::skip::Skip;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
@@ -28,8 +29,8 @@ use serde_json::Value;
 use crate::format::fit::Fitter;
 use crate::format::tools::{SessionTools, ToolsPolicy};
 use crate::format::{Exchange, FormatOptions, OutMsg};
+use crate::hash::BuildSampled;
 use crate::redact::{Counted, Redactor};
-use crate::sampled_hash::BuildSampled;
 use crate::tokens::{Count, Estimate, Sample};
 
 /// Exchanges looked back at for context at most.
@@ -128,7 +129,7 @@ pub struct SftOutcome {
     /// Each line with the time of its first own user turn.
     pub lines: Vec<(SftLine, Option<f64>)>,
     /// Exchanges left out, per reason.
-    pub skipped: Vec<&'static str>,
+    pub skipped: Vec<Skip>,
     /// Set when the chat template failed on a sample.
     pub template_error: Option<String>,
 }
@@ -227,7 +228,7 @@ pub fn samples(
             }
             Err(reason) => {
                 out.skipped.push(match reason {
-                    "over_budget" => packer.fitter.reason(failures),
+                    Skip::OverBudget => packer.fitter.reason(failures),
                     other => other,
                 });
                 i += 1;
@@ -270,7 +271,7 @@ impl Packer<'_, '_, '_> {
     /// from exchanges this run does not write (exported before, outside
     /// the time window, or in an earlier part of a long session), so no
     /// turn is written twice by one run.
-    fn sample(&mut self, i: usize, end: usize) -> Result<(SftLine, usize), &'static str> {
+    fn sample(&mut self, i: usize, end: usize) -> Result<(SftLine, usize), Skip> {
         // The whole run often fits: one count instead of one per exchange
         // (tried only when the estimate, never below the real count and
         // rarely above twice it, says it may).
@@ -386,7 +387,7 @@ impl Packer<'_, '_, '_> {
         i: usize,
         tools: &[Value],
         missing_tools: usize,
-    ) -> Result<SftLine, &'static str> {
+    ) -> Result<SftLine, Skip> {
         let mut messages = self.flat.slice(i, i + 1).to_vec();
         let count = self
             .fitter
@@ -395,7 +396,7 @@ impl Packer<'_, '_, '_> {
                 &mut messages,
                 (!tools.is_empty()).then_some(tools),
             )
-            .ok_or("over_budget")?;
+            .ok_or(Skip::OverBudget)?;
         Ok(SftLine {
             system: None,
             messages,

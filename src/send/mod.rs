@@ -24,7 +24,7 @@ pub mod event;
 pub mod http;
 pub mod verify;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -197,23 +197,9 @@ pub fn check_session_id(id: &str) -> Result<()> {
 /// Writes the reply (plus a final newline) to stdout. A closed pipe is not
 /// an error.
 fn write_stdout(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    let result = out
-        .write_all(text.as_bytes())
-        .and_then(|()| {
-            if text.ends_with('\n') {
-                Ok(())
-            } else {
-                out.write_all(b"\n")
-            }
-        })
-        .and_then(|()| out.flush());
-    match result {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("writing the reply to stdout")
-        }
-        _ => Ok(()),
-    }
+    let mut out = crate::sink::Stdout::new();
+    out.line(text.strip_suffix('\n').unwrap_or(text).as_bytes())?;
+    out.finish().map(|_| ())
 }
 
 #[cfg(test)]

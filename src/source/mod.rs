@@ -7,6 +7,7 @@
 
 pub mod response_store;
 pub mod session_files;
+pub mod sqlite;
 pub mod state_db;
 
 use std::collections::{BTreeMap, BTreeSet};

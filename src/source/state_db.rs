@@ -9,10 +9,9 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Statement};
+use anyhow::{Result, bail};
+use rusqlite::{Connection, OptionalExtension, Row, Statement};
 
 use crate::content;
 use crate::model::{Message, Origin, Role, RowState, Session};
@@ -35,15 +34,6 @@ pub const PART_BYTES: usize = 24 << 20;
 const HEAD_ROWS: usize = 16;
 /// The previous part's last rows, repeated as context in the next.
 const CARRY_ROWS: usize = 512;
-
-/// How long to wait for a writer's lock: 10 s, or
-/// `HERMES_HARVEST_BUSY_TIMEOUT_MS` (tests use a short one).
-pub fn busy_timeout() -> Duration {
-    std::env::var("HERMES_HARVEST_BUSY_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::from_secs(10), Duration::from_millis)
-}
 
 /// A session row, without its messages.
 #[derive(Debug, Clone)]
@@ -89,12 +79,7 @@ impl StateDb {
     /// Opens `path` read-only. Errors name the file and say what is wrong
     /// (missing, not SQLite, not a Hermes store).
     pub fn open(path: &Path) -> Result<StateDb> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
-        let conn = Connection::open_with_flags(path, flags)
-            .with_context(|| format!("{}: cannot open as SQLite", path.display()))?;
-        conn.busy_timeout(busy_timeout())?;
+        let conn = super::sqlite::open_read_only(path)?;
         let tables = table_names(&conn).map_err(|e| describe_open_error(path, e))?;
         if !tables.contains("sessions") || !tables.contains("messages") {
             bail!(

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::sampled_hash::BuildSampled;
+use crate::hash::BuildSampled;
 
 use serde_json::Value as Json;
 

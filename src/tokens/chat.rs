@@ -28,7 +28,7 @@ use minijinja::{Environment, Error, ErrorKind, Value};
 use serde_json::Value as Json;
 use tokenizers::Tokenizer;
 
-use crate::sampled_hash::BuildSampled;
+use crate::hash::BuildSampled;
 use crate::tokens::Count;
 use crate::tokens::bpe::FastBpe;
 use crate::tokens::pyjson::PyJson;
