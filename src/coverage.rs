@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::config::{DpoStyle, ExportConfig, Format};
+use crate::config::ExportConfig;
 use crate::exit::{self, Failure};
 use crate::format::Exchange;
 use crate::hash::stable_hash;
@@ -56,14 +56,6 @@ pub fn selection(cfg: &ExportConfig) -> String {
     )
 }
 
-pub fn format_name(cfg: &ExportConfig) -> &'static str {
-    match (cfg.format, cfg.dpo_style) {
-        (Format::Sft, _) => "sft",
-        (Format::Dpo, DpoStyle::Conversational) => "dpo",
-        (Format::Dpo, DpoStyle::Flat) => "dpo-flat",
-    }
-}
-
 /// Whether pending turns in `[first, last]` may fall in the time window.
 fn window_may_hold(cfg: &ExportConfig, p: &Pending) -> bool {
     let open = cfg.since.is_none() && cfg.until.is_none();
@@ -109,7 +101,7 @@ fn refuse_overwriting_cumulative(dir: &std::path::Path) -> Result<()> {
 /// The output identity of this run.
 pub fn identity(cfg: &ExportConfig, plan: &Plan) -> OutputIdentity {
     OutputIdentity {
-        format: format_name(cfg).to_string(),
+        format: cfg.shape.as_str().to_string(),
         target: if cfg.string_arguments { "openai" } else { "hf" }.to_string(),
         out: plan.out_id.clone(),
         split: crate::output::SPLIT.to_string(),

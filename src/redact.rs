@@ -7,11 +7,11 @@
 //! the secrets themselves are never stored or printed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use regex::{Regex, RegexSet};
 use serde_json::Value;
 
+use crate::hermes_settings::HermesSettings;
 use crate::model::Message;
 
 /// How a match of a pattern is checked and replaced.
@@ -254,8 +254,9 @@ pub type Counted = Vec<(&'static str, usize)>;
 const HOME_PATH: &str = r"(^|[^A-Za-z0-9._/~-]|file://)/(?:Users|home)/[A-Za-z0-9._-]+";
 
 impl Redactor {
-    /// Patterns plus the secret values configured under `home` (if given).
-    pub fn new(home: Option<&Path>) -> Redactor {
+    /// Patterns plus the secret values configured in Hermes's settings (if
+    /// given).
+    pub fn new(settings: Option<&HermesSettings>) -> Redactor {
         let patterns: Vec<(&'static str, Regex, Rule)> = PATTERNS
             .iter()
             .map(|(kind, re, rule)| {
@@ -266,7 +267,7 @@ impl Redactor {
                 )
             })
             .collect();
-        let found = home.map(configured_secrets).unwrap_or_default();
+        let found = settings.map(configured_secrets).unwrap_or_default();
         let mut values = found.values;
         values.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         values.dedup();
@@ -568,12 +569,19 @@ pub struct Configured {
 /// Secret values set in `HERMES_HOME/.env` and `config.yaml`: values of
 /// settings that are credentials (see [`secret_setting`]), at least
 /// [`MIN_SECRET_LEN`] characters long; spaces are allowed (quoted `.env`
-/// values). The files are read only if they are regular and small.
-pub fn configured_secrets(home: &Path) -> Configured {
-    let mut out = Configured::default();
-    let take = |out: &mut Configured, name: &str, value: &str| {
+/// values).
+pub fn configured_secrets(settings: &HermesSettings) -> Configured {
+    let mut out = Configured {
+        problems: settings
+            .problems
+            .iter()
+            .map(|(path, why)| format!("{}: {why}; its secrets cannot be redacted", path.display()))
+            .collect(),
+        ..Configured::default()
+    };
+    for (name, value) in settings.all_settings() {
         let value = value.trim();
-        if !secret_setting(name)
+        if !secret_setting(&name)
             || value.is_empty()
             || matches!(
                 value.to_ascii_lowercase().as_str(),
@@ -581,49 +589,12 @@ pub fn configured_secrets(home: &Path) -> Configured {
             )
             || (value.starts_with("${") && value.ends_with('}'))
         {
-            return;
+            continue;
         }
         if value.chars().count() < MIN_SECRET_LEN {
             out.too_short += 1;
         } else {
             out.values.push(value.to_string());
-        }
-    };
-    for file in [".env", "config.yaml"] {
-        let path = home.join(file);
-        let text = match crate::safe_io::read_optional(&path, crate::safe_io::MAX_SETTINGS_BYTES) {
-            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-            Ok(None) => continue,
-            Err(e) => {
-                out.problems.push(format!(
-                    "{}: {e}; its secrets cannot be redacted",
-                    path.display()
-                ));
-                continue;
-            }
-        };
-        if file == ".env" {
-            for (name, value) in crate::send::config::parse_dotenv(&text) {
-                take(&mut out, &name, &value);
-            }
-            continue;
-        }
-        for line in text.lines() {
-            let line = line.trim();
-            if line.starts_with('#') {
-                continue;
-            }
-            let line = line.strip_prefix("- ").unwrap_or(line);
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.split(" #").next().unwrap_or_default().trim();
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(value);
-            take(&mut out, name.trim(), value);
         }
     }
     out
@@ -830,7 +801,7 @@ mod tests {
             "model:\n  max_tokens: 100000\n  sort_key: timestamp\n",
         )
         .unwrap();
-        let mut r = Redactor::new(Some(dir.path()));
+        let mut r = Redactor::new(Some(&HermesSettings::read(dir.path())));
         assert_eq!(r.skipped_short, 1, "PIN_TOKEN=1234 is too short");
         let text = "hunters hunt; hunter! said correct horse battery at timestamp 100000";
         let out = r.text(text).unwrap();
@@ -853,7 +824,7 @@ mod tests {
             "model:\n  api_key: \"another-one-99\"\n  default: fake-model-1\n",
         )
         .unwrap();
-        let mut r = Redactor::new(Some(dir.path()));
+        let mut r = Redactor::new(Some(&HermesSettings::read(dir.path())));
         let out = r
             .text("x plain-secret-value-42 y another-one-99 fake-model-1")
             .unwrap();

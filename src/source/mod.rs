@@ -29,6 +29,8 @@ pub struct Stores {
     /// `--session`: files of other sessions are not even read (a session
     /// file can be hundreds of megabytes).
     pub only_ids: Vec<String>,
+    /// Rows of a long state.db session read per part.
+    pub part_rows: usize,
     pub home: HermesHome,
     pub state: Option<StateDb>,
     pub responses: Option<ResponseStore>,
@@ -113,6 +115,7 @@ impl Stores {
         }
         Ok(Stores {
             only_ids: Vec::new(),
+            part_rows: state_db::PART_ROWS,
             home: home.clone(),
             state,
             responses,
@@ -145,10 +148,7 @@ impl Stores {
         f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
     ) -> Result<()> {
         if let Some(db) = &self.state {
-            let part_rows = std::env::var("HERMES_HARVEST_PART_ROWS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(state_db::PART_ROWS);
+            let part_rows = self.part_rows;
             let mut one = |head: SessionHead, report: &mut Report| -> Result<()> {
                 if head.is_rotation_child() {
                     return Ok(());

@@ -5,16 +5,15 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::cli::SourcesArgs;
+use crate::config::SourcesConfig;
 use crate::config::iso_time;
 use crate::exit;
-use crate::home::HermesHome;
 use crate::model::Channel;
 use crate::report::Report;
 use crate::source::Stores;
 
-pub fn run(args: &SourcesArgs) -> Result<u8> {
-    let home = HermesHome::resolve(&args.home)?;
+pub fn run(args: &SourcesConfig) -> Result<u8> {
+    let home = args.home.resolve()?;
     let mut report = Report::new(false, false);
     let stores = Stores::open(&home, &mut report)?;
     let mut doc = serde_json::Map::new();

@@ -8,20 +8,20 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::cli::ExportArgs;
-use crate::config::{ExportConfig, Format, SystemPolicy, iso_time};
+use crate::config::{ExportConfig, SystemPolicy, iso_time};
 use crate::coverage::{self, RunCoverage, fingerprint, identities};
 use crate::exit::{self, Failure};
 use crate::format::fit::Fitter;
 use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
 use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_text};
-use crate::home::HermesHome;
+use crate::hermes_settings::HermesSettings;
 use crate::model::{Channel, Message, Origin, Role, Session};
 use crate::output::Output;
 use crate::paths::{DIR_FILES, Dest};
 use crate::rebuild::{self, RebuildStats};
 use crate::redact::Redactor;
 use crate::report::{Report, counts};
+use crate::shape::Shape;
 use crate::source::session_files::ToolCatalog;
 use crate::source::{Stores, head_of};
 use crate::state::{Pending, RunLock, RunState};
@@ -121,16 +121,17 @@ struct Covered<'a> {
     state: Option<&'a RunState>,
 }
 
-pub fn run(args: &ExportArgs) -> Result<u8> {
-    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-    let mut cfg = ExportConfig::from_args(args, now)?;
-    let home = HermesHome::resolve(&args.home)?;
+pub fn run(mut cfg: ExportConfig) -> Result<u8> {
+    let home = cfg.home.resolve()?;
     let mut report = Report::new(cfg.strict, cfg.quiet);
 
     // Every path this run writes, resolved and checked first.
-    let system_file = matches!(cfg.system, crate::config::SystemPolicy::Fixed(_))
-        .then(|| std::path::Path::new(&args.system_prompt));
-    let plan = crate::paths::plan(&cfg.out, cfg.state.as_deref(), &home, system_file)?;
+    let plan = crate::paths::plan(
+        &cfg.out,
+        cfg.state.as_deref(),
+        &home,
+        cfg.system_file.as_deref(),
+    )?;
 
     // One run at a time per state file (or per output).
     let _lock = plan.lock.as_deref().map(RunLock::acquire).transpose()?;
@@ -161,12 +162,15 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         .into());
     }
     stores.only_ids = cfg.sessions.clone();
+    stores.part_rows = cfg.part_rows;
     if let Some(db) = stores.state.as_mut() {
         // A text longer than twice the sample budget can never be trained on.
         db.set_limits(cfg.max_tokens as u64 * 8 + 4096, cfg.include_reasoning);
     }
     let stores = stores;
-    let mut redactor = cfg.redact.then(|| Redactor::new(Some(&home.dir)));
+    let mut redactor = cfg
+        .redact
+        .then(|| Redactor::new(Some(&HermesSettings::read(&home.dir))));
     if let Some(r) = &redactor {
         for p in &r.problems {
             report.input_problem(p)?;
@@ -456,7 +460,7 @@ fn export_session(
         .filter(|(e, u)| **u && e.problem.is_none())
         .count();
     let too_few =
-        cfg.format == Format::Sft && complete < cfg.min_turns && selected.iter().any(|s| *s);
+        cfg.shape == Shape::Sft && complete < cfg.min_turns && selected.iter().any(|s| *s);
     if covered.state.is_some() {
         // A turn is covered once a run selected it; one a filter left out
         // stays for a later run (never consumed by what was not exported).
@@ -503,8 +507,8 @@ fn export_session(
     let system_tokens = system.as_ref().map_or(0, |s| kit.system_tokens(s));
     let mut fitter = Fitter::new(&mut kit.counter, kit.opts.max_tokens);
     let mut over_budget = 0;
-    match cfg.format {
-        Format::Sft => {
+    match cfg.shape {
+        Shape::Sft => {
             if !selected.iter().any(|s| *s) {
                 return Ok(());
             }
@@ -544,7 +548,7 @@ fn export_session(
                 totals.wrote(channel, line.count, system_tokens, line.missing_tools);
             }
         }
-        Format::Dpo => {
+        Shape::Dpo | Shape::DpoFlat => {
             let msgs = &rebuilt.messages;
             // The pair's prompt ends with its exchange's user turn.
             let selected_pair = |user: usize, _chosen_end: usize| -> bool {
@@ -671,13 +675,13 @@ fn manifest(
     json!({
         "tool": "hermes-harvest",
         "version": env!("CARGO_PKG_VERSION"),
-        "format": coverage::format_name(cfg),
+        "format": cfg.shape.as_str(),
         "cumulative": cfg.state.is_some(),
-        "flags": std::env::args().skip(1).collect::<Vec<_>>(),
+        "flags": cfg.flags,
         "sources": sources,
         "counts": {
             "channels": per_channel(totals, cfg),
-            "signals": if cfg.format == Format::Dpo { json!(per_signal(totals, cfg)) } else { Value::Null },
+            "signals": if cfg.shape.is_dpo() { json!(per_signal(totals, cfg)) } else { Value::Null },
             "skipped": report.skipped,
             "new_lines": w.new_lines,
         },
@@ -723,9 +727,10 @@ fn summarize(
         ));
         return;
     }
-    let signals = match cfg.format {
-        Format::Dpo => format!("; pairs per signal: {}", counts(&per_signal(totals, cfg))),
-        Format::Sft => String::new(),
+    let signals = if cfg.shape.is_dpo() {
+        format!("; pairs per signal: {}", counts(&per_signal(totals, cfg)))
+    } else {
+        String::new()
     };
     let tokens: Vec<String> = Channel::ALL
         .iter()
@@ -760,10 +765,7 @@ fn summarize(
         "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out",
         report.sessions_read.values().sum::<usize>(),
         counts(&report.sessions_read),
-        match cfg.format {
-            Format::Sft => "sft",
-            Format::Dpo => "dpo",
-        },
+        if cfg.shape.is_dpo() { "dpo" } else { "sft" },
         counts(&per_channel(totals, cfg)),
         if exact { "exact" } else { "estimated" },
         cfg.max_tokens,
