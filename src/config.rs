@@ -11,7 +11,6 @@ use crate::model::Channel;
 use crate::rebuild::Signal;
 use crate::send::event::EventKind;
 use crate::shape::Shape;
-use crate::source::state_db::SessionHead;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SystemPolicy {
@@ -128,26 +127,6 @@ impl ExportConfig {
             sft_context: self.sft_context,
             signals: self.signals.clone(),
             flat_dpo: self.shape == Shape::DpoFlat,
-        }
-    }
-
-    pub fn channel_of(&self, h: &SessionHead) -> Channel {
-        Channel::of(&h.source, &h.id, h.title.as_deref(), &self.nexus_prefix)
-    }
-
-    /// Session-level selection (before any message is read).
-    pub fn wants(&self, h: &SessionHead) -> bool {
-        (self.channels.is_empty() || self.channels.contains(&self.channel_of(h)))
-            && (self.sources.is_empty() || self.sources.contains(&h.source))
-            && (self.sessions.is_empty() || self.sessions.contains(&h.id))
-            && (self.models.is_empty() || h.model.as_ref().is_some_and(|m| self.models.contains(m)))
-    }
-
-    /// Turn-level time window.
-    pub fn in_window(&self, t: Option<f64>) -> bool {
-        match t {
-            Some(t) => self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u),
-            None => self.since.is_none() && self.until.is_none(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What an incremental run covers, what it leaves pending, and the checks
 //! that keep a cumulative output to one state (see `state` for the model).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 use serde_json::Value;
@@ -10,13 +10,11 @@ use crate::config::ExportConfig;
 use crate::exit::{self, Failure};
 use crate::format::Exchange;
 use crate::hash::stable_hash;
-use crate::model::Message;
+use crate::model::{Message, Origin, Session, SessionMeta};
 use crate::output::Written;
 use crate::paths::{Dest, Plan};
-use crate::redact::Redactor;
-use crate::report::Report;
-use crate::source::Stores;
-use crate::source::state_db::{SessionHead, StateDb};
+use crate::select::{Covered, TurnSelection, turn_key};
+use crate::source::state_db::StateDb;
 use crate::state::{OutputIdentity, Pending, RunState};
 
 /// A turn's identity across stores: its user text and its final answer.
@@ -145,8 +143,8 @@ pub fn heads_to_read(
     db: &StateDb,
     cfg: &ExportConfig,
     selection: &str,
-) -> Result<Vec<SessionHead>> {
-    let mut heads: BTreeMap<String, SessionHead> = db
+) -> Result<Vec<SessionMeta>> {
+    let mut heads: BTreeMap<String, SessionMeta> = db
         .touched_since(st.watermark)?
         .into_iter()
         .map(|h| (h.id.clone(), h))
@@ -182,6 +180,59 @@ pub struct RunCoverage {
 }
 
 impl RunCoverage {
+    /// Records what this run did with the turns of one session. A turn is
+    /// covered once a run selected it; one a filter left out stays pending
+    /// for a later run (never consumed by what was not exported).
+    pub fn record_session(
+        &mut self,
+        covered: &Covered<'_>,
+        session: &Session,
+        exchanges: &[Exchange<'_>],
+        sel: &TurnSelection,
+    ) {
+        if covered.state.is_none() {
+            return;
+        }
+        if session.origin != Some(Origin::StateDb) {
+            for (i, ident) in sel.idents.iter().enumerate() {
+                if sel.selected[i] && !sel.too_few {
+                    self.covered
+                        .entry(session.id.clone())
+                        .or_default()
+                        .push(*ident);
+                }
+            }
+            return;
+        }
+        let context_upto = session.resume_after.unwrap_or(0);
+        let mut left = Pending::default();
+        let mut extend = false;
+        for (i, ex) in exchanges.iter().enumerate() {
+            let consumed = sel.selected[i] && !sel.too_few;
+            match turn_key(ex.msgs) {
+                Some(key) if key > context_upto && sel.fresh[i] && !consumed => {
+                    left.add_turn(key, ex.timestamp.or(session.started_at), extend);
+                    extend = true;
+                }
+                _ => extend = false,
+            }
+        }
+        if sel.too_few && !left.turns.is_empty() {
+            left.complete = Some(sel.complete);
+        }
+        let pending = covered.state.and_then(|s| s.pending.get(&session.id));
+        if pending.is_some() {
+            // Its old entry is replaced by what this run leaves.
+            self.read_db.insert(session.id.clone());
+        }
+        if !left.is_empty() {
+            self.pending
+                .entry(session.id.clone())
+                .or_default()
+                .merge(left);
+        }
+    }
+
     /// Folds this run into the state; true when the state file must be
     /// written (something changed, or outputs were committed).
     pub fn commit(
@@ -227,44 +278,4 @@ impl RunCoverage {
         }
         changed
     }
-}
-
-/// Puts the turns of the state.db session `id` (a session file can carry
-/// its id, as 0.13's background-review snapshots do) into `seen` when this
-/// run did not read it: an incremental run reads only the sessions touched
-/// since, and the file's copies of turns exported earlier must not be
-/// exported again.
-pub fn fingerprint_db_copy(
-    stores: &Stores,
-    id: &str,
-    strict: bool,
-    report: &mut Report,
-    (seen, fingerprinted): (&mut HashSet<u64>, &mut HashSet<String>),
-    redactor: Option<&mut Redactor>,
-) -> Result<()> {
-    let Some(db) = &stores.state else {
-        return Ok(());
-    };
-    let Some(root) = db.root_of(id)? else {
-        return Ok(());
-    };
-    if !fingerprinted.insert(root.id.clone()) {
-        return Ok(());
-    }
-    let mut quiet = Report::new(strict, true);
-    let Some(session) = stores.load_session(&root.id, &mut quiet)? else {
-        return Ok(());
-    };
-    report.partial |= quiet.partial;
-    let mut rebuilt = crate::rebuild::rebuild(&session);
-    if let Some(r) = redactor {
-        // The same text as the export sees; these redactions are not counted.
-        let counts = r.counts.clone();
-        rebuilt.messages.iter_mut().for_each(|m| r.message(m));
-        r.counts = counts;
-    }
-    for ex in crate::format::exchanges(&rebuilt.messages) {
-        seen.insert(fingerprint(ex.msgs));
-    }
-    Ok(())
 }

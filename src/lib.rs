@@ -3,7 +3,7 @@
 //! [`cli`] parses the command line and maps it to a clap-free
 //! configuration ([`config`]); [`cmd`] runs each command with it. For
 //! `export`, data flows `source` (one module per Hermes store) → [`model`]
-//! → [`rebuild`] (the true conversation) → selection ([`config`]) →
+//! → [`rebuild`] (the true conversation) → selection ([`select`]) →
 //! [`format`] (sft, dpo) → [`output`] / [`sink`]. `send` is separate.
 
 pub mod cli;
@@ -17,6 +17,7 @@ pub mod format;
 pub mod hash;
 pub mod hermes_settings;
 pub mod home;
+pub mod manifest;
 pub mod model;
 pub mod output;
 pub mod paths;
@@ -24,6 +25,7 @@ pub mod rebuild;
 pub mod redact;
 pub mod report;
 pub mod safe_io;
+pub mod select;
 pub mod send;
 pub mod shape;
 pub mod sink;

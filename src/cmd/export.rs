@@ -1,74 +1,45 @@
 //! The `export` pipeline: stores → sessions → rebuilt conversations →
-//! selection → formatter → redaction → output, with a one-line summary on
-//! stderr and, for directory output, a manifest.
+//! selection ([`crate::select`]) → formatter → redaction → output, with a
+//! one-line summary on stderr and, for directory output, a manifest
+//! ([`crate::manifest`]). With `--state`, what the run covered is folded
+//! into the state file ([`crate::coverage`]) after the outputs are in place.
 
-use crate::skip::Skip;
-use std::collections::{BTreeMap, HashSet};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use anyhow::Result;
-use serde_json::{Value, json};
 
-use crate::config::{ExportConfig, SystemPolicy, iso_time};
-use crate::coverage::{self, RunCoverage, fingerprint, identities};
+use crate::config::{ExportConfig, SystemPolicy};
+use crate::coverage::{self, RunCoverage};
 use crate::exit::{self, Failure};
 use crate::format::fit::Fitter;
 use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
 use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_text};
 use crate::hermes_settings::HermesSettings;
-use crate::model::{Channel, Message, Origin, Role, Session};
-use crate::output::Output;
-use crate::paths::{DIR_FILES, Dest};
-use crate::rebuild::{self, RebuildStats};
+use crate::home::HermesHome;
+use crate::manifest::{Counting, Inputs, Manifest, Totals};
+use crate::model::{Channel, Origin, Role, Session};
+use crate::output::{Output, Written};
+use crate::paths::{DIR_FILES, Dest, Plan};
+use crate::rebuild::{self, Rebuilt, Signal};
 use crate::redact::Redactor;
 use crate::report::{Report, counts};
+use crate::select::{self, Covered, Dedupe, TurnSelection};
 use crate::shape::Shape;
+use crate::skip::Skip;
+use crate::source::Stores;
 use crate::source::session_files::ToolCatalog;
-use crate::source::{Stores, head_of};
-use crate::state::{Pending, RunLock, RunState};
-use crate::tokens::{Count, Counter, Estimate, Sample};
-
-/// Token figures of one channel.
-#[derive(Debug, Default, Clone, Copy)]
-struct TokenTotals {
-    samples: usize,
-    total: usize,
-    trainable: usize,
-    longest: usize,
-    system: usize,
-    over_budget: usize,
-    tool_definitions_missing: usize,
-}
-
-/// Totals for the summary and the manifest.
-#[derive(Debug, Default)]
-struct Totals {
-    samples: BTreeMap<&'static str, usize>,
-    signals: BTreeMap<&'static str, usize>,
-    history: RebuildStats,
-    first: Option<f64>,
-    last: Option<f64>,
-    /// What this run covered and left pending, for the state.
-    coverage: RunCoverage,
-    /// Fingerprints of the turns of the state.db sessions read in this run.
-    /// Session files can hold the same turns under another id (0.13 writes
-    /// snapshots for compaction and retry sessions that never reach the
-    /// DB); those turns are exported once.
-    seen: HashSet<u64>,
-    /// state.db sessions whose turns are in `seen`.
-    fingerprinted: HashSet<String>,
-    /// Whether any store besides state.db can repeat its turns.
-    dedupe: bool,
-    system_json: sft::SystemCache,
-    tokens: BTreeMap<&'static str, TokenTotals>,
-    /// The first chat-template failure, reported once.
-    template_error: Option<String>,
-}
+use crate::state::{RunLock, RunState};
+use crate::tokens::{Counter, Estimate, Sample};
 
 /// What formatting a session needs besides the session.
 struct Kit {
     opts: FormatOptions,
     counter: Counter,
     catalog: ToolCatalog,
+    /// System messages already made, shared by the sessions that use them.
+    system_json: sft::SystemCache,
 }
 
 impl Kit {
@@ -95,36 +66,30 @@ impl Kit {
     }
 }
 
-impl Totals {
-    fn wrote(&mut self, channel: Channel, count: Count, system_tokens: usize, missing: usize) {
-        *self.samples.entry(channel.as_str()).or_default() += 1;
-        let t = self.tokens.entry(channel.as_str()).or_default();
-        t.samples += 1;
-        t.total += count.total;
-        t.trainable += count.trainable;
-        t.longest = t.longest.max(count.total);
-        t.system += system_tokens;
-        t.tool_definitions_missing += usize::from(missing > 0);
-    }
-
-    fn saw_time(&mut self, t: Option<f64>) {
-        if let Some(t) = t {
-            self.first = Some(self.first.map_or(t, |f| f.min(t)));
-            self.last = Some(self.last.map_or(t, |l| l.max(t)));
-        }
-    }
+/// Everything one run carries from session to session.
+struct Run<'a> {
+    cfg: &'a ExportConfig,
+    kit: Kit,
+    covered: Covered<'a>,
+    totals: Totals,
+    coverage: RunCoverage,
+    dedupe: Dedupe,
+    output: Output,
+    redactor: Option<Redactor>,
 }
 
-/// What the previous runs covered (`state` is `None` without `--state`).
-struct Covered<'a> {
-    watermark: i64,
-    state: Option<&'a RunState>,
+/// A rebuilt session ready to format.
+struct Prepared {
+    session: Session,
+    channel: Channel,
+    rebuilt: Rebuilt,
+    system: Option<Rc<sft::SystemMsg>>,
+    tools: SessionTools,
 }
 
 pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     let home = cfg.home.resolve()?;
     let mut report = Report::new(cfg.strict, cfg.quiet);
-
     // Every path this run writes, resolved and checked first.
     let plan = crate::paths::plan(
         &cfg.out,
@@ -132,10 +97,89 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
         &home,
         cfg.system_file.as_deref(),
     )?;
-
     // One run at a time per state file (or per output).
     let _lock = plan.lock.as_deref().map(RunLock::acquire).transpose()?;
-    // Leftovers of a killed run (we hold the lock, so nobody owns them).
+    remove_leftovers(&plan);
+    let state = plan.state.as_deref().map(RunState::load).transpose()?;
+    // A cumulative output belongs to one state, format and style.
+    let identity = coverage::identity(&cfg, &plan);
+    coverage::check_output(state.as_ref(), &plan, &identity)?;
+    let stores = open_stores(&cfg, &home, state.is_some(), &mut report)?;
+    let mut redactor = open_redactor(&cfg, &home, &mut report)?;
+    let top = match &stores.state {
+        Some(db) => db.max_message_id()?,
+        None => 0,
+    };
+    let selection = coverage::selection(&cfg);
+    if let Some(s) = &state
+        && top < s.watermark
+    {
+        report.warn(format_args!(
+            "state.db holds messages up to id {top}, but the state file has seen up to {}; was state.db replaced? Only newer ids will be exported",
+            s.watermark
+        ));
+    }
+    if let SystemPolicy::Soul(soul) = &mut cfg.system {
+        *soul = std::fs::read_to_string(home.dir.join("SOUL.md")).ok();
+    }
+    if let (Some(r), SystemPolicy::Fixed(text)) = (redactor.as_mut(), &mut cfg.system) {
+        // The replacement prompt is redacted like any stored text.
+        r.string(text);
+    }
+    let cfg = &cfg;
+    let mut run = Run {
+        cfg,
+        kit: Kit {
+            opts: cfg.format_options(),
+            counter: Counter::new(cfg.tokenizer.as_deref())?,
+            catalog: ToolCatalog::new(&stores.files),
+            system_json: sft::SystemCache::default(),
+        },
+        covered: Covered {
+            watermark: state.as_ref().map_or(0, |s| s.watermark),
+            state: state.as_ref(),
+        },
+        totals: Totals::default(),
+        coverage: RunCoverage::default(),
+        dedupe: Dedupe {
+            active: stores.responses.is_some()
+                || !stores.files.snapshots.is_empty()
+                || !stores.files.transcripts.is_empty(),
+            ..Dedupe::default()
+        },
+        output: Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?,
+        redactor,
+    };
+    run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
+    let closed = run.close(&stores, &mut report, top)?;
+    if let (Some(path), Some(mut st)) = (&plan.state, state) {
+        let written = closed.written.as_ref();
+        commit_state(
+            path,
+            &mut st,
+            closed.coverage,
+            written,
+            (top, selection, identity),
+        )?;
+    }
+    summarize(
+        &report,
+        &closed.totals,
+        cfg,
+        &closed.redactions,
+        closed.written.is_none(),
+        closed.exact,
+    );
+    Ok(if report.partial {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    })
+}
+
+/// Leftovers of a killed run (the caller holds the lock, so nobody owns
+/// them).
+fn remove_leftovers(plan: &Plan) {
     let targets: Vec<std::path::PathBuf> = match &plan.dest {
         Dest::File(p) => vec![p.clone()],
         Dest::Dir(d) => DIR_FILES.iter().map(|n| d.join(n)).collect(),
@@ -144,12 +188,16 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     for t in targets.iter().chain(&plan.state) {
         crate::sink::remove_stale_partials(t);
     }
-    let state = plan.state.as_deref().map(RunState::load).transpose()?;
-    // A cumulative output belongs to one state, format and style.
-    let identity = coverage::identity(&cfg, &plan);
-    coverage::check_output(state.as_ref(), &plan, &identity)?;
-    let mut stores = Stores::open(&home, &mut report)?;
-    if state.is_some() && stores.state.is_none() && home.state_db().exists() {
+}
+
+fn open_stores(
+    cfg: &ExportConfig,
+    home: &HermesHome,
+    incremental: bool,
+    report: &mut Report,
+) -> Result<Stores> {
+    let mut stores = Stores::open(home, report)?;
+    if incremental && stores.state.is_none() && home.state_db().exists() {
         // Exporting the other stores now would commit their copies of the
         // canonical turns, and the next run would export them again.
         return Err(Failure::new(
@@ -167,217 +215,301 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
         // A text longer than twice the sample budget can never be trained on.
         db.set_limits(cfg.max_tokens as u64 * 8 + 4096, cfg.include_reasoning);
     }
-    let stores = stores;
-    let mut redactor = cfg
-        .redact
-        .then(|| Redactor::new(Some(&HermesSettings::read(&home.dir))));
-    if let Some(r) = &redactor {
-        for p in &r.problems {
-            report.input_problem(p)?;
-        }
-        if r.skipped_short > 0 {
-            report.warn(format_args!(
-                "{} credential setting(s) in .env/config.yaml are shorter than {} characters and are not redacted (they would hit ordinary words)",
-                r.skipped_short,
-                crate::redact::MIN_SECRET_LEN
-            ));
-        }
-    }
-
-    let top = match &stores.state {
-        Some(db) => db.max_message_id()?,
-        None => 0,
-    };
-    let covered = Covered {
-        watermark: state.as_ref().map_or(0, |s| s.watermark),
-        state: state.as_ref(),
-    };
-    let selection = coverage::selection(&cfg);
-    if let Some(s) = &state
-        && top < s.watermark
-    {
-        report.warn(format_args!(
-            "state.db holds messages up to id {top}, but the state file has seen up to {}; was state.db replaced? Only newer ids will be exported",
-            s.watermark
-        ));
-    }
-    // A first incremental run reads everything, streaming like a full one.
-    // Later runs read the sessions touched since, and those holding pending
-    // turns that this run's filters may now take.
-    let db_heads = match (&state, &stores.state) {
-        (Some(s), Some(db)) if s.watermark > 0 => {
-            Some(coverage::heads_to_read(s, db, &cfg, &selection)?)
-        }
-        _ => None,
-    };
-    let progress_len = match (&db_heads, &stores.state) {
-        (Some(h), _) => h.len() as u64,
-        (None, Some(db)) => db
-            .connection()
-            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get::<_, i64>(0))
-            .unwrap_or(0)
-            .max(0) as u64,
-        _ => 0,
-    };
-    report.start_progress(progress_len, "exporting");
-
-    if let SystemPolicy::Soul(soul) = &mut cfg.system {
-        *soul = std::fs::read_to_string(home.dir.join("SOUL.md")).ok();
-    }
-    let mut kit = Kit {
-        opts: cfg.format_options(),
-        counter: Counter::new(cfg.tokenizer.as_deref())?,
-        catalog: ToolCatalog::new(&stores.files),
-    };
-    let mut output = Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?;
-    let mut totals = Totals {
-        dedupe: stores.responses.is_some()
-            || !stores.files.snapshots.is_empty()
-            || !stores.files.transcripts.is_empty(),
-        ..Totals::default()
-    };
-    if let (Some(r), crate::config::SystemPolicy::Fixed(text)) =
-        (redactor.as_mut(), &mut cfg.system)
-    {
-        r.string(text);
-    }
-    let unselected = std::cell::RefCell::new(Vec::new());
-    stores.each_session(
-        &mut report,
-        db_heads,
-        &|h| cfg.wants(h),
-        &mut |h| unselected.borrow_mut().push(h.id.clone()),
-        &mut |session, report| {
-            report.tick();
-            if session.origin != Some(Origin::StateDb) && totals.dedupe {
-                coverage::fingerprint_db_copy(
-                    &stores,
-                    &session.id,
-                    cfg.strict,
-                    report,
-                    (&mut totals.seen, &mut totals.fingerprinted),
-                    redactor.as_mut(),
-                )?;
-            }
-            export_session(
-                session,
-                &cfg,
-                &mut kit,
-                &covered,
-                report,
-                &mut totals,
-                &mut output,
-                redactor.as_mut(),
-            )
-        },
-    )?;
-    report.finish_progress();
-    totals.coverage.unselected = unselected.into_inner();
-
-    let redactions = redactor
-        .as_ref()
-        .map(|r| r.counts.clone())
-        .unwrap_or_default();
-    if let Some(e) = &totals.template_error {
-        report.warn(format_args!(
-            "the chat template failed on some samples (skipped as template_error): {e}"
-        ));
-    }
-    let counted_with = kit.counter.describe();
-    let written = output.finish(&|w| {
-        let m = manifest(
-            &cfg,
-            &stores,
-            &report,
-            &totals,
-            &redactions,
-            top.max(covered.watermark),
-            w,
-            (&counted_with, kit.counter.is_exact()),
-        );
-        Ok(serde_json::to_vec_pretty(&m)?)
-    })?;
-
-    if let (Some(path), Some(mut st)) = (&plan.state, state) {
-        if written.as_ref().is_some_and(|w| !w.delivered) {
-            return Err(Failure::new(
-                exit::ERROR,
-                "the reader closed the output before every line was delivered; the state file was not advanced, so the next run sends these lines again",
-            )
-            .into());
-        }
-        let changed = std::mem::take(&mut totals.coverage).commit(
-            &mut st,
-            written.as_ref(),
-            top,
-            selection,
-            identity,
-        );
-        if changed {
-            crate::stall::point("before-state");
-            st.save(path)?;
-        }
-    }
-    summarize(
-        &report,
-        &totals,
-        &cfg,
-        &redactions,
-        written.is_none(),
-        kit.counter.is_exact(),
-    );
-    Ok(if report.partial {
-        exit::PARTIAL
-    } else {
-        exit::OK
-    })
+    Ok(stores)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn export_session(
-    mut session: Session,
+fn open_redactor(
     cfg: &ExportConfig,
-    kit: &mut Kit,
-    covered: &Covered<'_>,
+    home: &HermesHome,
     report: &mut Report,
-    totals: &mut Totals,
-    output: &mut Output,
-    mut redactor: Option<&mut Redactor>,
-) -> Result<()> {
-    let channel = cfg.channel_of(&head_of(&session));
-    let mut rebuilt = rebuild::rebuild(&session);
-    add_stats(&mut totals.history, &rebuilt.stats);
-    if let Some(r) = redactor.as_deref_mut() {
-        // Every string once, before any sample repeats it.
-        rebuilt.messages.iter_mut().for_each(|m| r.message(m));
-        for alt in &mut rebuilt.alternatives {
-            alt.rejected.iter_mut().for_each(|m| r.message(m));
+) -> Result<Option<Redactor>> {
+    if !cfg.redact {
+        return Ok(None);
+    }
+    let r = Redactor::new(Some(&HermesSettings::read(&home.dir)));
+    for p in &r.problems {
+        report.input_problem(p)?;
+    }
+    if r.skipped_short > 0 {
+        report.warn(format_args!(
+            "{} credential setting(s) in .env/config.yaml are shorter than {} characters and are not redacted (they would hit ordinary words)",
+            r.skipped_short,
+            crate::redact::MIN_SECRET_LEN
+        ));
+    }
+    Ok(Some(r))
+}
+
+impl Run<'_> {
+    /// Reads, selects and formats every session.
+    fn each_session(
+        &mut self,
+        stores: &Stores,
+        state: Option<&RunState>,
+        selection: &str,
+        report: &mut Report,
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        // A first incremental run reads everything, streaming like a full
+        // one. Later runs read the sessions touched since, and those holding
+        // pending turns that this run's filters may now take.
+        let db_heads = match (state, &stores.state) {
+            (Some(s), Some(db)) if s.watermark > 0 => {
+                Some(coverage::heads_to_read(s, db, cfg, selection)?)
+            }
+            _ => None,
+        };
+        let progress_len = match (&db_heads, &stores.state) {
+            (Some(h), _) => h.len() as u64,
+            (None, Some(db)) => db.session_count(),
+            _ => 0,
+        };
+        report.start_progress(progress_len, "exporting");
+        let unselected = RefCell::new(Vec::new());
+        stores.each_session(
+            report,
+            db_heads,
+            &|h| select::wants(cfg, h),
+            &mut |h| unselected.borrow_mut().push(h.id.clone()),
+            &mut |session, report| {
+                report.tick();
+                if session.origin != Some(Origin::StateDb) && self.dedupe.active {
+                    self.dedupe.fingerprint_db_copy(
+                        stores,
+                        &session.id,
+                        cfg.strict,
+                        report,
+                        self.redactor.as_mut(),
+                    )?;
+                }
+                self.session(session, report)
+            },
+        )?;
+        report.finish_progress();
+        self.coverage.unselected = unselected.into_inner();
+        Ok(())
+    }
+
+    /// Rebuilds one session, redacts it, and makes its system message and
+    /// tool definitions.
+    fn prepare(&mut self, mut session: Session) -> Prepared {
+        let channel = select::channel_of(self.cfg, &session.meta);
+        let mut rebuilt = rebuild::rebuild(&session);
+        self.totals.add_history(&rebuilt.stats);
+        let mut redactor = self.redactor.as_mut();
+        if let Some(r) = redactor.as_deref_mut() {
+            // Every string once, before any sample repeats it.
+            rebuilt.messages.iter_mut().for_each(|m| r.message(m));
+            for alt in &mut rebuilt.alternatives {
+                alt.rejected.iter_mut().for_each(|m| r.message(m));
+            }
+        }
+        let system = system_text(&session, &self.cfg.system)
+            .map(|text| self.kit.system_json.get(&text, redactor.as_deref_mut()));
+        let tools = if self.kit.opts.tools == ToolsPolicy::None {
+            SessionTools::default()
+        } else {
+            let called = called_names(&rebuilt.messages);
+            let catalog = &mut self.kit.catalog;
+            // The definitions move into the sample tools (redacted there, once).
+            let offered = session.tools.take();
+            let mut t = SessionTools::new(&session.id, offered, &called, &mut |n| catalog.get(n));
+            if let Some(r) = redactor {
+                t.offered
+                    .iter_mut()
+                    .chain(&mut t.borrowed)
+                    .for_each(|v| r.value(v));
+            }
+            t
+        };
+        Prepared {
+            session,
+            channel,
+            rebuilt,
+            system,
+            tools,
         }
     }
-    let system = system_text(&session, &cfg.system)
-        .map(|text| totals.system_json.get(&text, redactor.as_deref_mut()));
-    let session_tools = if kit.opts.tools == ToolsPolicy::None {
-        SessionTools::default()
-    } else {
-        let called = called_names(&rebuilt.messages);
-        let catalog = &mut kit.catalog;
-        // The definitions move into the sample tools (redacted there, once).
-        let offered = session.tools.take();
-        let mut t = SessionTools::new(&session.id, offered, &called, &mut |n| catalog.get(n));
-        if let Some(r) = redactor {
-            t.offered
-                .iter_mut()
-                .chain(&mut t.borrowed)
-                .for_each(|v| r.value(v));
+
+    fn session(&mut self, session: Session, report: &mut Report) -> Result<()> {
+        let p = self.prepare(session);
+        let mut exchanges = format::exchanges(&p.rebuilt.messages);
+        mark_retried(&p.rebuilt, &mut exchanges);
+        let sel = select::turns(
+            self.cfg,
+            &self.covered,
+            &mut self.dedupe,
+            &p.session,
+            &exchanges,
+        );
+        report.skip_n(Skip::TurnAlreadyInStateDb, sel.duplicates);
+        for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
+            if ex.0.problem == Some(Skip::ToolArgumentsTooDeep) {
+                report.warn(format_args!(
+                    "session {}: a turn's tool-call arguments are nested deeper than 128 levels; the turn is skipped (tool_arguments_too_deep)",
+                    p.session.id
+                ));
+            }
         }
-        t
-    };
-    let session = &session;
-    let mut exchanges = format::exchanges(&rebuilt.messages);
-    // A turn whose failed call was taken out for a tool-retry pair would
-    // teach a reply that may speak of the removed call: not SFT data.
+        self.coverage
+            .record_session(&self.covered, &p.session, &exchanges, &sel);
+        let over_budget = match self.cfg.shape {
+            Shape::Sft => self.write_sft(&p, &exchanges, &sel, report)?,
+            Shape::Dpo | Shape::DpoFlat => self.write_dpo(&p, &sel, report)?,
+        };
+        self.totals
+            .tokens
+            .entry(p.channel.as_str())
+            .or_default()
+            .over_budget += over_budget;
+        Ok(())
+    }
+
+    /// Writes the SFT samples of one session; returns how many were over
+    /// the budget.
+    fn write_sft(
+        &mut self,
+        p: &Prepared,
+        exchanges: &[Exchange<'_>],
+        sel: &TurnSelection,
+        report: &mut Report,
+    ) -> Result<usize> {
+        if !sel.any() {
+            return Ok(0);
+        }
+        if sel.too_few {
+            // Say why each turn could not count.
+            for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
+                if let Some(problem) = ex.0.problem {
+                    report.skip(problem);
+                }
+            }
+            report.skip(if sel.complete == 0 {
+                Skip::NoCompleteTurn
+            } else {
+                Skip::TooFewTurns
+            });
+            return Ok(0);
+        }
+        let system_tokens = p.system.as_ref().map_or(0, |s| self.kit.system_tokens(s));
+        let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
+        let outcome = sft::samples(
+            exchanges,
+            &sel.selected,
+            &sel.copied,
+            &self.kit.opts,
+            p.system.clone(),
+            &p.tools,
+            &mut fitter,
+        );
+        let over_budget = skipped(report, &outcome.skipped);
+        if let Some(e) = outcome.template_error {
+            self.totals.template_error.get_or_insert(e);
+        }
+        for (line, t) in outcome.lines {
+            self.output.line(&p.session.id, &line.to_json()?)?;
+            self.totals.saw_time(t);
+            self.totals
+                .wrote(p.channel, line.count, system_tokens, line.missing_tools);
+        }
+        Ok(over_budget)
+    }
+
+    /// Writes the preference pairs of one session; returns how many were
+    /// over the budget.
+    fn write_dpo(
+        &mut self,
+        p: &Prepared,
+        sel: &TurnSelection,
+        report: &mut Report,
+    ) -> Result<usize> {
+        let system_tokens = p.system.as_ref().map_or(0, |s| self.kit.system_tokens(s));
+        let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
+        let msgs = &p.rebuilt.messages;
+        // The pair's prompt ends with its exchange's user turn.
+        let selected_pair = |user: usize, _chosen_end: usize| -> bool {
+            let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
+            sel.selected.get(index).copied().unwrap_or(false)
+        };
+        let outcome = dpo::pairs(
+            &p.rebuilt,
+            &self.kit.opts,
+            p.system.as_ref().map(|s| s.text.as_str()),
+            &p.tools,
+            &mut fitter,
+            &selected_pair,
+        );
+        let over_budget = skipped(report, &outcome.skipped);
+        if let Some(e) = outcome.template_error {
+            self.totals.template_error.get_or_insert(e);
+        }
+        for (signal, line, count, missing, t) in outcome.lines {
+            self.output
+                .line(&p.session.id, &serde_json::to_vec(&line)?)?;
+            self.totals.saw_time(t);
+            self.totals.wrote(p.channel, count, system_tokens, missing);
+            *self.totals.signals.entry(signal.as_str()).or_default() += 1;
+        }
+        Ok(over_budget)
+    }
+
+    /// Finishes the outputs (the manifest with them).
+    fn close(self, stores: &Stores, report: &mut Report, top: i64) -> Result<Closed> {
+        let Run {
+            cfg,
+            kit,
+            covered,
+            totals,
+            coverage,
+            output,
+            redactor,
+            ..
+        } = self;
+        let redactions = redactor.map(|r| r.counts).unwrap_or_default();
+        if let Some(e) = &totals.template_error {
+            report.warn(format_args!(
+                "the chat template failed on some samples (skipped as template_error): {e}"
+            ));
+        }
+        let counted_with = kit.counter.describe();
+        let inputs = Inputs {
+            cfg,
+            stores,
+            report,
+            totals: &totals,
+            redactions: &redactions,
+            watermark: top.max(covered.watermark),
+            counting: Counting {
+                counted_with: &counted_with,
+                exact: kit.counter.is_exact(),
+            },
+        };
+        let written =
+            output.finish(&|w| Ok(serde_json::to_vec_pretty(&Manifest::new(&inputs, w))?))?;
+        Ok(Closed {
+            written,
+            coverage,
+            totals,
+            redactions,
+            exact: kit.counter.is_exact(),
+        })
+    }
+}
+
+/// What a run leaves once its outputs are finished.
+struct Closed {
+    written: Option<Written>,
+    coverage: RunCoverage,
+    totals: Totals,
+    redactions: BTreeMap<&'static str, usize>,
+    exact: bool,
+}
+
+/// The turn whose failed call was taken out for a tool-retry pair would
+/// teach a reply that may speak of the removed call: not SFT data.
+fn mark_retried(rebuilt: &Rebuilt, exchanges: &mut [Exchange<'_>]) {
     for alt in &rebuilt.alternatives {
-        if alt.signal == crate::rebuild::Signal::ToolRetry {
+        if alt.signal == Signal::ToolRetry {
             let k = rebuilt.messages[..alt.prompt_end]
                 .iter()
                 .filter(|m| m.role == Role::User)
@@ -387,327 +519,36 @@ fn export_session(
             }
         }
     }
-    let from_db = session.origin == Some(Origin::StateDb);
-    // Which turns no committed run has covered yet. state.db turns: rows
-    // past the watermark, or listed as pending (a filter left them out);
-    // rows up to `resume_after` belong to the previous part of a long
-    // session and are only context here. Other sessions: by identity.
-    let pending = covered.state.and_then(|s| s.pending.get(&session.id));
-    let context_upto = session.resume_after.unwrap_or(0);
-    let idents = if from_db {
-        Vec::new()
-    } else {
-        identities(&exchanges)
-    };
-    let known = covered.state.and_then(|s| s.covered_turns.get(&session.id));
-    let key_of = |msgs: &[Message]| msgs.iter().find_map(|m| m.row_id);
-    let is_new = |index: usize, msgs: &[Message]| -> bool {
-        if !from_db {
-            return known.is_none_or(|k| k.binary_search(&idents[index]).is_err());
-        }
-        let (Some(key), Some(last)) = (key_of(msgs), msgs.iter().filter_map(|m| m.row_id).max())
-        else {
-            // Turns recovered from a snapshot have no row id: they predate
-            // the compaction, so only a first run takes them.
-            return covered.watermark == 0;
-        };
-        key > context_upto
-            && (last > covered.watermark
-                || pending.is_some_and(|p| {
-                    p.has_turn(key) || p.unselected_after.is_some_and(|a| last > a)
-                }))
-    };
-    let in_window = |ex: &Exchange<'_>| cfg.in_window(ex.timestamp.or(session.started_at));
-    let mut duplicates = 0;
-    // Turns another store's copy of which is exported: never context.
-    let mut copied = vec![false; exchanges.len()];
-    let mut fresh = vec![false; exchanges.len()];
-    let mut usable = vec![false; exchanges.len()];
-    let selected: Vec<bool> = exchanges
-        .iter()
-        .enumerate()
-        .map(|(i, ex)| {
-            if totals.dedupe {
-                let print = fingerprint(ex.msgs);
-                if from_db {
-                    totals.fingerprinted.insert(session.id.clone());
-                    totals.seen.insert(print);
-                } else if totals.seen.contains(&print) {
-                    duplicates += 1;
-                    copied[i] = true;
-                    return false;
-                }
-            }
-            fresh[i] = is_new(i, ex.msgs);
-            usable[i] = in_window(ex);
-            usable[i] && fresh[i]
-        })
-        .collect();
-    report.skip_n(Skip::TurnAlreadyInStateDb, duplicates);
-    for ex in exchanges.iter().zip(&selected).filter(|(_, s)| **s) {
-        if ex.0.problem == Some(Skip::ToolArgumentsTooDeep) {
-            report.warn(format_args!(
-                "session {}: a turn's tool-call arguments are nested deeper than 128 levels; the turn is skipped (tool_arguments_too_deep)",
-                session.id
-            ));
-        }
-    }
-    // `--min-turns` counts the session's complete turns in the window, old
-    // and new, so a session that reaches it exports its pending turns then.
-    let complete = exchanges
-        .iter()
-        .zip(&usable)
-        .filter(|(e, u)| **u && e.problem.is_none())
-        .count();
-    let too_few =
-        cfg.shape == Shape::Sft && complete < cfg.min_turns && selected.iter().any(|s| *s);
-    if covered.state.is_some() {
-        // A turn is covered once a run selected it; one a filter left out
-        // stays for a later run (never consumed by what was not exported).
-        let mut left = Pending::default();
-        let mut extend = false;
-        for (i, ex) in exchanges.iter().enumerate() {
-            let consumed = selected[i] && !too_few;
-            if from_db {
-                match key_of(ex.msgs) {
-                    Some(key) if key > context_upto && fresh[i] && !consumed => {
-                        left.add_turn(key, ex.timestamp.or(session.started_at), extend);
-                        extend = true;
-                    }
-                    _ => extend = false,
-                }
-            } else if consumed {
-                totals
-                    .coverage
-                    .covered
-                    .entry(session.id.clone())
-                    .or_default()
-                    .push(idents[i]);
-            }
-        }
-        if from_db {
-            if too_few && !left.turns.is_empty() {
-                left.complete = Some(complete);
-            }
-            if pending.is_some() {
-                // Its old entry is replaced by what this run leaves.
-                totals.coverage.read_db.insert(session.id.clone());
-            }
-            if !left.is_empty() {
-                totals
-                    .coverage
-                    .pending
-                    .entry(session.id.clone())
-                    .or_default()
-                    .merge(left);
-            }
-        }
-    }
+}
 
-    let system_tokens = system.as_ref().map_or(0, |s| kit.system_tokens(s));
-    let mut fitter = Fitter::new(&mut kit.counter, kit.opts.max_tokens);
-    let mut over_budget = 0;
-    match cfg.shape {
-        Shape::Sft => {
-            if !selected.iter().any(|s| *s) {
-                return Ok(());
-            }
-            if too_few {
-                // Say why each turn could not count.
-                for ex in exchanges.iter().zip(&selected).filter(|(_, s)| **s) {
-                    if let Some(problem) = ex.0.problem {
-                        report.skip(problem);
-                    }
-                }
-                report.skip(if complete == 0 {
-                    Skip::NoCompleteTurn
-                } else {
-                    Skip::TooFewTurns
-                });
-                return Ok(());
-            }
-            let outcome = sft::samples(
-                &exchanges,
-                &selected,
-                &copied,
-                &kit.opts,
-                system,
-                &session_tools,
-                &mut fitter,
-            );
-            for reason in outcome.skipped {
-                over_budget += usize::from(reason == Skip::OverBudget);
-                report.skip(reason);
-            }
-            if let Some(e) = outcome.template_error {
-                totals.template_error.get_or_insert(e);
-            }
-            for (line, t) in outcome.lines {
-                output.line(&session.id, &line.to_json()?)?;
-                totals.saw_time(t);
-                totals.wrote(channel, line.count, system_tokens, line.missing_tools);
-            }
-        }
-        Shape::Dpo | Shape::DpoFlat => {
-            let msgs = &rebuilt.messages;
-            // The pair's prompt ends with its exchange's user turn.
-            let selected_pair = |user: usize, _chosen_end: usize| -> bool {
-                let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
-                selected.get(index).copied().unwrap_or(false)
-            };
-            let outcome = dpo::pairs(
-                &rebuilt,
-                &kit.opts,
-                system.as_ref().map(|s| s.text.as_str()),
-                &session_tools,
-                &mut fitter,
-                &selected_pair,
-            );
-            for reason in outcome.skipped {
-                over_budget += usize::from(reason == Skip::OverBudget);
-                report.skip(reason);
-            }
-            if let Some(e) = outcome.template_error {
-                totals.template_error.get_or_insert(e);
-            }
-            for (signal, line, count, missing, t) in outcome.lines {
-                output.line(&session.id, &serde_json::to_vec(&line)?)?;
-                totals.saw_time(t);
-                totals.wrote(channel, count, system_tokens, missing);
-                *totals.signals.entry(signal.as_str()).or_default() += 1;
-            }
-        }
+/// Counts what a formatter skipped; returns how many were over the budget.
+fn skipped(report: &mut Report, reasons: &[Skip]) -> usize {
+    for reason in reasons {
+        report.skip(*reason);
     }
-    totals
-        .tokens
-        .entry(channel.as_str())
-        .or_default()
-        .over_budget += over_budget;
+    reasons.iter().filter(|r| **r == Skip::OverBudget).count()
+}
+
+/// Saves the state once every line was delivered.
+fn commit_state(
+    path: &std::path::Path,
+    st: &mut RunState,
+    coverage: RunCoverage,
+    written: Option<&Written>,
+    (top, selection, identity): (i64, String, crate::state::OutputIdentity),
+) -> Result<()> {
+    if written.is_some_and(|w| !w.delivered) {
+        return Err(Failure::new(
+            exit::ERROR,
+            "the reader closed the output before every line was delivered; the state file was not advanced, so the next run sends these lines again",
+        )
+        .into());
+    }
+    if coverage.commit(st, written, top, selection, identity) {
+        crate::stall::point("before-state");
+        st.save(path)?;
+    }
     Ok(())
-}
-
-fn add_stats(total: &mut RebuildStats, s: &RebuildStats) {
-    total.summaries += s.summaries;
-    total.compaction_copies += s.compaction_copies;
-    total.undone_rows += s.undone_rows;
-    total.harness_rows += s.harness_rows;
-    total.merged_user_turns += s.merged_user_turns;
-}
-
-fn per_channel(totals: &Totals, cfg: &ExportConfig) -> BTreeMap<&'static str, usize> {
-    Channel::ALL
-        .iter()
-        .filter(|c| cfg.channels.is_empty() || cfg.channels.contains(c))
-        .map(|c| {
-            (
-                c.as_str(),
-                totals.samples.get(c.as_str()).copied().unwrap_or(0),
-            )
-        })
-        .collect()
-}
-
-fn per_signal(totals: &Totals, cfg: &ExportConfig) -> BTreeMap<&'static str, usize> {
-    cfg.signals
-        .iter()
-        .map(|s| {
-            (
-                s.as_str(),
-                totals.signals.get(s.as_str()).copied().unwrap_or(0),
-            )
-        })
-        .collect()
-}
-
-fn per_channel_tokens(totals: &Totals, cfg: &ExportConfig) -> BTreeMap<&'static str, Value> {
-    Channel::ALL
-        .iter()
-        .filter(|c| cfg.channels.is_empty() || cfg.channels.contains(c))
-        .map(|c| {
-            let t = totals.tokens.get(c.as_str()).copied().unwrap_or_default();
-            let share = if t.total == 0 {
-                0.0
-            } else {
-                (t.trainable as f64 / t.total as f64 * 1000.0).round() / 1000.0
-            };
-            (
-                c.as_str(),
-                json!({
-                    "samples": t.samples,
-                    "total": t.total,
-                    "trainable": t.trainable,
-                    "trainable_share": share,
-                    "longest": t.longest,
-                    "system": t.system,
-                    "over_budget": t.over_budget,
-                    "tool_definitions_missing": t.tool_definitions_missing,
-                }),
-            )
-        })
-        .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn manifest(
-    cfg: &ExportConfig,
-    stores: &Stores,
-    report: &Report,
-    totals: &Totals,
-    redactions: &BTreeMap<&'static str, usize>,
-    watermark: i64,
-    w: &crate::output::Written,
-    (counted_with, exact): (&str, bool),
-) -> Value {
-    let mut sources = Vec::new();
-    if let Some(db) = &stores.state {
-        sources.push(json!({"store": "state.db", "path": db.path.display().to_string(), "schema_version": db.schema_version, "sessions_read": report.sessions_read.get(Origin::StateDb.as_str()).copied().unwrap_or(0)}));
-    }
-    if let Some(rs) = &stores.responses {
-        sources.push(json!({"store": "response_store.db", "path": rs.path.display().to_string(), "schema_version": null, "sessions_read": report.sessions_read.get(Origin::ResponseStore.as_str()).copied().unwrap_or(0)}));
-    }
-    sources.push(json!({"store": "sessions", "path": stores.files.dir.display().to_string(), "schema_version": null,
-        "sessions_read": report.sessions_read.get(Origin::SessionJson.as_str()).copied().unwrap_or(0) + report.sessions_read.get(Origin::Transcript.as_str()).copied().unwrap_or(0)}));
-    let files: serde_json::Map<String, Value> = w
-        .files
-        .iter()
-        .map(|(name, c)| (name.clone(), json!({"lines": c.lines, "bytes": c.bytes})))
-        .collect();
-    json!({
-        "tool": "hermes-harvest",
-        "version": env!("CARGO_PKG_VERSION"),
-        "format": cfg.shape.as_str(),
-        "cumulative": cfg.state.is_some(),
-        "flags": cfg.flags,
-        "sources": sources,
-        "counts": {
-            "channels": per_channel(totals, cfg),
-            "signals": if cfg.shape.is_dpo() { json!(per_signal(totals, cfg)) } else { Value::Null },
-            "skipped": report.skipped,
-            "new_lines": w.new_lines,
-        },
-        "tokens": {
-            "counted_with": counted_with,
-            "exact": exact,
-            "max_tokens": cfg.max_tokens,
-            "trainer_max_length_at_least": cfg.max_tokens,
-            "tools_policy": match cfg.tools {
-                ToolsPolicy::Used => "used",
-                ToolsPolicy::All => "all",
-                ToolsPolicy::None => "none",
-            },
-            "system_prompt_policy": match cfg.system {
-                SystemPolicy::Session => "session",
-                SystemPolicy::Soul(_) => "soul",
-                SystemPolicy::None => "none",
-                SystemPolicy::Fixed(_) => "file",
-            },
-            "channels": per_channel_tokens(totals, cfg),
-        },
-        "redactions": if cfg.redact { json!(redactions) } else { Value::Null },
-        "time_range": {"first": iso_time(totals.first), "last": iso_time(totals.last)},
-        "watermark": {"state_db_message_id": watermark},
-        "split": {"valid_fraction": cfg.valid_fraction, "by": "session", "files": files, "forced_valid_sessions": w.forced_valid.len()},
-    })
 }
 
 fn summarize(
@@ -728,56 +569,62 @@ fn summarize(
         return;
     }
     let signals = if cfg.shape.is_dpo() {
-        format!("; pairs per signal: {}", counts(&per_signal(totals, cfg)))
+        format!("; pairs per signal: {}", counts(&totals.per_signal(cfg)))
     } else {
         String::new()
     };
-    let tokens: Vec<String> = Channel::ALL
-        .iter()
-        .filter_map(|c| {
-            let t = totals.tokens.get(c.as_str())?;
-            (t.samples > 0 || t.over_budget > 0).then(|| {
-                format!(
-                    "{} {} (trainable {}, {:.0}%; longest {}; over budget {}{})",
-                    c.as_str(),
-                    t.total,
-                    t.trainable,
-                    if t.total == 0 {
-                        0.0
-                    } else {
-                        100.0 * t.trainable as f64 / t.total as f64
-                    },
-                    t.longest,
-                    t.over_budget,
-                    if t.tool_definitions_missing > 0 {
-                        format!(
-                            "; {} without a called tool's definition",
-                            t.tool_definitions_missing
-                        )
-                    } else {
-                        String::new()
-                    }
-                )
-            })
-        })
-        .collect();
+    let tokens = token_summary(totals);
     report.info(format_args!(
         "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out",
         report.sessions_read.values().sum::<usize>(),
         counts(&report.sessions_read),
         if cfg.shape.is_dpo() { "dpo" } else { "sft" },
-        counts(&per_channel(totals, cfg)),
+        counts(&totals.per_channel(cfg)),
         if exact { "exact" } else { "estimated" },
         cfg.max_tokens,
-        if tokens.is_empty() {
-            "none".to_string()
-        } else {
-            tokens.join(", ")
-        },
+        tokens,
         counts(&report.skipped),
         if cfg.redact { counts(redactions) } else { "off".to_string() },
         h.summaries,
         h.compaction_copies,
         h.undone_rows,
     ));
+}
+
+/// Token figures per channel that wrote or dropped samples, for the summary.
+fn token_summary(totals: &Totals) -> String {
+    let tokens: Vec<String> = Channel::ALL
+        .iter()
+        .filter_map(|c| {
+            let t = totals.tokens.get(c.as_str())?;
+            (t.samples > 0 || t.over_budget > 0).then(|| {
+                let missing = if t.tool_definitions_missing > 0 {
+                    format!(
+                        "; {} without a called tool's definition",
+                        t.tool_definitions_missing
+                    )
+                } else {
+                    String::new()
+                };
+                let share = if t.total == 0 {
+                    0.0
+                } else {
+                    100.0 * t.trainable as f64 / t.total as f64
+                };
+                format!(
+                    "{} {} (trainable {}, {share:.0}%; longest {}; over budget {}{missing})",
+                    c.as_str(),
+                    t.total,
+                    t.trainable,
+                    t.longest,
+                    t.over_budget,
+                )
+            })
+        })
+        .collect();
+    if tokens.is_empty() {
+        "none".to_string()
+    } else {
+        tokens.join(", ")
+    }
 }

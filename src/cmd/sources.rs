@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::config::SourcesConfig;
 use crate::config::iso_time;
@@ -11,72 +11,90 @@ use crate::exit;
 use crate::model::Channel;
 use crate::report::Report;
 use crate::source::Stores;
+use crate::source::state_db::StateDb;
+
+/// `sources --json`: what is under the Hermes home.
+#[derive(Debug, Serialize)]
+pub struct SourcesDoc {
+    pub hermes_home: String,
+    pub profiles: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_db: Option<StateDbDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_store: Option<ResponseStoreDoc>,
+    pub session_files: SessionFilesDoc,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StateDbDoc {
+    pub path: String,
+    pub schema_version: Option<i64>,
+    pub sessions: usize,
+    pub messages: i64,
+    pub channels: BTreeMap<&'static str, ChannelDoc>,
+    pub sources: BTreeMap<String, usize>,
+    pub first: Option<String>,
+    pub last: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ChannelDoc {
+    pub sessions: usize,
+    pub messages: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResponseStoreDoc {
+    pub path: String,
+    pub responses: usize,
+    pub sessions: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionFilesDoc {
+    pub path: String,
+    pub snapshots: usize,
+    pub transcripts: usize,
+    pub index: bool,
+}
 
 pub fn run(args: &SourcesConfig) -> Result<u8> {
     let home = args.home.resolve()?;
     let mut report = Report::new(false, false);
     let stores = Stores::open(&home, &mut report)?;
-    let mut doc = serde_json::Map::new();
-    doc.insert("hermes_home".into(), json!(home.dir.display().to_string()));
-    let profiles = home.profiles();
-    doc.insert("profiles".into(), json!(profiles));
-
-    if let Some(db) = &stores.state {
-        let stats = db.stats()?;
-        let mut per: BTreeMap<&str, (usize, i64)> =
-            Channel::ALL.iter().map(|c| (c.as_str(), (0, 0))).collect();
-        let mut per_source: BTreeMap<String, usize> = BTreeMap::new();
-        for (id, source, title, n) in &stats.sessions {
-            let c = Channel::of(source, id, title.as_deref(), &args.nexus_prefix);
-            let e = per.entry(c.as_str()).or_default();
-            e.0 += 1;
-            e.1 += n;
-            *per_source.entry(source.clone()).or_default() += 1;
-        }
-        doc.insert(
-            "state_db".into(),
-            json!({
-                "path": db.path.display().to_string(),
-                "schema_version": db.schema_version,
-                "sessions": stats.sessions.len(),
-                "messages": stats.sessions.iter().map(|s| s.3).sum::<i64>(),
-                "channels": per.iter().map(|(c, (s, m))| (c.to_string(), json!({"sessions": s, "messages": m}))).collect::<serde_json::Map<_, _>>(),
-                "sources": per_source,
-                "first": iso_time(stats.first),
-                "last": iso_time(stats.last),
-            }),
-        );
-    }
-    if let Some(rs) = &stores.responses {
-        let sessions: std::collections::BTreeSet<&str> = rs
-            .responses
-            .iter()
-            .filter_map(|r| r.session_id.as_deref())
-            .collect();
-        doc.insert(
-            "response_store".into(),
-            json!({
-                "path": rs.path.display().to_string(),
-                "responses": rs.responses.len(),
-                "sessions": sessions.len(),
-            }),
-        );
-    }
-    doc.insert(
-        "session_files".into(),
-        json!({
-            "path": stores.files.dir.display().to_string(),
-            "snapshots": stores.files.snapshots.len(),
-            "transcripts": stores.files.transcripts.len(),
-            "index": stores.files.index.is_some(),
+    let doc = SourcesDoc {
+        hermes_home: home.dir.display().to_string(),
+        profiles: home.profiles(),
+        state_db: stores
+            .state
+            .as_ref()
+            .map(|db| state_db_doc(db, &args.nexus_prefix))
+            .transpose()?,
+        response_store: stores.responses.as_ref().map(|rs| ResponseStoreDoc {
+            path: rs.path.display().to_string(),
+            responses: rs.responses.len(),
+            sessions: rs
+                .responses
+                .iter()
+                .filter_map(|r| r.session_id.as_deref())
+                .collect::<std::collections::BTreeSet<&str>>()
+                .len(),
         }),
-    );
-    let doc = Value::Object(doc);
+        session_files: SessionFilesDoc {
+            path: stores.files.dir.display().to_string(),
+            snapshots: stores.files.snapshots.len(),
+            transcripts: stores.files.transcripts.len(),
+            index: stores.files.index.is_some(),
+        },
+    };
+    let mut out = crate::sink::Stdout::new();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        out.line(serde_json::to_string_pretty(&doc)?.as_bytes())?;
     } else {
-        print!("{}", render(&doc));
+        let text = render(&doc);
+        out.line(text.strip_suffix('\n').unwrap_or(&text).as_bytes())?;
     }
+    out.finish()?;
     Ok(if report.partial {
         exit::PARTIAL
     } else {
@@ -84,66 +102,76 @@ pub fn run(args: &SourcesConfig) -> Result<u8> {
     })
 }
 
-fn render(doc: &Value) -> String {
-    let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_string(),
-        other => other.to_string(),
-    };
-    let mut out = format!("Hermes home  {}\n", s(&doc["hermes_home"]));
-    if let Some(p) = doc["profiles"].as_array().filter(|p| !p.is_empty()) {
-        let names: Vec<String> = p.iter().map(s).collect();
+fn state_db_doc(db: &StateDb, nexus_prefix: &str) -> Result<StateDbDoc> {
+    let stats = db.stats()?;
+    let mut channels: BTreeMap<&'static str, ChannelDoc> = Channel::ALL
+        .iter()
+        .map(|c| (c.as_str(), ChannelDoc::default()))
+        .collect();
+    let mut sources: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, source, title, n) in &stats.sessions {
+        let c = Channel::of(source, id, title.as_deref(), nexus_prefix);
+        let e = channels.entry(c.as_str()).or_default();
+        e.sessions += 1;
+        e.messages += n;
+        *sources.entry(source.clone()).or_default() += 1;
+    }
+    let time = |t| iso_time(t).as_str().map(str::to_owned);
+    Ok(StateDbDoc {
+        path: db.path.display().to_string(),
+        schema_version: db.schema_version,
+        sessions: stats.sessions.len(),
+        messages: stats.sessions.iter().map(|s| s.3).sum(),
+        channels,
+        sources,
+        first: time(stats.first),
+        last: time(stats.last),
+    })
+}
+
+fn render(doc: &SourcesDoc) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    let mut out = format!("Hermes home  {}\n", doc.hermes_home);
+    if !doc.profiles.is_empty() {
         out += &format!(
             "profiles     {} (select with --profile)\n",
-            names.join(", ")
+            doc.profiles.join(", ")
         );
     }
-    let db = &doc["state_db"];
-    if db.is_object() {
+    if let Some(db) = &doc.state_db {
         out += &format!(
             "\nstate.db           schema v{}  {} sessions  {} messages  {} .. {}\n",
-            s(&db["schema_version"]),
-            s(&db["sessions"]),
-            s(&db["messages"]),
-            s(&db["first"]),
-            s(&db["last"])
+            opt(db.schema_version.map(|v| v.to_string())),
+            db.sessions,
+            db.messages,
+            opt(db.first.clone()),
+            opt(db.last.clone())
         );
-        if let Some(ch) = db["channels"].as_object() {
-            for (name, c) in ch {
-                out += &format!(
-                    "  {name:<10} {:>7} sessions {:>9} messages\n",
-                    s(&c["sessions"]),
-                    s(&c["messages"])
-                );
-            }
+        for (name, c) in &db.channels {
+            out += &format!(
+                "  {name:<10} {:>7} sessions {:>9} messages\n",
+                c.sessions, c.messages
+            );
         }
-        if let Some(src) = db["sources"].as_object() {
-            let list: Vec<String> = src.iter().map(|(k, v)| format!("{k}={}", s(v))).collect();
-            out += &format!("  sources    {}\n", list.join(" "));
-        }
+        let list: Vec<String> = db.sources.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out += &format!("  sources    {}\n", list.join(" "));
     } else {
         out += "\nstate.db           not found\n";
     }
-    let rs = &doc["response_store"];
-    if rs.is_object() {
+    if let Some(rs) = &doc.response_store {
         out += &format!(
             "response_store.db  {} responses in {} sessions\n",
-            s(&rs["responses"]),
-            s(&rs["sessions"])
+            rs.responses, rs.sessions
         );
     } else {
         out += "response_store.db  not found\n";
     }
-    let f = &doc["session_files"];
+    let f = &doc.session_files;
     out += &format!(
         "sessions/          {} session_*.json, {} *.jsonl, sessions.json {}\n",
-        s(&f["snapshots"]),
-        s(&f["transcripts"]),
-        if f["index"] == Value::Bool(true) {
-            "present"
-        } else {
-            "absent"
-        }
+        f.snapshots,
+        f.transcripts,
+        if f.index { "present" } else { "absent" }
     );
     out
 }

@@ -17,12 +17,12 @@ use serde_json::Value;
 
 use crate::content;
 use crate::home::HermesHome;
-use crate::model::{Message, Origin, Role, RowState, Session};
+use crate::model::{Message, Origin, Role, RowState, Session, SessionMeta};
 use crate::rebuild;
 use crate::report::Report;
 use response_store::ResponseStore;
 use session_files::{IndexEntry, SessionFiles};
-use state_db::{SessionHead, StateDb};
+use state_db::StateDb;
 
 /// All stores found under one Hermes home, opened read-only.
 pub struct Stores {
@@ -142,14 +142,14 @@ impl Stores {
     pub fn each_session(
         &self,
         report: &mut Report,
-        db_heads: Option<Vec<SessionHead>>,
-        want: &dyn Fn(&SessionHead) -> bool,
-        unwanted: &mut dyn FnMut(&SessionHead),
+        db_heads: Option<Vec<SessionMeta>>,
+        want: &dyn Fn(&SessionMeta) -> bool,
+        unwanted: &mut dyn FnMut(&SessionMeta),
         f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
     ) -> Result<()> {
         if let Some(db) = &self.state {
             let part_rows = self.part_rows;
-            let mut one = |head: SessionHead, report: &mut Report| -> Result<()> {
+            let mut one = |head: SessionMeta, report: &mut Report| -> Result<()> {
                 if head.is_rotation_child() {
                     return Ok(());
                 }
@@ -226,7 +226,7 @@ impl Stores {
     /// A snapshot too large to read whole is first streamed for its head
     /// (id, platform, model), so one the filters leave out is neither read
     /// nor reported.
-    fn big_file_wanted(&self, id: &str, want: &dyn Fn(&SessionHead) -> bool) -> bool {
+    fn big_file_wanted(&self, id: &str, want: &dyn Fn(&SessionMeta) -> bool) -> bool {
         let Some(path) = self.files.snapshots.get(id) else {
             return true;
         };
@@ -239,7 +239,7 @@ impl Stores {
             return true; // reported when it is read
         };
         let entry = self.index.get(id);
-        want(&SessionHead {
+        want(&SessionMeta {
             id: meta.session_id.unwrap_or_else(|| id.to_string()),
             source: meta
                 .platform
@@ -382,16 +382,10 @@ impl Stores {
 }
 
 /// The head of a session that did not come from state.db.
-pub fn head_of(s: &Session) -> SessionHead {
-    SessionHead {
-        id: s.id.clone(),
-        source: s.source.clone(),
-        title: s.title.clone(),
-        model: s.model.clone(),
-        started_at: s.started_at,
-        end_reason: s.end_reason.clone(),
-        parent_id: s.parent_id.clone(),
+pub fn head_of(s: &Session) -> SessionMeta {
+    SessionMeta {
         parent_end_reason: None,
+        ..s.meta.clone()
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde_json::Value;
 
-use crate::model::{Message, Origin, Role, Session};
+use crate::model::{Message, Origin, Role, Session, SessionMeta};
 use crate::source::json_message;
 
 #[derive(Debug, Clone)]
@@ -132,9 +132,12 @@ impl ResponseStore {
                     None => leaf.response_id.clone(),
                 };
                 Session {
-                    id: id.clone(),
-                    source: "api_server".to_string(),
-                    started_at: leaf.created_at,
+                    meta: SessionMeta {
+                        id: id.clone(),
+                        source: "api_server".to_string(),
+                        started_at: leaf.created_at,
+                        ..SessionMeta::default()
+                    },
                     instructions: leaf.instructions.clone(),
                     origin: Some(Origin::ResponseStore),
                     lineage: vec![id],

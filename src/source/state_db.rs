@@ -14,7 +14,7 @@ use anyhow::{Result, bail};
 use rusqlite::{Connection, OptionalExtension, Row, Statement};
 
 use crate::content;
-use crate::model::{Message, Origin, Role, RowState, Session};
+use crate::model::{Message, Origin, Role, RowState, Session, SessionMeta};
 
 /// Newest `schema_version` this tool was written against.
 pub const NEWEST_KNOWN_SCHEMA: i64 = 30;
@@ -34,27 +34,6 @@ pub const PART_BYTES: usize = 24 << 20;
 const HEAD_ROWS: usize = 16;
 /// The previous part's last rows, repeated as context in the next.
 const CARRY_ROWS: usize = 512;
-
-/// A session row, without its messages.
-#[derive(Debug, Clone)]
-pub struct SessionHead {
-    pub id: String,
-    pub source: String,
-    pub title: Option<String>,
-    pub model: Option<String>,
-    pub started_at: Option<f64>,
-    pub end_reason: Option<String>,
-    pub parent_id: Option<String>,
-    /// `end_reason` of the parent row, when the parent exists.
-    pub parent_end_reason: Option<String>,
-}
-
-impl SessionHead {
-    /// A child created by compression rotation: exported with its root.
-    pub fn is_rotation_child(&self) -> bool {
-        self.parent_end_reason.as_deref() == Some("compression")
-    }
-}
 
 pub struct StateDb {
     pub path: PathBuf,
@@ -235,7 +214,7 @@ impl StateDb {
     }
 
     /// Calls `f` for every session row, ordered by id.
-    pub fn for_each_head(&self, mut f: impl FnMut(SessionHead) -> Result<()>) -> Result<()> {
+    pub fn for_each_head(&self, mut f: impl FnMut(SessionMeta) -> Result<()>) -> Result<()> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("{} ORDER BY s.id", self.head_sql))?;
@@ -246,7 +225,7 @@ impl StateDb {
         Ok(())
     }
 
-    pub fn head(&self, id: &str) -> Result<Option<SessionHead>> {
+    pub fn head(&self, id: &str) -> Result<Option<SessionMeta>> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("{} WHERE s.id = +?1", self.head_sql))?;
@@ -262,16 +241,25 @@ impl StateDb {
             })?)
     }
 
+    /// How many session rows there are (0 when they cannot be counted): the
+    /// length of a full run's progress bar.
+    pub fn session_count(&self) -> u64 {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+            .max(0) as u64
+    }
+
     /// Sessions with a message newer than `watermark`, as the heads they are
     /// exported under (a rotation child maps to its root), sorted by id.
-    pub fn touched_since(&self, watermark: i64) -> Result<Vec<SessionHead>> {
+    pub fn touched_since(&self, watermark: i64) -> Result<Vec<SessionMeta>> {
         let mut stmt = self
             .conn
             .prepare("SELECT DISTINCT session_id FROM messages WHERE id > ?1")?;
         let ids = stmt
             .query_map([watermark], |r| r.get::<_, String>(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
-        let mut heads: std::collections::BTreeMap<String, SessionHead> = Default::default();
+        let mut heads: std::collections::BTreeMap<String, SessionMeta> = Default::default();
         for id in ids {
             if let Some(head) = self.root_of(&id)? {
                 heads.insert(head.id.clone(), head);
@@ -282,7 +270,7 @@ impl StateDb {
 
     /// The head a session is exported under: itself, or the first session
     /// of its compression lineage.
-    pub fn root_of(&self, id: &str) -> Result<Option<SessionHead>> {
+    pub fn root_of(&self, id: &str) -> Result<Option<SessionMeta>> {
         let Some(mut head) = self.head(id)? else {
             return Ok(None);
         };
@@ -315,7 +303,7 @@ impl StateDb {
     /// comes back as one session. Bad rows go to `on_problem`.
     pub fn load(
         &self,
-        head: &SessionHead,
+        head: &SessionMeta,
         on_problem: &mut dyn FnMut(String) -> Result<()>,
     ) -> Result<Session> {
         let mut out = None;
@@ -334,19 +322,16 @@ impl StateDb {
     /// rebuild needs to recognise compaction copies and regenerations.
     pub fn load_parts(
         &self,
-        head: &SessionHead,
+        head: &SessionMeta,
         part_rows: usize,
         on_problem: &mut dyn FnMut(String) -> Result<()>,
         f: &mut dyn FnMut(Session) -> Result<()>,
     ) -> Result<()> {
         let template = Session {
-            id: head.id.clone(),
-            source: head.source.clone(),
-            title: head.title.clone(),
-            model: head.model.clone(),
-            started_at: head.started_at,
-            end_reason: head.end_reason.clone(),
-            parent_id: head.parent_id.clone(),
+            meta: SessionMeta {
+                parent_end_reason: None,
+                ..head.clone()
+            },
             system_prompt: self.system_prompt(&head.id)?,
             origin: Some(Origin::StateDb),
             lineage: vec![head.id.clone()],
@@ -469,8 +454,8 @@ impl StateDb {
     }
 }
 
-fn head_from_row(r: &Row<'_>) -> rusqlite::Result<SessionHead> {
-    Ok(SessionHead {
+fn head_from_row(r: &Row<'_>) -> rusqlite::Result<SessionMeta> {
+    Ok(SessionMeta {
         id: r.get(0)?,
         source: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
         title: r.get(2)?,
