@@ -548,4 +548,85 @@ mod tests {
         let p = split_point("nexus-world-0001");
         assert!((0.0..1.0).contains(&p));
     }
+
+    /// Writes `lines` lines for each session into a fresh directory export
+    /// and returns the sessions found in train and valid, and the result.
+    fn split(
+        sessions: &[String],
+        lines: usize,
+        fraction: f64,
+    ) -> (Vec<String>, Vec<String>, Written) {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = Dest::Dir(dir.path().to_path_buf());
+        let mut out = Output::open(&dest, None, fraction).unwrap();
+        for s in sessions {
+            for k in 0..lines {
+                out.line(s, format!("{s} {k}").as_bytes()).unwrap();
+            }
+        }
+        let w = out.finish(&|_| Ok(b"{}".to_vec())).unwrap().unwrap();
+        let read = |name: &str| -> Vec<String> {
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            let mut ids: Vec<String> = text
+                .lines()
+                .map(|l| l.split(' ').next().unwrap().to_string())
+                .collect();
+            ids.dedup();
+            ids
+        };
+        (read("train.jsonl"), read("valid.jsonl"), w)
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("nexus-world-{i:04}")).collect()
+    }
+
+    #[test]
+    fn each_session_goes_whole_to_the_side_its_hash_picks() {
+        let sessions = ids(200);
+        let (train, valid, w) = split(&sessions, 3, 0.1);
+        let want: Vec<String> = sessions
+            .iter()
+            .filter(|s| split_point(s) < 0.1)
+            .cloned()
+            .collect();
+        assert!(want.len() >= 2, "{} valid sessions", want.len());
+        assert_eq!(valid, want);
+        assert_eq!(train.len() + valid.len(), 200, "no session on both sides");
+        assert!(w.forced_valid.is_empty() && w.forced_train.is_empty());
+        assert_eq!(w.new_lines, 600);
+        let lines: Vec<(&str, u64)> = w.files.iter().map(|(n, c)| (n.as_str(), c.lines)).collect();
+        assert_eq!(
+            lines,
+            [
+                ("train.jsonl", 3 * train.len() as u64),
+                ("valid.jsonl", 3 * valid.len() as u64)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_valid_side_gets_a_batch_of_whole_sessions_lowest_split_point_first() {
+        let sessions = ids(10);
+        let (train, valid, w) = split(&sessions, 1, 0.0);
+        let mut by_point = sessions.clone();
+        by_point.sort_by(|a, b| split_point(a).total_cmp(&split_point(b)));
+        let mut want = by_point[..MIN_VALID_LINES as usize].to_vec();
+        want.sort();
+        assert_eq!(valid, want);
+        assert_eq!(w.forced_valid.len(), MIN_VALID_LINES as usize);
+        assert_eq!(train.len(), 10 - MIN_VALID_LINES as usize);
+
+        // Too little data for a batch: one session, and train keeps the rest.
+        let (train, valid, w) = split(&ids(3), 1, 0.0);
+        assert_eq!((train.len(), valid.len(), w.forced_valid.len()), (2, 1, 1));
+    }
+
+    #[test]
+    fn train_is_never_left_empty_while_valid_holds_several_sessions() {
+        let (train, valid, w) = split(&ids(5), 2, 0.999_999);
+        assert!(!train.is_empty(), "train is empty");
+        assert_eq!(train.len() + valid.len(), 5);
+        assert_eq!(w.forced_train.len(), train.len());
+    }
 }

@@ -358,3 +358,159 @@ impl Pair<'_> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::MsgOptions;
+    use crate::tokens::Counter;
+
+    fn opts(flat: bool, signals: &[Signal]) -> FormatOptions {
+        FormatOptions {
+            msg: MsgOptions::default(),
+            max_tokens: 2048,
+            tools: ToolsPolicy::None,
+            sft_context: 0.0,
+            signals: signals.to_vec(),
+            flat_dpo: flat,
+        }
+    }
+
+    /// `q0 → a0`, then `q1` answered `old` first and `new` after a
+    /// regeneration.
+    fn regenerated(old: &str, new: &str) -> Rebuilt {
+        let messages = vec![
+            Message::new(Role::User, "q0"),
+            Message::new(Role::Assistant, "a0"),
+            Message::new(Role::User, "q1"),
+            Message::new(Role::Assistant, new),
+        ];
+        Rebuilt {
+            messages,
+            alternatives: vec![Alternative {
+                signal: Signal::Regenerate,
+                prompt_end: 3,
+                chosen_end: 4,
+                rejected: vec![Message::new(Role::Assistant, old)],
+            }],
+            ..Rebuilt::default()
+        }
+    }
+
+    fn run(
+        rebuilt: &Rebuilt,
+        opts: &FormatOptions,
+        max_tokens: usize,
+        selected: &dyn Fn(usize, usize) -> bool,
+    ) -> DpoOutcome {
+        let mut counter = Counter::Estimate;
+        let mut fitter = Fitter::new(&mut counter, max_tokens);
+        pairs(
+            rebuilt,
+            opts,
+            Some("be kind"),
+            &SessionTools::default(),
+            &mut fitter,
+            selected,
+        )
+    }
+
+    fn texts(msgs: &[OutMsg]) -> Vec<String> {
+        msgs.iter()
+            .map(|m| format!("{}:{}", m.role, m.content.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    #[test]
+    fn a_regeneration_becomes_a_conversational_pair() {
+        let out = run(
+            &regenerated("worse", "better"),
+            &opts(false, &[Signal::Regenerate]),
+            2048,
+            &|_, _| true,
+        );
+        assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+        assert_eq!(out.lines.len(), 1);
+        let (signal, line, count, missing, _) = &out.lines[0];
+        assert_eq!(*signal, Signal::Regenerate);
+        assert_eq!(*missing, 0);
+        assert!(count.trainable > 0 && count.trainable < count.total);
+        let PairLine::Conversational(line) = line else {
+            panic!("conversational expected");
+        };
+        assert_eq!(
+            texts(&line.prompt),
+            ["system:be kind", "user:q0", "assistant:a0", "user:q1"]
+        );
+        assert_eq!(texts(&line.chosen), ["assistant:better"]);
+        assert_eq!(texts(&line.rejected), ["assistant:worse"]);
+        assert!(line.tools.is_empty());
+    }
+
+    #[test]
+    fn the_flat_style_keeps_the_last_user_turn_and_the_answers() {
+        let out = run(
+            &regenerated("worse", "better"),
+            &opts(true, &[Signal::Regenerate]),
+            2048,
+            &|_, _| true,
+        );
+        let PairLine::Flat(line) = &out.lines[0].1 else {
+            panic!("flat expected");
+        };
+        assert_eq!(line.system.as_deref(), Some("be kind"));
+        assert_eq!(
+            (
+                line.prompt.as_str(),
+                line.chosen.as_str(),
+                line.rejected.as_str()
+            ),
+            ("q1", "better", "worse")
+        );
+    }
+
+    #[test]
+    fn pairs_that_teach_nothing_or_are_not_wanted_are_left_out() {
+        let same = run(
+            &regenerated("same", "same"),
+            &opts(false, &[Signal::Regenerate]),
+            2048,
+            &|_, _| true,
+        );
+        assert!(same.lines.is_empty());
+        assert_eq!(same.skipped, [Skip::ChosenEqualsRejected]);
+
+        let rebuilt = regenerated("worse", "better");
+        let other_signal = run(&rebuilt, &opts(false, &[Signal::Rewind]), 2048, &|_, _| {
+            true
+        });
+        assert!(other_signal.lines.is_empty() && other_signal.skipped.is_empty());
+
+        // The selection sees the pair's user turn and the kept branch's end.
+        let seen = std::cell::RefCell::new(Vec::new());
+        let unselected = run(
+            &rebuilt,
+            &opts(false, &[Signal::Regenerate]),
+            2048,
+            &|user, end| {
+                seen.borrow_mut().push((user, end));
+                false
+            },
+        );
+        assert!(unselected.lines.is_empty() && unselected.skipped.is_empty());
+        assert_eq!(*seen.borrow(), [(2, 4)]);
+    }
+
+    #[test]
+    fn a_pair_over_the_budget_is_skipped() {
+        let long = "word ".repeat(4000);
+        let out = run(
+            &regenerated(&long, "better"),
+            &opts(false, &[Signal::Regenerate]),
+            128,
+            &|_, _| true,
+        );
+        assert!(out.lines.is_empty());
+        assert_eq!(out.skipped, [Skip::OverBudget]);
+    }
+}

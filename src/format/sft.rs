@@ -406,3 +406,133 @@ impl Packer<'_, '_, '_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::MsgOptions;
+    use crate::model::{Message, Role};
+    use crate::rebuild::Signal;
+    use crate::tokens::Counter;
+
+    fn opts(max_tokens: usize) -> FormatOptions {
+        FormatOptions {
+            msg: MsgOptions::default(),
+            max_tokens,
+            tools: ToolsPolicy::None,
+            sft_context: 0.0,
+            signals: vec![Signal::Rewind],
+            flat_dpo: false,
+        }
+    }
+
+    /// `n` exchanges `q{k}` → `a{k}`; `broken` ones get no reply.
+    fn conversation(n: usize, broken: &[usize]) -> Vec<Message> {
+        let mut msgs = Vec::new();
+        for k in 0..n {
+            msgs.push(Message::new(Role::User, format!("q{k}")));
+            if !broken.contains(&k) {
+                msgs.push(Message::new(Role::Assistant, format!("a{k}")));
+            }
+        }
+        msgs
+    }
+
+    fn texts(line: &SftLine) -> Vec<String> {
+        line.messages
+            .iter()
+            .map(|m| format!("{}:{}", m.role, m.content.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    fn run(msgs: &[Message], selected: &[bool], max_tokens: usize) -> SftOutcome {
+        let exchanges = crate::format::exchanges(msgs);
+        let copied = vec![false; exchanges.len()];
+        let system = SystemCache::default().get("be kind", None);
+        let mut counter = Counter::Estimate;
+        let mut fitter = Fitter::new(&mut counter, max_tokens);
+        samples(
+            &exchanges,
+            selected,
+            &copied,
+            &opts(max_tokens),
+            Some(system),
+            &SessionTools::default(),
+            &mut fitter,
+        )
+    }
+
+    #[test]
+    fn consecutive_selected_exchanges_share_one_sample_with_the_system_prompt() {
+        let out = run(&conversation(2, &[]), &[true, true], 2048);
+        assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+        assert_eq!(out.lines.len(), 1);
+        let line = &out.lines[0].0;
+        assert_eq!(
+            texts(line),
+            ["user:q0", "assistant:a0", "user:q1", "assistant:a1"]
+        );
+        assert_eq!(line.system.as_ref().unwrap().text, "be kind");
+        assert!(line.count.total > 0 && line.count.trainable < line.count.total);
+        let json: serde_json::Value = serde_json::from_slice(&line.to_json().unwrap()).unwrap();
+        assert_eq!(json["messages"][0]["role"], "system");
+        assert_eq!(json["messages"][4]["content"], "a1");
+    }
+
+    #[test]
+    fn an_unselected_exchange_ends_the_sample_and_is_not_written() {
+        let out = run(&conversation(3, &[]), &[true, false, true], 2048);
+        let lines: Vec<Vec<String>> = out.lines.iter().map(|(l, _)| texts(l)).collect();
+        assert_eq!(
+            lines,
+            [["user:q0", "assistant:a0"], ["user:q2", "assistant:a2"]]
+        );
+    }
+
+    #[test]
+    fn a_turn_that_cannot_be_trained_on_is_skipped_with_its_reason() {
+        let out = run(&conversation(3, &[1]), &[true, true, true], 2048);
+        assert_eq!(out.skipped, [Skip::NoReply]);
+        let lines: Vec<Vec<String>> = out.lines.iter().map(|(l, _)| texts(l)).collect();
+        assert_eq!(
+            lines,
+            [["user:q0", "assistant:a0"], ["user:q2", "assistant:a2"]]
+        );
+    }
+
+    #[test]
+    fn an_exchange_over_the_budget_is_skipped_and_the_rest_still_fit() {
+        let mut msgs = conversation(2, &[]);
+        msgs[1].content = "word ".repeat(4000);
+        let out = run(&msgs, &[true, true], 256);
+        assert_eq!(out.skipped, [Skip::OverBudget]);
+        assert_eq!(out.lines.len(), 1);
+        assert_eq!(texts(&out.lines[0].0), ["user:q1", "assistant:a1"]);
+        assert!(out.lines[0].0.count.total <= 256);
+    }
+
+    #[test]
+    fn the_budget_cuts_a_long_run_into_samples_that_each_fit() {
+        let mut msgs = conversation(12, &[]);
+        for m in msgs.iter_mut().filter(|m| m.role == Role::Assistant) {
+            m.content = format!("{} {}", m.content, "some words ".repeat(30));
+        }
+        let out = run(&msgs, &[true; 12], 320);
+        assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+        assert!(out.lines.len() > 1, "{} samples", out.lines.len());
+        let mut users = Vec::new();
+        for (line, _) in &out.lines {
+            assert!(line.count.total <= 320, "{}", line.count.total);
+            assert_eq!(line.messages[0].role, "user");
+            assert_eq!(line.messages.last().unwrap().role, "assistant");
+            users.extend(
+                line.messages
+                    .iter()
+                    .filter(|m| m.role == "user")
+                    .map(|m| m.content.clone()),
+            );
+        }
+        let want: Vec<Option<String>> = (0..12).map(|k| Some(format!("q{k}"))).collect();
+        assert_eq!(users, want, "every exchange once, in order");
+    }
+}

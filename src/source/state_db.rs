@@ -131,48 +131,7 @@ impl StateDb {
             )
         };
 
-        let m = |name: &str, default: &str| -> String {
-            if mcols.contains(name) {
-                name.to_string()
-            } else {
-                default.to_string()
-            }
-        };
-        let reasoning = match (
-            mcols.contains("reasoning_content"),
-            mcols.contains("reasoning"),
-        ) {
-            (true, true) => "COALESCE(reasoning_content, reasoning)".to_string(),
-            (true, false) => "reasoning_content".to_string(),
-            (false, true) => "reasoning".to_string(),
-            (false, false) => "NULL".to_string(),
-        };
-        // Text larger than ?2 bytes is not read (no sample could hold it),
-        // but for a tool result, whose middle a sample may leave out, its
-        // head and tail are (joined by U+FDD2, a noncharacter); reasoning
-        // only when ?3 asks for it.
-        let tool_calls = if mcols.contains("tool_calls") {
-            "CASE WHEN octet_length(tool_calls) > ?2 THEN NULL ELSE tool_calls END"
-        } else {
-            "NULL"
-        };
-        let message_sql = format!(
-            "SELECT id, role, CASE WHEN octet_length(content) <= ?2 THEN content WHEN role = 'tool' THEN substr(content, 1, min(?2 / 4, length(content) / 3)) || char(64978) || substr(content, -min(?2 / 4, length(content) / 3)) END, {}, {tool_calls}, {}, {}, {}, CASE WHEN ?3 THEN {reasoning} END, {}, {}, {}, {}, {}, octet_length(content), {} FROM messages WHERE session_id = +?1 ORDER BY id",
-            m("tool_call_id", "NULL"),
-            m("tool_name", "NULL"),
-            m("timestamp", "NULL"),
-            m("finish_reason", "NULL"),
-            m("active", "1"),
-            m("compacted", "0"),
-            m("effect_disposition", "NULL"),
-            m("_compressed_summary", "0"),
-            m("display_kind", "NULL"),
-            if mcols.contains("tool_calls") {
-                "octet_length(tool_calls)"
-            } else {
-                "0"
-            },
-        );
+        let message_sql = message_sql(&mcols);
 
         // One snapshot for the whole run.
         conn.execute_batch("BEGIN DEFERRED")?;
@@ -454,6 +413,97 @@ impl StateDb {
     }
 }
 
+/// The one list of the columns a message row is read with, in SELECT order:
+/// the name it is read by, and how it is selected given the columns the
+/// store has (a column a store lacks reads as its default). `?2` is the
+/// largest text read, `?3` whether reasoning is wanted.
+const MESSAGE_COLUMNS: [(&str, SelectColumn); 16] = [
+    ("id", |_| "id".into()),
+    ("role", |_| "role".into()),
+    // Text larger than ?2 bytes is not read (no sample could hold it), but
+    // for a tool result, whose middle a sample may leave out, its head and
+    // tail are (joined by U+FDD2, a noncharacter).
+    ("content", |_| {
+        "CASE WHEN octet_length(content) <= ?2 THEN content WHEN role = 'tool' THEN substr(content, 1, min(?2 / 4, length(content) / 3)) || char(64978) || substr(content, -min(?2 / 4, length(content) / 3)) END".into()
+    }),
+    ("tool_call_id", |c| or_default(c, "tool_call_id", "NULL")),
+    ("tool_calls", |c| {
+        or_default(c, "tool_calls", "NULL").replace(
+            "tool_calls",
+            "CASE WHEN octet_length(tool_calls) > ?2 THEN NULL ELSE tool_calls END",
+        )
+    }),
+    ("tool_name", |c| or_default(c, "tool_name", "NULL")),
+    ("timestamp", |c| or_default(c, "timestamp", "NULL")),
+    ("finish_reason", |c| or_default(c, "finish_reason", "NULL")),
+    ("reasoning", |c| {
+        let r = match (c.contains("reasoning_content"), c.contains("reasoning")) {
+            (true, true) => "COALESCE(reasoning_content, reasoning)",
+            (true, false) => "reasoning_content",
+            (false, true) => "reasoning",
+            (false, false) => "NULL",
+        };
+        format!("CASE WHEN ?3 THEN {r} END")
+    }),
+    ("active", |c| or_default(c, "active", "1")),
+    ("compacted", |c| or_default(c, "compacted", "0")),
+    ("effect_disposition", |c| {
+        or_default(c, "effect_disposition", "NULL")
+    }),
+    ("summary_flag", |c| {
+        or_default(c, "_compressed_summary", "0")
+    }),
+    ("display_kind", |c| or_default(c, "display_kind", "NULL")),
+    ("content_bytes", |_| "octet_length(content)".into()),
+    ("tool_calls_bytes", |c| {
+        or_default(c, "tool_calls", "0").replace("tool_calls", "octet_length(tool_calls)")
+    }),
+];
+
+/// How one column is selected, given the columns the store has.
+type SelectColumn = fn(&HashSet<String>) -> String;
+
+/// `column` when the store has it, else `default`.
+fn or_default(columns: &HashSet<String>, column: &str, default: &str) -> String {
+    if columns.contains(column) {
+        column.to_string()
+    } else {
+        default.to_string()
+    }
+}
+
+/// The position of a message column in [`MESSAGE_COLUMNS`] (checked when
+/// compiling).
+const fn col(name: &str) -> usize {
+    let mut i = 0;
+    while i < MESSAGE_COLUMNS.len() {
+        let (a, b) = (MESSAGE_COLUMNS[i].0.as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut k = 0;
+            while k < a.len() && a[k] == b[k] {
+                k += 1;
+            }
+            if k == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a message column")
+}
+
+/// The query of a session's messages, oldest first.
+fn message_sql(columns: &HashSet<String>) -> String {
+    let select: Vec<String> = MESSAGE_COLUMNS
+        .iter()
+        .map(|(_, sql)| sql(columns))
+        .collect();
+    format!(
+        "SELECT {} FROM messages WHERE session_id = +?1 ORDER BY id",
+        select.join(", ")
+    )
+}
+
 fn head_from_row(r: &Row<'_>) -> rusqlite::Result<SessionMeta> {
     Ok(SessionMeta {
         id: r.get(0)?,
@@ -484,52 +534,60 @@ fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>,
     let int = |i: usize, default: i64| -> i64 {
         r.get::<_, Option<i64>>(i).ok().flatten().unwrap_or(default)
     };
-    let role_raw = text(1)?.unwrap_or_default();
+    let role_raw = text(const { col("role") })?.unwrap_or_default();
     let Some(role) = Role::parse(&role_raw) else {
         return Ok(None); // session_meta and other bookkeeping rows
     };
-    if text(13)?.as_deref() == Some("hidden") {
+    if text(const { col("display_kind") })?.as_deref() == Some("hidden") {
         return Ok(None); // model-facing scaffolding (v30 display_kind)
     }
-    let oversize = int(14, 0) > max_text_bytes || int(15, 0) > max_text_bytes;
-    let tool_calls = content::tool_calls_from_str(text(4)?.as_deref())?;
-    let active = int(9, 1);
-    let compacted = int(10, 0);
+    let oversize = int(const { col("content_bytes") }, 0) > max_text_bytes
+        || int(const { col("tool_calls_bytes") }, 0) > max_text_bytes;
+    let tool_calls = content::tool_calls_from_str(text(const { col("tool_calls") })?.as_deref())?;
+    let active = int(const { col("active") }, 1);
+    let compacted = int(const { col("compacted") }, 0);
     let state = match (active, compacted) {
         (0, 0) => RowState::Undone,
         (0, _) => RowState::Compacted,
         _ => RowState::Live,
     };
-    let raw = text(2)?;
-    let cut = (role == Role::Tool && int(15, 0) <= max_text_bytes)
+    let raw = text(const { col("content") })?;
+    let cut = (role == Role::Tool && int(const { col("tool_calls_bytes") }, 0) <= max_text_bytes)
         .then(|| raw.as_deref()?.split_once(HEAD_TAIL))
         .flatten();
     let (content, oversize) = match cut {
         Some((head, tail)) => {
-            let removed = usize::try_from(int(14, 0))
+            let removed = usize::try_from(int(const { col("content_bytes") }, 0))
                 .unwrap_or(0)
                 .saturating_sub(head.len() + tail.len());
             (crate::format::fit::mark_cut(head, tail, removed), false)
         }
         None if oversize => (
-            format!("[not read: {} bytes]", int(14, 0).max(int(15, 0))),
+            format!(
+                "[not read: {} bytes]",
+                int(const { col("content_bytes") }, 0)
+                    .max(int(const { col("tool_calls_bytes") }, 0))
+            ),
             true,
         ),
         None => (content::decode(&raw.unwrap_or_default()), false),
     };
     Ok(Some(Message {
-        row_id: Some(int(0, 0)),
+        row_id: Some(int(const { col("id") }, 0)),
         role,
         content,
         tool_calls,
-        tool_call_id: text(3)?,
-        tool_name: text(5)?,
-        reasoning: text(8)?.filter(|s| !s.is_empty()),
-        timestamp: r.get::<_, Option<f64>>(6).ok().flatten(),
-        finish_reason: text(7)?,
-        disposition: text(11)?,
+        tool_call_id: text(const { col("tool_call_id") })?,
+        tool_name: text(const { col("tool_name") })?,
+        reasoning: text(const { col("reasoning") })?.filter(|s| !s.is_empty()),
+        timestamp: r
+            .get::<_, Option<f64>>(const { col("timestamp") })
+            .ok()
+            .flatten(),
+        finish_reason: text(const { col("finish_reason") })?,
+        disposition: text(const { col("effect_disposition") })?,
         state,
-        summary_flag: int(12, 0) != 0,
+        summary_flag: int(const { col("summary_flag") }, 0) != 0,
         oversize,
     }))
 }
