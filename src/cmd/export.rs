@@ -127,29 +127,9 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
         r.string(text);
     }
     let cfg = &cfg;
-    let mut run = Run {
-        cfg,
-        kit: Kit {
-            opts: cfg.format_options(),
-            counter: Counter::new(cfg.tokenizer.as_deref())?,
-            catalog: ToolCatalog::new(&stores.files),
-            system_json: sft::SystemCache::default(),
-        },
-        covered: Covered {
-            watermark: state.as_ref().map_or(0, |s| s.watermark),
-            state: state.as_ref(),
-        },
-        totals: Totals::default(),
-        coverage: RunCoverage::default(),
-        dedupe: Dedupe {
-            active: stores.responses.is_some()
-                || !stores.files.snapshots.is_empty()
-                || !stores.files.transcripts.is_empty(),
-            ..Dedupe::default()
-        },
-        output: Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?,
-        redactor,
-    };
+    let counter = Counter::new(cfg.tokenizer.as_deref())?;
+    let output = Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?;
+    let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
     run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
     let closed = run.close(&stores, &mut report, top)?;
     if let (Some(path), Some(mut st)) = (&plan.state, state) {
@@ -240,7 +220,39 @@ fn open_redactor(
     Ok(Some(r))
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(
+        cfg: &'a ExportConfig,
+        stores: &Stores,
+        state: Option<&'a RunState>,
+        (counter, output): (Counter, Output),
+        redactor: Option<Redactor>,
+    ) -> Run<'a> {
+        Run {
+            cfg,
+            kit: Kit {
+                opts: cfg.format_options(),
+                counter,
+                catalog: ToolCatalog::new(&stores.files),
+                system_json: sft::SystemCache::default(),
+            },
+            covered: Covered {
+                watermark: state.map_or(0, |s| s.watermark),
+                state,
+            },
+            totals: Totals::default(),
+            coverage: RunCoverage::default(),
+            dedupe: Dedupe {
+                active: stores.responses.is_some()
+                    || !stores.files.snapshots.is_empty()
+                    || !stores.files.transcripts.is_empty(),
+                ..Dedupe::default()
+            },
+            output,
+            redactor,
+        }
+    }
+
     /// Reads, selects and formats every session.
     fn each_session(
         &mut self,

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::config::SendConfig;
 use crate::exit::{self, Failure};
+use crate::home::HermesHome;
 use crate::send::{Event, check_session_id, config, http, verify};
 
 /// Runs `hermes-harvest send`; returns the exit code.
@@ -24,7 +25,6 @@ pub fn run(args: &SendConfig) -> Result<u8> {
         return Err(Failure::new(exit::USAGE, "--timeout must be at least 1 second").into());
     }
 
-    // A missing home is "no settings" for sending; --verify needs it.
     let home = args.home.resolve();
     if let Err(e) = &home
         && args.home.is_explicit()
@@ -37,16 +37,7 @@ pub fn run(args: &SendConfig) -> Result<u8> {
             crate::report::clean(&e)
         );
     }
-    if let Some(url) = &args.url {
-        config::normalize_url(url)
-            .map_err(|e| Failure::new(exit::USAGE, format!("--url: {e:#}")))?;
-    }
-    // Bad settings in the environment or the Hermes home: exit 1.
-    let endpoint = config::resolve(
-        args.url.as_deref(),
-        &config::EnvVars::from_process(),
-        home.as_ref().ok().map(|h| h.dir.as_path()),
-    )?;
+    let endpoint = endpoint(args, home.as_ref().ok())?;
 
     let verify_home = if args.verify {
         let home = home.context("--verify reads the Hermes stores")?;
@@ -73,20 +64,33 @@ pub fn run(args: &SendConfig) -> Result<u8> {
     let out = if args.json { &reply.raw } else { &reply.text };
     write_stdout(out)?;
 
-    let Some(home) = verify_home else {
-        return Ok(exit::OK);
-    };
+    match verify_home {
+        Some(home) => verify_capture(args, &home, &reply, &session, &turn, baseline),
+        None => Ok(exit::OK),
+    }
+}
+
+/// `--verify`: waits until the stores show the session holding this turn
+/// followed by a reply.
+fn verify_capture(
+    args: &SendConfig,
+    home: &HermesHome,
+    reply: &http::Reply,
+    session: &str,
+    turn: &str,
+    baseline: usize,
+) -> Result<u8> {
     // The server echoes the session it used; trust it over our own id.
     let captured_id = reply
         .session_id
         .as_deref()
         .filter(|s| !s.is_empty())
-        .unwrap_or(&session)
+        .unwrap_or(session)
         .to_owned();
     let (ok, last_error) = verify::wait(
-        &home,
+        home,
         &captured_id,
-        &turn,
+        turn,
         baseline,
         Duration::from_secs(args.verify_timeout_secs),
     );
@@ -106,6 +110,21 @@ pub fn run(args: &SendConfig) -> Result<u8> {
         ),
     )
     .into())
+}
+
+/// Where to send and with which key. A missing home is "no settings" for
+/// sending (`--verify` needs it). A bad `--url` is a usage error (exit 2);
+/// bad settings in the environment or the Hermes home exit 1.
+fn endpoint(args: &SendConfig, home: Option<&HermesHome>) -> Result<config::Endpoint> {
+    if let Some(url) = &args.url {
+        config::normalize_url(url)
+            .map_err(|e| Failure::new(exit::USAGE, format!("--url: {e:#}")))?;
+    }
+    config::resolve(
+        args.url.as_deref(),
+        &config::EnvVars::from_process(),
+        home.map(|h| h.dir.as_path()),
+    )
 }
 
 fn build_event(args: &SendConfig) -> Result<Event> {

@@ -167,11 +167,21 @@ fn prompt_tokens(
         .map_or(0, |c| c.total)
 }
 
+/// A conversational pair's prompt as it grows backwards, with the tools it
+/// needs and how both sides fit after it.
+struct Growing<'c> {
+    prompt: Vec<OutMsg>,
+    tools: Vec<Value>,
+    called: std::collections::BTreeSet<&'c str>,
+    missing: usize,
+    fit: PairFit,
+}
+
 impl Pair<'_> {
-    fn build(&self, fitter: &mut Fitter<'_>) -> Result<(PairLine, Count, usize), Skip> {
+    /// Both completions: they start right after the user turn; a tool-retry
+    /// shares the steps that came before the failed call.
+    fn sides(&self) -> Result<(Vec<&Message>, Vec<&Message>), Skip> {
         let (msgs, user, alt) = (self.msgs, self.user, self.alt);
-        // The completions start right after the user turn; a tool-retry
-        // shares the steps that came before the failed call.
         let shared = &msgs[user + 1..alt.prompt_end];
         let chosen: Vec<&Message> = shared
             .iter()
@@ -192,6 +202,11 @@ impl Pair<'_> {
         {
             return Err(Skip::ChosenEqualsRejected);
         }
+        Ok((chosen, rejected))
+    }
+
+    fn build(&self, fitter: &mut Fitter<'_>) -> Result<(PairLine, Count, usize), Skip> {
+        let (chosen, rejected) = self.sides()?;
         if self.opts.flat_dpo {
             return self
                 .flat(fitter, &chosen, &rejected)
@@ -203,91 +218,35 @@ impl Pair<'_> {
                 .collect()
         };
         let (chosen, rejected) = (out(&chosen), out(&rejected));
+        let sides = [chosen.as_slice(), rejected.as_slice()];
         // The rejected side of a tool-retry may call a tool that does not
         // exist: only what the prompt and the chosen side call needs a
         // definition.
-        let mut called: std::collections::BTreeSet<&str> = chosen
+        let called: std::collections::BTreeSet<&str> = chosen
             .iter()
             .flat_map(|m| m.tool_calls.iter().map(|c| c.function.name.as_str()))
             .collect();
-        let (mut tools, mut missing) = self.tools.for_calls(self.opts.tools, &called);
-        let mut prompt = vec![OutMsg::from_message(&msgs[user], &self.opts.msg)];
-        let sides = [chosen.as_slice(), rejected.as_slice()];
-        let longer = |fit: &PairFit| {
-            if fit.chosen_is_longer {
-                sides[0]
-            } else {
-                sides[1]
-            }
+        let (tools, missing) = self.tools.for_calls(self.opts.tools, &called);
+        let prompt = vec![OutMsg::from_message(&self.msgs[self.user], &self.opts.msg)];
+        let fit = both_fit(fitter, self.system, &prompt, sides, &tools).ok_or(Skip::OverBudget)?;
+        let mut g = Growing {
+            prompt,
+            tools,
+            called,
+            missing,
+            fit,
         };
-        let mut fit =
-            both_fit(fitter, self.system, &prompt, sides, &tools).ok_or(Skip::OverBudget)?;
         if self.opts.tools == ToolsPolicy::Used {
-            // Distractors that fit with the longer side.
-            let mut all = prompt.clone();
-            all.extend_from_slice(longer(&fit));
-            let before = tools.clone();
-            let (added, _) = fitter.add_distractors(self.tools, &mut tools, self.system, &all);
-            if !added.is_empty() {
-                match both_fit(fitter, self.system, &prompt, sides, &tools) {
-                    Some(f) => fit = f,
-                    None => tools = before,
-                }
-            }
+            self.add_distractors(fitter, sides, &mut g);
         }
-        // History before the user turn: whole exchanges, newest first, each
-        // with its long tool results shortened if that makes it fit.
-        let starts: Vec<usize> = (0..user).filter(|&i| msgs[i].role == Role::User).collect();
-        let mut end = user;
-        for &s in starts.iter().rev() {
-            let exchange = &msgs[s..end];
-            if exchange.last().is_some_and(|m| !m.is_final_answer()) {
-                break;
-            }
-            let mut more_called = called.clone();
-            more_called.extend(
-                exchange
-                    .iter()
-                    .flat_map(|m| m.tool_calls.iter().map(|c| c.name.as_str())),
-            );
-            let (mut more_tools, more_missing) =
-                self.tools.for_calls(self.opts.tools, &more_called);
-            if more_missing > missing {
-                break;
-            }
-            for t in &tools {
-                if !more_tools.contains(t) {
-                    self.tools.insert(&mut more_tools, t);
-                }
-            }
-            let head: Vec<OutMsg> = exchange
-                .iter()
-                .map(|m| OutMsg::from_message(m, &self.opts.msg))
-                .collect();
-            let with_head = |head: &[OutMsg]| [head, prompt.as_slice()].concat();
-            let mut candidate = with_head(&head);
-            let mut fitted = both_fit(fitter, self.system, &candidate, sides, &more_tools);
-            if fitted.is_none() && head.iter().any(|m| m.role == "tool") {
-                // Shorten the exchange's long tool results, measured with the
-                // longer side, and try once more.
-                let mut all = [candidate.as_slice(), longer(&fit)].concat();
-                let tools_opt = (!more_tools.is_empty()).then_some(more_tools.as_slice());
-                fitter.shorten_tool_results(self.system, &mut all, tools_opt);
-                candidate = with_head(&all[..head.len()]);
-                fitted = both_fit(fitter, self.system, &candidate, sides, &more_tools);
-            }
-            match fitted {
-                Some(f) => {
-                    fit = f;
-                    prompt = candidate;
-                    tools = more_tools;
-                    called = more_called;
-                    missing = more_missing;
-                    end = s;
-                }
-                None => break,
-            }
-        }
+        self.add_history(fitter, sides, &mut g);
+        let Growing {
+            prompt,
+            tools,
+            missing,
+            fit,
+            ..
+        } = g;
         let count = Count {
             total: fit.total,
             trainable: fit.chosen.saturating_sub(prompt_tokens(
@@ -302,16 +261,105 @@ impl Pair<'_> {
             full_prompt.push(OutMsg::text("system", s));
         }
         full_prompt.extend(prompt);
-        Ok((
-            PairLine::Conversational(DpoLine {
-                prompt: full_prompt,
-                chosen,
-                rejected,
+        let line = DpoLine {
+            prompt: full_prompt,
+            chosen,
+            rejected,
+            tools,
+        };
+        Ok((PairLine::Conversational(line), count, missing))
+    }
+
+    /// Distractors that fit with the longer side.
+    fn add_distractors(&self, fitter: &mut Fitter<'_>, sides: [&[OutMsg]; 2], g: &mut Growing<'_>) {
+        let mut all = g.prompt.clone();
+        all.extend_from_slice(sides[usize::from(!g.fit.chosen_is_longer)]);
+        let before = g.tools.clone();
+        let (added, _) = fitter.add_distractors(self.tools, &mut g.tools, self.system, &all);
+        if !added.is_empty() {
+            match both_fit(fitter, self.system, &g.prompt, sides, &g.tools) {
+                Some(f) => g.fit = f,
+                None => g.tools = before,
+            }
+        }
+    }
+
+    /// History before the user turn: whole exchanges, newest first, each
+    /// with its long tool results shortened if that makes it fit.
+    fn add_history<'m>(
+        &'m self,
+        fitter: &mut Fitter<'_>,
+        sides: [&[OutMsg]; 2],
+        g: &mut Growing<'m>,
+    ) {
+        let msgs = self.msgs;
+        let starts: Vec<usize> = (0..self.user)
+            .filter(|&i| msgs[i].role == Role::User)
+            .collect();
+        let mut end = self.user;
+        for &s in starts.iter().rev() {
+            let exchange = &msgs[s..end];
+            if exchange.last().is_some_and(|m| !m.is_final_answer()) {
+                break;
+            }
+            let mut called = g.called.clone();
+            called.extend(
+                exchange
+                    .iter()
+                    .flat_map(|m| m.tool_calls.iter().map(|c| c.name.as_str())),
+            );
+            let (mut tools, missing) = self.tools.for_calls(self.opts.tools, &called);
+            if missing > g.missing {
+                break;
+            }
+            for t in &g.tools {
+                if !tools.contains(t) {
+                    self.tools.insert(&mut tools, t);
+                }
+            }
+            let Some((fit, prompt)) = self.with_exchange(fitter, sides, g, exchange, &tools) else {
+                break;
+            };
+            *g = Growing {
+                prompt,
                 tools,
-            }),
-            count,
-            missing,
-        ))
+                called,
+                missing,
+                fit,
+            };
+            end = s;
+        }
+    }
+
+    /// The prompt with `exchange` before it, if both sides still fit.
+    fn with_exchange(
+        &self,
+        fitter: &mut Fitter<'_>,
+        sides: [&[OutMsg]; 2],
+        g: &Growing<'_>,
+        exchange: &[Message],
+        tools: &[Value],
+    ) -> Option<(PairFit, Vec<OutMsg>)> {
+        let head: Vec<OutMsg> = exchange
+            .iter()
+            .map(|m| OutMsg::from_message(m, &self.opts.msg))
+            .collect();
+        let with_head = |head: &[OutMsg]| [head, g.prompt.as_slice()].concat();
+        let candidate = with_head(&head);
+        if let Some(f) = both_fit(fitter, self.system, &candidate, sides, tools) {
+            return Some((f, candidate));
+        }
+        if !head.iter().any(|m| m.role == "tool") {
+            return None;
+        }
+        // Shorten the exchange's long tool results, measured with the
+        // longer side, and try once more.
+        let longer = sides[usize::from(!g.fit.chosen_is_longer)];
+        let mut all = [candidate.as_slice(), longer].concat();
+        let tools_opt = (!tools.is_empty()).then_some(tools);
+        fitter.shorten_tool_results(self.system, &mut all, tools_opt);
+        let candidate = with_head(&all[..head.len()]);
+        both_fit(fitter, self.system, &candidate, sides, tools).map(|f| (f, candidate))
     }
 
     fn flat(

@@ -239,6 +239,15 @@ pub fn samples(
     out
 }
 
+/// The exchanges a sample takes (up to `end`), with their tools, how many
+/// called tools lack a definition, and their count.
+struct Cut {
+    tools: Vec<Value>,
+    missing: usize,
+    count: Count,
+    end: usize,
+}
+
 struct Packer<'p, 'e, 'f> {
     flat: &'p Flat<'e>,
     exchanges: &'p [Exchange<'e>],
@@ -272,6 +281,60 @@ impl Packer<'_, '_, '_> {
     /// the time window, or in an earlier part of a long session), so no
     /// turn is written twice by one run.
     fn sample(&mut self, i: usize, end: usize) -> Result<(SftLine, usize), Skip> {
+        let (mut cut, final_known) = match self.own_exchanges(i, end) {
+            Ok(found) => found,
+            Err(alone) => return alone.map(|line| (line, i + 1)),
+        };
+        let j = cut.end;
+        // Distractors.
+        let mut distractors = Vec::new();
+        if self.opts.tools == ToolsPolicy::Used {
+            let (added, last) = self.fitter.add_distractors(
+                self.tools,
+                &mut cut.tools,
+                self.system_text,
+                self.flat.slice(i, j),
+            );
+            cut.count = last.unwrap_or(cut.count);
+            distractors = added;
+        }
+        let start = self.add_context(i, &mut cut, &distractors);
+        // The chosen sample once more, for its trainable tokens, unless the
+        // whole run was counted so and nothing was added to it.
+        let messages = self.flat.slice(start, j);
+        let unchanged = final_known && start == i && distractors.is_empty();
+        let count = if unchanged {
+            cut.count
+        } else {
+            self.fitter
+                .count(&Sample {
+                    system: self.system_text,
+                    messages,
+                    tools: (!cut.tools.is_empty()).then_some(&cut.tools),
+                })
+                .unwrap_or(cut.count)
+        };
+        Ok((
+            SftLine {
+                system: None,
+                messages: messages.to_vec(),
+                tools: cut.tools,
+                count,
+                missing_tools: cut.missing,
+            },
+            j,
+        ))
+    }
+
+    /// The exchanges from `i` (before `end`) that fit, with their tools and
+    /// count, and whether that count is final (the whole run was counted at
+    /// once). `Err` when exchange `i` alone does not fit: then its
+    /// shortened form, if any.
+    fn own_exchanges(
+        &mut self,
+        i: usize,
+        end: usize,
+    ) -> Result<(Cut, bool), Result<SftLine, Skip>> {
         // The whole run often fits: one count instead of one per exchange
         // (tried only when the estimate, never below the real count and
         // rarely above twice it, says it may).
@@ -282,51 +345,51 @@ impl Packer<'_, '_, '_> {
             tools: (!whole_tools.is_empty()).then_some(&whole_tools),
         };
         let maybe = Estimate::count(&whole).total <= 2 * self.opts.max_tokens;
-        // Counted with its trainable tokens: when it fits and nothing is
-        // added, this is the final count.
         let max = self.opts.max_tokens;
         let first = maybe
             .then(|| self.fitter.count(&whole))
             .flatten()
             .filter(|c| c.total <= max);
-        let final_known = first.is_some();
-        let (mut tools, mut missing, mut count, mut j) = match first {
-            Some(c) => (whole_tools, whole_missing, c, end),
-            None => {
-                let (tools, missing) = self.tools_for(i, i + 1);
-                let Some(count) = self.fits(i, i + 1, &tools) else {
-                    return self.shortened(i, &tools, missing).map(|line| (line, i + 1));
-                };
-                (tools, missing, count, i + 1)
-            }
+        if let Some(count) = first {
+            let cut = Cut {
+                tools: whole_tools,
+                missing: whole_missing,
+                count,
+                end,
+            };
+            return Ok((cut, true));
+        }
+        let (tools, missing) = self.tools_for(i, i + 1);
+        let Some(count) = self.fits(i, i + 1, &tools) else {
+            return Err(self.shortened(i, &tools, missing));
+        };
+        let mut cut = Cut {
+            tools,
+            missing,
+            count,
+            end: i + 1,
         };
         // Own exchanges, as many as fit.
-        while j < end {
-            let (more, more_missing) = self.tools_for(i, j + 1);
-            match self.fits(i, j + 1, &more) {
-                Some(c) => {
-                    count = c;
-                    tools = more;
-                    missing = more_missing;
-                    j += 1;
-                }
-                None => break,
-            }
+        while cut.end < end {
+            let (more, more_missing) = self.tools_for(i, cut.end + 1);
+            let Some(c) = self.fits(i, cut.end + 1, &more) else {
+                break;
+            };
+            cut = Cut {
+                tools: more,
+                missing: more_missing,
+                count: c,
+                end: cut.end + 1,
+            };
         }
-        // Distractors.
-        let mut distractors = Vec::new();
-        if self.opts.tools == ToolsPolicy::Used {
-            let (added, last) = self.fitter.add_distractors(
-                self.tools,
-                &mut tools,
-                self.system_text,
-                self.flat.slice(i, j),
-            );
-            count = last.unwrap_or(count);
-            distractors = added;
-        }
-        // Context before a mid-session start.
-        let own = count.total;
+        Ok((cut, false))
+    }
+
+    /// Context before a mid-session start at `i`; returns the sample's
+    /// first exchange.
+    fn add_context(&mut self, i: usize, cut: &mut Cut, distractors: &[Value]) -> usize {
+        let j = cut.end;
+        let own = cut.count.total;
         let context_budget = self.opts.sft_context * self.opts.max_tokens as f64;
         let mut start = i;
         while start > 0
@@ -337,48 +400,24 @@ impl Packer<'_, '_, '_> {
             && self.exchanges[start - 1].problem.is_none()
         {
             let (mut more, more_missing) = self.tools_for(start - 1, j);
-            if more_missing > missing {
+            if more_missing > cut.missing {
                 break;
             }
-            for d in &distractors {
+            for d in distractors {
                 if !more.contains(d) {
                     self.tools.insert(&mut more, d);
                 }
             }
             match self.fits(start - 1, j, &more) {
                 Some(c) if (c.total - own) as f64 <= context_budget => {
-                    count = c;
-                    tools = more;
+                    cut.count = c;
+                    cut.tools = more;
                     start -= 1;
                 }
                 _ => break,
             }
         }
-        // The chosen sample once more, for its trainable tokens, unless the
-        // whole run was counted so and nothing was added to it.
-        let messages = self.flat.slice(start, j);
-        let unchanged = final_known && start == i && distractors.is_empty();
-        let count = if unchanged {
-            count
-        } else {
-            self.fitter
-                .count(&Sample {
-                    system: self.system_text,
-                    messages,
-                    tools: (!tools.is_empty()).then_some(&tools),
-                })
-                .unwrap_or(count)
-        };
-        Ok((
-            SftLine {
-                system: None,
-                messages: messages.to_vec(),
-                tools,
-                count,
-                missing_tools: missing,
-            },
-            j,
-        ))
+        start
     }
 
     /// Exchange `i` alone with its long tool results shortened, if that fits.

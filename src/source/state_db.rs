@@ -88,49 +88,8 @@ impl StateDb {
             None
         };
 
-        let s = |name: &str, default: &str| -> String {
-            if scols.contains(name) {
-                format!("s.{name}")
-            } else {
-                default.to_string()
-            }
-        };
-        let parent_join = scols.contains("parent_session_id");
-        let head_cols = HEAD_COLUMNS
-            .replace("{title}", &s("title", "NULL"))
-            .replace("{model}", &s("model", "NULL"))
-            .replace("{end_reason}", &s("end_reason", "NULL"))
-            .replace("{parent}", &s("parent_session_id", "NULL"))
-            .replace(
-                "{parent_end}",
-                if parent_join && scols.contains("end_reason") {
-                    "p.end_reason"
-                } else {
-                    "NULL"
-                },
-            );
-        let head_sql = if parent_join {
-            format!(
-                "SELECT {head_cols} FROM sessions s LEFT JOIN sessions p ON p.id = s.parent_session_id"
-            )
-        } else {
-            format!("SELECT {head_cols} FROM sessions s")
-        };
-
-        let prompt_sql = if tables.contains("system_prompts")
-            && scols.contains("system_prompt_hash")
-        {
-            format!(
-                "SELECT COALESCE(sp.prompt, {}) FROM sessions s LEFT JOIN system_prompts sp ON sp.hash = s.system_prompt_hash WHERE s.id = +?1",
-                s("system_prompt", "NULL")
-            )
-        } else {
-            format!(
-                "SELECT {} FROM sessions s WHERE s.id = +?1",
-                s("system_prompt", "NULL")
-            )
-        };
-
+        let head_sql = head_sql(&scols);
+        let prompt_sql = prompt_sql(&tables, &scols);
         let message_sql = message_sql(&mcols);
 
         // One snapshot for the whole run.
@@ -142,7 +101,7 @@ impl StateDb {
             head_sql,
             message_sql,
             prompt_sql,
-            has_parent: parent_join,
+            has_parent: scols.contains("parent_session_id"),
             has_title: scols.contains("title"),
             has_timestamp: mcols.contains("timestamp"),
             max_text_bytes: i64::MAX,
@@ -410,6 +369,47 @@ impl StateDb {
             .query_row([id], |r| r.get::<_, Option<String>>(0))
             .optional()?
             .flatten())
+    }
+}
+
+/// The query of session heads ([`head_from_row`] reads its columns); the
+/// parent's end reason comes from a self-join when the store links parents.
+fn head_sql(scols: &HashSet<String>) -> String {
+    let s = |name: &str| or_default(scols, name, "NULL").replace(name, &format!("s.{name}"));
+    let parent_join = scols.contains("parent_session_id");
+    let head_cols = HEAD_COLUMNS
+        .replace("{title}", &s("title"))
+        .replace("{model}", &s("model"))
+        .replace("{end_reason}", &s("end_reason"))
+        .replace("{parent}", &s("parent_session_id"))
+        .replace(
+            "{parent_end}",
+            if parent_join && scols.contains("end_reason") {
+                "p.end_reason"
+            } else {
+                "NULL"
+            },
+        );
+    if parent_join {
+        format!(
+            "SELECT {head_cols} FROM sessions s LEFT JOIN sessions p ON p.id = s.parent_session_id"
+        )
+    } else {
+        format!("SELECT {head_cols} FROM sessions s")
+    }
+}
+
+/// The query of a session's system prompt: the stored text, or the shared
+/// prompt its hash names (newer stores keep each prompt once).
+fn prompt_sql(tables: &HashSet<String>, scols: &HashSet<String>) -> String {
+    let prompt =
+        or_default(scols, "system_prompt", "NULL").replace("system_prompt", "s.system_prompt");
+    if tables.contains("system_prompts") && scols.contains("system_prompt_hash") {
+        format!(
+            "SELECT COALESCE(sp.prompt, {prompt}) FROM sessions s LEFT JOIN system_prompts sp ON sp.hash = s.system_prompt_hash WHERE s.id = +?1"
+        )
+    } else {
+        format!("SELECT {prompt} FROM sessions s WHERE s.id = +?1")
     }
 }
 
