@@ -290,41 +290,7 @@ fn meaning(
             let rewound = pending_rewind
                 .take()
                 .filter(|(text, _)| text.trim() == m.content.trim());
-            // A prompt repeated right after its own answer: a regeneration.
-            let last_user = res.iter().rposition(|x| x.role == Role::User);
-            let regenerated = last_user.filter(|&u| {
-                res[u].content.trim() == m.content.trim()
-                    && res[u + 1..].iter().any(|x| x.role == Role::Assistant)
-            });
-            if let Some(u) = regenerated {
-                let rejected = res.split_off(u + 1);
-                res.truncate(u);
-                alts.push(Alternative {
-                    signal: Signal::Regenerate,
-                    prompt_end: u + 1,
-                    chosen_end: 0,
-                    rejected,
-                });
-            }
-            if let Some(prev) = res.last_mut().filter(|p| p.role == Role::User) {
-                // An orphan user turn (no reply): merge, or drop a re-send.
-                stats.merged_user_turns += 1;
-                if prev.content.trim() != m.content.trim() {
-                    prev.content = format!("{}\n\n{}", prev.content, m.content);
-                }
-                exchange_start = Some(res.len() - 1);
-            } else {
-                res.push(m);
-                exchange_start = Some(res.len() - 1);
-            }
-            if let Some((_, rejected)) = rewound {
-                alts.push(Alternative {
-                    signal: Signal::Rewind,
-                    prompt_end: res.len(),
-                    chosen_end: 0,
-                    rejected,
-                });
-            }
+            exchange_start = Some(user_turn(&mut res, &mut alts, m, rewound, stats));
             continue;
         }
         if in_harness {
@@ -342,6 +308,54 @@ fn meaning(
     }
     finish_alternatives(&res, &mut alts);
     (res, alts)
+}
+
+/// A user turn in phase 2: a prompt repeated right after its own answer
+/// is a regeneration; one that follows an unanswered turn is merged into it
+/// (or dropped as a re-send); one that repeats the first prompt of an undone
+/// block makes a rewind pair. Returns where its exchange starts.
+fn user_turn(
+    res: &mut Vec<Message>,
+    alts: &mut Vec<Alternative>,
+    m: Message,
+    rewound: Option<(String, Vec<Message>)>,
+    stats: &mut RebuildStats,
+) -> usize {
+    // A prompt repeated right after its own answer: a regeneration.
+    let last_user = res.iter().rposition(|x| x.role == Role::User);
+    let regenerated = last_user.filter(|&u| {
+        res[u].content.trim() == m.content.trim()
+            && res[u + 1..].iter().any(|x| x.role == Role::Assistant)
+    });
+    if let Some(u) = regenerated {
+        let rejected = res.split_off(u + 1);
+        res.truncate(u);
+        alts.push(Alternative {
+            signal: Signal::Regenerate,
+            prompt_end: u + 1,
+            chosen_end: 0,
+            rejected,
+        });
+    }
+    if let Some(prev) = res.last_mut().filter(|p| p.role == Role::User) {
+        // An orphan user turn (no reply): merge, or drop a re-send.
+        stats.merged_user_turns += 1;
+        if prev.content.trim() != m.content.trim() {
+            prev.content = format!("{}\n\n{}", prev.content, m.content);
+        }
+    } else {
+        res.push(m);
+    }
+    let start = res.len() - 1;
+    if let Some((_, rejected)) = rewound {
+        alts.push(Alternative {
+            signal: Signal::Rewind,
+            prompt_end: res.len(),
+            chosen_end: 0,
+            rejected,
+        });
+    }
+    start
 }
 
 /// The user text and replies of the first exchange of an undone block.

@@ -24,6 +24,30 @@ use response_store::ResponseStore;
 use session_files::{IndexEntry, SessionFiles};
 use state_db::StateDb;
 
+/// Opens one SQLite store at `path` if it exists. A store that cannot be
+/// opened, or is a FIFO or device (SQLite would block on a FIFO; a device is
+/// no store), is reported as an unreadable input and left out.
+fn open_store<T>(
+    path: &std::path::Path,
+    report: &mut Report,
+    open: impl FnOnce(&std::path::Path, &mut Report) -> Result<T>,
+) -> Result<Option<T>> {
+    if let Some(kind) = crate::safe_io::special_file(path) {
+        report.input_problem(format!("{}: is {kind}, not a regular file", path.display()))?;
+        return Ok(None);
+    }
+    if !path.exists() {
+        return Ok(None);
+    }
+    match open(path, report) {
+        Ok(store) => Ok(Some(store)),
+        Err(e) => {
+            report.input_problem(format!("{e:#}"))?;
+            Ok(None)
+        }
+    }
+}
+
 /// All stores found under one Hermes home, opened read-only.
 pub struct Stores {
     /// `--session`: files of other sessions are not even read (a session
@@ -42,48 +66,16 @@ impl Stores {
     /// Opens whatever exists. A store that cannot be read is reported (and
     /// the run becomes partial); finding no store at all is an error.
     pub fn open(home: &HermesHome, report: &mut Report) -> Result<Stores> {
-        let state_path = home.state_db();
-        let state = if let Some(kind) = crate::safe_io::special_file(&state_path) {
-            // SQLite would block on a FIFO; a device is no store.
-            report.input_problem(format!(
-                "{}: is {kind}, not a regular file",
-                state_path.display()
-            ))?;
-            None
-        } else if state_path.exists() {
-            match StateDb::open(&state_path) {
-                Ok(db) => {
-                    if let Some(note) = db.schema_note() {
-                        report.warn(note);
-                    }
-                    Some(db)
-                }
-                Err(e) => {
-                    report.input_problem(format!("{e:#}"))?;
-                    None
-                }
+        let state = open_store(&home.state_db(), report, |path, report| {
+            let db = StateDb::open(path)?;
+            if let Some(note) = db.schema_note() {
+                report.warn(note);
             }
-        } else {
-            None
-        };
-        let rs_path = home.response_store();
-        let responses = if let Some(kind) = crate::safe_io::special_file(&rs_path) {
-            report.input_problem(format!(
-                "{}: is {kind}, not a regular file",
-                rs_path.display()
-            ))?;
-            None
-        } else if rs_path.exists() {
-            match ResponseStore::open(&rs_path, &mut |p| report.input_problem(p)) {
-                Ok(rs) => Some(rs),
-                Err(e) => {
-                    report.input_problem(format!("{e:#}"))?;
-                    None
-                }
-            }
-        } else {
-            None
-        };
+            Ok(db)
+        })?;
+        let responses = open_store(&home.response_store(), report, |path, report| {
+            ResponseStore::open(path, &mut |p| report.input_problem(p))
+        })?;
         let files = match SessionFiles::scan(&home.sessions_dir(), &home.dir) {
             Ok(f) => f,
             Err(e) => {
@@ -148,44 +140,7 @@ impl Stores {
         f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
     ) -> Result<()> {
         if let Some(db) = &self.state {
-            let part_rows = self.part_rows;
-            let mut one = |head: SessionMeta, report: &mut Report| -> Result<()> {
-                if head.is_rotation_child() {
-                    return Ok(());
-                }
-                if !want(&head) {
-                    unwanted(&head);
-                    return Ok(());
-                }
-                report.read_session(Origin::StateDb.as_str());
-                // `load_parts` reports bad rows through `report` while it also
-                // hands parts to `f`, which needs `report` too: collect them.
-                let mut problems = Vec::new();
-                db.load_parts(
-                    &head,
-                    part_rows,
-                    &mut |p| {
-                        problems.push(p);
-                        Ok(())
-                    },
-                    &mut |mut s| {
-                        self.enrich(&mut s, report)?;
-                        f(s, report)
-                    },
-                )?;
-                for p in problems {
-                    report.input_problem(p)?;
-                }
-                Ok(())
-            };
-            match db_heads {
-                Some(heads) => {
-                    for head in heads {
-                        one(head, report)?;
-                    }
-                }
-                None => db.for_each_head(|head| one(head, report))?,
-            }
+            self.each_db_session(db, report, db_heads, want, unwanted, f)?;
         }
         let mut done = BTreeSet::new();
         for s in self.response_sessions()? {
@@ -219,6 +174,57 @@ impl Stores {
                 report.read_session(s.origin.map_or("sessions", |o| o.as_str()));
                 f(s, report)?;
             }
+        }
+        Ok(())
+    }
+
+    /// The state.db part of [`Stores::each_session`].
+    fn each_db_session(
+        &self,
+        db: &StateDb,
+        report: &mut Report,
+        db_heads: Option<Vec<SessionMeta>>,
+        want: &dyn Fn(&SessionMeta) -> bool,
+        unwanted: &mut dyn FnMut(&SessionMeta),
+        f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
+    ) -> Result<()> {
+        let part_rows = self.part_rows;
+        let mut one = |head: SessionMeta, report: &mut Report| -> Result<()> {
+            if head.is_rotation_child() {
+                return Ok(());
+            }
+            if !want(&head) {
+                unwanted(&head);
+                return Ok(());
+            }
+            report.read_session(Origin::StateDb.as_str());
+            // `load_parts` reports bad rows through `report` while it also
+            // hands parts to `f`, which needs `report` too: collect them.
+            let mut problems = Vec::new();
+            db.load_parts(
+                &head,
+                part_rows,
+                &mut |p| {
+                    problems.push(p);
+                    Ok(())
+                },
+                &mut |mut s| {
+                    self.enrich(&mut s, report)?;
+                    f(s, report)
+                },
+            )?;
+            for p in problems {
+                report.input_problem(p)?;
+            }
+            Ok(())
+        };
+        match db_heads {
+            Some(heads) => {
+                for head in heads {
+                    one(head, report)?;
+                }
+            }
+            None => db.for_each_head(|head| one(head, report))?,
         }
         Ok(())
     }

@@ -255,29 +255,7 @@ impl StateDb {
             lineage: vec![head.id.clone()],
             ..Session::default()
         };
-        // The lineage: every child of a session that ended in a compression
-        // rotation (0.13 can give one parent several), breadth first.
-        let mut members = vec![head.clone()];
-        if self.has_parent {
-            let mut child_stmt = self.conn.prepare_cached(&format!(
-                "{} WHERE s.parent_session_id = +?1 ORDER BY s.started_at, s.id",
-                self.head_sql
-            ))?;
-            let mut i = 0;
-            while i < members.len() && members.len() < 100_000 {
-                if members[i].end_reason.as_deref() == Some("compression") {
-                    let children = child_stmt
-                        .query_map([&members[i].id], head_from_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    for child in children {
-                        if !members.iter().any(|m| m.id == child.id) {
-                            members.push(child);
-                        }
-                    }
-                }
-                i += 1;
-            }
-        }
+        let members = self.lineage(head)?;
         let mut msg_stmt = self.conn.prepare_cached(&self.message_sql)?;
         if members.len() > 1 {
             // A rotated lineage: each segment holds at most a context window.
@@ -335,6 +313,35 @@ impl StateDb {
             resume_after,
             ..template
         })
+    }
+
+    /// The lineage of `head`: every child of a session that ended in a
+    /// compression rotation (0.13 can give one parent several), breadth
+    /// first.
+    fn lineage(&self, head: &SessionMeta) -> Result<Vec<SessionMeta>> {
+        let mut members = vec![head.clone()];
+        if !self.has_parent {
+            return Ok(members);
+        }
+        let mut child_stmt = self.conn.prepare_cached(&format!(
+            "{} WHERE s.parent_session_id = +?1 ORDER BY s.started_at, s.id",
+            self.head_sql
+        ))?;
+        let mut i = 0;
+        while i < members.len() && members.len() < 100_000 {
+            if members[i].end_reason.as_deref() == Some("compression") {
+                let children = child_stmt
+                    .query_map([&members[i].id], head_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                for child in children {
+                    if !members.iter().any(|m| m.id == child.id) {
+                        members.push(child);
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(members)
     }
 
     fn rows(
