@@ -140,17 +140,20 @@ fn yaml_settings(v: &Yaml, out: &mut Vec<(String, String)>) {
     }
 }
 
+/// A scratch Hermes home holding these files (for tests).
+#[cfg(test)]
+pub fn scratch_home(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
 #[cfg(test)]
 mod tests {
+    use super::scratch_home as home;
     use super::*;
-
-    fn home(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        dir
-    }
 
     const PATH: [&str; 4] = ["platforms", "api_server", "extra", "port"];
 

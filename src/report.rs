@@ -1,10 +1,11 @@
 //! Warnings, skip counters and the one-line summary, all on stderr.
 
-use crate::skip::Skip;
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::skip::Skip;
 
 /// Collects what happened during a run. Warnings about unreadable inputs
 /// make the run "partial"; with `--strict` they are fatal.

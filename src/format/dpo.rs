@@ -8,7 +8,6 @@
 //! each side is its final answer text, so tool-retry pairs (which have no
 //! text) are not written in that style.
 
-use crate::skip::Skip;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -17,6 +16,7 @@ use crate::format::tools::{SessionTools, ToolsPolicy};
 use crate::format::{FormatOptions, OutMsg};
 use crate::model::{Message, Role};
 use crate::rebuild::{Alternative, Rebuilt, Signal};
+use crate::skip::Skip;
 use crate::tokens::{Count, Sample};
 
 #[derive(Debug, Clone, Serialize)]

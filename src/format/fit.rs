@@ -1,11 +1,11 @@
 //! Making samples fit the token budget, shared by SFT and DPO: counting a
 //! candidate, trying distractor tools, and shortening long tool results.
 
-use crate::skip::Skip;
 use serde_json::Value;
 
 use crate::format::OutMsg;
 use crate::format::tools::{DISTRACTORS, SessionTools};
+use crate::skip::Skip;
 use crate::tokens::{Count, Counter, Estimate, Sample, TOKENS_TOOL_PREAMBLE};
 
 /// Tool-result text kept at least on each side of a cut.

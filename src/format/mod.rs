@@ -7,13 +7,13 @@ pub mod fit;
 pub mod sft;
 pub mod tools;
 
-use crate::skip::Skip;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::SystemPolicy;
 use crate::model::{Message, Role, Session};
 use crate::rebuild::Signal;
+use crate::skip::Skip;
 
 /// How messages are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

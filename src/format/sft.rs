@@ -20,7 +20,6 @@
 //! exchange that does not fit on its own gets its long tool results
 //! shortened; if it still does not fit it is skipped as `over_budget`.
 
-use crate::skip::Skip;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
@@ -31,6 +30,7 @@ use crate::format::tools::{SessionTools, ToolsPolicy};
 use crate::format::{Exchange, FormatOptions, OutMsg};
 use crate::hash::BuildSampled;
 use crate::redact::{Counted, Redactor};
+use crate::skip::Skip;
 use crate::tokens::{Count, Estimate, Sample};
 
 /// Exchanges looked back at for context at most.

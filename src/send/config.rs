@@ -205,13 +205,7 @@ pub fn normalize_url(url: &str) -> Result<String> {
 mod tests {
     use super::*;
 
-    fn home(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        dir
-    }
+    use crate::hermes_settings::scratch_home as home;
 
     #[test]
     fn resolution_order() {

@@ -140,8 +140,56 @@ impl Stores {
         f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
     ) -> Result<()> {
         if let Some(db) = &self.state {
-            self.each_db_session(db, report, db_heads, want, unwanted, f)?;
+            let part_rows = self.part_rows;
+            let mut one = |head: SessionMeta, report: &mut Report| -> Result<()> {
+                if head.is_rotation_child() {
+                    return Ok(());
+                }
+                if !want(&head) {
+                    unwanted(&head);
+                    return Ok(());
+                }
+                report.read_session(Origin::StateDb.as_str());
+                // `load_parts` reports bad rows through `report` while it also
+                // hands parts to `f`, which needs `report` too: collect them.
+                let mut problems = Vec::new();
+                db.load_parts(
+                    &head,
+                    part_rows,
+                    &mut |p| {
+                        problems.push(p);
+                        Ok(())
+                    },
+                    &mut |mut s| {
+                        self.enrich(&mut s, report)?;
+                        f(s, report)
+                    },
+                )?;
+                for p in problems {
+                    report.input_problem(p)?;
+                }
+                Ok(())
+            };
+            match db_heads {
+                Some(heads) => {
+                    for head in heads {
+                        one(head, report)?;
+                    }
+                }
+                None => db.for_each_head(|head| one(head, report))?,
+            }
         }
+        self.each_other_session(report, want, f)
+    }
+
+    /// The sessions only the response store or the session files hold (see
+    /// [`Stores::each_session`]).
+    fn each_other_session(
+        &self,
+        report: &mut Report,
+        want: &dyn Fn(&SessionMeta) -> bool,
+        f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
+    ) -> Result<()> {
         let mut done = BTreeSet::new();
         for s in self.response_sessions()? {
             done.insert(s.id.clone());
@@ -174,57 +222,6 @@ impl Stores {
                 report.read_session(s.origin.map_or("sessions", |o| o.as_str()));
                 f(s, report)?;
             }
-        }
-        Ok(())
-    }
-
-    /// The state.db part of [`Stores::each_session`].
-    fn each_db_session(
-        &self,
-        db: &StateDb,
-        report: &mut Report,
-        db_heads: Option<Vec<SessionMeta>>,
-        want: &dyn Fn(&SessionMeta) -> bool,
-        unwanted: &mut dyn FnMut(&SessionMeta),
-        f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
-    ) -> Result<()> {
-        let part_rows = self.part_rows;
-        let mut one = |head: SessionMeta, report: &mut Report| -> Result<()> {
-            if head.is_rotation_child() {
-                return Ok(());
-            }
-            if !want(&head) {
-                unwanted(&head);
-                return Ok(());
-            }
-            report.read_session(Origin::StateDb.as_str());
-            // `load_parts` reports bad rows through `report` while it also
-            // hands parts to `f`, which needs `report` too: collect them.
-            let mut problems = Vec::new();
-            db.load_parts(
-                &head,
-                part_rows,
-                &mut |p| {
-                    problems.push(p);
-                    Ok(())
-                },
-                &mut |mut s| {
-                    self.enrich(&mut s, report)?;
-                    f(s, report)
-                },
-            )?;
-            for p in problems {
-                report.input_problem(p)?;
-            }
-            Ok(())
-        };
-        match db_heads {
-            Some(heads) => {
-                for head in heads {
-                    one(head, report)?;
-                }
-            }
-            None => db.for_each_head(|head| one(head, report))?,
         }
         Ok(())
     }
