@@ -1,4 +1,5 @@
-//! Validated, clap-free settings for `export`.
+//! Validated, clap-free settings of every command (built from the command
+//! line by `cli::map`), and the helpers that read flag values.
 
 use std::path::PathBuf;
 
