@@ -2,7 +2,7 @@
 //! selection ([`crate::select`]) → formatter → redaction → output, with a
 //! one-line summary on stderr and, for directory output, a manifest
 //! ([`crate::manifest`]). With `--state`, what the run covered is folded
-//! into the state file ([`crate::coverage`]) after the outputs are in place.
+//! into the state file ([`crate::state`]) after the outputs are in place.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::rc::Rc;
 use anyhow::Result;
 
 use crate::config::{ExportConfig, SystemPolicy};
-use crate::coverage::{self, RunCoverage};
+use crate::coverage;
 use crate::exit::{self, Failure};
 use crate::format::fit::Fitter;
 use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
@@ -30,7 +30,7 @@ use crate::shape::Shape;
 use crate::skip::Skip;
 use crate::source::Stores;
 use crate::source::session_files::ToolCatalog;
-use crate::state::{RunLock, RunState};
+use crate::state::{RunCoverage, RunLock, RunState};
 use crate::tokens::{Counter, Estimate, Sample};
 
 /// What formatting a session needs besides the session.
