@@ -1,15 +1,17 @@
-//! Validated, clap-free settings for `export`.
+//! Validated, clap-free settings of every command (built from the command
+//! line by `cli::map`), and the helpers that read flag values.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{ChannelArg, DpoStyleArg, ExportArgs, FormatArg, SignalArg, TargetArg, ToolsArg};
 use crate::format::tools::ToolsPolicy;
 use crate::format::{FormatOptions, MsgOptions};
+use crate::home::HomeChoice;
 use crate::model::Channel;
 use crate::rebuild::Signal;
-use crate::source::state_db::SessionHead;
+use crate::send::event::EventKind;
+use crate::shape::Shape;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SystemPolicy {
@@ -23,16 +25,32 @@ pub enum SystemPolicy {
     Fixed(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Sft,
-    Dpo,
-}
+impl SystemPolicy {
+    /// `session`, `soul`, `none`, or a file whose text (without its trailing
+    /// newline) replaces the prompt.
+    pub fn from_flag(value: &str) -> Result<SystemPolicy> {
+        Ok(match value {
+            "session" => SystemPolicy::Session,
+            "soul" => SystemPolicy::Soul(None),
+            "none" => SystemPolicy::None,
+            path => SystemPolicy::Fixed(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("--system-prompt: cannot read {path}"))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+        })
+    }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DpoStyle {
-    Conversational,
-    Flat,
+    /// The name the manifest records.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SystemPolicy::Session => "session",
+            SystemPolicy::Soul(_) => "soul",
+            SystemPolicy::None => "none",
+            SystemPolicy::Fixed(_) => "file",
+        }
+    }
 }
 
 /// Where the output goes.
@@ -43,9 +61,27 @@ pub enum OutTarget {
     Dir(PathBuf),
 }
 
+impl OutTarget {
+    /// `-` is stdout; a name ending in `/` or an existing directory is a
+    /// directory; anything else a file.
+    pub fn from_flag(out: &str) -> OutTarget {
+        if out == "-" {
+            OutTarget::Stdout
+        } else if out.ends_with('/') || std::path::Path::new(out).is_dir() {
+            OutTarget::Dir(PathBuf::from(out))
+        } else {
+            OutTarget::File(PathBuf::from(out))
+        }
+    }
+}
+
+/// `export`'s settings. Value ranges (`max_tokens` at least 64, shares and
+/// fractions in range) are checked where the command line is read.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
-    pub format: Format,
+    pub home: HomeChoice,
+    pub shape: Shape,
+    /// Sorted, without repeats; empty means all.
     pub channels: Vec<Channel>,
     pub sources: Vec<String>,
     pub sessions: Vec<String>,
@@ -58,10 +94,12 @@ pub struct ExportConfig {
     pub tools: ToolsPolicy,
     pub sft_context: f64,
     pub system: SystemPolicy,
+    /// The file `--system-prompt` named, if it named one.
+    pub system_file: Option<PathBuf>,
     pub include_reasoning: bool,
     /// Tool-call arguments as JSON strings (OpenAI flavour).
     pub string_arguments: bool,
-    pub dpo_style: DpoStyle,
+    /// Sorted, without repeats.
     pub signals: Vec<Signal>,
     pub nexus_prefix: String,
     pub out: OutTarget,
@@ -70,100 +108,14 @@ pub struct ExportConfig {
     pub redact: bool,
     pub strict: bool,
     pub quiet: bool,
+    /// Rows of a long state.db session per part (`HERMES_HARVEST_PART_ROWS`,
+    /// for tests).
+    pub part_rows: usize,
+    /// The command line as given, for the manifest.
+    pub flags: Vec<String>,
 }
 
 impl ExportConfig {
-    pub fn from_args(a: &ExportArgs, now: f64) -> Result<ExportConfig> {
-        let system = match a.system_prompt.as_str() {
-            "session" => SystemPolicy::Session,
-            "soul" => SystemPolicy::Soul(None),
-            "none" => SystemPolicy::None,
-            path => SystemPolicy::Fixed(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("--system-prompt: cannot read {path}"))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
-        };
-        if a.max_tokens < 64 {
-            bail!("--max-tokens must be at least 64");
-        }
-        if !(0.0..1.0).contains(&a.valid_fraction) {
-            bail!("--valid-fraction must be in [0, 1)");
-        }
-        let since = a.since.as_deref().map(|s| parse_when(s, now)).transpose()?;
-        let until = a.until.as_deref().map(|s| parse_when(s, now)).transpose()?;
-        let out = if a.out == "-" {
-            OutTarget::Stdout
-        } else if a.out.ends_with('/') || std::path::Path::new(&a.out).is_dir() {
-            OutTarget::Dir(PathBuf::from(&a.out))
-        } else {
-            OutTarget::File(PathBuf::from(&a.out))
-        };
-        let mut channels: Vec<Channel> = a
-            .channel
-            .iter()
-            .map(|c| match c {
-                ChannelArg::Nexus => Channel::Nexus,
-                ChannelArg::Telegram => Channel::Telegram,
-                ChannelArg::Tui => Channel::Tui,
-                ChannelArg::Other => Channel::Other,
-            })
-            .collect();
-        channels.sort();
-        channels.dedup();
-        let mut signals: Vec<Signal> = if a.signals.is_empty() {
-            vec![Signal::Rewind, Signal::Regenerate, Signal::ToolRetry]
-        } else {
-            a.signals
-                .iter()
-                .map(|s| match s {
-                    SignalArg::Rewind => Signal::Rewind,
-                    SignalArg::Regenerate => Signal::Regenerate,
-                    SignalArg::ToolRetry => Signal::ToolRetry,
-                })
-                .collect()
-        };
-        signals.sort();
-        signals.dedup();
-        Ok(ExportConfig {
-            format: match a.format {
-                FormatArg::Sft => Format::Sft,
-                FormatArg::Dpo => Format::Dpo,
-            },
-            channels,
-            sources: a.source.clone(),
-            sessions: a.session.clone(),
-            models: a.model.clone(),
-            since,
-            until,
-            min_turns: a.min_turns,
-            max_tokens: a.max_tokens,
-            tokenizer: a.tokenizer.clone(),
-            tools: match a.tools {
-                ToolsArg::Used => ToolsPolicy::Used,
-                ToolsArg::All => ToolsPolicy::All,
-                ToolsArg::None => ToolsPolicy::None,
-            },
-            sft_context: a.sft_context,
-            system,
-            include_reasoning: a.include_reasoning,
-            string_arguments: a.target == TargetArg::Openai,
-            dpo_style: match a.dpo_style {
-                DpoStyleArg::Conversational => DpoStyle::Conversational,
-                DpoStyleArg::Flat => DpoStyle::Flat,
-            },
-            signals,
-            nexus_prefix: a.nexus_prefix.clone(),
-            out,
-            valid_fraction: a.valid_fraction,
-            state: a.state.clone(),
-            redact: !a.no_redact,
-            strict: a.strict,
-            quiet: a.quiet,
-        })
-    }
-
     /// What the formatters need.
     pub fn format_options(&self) -> FormatOptions {
         FormatOptions {
@@ -175,29 +127,58 @@ impl ExportConfig {
             tools: self.tools,
             sft_context: self.sft_context,
             signals: self.signals.clone(),
-            flat_dpo: self.dpo_style == DpoStyle::Flat,
+            flat_dpo: self.shape == Shape::DpoFlat,
         }
     }
+}
 
-    pub fn channel_of(&self, h: &SessionHead) -> Channel {
-        Channel::of(&h.source, &h.id, h.title.as_deref(), &self.nexus_prefix)
-    }
+/// Rows of a long state.db session per part: `HERMES_HARVEST_PART_ROWS`
+/// (tests use small parts), else the default.
+pub fn part_rows_from_env() -> usize {
+    std::env::var("HERMES_HARVEST_PART_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::source::state_db::PART_ROWS)
+}
 
-    /// Session-level selection (before any message is read).
-    pub fn wants(&self, h: &SessionHead) -> bool {
-        (self.channels.is_empty() || self.channels.contains(&self.channel_of(h)))
-            && (self.sources.is_empty() || self.sources.contains(&h.source))
-            && (self.sessions.is_empty() || self.sessions.contains(&h.id))
-            && (self.models.is_empty() || h.model.as_ref().is_some_and(|m| self.models.contains(m)))
-    }
+/// `sources`' settings.
+#[derive(Debug, Clone)]
+pub struct SourcesConfig {
+    pub home: HomeChoice,
+    pub nexus_prefix: String,
+    pub json: bool,
+}
 
-    /// Turn-level time window.
-    pub fn in_window(&self, t: Option<f64>) -> bool {
-        match t {
-            Some(t) => self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u),
-            None => self.since.is_none() && self.until.is_none(),
-        }
-    }
+/// `validate`'s settings.
+#[derive(Debug, Clone)]
+pub struct ValidateConfig {
+    /// The file, or `-` for stdin.
+    pub file: String,
+    /// Expected shape; `None` takes the first line's.
+    pub shape: Option<Shape>,
+    pub max_tokens: Option<usize>,
+    pub tokenizer: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// `send`'s settings.
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    pub kind: Option<EventKind>,
+    /// An event file, or `-` for stdin.
+    pub event: Option<String>,
+    pub actor: Option<String>,
+    pub at: Option<String>,
+    pub detail: Option<String>,
+    pub world: String,
+    pub session: Option<String>,
+    pub url: Option<String>,
+    pub json: bool,
+    pub verify: bool,
+    pub timeout_secs: u64,
+    pub verify_timeout_secs: u64,
+    pub home: HomeChoice,
+    pub quiet: bool,
 }
 
 /// Epoch seconds as an RFC 3339 UTC time (`2026-11-25T13:25:44Z`), or null.

@@ -1,21 +1,19 @@
-//! What an incremental run covers, what it leaves pending, and the checks
-//! that keep a cumulative output to one state (see `state` for the model).
+//! Turn identities, the session filters as the state records them, and the
+//! checks that keep a cumulative output to one state (see `state`, which
+//! holds the state file and what each run covers).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::BTreeMap;
 
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::config::{DpoStyle, ExportConfig, Format};
+use crate::config::ExportConfig;
 use crate::exit::{self, Failure};
 use crate::format::Exchange;
-use crate::model::Message;
-use crate::output::{Written, stable_hash};
+use crate::hash::stable_hash;
+use crate::model::{Message, SessionMeta};
 use crate::paths::{Dest, Plan};
-use crate::redact::Redactor;
-use crate::report::Report;
-use crate::source::Stores;
-use crate::source::state_db::{SessionHead, StateDb};
+use crate::source::state_db::StateDb;
 use crate::state::{OutputIdentity, Pending, RunState};
 
 /// A turn's identity across stores: its user text and its final answer.
@@ -53,14 +51,6 @@ pub fn selection(cfg: &ExportConfig) -> String {
         cfg.models,
         cfg.nexus_prefix
     )
-}
-
-pub fn format_name(cfg: &ExportConfig) -> &'static str {
-    match (cfg.format, cfg.dpo_style) {
-        (Format::Sft, _) => "sft",
-        (Format::Dpo, DpoStyle::Conversational) => "dpo",
-        (Format::Dpo, DpoStyle::Flat) => "dpo-flat",
-    }
 }
 
 /// Whether pending turns in `[first, last]` may fall in the time window.
@@ -108,7 +98,7 @@ fn refuse_overwriting_cumulative(dir: &std::path::Path) -> Result<()> {
 /// The output identity of this run.
 pub fn identity(cfg: &ExportConfig, plan: &Plan) -> OutputIdentity {
     OutputIdentity {
-        format: format_name(cfg).to_string(),
+        format: cfg.shape.as_str().to_string(),
         target: if cfg.string_arguments { "openai" } else { "hf" }.to_string(),
         out: plan.out_id.clone(),
         split: crate::output::SPLIT.to_string(),
@@ -152,8 +142,8 @@ pub fn heads_to_read(
     db: &StateDb,
     cfg: &ExportConfig,
     selection: &str,
-) -> Result<Vec<SessionHead>> {
-    let mut heads: BTreeMap<String, SessionHead> = db
+) -> Result<Vec<SessionMeta>> {
+    let mut heads: BTreeMap<String, SessionMeta> = db
         .touched_since(st.watermark)?
         .into_iter()
         .map(|h| (h.id.clone(), h))
@@ -172,106 +162,4 @@ pub fn heads_to_read(
         }
     }
     Ok(heads.into_values().collect())
-}
-
-/// What one run covered and left pending.
-#[derive(Debug, Default)]
-pub struct RunCoverage {
-    /// Sessions without row ids: identities of the turns this run covered.
-    pub covered: BTreeMap<String, Vec<u64>>,
-    /// state.db sessions with a pending entry that this run read (the entry
-    /// is replaced), and what the sessions read leave pending (turns a
-    /// filter left out).
-    pub read_db: BTreeSet<String>,
-    pub pending: BTreeMap<String, Pending>,
-    /// state.db sessions the session filters left out in this run.
-    pub unselected: Vec<String>,
-}
-
-impl RunCoverage {
-    /// Folds this run into the state; true when the state file must be
-    /// written (something changed, or outputs were committed).
-    pub fn commit(
-        self,
-        st: &mut RunState,
-        written: Option<&Written>,
-        top: i64,
-        selection: String,
-        identity: OutputIdentity,
-    ) -> bool {
-        let before = st.clone();
-        let previous = st.watermark;
-        for id in &self.read_db {
-            st.pending.remove(id);
-        }
-        for (id, p) in self.pending {
-            st.pending.entry(id).or_default().merge(p);
-        }
-        for id in self.unselected {
-            let p = st.pending.entry(id).or_default();
-            p.unselected_after = Some(p.unselected_after.map_or(previous, |a| a.min(previous)));
-        }
-        st.pending.retain(|_, p| !p.is_empty());
-        for (id, mut idents) in self.covered {
-            let v = st.covered_turns.entry(id).or_default();
-            v.append(&mut idents);
-            v.sort_unstable();
-            v.dedup();
-        }
-        if let Some(w) = written {
-            for (name, committed) in &w.files {
-                st.outputs.insert(name.clone(), committed.clone());
-            }
-            st.forced_valid = w.forced_valid.clone();
-            st.forced_train = w.forced_train.clone();
-        }
-        st.watermark = st.watermark.max(top);
-        st.selection = selection;
-        st.identity = Some(identity);
-        let changed = *st != before || written.is_some_and(|w| !w.files.is_empty());
-        if changed {
-            st.runs += 1;
-        }
-        changed
-    }
-}
-
-/// Puts the turns of the state.db session `id` (a session file can carry
-/// its id, as 0.13's background-review snapshots do) into `seen` when this
-/// run did not read it: an incremental run reads only the sessions touched
-/// since, and the file's copies of turns exported earlier must not be
-/// exported again.
-pub fn fingerprint_db_copy(
-    stores: &Stores,
-    id: &str,
-    strict: bool,
-    report: &mut Report,
-    (seen, fingerprinted): (&mut HashSet<u64>, &mut HashSet<String>),
-    redactor: Option<&mut Redactor>,
-) -> Result<()> {
-    let Some(db) = &stores.state else {
-        return Ok(());
-    };
-    let Some(root) = db.root_of(id)? else {
-        return Ok(());
-    };
-    if !fingerprinted.insert(root.id.clone()) {
-        return Ok(());
-    }
-    let mut quiet = Report::new(strict, true);
-    let Some(session) = stores.load_session(&root.id, &mut quiet)? else {
-        return Ok(());
-    };
-    report.partial |= quiet.partial;
-    let mut rebuilt = crate::rebuild::rebuild(&session);
-    if let Some(r) = redactor {
-        // The same text as the export sees; these redactions are not counted.
-        let counts = r.counts.clone();
-        rebuilt.messages.iter_mut().for_each(|m| r.message(m));
-        r.counts = counts;
-    }
-    for ex in crate::format::exchanges(&rebuilt.messages) {
-        seen.insert(fingerprint(ex.msgs));
-    }
-    Ok(())
 }

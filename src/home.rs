@@ -4,7 +4,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-use crate::cli::HomeArgs;
+/// Which Hermes home the user chose: `--hermes-home` and `--profile`.
+#[derive(Debug, Clone, Default)]
+pub struct HomeChoice {
+    pub dir: Option<PathBuf>,
+    pub profile: Option<String>,
+}
+
+impl HomeChoice {
+    /// Whether the user named a home or profile.
+    pub fn is_explicit(&self) -> bool {
+        self.dir.is_some() || self.profile.is_some()
+    }
+
+    pub fn resolve(&self) -> Result<HermesHome> {
+        HermesHome::resolve(self.dir.as_deref(), self.profile.as_deref())
+    }
+}
 
 /// A resolved Hermes home (or profile home) directory.
 #[derive(Debug, Clone)]
@@ -13,11 +29,11 @@ pub struct HermesHome {
 }
 
 impl HermesHome {
-    /// `--hermes-home`, else `$HERMES_HOME`, else `~/.hermes`; then
-    /// `profiles/<name>` for `--profile`.
-    pub fn resolve(args: &HomeArgs) -> Result<HermesHome> {
-        let root = match &args.hermes_home {
-            Some(dir) => dir.clone(),
+    /// `dir` (`--hermes-home`), else `$HERMES_HOME`, else `~/.hermes`; then
+    /// `profiles/<profile>`.
+    pub fn resolve(dir: Option<&Path>, profile: Option<&str>) -> Result<HermesHome> {
+        let root = match dir {
+            Some(dir) => dir.to_path_buf(),
             None => match std::env::var_os("HERMES_HOME").filter(|v| !v.is_empty()) {
                 Some(dir) => PathBuf::from(dir),
                 None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
@@ -32,7 +48,7 @@ impl HermesHome {
                 root.display()
             );
         }
-        let dir = match &args.profile {
+        let dir = match profile {
             Some(name) => {
                 if name.is_empty() || name.contains(['/', '\\']) || name == ".." {
                     bail!("invalid profile name {name:?}");

@@ -1,18 +1,23 @@
 //! hermes-harvest: Hermes Agent's recorded conversations → training JSONL.
 //!
-//! Data flows `source` (one module per Hermes store) → [`model`] →
-//! [`rebuild`] (the true conversation) → selection ([`config`]) →
-//! [`format`] (sft, dpo) → [`sink`]. `send` is separate.
+//! [`cli`] parses the command line and maps it to a clap-free
+//! configuration ([`config`]); [`cmd`] runs each command with it. For
+//! `export`, data flows `source` (one module per Hermes store) → [`model`]
+//! → [`rebuild`] (the true conversation) → selection ([`select`]) →
+//! [`format`] (sft, dpo) → [`output`] / [`sink`]. `send` is separate.
 
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod content;
 pub mod coverage;
 pub mod exit;
-pub mod export;
 pub mod fixture;
 pub mod format;
+pub mod hash;
+pub mod hermes_settings;
 pub mod home;
+pub mod manifest;
 pub mod model;
 pub mod output;
 pub mod paths;
@@ -20,11 +25,12 @@ pub mod rebuild;
 pub mod redact;
 pub mod report;
 pub mod safe_io;
-pub mod sampled_hash;
+pub mod select;
 pub mod send;
+pub mod shape;
 pub mod sink;
+pub mod skip;
 pub mod source;
-pub mod sources_cmd;
 pub mod stall;
 pub mod state;
 pub mod tokens;
@@ -37,9 +43,12 @@ use cli::{Cli, Command};
 /// Runs a parsed command line and returns the exit code.
 pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Export(args) => export::run(&args),
-        Command::Sources(args) => sources_cmd::run(&args),
-        Command::Send(args) => send::run(*args),
-        Command::Validate(args) => validate::run(&args),
+        Command::Export(args) => {
+            let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+            cmd::export::run(args.config(now)?)
+        }
+        Command::Sources(args) => cmd::sources::run(&args.config()),
+        Command::Send(args) => cmd::send::run(&args.config()),
+        Command::Validate(args) => cmd::validate::run(&args.config()),
     }
 }

@@ -132,8 +132,10 @@ impl Origin {
 }
 
 /// One session (or one compression lineage) with its rows in stored order.
-#[derive(Debug, Clone, Default)]
-pub struct Session {
+/// A session row without its messages: the one model of a session that
+/// selection works on, whichever store it came from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionMeta {
     pub id: String,
     /// `sessions.source` (or the file's `platform` when no DB row exists).
     pub source: String,
@@ -142,6 +144,21 @@ pub struct Session {
     pub started_at: Option<f64>,
     pub end_reason: Option<String>,
     pub parent_id: Option<String>,
+    /// `end_reason` of the parent row, when the parent exists (state.db).
+    pub parent_end_reason: Option<String>,
+}
+
+impl SessionMeta {
+    /// A child created by compression rotation: exported with its root.
+    pub fn is_rotation_child(&self) -> bool {
+        self.parent_end_reason.as_deref() == Some("compression")
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// Who and where: what selection looks at before any message is read.
+    pub meta: SessionMeta,
     /// Hermes's stored system prompt.
     pub system_prompt: Option<String>,
     /// Responses-API `instructions` (the client's system prompt), if known.
@@ -155,6 +172,20 @@ pub struct Session {
     /// A later part of a very long session: its rows up to this id were in
     /// the previous part and are here only as context.
     pub resume_after: Option<i64>,
+}
+
+impl std::ops::Deref for Session {
+    type Target = SessionMeta;
+
+    fn deref(&self) -> &SessionMeta {
+        &self.meta
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut SessionMeta {
+        &mut self.meta
+    }
 }
 
 /// Where a conversation happened: `telegram` (`source = 'telegram'`),

@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use tempfile::TempPath;
 
 use crate::exit::{self, Failure};
+use crate::hash::{fmix64, stable_hash};
 use crate::paths::Dest;
 use crate::sink::{Stdout, persist, sync_dir, temp_beside};
 use crate::state::{Committed, RunState, TAIL_BYTES};
@@ -25,32 +26,14 @@ use crate::state::{Committed, RunState, TAIL_BYTES};
 /// Trainers' usual batch size: mlx-lm refuses a split with fewer rows.
 pub const MIN_VALID_LINES: u64 = 4;
 
-/// FNV-1a: a stable hash for the session split, the same on every machine
-/// and in every version.
-pub fn stable_hash(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// How sessions are split (recorded in the state's output identity).
 pub const SPLIT: &str = "fnv1a-fmix64";
 
-/// A session's place in [0, 1) for the split. FNV-1a alone mixes its high
-/// bits poorly for ids that differ only at the end (`nexus-world-0001`,
-/// `…0002`), so the whole 64-bit hash goes through a finalizer (MurmurHash3's
-/// fmix64) before its top 53 bits are taken.
+/// A session's place in [0, 1) for the split: the top 53 bits of its id's
+/// FNV-1a hash after the fmix64 finalizer (ids such as `nexus-world-0001`,
+/// `…0002` differ only at the end).
 fn split_point(session: &str) -> f64 {
-    let mut h = stable_hash(session);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    (h >> 11) as f64 / (1u64 << 53) as f64
+    (fmix64(stable_hash(session)) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 struct FileOut {
@@ -80,24 +63,9 @@ impl FileOut {
             let (file, path) = temp_beside(target)?.into_parts();
             (file, Some(path), 0, 0)
         } else {
-            let mut opts = OpenOptions::new();
-            opts.read(true).write(true).create(true).truncate(false);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-                opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-            }
-            let mut file = opts
-                .open(target)
+            let mut file = crate::safe_io::open_private_nofollow(target)
                 .with_context(|| format!("opening {}", target.display()))?;
             let meta = file.metadata()?;
-            if !meta.is_file() {
-                return Err(refused(format!(
-                    "{} is not a regular file; refusing to write to it",
-                    target.display()
-                )));
-            }
             let len = meta.len();
             let (bytes, lines) = match keep {
                 Some(c) => {
@@ -577,9 +545,88 @@ mod tests {
 
     #[test]
     fn hash_is_stable() {
-        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
         let p = split_point("nexus-world-0001");
         assert!((0.0..1.0).contains(&p));
+    }
+
+    /// Writes `lines` lines for each session into a fresh directory export
+    /// and returns the sessions found in train and valid, and the result.
+    fn split(
+        sessions: &[String],
+        lines: usize,
+        fraction: f64,
+    ) -> (Vec<String>, Vec<String>, Written) {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = Dest::Dir(dir.path().to_path_buf());
+        let mut out = Output::open(&dest, None, fraction).unwrap();
+        for s in sessions {
+            for k in 0..lines {
+                out.line(s, format!("{s} {k}").as_bytes()).unwrap();
+            }
+        }
+        let w = out.finish(&|_| Ok(b"{}".to_vec())).unwrap().unwrap();
+        let read = |name: &str| -> Vec<String> {
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            let mut ids: Vec<String> = text
+                .lines()
+                .map(|l| l.split(' ').next().unwrap().to_string())
+                .collect();
+            ids.dedup();
+            ids
+        };
+        (read("train.jsonl"), read("valid.jsonl"), w)
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("nexus-world-{i:04}")).collect()
+    }
+
+    #[test]
+    fn each_session_goes_whole_to_the_side_its_hash_picks() {
+        let sessions = ids(200);
+        let (train, valid, w) = split(&sessions, 3, 0.1);
+        let want: Vec<String> = sessions
+            .iter()
+            .filter(|s| split_point(s) < 0.1)
+            .cloned()
+            .collect();
+        assert!(want.len() >= 2, "{} valid sessions", want.len());
+        assert_eq!(valid, want);
+        assert_eq!(train.len() + valid.len(), 200, "no session on both sides");
+        assert!(w.forced_valid.is_empty() && w.forced_train.is_empty());
+        assert_eq!(w.new_lines, 600);
+        let lines: Vec<(&str, u64)> = w.files.iter().map(|(n, c)| (n.as_str(), c.lines)).collect();
+        assert_eq!(
+            lines,
+            [
+                ("train.jsonl", 3 * train.len() as u64),
+                ("valid.jsonl", 3 * valid.len() as u64)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_valid_side_gets_a_batch_of_whole_sessions_lowest_split_point_first() {
+        let sessions = ids(10);
+        let (train, valid, w) = split(&sessions, 1, 0.0);
+        let mut by_point = sessions.clone();
+        by_point.sort_by(|a, b| split_point(a).total_cmp(&split_point(b)));
+        let mut want = by_point[..MIN_VALID_LINES as usize].to_vec();
+        want.sort();
+        assert_eq!(valid, want);
+        assert_eq!(w.forced_valid.len(), MIN_VALID_LINES as usize);
+        assert_eq!(train.len(), 10 - MIN_VALID_LINES as usize);
+
+        // Too little data for a batch: one session, and train keeps the rest.
+        let (train, valid, w) = split(&ids(3), 1, 0.0);
+        assert_eq!((train.len(), valid.len(), w.forced_valid.len()), (2, 1, 1));
+    }
+
+    #[test]
+    fn train_is_never_left_empty_while_valid_holds_several_sessions() {
+        let (train, valid, w) = split(&ids(5), 2, 0.999_999);
+        assert!(!train.is_empty(), "train is empty");
+        assert_eq!(train.len() + valid.len(), 5);
+        assert_eq!(w.forced_train.len(), train.len());
     }
 }

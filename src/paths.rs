@@ -72,21 +72,7 @@ pub fn plan(
             FileDest::Special(real) => Dest::Special(real),
         },
     };
-    let state = match state {
-        None => None,
-        Some(p) => {
-            let real = safe_io::resolve_links(p).map_err(|e| usage(format!("--state: {e}")))?;
-            if let Some(kind) =
-                safe_io::special_file(&real).or_else(|| real.is_dir().then_some("a directory"))
-            {
-                return Err(usage(format!(
-                    "--state {} is {kind}; it must be a regular file (or not exist yet)",
-                    p.display()
-                )));
-            }
-            Some(real)
-        }
-    };
+    let state = state.map(state_file).transpose()?;
     let lock = match (&state, &dest) {
         (Some(s), _) => Some(s.clone()),
         (None, Dest::File(p)) => Some(p.clone()),
@@ -117,24 +103,7 @@ pub fn plan(
     if let Some(l) = &lock {
         written.push(("the lock".into(), with_suffix(l, ".lock")));
     }
-    let inputs = inputs(home, system_prompt_file);
-    for (what, path) in &written {
-        let real = safe_io::canonical_ish(path);
-        for input in &inputs {
-            let hit = if input.is_dir {
-                real.starts_with(&input.path)
-            } else {
-                real == input.path
-            };
-            if hit {
-                return Err(usage(format!(
-                    "{what} {} is one of the inputs ({}); refusing to write there, choose a path outside them",
-                    path.display(),
-                    input.path.display()
-                )));
-            }
-        }
-    }
+    refuse_inputs(&written, &inputs(home, system_prompt_file))?;
     if let (Some(s), Dest::File(f) | Dest::Special(f)) = (&state, &dest)
         && safe_io::canonical_ish(s) == safe_io::canonical_ish(f)
     {
@@ -152,6 +121,42 @@ pub fn plan(
         lock,
         out_id,
     })
+}
+
+/// `--state`: followed through links; a regular file or nothing yet.
+fn state_file(p: &Path) -> Result<PathBuf> {
+    let real = safe_io::resolve_links(p).map_err(|e| usage(format!("--state: {e}")))?;
+    if let Some(kind) =
+        safe_io::special_file(&real).or_else(|| real.is_dir().then_some("a directory"))
+    {
+        return Err(usage(format!(
+            "--state {} is {kind}; it must be a regular file (or not exist yet)",
+            p.display()
+        )));
+    }
+    Ok(real)
+}
+
+/// Refuses to write any of `written` inside the inputs.
+fn refuse_inputs(written: &[(String, PathBuf)], inputs: &[Input]) -> Result<()> {
+    for (what, path) in written {
+        let real = safe_io::canonical_ish(path);
+        for input in inputs {
+            let hit = if input.is_dir {
+                real.starts_with(&input.path)
+            } else {
+                real == input.path
+            };
+            if hit {
+                return Err(usage(format!(
+                    "{what} {} is one of the inputs ({}); refusing to write there, choose a path outside them",
+                    path.display(),
+                    input.path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {

@@ -290,41 +290,7 @@ fn meaning(
             let rewound = pending_rewind
                 .take()
                 .filter(|(text, _)| text.trim() == m.content.trim());
-            // A prompt repeated right after its own answer: a regeneration.
-            let last_user = res.iter().rposition(|x| x.role == Role::User);
-            let regenerated = last_user.filter(|&u| {
-                res[u].content.trim() == m.content.trim()
-                    && res[u + 1..].iter().any(|x| x.role == Role::Assistant)
-            });
-            if let Some(u) = regenerated {
-                let rejected = res.split_off(u + 1);
-                res.truncate(u);
-                alts.push(Alternative {
-                    signal: Signal::Regenerate,
-                    prompt_end: u + 1,
-                    chosen_end: 0,
-                    rejected,
-                });
-            }
-            if let Some(prev) = res.last_mut().filter(|p| p.role == Role::User) {
-                // An orphan user turn (no reply): merge, or drop a re-send.
-                stats.merged_user_turns += 1;
-                if prev.content.trim() != m.content.trim() {
-                    prev.content = format!("{}\n\n{}", prev.content, m.content);
-                }
-                exchange_start = Some(res.len() - 1);
-            } else {
-                res.push(m);
-                exchange_start = Some(res.len() - 1);
-            }
-            if let Some((_, rejected)) = rewound {
-                alts.push(Alternative {
-                    signal: Signal::Rewind,
-                    prompt_end: res.len(),
-                    chosen_end: 0,
-                    rejected,
-                });
-            }
+            exchange_start = Some(user_turn(&mut res, &mut alts, m, rewound, stats));
             continue;
         }
         if in_harness {
@@ -342,6 +308,54 @@ fn meaning(
     }
     finish_alternatives(&res, &mut alts);
     (res, alts)
+}
+
+/// A user turn in phase 2: a prompt repeated right after its own answer
+/// is a regeneration; one that follows an unanswered turn is merged into it
+/// (or dropped as a re-send); one that repeats the first prompt of an undone
+/// block makes a rewind pair. Returns where its exchange starts.
+fn user_turn(
+    res: &mut Vec<Message>,
+    alts: &mut Vec<Alternative>,
+    m: Message,
+    rewound: Option<(String, Vec<Message>)>,
+    stats: &mut RebuildStats,
+) -> usize {
+    // A prompt repeated right after its own answer: a regeneration.
+    let last_user = res.iter().rposition(|x| x.role == Role::User);
+    let regenerated = last_user.filter(|&u| {
+        res[u].content.trim() == m.content.trim()
+            && res[u + 1..].iter().any(|x| x.role == Role::Assistant)
+    });
+    if let Some(u) = regenerated {
+        let rejected = res.split_off(u + 1);
+        res.truncate(u);
+        alts.push(Alternative {
+            signal: Signal::Regenerate,
+            prompt_end: u + 1,
+            chosen_end: 0,
+            rejected,
+        });
+    }
+    if let Some(prev) = res.last_mut().filter(|p| p.role == Role::User) {
+        // An orphan user turn (no reply): merge, or drop a re-send.
+        stats.merged_user_turns += 1;
+        if prev.content.trim() != m.content.trim() {
+            prev.content = format!("{}\n\n{}", prev.content, m.content);
+        }
+    } else {
+        res.push(m);
+    }
+    let start = res.len() - 1;
+    if let Some((_, rejected)) = rewound {
+        alts.push(Alternative {
+            signal: Signal::Rewind,
+            prompt_end: res.len(),
+            chosen_end: 0,
+            rejected,
+        });
+    }
+    start
 }
 
 /// The user text and replies of the first exchange of an undone block.
@@ -561,6 +575,30 @@ mod tests {
             ..Message::new(Role::Tool, text)
         }
     }
+    /// Live exchanges `T{t}` → `A{t}`.
+    fn live_turns(ts: std::ops::RangeInclusive<u32>) -> Vec<Message> {
+        ts.flat_map(|t| {
+            [
+                live(Role::User, &format!("T{t}")),
+                live(Role::Assistant, &format!("A{t}")),
+            ]
+        })
+        .collect()
+    }
+
+    /// What a compaction of T1..T4 writes first: the head copy, the
+    /// summary, and the tail copies of T3 and T4.
+    fn reflush() -> [Message; 6] {
+        [
+            live(Role::User, "T1"),
+            live(Role::Assistant, SUMMARY),
+            live(Role::User, "T3"),
+            live(Role::Assistant, "A3"),
+            live(Role::User, "T4"),
+            live(Role::Assistant, "A4"),
+        ]
+    }
+
     fn texts(msgs: &[Message]) -> Vec<String> {
         msgs.iter().map(|m| m.content.clone()).collect()
     }
@@ -603,25 +641,14 @@ mod tests {
     #[test]
     fn rotation_lineage_drops_reflush_head_summary_and_tail() {
         use Role::*;
-        let mut parent = Vec::new();
-        for t in 1..=3 {
-            parent.push(live(User, &format!("T{t}")));
-            parent.push(live(Assistant, &format!("A{t}")));
-        }
+        let mut parent = live_turns(1..=3);
         let copy = parent.clone();
         parent.extend(copy);
         parent.push(live(User, "T4"));
         drop_rotation_reflush(&mut parent);
         assert_eq!(texts(&parent), ["T1", "A1", "T2", "A2", "T3", "A3", "T4"]);
         let mut rows = parent;
-        rows.extend([
-            live(User, "T1"),
-            live(Assistant, SUMMARY),
-            live(User, "T3"),
-            live(Assistant, "A3"),
-            live(User, "T4"),
-            live(Assistant, "A4"),
-        ]);
+        rows.extend(reflush());
         let r = rebuild(&session(rows));
         assert_eq!(
             texts(&r.messages),
@@ -634,22 +661,10 @@ mod tests {
         use Role::*;
         // 0.13's API server compacts the same parent again for each request:
         // every child holds head, summary, tail copies and one new turn.
-        let mut rows = Vec::new();
-        for t in 1..=4 {
-            rows.push(live(User, &format!("T{t}")));
-            rows.push(live(Assistant, &format!("A{t}")));
-        }
+        let mut rows = live_turns(1..=4);
         for new in ["T5", "T6"] {
-            rows.extend([
-                live(User, "T1"),
-                live(Assistant, SUMMARY),
-                live(User, "T3"),
-                live(Assistant, "A3"),
-                live(User, "T4"),
-                live(Assistant, "A4"),
-                live(User, new),
-                live(Assistant, &new.replace('T', "A")),
-            ]);
+            rows.extend(reflush());
+            rows.extend([live(User, new), live(Assistant, &new.replace('T', "A"))]);
         }
         let r = rebuild(&session(rows));
         assert_eq!(

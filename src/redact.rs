@@ -6,14 +6,13 @@
 //! `~`), and the count per kind is kept for the summary and the manifest;
 //! the secrets themselves are never stored or printed.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::BTreeMap;
 
 use regex::{Regex, RegexSet};
 use serde_json::Value;
 
+use crate::hermes_settings::HermesSettings;
 use crate::model::Message;
-use crate::sampled_hash::BuildSampled;
 
 /// How a match of a pattern is checked and replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,9 +242,6 @@ pub struct Redactor {
     literals: Option<Regex>,
     home_path: Regex,
     pub counts: BTreeMap<&'static str, usize>,
-    /// Long texts that repeat across sessions (system prompts): their
-    /// redaction and what it counted.
-    cache: HashMap<String, Cached, BuildSampled>,
     /// Credential settings whose values are too short to redact safely.
     pub skipped_short: usize,
     /// Settings files that could not be read (FIFO, too large...).
@@ -255,16 +251,12 @@ pub struct Redactor {
 /// What one redaction counted, per kind.
 pub type Counted = Vec<(&'static str, usize)>;
 
-type Cached = (Option<String>, Counted);
-
-/// Distinct repeated texts remembered at most (about 12 MB of prompts).
-const CACHE_ENTRIES: usize = 1024;
-
 const HOME_PATH: &str = r"(^|[^A-Za-z0-9._/~-]|file://)/(?:Users|home)/[A-Za-z0-9._-]+";
 
 impl Redactor {
-    /// Patterns plus the secret values configured under `home` (if given).
-    pub fn new(home: Option<&Path>) -> Redactor {
+    /// Patterns plus the secret values configured in Hermes's settings (if
+    /// given).
+    pub fn new(settings: Option<&HermesSettings>) -> Redactor {
         let patterns: Vec<(&'static str, Regex, Rule)> = PATTERNS
             .iter()
             .map(|(kind, re, rule)| {
@@ -275,7 +267,7 @@ impl Redactor {
                 )
             })
             .collect();
-        let found = home.map(configured_secrets).unwrap_or_default();
+        let found = settings.map(configured_secrets).unwrap_or_default();
         let mut values = found.values;
         values.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         values.dedup();
@@ -314,7 +306,6 @@ impl Redactor {
             literals: literal_re.map(|l| Regex::new(&l).expect("escaped literals")),
             home_path: Regex::new(HOME_PATH).expect("valid home pattern"),
             counts: BTreeMap::new(),
-            cache: HashMap::default(),
             skipped_short: found.too_short,
             problems: found.problems,
         }
@@ -354,29 +345,6 @@ impl Redactor {
     pub fn string(&mut self, s: &mut String) {
         if let Some(new) = self.text(s) {
             *s = new;
-        }
-    }
-
-    /// Like [`Redactor::string`], for a text that many sessions share (a
-    /// system prompt): each distinct text is scanned once; every occurrence
-    /// still counts.
-    pub fn repeated(&mut self, s: &mut String) {
-        if let Some((out, counts)) = self.cache.get(s.as_str()) {
-            for (kind, n) in counts {
-                *self.counts.entry(kind).or_default() += n;
-            }
-            if let Some(out) = out {
-                *s = out.clone();
-            }
-            return;
-        }
-        let (out, counted) = self.counted(s);
-        if self.cache.len() >= CACHE_ENTRIES {
-            self.cache.clear();
-        }
-        self.cache.insert(s.clone(), (out.clone(), counted));
-        if let Some(out) = out {
-            *s = out;
         }
     }
 
@@ -601,12 +569,19 @@ pub struct Configured {
 /// Secret values set in `HERMES_HOME/.env` and `config.yaml`: values of
 /// settings that are credentials (see [`secret_setting`]), at least
 /// [`MIN_SECRET_LEN`] characters long; spaces are allowed (quoted `.env`
-/// values). The files are read only if they are regular and small.
-pub fn configured_secrets(home: &Path) -> Configured {
-    let mut out = Configured::default();
-    let take = |out: &mut Configured, name: &str, value: &str| {
+/// values).
+pub fn configured_secrets(settings: &HermesSettings) -> Configured {
+    let mut out = Configured {
+        problems: settings
+            .problems
+            .iter()
+            .map(|(path, why)| format!("{}: {why}; its secrets cannot be redacted", path.display()))
+            .collect(),
+        ..Configured::default()
+    };
+    for (name, value) in settings.all_settings() {
         let value = value.trim();
-        if !secret_setting(name)
+        if !secret_setting(&name)
             || value.is_empty()
             || matches!(
                 value.to_ascii_lowercase().as_str(),
@@ -614,49 +589,12 @@ pub fn configured_secrets(home: &Path) -> Configured {
             )
             || (value.starts_with("${") && value.ends_with('}'))
         {
-            return;
+            continue;
         }
         if value.chars().count() < MIN_SECRET_LEN {
             out.too_short += 1;
         } else {
             out.values.push(value.to_string());
-        }
-    };
-    for file in [".env", "config.yaml"] {
-        let path = home.join(file);
-        let text = match crate::safe_io::read_optional(&path, crate::safe_io::MAX_SETTINGS_BYTES) {
-            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-            Ok(None) => continue,
-            Err(e) => {
-                out.problems.push(format!(
-                    "{}: {e}; its secrets cannot be redacted",
-                    path.display()
-                ));
-                continue;
-            }
-        };
-        if file == ".env" {
-            for (name, value) in crate::send::config::parse_dotenv(&text) {
-                take(&mut out, &name, &value);
-            }
-            continue;
-        }
-        for line in text.lines() {
-            let line = line.trim();
-            if line.starts_with('#') {
-                continue;
-            }
-            let line = line.strip_prefix("- ").unwrap_or(line);
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.split(" #").next().unwrap_or_default().trim();
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(value);
-            take(&mut out, name.trim(), value);
         }
     }
     out
@@ -863,7 +801,7 @@ mod tests {
             "model:\n  max_tokens: 100000\n  sort_key: timestamp\n",
         )
         .unwrap();
-        let mut r = Redactor::new(Some(dir.path()));
+        let mut r = Redactor::new(Some(&HermesSettings::read(dir.path())));
         assert_eq!(r.skipped_short, 1, "PIN_TOKEN=1234 is too short");
         let text = "hunters hunt; hunter! said correct horse battery at timestamp 100000";
         let out = r.text(text).unwrap();
@@ -886,7 +824,7 @@ mod tests {
             "model:\n  api_key: \"another-one-99\"\n  default: fake-model-1\n",
         )
         .unwrap();
-        let mut r = Redactor::new(Some(dir.path()));
+        let mut r = Redactor::new(Some(&HermesSettings::read(dir.path())));
         let out = r
             .text("x plain-secret-value-42 y another-one-99 fake-model-1")
             .unwrap();

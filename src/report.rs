@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::skip::Skip;
+
 /// Collects what happened during a run. Warnings about unreadable inputs
 /// make the run "partial"; with `--strict` they are fatal.
 #[derive(Debug)]
@@ -63,7 +65,10 @@ impl Report {
             bail!("{} (--strict)", clean(&what.to_string()));
         }
         self.partial = true;
-        *self.skipped.entry("unreadable_input").or_default() += 1;
+        *self
+            .skipped
+            .entry(Skip::UnreadableInput.as_str())
+            .or_default() += 1;
         self.warn(format_args!("{what}; skipped"));
         Ok(())
     }
@@ -87,13 +92,13 @@ impl Report {
         }
     }
 
-    pub fn skip(&mut self, reason: &'static str) {
+    pub fn skip(&mut self, reason: Skip) {
         self.skip_n(reason, 1);
     }
 
-    pub fn skip_n(&mut self, reason: &'static str, n: usize) {
+    pub fn skip_n(&mut self, reason: Skip, n: usize) {
         if n > 0 {
-            *self.skipped.entry(reason).or_default() += n;
+            *self.skipped.entry(reason.as_str()).or_default() += n;
         }
     }
 

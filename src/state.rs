@@ -1,5 +1,6 @@
-//! Incremental-run state (`--state FILE`) and the lock that keeps two runs
-//! from interleaving.
+//! Incremental-run state (`--state FILE`), the bookkeeping of what a run
+//! covers and leaves pending ([`RunCoverage`]), and the lock that keeps two
+//! runs from interleaving.
 //!
 //! The state file is the commit point of a run: outputs are written and
 //! renamed into place first, then the state is replaced atomically. It
@@ -22,7 +23,7 @@
 //! - The state belongs to one output (format, style, target, destination);
 //!   any other is refused before a byte changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,10 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{self, Failure};
+use crate::format::Exchange;
+use crate::model::{Origin, Session};
+use crate::output::Written;
+use crate::select::{Covered, TurnSelection, turn_key};
 use crate::sink::{persist, temp_beside};
 
 /// Version 2: pending turns, turn identities, output identity and tails.
@@ -227,6 +232,121 @@ impl RunState {
         serde_json::to_writer(&mut tmp, self)?;
         tmp.write_all(b"\n")?;
         persist(tmp, path)
+    }
+}
+
+/// What one run covered and left pending.
+#[derive(Debug, Default)]
+pub struct RunCoverage {
+    /// Sessions without row ids: identities of the turns this run covered.
+    pub covered: BTreeMap<String, Vec<u64>>,
+    /// state.db sessions with a pending entry that this run read (the entry
+    /// is replaced), and what the sessions read leave pending (turns a
+    /// filter left out).
+    pub read_db: BTreeSet<String>,
+    pub pending: BTreeMap<String, Pending>,
+    /// state.db sessions the session filters left out in this run.
+    pub unselected: Vec<String>,
+}
+
+impl RunCoverage {
+    /// Records what this run did with the turns of one session. A turn is
+    /// covered once a run selected it; one a filter left out stays pending
+    /// for a later run (never consumed by what was not exported).
+    pub fn record_session(
+        &mut self,
+        covered: &Covered<'_>,
+        session: &Session,
+        exchanges: &[Exchange<'_>],
+        sel: &TurnSelection,
+    ) {
+        if covered.state.is_none() {
+            return;
+        }
+        if session.origin != Some(Origin::StateDb) {
+            for (i, ident) in sel.idents.iter().enumerate() {
+                if sel.selected[i] && !sel.too_few {
+                    self.covered
+                        .entry(session.id.clone())
+                        .or_default()
+                        .push(*ident);
+                }
+            }
+            return;
+        }
+        let context_upto = session.resume_after.unwrap_or(0);
+        let mut left = Pending::default();
+        let mut extend = false;
+        for (i, ex) in exchanges.iter().enumerate() {
+            let consumed = sel.selected[i] && !sel.too_few;
+            match turn_key(ex.msgs) {
+                Some(key) if key > context_upto && sel.fresh[i] && !consumed => {
+                    left.add_turn(key, ex.timestamp.or(session.started_at), extend);
+                    extend = true;
+                }
+                _ => extend = false,
+            }
+        }
+        if sel.too_few && !left.turns.is_empty() {
+            left.complete = Some(sel.complete);
+        }
+        let pending = covered.state.and_then(|s| s.pending.get(&session.id));
+        if pending.is_some() {
+            // Its old entry is replaced by what this run leaves.
+            self.read_db.insert(session.id.clone());
+        }
+        if !left.is_empty() {
+            self.pending
+                .entry(session.id.clone())
+                .or_default()
+                .merge(left);
+        }
+    }
+
+    /// Folds this run into the state; true when the state file must be
+    /// written (something changed, or outputs were committed).
+    pub fn commit(
+        self,
+        st: &mut RunState,
+        written: Option<&Written>,
+        top: i64,
+        selection: String,
+        identity: OutputIdentity,
+    ) -> bool {
+        let before = st.clone();
+        let previous = st.watermark;
+        for id in &self.read_db {
+            st.pending.remove(id);
+        }
+        for (id, p) in self.pending {
+            st.pending.entry(id).or_default().merge(p);
+        }
+        for id in self.unselected {
+            let p = st.pending.entry(id).or_default();
+            p.unselected_after = Some(p.unselected_after.map_or(previous, |a| a.min(previous)));
+        }
+        st.pending.retain(|_, p| !p.is_empty());
+        for (id, mut idents) in self.covered {
+            let v = st.covered_turns.entry(id).or_default();
+            v.append(&mut idents);
+            v.sort_unstable();
+            v.dedup();
+        }
+        if let Some(w) = written {
+            for (name, committed) in &w.files {
+                st.outputs.insert(name.clone(), committed.clone());
+            }
+            st.forced_valid = w.forced_valid.clone();
+            st.forced_train = w.forced_train.clone();
+        }
+        st.watermark = st.watermark.max(top);
+        st.selection = selection;
+        st.identity = Some(identity);
+        let changed = *st != before || written.is_some_and(|w| !w.files.is_empty());
+        if changed {
+            st.runs += 1;
+        }
+        changed
     }
 }
 

@@ -2,51 +2,18 @@
 //! from `schemas/`) and the rules a schema cannot express: role order, the
 //! last turn, matching tool-call ids, no blank lines, one shape and one
 //! argument flavour per file. Problems are printed one per line as
-//! `FILE:LINE: problem`, and the exit code is INVALID.
+//! `FILE:LINE: problem`, and the exit code is INVALID (see `crate::cmd::validate`).
 
-use std::io::{BufRead, BufReader, Read};
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use jsonschema::{Registry, Validator};
 use serde_json::Value;
 
-use crate::cli::{ShapeArg, ValidateArgs};
-use crate::exit;
+pub use crate::shape::Shape;
 
 pub const SFT_SCHEMA: &str = include_str!("../schemas/sft.schema.json");
 pub const DPO_SCHEMA: &str = include_str!("../schemas/dpo.schema.json");
 pub const DPO_FLAT_SCHEMA: &str = include_str!("../schemas/dpo-flat.schema.json");
 pub const MANIFEST_SCHEMA: &str = include_str!("../schemas/manifest.schema.json");
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    Sft,
-    Dpo,
-    DpoFlat,
-}
-
-impl Shape {
-    pub fn name(self) -> &'static str {
-        match self {
-            Shape::Sft => "sft",
-            Shape::Dpo => "dpo",
-            Shape::DpoFlat => "dpo-flat",
-        }
-    }
-
-    /// The shape a line looks like, if any.
-    pub fn of(v: &Value) -> Option<Shape> {
-        if v.get("messages").is_some() {
-            Some(Shape::Sft)
-        } else {
-            match v.get("prompt") {
-                Some(Value::Array(_)) => Some(Shape::Dpo),
-                Some(Value::String(_)) => Some(Shape::DpoFlat),
-                _ => None,
-            }
-        }
-    }
-}
 
 /// Compiled validators for the three line shapes.
 pub struct Schemas {
@@ -308,8 +275,8 @@ impl<'a> LineChecker<'a> {
         } else {
             vec![format!(
                 "a {} line in a {} file (one shape per file)",
-                this.name(),
-                expected.name()
+                this.as_str(),
+                expected.as_str()
             )]
         };
         if let Some(f) = flavour(&v) {
@@ -325,76 +292,4 @@ impl<'a> LineChecker<'a> {
         }
         problems
     }
-}
-
-pub fn run(args: &ValidateArgs) -> Result<u8> {
-    let schemas = Schemas::load()?;
-    let reader: Box<dyn Read> = if args.file == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file))?)
-    };
-    let mut checker = LineChecker::new(
-        &schemas,
-        args.format.map(|f| match f {
-            ShapeArg::Sft => Shape::Sft,
-            ShapeArg::Dpo => Shape::Dpo,
-            ShapeArg::DpoFlat => Shape::DpoFlat,
-        }),
-    );
-    // With --max-tokens, each line is also rendered and counted as its
-    // trainer would (exactly with --tokenizer, else the export's estimate).
-    let mut budget = match args.max_tokens {
-        Some(n) => Some((n, crate::tokens::Counter::new(args.tokenizer.as_deref())?)),
-        None => None,
-    };
-    let (mut lines, mut bad) = (0usize, 0usize);
-    let mut buf = Vec::new();
-    let mut r = BufReader::new(reader);
-    // A reader that goes away (`| head`) ends the listing, not the check.
-    let mut out = crate::sink::Stdout::new();
-    let file = crate::report::clean(&args.file).into_owned();
-    loop {
-        buf.clear();
-        if r.read_until(b'\n', &mut buf)
-            .with_context(|| format!("reading {}", args.file))?
-            == 0
-        {
-            break;
-        }
-        lines += 1;
-        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let mut problems = checker.check(line);
-        if let Some((max, counter)) = budget.as_mut()
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
-        {
-            match counter.count_line(&v) {
-                Ok(c) if c.total > *max => problems.push(format!(
-                    "{} tokens as rendered, over the budget of {max}",
-                    c.total
-                )),
-                Ok(_) => {}
-                Err(e) => problems.push(format!("cannot count tokens: {e:#}")),
-            }
-        }
-        if !problems.is_empty() {
-            bad += 1;
-            for p in problems {
-                let p = crate::report::clean(&p);
-                out.line(format!("{file}:{lines}: {p}").as_bytes())?;
-            }
-        }
-    }
-    out.finish()?;
-    if !args.quiet {
-        eprintln!(
-            "hermes-harvest: {file}: {lines} lines, {bad} with problems{}",
-            checker
-                .shape()
-                .map(|s| format!(" ({})", s.name()))
-                .unwrap_or_default()
-        );
-    }
-    Ok(if bad > 0 { exit::INVALID } else { exit::OK })
 }

@@ -262,8 +262,8 @@ fn build_venv(version: &str) -> PathBuf {
 
 /// The rendered turns of the three events the driver sends.
 fn expected_turns(world: &str) -> Vec<String> {
-    use hermes_harvest::cli::EventKind;
     use hermes_harvest::send::Event;
+    use hermes_harvest::send::EventKind;
     [
         (EventKind::ArchonEntering, "12,0,4", None),
         (EventKind::ArchonMaterialized, "12,1.5,4", None),

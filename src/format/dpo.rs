@@ -16,6 +16,7 @@ use crate::format::tools::{SessionTools, ToolsPolicy};
 use crate::format::{FormatOptions, OutMsg};
 use crate::model::{Message, Role};
 use crate::rebuild::{Alternative, Rebuilt, Signal};
+use crate::skip::Skip;
 use crate::tokens::{Count, Sample};
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,7 +50,7 @@ pub struct DpoOutcome {
     /// side; trainable: the chosen side), how many called tools have no
     /// definition, and the time of its user turn.
     pub lines: Vec<(Signal, PairLine, Count, usize, Option<f64>)>,
-    pub skipped: Vec<&'static str>,
+    pub skipped: Vec<Skip>,
     /// Set when the chat template failed on a pair.
     pub template_error: Option<String>,
 }
@@ -75,7 +76,7 @@ pub fn pairs(
             .iter()
             .rposition(|m| m.role == Role::User)
         else {
-            out.skipped.push("pair_without_prompt");
+            out.skipped.push(Skip::PairWithoutPrompt);
             continue;
         };
         if !selected(user, alt.chosen_end) {
@@ -95,7 +96,7 @@ pub fn pairs(
                 out.lines
                     .push((alt.signal, line, count, missing, msgs[user].timestamp))
             }
-            Err("over_budget") => out.skipped.push(fitter.reason(failures)),
+            Err(Skip::OverBudget) => out.skipped.push(fitter.reason(failures)),
             Err(reason) => out.skipped.push(reason),
         }
     }
@@ -166,11 +167,21 @@ fn prompt_tokens(
         .map_or(0, |c| c.total)
 }
 
+/// A conversational pair's prompt as it grows backwards, with the tools it
+/// needs and how both sides fit after it.
+struct Growing<'c> {
+    prompt: Vec<OutMsg>,
+    tools: Vec<Value>,
+    called: std::collections::BTreeSet<&'c str>,
+    missing: usize,
+    fit: PairFit,
+}
+
 impl Pair<'_> {
-    fn build(&self, fitter: &mut Fitter<'_>) -> Result<(PairLine, Count, usize), &'static str> {
+    /// Both completions: they start right after the user turn; a tool-retry
+    /// shares the steps that came before the failed call.
+    fn sides(&self) -> Result<(Vec<&Message>, Vec<&Message>), Skip> {
         let (msgs, user, alt) = (self.msgs, self.user, self.alt);
-        // The completions start right after the user turn; a tool-retry
-        // shares the steps that came before the failed call.
         let shared = &msgs[user + 1..alt.prompt_end];
         let chosen: Vec<&Message> = shared
             .iter()
@@ -178,19 +189,24 @@ impl Pair<'_> {
             .collect();
         let rejected: Vec<&Message> = shared.iter().chain(&alt.rejected).collect();
         if chosen.is_empty() || rejected.is_empty() {
-            return Err("empty_pair_side");
+            return Err(Skip::EmptyPairSide);
         }
         if alt.signal != Signal::ToolRetry
             && !(chosen.last().is_some_and(|m| m.is_final_answer())
                 && rejected.last().is_some_and(|m| m.is_final_answer()))
         {
-            return Err("pair_side_without_answer");
+            return Err(Skip::PairSideWithoutAnswer);
         }
         if chosen.len() == rejected.len()
             && chosen.iter().zip(&rejected).all(|(a, b)| a.same_turn(b))
         {
-            return Err("chosen_equals_rejected");
+            return Err(Skip::ChosenEqualsRejected);
         }
+        Ok((chosen, rejected))
+    }
+
+    fn build(&self, fitter: &mut Fitter<'_>) -> Result<(PairLine, Count, usize), Skip> {
+        let (chosen, rejected) = self.sides()?;
         if self.opts.flat_dpo {
             return self
                 .flat(fitter, &chosen, &rejected)
@@ -202,90 +218,35 @@ impl Pair<'_> {
                 .collect()
         };
         let (chosen, rejected) = (out(&chosen), out(&rejected));
+        let sides = [chosen.as_slice(), rejected.as_slice()];
         // The rejected side of a tool-retry may call a tool that does not
         // exist: only what the prompt and the chosen side call needs a
         // definition.
-        let mut called: std::collections::BTreeSet<&str> = chosen
+        let called: std::collections::BTreeSet<&str> = chosen
             .iter()
             .flat_map(|m| m.tool_calls.iter().map(|c| c.function.name.as_str()))
             .collect();
-        let (mut tools, mut missing) = self.tools.for_calls(self.opts.tools, &called);
-        let mut prompt = vec![OutMsg::from_message(&msgs[user], &self.opts.msg)];
-        let sides = [chosen.as_slice(), rejected.as_slice()];
-        let longer = |fit: &PairFit| {
-            if fit.chosen_is_longer {
-                sides[0]
-            } else {
-                sides[1]
-            }
+        let (tools, missing) = self.tools.for_calls(self.opts.tools, &called);
+        let prompt = vec![OutMsg::from_message(&self.msgs[self.user], &self.opts.msg)];
+        let fit = both_fit(fitter, self.system, &prompt, sides, &tools).ok_or(Skip::OverBudget)?;
+        let mut g = Growing {
+            prompt,
+            tools,
+            called,
+            missing,
+            fit,
         };
-        let mut fit = both_fit(fitter, self.system, &prompt, sides, &tools).ok_or("over_budget")?;
         if self.opts.tools == ToolsPolicy::Used {
-            // Distractors that fit with the longer side.
-            let mut all = prompt.clone();
-            all.extend_from_slice(longer(&fit));
-            let before = tools.clone();
-            let (added, _) = fitter.add_distractors(self.tools, &mut tools, self.system, &all);
-            if !added.is_empty() {
-                match both_fit(fitter, self.system, &prompt, sides, &tools) {
-                    Some(f) => fit = f,
-                    None => tools = before,
-                }
-            }
+            self.add_distractors(fitter, sides, &mut g);
         }
-        // History before the user turn: whole exchanges, newest first, each
-        // with its long tool results shortened if that makes it fit.
-        let starts: Vec<usize> = (0..user).filter(|&i| msgs[i].role == Role::User).collect();
-        let mut end = user;
-        for &s in starts.iter().rev() {
-            let exchange = &msgs[s..end];
-            if exchange.last().is_some_and(|m| !m.is_final_answer()) {
-                break;
-            }
-            let mut more_called = called.clone();
-            more_called.extend(
-                exchange
-                    .iter()
-                    .flat_map(|m| m.tool_calls.iter().map(|c| c.name.as_str())),
-            );
-            let (mut more_tools, more_missing) =
-                self.tools.for_calls(self.opts.tools, &more_called);
-            if more_missing > missing {
-                break;
-            }
-            for t in &tools {
-                if !more_tools.contains(t) {
-                    self.tools.insert(&mut more_tools, t);
-                }
-            }
-            let head: Vec<OutMsg> = exchange
-                .iter()
-                .map(|m| OutMsg::from_message(m, &self.opts.msg))
-                .collect();
-            let with_head = |head: &[OutMsg]| [head, prompt.as_slice()].concat();
-            let mut candidate = with_head(&head);
-            let mut fitted = both_fit(fitter, self.system, &candidate, sides, &more_tools);
-            if fitted.is_none() && head.iter().any(|m| m.role == "tool") {
-                // Shorten the exchange's long tool results, measured with the
-                // longer side, and try once more.
-                let mut all = [candidate.as_slice(), longer(&fit)].concat();
-                let tools_opt = (!more_tools.is_empty()).then_some(more_tools.as_slice());
-                fitter.shorten_tool_results(self.system, &mut all, tools_opt);
-                candidate = with_head(&all[..head.len()]);
-                fitted = both_fit(fitter, self.system, &candidate, sides, &more_tools);
-            }
-            match fitted {
-                Some(f) => {
-                    fit = f;
-                    prompt = candidate;
-                    tools = more_tools;
-                    called = more_called;
-                    missing = more_missing;
-                    end = s;
-                }
-                None => break,
-            }
-        }
+        self.add_history(fitter, sides, &mut g);
+        let Growing {
+            prompt,
+            tools,
+            missing,
+            fit,
+            ..
+        } = g;
         let count = Count {
             total: fit.total,
             trainable: fit.chosen.saturating_sub(prompt_tokens(
@@ -300,16 +261,105 @@ impl Pair<'_> {
             full_prompt.push(OutMsg::text("system", s));
         }
         full_prompt.extend(prompt);
-        Ok((
-            PairLine::Conversational(DpoLine {
-                prompt: full_prompt,
-                chosen,
-                rejected,
+        let line = DpoLine {
+            prompt: full_prompt,
+            chosen,
+            rejected,
+            tools,
+        };
+        Ok((PairLine::Conversational(line), count, missing))
+    }
+
+    /// Distractors that fit with the longer side.
+    fn add_distractors(&self, fitter: &mut Fitter<'_>, sides: [&[OutMsg]; 2], g: &mut Growing<'_>) {
+        let mut all = g.prompt.clone();
+        all.extend_from_slice(sides[usize::from(!g.fit.chosen_is_longer)]);
+        let before = g.tools.clone();
+        let (added, _) = fitter.add_distractors(self.tools, &mut g.tools, self.system, &all);
+        if !added.is_empty() {
+            match both_fit(fitter, self.system, &g.prompt, sides, &g.tools) {
+                Some(f) => g.fit = f,
+                None => g.tools = before,
+            }
+        }
+    }
+
+    /// History before the user turn: whole exchanges, newest first, each
+    /// with its long tool results shortened if that makes it fit.
+    fn add_history<'m>(
+        &'m self,
+        fitter: &mut Fitter<'_>,
+        sides: [&[OutMsg]; 2],
+        g: &mut Growing<'m>,
+    ) {
+        let msgs = self.msgs;
+        let starts: Vec<usize> = (0..self.user)
+            .filter(|&i| msgs[i].role == Role::User)
+            .collect();
+        let mut end = self.user;
+        for &s in starts.iter().rev() {
+            let exchange = &msgs[s..end];
+            if exchange.last().is_some_and(|m| !m.is_final_answer()) {
+                break;
+            }
+            let mut called = g.called.clone();
+            called.extend(
+                exchange
+                    .iter()
+                    .flat_map(|m| m.tool_calls.iter().map(|c| c.name.as_str())),
+            );
+            let (mut tools, missing) = self.tools.for_calls(self.opts.tools, &called);
+            if missing > g.missing {
+                break;
+            }
+            for t in &g.tools {
+                if !tools.contains(t) {
+                    self.tools.insert(&mut tools, t);
+                }
+            }
+            let Some((fit, prompt)) = self.with_exchange(fitter, sides, g, exchange, &tools) else {
+                break;
+            };
+            *g = Growing {
+                prompt,
                 tools,
-            }),
-            count,
-            missing,
-        ))
+                called,
+                missing,
+                fit,
+            };
+            end = s;
+        }
+    }
+
+    /// The prompt with `exchange` before it, if both sides still fit.
+    fn with_exchange(
+        &self,
+        fitter: &mut Fitter<'_>,
+        sides: [&[OutMsg]; 2],
+        g: &Growing<'_>,
+        exchange: &[Message],
+        tools: &[Value],
+    ) -> Option<(PairFit, Vec<OutMsg>)> {
+        let head: Vec<OutMsg> = exchange
+            .iter()
+            .map(|m| OutMsg::from_message(m, &self.opts.msg))
+            .collect();
+        let with_head = |head: &[OutMsg]| [head, g.prompt.as_slice()].concat();
+        let candidate = with_head(&head);
+        if let Some(f) = both_fit(fitter, self.system, &candidate, sides, tools) {
+            return Some((f, candidate));
+        }
+        if !head.iter().any(|m| m.role == "tool") {
+            return None;
+        }
+        // Shorten the exchange's long tool results, measured with the
+        // longer side, and try once more.
+        let longer = sides[usize::from(!g.fit.chosen_is_longer)];
+        let mut all = [candidate.as_slice(), longer].concat();
+        let tools_opt = (!tools.is_empty()).then_some(tools);
+        fitter.shorten_tool_results(self.system, &mut all, tools_opt);
+        let candidate = with_head(&all[..head.len()]);
+        both_fit(fitter, self.system, &candidate, sides, tools).map(|f| (f, candidate))
     }
 
     fn flat(
@@ -317,15 +367,15 @@ impl Pair<'_> {
         fitter: &mut Fitter<'_>,
         chosen: &[&Message],
         rejected: &[&Message],
-    ) -> Result<(PairLine, Count), &'static str> {
+    ) -> Result<(PairLine, Count), Skip> {
         if self.alt.signal == Signal::ToolRetry {
-            return Err("tool_pair_in_flat_style");
+            return Err(Skip::ToolPairInFlatStyle);
         }
         let prompt = self.msgs[self.user].content.clone();
         let c = chosen.last().expect("checked").content.clone();
         let r = rejected.last().expect("checked").content.clone();
         if c.trim() == r.trim() {
-            return Err("chosen_equals_rejected");
+            return Err(Skip::ChosenEqualsRejected);
         }
         let user = [OutMsg::text("user", prompt.as_str())];
         let fit = both_fit(
@@ -338,7 +388,7 @@ impl Pair<'_> {
             ],
             &[],
         )
-        .ok_or("over_budget")?;
+        .ok_or(Skip::OverBudget)?;
         let count = Count {
             total: fit.total,
             trainable: fit
@@ -354,5 +404,161 @@ impl Pair<'_> {
             }),
             count,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::MsgOptions;
+    use crate::tokens::Counter;
+
+    fn opts(flat: bool, signals: &[Signal]) -> FormatOptions {
+        FormatOptions {
+            msg: MsgOptions::default(),
+            max_tokens: 2048,
+            tools: ToolsPolicy::None,
+            sft_context: 0.0,
+            signals: signals.to_vec(),
+            flat_dpo: flat,
+        }
+    }
+
+    /// `q0 → a0`, then `q1` answered `old` first and `new` after a
+    /// regeneration.
+    fn regenerated(old: &str, new: &str) -> Rebuilt {
+        let messages = vec![
+            Message::new(Role::User, "q0"),
+            Message::new(Role::Assistant, "a0"),
+            Message::new(Role::User, "q1"),
+            Message::new(Role::Assistant, new),
+        ];
+        Rebuilt {
+            messages,
+            alternatives: vec![Alternative {
+                signal: Signal::Regenerate,
+                prompt_end: 3,
+                chosen_end: 4,
+                rejected: vec![Message::new(Role::Assistant, old)],
+            }],
+            ..Rebuilt::default()
+        }
+    }
+
+    fn run(
+        rebuilt: &Rebuilt,
+        opts: &FormatOptions,
+        max_tokens: usize,
+        selected: &dyn Fn(usize, usize) -> bool,
+    ) -> DpoOutcome {
+        let mut counter = Counter::Estimate;
+        let mut fitter = Fitter::new(&mut counter, max_tokens);
+        pairs(
+            rebuilt,
+            opts,
+            Some("be kind"),
+            &SessionTools::default(),
+            &mut fitter,
+            selected,
+        )
+    }
+
+    fn texts(msgs: &[OutMsg]) -> Vec<String> {
+        msgs.iter()
+            .map(|m| format!("{}:{}", m.role, m.content.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    #[test]
+    fn a_regeneration_becomes_a_conversational_pair() {
+        let out = run(
+            &regenerated("worse", "better"),
+            &opts(false, &[Signal::Regenerate]),
+            2048,
+            &|_, _| true,
+        );
+        assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+        assert_eq!(out.lines.len(), 1);
+        let (signal, line, count, missing, _) = &out.lines[0];
+        assert_eq!(*signal, Signal::Regenerate);
+        assert_eq!(*missing, 0);
+        assert!(count.trainable > 0 && count.trainable < count.total);
+        let PairLine::Conversational(line) = line else {
+            panic!("conversational expected");
+        };
+        assert_eq!(
+            texts(&line.prompt),
+            ["system:be kind", "user:q0", "assistant:a0", "user:q1"]
+        );
+        assert_eq!(texts(&line.chosen), ["assistant:better"]);
+        assert_eq!(texts(&line.rejected), ["assistant:worse"]);
+        assert!(line.tools.is_empty());
+    }
+
+    #[test]
+    fn the_flat_style_keeps_the_last_user_turn_and_the_answers() {
+        let out = run(
+            &regenerated("worse", "better"),
+            &opts(true, &[Signal::Regenerate]),
+            2048,
+            &|_, _| true,
+        );
+        let PairLine::Flat(line) = &out.lines[0].1 else {
+            panic!("flat expected");
+        };
+        assert_eq!(line.system.as_deref(), Some("be kind"));
+        assert_eq!(
+            (
+                line.prompt.as_str(),
+                line.chosen.as_str(),
+                line.rejected.as_str()
+            ),
+            ("q1", "better", "worse")
+        );
+    }
+
+    #[test]
+    fn pairs_that_teach_nothing_or_are_not_wanted_are_left_out() {
+        let same = run(
+            &regenerated("same", "same"),
+            &opts(false, &[Signal::Regenerate]),
+            2048,
+            &|_, _| true,
+        );
+        assert!(same.lines.is_empty());
+        assert_eq!(same.skipped, [Skip::ChosenEqualsRejected]);
+
+        let rebuilt = regenerated("worse", "better");
+        let other_signal = run(&rebuilt, &opts(false, &[Signal::Rewind]), 2048, &|_, _| {
+            true
+        });
+        assert!(other_signal.lines.is_empty() && other_signal.skipped.is_empty());
+
+        // The selection sees the pair's user turn and the kept branch's end.
+        let seen = std::cell::RefCell::new(Vec::new());
+        let unselected = run(
+            &rebuilt,
+            &opts(false, &[Signal::Regenerate]),
+            2048,
+            &|user, end| {
+                seen.borrow_mut().push((user, end));
+                false
+            },
+        );
+        assert!(unselected.lines.is_empty() && unselected.skipped.is_empty());
+        assert_eq!(*seen.borrow(), [(2, 4)]);
+    }
+
+    #[test]
+    fn a_pair_over_the_budget_is_skipped() {
+        let long = "word ".repeat(4000);
+        let out = run(
+            &regenerated(&long, "better"),
+            &opts(false, &[Signal::Regenerate]),
+            128,
+            &|_, _| true,
+        );
+        assert!(out.lines.is_empty());
+        assert_eq!(out.skipped, [Skip::OverBudget]);
     }
 }

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::format::OutMsg;
 use crate::format::tools::{DISTRACTORS, SessionTools};
+use crate::skip::Skip;
 use crate::tokens::{Count, Counter, Estimate, Sample, TOKENS_TOOL_PREAMBLE};
 
 /// Tool-result text kept at least on each side of a cut.
@@ -31,11 +32,11 @@ impl Fitter<'_> {
 
     /// The skip reason for a sample that did not fit: `template_error` when
     /// the template failed on it since `failures_before`.
-    pub fn reason(&self, failures_before: usize) -> &'static str {
+    pub fn reason(&self, failures_before: usize) -> Skip {
         if self.template_failures > failures_before {
-            "template_error"
+            Skip::TemplateError
         } else {
-            "over_budget"
+            Skip::OverBudget
         }
     }
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::config::SystemPolicy;
 use crate::model::{Message, Role, Session};
 use crate::rebuild::Signal;
+use crate::skip::Skip;
 
 /// How messages are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -202,7 +203,7 @@ pub fn soul_part<'a>(prompt: &'a str, soul: Option<&str>) -> Option<&'a str> {
 pub struct Exchange<'a> {
     pub msgs: &'a [Message],
     /// Why this exchange cannot be a training turn, if it cannot.
-    pub problem: Option<&'static str>,
+    pub problem: Option<Skip>,
     /// When the user spoke.
     pub timestamp: Option<f64>,
 }
@@ -229,29 +230,29 @@ pub fn exchanges(messages: &[Message]) -> Vec<Exchange<'_>> {
 }
 
 /// The quality rules a training turn must meet.
-fn check(msgs: &[Message]) -> Option<&'static str> {
+fn check(msgs: &[Message]) -> Option<Skip> {
     if msgs.iter().any(|m| m.oversize) {
-        return Some("oversize_message");
+        return Some(Skip::OversizeMessage);
     }
     if msgs[0].content.trim().is_empty() {
-        return Some("empty_prompt");
+        return Some(Skip::EmptyPrompt);
     }
     let last = msgs.last().expect("an exchange has its user turn");
     if msgs.len() == 1 {
-        return Some("no_reply");
+        return Some(Skip::NoReply);
     }
     if !last.is_final_answer() {
         return Some(
             if last.role == Role::Assistant && last.tool_calls.is_empty() {
-                "empty_reply"
+                Skip::EmptyReply
             } else {
-                "incomplete_turn"
+                Skip::IncompleteTurn
             },
         );
     }
     match last.finish_reason.as_deref() {
-        Some("length") => return Some("truncated_reply"),
-        Some("error") | Some("content_filter") => return Some("errored_reply"),
+        Some("length") => return Some(Skip::TruncatedReply),
+        Some("error") | Some("content_filter") => return Some(Skip::ErroredReply),
         _ => {}
     }
     // Every call answered exactly once, every result answers a call.
@@ -260,17 +261,17 @@ fn check(msgs: &[Message]) -> Option<&'static str> {
         match m.role {
             Role::Assistant => {
                 if !open.is_empty() {
-                    return Some("unanswered_tool_call");
+                    return Some(Skip::UnansweredToolCall);
                 }
                 for c in &m.tool_calls {
                     if c.id.is_empty() || c.name.is_empty() {
-                        return Some("broken_tool_call");
+                        return Some(Skip::BrokenToolCall);
                     }
                     if !c.arguments.is_object() {
                         return Some(if too_deep(&c.arguments) {
-                            "tool_arguments_too_deep"
+                            Skip::ToolArgumentsTooDeep
                         } else {
-                            "bad_tool_arguments"
+                            Skip::BadToolArguments
                         });
                     }
                     open.push(&c.id);
@@ -282,7 +283,7 @@ fn check(msgs: &[Message]) -> Option<&'static str> {
                     Some(p) => {
                         open.remove(p);
                     }
-                    None => return Some("orphan_tool_result"),
+                    None => return Some(Skip::OrphanToolResult),
                 }
             }
             Role::User => unreachable!("an exchange holds one user turn"),

@@ -28,8 +28,9 @@ use serde_json::Value;
 use crate::format::fit::Fitter;
 use crate::format::tools::{SessionTools, ToolsPolicy};
 use crate::format::{Exchange, FormatOptions, OutMsg};
+use crate::hash::BuildFast;
 use crate::redact::{Counted, Redactor};
-use crate::sampled_hash::BuildSampled;
+use crate::skip::Skip;
 use crate::tokens::{Count, Estimate, Sample};
 
 /// Exchanges looked back at for context at most.
@@ -87,7 +88,7 @@ impl SftLine {
 /// redacted and escaped once.
 #[derive(Debug, Default)]
 pub struct SystemCache {
-    map: HashMap<String, (Rc<SystemMsg>, Counted), BuildSampled>,
+    map: HashMap<String, (Rc<SystemMsg>, Counted), BuildFast>,
 }
 
 /// Distinct system prompts remembered at most.
@@ -128,7 +129,7 @@ pub struct SftOutcome {
     /// Each line with the time of its first own user turn.
     pub lines: Vec<(SftLine, Option<f64>)>,
     /// Exchanges left out, per reason.
-    pub skipped: Vec<&'static str>,
+    pub skipped: Vec<Skip>,
     /// Set when the chat template failed on a sample.
     pub template_error: Option<String>,
 }
@@ -227,7 +228,7 @@ pub fn samples(
             }
             Err(reason) => {
                 out.skipped.push(match reason {
-                    "over_budget" => packer.fitter.reason(failures),
+                    Skip::OverBudget => packer.fitter.reason(failures),
                     other => other,
                 });
                 i += 1;
@@ -236,6 +237,15 @@ pub fn samples(
     }
     out.template_error = packer.fitter.template_error.take();
     out
+}
+
+/// The exchanges a sample takes (up to `end`), with their tools, how many
+/// called tools lack a definition, and their count.
+struct Cut {
+    tools: Vec<Value>,
+    missing: usize,
+    count: Count,
+    end: usize,
 }
 
 struct Packer<'p, 'e, 'f> {
@@ -270,7 +280,61 @@ impl Packer<'_, '_, '_> {
     /// from exchanges this run does not write (exported before, outside
     /// the time window, or in an earlier part of a long session), so no
     /// turn is written twice by one run.
-    fn sample(&mut self, i: usize, end: usize) -> Result<(SftLine, usize), &'static str> {
+    fn sample(&mut self, i: usize, end: usize) -> Result<(SftLine, usize), Skip> {
+        let (mut cut, final_known) = match self.own_exchanges(i, end) {
+            Ok(found) => found,
+            Err(alone) => return alone.map(|line| (line, i + 1)),
+        };
+        let j = cut.end;
+        // Distractors.
+        let mut distractors = Vec::new();
+        if self.opts.tools == ToolsPolicy::Used {
+            let (added, last) = self.fitter.add_distractors(
+                self.tools,
+                &mut cut.tools,
+                self.system_text,
+                self.flat.slice(i, j),
+            );
+            cut.count = last.unwrap_or(cut.count);
+            distractors = added;
+        }
+        let start = self.add_context(i, &mut cut, &distractors);
+        // The chosen sample once more, for its trainable tokens, unless the
+        // whole run was counted so and nothing was added to it.
+        let messages = self.flat.slice(start, j);
+        let unchanged = final_known && start == i && distractors.is_empty();
+        let count = if unchanged {
+            cut.count
+        } else {
+            self.fitter
+                .count(&Sample {
+                    system: self.system_text,
+                    messages,
+                    tools: (!cut.tools.is_empty()).then_some(&cut.tools),
+                })
+                .unwrap_or(cut.count)
+        };
+        Ok((
+            SftLine {
+                system: None,
+                messages: messages.to_vec(),
+                tools: cut.tools,
+                count,
+                missing_tools: cut.missing,
+            },
+            j,
+        ))
+    }
+
+    /// The exchanges from `i` (before `end`) that fit, with their tools and
+    /// count, and whether that count is final (the whole run was counted at
+    /// once). `Err` when exchange `i` alone does not fit: then its
+    /// shortened form, if any.
+    fn own_exchanges(
+        &mut self,
+        i: usize,
+        end: usize,
+    ) -> Result<(Cut, bool), Result<SftLine, Skip>> {
         // The whole run often fits: one count instead of one per exchange
         // (tried only when the estimate, never below the real count and
         // rarely above twice it, says it may).
@@ -281,51 +345,51 @@ impl Packer<'_, '_, '_> {
             tools: (!whole_tools.is_empty()).then_some(&whole_tools),
         };
         let maybe = Estimate::count(&whole).total <= 2 * self.opts.max_tokens;
-        // Counted with its trainable tokens: when it fits and nothing is
-        // added, this is the final count.
         let max = self.opts.max_tokens;
         let first = maybe
             .then(|| self.fitter.count(&whole))
             .flatten()
             .filter(|c| c.total <= max);
-        let final_known = first.is_some();
-        let (mut tools, mut missing, mut count, mut j) = match first {
-            Some(c) => (whole_tools, whole_missing, c, end),
-            None => {
-                let (tools, missing) = self.tools_for(i, i + 1);
-                let Some(count) = self.fits(i, i + 1, &tools) else {
-                    return self.shortened(i, &tools, missing).map(|line| (line, i + 1));
-                };
-                (tools, missing, count, i + 1)
-            }
+        if let Some(count) = first {
+            let cut = Cut {
+                tools: whole_tools,
+                missing: whole_missing,
+                count,
+                end,
+            };
+            return Ok((cut, true));
+        }
+        let (tools, missing) = self.tools_for(i, i + 1);
+        let Some(count) = self.fits(i, i + 1, &tools) else {
+            return Err(self.shortened(i, &tools, missing));
+        };
+        let mut cut = Cut {
+            tools,
+            missing,
+            count,
+            end: i + 1,
         };
         // Own exchanges, as many as fit.
-        while j < end {
-            let (more, more_missing) = self.tools_for(i, j + 1);
-            match self.fits(i, j + 1, &more) {
-                Some(c) => {
-                    count = c;
-                    tools = more;
-                    missing = more_missing;
-                    j += 1;
-                }
-                None => break,
-            }
+        while cut.end < end {
+            let (more, more_missing) = self.tools_for(i, cut.end + 1);
+            let Some(c) = self.fits(i, cut.end + 1, &more) else {
+                break;
+            };
+            cut = Cut {
+                tools: more,
+                missing: more_missing,
+                count: c,
+                end: cut.end + 1,
+            };
         }
-        // Distractors.
-        let mut distractors = Vec::new();
-        if self.opts.tools == ToolsPolicy::Used {
-            let (added, last) = self.fitter.add_distractors(
-                self.tools,
-                &mut tools,
-                self.system_text,
-                self.flat.slice(i, j),
-            );
-            count = last.unwrap_or(count);
-            distractors = added;
-        }
-        // Context before a mid-session start.
-        let own = count.total;
+        Ok((cut, false))
+    }
+
+    /// Context before a mid-session start at `i`; returns the sample's
+    /// first exchange.
+    fn add_context(&mut self, i: usize, cut: &mut Cut, distractors: &[Value]) -> usize {
+        let j = cut.end;
+        let own = cut.count.total;
         let context_budget = self.opts.sft_context * self.opts.max_tokens as f64;
         let mut start = i;
         while start > 0
@@ -336,48 +400,24 @@ impl Packer<'_, '_, '_> {
             && self.exchanges[start - 1].problem.is_none()
         {
             let (mut more, more_missing) = self.tools_for(start - 1, j);
-            if more_missing > missing {
+            if more_missing > cut.missing {
                 break;
             }
-            for d in &distractors {
+            for d in distractors {
                 if !more.contains(d) {
                     self.tools.insert(&mut more, d);
                 }
             }
             match self.fits(start - 1, j, &more) {
                 Some(c) if (c.total - own) as f64 <= context_budget => {
-                    count = c;
-                    tools = more;
+                    cut.count = c;
+                    cut.tools = more;
                     start -= 1;
                 }
                 _ => break,
             }
         }
-        // The chosen sample once more, for its trainable tokens, unless the
-        // whole run was counted so and nothing was added to it.
-        let messages = self.flat.slice(start, j);
-        let unchanged = final_known && start == i && distractors.is_empty();
-        let count = if unchanged {
-            count
-        } else {
-            self.fitter
-                .count(&Sample {
-                    system: self.system_text,
-                    messages,
-                    tools: (!tools.is_empty()).then_some(&tools),
-                })
-                .unwrap_or(count)
-        };
-        Ok((
-            SftLine {
-                system: None,
-                messages: messages.to_vec(),
-                tools,
-                count,
-                missing_tools: missing,
-            },
-            j,
-        ))
+        start
     }
 
     /// Exchange `i` alone with its long tool results shortened, if that fits.
@@ -386,7 +426,7 @@ impl Packer<'_, '_, '_> {
         i: usize,
         tools: &[Value],
         missing_tools: usize,
-    ) -> Result<SftLine, &'static str> {
+    ) -> Result<SftLine, Skip> {
         let mut messages = self.flat.slice(i, i + 1).to_vec();
         let count = self
             .fitter
@@ -395,7 +435,7 @@ impl Packer<'_, '_, '_> {
                 &mut messages,
                 (!tools.is_empty()).then_some(tools),
             )
-            .ok_or("over_budget")?;
+            .ok_or(Skip::OverBudget)?;
         Ok(SftLine {
             system: None,
             messages,
@@ -403,5 +443,135 @@ impl Packer<'_, '_, '_> {
             count,
             missing_tools,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::MsgOptions;
+    use crate::model::{Message, Role};
+    use crate::rebuild::Signal;
+    use crate::tokens::Counter;
+
+    fn opts(max_tokens: usize) -> FormatOptions {
+        FormatOptions {
+            msg: MsgOptions::default(),
+            max_tokens,
+            tools: ToolsPolicy::None,
+            sft_context: 0.0,
+            signals: vec![Signal::Rewind],
+            flat_dpo: false,
+        }
+    }
+
+    /// `n` exchanges `q{k}` → `a{k}`; `broken` ones get no reply.
+    fn conversation(n: usize, broken: &[usize]) -> Vec<Message> {
+        let mut msgs = Vec::new();
+        for k in 0..n {
+            msgs.push(Message::new(Role::User, format!("q{k}")));
+            if !broken.contains(&k) {
+                msgs.push(Message::new(Role::Assistant, format!("a{k}")));
+            }
+        }
+        msgs
+    }
+
+    fn texts(line: &SftLine) -> Vec<String> {
+        line.messages
+            .iter()
+            .map(|m| format!("{}:{}", m.role, m.content.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    fn run(msgs: &[Message], selected: &[bool], max_tokens: usize) -> SftOutcome {
+        let exchanges = crate::format::exchanges(msgs);
+        let copied = vec![false; exchanges.len()];
+        let system = SystemCache::default().get("be kind", None);
+        let mut counter = Counter::Estimate;
+        let mut fitter = Fitter::new(&mut counter, max_tokens);
+        samples(
+            &exchanges,
+            selected,
+            &copied,
+            &opts(max_tokens),
+            Some(system),
+            &SessionTools::default(),
+            &mut fitter,
+        )
+    }
+
+    #[test]
+    fn consecutive_selected_exchanges_share_one_sample_with_the_system_prompt() {
+        let out = run(&conversation(2, &[]), &[true, true], 2048);
+        assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+        assert_eq!(out.lines.len(), 1);
+        let line = &out.lines[0].0;
+        assert_eq!(
+            texts(line),
+            ["user:q0", "assistant:a0", "user:q1", "assistant:a1"]
+        );
+        assert_eq!(line.system.as_ref().unwrap().text, "be kind");
+        assert!(line.count.total > 0 && line.count.trainable < line.count.total);
+        let json: serde_json::Value = serde_json::from_slice(&line.to_json().unwrap()).unwrap();
+        assert_eq!(json["messages"][0]["role"], "system");
+        assert_eq!(json["messages"][4]["content"], "a1");
+    }
+
+    #[test]
+    fn an_unselected_exchange_ends_the_sample_and_is_not_written() {
+        let out = run(&conversation(3, &[]), &[true, false, true], 2048);
+        let lines: Vec<Vec<String>> = out.lines.iter().map(|(l, _)| texts(l)).collect();
+        assert_eq!(
+            lines,
+            [["user:q0", "assistant:a0"], ["user:q2", "assistant:a2"]]
+        );
+    }
+
+    #[test]
+    fn a_turn_that_cannot_be_trained_on_is_skipped_with_its_reason() {
+        let out = run(&conversation(3, &[1]), &[true, true, true], 2048);
+        assert_eq!(out.skipped, [Skip::NoReply]);
+        let lines: Vec<Vec<String>> = out.lines.iter().map(|(l, _)| texts(l)).collect();
+        assert_eq!(
+            lines,
+            [["user:q0", "assistant:a0"], ["user:q2", "assistant:a2"]]
+        );
+    }
+
+    #[test]
+    fn an_exchange_over_the_budget_is_skipped_and_the_rest_still_fit() {
+        let mut msgs = conversation(2, &[]);
+        msgs[1].content = "word ".repeat(4000);
+        let out = run(&msgs, &[true, true], 256);
+        assert_eq!(out.skipped, [Skip::OverBudget]);
+        assert_eq!(out.lines.len(), 1);
+        assert_eq!(texts(&out.lines[0].0), ["user:q1", "assistant:a1"]);
+        assert!(out.lines[0].0.count.total <= 256);
+    }
+
+    #[test]
+    fn the_budget_cuts_a_long_run_into_samples_that_each_fit() {
+        let mut msgs = conversation(12, &[]);
+        for m in msgs.iter_mut().filter(|m| m.role == Role::Assistant) {
+            m.content = format!("{} {}", m.content, "some words ".repeat(30));
+        }
+        let out = run(&msgs, &[true; 12], 320);
+        assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+        assert!(out.lines.len() > 1, "{} samples", out.lines.len());
+        let mut users = Vec::new();
+        for (line, _) in &out.lines {
+            assert!(line.count.total <= 320, "{}", line.count.total);
+            assert_eq!(line.messages[0].role, "user");
+            assert_eq!(line.messages.last().unwrap().role, "assistant");
+            users.extend(
+                line.messages
+                    .iter()
+                    .filter(|m| m.role == "user")
+                    .map(|m| m.content.clone()),
+            );
+        }
+        let want: Vec<Option<String>> = (0..12).map(|k| Some(format!("q{k}"))).collect();
+        assert_eq!(users, want, "every exchange once, in order");
     }
 }

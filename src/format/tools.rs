@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::output::stable_hash;
+use crate::hash::stable_hash;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ToolsPolicy {

@@ -13,14 +13,15 @@
 //!   `platforms.api_server.extra.key`. There is no flag: a key on the command
 //!   line would show in `ps` and shell history.
 //!
-//! Only those few keys are read, so instead of a YAML dependency there is a
-//! small reader for block mappings (plus one-line flow mappings) in
-//! [`yaml_lookup`].
+//! The files are read by [`HermesSettings`]; one that cannot be read or
+//! parsed stops `send` (Hermes would not start with it either).
 
 use std::fmt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+
+use crate::hermes_settings::HermesSettings;
 
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_PORT: u16 = 8642;
@@ -104,28 +105,19 @@ impl EnvVars {
 
 /// Resolves URL and key. `home` is the Hermes home directory, if it exists.
 pub fn resolve(url_flag: Option<&str>, env: &EnvVars, home: Option<&Path>) -> Result<Endpoint> {
-    let dotenv = match home {
-        Some(dir) => read_optional(&dir.join(".env"))?
-            .map(|text| parse_dotenv(&text))
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
-    let yaml = match home {
-        Some(dir) => read_optional(&dir.join("config.yaml"))?,
-        None => None,
-    };
+    let settings = home.map(HermesSettings::read).unwrap_or_default();
+    if let Some((path, why)) = settings.problems.first() {
+        bail!("reading {}: {why}", path.display());
+    }
     let from_dotenv = |name: &str| {
-        dotenv
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+        settings
+            .env(name)
             .filter(|v| !v.trim().is_empty())
+            .map(str::to_owned)
     };
     let from_yaml = |leaf: &str| {
-        yaml.as_deref()
-            .and_then(|text| yaml_lookup(text, &["platforms", "api_server", "extra", leaf]))
-            .map(|v| expand_vars(&v, &dotenv))
+        settings
+            .config_value(&["platforms", "api_server", "extra", leaf])
             .filter(|v| !v.trim().is_empty())
     };
 
@@ -162,16 +154,6 @@ pub fn resolve(url_flag: Option<&str>, env: &EnvVars, home: Option<&Path>) -> Re
         from_yaml("key").map(|k| (ApiKey::new(k.trim()), KeySource::ConfigYaml))
     };
     Ok(Endpoint { base, key })
-}
-
-/// A settings file: only a regular file, and only a small one (a FIFO or a
-/// link to a device must not hang or flood `send`).
-fn read_optional(path: &Path) -> Result<Option<String>> {
-    match crate::safe_io::read_optional(path, crate::safe_io::MAX_SETTINGS_BYTES) {
-        Ok(Some(bytes)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
 }
 
 /// A listen address is not something to connect to: `0.0.0.0` and `::`
@@ -219,437 +201,11 @@ pub fn normalize_url(url: &str) -> Result<String> {
     Ok(url.to_owned())
 }
 
-/// `${VAR}` in config values, as Hermes expands them (environment first,
-/// then `.env`); unknown references stay verbatim.
-fn expand_vars(value: &str, dotenv: &[(String, String)]) -> String {
-    let mut out = String::new();
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        let name = &after[..end];
-        let found = std::env::var(name).ok().or_else(|| {
-            dotenv
-                .iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        });
-        match found {
-            Some(v) => out.push_str(&v),
-            None => out.push_str(&rest[start..start + 2 + end + 1]),
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Parses a dotenv file the way python-dotenv reads the simple cases:
-/// `KEY=value`, `export KEY=value`, single or double quotes, `#` comments
-/// (a `#` starts a comment in an unquoted value only after whitespace).
-pub fn parse_dotenv(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut lines = text.trim_start_matches('\u{feff}').lines();
-    while let Some(line) = lines.next() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").map_or(line, str::trim_start);
-        let Some((key, raw)) = line.split_once('=') else {
-            continue;
-        };
-        let key = key.trim();
-        if key.is_empty()
-            || !key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        {
-            continue;
-        }
-        let raw = raw.trim_start();
-        let value = if let Some(body) = raw.strip_prefix('"') {
-            // Double quotes may span lines and know a few escapes.
-            let mut acc = body.to_owned();
-            let mut closed = find_closing_quote(&acc, '"');
-            while closed.is_none() {
-                match lines.next() {
-                    Some(next) => {
-                        acc.push('\n');
-                        acc.push_str(next);
-                        closed = find_closing_quote(&acc, '"');
-                    }
-                    None => break,
-                }
-            }
-            let inner = closed.map_or(acc.as_str(), |end| &acc[..end]);
-            unescape_double(inner)
-        } else if let Some(body) = raw.strip_prefix('\'') {
-            match body.find('\'') {
-                Some(end) => body[..end].to_owned(),
-                None => body.to_owned(),
-            }
-        } else {
-            strip_inline_comment(raw).trim_end().to_owned()
-        };
-        out.push((key.to_owned(), value));
-    }
-    out
-}
-
-fn find_closing_quote(s: &str, quote: char) -> Option<usize> {
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        if escaped {
-            escaped = false;
-        } else if c == '\\' && quote == '"' {
-            escaped = true;
-        } else if c == quote {
-            return Some(i);
-        }
-    }
-    None
-}
-
-fn unescape_double(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('"') => out.push('"'),
-            Some('\\') => out.push('\\'),
-            Some('\'') => out.push('\''),
-            Some('0') => out.push('\0'),
-            Some(other) => {
-                out.push('\\');
-                out.push(other);
-            }
-            None => out.push('\\'),
-        }
-    }
-    out
-}
-
-/// Cuts an unquoted value at a `#` that follows whitespace (or starts it).
-fn strip_inline_comment(value: &str) -> &str {
-    let mut prev_space = true;
-    for (i, c) in value.char_indices() {
-        if c == '#' && prev_space {
-            return &value[..i];
-        }
-        prev_space = c == ' ' || c == '\t';
-    }
-    value
-}
-
-/// The scalar at `path` (nested mapping keys) in a YAML document, as text.
-///
-/// Understands block mappings nested by indentation, plain / single-quoted
-/// / double-quoted scalars, comments, `---`, and a one-line flow mapping
-/// (`extra: {host: 127.0.0.1, port: 8642}`) as the value of a key on the
-/// path. Sequences and block scalars are skipped. Returns `None` when the
-/// path is absent or does not end at a scalar (`null` / `~` count as absent).
-pub fn yaml_lookup(text: &str, path: &[&str]) -> Option<String> {
-    // The chain of (indent, key) of the block mappings we are inside.
-    let mut stack: Vec<(usize, String)> = Vec::new();
-    let mut found = None;
-    // Indentation of a block scalar or multi-line value being skipped.
-    let mut skip_deeper_than: Option<usize> = None;
-    for raw in text.trim_start_matches('\u{feff}').lines() {
-        let content = raw.trim_end();
-        let trimmed = content.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let indent = content.len() - trimmed.len();
-        if let Some(limit) = skip_deeper_than {
-            if indent > limit {
-                continue;
-            }
-            skip_deeper_than = None;
-        }
-        if indent == 0 && (trimmed == "---" || trimmed == "..." || trimmed.starts_with("--- ")) {
-            stack.clear();
-            continue;
-        }
-        if trimmed.starts_with("- ") || trimmed == "-" {
-            // A sequence item: nothing on our path lives in a sequence.
-            skip_deeper_than = Some(indent);
-            continue;
-        }
-        let Some((key, value)) = split_key(trimmed) else {
-            continue;
-        };
-        while stack.last().is_some_and(|(i, _)| *i >= indent) {
-            stack.pop();
-        }
-        let depth = stack.len();
-        let on_path = depth < path.len()
-            && stack.iter().zip(path).all(|((_, k), want)| k == want)
-            && key == path[depth];
-        let value = strip_yaml_comment(value).trim();
-        if value.is_empty() {
-            stack.push((indent, key));
-            continue;
-        }
-        if value.starts_with('|') || value.starts_with('>') {
-            if on_path && depth + 1 == path.len() {
-                // A block scalar: not something these settings use.
-                found = None;
-            }
-            skip_deeper_than = Some(indent);
-            continue;
-        }
-        if !on_path {
-            continue;
-        }
-        if depth + 1 == path.len() {
-            found = yaml_scalar(value);
-        } else if value.starts_with('{') {
-            found = flow_lookup(value, &path[depth + 1..]).or(found);
-        }
-    }
-    found
-}
-
-/// `key: rest` → (key, rest); the key may be quoted.
-fn split_key(line: &str) -> Option<(String, &str)> {
-    if let Some(q) = line.chars().next().filter(|c| *c == '"' || *c == '\'') {
-        let end = find_closing_quote(&line[1..], q)? + 1;
-        let key = if q == '"' {
-            unescape_double(&line[1..end])
-        } else {
-            line[1..end].replace("''", "'")
-        };
-        let rest = line[end + 1..].trim_start().strip_prefix(':')?;
-        if !(rest.is_empty() || rest.starts_with([' ', '\t'])) {
-            return None;
-        }
-        return Some((key, rest));
-    }
-    let bytes = line.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b':' && (i + 1 == bytes.len() || bytes[i + 1] == b' ' || bytes[i + 1] == b'\t') {
-            return Some((line[..i].trim_end().to_owned(), &line[i + 1..]));
-        }
-        if b == b'#' && i > 0 && bytes[i - 1] == b' ' {
-            return None;
-        }
-    }
-    None
-}
-
-/// Removes a trailing `# comment` outside quotes.
-fn strip_yaml_comment(value: &str) -> &str {
-    let mut in_single = false;
-    let mut in_double = false;
-    let mut prev_space = true;
-    let mut escaped = false;
-    for (i, c) in value.char_indices() {
-        if in_double {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_double = false;
-            }
-        } else if in_single {
-            if c == '\'' {
-                in_single = false;
-            }
-        } else if c == '#' && prev_space {
-            return &value[..i];
-        } else if c == '"' && prev_space {
-            in_double = true;
-        } else if c == '\'' && prev_space {
-            in_single = true;
-        }
-        prev_space = c == ' ' || c == '\t' || c == '{' || c == ',' || c == '[';
-    }
-    value
-}
-
-/// A scalar as text: quotes removed; `null`/`~` → None.
-fn yaml_scalar(value: &str) -> Option<String> {
-    let value = value.trim();
-    if let Some(body) = value.strip_prefix('"') {
-        let end = find_closing_quote(body, '"').unwrap_or(body.len());
-        return Some(unescape_double(&body[..end]));
-    }
-    if let Some(body) = value.strip_prefix('\'') {
-        let body = body.strip_suffix('\'').unwrap_or(body);
-        return Some(body.replace("''", "'"));
-    }
-    if value.starts_with(['{', '[', '&', '*', '!']) {
-        return None;
-    }
-    match value {
-        "" | "~" | "null" | "Null" | "NULL" => None,
-        v => Some(v.to_owned()),
-    }
-}
-
-/// Looks `path` up inside a one-line flow mapping `{a: 1, b: {c: 2}}`.
-fn flow_lookup(text: &str, path: &[&str]) -> Option<String> {
-    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
-    for item in split_flow(inner) {
-        let (key, value) = split_key(item.trim()).or_else(|| {
-            let (k, v) = item.split_once(':')?;
-            Some((k.trim().to_owned(), v))
-        })?;
-        let key = yaml_scalar(&key).unwrap_or(key);
-        if key != path[0] {
-            continue;
-        }
-        let value = value.trim();
-        return if path.len() == 1 {
-            yaml_scalar(value)
-        } else {
-            flow_lookup(value, &path[1..])
-        };
-    }
-    None
-}
-
-/// Splits flow-mapping items on top-level commas.
-fn split_flow(s: &str) -> Vec<&str> {
-    let mut items = Vec::new();
-    let (mut depth, mut start) = (0i32, 0usize);
-    let (mut in_single, mut in_double) = (false, false);
-    for (i, c) in s.char_indices() {
-        match c {
-            '"' if !in_single => in_double = !in_double,
-            '\'' if !in_double => in_single = !in_single,
-            '{' | '[' if !in_single && !in_double => depth += 1,
-            '}' | ']' if !in_single && !in_double => depth -= 1,
-            ',' if depth == 0 && !in_single && !in_double => {
-                items.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    items.push(&s[start..]);
-    items
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const PATH: [&str; 4] = ["platforms", "api_server", "extra", "port"];
-
-    #[test]
-    fn yaml_block_mapping() {
-        let text = "\
-# config
-model:
-  provider: custom
-  base_url: http://127.0.0.1:18080/v1  # the fake
-  extra:
-    port: 1
-platforms:
-  telegram:
-    extra:
-      port: 2
-  api_server:
-    enabled: true
-    extra:
-      host: '0.0.0.0'
-      port: 9000   # comment
-      key: \"ci-test-key-0123456789abcdef\"
-      cors_origins:
-        - http://a
-        - http://b
-  webhook:
-    extra:
-      port: 3
-sessions:
-  write_json_snapshots: true
-";
-        assert_eq!(yaml_lookup(text, &PATH).as_deref(), Some("9000"));
-        assert_eq!(
-            yaml_lookup(text, &["platforms", "api_server", "extra", "host"]).as_deref(),
-            Some("0.0.0.0")
-        );
-        assert_eq!(
-            yaml_lookup(text, &["platforms", "api_server", "extra", "key"]).as_deref(),
-            Some("ci-test-key-0123456789abcdef")
-        );
-        assert_eq!(
-            yaml_lookup(text, &["model", "base_url"]).as_deref(),
-            Some("http://127.0.0.1:18080/v1")
-        );
-        assert_eq!(
-            yaml_lookup(text, &["platforms", "api_server", "extra", "nope"]),
-            None
-        );
-    }
-
-    #[test]
-    fn yaml_other_shapes() {
-        let flow = "platforms:\n  api_server: {enabled: true, extra: {host: \"::\", port: 8700, key: 'a#b'}}\n";
-        assert_eq!(yaml_lookup(flow, &PATH).as_deref(), Some("8700"));
-        assert_eq!(
-            yaml_lookup(flow, &["platforms", "api_server", "extra", "key"]).as_deref(),
-            Some("a#b")
-        );
-        let tabs_and_quotes =
-            "---\n\"platforms\":\n    'api_server':\n        extra:\n            port: \"8643\"\n";
-        assert_eq!(yaml_lookup(tabs_and_quotes, &PATH).as_deref(), Some("8643"));
-        let null = "platforms:\n  api_server:\n    extra:\n      port: ~\n";
-        assert_eq!(yaml_lookup(null, &PATH), None);
-        let block =
-            "platforms:\n  api_server:\n    extra:\n      key: |\n        port: 1\n      port: 5\n";
-        assert_eq!(yaml_lookup(block, &PATH).as_deref(), Some("5"));
-        // A key of the same name at a shallower level does not match.
-        let shallow = "platforms:\n  port: 1\n  api_server:\n    port: 2\n";
-        assert_eq!(yaml_lookup(shallow, &PATH), None);
-    }
-
-    #[test]
-    fn dotenv_forms() {
-        let text = "\
-# comment
-export API_SERVER_KEY=abc # trailing
-API_SERVER_HOST=\"127.0.0.2\"
-API_SERVER_PORT='8650'
-EMPTY=
-HASH=a#b
-MULTI=\"line1
-line2\"
-not a line
-";
-        let vars = parse_dotenv(text);
-        let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("API_SERVER_KEY"), Some("abc"));
-        assert_eq!(get("API_SERVER_HOST"), Some("127.0.0.2"));
-        assert_eq!(get("API_SERVER_PORT"), Some("8650"));
-        assert_eq!(get("EMPTY"), Some(""));
-        assert_eq!(get("HASH"), Some("a#b"));
-        assert_eq!(get("MULTI"), Some("line1\nline2"));
-    }
-
-    fn home(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        dir
-    }
+    use crate::hermes_settings::scratch_home as home;
 
     #[test]
     fn resolution_order() {
@@ -719,17 +275,5 @@ not a line
     fn key_debug_is_redacted() {
         let key = ApiKey::new("secret-value");
         assert!(!format!("{key:?}").contains("secret"));
-    }
-
-    #[test]
-    fn yaml_expands_vars_from_dotenv() {
-        let yaml = "platforms:\n  api_server:\n    extra:\n      key: ${HH_TEST_UNSET_VAR_X}\n      port: ${HH_PORT_FROM_DOTENV}\n";
-        let dir = home(&[
-            ("config.yaml", yaml),
-            (".env", "HH_PORT_FROM_DOTENV=9100\n"),
-        ]);
-        let ep = resolve(None, &EnvVars::default(), Some(dir.path())).unwrap();
-        assert_eq!(ep.base, "http://127.0.0.1:9100");
-        assert_eq!(ep.key.unwrap().0.expose(), "${HH_TEST_UNSET_VAR_X}");
     }
 }

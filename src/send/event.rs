@@ -6,9 +6,19 @@
 //! carries no schema validator).
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value};
+use serde::{Deserialize, Deserializer};
 
-use crate::cli::EventKind;
+/// What happened in the Nexus. The wire names (JSON `type`, the rendered
+/// turn) are the snake_case variant names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    ArchonEntering,
+    ArchonMaterialized,
+    ArchonDeparted,
+    SceneChange,
+    Tick,
+}
 
 /// One perception event from the Nexus.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,18 +45,6 @@ pub fn kind_name(kind: EventKind) -> &'static str {
     }
 }
 
-const KINDS: [EventKind; 5] = [
-    EventKind::ArchonEntering,
-    EventKind::ArchonMaterialized,
-    EventKind::ArchonDeparted,
-    EventKind::SceneChange,
-    EventKind::Tick,
-];
-
-fn parse_kind(name: &str) -> Option<EventKind> {
-    KINDS.into_iter().find(|k| kind_name(*k) == name)
-}
-
 fn needs_actor(kind: EventKind) -> bool {
     matches!(
         kind,
@@ -54,8 +52,30 @@ fn needs_actor(kind: EventKind) -> bool {
     )
 }
 
-/// The fields a JSON event may carry.
-const FIELDS: [&str; 5] = ["type", "actor", "at", "detail", "world"];
+/// The JSON form: exactly these fields; a string field, when present, is a
+/// string (not null); `at` is three numbers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventJson {
+    #[serde(rename = "type")]
+    kind: EventKind,
+    #[serde(default, deserialize_with = "present_string")]
+    actor: Option<String>,
+    #[serde(default, deserialize_with = "present_at")]
+    at: Option<[f64; 3]>,
+    #[serde(default, deserialize_with = "present_string")]
+    detail: Option<String>,
+    #[serde(default, deserialize_with = "present_string")]
+    world: Option<String>,
+}
+
+fn present_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
+fn present_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[f64; 3]>, D::Error> {
+    <[f64; 3]>::deserialize(d).map(Some)
+}
 
 impl Event {
     /// Builds an event from the command-line flags.
@@ -81,44 +101,14 @@ impl Event {
     /// Builds an event from its JSON form. `default_world` is used when the
     /// event names no world.
     pub fn from_json(text: &str, default_world: &str) -> Result<Event> {
-        let value: Value = serde_json::from_str(text).context("the event is not valid JSON")?;
-        let Value::Object(obj) = value else {
+        let value: serde_json::Value =
+            serde_json::from_str(text).context("the event is not valid JSON")?;
+        if !value.is_object() {
             bail!("the event must be a JSON object");
-        };
-        if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            bail!(
-                "unknown event field {unknown:?} (allowed: {})",
-                FIELDS.join(", ")
-            );
         }
-        let kind = match obj.get("type") {
-            Some(Value::String(name)) => parse_kind(name).with_context(|| {
-                format!(
-                    "unknown event type {name:?} (known: {})",
-                    KINDS.map(kind_name).join(", ")
-                )
-            })?,
-            Some(_) => bail!("event field \"type\" must be a string"),
-            None => bail!("the event has no \"type\""),
-        };
-        let actor = opt_string(&obj, "actor")?;
-        let detail = opt_string(&obj, "detail")?;
-        let world = opt_string(&obj, "world")?.unwrap_or_else(|| default_world.to_owned());
-        let at = match obj.get("at") {
-            None => None,
-            Some(Value::Array(items)) if items.len() == 3 => {
-                let mut xyz = [0.0; 3];
-                for (slot, item) in xyz.iter_mut().zip(items) {
-                    *slot = item
-                        .as_f64()
-                        .filter(|v| v.is_finite())
-                        .context("event field \"at\" must hold three numbers [x, y, z]")?;
-                }
-                Some(xyz)
-            }
-            Some(_) => bail!("event field \"at\" must be an array of three numbers [x, y, z]"),
-        };
-        Event::checked(kind, actor, at, detail, world)
+        let e: EventJson = serde_json::from_value(value).context("not a valid perception event")?;
+        let world = e.world.unwrap_or_else(|| default_world.to_owned());
+        Event::checked(e.kind, e.actor, e.at, e.detail, world)
     }
 
     fn checked(
@@ -208,14 +198,6 @@ impl Event {
             turn.push_str(detail);
         }
         turn
-    }
-}
-
-fn opt_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>> {
-    match obj.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => bail!("event field {key:?} must be a string"),
     }
 }
 
@@ -362,23 +344,25 @@ mod tests {
     fn rejects_bad_events() {
         let bad_json = [
             ("[]", "JSON object"),
+            (r#"["tick"]"#, "JSON object"),
             ("{", "not valid JSON"),
-            (r#"{"actor":"x"}"#, "no \"type\""),
-            (r#"{"type":"explode"}"#, "unknown event type"),
-            (r#"{"type":7}"#, "must be a string"),
+            (r#"{"actor":"x"}"#, "missing field `type`"),
+            (r#"{"type":"explode"}"#, "unknown variant `explode`"),
+            (r#"{"type":7}"#, "invalid type: integer `7`"),
             (r#"{"type":"archon_entering"}"#, "needs an actor"),
             (
                 r#"{"type":"archon_entering","actor":"  "}"#,
                 "needs an actor",
             ),
-            (r#"{"type":"tick","at":[1,2]}"#, "three numbers"),
-            (r#"{"type":"tick","at":[1,2,"3"]}"#, "three numbers"),
-            (r#"{"type":"tick","at":"1,2,3"}"#, "three numbers"),
-            (r#"{"type":"tick","actr":"x"}"#, "unknown event field"),
+            (r#"{"type":"tick","at":[1,2]}"#, "array of length 3"),
+            (r#"{"type":"tick","at":[1,2,"3"]}"#, "expected f64"),
+            (r#"{"type":"tick","at":"1,2,3"}"#, "an array of length 3"),
+            (r#"{"type":"tick","at":[1,2,1e999]}"#, "number out of range"),
+            (r#"{"type":"tick","actr":"x"}"#, "unknown field `actr`"),
             (r#"{"type":"tick","world":""}"#, "world name is empty"),
-            (r#"{"type":"tick","detail":5}"#, "must be a string"),
-            (r#"{"type":"tick","detail":null}"#, "must be a string"),
-            (r#"{"type":"tick","at":null}"#, "three numbers"),
+            (r#"{"type":"tick","detail":5}"#, "expected a string"),
+            (r#"{"type":"tick","detail":null}"#, "expected a string"),
+            (r#"{"type":"tick","at":null}"#, "an array of length 3"),
         ];
         for (text, want) in bad_json {
             let err = format!("{:#}", Event::from_json(text, "w").unwrap_err());

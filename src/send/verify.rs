@@ -112,8 +112,11 @@ mod tests {
 
     fn session(rows: &[(Role, &str)]) -> Session {
         Session {
-            id: "nexus-w".into(),
-            source: "api_server".into(),
+            meta: crate::model::SessionMeta {
+                id: "nexus-w".into(),
+                source: "api_server".into(),
+                ..Default::default()
+            },
             messages: rows.iter().map(|(r, t)| Message::new(*r, *t)).collect(),
             ..Session::default()
         }

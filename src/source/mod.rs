@@ -7,6 +7,7 @@
 
 pub mod response_store;
 pub mod session_files;
+pub mod sqlite;
 pub mod state_db;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,18 +17,44 @@ use serde_json::Value;
 
 use crate::content;
 use crate::home::HermesHome;
-use crate::model::{Message, Origin, Role, RowState, Session};
+use crate::model::{Message, Origin, Role, RowState, Session, SessionMeta};
 use crate::rebuild;
 use crate::report::Report;
 use response_store::ResponseStore;
 use session_files::{IndexEntry, SessionFiles};
-use state_db::{SessionHead, StateDb};
+use state_db::StateDb;
+
+/// Opens one SQLite store at `path` if it exists. A store that cannot be
+/// opened, or is a FIFO or device (SQLite would block on a FIFO; a device is
+/// no store), is reported as an unreadable input and left out.
+fn open_store<T>(
+    path: &std::path::Path,
+    report: &mut Report,
+    open: impl FnOnce(&std::path::Path, &mut Report) -> Result<T>,
+) -> Result<Option<T>> {
+    if let Some(kind) = crate::safe_io::special_file(path) {
+        report.input_problem(format!("{}: is {kind}, not a regular file", path.display()))?;
+        return Ok(None);
+    }
+    if !path.exists() {
+        return Ok(None);
+    }
+    match open(path, report) {
+        Ok(store) => Ok(Some(store)),
+        Err(e) => {
+            report.input_problem(format!("{e:#}"))?;
+            Ok(None)
+        }
+    }
+}
 
 /// All stores found under one Hermes home, opened read-only.
 pub struct Stores {
     /// `--session`: files of other sessions are not even read (a session
     /// file can be hundreds of megabytes).
     pub only_ids: Vec<String>,
+    /// Rows of a long state.db session read per part.
+    pub part_rows: usize,
     pub home: HermesHome,
     pub state: Option<StateDb>,
     pub responses: Option<ResponseStore>,
@@ -39,48 +66,16 @@ impl Stores {
     /// Opens whatever exists. A store that cannot be read is reported (and
     /// the run becomes partial); finding no store at all is an error.
     pub fn open(home: &HermesHome, report: &mut Report) -> Result<Stores> {
-        let state_path = home.state_db();
-        let state = if let Some(kind) = crate::safe_io::special_file(&state_path) {
-            // SQLite would block on a FIFO; a device is no store.
-            report.input_problem(format!(
-                "{}: is {kind}, not a regular file",
-                state_path.display()
-            ))?;
-            None
-        } else if state_path.exists() {
-            match StateDb::open(&state_path) {
-                Ok(db) => {
-                    if let Some(note) = db.schema_note() {
-                        report.warn(note);
-                    }
-                    Some(db)
-                }
-                Err(e) => {
-                    report.input_problem(format!("{e:#}"))?;
-                    None
-                }
+        let state = open_store(&home.state_db(), report, |path, report| {
+            let db = StateDb::open(path)?;
+            if let Some(note) = db.schema_note() {
+                report.warn(note);
             }
-        } else {
-            None
-        };
-        let rs_path = home.response_store();
-        let responses = if let Some(kind) = crate::safe_io::special_file(&rs_path) {
-            report.input_problem(format!(
-                "{}: is {kind}, not a regular file",
-                rs_path.display()
-            ))?;
-            None
-        } else if rs_path.exists() {
-            match ResponseStore::open(&rs_path, &mut |p| report.input_problem(p)) {
-                Ok(rs) => Some(rs),
-                Err(e) => {
-                    report.input_problem(format!("{e:#}"))?;
-                    None
-                }
-            }
-        } else {
-            None
-        };
+            Ok(db)
+        })?;
+        let responses = open_store(&home.response_store(), report, |path, report| {
+            ResponseStore::open(path, &mut |p| report.input_problem(p))
+        })?;
         let files = match SessionFiles::scan(&home.sessions_dir(), &home.dir) {
             Ok(f) => f,
             Err(e) => {
@@ -112,6 +107,7 @@ impl Stores {
         }
         Ok(Stores {
             only_ids: Vec::new(),
+            part_rows: state_db::PART_ROWS,
             home: home.clone(),
             state,
             responses,
@@ -138,17 +134,14 @@ impl Stores {
     pub fn each_session(
         &self,
         report: &mut Report,
-        db_heads: Option<Vec<SessionHead>>,
-        want: &dyn Fn(&SessionHead) -> bool,
-        unwanted: &mut dyn FnMut(&SessionHead),
+        db_heads: Option<Vec<SessionMeta>>,
+        want: &dyn Fn(&SessionMeta) -> bool,
+        unwanted: &mut dyn FnMut(&SessionMeta),
         f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
     ) -> Result<()> {
         if let Some(db) = &self.state {
-            let part_rows = std::env::var("HERMES_HARVEST_PART_ROWS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(state_db::PART_ROWS);
-            let mut one = |head: SessionHead, report: &mut Report| -> Result<()> {
+            let part_rows = self.part_rows;
+            let mut one = |head: SessionMeta, report: &mut Report| -> Result<()> {
                 if head.is_rotation_child() {
                     return Ok(());
                 }
@@ -186,6 +179,17 @@ impl Stores {
                 None => db.for_each_head(|head| one(head, report))?,
             }
         }
+        self.each_other_session(report, want, f)
+    }
+
+    /// The sessions only the response store or the session files hold (see
+    /// [`Stores::each_session`]).
+    fn each_other_session(
+        &self,
+        report: &mut Report,
+        want: &dyn Fn(&SessionMeta) -> bool,
+        f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
+    ) -> Result<()> {
         let mut done = BTreeSet::new();
         for s in self.response_sessions()? {
             done.insert(s.id.clone());
@@ -225,7 +229,7 @@ impl Stores {
     /// A snapshot too large to read whole is first streamed for its head
     /// (id, platform, model), so one the filters leave out is neither read
     /// nor reported.
-    fn big_file_wanted(&self, id: &str, want: &dyn Fn(&SessionHead) -> bool) -> bool {
+    fn big_file_wanted(&self, id: &str, want: &dyn Fn(&SessionMeta) -> bool) -> bool {
         let Some(path) = self.files.snapshots.get(id) else {
             return true;
         };
@@ -238,7 +242,7 @@ impl Stores {
             return true; // reported when it is read
         };
         let entry = self.index.get(id);
-        want(&SessionHead {
+        want(&SessionMeta {
             id: meta.session_id.unwrap_or_else(|| id.to_string()),
             source: meta
                 .platform
@@ -381,16 +385,10 @@ impl Stores {
 }
 
 /// The head of a session that did not come from state.db.
-pub fn head_of(s: &Session) -> SessionHead {
-    SessionHead {
-        id: s.id.clone(),
-        source: s.source.clone(),
-        title: s.title.clone(),
-        model: s.model.clone(),
-        started_at: s.started_at,
-        end_reason: s.end_reason.clone(),
-        parent_id: s.parent_id.clone(),
+pub fn head_of(s: &Session) -> SessionMeta {
+    SessionMeta {
         parent_end_reason: None,
+        ..s.meta.clone()
     }
 }
 

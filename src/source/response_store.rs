@@ -11,11 +11,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OpenFlags};
+use anyhow::{Result, bail};
 use serde_json::Value;
 
-use crate::model::{Message, Origin, Role, Session};
+use crate::model::{Message, Origin, Role, Session, SessionMeta};
 use crate::source::json_message;
 
 #[derive(Debug, Clone)]
@@ -40,10 +39,7 @@ impl ResponseStore {
         path: &Path,
         on_problem: &mut dyn FnMut(String) -> Result<()>,
     ) -> Result<ResponseStore> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)
-            .with_context(|| format!("{}: cannot open as SQLite", path.display()))?;
-        conn.busy_timeout(crate::source::state_db::busy_timeout())?;
+        let conn = super::sqlite::open_read_only(path)?;
         let has_table: bool = conn
             .query_row(
                 "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'responses'",
@@ -131,14 +127,17 @@ impl ResponseStore {
                 let id = match &leaf.session_id {
                     Some(id) => id.clone(),
                     None if key.starts_with("resp-chain:") => {
-                        format!("resp-chain-{:016x}", crate::output::stable_hash(&key))
+                        format!("resp-chain-{:016x}", crate::hash::stable_hash(&key))
                     }
                     None => leaf.response_id.clone(),
                 };
                 Session {
-                    id: id.clone(),
-                    source: "api_server".to_string(),
-                    started_at: leaf.created_at,
+                    meta: SessionMeta {
+                        id: id.clone(),
+                        source: "api_server".to_string(),
+                        started_at: leaf.created_at,
+                        ..SessionMeta::default()
+                    },
                     instructions: leaf.instructions.clone(),
                     origin: Some(Origin::ResponseStore),
                     lineage: vec![id],

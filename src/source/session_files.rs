@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::model::{Origin, Session};
+use crate::model::{Origin, Session, SessionMeta};
 use crate::safe_io::{self, MAX_SESSION_FILE_BYTES};
 use crate::source::json_message;
 
@@ -200,13 +200,16 @@ pub fn parse_snapshot(bytes: &[u8], fallback_id: Option<&str>) -> Result<Session
         _ => return Err("no messages list".to_string()),
     };
     Ok(Session {
-        id: id.clone(),
-        source: str_field(obj.get("platform")).unwrap_or_else(|| "unknown".to_string()),
-        model: str_field(obj.get("model")),
-        started_at: obj
-            .get("session_start")
-            .and_then(Value::as_str)
-            .and_then(iso_to_epoch),
+        meta: SessionMeta {
+            id: id.clone(),
+            source: str_field(obj.get("platform")).unwrap_or_else(|| "unknown".to_string()),
+            model: str_field(obj.get("model")),
+            started_at: obj
+                .get("session_start")
+                .and_then(Value::as_str)
+                .and_then(iso_to_epoch),
+            ..SessionMeta::default()
+        },
         system_prompt: str_field(obj.get("system_prompt")),
         tools: tools_field(obj.get("tools")),
         origin: Some(Origin::SessionJson),
@@ -245,8 +248,11 @@ pub fn parse_transcript(
 ) -> Result<Session> {
     let text = String::from_utf8_lossy(bytes);
     let mut session = Session {
-        id: id.to_string(),
-        source: "unknown".to_string(),
+        meta: SessionMeta {
+            id: id.to_string(),
+            source: "unknown".to_string(),
+            ..SessionMeta::default()
+        },
         origin: Some(Origin::Transcript),
         lineage: vec![id.to_string()],
         ..Session::default()
@@ -269,7 +275,11 @@ pub fn parse_transcript(
             if let Some(p) = str_field(v.get("platform")) {
                 session.source = p;
             }
-            session.model = session.model.or_else(|| str_field(v.get("model")));
+            session.meta.model = session
+                .meta
+                .model
+                .take()
+                .or_else(|| str_field(v.get("model")));
             continue;
         }
         if let Some(m) = json_message(&v) {

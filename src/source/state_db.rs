@@ -9,13 +9,12 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Statement};
+use anyhow::{Result, bail};
+use rusqlite::{Connection, OptionalExtension, Row, Statement};
 
 use crate::content;
-use crate::model::{Message, Origin, Role, RowState, Session};
+use crate::model::{Message, Origin, Role, RowState, Session, SessionMeta};
 
 /// Newest `schema_version` this tool was written against.
 pub const NEWEST_KNOWN_SCHEMA: i64 = 30;
@@ -35,36 +34,6 @@ pub const PART_BYTES: usize = 24 << 20;
 const HEAD_ROWS: usize = 16;
 /// The previous part's last rows, repeated as context in the next.
 const CARRY_ROWS: usize = 512;
-
-/// How long to wait for a writer's lock: 10 s, or
-/// `HERMES_HARVEST_BUSY_TIMEOUT_MS` (tests use a short one).
-pub fn busy_timeout() -> Duration {
-    std::env::var("HERMES_HARVEST_BUSY_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::from_secs(10), Duration::from_millis)
-}
-
-/// A session row, without its messages.
-#[derive(Debug, Clone)]
-pub struct SessionHead {
-    pub id: String,
-    pub source: String,
-    pub title: Option<String>,
-    pub model: Option<String>,
-    pub started_at: Option<f64>,
-    pub end_reason: Option<String>,
-    pub parent_id: Option<String>,
-    /// `end_reason` of the parent row, when the parent exists.
-    pub parent_end_reason: Option<String>,
-}
-
-impl SessionHead {
-    /// A child created by compression rotation: exported with its root.
-    pub fn is_rotation_child(&self) -> bool {
-        self.parent_end_reason.as_deref() == Some("compression")
-    }
-}
 
 pub struct StateDb {
     pub path: PathBuf,
@@ -89,12 +58,7 @@ impl StateDb {
     /// Opens `path` read-only. Errors name the file and say what is wrong
     /// (missing, not SQLite, not a Hermes store).
     pub fn open(path: &Path) -> Result<StateDb> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
-        let conn = Connection::open_with_flags(path, flags)
-            .with_context(|| format!("{}: cannot open as SQLite", path.display()))?;
-        conn.busy_timeout(busy_timeout())?;
+        let conn = super::sqlite::open_read_only(path)?;
         let tables = table_names(&conn).map_err(|e| describe_open_error(path, e))?;
         if !tables.contains("sessions") || !tables.contains("messages") {
             bail!(
@@ -124,91 +88,9 @@ impl StateDb {
             None
         };
 
-        let s = |name: &str, default: &str| -> String {
-            if scols.contains(name) {
-                format!("s.{name}")
-            } else {
-                default.to_string()
-            }
-        };
-        let parent_join = scols.contains("parent_session_id");
-        let head_cols = HEAD_COLUMNS
-            .replace("{title}", &s("title", "NULL"))
-            .replace("{model}", &s("model", "NULL"))
-            .replace("{end_reason}", &s("end_reason", "NULL"))
-            .replace("{parent}", &s("parent_session_id", "NULL"))
-            .replace(
-                "{parent_end}",
-                if parent_join && scols.contains("end_reason") {
-                    "p.end_reason"
-                } else {
-                    "NULL"
-                },
-            );
-        let head_sql = if parent_join {
-            format!(
-                "SELECT {head_cols} FROM sessions s LEFT JOIN sessions p ON p.id = s.parent_session_id"
-            )
-        } else {
-            format!("SELECT {head_cols} FROM sessions s")
-        };
-
-        let prompt_sql = if tables.contains("system_prompts")
-            && scols.contains("system_prompt_hash")
-        {
-            format!(
-                "SELECT COALESCE(sp.prompt, {}) FROM sessions s LEFT JOIN system_prompts sp ON sp.hash = s.system_prompt_hash WHERE s.id = +?1",
-                s("system_prompt", "NULL")
-            )
-        } else {
-            format!(
-                "SELECT {} FROM sessions s WHERE s.id = +?1",
-                s("system_prompt", "NULL")
-            )
-        };
-
-        let m = |name: &str, default: &str| -> String {
-            if mcols.contains(name) {
-                name.to_string()
-            } else {
-                default.to_string()
-            }
-        };
-        let reasoning = match (
-            mcols.contains("reasoning_content"),
-            mcols.contains("reasoning"),
-        ) {
-            (true, true) => "COALESCE(reasoning_content, reasoning)".to_string(),
-            (true, false) => "reasoning_content".to_string(),
-            (false, true) => "reasoning".to_string(),
-            (false, false) => "NULL".to_string(),
-        };
-        // Text larger than ?2 bytes is not read (no sample could hold it),
-        // but for a tool result, whose middle a sample may leave out, its
-        // head and tail are (joined by U+FDD2, a noncharacter); reasoning
-        // only when ?3 asks for it.
-        let tool_calls = if mcols.contains("tool_calls") {
-            "CASE WHEN octet_length(tool_calls) > ?2 THEN NULL ELSE tool_calls END"
-        } else {
-            "NULL"
-        };
-        let message_sql = format!(
-            "SELECT id, role, CASE WHEN octet_length(content) <= ?2 THEN content WHEN role = 'tool' THEN substr(content, 1, min(?2 / 4, length(content) / 3)) || char(64978) || substr(content, -min(?2 / 4, length(content) / 3)) END, {}, {tool_calls}, {}, {}, {}, CASE WHEN ?3 THEN {reasoning} END, {}, {}, {}, {}, {}, octet_length(content), {} FROM messages WHERE session_id = +?1 ORDER BY id",
-            m("tool_call_id", "NULL"),
-            m("tool_name", "NULL"),
-            m("timestamp", "NULL"),
-            m("finish_reason", "NULL"),
-            m("active", "1"),
-            m("compacted", "0"),
-            m("effect_disposition", "NULL"),
-            m("_compressed_summary", "0"),
-            m("display_kind", "NULL"),
-            if mcols.contains("tool_calls") {
-                "octet_length(tool_calls)"
-            } else {
-                "0"
-            },
-        );
+        let head_sql = head_sql(&scols);
+        let prompt_sql = prompt_sql(&tables, &scols);
+        let message_sql = message_sql(&mcols);
 
         // One snapshot for the whole run.
         conn.execute_batch("BEGIN DEFERRED")?;
@@ -219,7 +101,7 @@ impl StateDb {
             head_sql,
             message_sql,
             prompt_sql,
-            has_parent: parent_join,
+            has_parent: scols.contains("parent_session_id"),
             has_title: scols.contains("title"),
             has_timestamp: mcols.contains("timestamp"),
             max_text_bytes: i64::MAX,
@@ -250,7 +132,7 @@ impl StateDb {
     }
 
     /// Calls `f` for every session row, ordered by id.
-    pub fn for_each_head(&self, mut f: impl FnMut(SessionHead) -> Result<()>) -> Result<()> {
+    pub fn for_each_head(&self, mut f: impl FnMut(SessionMeta) -> Result<()>) -> Result<()> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("{} ORDER BY s.id", self.head_sql))?;
@@ -261,7 +143,7 @@ impl StateDb {
         Ok(())
     }
 
-    pub fn head(&self, id: &str) -> Result<Option<SessionHead>> {
+    pub fn head(&self, id: &str) -> Result<Option<SessionMeta>> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("{} WHERE s.id = +?1", self.head_sql))?;
@@ -277,16 +159,25 @@ impl StateDb {
             })?)
     }
 
+    /// How many session rows there are (0 when they cannot be counted): the
+    /// length of a full run's progress bar.
+    pub fn session_count(&self) -> u64 {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+            .max(0) as u64
+    }
+
     /// Sessions with a message newer than `watermark`, as the heads they are
     /// exported under (a rotation child maps to its root), sorted by id.
-    pub fn touched_since(&self, watermark: i64) -> Result<Vec<SessionHead>> {
+    pub fn touched_since(&self, watermark: i64) -> Result<Vec<SessionMeta>> {
         let mut stmt = self
             .conn
             .prepare("SELECT DISTINCT session_id FROM messages WHERE id > ?1")?;
         let ids = stmt
             .query_map([watermark], |r| r.get::<_, String>(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
-        let mut heads: std::collections::BTreeMap<String, SessionHead> = Default::default();
+        let mut heads: std::collections::BTreeMap<String, SessionMeta> = Default::default();
         for id in ids {
             if let Some(head) = self.root_of(&id)? {
                 heads.insert(head.id.clone(), head);
@@ -297,7 +188,7 @@ impl StateDb {
 
     /// The head a session is exported under: itself, or the first session
     /// of its compression lineage.
-    pub fn root_of(&self, id: &str) -> Result<Option<SessionHead>> {
+    pub fn root_of(&self, id: &str) -> Result<Option<SessionMeta>> {
         let Some(mut head) = self.head(id)? else {
             return Ok(None);
         };
@@ -330,7 +221,7 @@ impl StateDb {
     /// comes back as one session. Bad rows go to `on_problem`.
     pub fn load(
         &self,
-        head: &SessionHead,
+        head: &SessionMeta,
         on_problem: &mut dyn FnMut(String) -> Result<()>,
     ) -> Result<Session> {
         let mut out = None;
@@ -349,47 +240,22 @@ impl StateDb {
     /// rebuild needs to recognise compaction copies and regenerations.
     pub fn load_parts(
         &self,
-        head: &SessionHead,
+        head: &SessionMeta,
         part_rows: usize,
         on_problem: &mut dyn FnMut(String) -> Result<()>,
         f: &mut dyn FnMut(Session) -> Result<()>,
     ) -> Result<()> {
         let template = Session {
-            id: head.id.clone(),
-            source: head.source.clone(),
-            title: head.title.clone(),
-            model: head.model.clone(),
-            started_at: head.started_at,
-            end_reason: head.end_reason.clone(),
-            parent_id: head.parent_id.clone(),
+            meta: SessionMeta {
+                parent_end_reason: None,
+                ..head.clone()
+            },
             system_prompt: self.system_prompt(&head.id)?,
             origin: Some(Origin::StateDb),
             lineage: vec![head.id.clone()],
             ..Session::default()
         };
-        // The lineage: every child of a session that ended in a compression
-        // rotation (0.13 can give one parent several), breadth first.
-        let mut members = vec![head.clone()];
-        if self.has_parent {
-            let mut child_stmt = self.conn.prepare_cached(&format!(
-                "{} WHERE s.parent_session_id = +?1 ORDER BY s.started_at, s.id",
-                self.head_sql
-            ))?;
-            let mut i = 0;
-            while i < members.len() && members.len() < 100_000 {
-                if members[i].end_reason.as_deref() == Some("compression") {
-                    let children = child_stmt
-                        .query_map([&members[i].id], head_from_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    for child in children {
-                        if !members.iter().any(|m| m.id == child.id) {
-                            members.push(child);
-                        }
-                    }
-                }
-                i += 1;
-            }
-        }
+        let members = self.lineage(head)?;
         let mut msg_stmt = self.conn.prepare_cached(&self.message_sql)?;
         if members.len() > 1 {
             // A rotated lineage: each segment holds at most a context window.
@@ -449,6 +315,35 @@ impl StateDb {
         })
     }
 
+    /// The lineage of `head`: every child of a session that ended in a
+    /// compression rotation (0.13 can give one parent several), breadth
+    /// first.
+    fn lineage(&self, head: &SessionMeta) -> Result<Vec<SessionMeta>> {
+        let mut members = vec![head.clone()];
+        if !self.has_parent {
+            return Ok(members);
+        }
+        let mut child_stmt = self.conn.prepare_cached(&format!(
+            "{} WHERE s.parent_session_id = +?1 ORDER BY s.started_at, s.id",
+            self.head_sql
+        ))?;
+        let mut i = 0;
+        while i < members.len() && members.len() < 100_000 {
+            if members[i].end_reason.as_deref() == Some("compression") {
+                let children = child_stmt
+                    .query_map([&members[i].id], head_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                for child in children {
+                    if !members.iter().any(|m| m.id == child.id) {
+                        members.push(child);
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(members)
+    }
+
     fn rows(
         &self,
         stmt: &mut Statement<'_>,
@@ -484,8 +379,140 @@ impl StateDb {
     }
 }
 
-fn head_from_row(r: &Row<'_>) -> rusqlite::Result<SessionHead> {
-    Ok(SessionHead {
+/// The query of session heads ([`head_from_row`] reads its columns); the
+/// parent's end reason comes from a self-join when the store links parents.
+fn head_sql(scols: &HashSet<String>) -> String {
+    let s = |name: &str| or_default(scols, name, "NULL").replace(name, &format!("s.{name}"));
+    let parent_join = scols.contains("parent_session_id");
+    let head_cols = HEAD_COLUMNS
+        .replace("{title}", &s("title"))
+        .replace("{model}", &s("model"))
+        .replace("{end_reason}", &s("end_reason"))
+        .replace("{parent}", &s("parent_session_id"))
+        .replace(
+            "{parent_end}",
+            if parent_join && scols.contains("end_reason") {
+                "p.end_reason"
+            } else {
+                "NULL"
+            },
+        );
+    if parent_join {
+        format!(
+            "SELECT {head_cols} FROM sessions s LEFT JOIN sessions p ON p.id = s.parent_session_id"
+        )
+    } else {
+        format!("SELECT {head_cols} FROM sessions s")
+    }
+}
+
+/// The query of a session's system prompt: the stored text, or the shared
+/// prompt its hash names (newer stores keep each prompt once).
+fn prompt_sql(tables: &HashSet<String>, scols: &HashSet<String>) -> String {
+    let prompt =
+        or_default(scols, "system_prompt", "NULL").replace("system_prompt", "s.system_prompt");
+    if tables.contains("system_prompts") && scols.contains("system_prompt_hash") {
+        format!(
+            "SELECT COALESCE(sp.prompt, {prompt}) FROM sessions s LEFT JOIN system_prompts sp ON sp.hash = s.system_prompt_hash WHERE s.id = +?1"
+        )
+    } else {
+        format!("SELECT {prompt} FROM sessions s WHERE s.id = +?1")
+    }
+}
+
+/// The one list of the columns a message row is read with, in SELECT order:
+/// the name it is read by, and how it is selected given the columns the
+/// store has (a column a store lacks reads as its default). `?2` is the
+/// largest text read, `?3` whether reasoning is wanted.
+const MESSAGE_COLUMNS: [(&str, SelectColumn); 16] = [
+    ("id", |_| "id".into()),
+    ("role", |_| "role".into()),
+    // Text larger than ?2 bytes is not read (no sample could hold it), but
+    // for a tool result, whose middle a sample may leave out, its head and
+    // tail are (joined by U+FDD2, a noncharacter).
+    ("content", |_| {
+        "CASE WHEN octet_length(content) <= ?2 THEN content WHEN role = 'tool' THEN substr(content, 1, min(?2 / 4, length(content) / 3)) || char(64978) || substr(content, -min(?2 / 4, length(content) / 3)) END".into()
+    }),
+    ("tool_call_id", |c| or_default(c, "tool_call_id", "NULL")),
+    ("tool_calls", |c| {
+        or_default(c, "tool_calls", "NULL").replace(
+            "tool_calls",
+            "CASE WHEN octet_length(tool_calls) > ?2 THEN NULL ELSE tool_calls END",
+        )
+    }),
+    ("tool_name", |c| or_default(c, "tool_name", "NULL")),
+    ("timestamp", |c| or_default(c, "timestamp", "NULL")),
+    ("finish_reason", |c| or_default(c, "finish_reason", "NULL")),
+    ("reasoning", |c| {
+        let r = match (c.contains("reasoning_content"), c.contains("reasoning")) {
+            (true, true) => "COALESCE(reasoning_content, reasoning)",
+            (true, false) => "reasoning_content",
+            (false, true) => "reasoning",
+            (false, false) => "NULL",
+        };
+        format!("CASE WHEN ?3 THEN {r} END")
+    }),
+    ("active", |c| or_default(c, "active", "1")),
+    ("compacted", |c| or_default(c, "compacted", "0")),
+    ("effect_disposition", |c| {
+        or_default(c, "effect_disposition", "NULL")
+    }),
+    ("summary_flag", |c| {
+        or_default(c, "_compressed_summary", "0")
+    }),
+    ("display_kind", |c| or_default(c, "display_kind", "NULL")),
+    ("content_bytes", |_| "octet_length(content)".into()),
+    ("tool_calls_bytes", |c| {
+        or_default(c, "tool_calls", "0").replace("tool_calls", "octet_length(tool_calls)")
+    }),
+];
+
+/// How one column is selected, given the columns the store has.
+type SelectColumn = fn(&HashSet<String>) -> String;
+
+/// `column` when the store has it, else `default`.
+fn or_default(columns: &HashSet<String>, column: &str, default: &str) -> String {
+    if columns.contains(column) {
+        column.to_string()
+    } else {
+        default.to_string()
+    }
+}
+
+/// The position of a message column in [`MESSAGE_COLUMNS`] (checked when
+/// compiling).
+const fn col(name: &str) -> usize {
+    let mut i = 0;
+    while i < MESSAGE_COLUMNS.len() {
+        let (a, b) = (MESSAGE_COLUMNS[i].0.as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut k = 0;
+            while k < a.len() && a[k] == b[k] {
+                k += 1;
+            }
+            if k == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a message column")
+}
+
+/// The query of a session's messages, oldest first.
+fn message_sql(columns: &HashSet<String>) -> String {
+    let select: Vec<String> = MESSAGE_COLUMNS
+        .iter()
+        .map(|(_, sql)| sql(columns))
+        .collect();
+    format!(
+        "SELECT {} FROM messages WHERE session_id = +?1 ORDER BY id",
+        select.join(", ")
+    )
+}
+
+fn head_from_row(r: &Row<'_>) -> rusqlite::Result<SessionMeta> {
+    Ok(SessionMeta {
         id: r.get(0)?,
         source: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
         title: r.get(2)?,
@@ -514,52 +541,60 @@ fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>,
     let int = |i: usize, default: i64| -> i64 {
         r.get::<_, Option<i64>>(i).ok().flatten().unwrap_or(default)
     };
-    let role_raw = text(1)?.unwrap_or_default();
+    let role_raw = text(const { col("role") })?.unwrap_or_default();
     let Some(role) = Role::parse(&role_raw) else {
         return Ok(None); // session_meta and other bookkeeping rows
     };
-    if text(13)?.as_deref() == Some("hidden") {
+    if text(const { col("display_kind") })?.as_deref() == Some("hidden") {
         return Ok(None); // model-facing scaffolding (v30 display_kind)
     }
-    let oversize = int(14, 0) > max_text_bytes || int(15, 0) > max_text_bytes;
-    let tool_calls = content::tool_calls_from_str(text(4)?.as_deref())?;
-    let active = int(9, 1);
-    let compacted = int(10, 0);
+    let oversize = int(const { col("content_bytes") }, 0) > max_text_bytes
+        || int(const { col("tool_calls_bytes") }, 0) > max_text_bytes;
+    let tool_calls = content::tool_calls_from_str(text(const { col("tool_calls") })?.as_deref())?;
+    let active = int(const { col("active") }, 1);
+    let compacted = int(const { col("compacted") }, 0);
     let state = match (active, compacted) {
         (0, 0) => RowState::Undone,
         (0, _) => RowState::Compacted,
         _ => RowState::Live,
     };
-    let raw = text(2)?;
-    let cut = (role == Role::Tool && int(15, 0) <= max_text_bytes)
+    let raw = text(const { col("content") })?;
+    let cut = (role == Role::Tool && int(const { col("tool_calls_bytes") }, 0) <= max_text_bytes)
         .then(|| raw.as_deref()?.split_once(HEAD_TAIL))
         .flatten();
     let (content, oversize) = match cut {
         Some((head, tail)) => {
-            let removed = usize::try_from(int(14, 0))
+            let removed = usize::try_from(int(const { col("content_bytes") }, 0))
                 .unwrap_or(0)
                 .saturating_sub(head.len() + tail.len());
             (crate::format::fit::mark_cut(head, tail, removed), false)
         }
         None if oversize => (
-            format!("[not read: {} bytes]", int(14, 0).max(int(15, 0))),
+            format!(
+                "[not read: {} bytes]",
+                int(const { col("content_bytes") }, 0)
+                    .max(int(const { col("tool_calls_bytes") }, 0))
+            ),
             true,
         ),
         None => (content::decode(&raw.unwrap_or_default()), false),
     };
     Ok(Some(Message {
-        row_id: Some(int(0, 0)),
+        row_id: Some(int(const { col("id") }, 0)),
         role,
         content,
         tool_calls,
-        tool_call_id: text(3)?,
-        tool_name: text(5)?,
-        reasoning: text(8)?.filter(|s| !s.is_empty()),
-        timestamp: r.get::<_, Option<f64>>(6).ok().flatten(),
-        finish_reason: text(7)?,
-        disposition: text(11)?,
+        tool_call_id: text(const { col("tool_call_id") })?,
+        tool_name: text(const { col("tool_name") })?,
+        reasoning: text(const { col("reasoning") })?.filter(|s| !s.is_empty()),
+        timestamp: r
+            .get::<_, Option<f64>>(const { col("timestamp") })
+            .ok()
+            .flatten(),
+        finish_reason: text(const { col("finish_reason") })?,
+        disposition: text(const { col("effect_disposition") })?,
         state,
-        summary_flag: int(12, 0) != 0,
+        summary_flag: int(const { col("summary_flag") }, 0) != 0,
         oversize,
     }))
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use regex_automata::{Anchored, Input, meta};
 
-use crate::sampled_hash::BuildSampled;
+use crate::hash::BuildFast;
 
 use serde_json::Value as Json;
 
@@ -127,7 +127,7 @@ pub struct FastBpe {
     /// Byte length of each token id (for offsets).
     token_len: Vec<u32>,
     /// Each word's tokens, as byte lengths.
-    cache: HashMap<Box<[u8]>, Box<[u32]>, BuildSampled>,
+    cache: HashMap<Box<[u8]>, Box<[u32]>, BuildFast>,
 }
 
 /// GPT-2's byte → symbol map (printable bytes stand for themselves, the

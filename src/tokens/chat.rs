@@ -28,7 +28,7 @@ use minijinja::{Environment, Error, ErrorKind, Value};
 use serde_json::Value as Json;
 use tokenizers::Tokenizer;
 
-use crate::sampled_hash::BuildSampled;
+use crate::hash::BuildFast;
 use crate::tokens::Count;
 use crate::tokens::bpe::FastBpe;
 use crate::tokens::pyjson::PyJson;
@@ -63,7 +63,7 @@ pub struct ChatTokenizer {
     /// Special tokens to split rendered text at, longest first; empty when
     /// the tokenizer must count whole texts.
     splitters: Vec<String>,
-    cache: HashMap<String, usize, BuildSampled>,
+    cache: HashMap<String, usize, BuildFast>,
     cache_bytes: usize,
     /// Where the tokenizer and the template came from, for the manifest.
     pub description: String,
@@ -159,6 +159,92 @@ fn pieces_are_independent(tokenizer_json: &Json) -> bool {
         && !position_dependent(tokenizer_json.get("pre_tokenizer"))
 }
 
+/// The special tokens a template may name (`bos_token`, …), from
+/// `tokenizer_config.json`, else `special_tokens_map.json`.
+fn special_tokens(config: Option<&Json>, map_file: Option<&Json>) -> Vec<(String, Value)> {
+    let mut specials = Vec::new();
+    for key in [
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "sep_token",
+        "pad_token",
+        "cls_token",
+        "mask_token",
+    ] {
+        let v = [config, map_file]
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.get(key).and_then(token_string));
+        if let Some(v) = v {
+            specials.push((key.to_string(), Value::from(v)));
+        }
+    }
+    if let Some(extra) = [config, map_file]
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.get("additional_special_tokens").and_then(Json::as_array))
+    {
+        let list: Vec<String> = extra.iter().filter_map(token_string).collect();
+        specials.push(("additional_special_tokens".into(), Value::from(list)));
+    }
+    specials
+}
+
+/// The template environment with what real chat templates use: Python
+/// string methods, `raise_exception`, `strftime_now`, `tojson` and the
+/// generation marks.
+fn template_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_keep_trailing_newline(false);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+        Err(Error::new(ErrorKind::InvalidOperation, msg))
+    });
+    env.add_function("strftime_now", |fmt: String| -> Result<String, Error> {
+        let mut out = String::new();
+        write!(out, "{}", chrono::Local::now().format(&fmt)).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("strftime_now: bad format {fmt:?}"),
+            )
+        })?;
+        Ok(out)
+    });
+    env.add_filter("tojson", tojson);
+    env.add_filter("__hh_gen_open", |_: String| GEN_OPEN.to_string());
+    env.add_filter("__hh_gen_close", |_: String| GEN_CLOSE.to_string());
+    env
+}
+
+/// Special tokens a text can be split at before counting (longest first):
+/// only when the tokenizer's pieces do not depend on their position and no
+/// added token strips spaces around it.
+fn splitters(tokenizer: &Tokenizer, tokenizer_json: &Json) -> Vec<String> {
+    if pieces_are_independent(tokenizer_json) {
+        let mut added: Vec<String> = tokenizer
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special && !t.lstrip && !t.rstrip && !t.single_word)
+            .map(|t| t.content)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let risky = tokenizer
+            .get_added_tokens_decoder()
+            .into_values()
+            .any(|t| t.lstrip || t.rstrip);
+        if risky {
+            added.clear();
+        }
+        added.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        added
+    } else {
+        Vec::new()
+    }
+}
+
 impl ChatTokenizer {
     /// `path` is a model directory (as given to the trainer) or its
     /// `tokenizer.json`.
@@ -185,55 +271,9 @@ impl ChatTokenizer {
 
         let config = read_json(&dir.join("tokenizer_config.json"))?;
         let map_file = read_json(&dir.join("special_tokens_map.json"))?;
-        let mut specials = Vec::new();
-        for key in [
-            "bos_token",
-            "eos_token",
-            "unk_token",
-            "sep_token",
-            "pad_token",
-            "cls_token",
-            "mask_token",
-        ] {
-            let v = [config.as_ref(), map_file.as_ref()]
-                .into_iter()
-                .flatten()
-                .find_map(|c| c.get(key).and_then(token_string));
-            if let Some(v) = v {
-                specials.push((key.to_string(), Value::from(v)));
-            }
-        }
-        if let Some(extra) = [config.as_ref(), map_file.as_ref()]
-            .into_iter()
-            .flatten()
-            .find_map(|c| c.get("additional_special_tokens").and_then(Json::as_array))
-        {
-            let list: Vec<String> = extra.iter().filter_map(token_string).collect();
-            specials.push(("additional_special_tokens".into(), Value::from(list)));
-        }
-
+        let specials = special_tokens(config.as_ref(), map_file.as_ref());
         let (list, origin) = templates(&dir, config.as_ref())?;
-        let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_keep_trailing_newline(false);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_function("strftime_now", |fmt: String| -> Result<String, Error> {
-            let mut out = String::new();
-            write!(out, "{}", chrono::Local::now().format(&fmt)).map_err(|_| {
-                Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("strftime_now: bad format {fmt:?}"),
-                )
-            })?;
-            Ok(out)
-        });
-        env.add_filter("tojson", tojson);
-        env.add_filter("__hh_gen_open", |_: String| GEN_OPEN.to_string());
-        env.add_filter("__hh_gen_close", |_: String| GEN_CLOSE.to_string());
+        let mut env = template_env();
         let mut marks_assistant = false;
         let (mut has_default, mut has_tool_use) = (false, false);
         for (name, text) in list {
@@ -245,26 +285,7 @@ impl ChatTokenizer {
                 .map_err(|e| anyhow!("{origin}: chat template {name:?} does not parse: {e:#}"))?;
         }
 
-        let splitters = if pieces_are_independent(&tokenizer_json) {
-            let mut added: Vec<String> = tokenizer
-                .get_added_tokens_decoder()
-                .into_values()
-                .filter(|t| t.special && !t.lstrip && !t.rstrip && !t.single_word)
-                .map(|t| t.content)
-                .filter(|c| !c.is_empty())
-                .collect();
-            let risky = tokenizer
-                .get_added_tokens_decoder()
-                .into_values()
-                .any(|t| t.lstrip || t.rstrip);
-            if risky {
-                added.clear();
-            }
-            added.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-            added
-        } else {
-            Vec::new()
-        };
+        let splitters = splitters(&tokenizer, &tokenizer_json);
         let fast = FastBpe::from_json(&tokenizer_json);
         let fast_offsets = !tokenizer_json
             .get("post_processor")

@@ -182,7 +182,7 @@ pub fn snapshot_files(dir: &Path) -> Vec<(PathBuf, usize, u64)> {
             (
                 e.path().to_path_buf(),
                 bytes.len(),
-                hermes_harvest::output::stable_hash(&text),
+                hermes_harvest::hash::stable_hash(&text),
             )
         })
         .collect()

@@ -378,9 +378,17 @@ fn system_prompt_policy_and_reasoning() {
             .iter()
             .any(|v| v.to_string().contains("reasoning_content"))
     );
-    // Responses instructions join Hermes's prompt.
+    // Responses instructions join Hermes's prompt: after it, a blank line
+    // between them.
     let (_, lines, _) = export(home.path(), &["--source", "api_server", "--no-redact"]);
-    assert!(!lines.is_empty());
+    let instructions = "\n\nYou are Timmy, keeper of the Nexus gate. Answer in one sentence.";
+    let joined = lines
+        .iter()
+        .filter(|v| v["messages"][0]["role"] == "system")
+        .filter_map(|v| v["messages"][0]["content"].as_str())
+        .filter(|s| s.contains(instructions) && !s.starts_with(instructions.trim_start()))
+        .count();
+    assert!(joined >= 1, "no sample joins both prompts: {lines:#?}");
 }
 
 #[test]

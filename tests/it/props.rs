@@ -191,19 +191,46 @@ fn session_jsonl() {
 
 #[test]
 fn content() {
-    exercise("content", |data| {
+    let ok = exercise("content", |data| {
         let Ok(s) = std::str::from_utf8(data) else {
             return false;
         };
-        content::decode(s);
-        content::decode(&format!("\0json:{s}"));
-        let calls = content::tool_calls_from_str(Some(s));
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(s) {
-            content::value_text(&v);
-            content::parse_tool_calls(&v);
+        // Text without the structured-content prefix is kept as it is.
+        if !s.starts_with("\0json:") {
+            assert_eq!(content::decode(s), s);
         }
-        calls.is_ok()
+        // Prefixed text that is no JSON comes back without the prefix;
+        // prefixed JSON reads as the same value's text.
+        let prefixed = content::decode(&format!("\0json:{s}"));
+        let parsed = serde_json::from_str::<serde_json::Value>(s);
+        match &parsed {
+            Ok(v) => assert_eq!(prefixed, content::value_text(v)),
+            Err(_) => assert_eq!(prefixed, s),
+        }
+        // A stored tool-call list: an error exactly when it is neither
+        // blank, null, nor a list whose every item names its function; a
+        // list keeps one call per item, with its name.
+        let calls = content::tool_calls_from_str(Some(s));
+        match parsed {
+            _ if s.trim().is_empty() => assert!(calls.unwrap().is_empty()),
+            Err(_) => assert!(calls.is_err()),
+            Ok(serde_json::Value::Null) => assert!(calls.unwrap().is_empty()),
+            Ok(v) => match content::parse_tool_calls(&v) {
+                Some(list) => {
+                    let items = v.as_array().expect("a list of calls");
+                    assert_eq!(list.len(), items.len());
+                    for (call, item) in list.iter().zip(items) {
+                        let func = item.get("function").unwrap_or(item);
+                        assert_eq!(func["name"].as_str(), Some(call.name.as_str()));
+                    }
+                    assert_eq!(calls.unwrap().len(), list.len());
+                }
+                None => assert!(calls.is_err()),
+            },
+        }
+        content::tool_calls_from_str(Some(s)).is_ok_and(|c| !c.is_empty())
     });
+    assert!(ok >= 1, "the tool-call lists among the seeds parse ({ok})");
 }
 
 #[test]

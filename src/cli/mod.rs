@@ -1,5 +1,8 @@
-//! Command-line definitions (clap derive). Nothing outside `cli` and `config`
-//! sees clap types.
+//! Command-line definitions (clap derive). Nothing outside `cli` sees clap
+//! types: [`map`] turns each command's arguments into its clap-free
+//! configuration (`crate::config`), and enums here mirror the domain's.
+
+mod map;
 
 use std::path::PathBuf;
 
@@ -183,7 +186,7 @@ pub struct SourcesArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "snake_case")]
-pub enum EventKind {
+pub enum EventKindArg {
     ArchonEntering,
     ArchonMaterialized,
     ArchonDeparted,
@@ -195,7 +198,7 @@ pub enum EventKind {
 pub struct SendArgs {
     /// Event type (or use --event)
     #[arg(value_enum, required_unless_present = "event")]
-    pub kind: Option<EventKind>,
+    pub kind: Option<EventKindArg>,
     /// JSON event file, or - for stdin (schemas/perception-event.schema.json)
     #[arg(long, value_name = "FILE|-", conflicts_with = "kind")]
     pub event: Option<String>,

@@ -1,0 +1,183 @@
+//! The config mapping: clap's parsed arguments → each command's clap-free
+//! configuration. Ranges were already checked by clap's value parsers; what
+//! needs the file system or the clock (a prompt file, relative times) is
+//! read here, before the command runs.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::{
+    ChannelArg, DpoStyleArg, EventKindArg, ExportArgs, FormatArg, HomeArgs, SendArgs, ShapeArg,
+    SignalArg, SourcesArgs, TargetArg, ToolsArg, ValidateArgs,
+};
+use crate::config::{
+    ExportConfig, OutTarget, SendConfig, SourcesConfig, SystemPolicy, ValidateConfig, parse_when,
+    part_rows_from_env,
+};
+use crate::format::tools::ToolsPolicy;
+use crate::home::HomeChoice;
+use crate::model::Channel;
+use crate::rebuild::Signal;
+use crate::send::event::EventKind;
+use crate::shape::Shape;
+
+impl HomeArgs {
+    fn choice(&self) -> HomeChoice {
+        HomeChoice {
+            dir: self.hermes_home.clone(),
+            profile: self.profile.clone(),
+        }
+    }
+}
+
+impl ChannelArg {
+    fn domain(self) -> Channel {
+        match self {
+            ChannelArg::Nexus => Channel::Nexus,
+            ChannelArg::Telegram => Channel::Telegram,
+            ChannelArg::Tui => Channel::Tui,
+            ChannelArg::Other => Channel::Other,
+        }
+    }
+}
+
+impl SignalArg {
+    fn domain(self) -> Signal {
+        match self {
+            SignalArg::Rewind => Signal::Rewind,
+            SignalArg::Regenerate => Signal::Regenerate,
+            SignalArg::ToolRetry => Signal::ToolRetry,
+        }
+    }
+}
+
+impl ToolsArg {
+    fn domain(self) -> ToolsPolicy {
+        match self {
+            ToolsArg::Used => ToolsPolicy::Used,
+            ToolsArg::All => ToolsPolicy::All,
+            ToolsArg::None => ToolsPolicy::None,
+        }
+    }
+}
+
+impl ShapeArg {
+    fn domain(self) -> Shape {
+        match self {
+            ShapeArg::Sft => Shape::Sft,
+            ShapeArg::Dpo => Shape::Dpo,
+            ShapeArg::DpoFlat => Shape::DpoFlat,
+        }
+    }
+}
+
+impl EventKindArg {
+    fn domain(self) -> EventKind {
+        match self {
+            EventKindArg::ArchonEntering => EventKind::ArchonEntering,
+            EventKindArg::ArchonMaterialized => EventKind::ArchonMaterialized,
+            EventKindArg::ArchonDeparted => EventKind::ArchonDeparted,
+            EventKindArg::SceneChange => EventKind::SceneChange,
+            EventKindArg::Tick => EventKind::Tick,
+        }
+    }
+}
+
+/// Sorted, without repeats.
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+impl ExportArgs {
+    /// The export configuration; `now` anchors relative times (`7d`).
+    pub fn config(&self, now: f64) -> Result<ExportConfig> {
+        let system = SystemPolicy::from_flag(&self.system_prompt)?;
+        let system_file =
+            matches!(system, SystemPolicy::Fixed(_)).then(|| PathBuf::from(&self.system_prompt));
+        let when = |s: &Option<String>| s.as_deref().map(|s| parse_when(s, now)).transpose();
+        let signals = if self.signals.is_empty() {
+            vec![Signal::Rewind, Signal::Regenerate, Signal::ToolRetry]
+        } else {
+            self.signals.iter().map(|s| s.domain()).collect()
+        };
+        Ok(ExportConfig {
+            home: self.home.choice(),
+            shape: match (self.format, self.dpo_style) {
+                (FormatArg::Sft, _) => Shape::Sft,
+                (FormatArg::Dpo, DpoStyleArg::Conversational) => Shape::Dpo,
+                (FormatArg::Dpo, DpoStyleArg::Flat) => Shape::DpoFlat,
+            },
+            channels: sorted(self.channel.iter().map(|c| c.domain()).collect()),
+            sources: self.source.clone(),
+            sessions: self.session.clone(),
+            models: self.model.clone(),
+            since: when(&self.since)?,
+            until: when(&self.until)?,
+            min_turns: self.min_turns,
+            max_tokens: self.max_tokens,
+            tokenizer: self.tokenizer.clone(),
+            tools: self.tools.domain(),
+            sft_context: self.sft_context,
+            system,
+            system_file,
+            include_reasoning: self.include_reasoning,
+            string_arguments: self.target == TargetArg::Openai,
+            signals: sorted(signals),
+            nexus_prefix: self.nexus_prefix.clone(),
+            out: OutTarget::from_flag(&self.out),
+            valid_fraction: self.valid_fraction,
+            state: self.state.clone(),
+            redact: !self.no_redact,
+            strict: self.strict,
+            quiet: self.quiet,
+            part_rows: part_rows_from_env(),
+            flags: std::env::args().skip(1).collect(),
+        })
+    }
+}
+
+impl SourcesArgs {
+    pub fn config(&self) -> SourcesConfig {
+        SourcesConfig {
+            home: self.home.choice(),
+            nexus_prefix: self.nexus_prefix.clone(),
+            json: self.json,
+        }
+    }
+}
+
+impl ValidateArgs {
+    pub fn config(&self) -> ValidateConfig {
+        ValidateConfig {
+            file: self.file.clone(),
+            shape: self.format.map(ShapeArg::domain),
+            max_tokens: self.max_tokens,
+            tokenizer: self.tokenizer.clone(),
+            quiet: self.quiet,
+        }
+    }
+}
+
+impl SendArgs {
+    pub fn config(&self) -> SendConfig {
+        SendConfig {
+            kind: self.kind.map(EventKindArg::domain),
+            event: self.event.clone(),
+            actor: self.actor.clone(),
+            at: self.at.clone(),
+            detail: self.detail.clone(),
+            world: self.world.clone(),
+            session: self.session.clone(),
+            url: self.url.clone(),
+            json: self.json,
+            verify: self.verify,
+            timeout_secs: self.timeout,
+            verify_timeout_secs: self.verify_timeout,
+            home: self.home.choice(),
+            quiet: self.quiet,
+        }
+    }
+}

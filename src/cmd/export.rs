@@ -1,0 +1,642 @@
+//! The `export` pipeline: stores → sessions → rebuilt conversations →
+//! selection ([`crate::select`]) → formatter → redaction → output, with a
+//! one-line summary on stderr and, for directory output, a manifest
+//! ([`crate::manifest`]). With `--state`, what the run covered is folded
+//! into the state file ([`crate::state`]) after the outputs are in place.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use anyhow::Result;
+
+use crate::config::{ExportConfig, SystemPolicy};
+use crate::coverage;
+use crate::exit::{self, Failure};
+use crate::format::fit::Fitter;
+use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
+use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_text};
+use crate::hermes_settings::HermesSettings;
+use crate::home::HermesHome;
+use crate::manifest::{Counting, Inputs, Manifest, Totals};
+use crate::model::{Channel, Origin, Role, Session};
+use crate::output::{Output, Written};
+use crate::paths::{DIR_FILES, Dest, Plan};
+use crate::rebuild::{self, Rebuilt, Signal};
+use crate::redact::Redactor;
+use crate::report::{Report, counts};
+use crate::select::{self, Covered, Dedupe, TurnSelection};
+use crate::shape::Shape;
+use crate::skip::Skip;
+use crate::source::Stores;
+use crate::source::session_files::ToolCatalog;
+use crate::state::{RunCoverage, RunLock, RunState};
+use crate::tokens::{Counter, Estimate, Sample};
+
+/// What formatting a session needs besides the session.
+struct Kit {
+    opts: FormatOptions,
+    counter: Counter,
+    catalog: ToolCatalog,
+    /// System messages already made, shared by the sessions that use them.
+    system_json: sft::SystemCache,
+}
+
+impl Kit {
+    /// Tokens the system prompt alone costs a sample (counted once per
+    /// distinct prompt: the cached message keeps them).
+    fn system_tokens(&mut self, system: &sft::SystemMsg) -> usize {
+        if let Some(n) = system.tokens.get() {
+            return n;
+        }
+        let text = system.text.as_str();
+        let n = match &self.counter {
+            Counter::Estimate => Estimate::system(text),
+            Counter::Exact(_) => self
+                .counter
+                .count(&Sample {
+                    system: Some(text),
+                    messages: &[],
+                    tools: None,
+                })
+                .map_or_else(|_| Estimate::system(text), |c| c.total),
+        };
+        system.tokens.set(Some(n));
+        n
+    }
+}
+
+/// Everything one run carries from session to session.
+struct Run<'a> {
+    cfg: &'a ExportConfig,
+    kit: Kit,
+    covered: Covered<'a>,
+    totals: Totals,
+    coverage: RunCoverage,
+    dedupe: Dedupe,
+    output: Output,
+    redactor: Option<Redactor>,
+}
+
+/// A rebuilt session ready to format.
+struct Prepared {
+    session: Session,
+    channel: Channel,
+    rebuilt: Rebuilt,
+    system: Option<Rc<sft::SystemMsg>>,
+    tools: SessionTools,
+}
+
+pub fn run(mut cfg: ExportConfig) -> Result<u8> {
+    let home = cfg.home.resolve()?;
+    let mut report = Report::new(cfg.strict, cfg.quiet);
+    // Every path this run writes, resolved and checked first.
+    let plan = crate::paths::plan(
+        &cfg.out,
+        cfg.state.as_deref(),
+        &home,
+        cfg.system_file.as_deref(),
+    )?;
+    // One run at a time per state file (or per output).
+    let _lock = plan.lock.as_deref().map(RunLock::acquire).transpose()?;
+    remove_leftovers(&plan);
+    let state = plan.state.as_deref().map(RunState::load).transpose()?;
+    // A cumulative output belongs to one state, format and style.
+    let identity = coverage::identity(&cfg, &plan);
+    coverage::check_output(state.as_ref(), &plan, &identity)?;
+    let stores = open_stores(&cfg, &home, state.is_some(), &mut report)?;
+    let mut redactor = open_redactor(&cfg, &home, &mut report)?;
+    let top = match &stores.state {
+        Some(db) => db.max_message_id()?,
+        None => 0,
+    };
+    let selection = coverage::selection(&cfg);
+    if let Some(s) = &state
+        && top < s.watermark
+    {
+        report.warn(format_args!(
+            "state.db holds messages up to id {top}, but the state file has seen up to {}; was state.db replaced? Only newer ids will be exported",
+            s.watermark
+        ));
+    }
+    if let SystemPolicy::Soul(soul) = &mut cfg.system {
+        *soul = std::fs::read_to_string(home.dir.join("SOUL.md")).ok();
+    }
+    if let (Some(r), SystemPolicy::Fixed(text)) = (redactor.as_mut(), &mut cfg.system) {
+        // The replacement prompt is redacted like any stored text.
+        r.string(text);
+    }
+    let cfg = &cfg;
+    let counter = Counter::new(cfg.tokenizer.as_deref())?;
+    let output = Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?;
+    let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
+    run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
+    let closed = run.close(&stores, &mut report, top)?;
+    if let (Some(path), Some(mut st)) = (&plan.state, state) {
+        let written = closed.written.as_ref();
+        commit_state(
+            path,
+            &mut st,
+            closed.coverage,
+            written,
+            (top, selection, identity),
+        )?;
+    }
+    summarize(
+        &report,
+        &closed.totals,
+        cfg,
+        &closed.redactions,
+        closed.written.is_none(),
+        closed.exact,
+    );
+    Ok(if report.partial {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    })
+}
+
+/// Leftovers of a killed run (the caller holds the lock, so nobody owns
+/// them).
+fn remove_leftovers(plan: &Plan) {
+    let targets: Vec<std::path::PathBuf> = match &plan.dest {
+        Dest::File(p) => vec![p.clone()],
+        Dest::Dir(d) => DIR_FILES.iter().map(|n| d.join(n)).collect(),
+        Dest::Stdout | Dest::Special(_) => Vec::new(),
+    };
+    for t in targets.iter().chain(&plan.state) {
+        crate::sink::remove_stale_partials(t);
+    }
+}
+
+fn open_stores(
+    cfg: &ExportConfig,
+    home: &HermesHome,
+    incremental: bool,
+    report: &mut Report,
+) -> Result<Stores> {
+    let mut stores = Stores::open(home, report)?;
+    if incremental && stores.state.is_none() && home.state_db().exists() {
+        // Exporting the other stores now would commit their copies of the
+        // canonical turns, and the next run would export them again.
+        return Err(Failure::new(
+            exit::PARTIAL,
+            format!(
+                "{} could not be read (see above); with --state nothing is exported and the state is not advanced, so the next run takes everything",
+                home.state_db().display()
+            ),
+        )
+        .into());
+    }
+    stores.only_ids = cfg.sessions.clone();
+    stores.part_rows = cfg.part_rows;
+    if let Some(db) = stores.state.as_mut() {
+        // A text longer than twice the sample budget can never be trained on.
+        db.set_limits(cfg.max_tokens as u64 * 8 + 4096, cfg.include_reasoning);
+    }
+    Ok(stores)
+}
+
+fn open_redactor(
+    cfg: &ExportConfig,
+    home: &HermesHome,
+    report: &mut Report,
+) -> Result<Option<Redactor>> {
+    if !cfg.redact {
+        return Ok(None);
+    }
+    let r = Redactor::new(Some(&HermesSettings::read(&home.dir)));
+    for p in &r.problems {
+        report.input_problem(p)?;
+    }
+    if r.skipped_short > 0 {
+        report.warn(format_args!(
+            "{} credential setting(s) in .env/config.yaml are shorter than {} characters and are not redacted (they would hit ordinary words)",
+            r.skipped_short,
+            crate::redact::MIN_SECRET_LEN
+        ));
+    }
+    Ok(Some(r))
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        cfg: &'a ExportConfig,
+        stores: &Stores,
+        state: Option<&'a RunState>,
+        (counter, output): (Counter, Output),
+        redactor: Option<Redactor>,
+    ) -> Run<'a> {
+        Run {
+            cfg,
+            kit: Kit {
+                opts: cfg.format_options(),
+                counter,
+                catalog: ToolCatalog::new(&stores.files),
+                system_json: sft::SystemCache::default(),
+            },
+            covered: Covered {
+                watermark: state.map_or(0, |s| s.watermark),
+                state,
+            },
+            totals: Totals::default(),
+            coverage: RunCoverage::default(),
+            dedupe: Dedupe {
+                active: stores.responses.is_some()
+                    || !stores.files.snapshots.is_empty()
+                    || !stores.files.transcripts.is_empty(),
+                ..Dedupe::default()
+            },
+            output,
+            redactor,
+        }
+    }
+
+    /// Reads, selects and formats every session.
+    fn each_session(
+        &mut self,
+        stores: &Stores,
+        state: Option<&RunState>,
+        selection: &str,
+        report: &mut Report,
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        // A first incremental run reads everything, streaming like a full
+        // one. Later runs read the sessions touched since, and those holding
+        // pending turns that this run's filters may now take.
+        let db_heads = match (state, &stores.state) {
+            (Some(s), Some(db)) if s.watermark > 0 => {
+                Some(coverage::heads_to_read(s, db, cfg, selection)?)
+            }
+            _ => None,
+        };
+        let progress_len = match (&db_heads, &stores.state) {
+            (Some(h), _) => h.len() as u64,
+            (None, Some(db)) => db.session_count(),
+            _ => 0,
+        };
+        report.start_progress(progress_len, "exporting");
+        let unselected = RefCell::new(Vec::new());
+        stores.each_session(
+            report,
+            db_heads,
+            &|h| select::wants(cfg, h),
+            &mut |h| unselected.borrow_mut().push(h.id.clone()),
+            &mut |session, report| {
+                report.tick();
+                if session.origin != Some(Origin::StateDb) && self.dedupe.active {
+                    self.dedupe.fingerprint_db_copy(
+                        stores,
+                        &session.id,
+                        cfg.strict,
+                        report,
+                        self.redactor.as_mut(),
+                    )?;
+                }
+                self.session(session, report)
+            },
+        )?;
+        report.finish_progress();
+        self.coverage.unselected = unselected.into_inner();
+        Ok(())
+    }
+
+    /// Rebuilds one session, redacts it, and makes its system message and
+    /// tool definitions.
+    fn prepare(&mut self, mut session: Session) -> Prepared {
+        let channel = select::channel_of(self.cfg, &session.meta);
+        let mut rebuilt = rebuild::rebuild(&session);
+        self.totals.add_history(&rebuilt.stats);
+        let mut redactor = self.redactor.as_mut();
+        if let Some(r) = redactor.as_deref_mut() {
+            // Every string once, before any sample repeats it.
+            rebuilt.messages.iter_mut().for_each(|m| r.message(m));
+            for alt in &mut rebuilt.alternatives {
+                alt.rejected.iter_mut().for_each(|m| r.message(m));
+            }
+        }
+        let system = system_text(&session, &self.cfg.system)
+            .map(|text| self.kit.system_json.get(&text, redactor.as_deref_mut()));
+        let tools = if self.kit.opts.tools == ToolsPolicy::None {
+            SessionTools::default()
+        } else {
+            let called = called_names(&rebuilt.messages);
+            let catalog = &mut self.kit.catalog;
+            // The definitions move into the sample tools (redacted there, once).
+            let offered = session.tools.take();
+            let mut t = SessionTools::new(&session.id, offered, &called, &mut |n| catalog.get(n));
+            if let Some(r) = redactor {
+                t.offered
+                    .iter_mut()
+                    .chain(&mut t.borrowed)
+                    .for_each(|v| r.value(v));
+            }
+            t
+        };
+        Prepared {
+            session,
+            channel,
+            rebuilt,
+            system,
+            tools,
+        }
+    }
+
+    fn session(&mut self, session: Session, report: &mut Report) -> Result<()> {
+        let p = self.prepare(session);
+        let mut exchanges = format::exchanges(&p.rebuilt.messages);
+        mark_retried(&p.rebuilt, &mut exchanges);
+        let sel = select::turns(
+            self.cfg,
+            &self.covered,
+            &mut self.dedupe,
+            &p.session,
+            &exchanges,
+        );
+        report.skip_n(Skip::TurnAlreadyInStateDb, sel.duplicates);
+        for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
+            if ex.0.problem == Some(Skip::ToolArgumentsTooDeep) {
+                report.warn(format_args!(
+                    "session {}: a turn's tool-call arguments are nested deeper than 128 levels; the turn is skipped (tool_arguments_too_deep)",
+                    p.session.id
+                ));
+            }
+        }
+        self.coverage
+            .record_session(&self.covered, &p.session, &exchanges, &sel);
+        let over_budget = match self.cfg.shape {
+            Shape::Sft => self.write_sft(&p, &exchanges, &sel, report)?,
+            Shape::Dpo | Shape::DpoFlat => self.write_dpo(&p, &sel, report)?,
+        };
+        self.totals
+            .tokens
+            .entry(p.channel.as_str())
+            .or_default()
+            .over_budget += over_budget;
+        Ok(())
+    }
+
+    /// Writes the SFT samples of one session; returns how many were over
+    /// the budget.
+    fn write_sft(
+        &mut self,
+        p: &Prepared,
+        exchanges: &[Exchange<'_>],
+        sel: &TurnSelection,
+        report: &mut Report,
+    ) -> Result<usize> {
+        if !sel.any() {
+            return Ok(0);
+        }
+        if sel.too_few {
+            // Say why each turn could not count.
+            for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
+                if let Some(problem) = ex.0.problem {
+                    report.skip(problem);
+                }
+            }
+            report.skip(if sel.complete == 0 {
+                Skip::NoCompleteTurn
+            } else {
+                Skip::TooFewTurns
+            });
+            return Ok(0);
+        }
+        let system_tokens = p.system.as_ref().map_or(0, |s| self.kit.system_tokens(s));
+        let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
+        let outcome = sft::samples(
+            exchanges,
+            &sel.selected,
+            &sel.copied,
+            &self.kit.opts,
+            p.system.clone(),
+            &p.tools,
+            &mut fitter,
+        );
+        let over_budget = skipped(report, &outcome.skipped);
+        if let Some(e) = outcome.template_error {
+            self.totals.template_error.get_or_insert(e);
+        }
+        for (line, t) in outcome.lines {
+            self.output.line(&p.session.id, &line.to_json()?)?;
+            self.totals.saw_time(t);
+            self.totals
+                .wrote(p.channel, line.count, system_tokens, line.missing_tools);
+        }
+        Ok(over_budget)
+    }
+
+    /// Writes the preference pairs of one session; returns how many were
+    /// over the budget.
+    fn write_dpo(
+        &mut self,
+        p: &Prepared,
+        sel: &TurnSelection,
+        report: &mut Report,
+    ) -> Result<usize> {
+        let system_tokens = p.system.as_ref().map_or(0, |s| self.kit.system_tokens(s));
+        let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
+        let msgs = &p.rebuilt.messages;
+        // The pair's prompt ends with its exchange's user turn.
+        let selected_pair = |user: usize, _chosen_end: usize| -> bool {
+            let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
+            sel.selected.get(index).copied().unwrap_or(false)
+        };
+        let outcome = dpo::pairs(
+            &p.rebuilt,
+            &self.kit.opts,
+            p.system.as_ref().map(|s| s.text.as_str()),
+            &p.tools,
+            &mut fitter,
+            &selected_pair,
+        );
+        let over_budget = skipped(report, &outcome.skipped);
+        if let Some(e) = outcome.template_error {
+            self.totals.template_error.get_or_insert(e);
+        }
+        for (signal, line, count, missing, t) in outcome.lines {
+            self.output
+                .line(&p.session.id, &serde_json::to_vec(&line)?)?;
+            self.totals.saw_time(t);
+            self.totals.wrote(p.channel, count, system_tokens, missing);
+            *self.totals.signals.entry(signal.as_str()).or_default() += 1;
+        }
+        Ok(over_budget)
+    }
+
+    /// Finishes the outputs (the manifest with them).
+    fn close(self, stores: &Stores, report: &mut Report, top: i64) -> Result<Closed> {
+        let Run {
+            cfg,
+            kit,
+            covered,
+            totals,
+            coverage,
+            output,
+            redactor,
+            ..
+        } = self;
+        let redactions = redactor.map(|r| r.counts).unwrap_or_default();
+        if let Some(e) = &totals.template_error {
+            report.warn(format_args!(
+                "the chat template failed on some samples (skipped as template_error): {e}"
+            ));
+        }
+        let counted_with = kit.counter.describe();
+        let inputs = Inputs {
+            cfg,
+            stores,
+            report,
+            totals: &totals,
+            redactions: &redactions,
+            watermark: top.max(covered.watermark),
+            counting: Counting {
+                counted_with: &counted_with,
+                exact: kit.counter.is_exact(),
+            },
+        };
+        let written =
+            output.finish(&|w| Ok(serde_json::to_vec_pretty(&Manifest::new(&inputs, w))?))?;
+        Ok(Closed {
+            written,
+            coverage,
+            totals,
+            redactions,
+            exact: kit.counter.is_exact(),
+        })
+    }
+}
+
+/// What a run leaves once its outputs are finished.
+struct Closed {
+    written: Option<Written>,
+    coverage: RunCoverage,
+    totals: Totals,
+    redactions: BTreeMap<&'static str, usize>,
+    exact: bool,
+}
+
+/// The turn whose failed call was taken out for a tool-retry pair would
+/// teach a reply that may speak of the removed call: not SFT data.
+fn mark_retried(rebuilt: &Rebuilt, exchanges: &mut [Exchange<'_>]) {
+    for alt in &rebuilt.alternatives {
+        if alt.signal == Signal::ToolRetry {
+            let k = rebuilt.messages[..alt.prompt_end]
+                .iter()
+                .filter(|m| m.role == Role::User)
+                .count();
+            if let Some(ex) = k.checked_sub(1).and_then(|k| exchanges.get_mut(k)) {
+                ex.problem = ex.problem.or(Some(Skip::RetriedToolCall));
+            }
+        }
+    }
+}
+
+/// Counts what a formatter skipped; returns how many were over the budget.
+fn skipped(report: &mut Report, reasons: &[Skip]) -> usize {
+    for reason in reasons {
+        report.skip(*reason);
+    }
+    reasons.iter().filter(|r| **r == Skip::OverBudget).count()
+}
+
+/// Saves the state once every line was delivered.
+fn commit_state(
+    path: &std::path::Path,
+    st: &mut RunState,
+    coverage: RunCoverage,
+    written: Option<&Written>,
+    (top, selection, identity): (i64, String, crate::state::OutputIdentity),
+) -> Result<()> {
+    if written.is_some_and(|w| !w.delivered) {
+        return Err(Failure::new(
+            exit::ERROR,
+            "the reader closed the output before every line was delivered; the state file was not advanced, so the next run sends these lines again",
+        )
+        .into());
+    }
+    if coverage.commit(st, written, top, selection, identity) {
+        crate::stall::point("before-state");
+        st.save(path)?;
+    }
+    Ok(())
+}
+
+fn summarize(
+    report: &Report,
+    totals: &Totals,
+    cfg: &ExportConfig,
+    redactions: &BTreeMap<&'static str, usize>,
+    nothing_new: bool,
+    exact: bool,
+) {
+    let written: usize = totals.samples.values().sum();
+    let h = &totals.history;
+    if nothing_new {
+        report.info(format_args!(
+            "nothing new since the last run; outputs left as they were (read {} sessions)",
+            report.sessions_read.values().sum::<usize>()
+        ));
+        return;
+    }
+    let signals = if cfg.shape.is_dpo() {
+        format!("; pairs per signal: {}", counts(&totals.per_signal(cfg)))
+    } else {
+        String::new()
+    };
+    let tokens = token_summary(totals);
+    report.info(format_args!(
+        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out",
+        report.sessions_read.values().sum::<usize>(),
+        counts(&report.sessions_read),
+        if cfg.shape.is_dpo() { "dpo" } else { "sft" },
+        counts(&totals.per_channel(cfg)),
+        if exact { "exact" } else { "estimated" },
+        cfg.max_tokens,
+        tokens,
+        counts(&report.skipped),
+        if cfg.redact { counts(redactions) } else { "off".to_string() },
+        h.summaries,
+        h.compaction_copies,
+        h.undone_rows,
+    ));
+}
+
+/// Token figures per channel that wrote or dropped samples, for the summary.
+fn token_summary(totals: &Totals) -> String {
+    let tokens: Vec<String> = Channel::ALL
+        .iter()
+        .filter_map(|c| {
+            let t = totals.tokens.get(c.as_str())?;
+            (t.samples > 0 || t.over_budget > 0).then(|| {
+                let missing = if t.tool_definitions_missing > 0 {
+                    format!(
+                        "; {} without a called tool's definition",
+                        t.tool_definitions_missing
+                    )
+                } else {
+                    String::new()
+                };
+                let share = if t.total == 0 {
+                    0.0
+                } else {
+                    100.0 * t.trainable as f64 / t.total as f64
+                };
+                format!(
+                    "{} {} (trainable {}, {share:.0}%; longest {}; over budget {}{missing})",
+                    c.as_str(),
+                    t.total,
+                    t.trainable,
+                    t.longest,
+                    t.over_budget,
+                )
+            })
+        })
+        .collect();
+    if tokens.is_empty() {
+        "none".to_string()
+    } else {
+        tokens.join(", ")
+    }
+}

@@ -1,0 +1,7 @@
+//! One module per command. Each takes its clap-free configuration
+//! (`crate::config`) and returns the exit code.
+
+pub mod export;
+pub mod send;
+pub mod sources;
+pub mod validate;

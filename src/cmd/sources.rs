@@ -1,0 +1,177 @@
+//! `sources`: what is under HERMES_HOME, store by store.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::config::SourcesConfig;
+use crate::config::iso_time;
+use crate::exit;
+use crate::model::Channel;
+use crate::report::Report;
+use crate::source::Stores;
+use crate::source::state_db::StateDb;
+
+/// `sources --json`: what is under the Hermes home.
+#[derive(Debug, Serialize)]
+pub struct SourcesDoc {
+    pub hermes_home: String,
+    pub profiles: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_db: Option<StateDbDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_store: Option<ResponseStoreDoc>,
+    pub session_files: SessionFilesDoc,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StateDbDoc {
+    pub path: String,
+    pub schema_version: Option<i64>,
+    pub sessions: usize,
+    pub messages: i64,
+    pub channels: BTreeMap<&'static str, ChannelDoc>,
+    pub sources: BTreeMap<String, usize>,
+    pub first: Option<String>,
+    pub last: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ChannelDoc {
+    pub sessions: usize,
+    pub messages: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResponseStoreDoc {
+    pub path: String,
+    pub responses: usize,
+    pub sessions: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionFilesDoc {
+    pub path: String,
+    pub snapshots: usize,
+    pub transcripts: usize,
+    pub index: bool,
+}
+
+pub fn run(args: &SourcesConfig) -> Result<u8> {
+    let home = args.home.resolve()?;
+    let mut report = Report::new(false, false);
+    let stores = Stores::open(&home, &mut report)?;
+    let doc = SourcesDoc {
+        hermes_home: home.dir.display().to_string(),
+        profiles: home.profiles(),
+        state_db: stores
+            .state
+            .as_ref()
+            .map(|db| state_db_doc(db, &args.nexus_prefix))
+            .transpose()?,
+        response_store: stores.responses.as_ref().map(|rs| ResponseStoreDoc {
+            path: rs.path.display().to_string(),
+            responses: rs.responses.len(),
+            sessions: rs
+                .responses
+                .iter()
+                .filter_map(|r| r.session_id.as_deref())
+                .collect::<std::collections::BTreeSet<&str>>()
+                .len(),
+        }),
+        session_files: SessionFilesDoc {
+            path: stores.files.dir.display().to_string(),
+            snapshots: stores.files.snapshots.len(),
+            transcripts: stores.files.transcripts.len(),
+            index: stores.files.index.is_some(),
+        },
+    };
+    let mut out = crate::sink::Stdout::new();
+    if args.json {
+        out.line(serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    } else {
+        let text = render(&doc);
+        out.line(text.strip_suffix('\n').unwrap_or(&text).as_bytes())?;
+    }
+    out.finish()?;
+    Ok(if report.partial {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    })
+}
+
+fn state_db_doc(db: &StateDb, nexus_prefix: &str) -> Result<StateDbDoc> {
+    let stats = db.stats()?;
+    let mut channels: BTreeMap<&'static str, ChannelDoc> = Channel::ALL
+        .iter()
+        .map(|c| (c.as_str(), ChannelDoc::default()))
+        .collect();
+    let mut sources: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, source, title, n) in &stats.sessions {
+        let c = Channel::of(source, id, title.as_deref(), nexus_prefix);
+        let e = channels.entry(c.as_str()).or_default();
+        e.sessions += 1;
+        e.messages += n;
+        *sources.entry(source.clone()).or_default() += 1;
+    }
+    let time = |t| iso_time(t).as_str().map(str::to_owned);
+    Ok(StateDbDoc {
+        path: db.path.display().to_string(),
+        schema_version: db.schema_version,
+        sessions: stats.sessions.len(),
+        messages: stats.sessions.iter().map(|s| s.3).sum(),
+        channels,
+        sources,
+        first: time(stats.first),
+        last: time(stats.last),
+    })
+}
+
+fn render(doc: &SourcesDoc) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    let mut out = format!("Hermes home  {}\n", doc.hermes_home);
+    if !doc.profiles.is_empty() {
+        out += &format!(
+            "profiles     {} (select with --profile)\n",
+            doc.profiles.join(", ")
+        );
+    }
+    if let Some(db) = &doc.state_db {
+        out += &format!(
+            "\nstate.db           schema v{}  {} sessions  {} messages  {} .. {}\n",
+            opt(db.schema_version.map(|v| v.to_string())),
+            db.sessions,
+            db.messages,
+            opt(db.first.clone()),
+            opt(db.last.clone())
+        );
+        for (name, c) in &db.channels {
+            out += &format!(
+                "  {name:<10} {:>7} sessions {:>9} messages\n",
+                c.sessions, c.messages
+            );
+        }
+        let list: Vec<String> = db.sources.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out += &format!("  sources    {}\n", list.join(" "));
+    } else {
+        out += "\nstate.db           not found\n";
+    }
+    if let Some(rs) = &doc.response_store {
+        out += &format!(
+            "response_store.db  {} responses in {} sessions\n",
+            rs.responses, rs.sessions
+        );
+    } else {
+        out += "response_store.db  not found\n";
+    }
+    let f = &doc.session_files;
+    out += &format!(
+        "sessions/          {} session_*.json, {} *.jsonl, sessions.json {}\n",
+        f.snapshots,
+        f.transcripts,
+        if f.index { "present" } else { "absent" }
+    );
+    out
+}

@@ -1,0 +1,216 @@
+//! Which sessions and turns an export takes.
+//!
+//! - Sessions, before any message is read: channel, raw source, id and
+//!   model ([`wants`]).
+//! - Turns: inside the time window (a turn's own time, else its session's
+//!   start); new to the state (state.db turns past the watermark or listed
+//!   as pending, other stores' turns by identity); not a copy of a turn
+//!   that state.db holds and this run exports (the cross-store dedupe).
+//! - `--min-turns` counts a session's complete turns in the window, old and
+//!   new, so a session that reaches it exports its pending turns then.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+
+use crate::config::ExportConfig;
+use crate::coverage::{fingerprint, identities};
+use crate::format::Exchange;
+use crate::model::{Channel, Message, Origin, Session, SessionMeta};
+use crate::redact::Redactor;
+use crate::report::Report;
+use crate::shape::Shape;
+use crate::source::Stores;
+use crate::state::RunState;
+
+pub fn channel_of(cfg: &ExportConfig, h: &SessionMeta) -> Channel {
+    Channel::of(&h.source, &h.id, h.title.as_deref(), &cfg.nexus_prefix)
+}
+
+/// Session-level selection (before any message is read).
+pub fn wants(cfg: &ExportConfig, h: &SessionMeta) -> bool {
+    (cfg.channels.is_empty() || cfg.channels.contains(&channel_of(cfg, h)))
+        && (cfg.sources.is_empty() || cfg.sources.contains(&h.source))
+        && (cfg.sessions.is_empty() || cfg.sessions.contains(&h.id))
+        && (cfg.models.is_empty() || h.model.as_ref().is_some_and(|m| cfg.models.contains(m)))
+}
+
+/// Turn-level time window: at or after `since`, before `until`. A turn
+/// without a time is in only when there is no window.
+pub fn in_window(cfg: &ExportConfig, t: Option<f64>) -> bool {
+    match t {
+        Some(t) => cfg.since.is_none_or(|s| t >= s) && cfg.until.is_none_or(|u| t < u),
+        None => cfg.since.is_none() && cfg.until.is_none(),
+    }
+}
+
+/// What the previous runs covered (`state` is `None` without `--state`).
+pub struct Covered<'a> {
+    pub watermark: i64,
+    pub state: Option<&'a RunState>,
+}
+
+/// The turns of the state.db sessions seen in this run. Session files can
+/// hold the same turns under another id (0.13 writes snapshots for
+/// compaction and retry sessions that never reach the DB); those turns are
+/// exported once, from state.db.
+#[derive(Debug, Default)]
+pub struct Dedupe {
+    /// Whether any store besides state.db can repeat its turns.
+    pub active: bool,
+    /// Fingerprints of the turns of the state.db sessions read.
+    pub seen: HashSet<u64>,
+    /// state.db sessions whose turns are in `seen`.
+    pub fingerprinted: HashSet<String>,
+}
+
+impl Dedupe {
+    /// Puts the turns of the state.db session `id` (a session file can
+    /// carry its id, as 0.13's background-review snapshots do) into `seen`
+    /// when this run did not read it: an incremental run reads only the
+    /// sessions touched since, and the file's copies of turns exported
+    /// earlier must not be exported again.
+    pub fn fingerprint_db_copy(
+        &mut self,
+        stores: &Stores,
+        id: &str,
+        strict: bool,
+        report: &mut Report,
+        redactor: Option<&mut Redactor>,
+    ) -> Result<()> {
+        let Some(db) = &stores.state else {
+            return Ok(());
+        };
+        let Some(root) = db.root_of(id)? else {
+            return Ok(());
+        };
+        if !self.fingerprinted.insert(root.id.clone()) {
+            return Ok(());
+        }
+        let mut quiet = Report::new(strict, true);
+        let Some(session) = stores.load_session(&root.id, &mut quiet)? else {
+            return Ok(());
+        };
+        report.partial |= quiet.partial;
+        let mut rebuilt = crate::rebuild::rebuild(&session);
+        if let Some(r) = redactor {
+            // The same text as the export sees; these redactions are not counted.
+            let counts = r.counts.clone();
+            rebuilt.messages.iter_mut().for_each(|m| r.message(m));
+            r.counts = counts;
+        }
+        for ex in crate::format::exchanges(&rebuilt.messages) {
+            self.seen.insert(fingerprint(ex.msgs));
+        }
+        Ok(())
+    }
+}
+
+/// What selection made of each turn (exchange) of one session.
+#[derive(Debug, Default)]
+pub struct TurnSelection {
+    /// Exported in this run (unless the session has too few turns).
+    pub selected: Vec<bool>,
+    /// Another store's copy of which is exported: never context either.
+    pub copied: Vec<bool>,
+    /// Not covered by any committed run.
+    pub fresh: Vec<bool>,
+    /// Inside the time window.
+    pub usable: Vec<bool>,
+    /// Identities of the turns (sessions without row ids only).
+    pub idents: Vec<u64>,
+    /// Turns left out as copies of state.db turns.
+    pub duplicates: usize,
+    /// Complete turns in the window, old and new.
+    pub complete: usize,
+    /// SFT: the session has fewer complete turns than `--min-turns`.
+    pub too_few: bool,
+}
+
+impl TurnSelection {
+    pub fn any(&self) -> bool {
+        self.selected.iter().any(|s| *s)
+    }
+}
+
+/// The first state.db row id of a turn (its key in the state).
+pub fn turn_key(msgs: &[Message]) -> Option<i64> {
+    msgs.iter().find_map(|m| m.row_id)
+}
+
+/// Selects the turns of `session`. From a state.db session, every turn is
+/// fingerprinted for the dedupe; from another store, a turn whose print is
+/// known is a copy.
+pub fn turns(
+    cfg: &ExportConfig,
+    covered: &Covered<'_>,
+    dedupe: &mut Dedupe,
+    session: &Session,
+    exchanges: &[Exchange<'_>],
+) -> TurnSelection {
+    let from_db = session.origin == Some(Origin::StateDb);
+    let n = exchanges.len();
+    let mut sel = TurnSelection {
+        copied: vec![false; n],
+        fresh: vec![false; n],
+        usable: vec![false; n],
+        idents: if from_db {
+            Vec::new()
+        } else {
+            identities(exchanges)
+        },
+        ..TurnSelection::default()
+    };
+    for (i, ex) in exchanges.iter().enumerate() {
+        if dedupe.active {
+            let print = fingerprint(ex.msgs);
+            if from_db {
+                dedupe.fingerprinted.insert(session.id.clone());
+                dedupe.seen.insert(print);
+            } else if dedupe.seen.contains(&print) {
+                sel.duplicates += 1;
+                sel.copied[i] = true;
+                sel.selected.push(false);
+                continue;
+            }
+        }
+        sel.fresh[i] = is_new(covered, session, &sel.idents, i, ex.msgs);
+        sel.usable[i] = in_window(cfg, ex.timestamp.or(session.started_at));
+        sel.selected.push(sel.usable[i] && sel.fresh[i]);
+    }
+    sel.complete = exchanges
+        .iter()
+        .zip(&sel.usable)
+        .filter(|(e, u)| **u && e.problem.is_none())
+        .count();
+    sel.too_few = cfg.shape == Shape::Sft && sel.complete < cfg.min_turns && sel.any();
+    sel
+}
+
+/// Whether no committed run covered turn `index`. state.db turns: rows
+/// past the watermark, or listed as pending (a filter left them out); rows
+/// up to `resume_after` belong to the previous part of a long session and
+/// are only context here. Turns recovered from a snapshot have no row id:
+/// they predate the compaction, so only a first run takes them. Other
+/// sessions: by identity.
+fn is_new(
+    covered: &Covered<'_>,
+    session: &Session,
+    idents: &[u64],
+    index: usize,
+    msgs: &[Message],
+) -> bool {
+    if session.origin != Some(Origin::StateDb) {
+        let known = covered.state.and_then(|s| s.covered_turns.get(&session.id));
+        return known.is_none_or(|k| k.binary_search(&idents[index]).is_err());
+    }
+    let (Some(key), Some(last)) = (turn_key(msgs), msgs.iter().filter_map(|m| m.row_id).max())
+    else {
+        return covered.watermark == 0;
+    };
+    let pending = covered.state.and_then(|s| s.pending.get(&session.id));
+    key > session.resume_after.unwrap_or(0)
+        && (last > covered.watermark
+            || pending
+                .is_some_and(|p| p.has_turn(key) || p.unselected_after.is_some_and(|a| last > a)))
+}
