@@ -70,6 +70,7 @@ pub struct ExportConfig {
     pub redact: bool,
     pub strict: bool,
     pub quiet: bool,
+    pub curate: crate::curate::Settings,
 }
 
 impl ExportConfig {
@@ -161,6 +162,14 @@ impl ExportConfig {
             redact: !a.no_redact,
             strict: a.strict,
             quiet: a.quiet,
+            curate: crate::curate::Settings {
+                // The OpenAI fine-tuning API rejects unknown keys.
+                meta: !a.no_meta && a.target != TargetArg::Openai,
+                dedupe: !a.keep_duplicates,
+                near_cap: a.near_duplicate_cap,
+                min_reply_chars: a.min_reply_chars,
+                dry_run: a.dry_run,
+            },
         })
     }
 

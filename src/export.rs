@@ -61,6 +61,8 @@ struct Totals {
     tokens: BTreeMap<&'static str, TokenTotals>,
     /// The first chat-template failure, reported once.
     template_error: Option<String>,
+    /// Provenance, duplicates, quality rules, dry-run figures.
+    curate: crate::curate::Curator,
 }
 
 /// What formatting a session needs besides the session.
@@ -131,15 +133,22 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         .then(|| std::path::Path::new(&args.system_prompt));
     let plan = crate::paths::plan(&cfg.out, cfg.state.as_deref(), &home, system_file)?;
 
-    // One run at a time per state file (or per output).
-    let _lock = plan.lock.as_deref().map(RunLock::acquire).transpose()?;
+    // One run at a time per state file (or per output). A dry run writes
+    // nothing, not even a lock or a cleanup.
+    let dry_run = cfg.curate.dry_run;
+    let _lock = plan
+        .lock
+        .as_deref()
+        .filter(|_| !dry_run)
+        .map(RunLock::acquire)
+        .transpose()?;
     // Leftovers of a killed run (we hold the lock, so nobody owns them).
     let targets: Vec<std::path::PathBuf> = match &plan.dest {
         Dest::File(p) => vec![p.clone()],
         Dest::Dir(d) => DIR_FILES.iter().map(|n| d.join(n)).collect(),
         Dest::Stdout | Dest::Special(_) => Vec::new(),
     };
-    for t in targets.iter().chain(&plan.state) {
+    for t in targets.iter().chain(&plan.state).filter(|_| !dry_run) {
         crate::sink::remove_stale_partials(t);
     }
     let state = plan.state.as_deref().map(RunState::load).transpose()?;
@@ -224,8 +233,16 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         counter: Counter::new(cfg.tokenizer.as_deref())?,
         catalog: ToolCatalog::new(&stores.files),
     };
-    let mut output = Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?;
+    let mut output = if dry_run {
+        Output::discard()
+    } else {
+        Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?
+    };
     let mut totals = Totals {
+        curate: crate::curate::Curator::new(
+            cfg.curate.clone(),
+            state.as_ref().map(|s| &s.curation),
+        ),
         dedupe: stores.responses.is_some()
             || !stores.files.snapshots.is_empty()
             || !stores.files.transcripts.is_empty(),
@@ -279,6 +296,29 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
         ));
     }
     let counted_with = kit.counter.describe();
+    if dry_run {
+        // The report is what a dry run makes: on stderr, even with --quiet,
+        // so that stdout stays for data (a dry run has none).
+        eprint!(
+            "{}",
+            totals.curate.stats.render(
+                coverage::format_name(&cfg),
+                if kit.counter.is_exact() {
+                    "exact"
+                } else {
+                    "estimated"
+                },
+                &report.skipped
+            )
+        );
+        return Ok(if report.partial {
+            exit::PARTIAL
+        } else {
+            exit::OK
+        });
+    }
+    // The manifest as written, for the dataset card.
+    let written_manifest = std::cell::RefCell::new(None);
     let written = output.finish(&|w| {
         let m = manifest(
             &cfg,
@@ -290,8 +330,13 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
             w,
             (&counted_with, kit.counter.is_exact()),
         );
-        Ok(serde_json::to_vec_pretty(&m)?)
+        let bytes = serde_json::to_vec_pretty(&m)?;
+        *written_manifest.borrow_mut() = Some(m);
+        Ok(bytes)
     })?;
+    if let (Dest::Dir(dir), Some(m)) = (&plan.dest, written_manifest.into_inner()) {
+        crate::card::write(dir, &m)?;
+    }
 
     if let (Some(path), Some(mut st)) = (&plan.state, state) {
         if written.as_ref().is_some_and(|w| !w.delivered) {
@@ -301,6 +346,7 @@ pub fn run(args: &ExportArgs) -> Result<u8> {
             )
             .into());
         }
+        totals.curate.remember(&mut st.curation);
         let changed = std::mem::take(&mut totals.coverage).commit(
             &mut st,
             written.as_ref(),
@@ -342,6 +388,10 @@ fn export_session(
     let channel = cfg.channel_of(&head_of(&session));
     let mut rebuilt = rebuild::rebuild(&session);
     add_stats(&mut totals.history, &rebuilt.stats);
+    if crate::curate::quality::harness_only(&rebuilt) {
+        report.skip(crate::curate::reason::HARNESS_ONLY);
+        return Ok(());
+    }
     if let Some(r) = redactor.as_deref_mut() {
         // Every string once, before any sample repeats it.
         rebuilt.messages.iter_mut().for_each(|m| r.message(m));
@@ -369,6 +419,9 @@ fn export_session(
     };
     let session = &session;
     let mut exchanges = format::exchanges(&rebuilt.messages);
+    if cfg.format == Format::Sft {
+        crate::curate::quality::mark_short_replies(&mut exchanges, cfg.curate.min_reply_chars);
+    }
     // A turn whose failed call was taken out for a tool-retry pair would
     // teach a reply that may speak of the removed call: not SFT data.
     for alt in &rebuilt.alternatives {
@@ -418,7 +471,7 @@ fn export_session(
     let mut copied = vec![false; exchanges.len()];
     let mut fresh = vec![false; exchanges.len()];
     let mut usable = vec![false; exchanges.len()];
-    let selected: Vec<bool> = exchanges
+    let mut selected: Vec<bool> = exchanges
         .iter()
         .enumerate()
         .map(|(i, ex)| {
@@ -499,6 +552,40 @@ fn export_session(
         }
     }
 
+    // Curation, once coverage is settled (what it drops is consumed, never
+    // pending): forgotten sessions and turns, then the near-duplicate cap.
+    {
+        use crate::curate::reason;
+        let cur = &mut totals.curate;
+        if cur.forgotten.contains(&session.id) {
+            report.skip_n(reason::FORGOTTEN, selected.iter().filter(|s| **s).count());
+            return Ok(());
+        }
+        for (i, ex) in exchanges.iter().enumerate() {
+            if !selected[i] {
+                continue;
+            }
+            let t = ex.timestamp.or(session.started_at);
+            if cur
+                .forgotten_before
+                .is_some_and(|b| t.is_none_or(|t| t < b))
+            {
+                selected[i] = false;
+                copied[i] = true;
+                report.skip(reason::FORGOTTEN);
+            } else if cfg.format == Format::Sft
+                && ex.problem.is_none()
+                && !cur
+                    .dedupe
+                    .under_cap(crate::curate::dedupe::exchange_key(ex.msgs))
+            {
+                selected[i] = false;
+                copied[i] = true;
+                report.skip(reason::NEAR_DUPLICATE);
+            }
+        }
+    }
+    let source = session.source.as_str();
     let system_tokens = system.as_ref().map_or(0, |s| kit.system_tokens(s));
     let mut fitter = Fitter::new(&mut kit.counter, kit.opts.max_tokens);
     let mut over_budget = 0;
@@ -537,8 +624,25 @@ fn export_session(
             if let Some(e) = outcome.template_error {
                 totals.template_error.get_or_insert(e);
             }
-            for (line, t) in outcome.lines {
-                output.line(&session.id, &line.to_json()?)?;
+            let parts = outcome.lines.len();
+            for (k, (line, t, last)) in outcome.lines.into_iter().enumerate() {
+                let meta = crate::curate::meta::Meta {
+                    session: &session.id,
+                    channel: channel.as_str(),
+                    source,
+                    first: crate::curate::meta::time(t),
+                    last: crate::curate::meta::time(last),
+                    part: (parts > 1).then_some(k + 1),
+                    signal: None,
+                };
+                let Some(bytes) =
+                    totals
+                        .curate
+                        .emit(line.to_json()?, &meta, (t, last), line.count, report)?
+                else {
+                    continue;
+                };
+                output.line(&session.id, &bytes)?;
                 totals.saw_time(t);
                 totals.wrote(channel, line.count, system_tokens, line.missing_tools);
             }
@@ -565,8 +669,36 @@ fn export_session(
             if let Some(e) = outcome.template_error {
                 totals.template_error.get_or_insert(e);
             }
-            for (signal, line, count, missing, t) in outcome.lines {
-                output.line(&session.id, &serde_json::to_vec(&line)?)?;
+            for (signal, line, count, missing, (t, last)) in outcome.lines {
+                let value = serde_json::to_value(&line)?;
+                if !totals
+                    .curate
+                    .dedupe
+                    .under_cap(crate::curate::dedupe::line_key(&value))
+                {
+                    report.skip(crate::curate::reason::NEAR_DUPLICATE);
+                    continue;
+                }
+                let meta = crate::curate::meta::Meta {
+                    session: &session.id,
+                    channel: channel.as_str(),
+                    source,
+                    first: crate::curate::meta::time(t),
+                    last: crate::curate::meta::time(last),
+                    part: None,
+                    signal: Some(signal.as_str()),
+                };
+                let Some(bytes) = totals.curate.emit(
+                    serde_json::to_vec(&line)?,
+                    &meta,
+                    (t, last),
+                    count,
+                    report,
+                )?
+                else {
+                    continue;
+                };
+                output.line(&session.id, &bytes)?;
                 totals.saw_time(t);
                 totals.wrote(channel, count, system_tokens, missing);
                 *totals.signals.entry(signal.as_str()).or_default() += 1;
@@ -702,6 +834,8 @@ fn manifest(
         "time_range": {"first": iso_time(totals.first), "last": iso_time(totals.last)},
         "watermark": {"state_db_message_id": watermark},
         "split": {"valid_fraction": cfg.valid_fraction, "by": "session", "files": files, "forced_valid_sessions": w.forced_valid.len()},
+        "created": iso_time(Some(chrono::Utc::now().timestamp() as f64)),
+        "curation": totals.curate.manifest(),
     })
 }
 

@@ -4,13 +4,16 @@
 //! [`rebuild`] (the true conversation) → selection ([`config`]) →
 //! [`format`] (sft, dpo) → [`sink`]. `send` is separate.
 
+pub mod card;
 pub mod cli;
 pub mod config;
 pub mod content;
 pub mod coverage;
+pub mod curate;
 pub mod exit;
 pub mod export;
 pub mod fixture;
+pub mod forget;
 pub mod format;
 pub mod home;
 pub mod model;
@@ -41,5 +44,6 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Sources(args) => sources_cmd::run(&args),
         Command::Send(args) => send::run(*args),
         Command::Validate(args) => validate::run(&args),
+        Command::Forget(args) => forget::run(&args),
     }
 }

@@ -43,6 +43,7 @@ pub fn run(args: &SourcesArgs) -> Result<u8> {
                 "messages": stats.sessions.iter().map(|s| s.3).sum::<i64>(),
                 "channels": per.iter().map(|(c, (s, m))| (c.to_string(), json!({"sessions": s, "messages": m}))).collect::<serde_json::Map<_, _>>(),
                 "sources": per_source,
+                "models": models(db.connection()),
                 "first": iso_time(stats.first),
                 "last": iso_time(stats.last),
             }),
@@ -122,6 +123,10 @@ fn render(doc: &Value) -> String {
             let list: Vec<String> = src.iter().map(|(k, v)| format!("{k}={}", s(v))).collect();
             out += &format!("  sources    {}\n", list.join(" "));
         }
+        if let Some(m) = db["models"].as_object().filter(|m| !m.is_empty()) {
+            let list: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect();
+            out += &format!("  models     {} (select with --model)\n", list.join(" "));
+        }
     } else {
         out += "\nstate.db           not found\n";
     }
@@ -147,4 +152,23 @@ fn render(doc: &Value) -> String {
         }
     );
     out
+}
+
+/// Sessions per upstream model (`sessions.model`; `-` for sessions without
+/// one), the values `export --model` matches.
+fn models(db: &rusqlite::Connection) -> BTreeMap<String, i64> {
+    let has_model = db
+        .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'model'")
+        .and_then(|mut st| st.exists([]))
+        .unwrap_or(false);
+    if !has_model {
+        return BTreeMap::new();
+    }
+    let Ok(mut st) = db.prepare("SELECT COALESCE(model, '-'), COUNT(*) FROM sessions GROUP BY 1")
+    else {
+        return BTreeMap::new();
+    };
+    st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map(|rows| rows.filter_map(|r| r.ok()).collect())
+        .unwrap_or_default()
 }

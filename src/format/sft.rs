@@ -125,8 +125,9 @@ impl SystemCache {
 /// What one session gave.
 #[derive(Debug, Default)]
 pub struct SftOutcome {
-    /// Each line with the time of its first own user turn.
-    pub lines: Vec<(SftLine, Option<f64>)>,
+    /// Each line with the time of its first own user turn and of its last
+    /// own message.
+    pub lines: Vec<(SftLine, Option<f64>, Option<f64>)>,
     /// Exchanges left out, per reason.
     pub skipped: Vec<&'static str>,
     /// Set when the chat template failed on a sample.
@@ -216,12 +217,17 @@ pub fn samples(
         let failures = packer.fitter.template_failures;
         match packer.sample(i, run_end) {
             Ok((line, next)) => {
+                let last = exchanges[i..next]
+                    .iter()
+                    .flat_map(|e| e.msgs.iter().filter_map(|m| m.timestamp))
+                    .reduce(f64::max);
                 out.lines.push((
                     SftLine {
                         system: system.clone(),
                         ..line
                     },
                     exchanges[i].timestamp,
+                    last,
                 ));
                 i = next;
             }

@@ -520,6 +520,8 @@ fn back_to_back_runs_against_a_live_writer_lose_and_duplicate_nothing() {
                 "export",
                 "--sft-context",
                 "0",
+                "--near-duplicate-cap",
+                "0",
                 "--out",
                 &dir_arg,
                 "--state",
@@ -550,7 +552,7 @@ fn back_to_back_runs_against_a_live_writer_lose_and_duplicate_nothing() {
     assert_eq!(unique.len(), live.len(), "a live turn was exported twice");
     assert_eq!(live.len(), written, "every written turn was exported once");
     // And the totals equal one export of the final store.
-    let full = run_in(home.path(), &["export"]);
+    let full = run_in(home.path(), &["export", "--near-duplicate-cap", "0"]);
     let mut expected = user_texts(&lines(&full.stdout));
     let mut got = texts.clone();
     expected.sort();
