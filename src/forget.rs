@@ -6,7 +6,9 @@
 //!   identity must name the same `--out`), under the state's run lock, so
 //!   no export runs meanwhile. Hermes's stores are never opened.
 //! - A line belongs to the session in its `meta.session`; `--before WHEN`
-//!   also removes every line whose first turn (`meta.first`) is earlier.
+//!   also removes every line whose first turn (`meta.first`) is earlier,
+//!   or unknown (later exports leave untimed turns out once a cut-off is
+//!   set, as they cannot tell on which side of it they fall).
 //!   A line without `meta` cannot be attributed: the command refuses.
 //! - Ids that no line, pending entry or covered session of the state
 //!   knows are refused (a typo would otherwise forget nothing), unless
@@ -152,7 +154,9 @@ pub fn run(args: &ForgetArgs) -> Result<u8> {
         let mut kept = Vec::new();
         let mut gone = Vec::new();
         for (n, (bytes, session, first)) in f.lines.iter().enumerate() {
-            let by_time = before.is_some_and(|b| first.is_some_and(|t| t < b));
+            // A line without a time goes too, as later exports leave out
+            // untimed turns once a cut-off is set.
+            let by_time = before.is_some_and(|b| first.is_none_or(|t| t < b));
             if wanted.contains(session.as_str()) || by_time {
                 gone.push(n + 1);
             } else {

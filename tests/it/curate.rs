@@ -476,7 +476,7 @@ fn forget_before_a_time_and_by_force() {
     assert!(left.len() < all.len());
     assert!(
         left.iter()
-            .all(|l| l["meta"]["first"].as_str().is_none_or(|t| t >= cut))
+            .all(|l| l["meta"]["first"].as_str().is_some_and(|t| t >= cut))
     );
     // The state still matches the file: the next run appends.
     let o = run_in(home.path(), &["export", "--out", f, "--state", s]);
