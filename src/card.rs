@@ -77,9 +77,14 @@ pub fn render(m: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "Turns from {} to {}. Every line carries `meta` (session, channel, raw source, turn times) unless it was turned off (`curation.meta` in `manifest.json`); trainers ignore that key.\n",
+        "Turns from {} to {}. {}\n",
         text(&m["time_range"]["first"]),
         text(&m["time_range"]["last"]),
+        if m["curation"]["meta"] == Value::Bool(false) {
+            "The lines carry no `meta`."
+        } else {
+            "Every line ends with `meta` (session, channel, raw source, turn times), which trainers ignore."
+        }
     );
     out.push_str("## Files\n\n");
     let files = &m["split"]["files"];
@@ -147,7 +152,9 @@ pub fn render(m: &Value) -> String {
         out.push('\n');
     }
     out.push_str("## Redaction\n\n");
-    if m["redactions"].is_object() {
+    if m["redactions"].as_object().is_some_and(|r| r.is_empty()) {
+        out.push_str("On; nothing needed redacting.\n\n");
+    } else if m["redactions"].is_object() {
         table(&mut out, ("kind", "redacted"), &m["redactions"]);
     } else {
         out.push_str("Off (`--no-redact`): the lines may hold secrets and home paths.\n\n");

@@ -553,37 +553,21 @@ fn export_session(
     }
 
     // Curation, once coverage is settled (what it drops is consumed, never
-    // pending): forgotten sessions and turns, then the near-duplicate cap.
-    {
-        use crate::curate::reason;
-        let cur = &mut totals.curate;
-        if cur.forgotten.contains(&session.id) {
-            report.skip_n(reason::FORGOTTEN, selected.iter().filter(|s| **s).count());
-            return Ok(());
+    // pending): forgotten sessions and turns, the near-duplicate cap.
+    if !totals.curate.select(
+        &session.id,
+        session.started_at,
+        &exchanges,
+        (&mut selected, &mut copied),
+        cfg.format == Format::Sft,
+        report,
+    ) {
+        // Nothing of it is ever exported: nothing stays pending either.
+        if covered.state.is_some() && from_db {
+            totals.coverage.pending.remove(&session.id);
+            totals.coverage.read_db.insert(session.id.clone());
         }
-        for (i, ex) in exchanges.iter().enumerate() {
-            if !selected[i] {
-                continue;
-            }
-            let t = ex.timestamp.or(session.started_at);
-            if cur
-                .forgotten_before
-                .is_some_and(|b| t.is_none_or(|t| t < b))
-            {
-                selected[i] = false;
-                copied[i] = true;
-                report.skip(reason::FORGOTTEN);
-            } else if cfg.format == Format::Sft
-                && ex.problem.is_none()
-                && !cur
-                    .dedupe
-                    .under_cap(crate::curate::dedupe::exchange_key(ex.msgs))
-            {
-                selected[i] = false;
-                copied[i] = true;
-                report.skip(reason::NEAR_DUPLICATE);
-            }
-        }
+        return Ok(());
     }
     let source = session.source.as_str();
     let system_tokens = system.as_ref().map_or(0, |s| kit.system_tokens(s));

@@ -132,6 +132,51 @@ impl Curator {
         }
     }
 
+    /// Applies `forget` and the near-duplicate cap to a session's selected
+    /// exchanges (unselecting them and marking them never to be context);
+    /// false when the whole session is forgotten. Near duplicates are
+    /// judged per exchange for SFT; DPO pairs are judged per line.
+    pub fn select(
+        &mut self,
+        session: &str,
+        started_at: Option<f64>,
+        exchanges: &[crate::format::Exchange<'_>],
+        (selected, copied): (&mut [bool], &mut [bool]),
+        sft: bool,
+        report: &mut crate::report::Report,
+    ) -> bool {
+        if self.forgotten.contains(session) {
+            report.skip_n(reason::FORGOTTEN, selected.iter().filter(|s| **s).count());
+            return false;
+        }
+        for (i, ex) in exchanges.iter().enumerate() {
+            if !selected[i] {
+                continue;
+            }
+            // Untimed turns cannot be told to be after the cut-off.
+            let t = ex.timestamp.or(started_at);
+            let drop = if self
+                .forgotten_before
+                .is_some_and(|b| t.is_none_or(|t| t < b))
+            {
+                Some(reason::FORGOTTEN)
+            } else if sft
+                && ex.problem.is_none()
+                && !self.dedupe.under_cap(dedupe::exchange_key(ex.msgs))
+            {
+                Some(reason::NEAR_DUPLICATE)
+            } else {
+                None
+            };
+            if let Some(why) = drop {
+                selected[i] = false;
+                copied[i] = true;
+                report.skip(why);
+            }
+        }
+        true
+    }
+
     /// A formatted line on its way out: `None` when it is an exact
     /// duplicate (counted), else the line with its `meta` (when meta is
     /// on), its figures added to the dry-run statistics.
