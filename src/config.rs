@@ -113,6 +113,8 @@ pub struct ExportConfig {
     pub part_rows: usize,
     /// The command line as given, for the manifest.
     pub flags: Vec<String>,
+    /// Provenance, duplicates, quality rules, dry run.
+    pub curate: crate::curate::Settings,
 }
 
 impl ExportConfig {
@@ -139,6 +141,23 @@ pub fn part_rows_from_env() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(crate::source::state_db::PART_ROWS)
+}
+
+/// `forget`'s settings.
+#[derive(Debug, Clone)]
+pub struct ForgetConfig {
+    /// Session ids to remove.
+    pub sessions: Vec<String>,
+    /// Also lines whose first turn is before this time (`--since` forms,
+    /// read when the command runs).
+    pub before: Option<String>,
+    /// The cumulative output: `FILE.jsonl` or `DIR/`.
+    pub out: String,
+    /// The state file of that output.
+    pub state: PathBuf,
+    /// Record ids that nothing knows.
+    pub force: bool,
+    pub quiet: bool,
 }
 
 /// `sources`' settings.

@@ -18,7 +18,12 @@ fn fnv1a_from(mut h: u64, bytes: &[u8]) -> u64 {
 
 /// FNV-1a of a text.
 pub fn stable_hash(s: &str) -> u64 {
-    fnv1a_from(OFFSET, s.as_bytes())
+    stable_hash_bytes(s.as_bytes())
+}
+
+/// FNV-1a of bytes.
+pub fn stable_hash_bytes(bytes: &[u8]) -> u64 {
+    fnv1a_from(OFFSET, bytes)
 }
 
 /// MurmurHash3's 64-bit finalizer: spreads every input bit over the whole

@@ -6,11 +6,13 @@
 //! → [`rebuild`] (the true conversation) → selection ([`select`]) →
 //! [`format`] (sft, dpo) → [`output`] / [`sink`]. `send` is separate.
 
+pub mod card;
 pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod content;
 pub mod coverage;
+pub mod curate;
 pub mod exit;
 pub mod fixture;
 pub mod format;
@@ -50,5 +52,6 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Sources(args) => cmd::sources::run(&args.config()),
         Command::Send(args) => cmd::send::run(&args.config()),
         Command::Validate(args) => cmd::validate::run(&args.config()),
+        Command::Forget(args) => cmd::forget::run(&args.config()),
     }
 }

@@ -125,6 +125,9 @@ pub struct Manifest<'a> {
     pub time_range: TimeRange,
     pub watermark: Watermark,
     pub split: Split,
+    /// When the run finished (RFC 3339 UTC).
+    pub created: Option<String>,
+    pub curation: crate::curate::CurationDoc,
 }
 
 #[derive(Debug, Serialize)]
@@ -206,6 +209,7 @@ pub struct Inputs<'a> {
     pub redactions: &'a BTreeMap<&'static str, usize>,
     pub watermark: i64,
     pub counting: Counting<'a>,
+    pub curation: crate::curate::CurationDoc,
 }
 
 impl<'a> Manifest<'a> {
@@ -249,6 +253,8 @@ impl<'a> Manifest<'a> {
                     .collect(),
                 forced_valid_sessions: w.forced_valid.len(),
             },
+            created: time(Some(chrono::Utc::now().timestamp() as f64)),
+            curation: i.curation.clone(),
         }
     }
 }

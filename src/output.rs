@@ -145,7 +145,7 @@ fn refused(msg: String) -> anyhow::Error {
 }
 
 /// Hash of the last [`TAIL_BYTES`] bytes before `end`.
-fn tail_hash(file: &mut File, end: u64) -> Result<String> {
+pub(crate) fn tail_hash(file: &mut File, end: u64) -> Result<String> {
     let start = end.saturating_sub(TAIL_BYTES);
     let mut buf = vec![0; (end - start) as usize];
     file.seek(SeekFrom::Start(start))?;
@@ -157,7 +157,12 @@ fn tail_hash(file: &mut File, end: u64) -> Result<String> {
 
 /// Checks that `file` still starts with what the state committed: at least
 /// that many bytes, ending with a newline, with the same tail.
-fn check_committed(file: &mut File, target: &Path, len: u64, c: &Committed) -> Result<()> {
+pub(crate) fn check_committed(
+    file: &mut File,
+    target: &Path,
+    len: u64,
+    c: &Committed,
+) -> Result<()> {
     let changed = |why: &str| {
         refused(format!(
             "{} does not hold what the state file committed ({why}): it was changed by another export or by hand. Nothing was written; restore it, or start over with a new state file and an empty output",
@@ -273,6 +278,21 @@ impl Output {
             valid_runs: Vec::new(),
             current_valid: None,
         })
+    }
+
+    /// A destination that keeps nothing (`export --dry-run`).
+    pub fn discard() -> Output {
+        Output {
+            kind: Kind::Stdout(Stdout::on(Box::new(std::io::sink()), "nowhere".into())),
+            cumulative: false,
+            valid_fraction: 0.0,
+            forced_valid: Vec::new(),
+            forced_train: Vec::new(),
+            train_runs: Vec::new(),
+            current: None,
+            valid_runs: Vec::new(),
+            current_valid: None,
+        }
     }
 
     pub fn is_dir(&self) -> bool {

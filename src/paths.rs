@@ -6,7 +6,7 @@
 //!   replaced; a regular file is replaced atomically at the link's target.
 //! - Inside an output directory this tool manages, only regular files are
 //!   written: a link or special file at `train.jsonl`, `valid.jsonl`,
-//!   `manifest.json` or the lock is refused.
+//!   `manifest.json`, `README.md` (the dataset card) or the lock is refused.
 //! - No output, state or lock path may be one of the inputs: Hermes's
 //!   stores and their side files, `.env`, `config.yaml`, `SOUL.md`, anything
 //!   under `sessions/`, or the `--system-prompt` file.
@@ -21,7 +21,7 @@ use crate::home::HermesHome;
 use crate::safe_io::{self, FileDest};
 
 /// Files an `--out DIR/` export writes, besides temporary files.
-pub const DIR_FILES: [&str; 3] = ["train.jsonl", "valid.jsonl", "manifest.json"];
+pub const DIR_FILES: [&str; 4] = ["train.jsonl", "valid.jsonl", "manifest.json", "README.md"];
 /// The lock of a directory export without `--state`.
 pub const DIR_LOCK: &str = ".hermes-harvest";
 

@@ -74,6 +74,16 @@ reasons! {
     ChosenEqualsRejected => "chosen_equals_rejected",
     /// Flat DPO strings cannot hold a tool exchange.
     ToolPairInFlatStyle => "tool_pair_in_flat_style",
+    /// A line equal to one already written (meta aside).
+    DuplicateSample => "duplicate_sample",
+    /// An exchange past the near-duplicate cap.
+    NearDuplicate => "near_duplicate",
+    /// A reply shorter than `--min-reply-chars`.
+    ShortReply => "short_reply",
+    /// A session holding nothing but harness traffic.
+    HarnessOnlySession => "harness_only_session",
+    /// A session (or a turn before a time) that `forget` removed.
+    ForgottenSession => "forgotten_session",
 }
 
 #[cfg(test)]

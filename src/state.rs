@@ -39,7 +39,12 @@ use crate::select::{Covered, TurnSelection, turn_key};
 use crate::sink::{persist, temp_beside};
 
 /// Version 2: pending turns, turn identities, output identity and tails.
-pub const STATE_VERSION: u32 = 2;
+/// Version 3 adds `curation` (fingerprints, forgotten sessions), which an
+/// older tool would drop: it refuses version 3, and this one reads version
+/// 2 as version 3 without curation memory.
+pub const STATE_VERSION: u32 = 3;
+/// The oldest version read as is.
+const STATE_VERSION_READ: u32 = 2;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunState {
@@ -74,6 +79,9 @@ pub struct RunState {
     /// Successful runs so far.
     #[serde(default)]
     pub runs: u64,
+    /// Duplicate fingerprints and forgotten sessions (see `curate`).
+    #[serde(default, skip_serializing_if = "crate::curate::Memory::is_empty")]
+    pub curation: crate::curate::Memory,
 }
 
 /// The identity of a cumulative output.
@@ -207,8 +215,8 @@ impl RunState {
             .ok()
             .and_then(|v| v.version);
         match version {
-            Some(STATE_VERSION) => {}
-            Some(v) if v < STATE_VERSION => bail!(
+            Some(STATE_VERSION_READ..=STATE_VERSION) => {}
+            Some(v) if v < STATE_VERSION_READ => bail!(
                 "state file {} was written by an earlier hermes-harvest (state version {v}), whose coverage cannot be carried over safely; move it and its output directory away and run again to start a fresh cumulative export (everything is exported once more)",
                 path.display()
             ),
@@ -218,12 +226,14 @@ impl RunState {
             ),
             None => {}
         }
-        serde_json::from_slice(&bytes).with_context(|| {
+        let mut st: RunState = serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "state file {} is not valid; move it away to start over (everything will be exported again)",
                 path.display()
             )
-        })
+        })?;
+        st.version = STATE_VERSION;
+        Ok(st)
     }
 
     /// Replaces the state file atomically (owner-only permissions).

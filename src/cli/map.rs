@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::{
-    ChannelArg, DpoStyleArg, EventKindArg, ExportArgs, FormatArg, HomeArgs, SendArgs, ShapeArg,
-    SignalArg, SourcesArgs, TargetArg, ToolsArg, ValidateArgs,
+    ChannelArg, DpoStyleArg, EventKindArg, ExportArgs, ForgetArgs, FormatArg, HomeArgs, SendArgs,
+    ShapeArg, SignalArg, SourcesArgs, TargetArg, ToolsArg, ValidateArgs,
 };
 use crate::config::{
-    ExportConfig, OutTarget, SendConfig, SourcesConfig, SystemPolicy, ValidateConfig, parse_when,
-    part_rows_from_env,
+    ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig, SystemPolicy, ValidateConfig,
+    parse_when, part_rows_from_env,
 };
 use crate::format::tools::ToolsPolicy;
 use crate::home::HomeChoice;
@@ -135,7 +135,28 @@ impl ExportArgs {
             quiet: self.quiet,
             part_rows: part_rows_from_env(),
             flags: std::env::args().skip(1).collect(),
+            curate: crate::curate::Settings {
+                // The OpenAI fine-tuning API rejects unknown keys.
+                meta: !self.no_meta && self.target != TargetArg::Openai,
+                dedupe: !self.keep_duplicates,
+                near_cap: self.near_duplicate_cap,
+                min_reply_chars: self.min_reply_chars,
+                dry_run: self.dry_run,
+            },
         })
+    }
+}
+
+impl ForgetArgs {
+    pub fn config(&self) -> ForgetConfig {
+        ForgetConfig {
+            sessions: self.sessions.clone(),
+            before: self.before.clone(),
+            out: self.out.clone(),
+            state: self.state.clone(),
+            force: self.force,
+            quiet: self.quiet,
+        }
     }
 }
 

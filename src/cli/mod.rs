@@ -28,6 +28,9 @@ pub enum Command {
     Send(Box<SendArgs>),
     /// Check a JSONL file against the output schemas and the semantic rules.
     Validate(ValidateArgs),
+    /// Remove sessions from a cumulative export and keep them out of every
+    /// later run of its state.
+    Forget(ForgetArgs),
 }
 
 /// Where the Hermes data lives.
@@ -167,6 +170,46 @@ pub struct ExportArgs {
     /// Any unreadable input is fatal instead of skipped
     #[arg(long)]
     pub strict: bool,
+    /// Print errors only
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    // --- curation (see `curate`) ---
+    /// Leave out the `meta` provenance object (always left out with --target openai)
+    #[arg(long)]
+    pub no_meta: bool,
+    /// Write exact duplicate samples as often as they occur
+    #[arg(long)]
+    pub keep_duplicates: bool,
+    /// Exchanges kept per normalised exchange (numbers, coordinates and times masked);
+    /// 0 keeps them all
+    #[arg(long, default_value_t = crate::curate::DEFAULT_NEAR_DUPLICATE_CAP, value_name = "N")]
+    pub near_duplicate_cap: usize,
+    /// Skip SFT turns whose reply is shorter than N characters
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub min_reply_chars: usize,
+    /// Write nothing (no output, no state, no lock): print on stderr what the run would
+    /// write, per channel and signal, with its tokens and skips
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Session ids to remove
+    #[arg(value_name = "SESSION_ID")]
+    pub sessions: Vec<String>,
+    /// Also remove every line whose first turn is before this time (same forms as --since)
+    #[arg(long, value_name = "WHEN")]
+    pub before: Option<String>,
+    /// The cumulative output: FILE.jsonl or DIR/
+    #[arg(long, short = 'o', value_name = "FILE|DIR/")]
+    pub out: String,
+    /// The state file of that output
+    #[arg(long, value_name = "FILE")]
+    pub state: PathBuf,
+    /// Record ids that no output line or state entry knows
+    #[arg(long)]
+    pub force: bool,
     /// Print errors only
     #[arg(long, short = 'q')]
     pub quiet: bool,

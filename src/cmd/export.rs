@@ -12,6 +12,8 @@ use anyhow::Result;
 
 use crate::config::{ExportConfig, SystemPolicy};
 use crate::coverage;
+use crate::curate::meta::Meta;
+use crate::curate::{Curator, quality};
 use crate::exit::{self, Failure};
 use crate::format::fit::Fitter;
 use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
@@ -76,6 +78,8 @@ struct Run<'a> {
     dedupe: Dedupe,
     output: Output,
     redactor: Option<Redactor>,
+    /// Provenance, duplicates, quality rules, dry-run figures.
+    curate: Curator,
 }
 
 /// A rebuilt session ready to format.
@@ -97,9 +101,18 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
         &home,
         cfg.system_file.as_deref(),
     )?;
-    // One run at a time per state file (or per output).
-    let _lock = plan.lock.as_deref().map(RunLock::acquire).transpose()?;
-    remove_leftovers(&plan);
+    // One run at a time per state file (or per output). A dry run writes
+    // nothing, not even a lock or a cleanup.
+    let dry_run = cfg.curate.dry_run;
+    let _lock = plan
+        .lock
+        .as_deref()
+        .filter(|_| !dry_run)
+        .map(RunLock::acquire)
+        .transpose()?;
+    if !dry_run {
+        remove_leftovers(&plan);
+    }
     let state = plan.state.as_deref().map(RunState::load).transpose()?;
     // A cumulative output belongs to one state, format and style.
     let identity = coverage::identity(&cfg, &plan);
@@ -128,16 +141,31 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     }
     let cfg = &cfg;
     let counter = Counter::new(cfg.tokenizer.as_deref())?;
-    let output = Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?;
+    let output = if dry_run {
+        Output::discard()
+    } else {
+        Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?
+    };
     let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
     run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
+    if dry_run {
+        run.dry_run_report(&report);
+        return Ok(if report.partial {
+            exit::PARTIAL
+        } else {
+            exit::OK
+        });
+    }
     let closed = run.close(&stores, &mut report, top)?;
+    if let (Dest::Dir(dir), Some(m)) = (&plan.dest, &closed.manifest) {
+        crate::card::write(dir, m)?;
+    }
     if let (Some(path), Some(mut st)) = (&plan.state, state) {
         let written = closed.written.as_ref();
         commit_state(
             path,
             &mut st,
-            closed.coverage,
+            (closed.coverage, &closed.curate),
             written,
             (top, selection, identity),
         )?;
@@ -250,6 +278,7 @@ impl<'a> Run<'a> {
             },
             output,
             redactor,
+            curate: Curator::new(cfg.curate.clone(), state.map(|s| &s.curation)),
         }
     }
 
@@ -304,10 +333,15 @@ impl<'a> Run<'a> {
 
     /// Rebuilds one session, redacts it, and makes its system message and
     /// tool definitions.
-    fn prepare(&mut self, mut session: Session) -> Prepared {
+    /// `None` for a session of harness traffic only (counted).
+    fn prepare(&mut self, mut session: Session, report: &mut Report) -> Option<Prepared> {
         let channel = select::channel_of(self.cfg, &session.meta);
         let mut rebuilt = rebuild::rebuild(&session);
         self.totals.add_history(&rebuilt.stats);
+        if quality::harness_only(&rebuilt) {
+            report.skip(Skip::HarnessOnlySession);
+            return None;
+        }
         let mut redactor = self.redactor.as_mut();
         if let Some(r) = redactor.as_deref_mut() {
             // Every string once, before any sample repeats it.
@@ -334,20 +368,25 @@ impl<'a> Run<'a> {
             }
             t
         };
-        Prepared {
+        Some(Prepared {
             session,
             channel,
             rebuilt,
             system,
             tools,
-        }
+        })
     }
 
     fn session(&mut self, session: Session, report: &mut Report) -> Result<()> {
-        let p = self.prepare(session);
+        let Some(p) = self.prepare(session, report) else {
+            return Ok(());
+        };
         let mut exchanges = format::exchanges(&p.rebuilt.messages);
         mark_retried(&p.rebuilt, &mut exchanges);
-        let sel = select::turns(
+        if self.cfg.shape == Shape::Sft {
+            quality::mark_short_replies(&mut exchanges, self.cfg.curate.min_reply_chars);
+        }
+        let mut sel = select::turns(
             self.cfg,
             &self.covered,
             &mut self.dedupe,
@@ -365,6 +404,25 @@ impl<'a> Run<'a> {
         }
         self.coverage
             .record_session(&self.covered, &p.session, &exchanges, &sel);
+        // Curation, once coverage is settled (what it drops is consumed,
+        // never pending): forgotten sessions and turns, the near-duplicate
+        // cap.
+        let kept = self.curate.select(
+            &p.session.id,
+            p.session.started_at,
+            &exchanges,
+            (&mut sel.selected, &mut sel.copied),
+            self.cfg.shape == Shape::Sft,
+            report,
+        );
+        if !kept {
+            // Nothing of it is ever exported: nothing stays pending either.
+            if self.covered.state.is_some() && p.session.origin == Some(Origin::StateDb) {
+                self.coverage.pending.remove(&p.session.id);
+                self.coverage.read_db.insert(p.session.id.clone());
+            }
+            return Ok(());
+        }
         let over_budget = match self.cfg.shape {
             Shape::Sft => self.write_sft(&p, &exchanges, &sel, report)?,
             Shape::Dpo | Shape::DpoFlat => self.write_dpo(&p, &sel, report)?,
@@ -418,8 +476,20 @@ impl<'a> Run<'a> {
         if let Some(e) = outcome.template_error {
             self.totals.template_error.get_or_insert(e);
         }
-        for (line, t) in outcome.lines {
-            self.output.line(&p.session.id, &line.to_json()?)?;
+        let parts = outcome.lines.len();
+        for (k, (line, t, last)) in outcome.lines.into_iter().enumerate() {
+            let meta = Meta {
+                part: (parts > 1).then_some(k + 1),
+                ..Meta::of(&p.session, p.channel, (t, last))
+            };
+            let json = line.to_json()?;
+            let Some(bytes) = self
+                .curate
+                .emit(json, &meta, (t, last), line.count, report)?
+            else {
+                continue;
+            };
+            self.output.line(&p.session.id, &bytes)?;
             self.totals.saw_time(t);
             self.totals
                 .wrote(p.channel, line.count, system_tokens, line.missing_tools);
@@ -455,9 +525,25 @@ impl<'a> Run<'a> {
         if let Some(e) = outcome.template_error {
             self.totals.template_error.get_or_insert(e);
         }
-        for (signal, line, count, missing, t) in outcome.lines {
-            self.output
-                .line(&p.session.id, &serde_json::to_vec(&line)?)?;
+        for (signal, line, count, missing, (t, last)) in outcome.lines {
+            let value = serde_json::to_value(&line)?;
+            if !self
+                .curate
+                .dedupe
+                .under_cap(crate::curate::dedupe::line_key(&value))
+            {
+                report.skip(Skip::NearDuplicate);
+                continue;
+            }
+            let meta = Meta {
+                signal: Some(signal.as_str()),
+                ..Meta::of(&p.session, p.channel, (t, last))
+            };
+            let json = serde_json::to_vec(&line)?;
+            let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
+                continue;
+            };
+            self.output.line(&p.session.id, &bytes)?;
             self.totals.saw_time(t);
             self.totals.wrote(p.channel, count, system_tokens, missing);
             *self.totals.signals.entry(signal.as_str()).or_default() += 1;
@@ -475,6 +561,7 @@ impl<'a> Run<'a> {
             coverage,
             output,
             redactor,
+            curate,
             ..
         } = self;
         let redactions = redactor.map(|r| r.counts).unwrap_or_default();
@@ -495,16 +582,46 @@ impl<'a> Run<'a> {
                 counted_with: &counted_with,
                 exact: kit.counter.is_exact(),
             },
+            curation: curate.manifest(),
         };
-        let written =
-            output.finish(&|w| Ok(serde_json::to_vec_pretty(&Manifest::new(&inputs, w))?))?;
+        // The manifest as written, for the dataset card.
+        let manifest = RefCell::new(None);
+        let written = output.finish(&|w| {
+            let m = serde_json::to_value(Manifest::new(&inputs, w))?;
+            let bytes = serde_json::to_vec_pretty(&m)?;
+            *manifest.borrow_mut() = Some(m);
+            Ok(bytes)
+        })?;
         Ok(Closed {
             written,
             coverage,
             totals,
             redactions,
             exact: kit.counter.is_exact(),
+            manifest: manifest.into_inner(),
+            curate,
         })
+    }
+
+    /// What a dry run makes: its report, on stderr even with `--quiet`
+    /// (stdout is for data, and a dry run has none).
+    fn dry_run_report(&self, report: &Report) {
+        if let Some(e) = &self.totals.template_error {
+            report.warn(format_args!(
+                "the chat template failed on some samples (skipped as template_error): {e}"
+            ));
+        }
+        let counted = if self.kit.counter.is_exact() {
+            "exact"
+        } else {
+            "estimated"
+        };
+        eprint!(
+            "{}",
+            self.curate
+                .stats
+                .render(self.cfg.shape.as_str(), counted, &report.skipped)
+        );
     }
 }
 
@@ -515,6 +632,9 @@ struct Closed {
     totals: Totals,
     redactions: BTreeMap<&'static str, usize>,
     exact: bool,
+    /// The manifest written (directory output), for the dataset card.
+    manifest: Option<serde_json::Value>,
+    curate: Curator,
 }
 
 /// The turn whose failed call was taken out for a tool-retry pair would
@@ -545,7 +665,7 @@ fn skipped(report: &mut Report, reasons: &[Skip]) -> usize {
 fn commit_state(
     path: &std::path::Path,
     st: &mut RunState,
-    coverage: RunCoverage,
+    (coverage, curate): (RunCoverage, &Curator),
     written: Option<&Written>,
     (top, selection, identity): (i64, String, crate::state::OutputIdentity),
 ) -> Result<()> {
@@ -556,6 +676,7 @@ fn commit_state(
         )
         .into());
     }
+    curate.remember(&mut st.curation);
     if coverage.commit(st, written, top, selection, identity) {
         crate::stall::point("before-state");
         st.save(path)?;

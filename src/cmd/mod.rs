@@ -2,6 +2,7 @@
 //! (`crate::config`) and returns the exit code.
 
 pub mod export;
+pub mod forget;
 pub mod send;
 pub mod sources;
 pub mod validate;

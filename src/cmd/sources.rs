@@ -33,6 +33,8 @@ pub struct StateDbDoc {
     pub messages: i64,
     pub channels: BTreeMap<&'static str, ChannelDoc>,
     pub sources: BTreeMap<String, usize>,
+    /// Sessions per upstream model, the values `export --model` matches.
+    pub models: BTreeMap<String, i64>,
     pub first: Option<String>,
     pub last: Option<String>,
 }
@@ -124,6 +126,7 @@ fn state_db_doc(db: &StateDb, nexus_prefix: &str) -> Result<StateDbDoc> {
         messages: stats.sessions.iter().map(|s| s.3).sum(),
         channels,
         sources,
+        models: models(db.connection()),
         first: time(stats.first),
         last: time(stats.last),
     })
@@ -155,6 +158,10 @@ fn render(doc: &SourcesDoc) -> String {
         }
         let list: Vec<String> = db.sources.iter().map(|(k, v)| format!("{k}={v}")).collect();
         out += &format!("  sources    {}\n", list.join(" "));
+        if !db.models.is_empty() {
+            let list: Vec<String> = db.models.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out += &format!("  models     {} (select with --model)\n", list.join(" "));
+        }
     } else {
         out += "\nstate.db           not found\n";
     }
@@ -174,4 +181,23 @@ fn render(doc: &SourcesDoc) -> String {
         if f.index { "present" } else { "absent" }
     );
     out
+}
+
+/// Sessions per upstream model (`sessions.model`; `-` for sessions without
+/// one), the values `export --model` matches.
+fn models(db: &rusqlite::Connection) -> BTreeMap<String, i64> {
+    let has_model = db
+        .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'model'")
+        .and_then(|mut st| st.exists([]))
+        .unwrap_or(false);
+    if !has_model {
+        return BTreeMap::new();
+    }
+    let Ok(mut st) = db.prepare("SELECT COALESCE(model, '-'), COUNT(*) FROM sessions GROUP BY 1")
+    else {
+        return BTreeMap::new();
+    };
+    st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map(|rows| rows.filter_map(|r| r.ok()).collect())
+        .unwrap_or_default()
 }

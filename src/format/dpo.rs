@@ -44,12 +44,16 @@ pub enum PairLine {
     Flat(FlatLine),
 }
 
+/// The times of a pair's user turn and of its chosen side's last message.
+pub type Span = (Option<f64>, Option<f64>);
+
 #[derive(Debug, Default)]
 pub struct DpoOutcome {
     /// Each pair with its signal, its tokens (the prompt with the longer
     /// side; trainable: the chosen side), how many called tools have no
-    /// definition, and the time of its user turn.
-    pub lines: Vec<(Signal, PairLine, Count, usize, Option<f64>)>,
+    /// definition, and the times of its user turn and of the chosen
+    /// side's last message.
+    pub lines: Vec<(Signal, PairLine, Count, usize, Span)>,
     pub skipped: Vec<Skip>,
     /// Set when the chat template failed on a pair.
     pub template_error: Option<String>,
@@ -93,8 +97,18 @@ pub fn pairs(
         let failures = fitter.template_failures;
         match pair.build(fitter) {
             Ok((line, count, missing)) => {
-                out.lines
-                    .push((alt.signal, line, count, missing, msgs[user].timestamp))
+                // The pair's time span: its user turn to the chosen side's end.
+                let last = msgs[user..alt.chosen_end.max(user + 1)]
+                    .iter()
+                    .filter_map(|m| m.timestamp)
+                    .reduce(f64::max);
+                out.lines.push((
+                    alt.signal,
+                    line,
+                    count,
+                    missing,
+                    (msgs[user].timestamp, last),
+                ))
             }
             Err(Skip::OverBudget) => out.skipped.push(fitter.reason(failures)),
             Err(reason) => out.skipped.push(reason),

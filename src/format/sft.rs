@@ -126,8 +126,9 @@ impl SystemCache {
 /// What one session gave.
 #[derive(Debug, Default)]
 pub struct SftOutcome {
-    /// Each line with the time of its first own user turn.
-    pub lines: Vec<(SftLine, Option<f64>)>,
+    /// Each line with the time of its first own user turn and of its last
+    /// own message.
+    pub lines: Vec<(SftLine, Option<f64>, Option<f64>)>,
     /// Exchanges left out, per reason.
     pub skipped: Vec<Skip>,
     /// Set when the chat template failed on a sample.
@@ -217,12 +218,17 @@ pub fn samples(
         let failures = packer.fitter.template_failures;
         match packer.sample(i, run_end) {
             Ok((line, next)) => {
+                let last = exchanges[i..next]
+                    .iter()
+                    .flat_map(|e| e.msgs.iter().filter_map(|m| m.timestamp))
+                    .reduce(f64::max);
                 out.lines.push((
                     SftLine {
                         system: system.clone(),
                         ..line
                     },
                     exchanges[i].timestamp,
+                    last,
                 ));
                 i = next;
             }
@@ -521,7 +527,7 @@ mod tests {
     #[test]
     fn an_unselected_exchange_ends_the_sample_and_is_not_written() {
         let out = run(&conversation(3, &[]), &[true, false, true], 2048);
-        let lines: Vec<Vec<String>> = out.lines.iter().map(|(l, _)| texts(l)).collect();
+        let lines: Vec<Vec<String>> = out.lines.iter().map(|(l, _, _)| texts(l)).collect();
         assert_eq!(
             lines,
             [["user:q0", "assistant:a0"], ["user:q2", "assistant:a2"]]
@@ -532,7 +538,7 @@ mod tests {
     fn a_turn_that_cannot_be_trained_on_is_skipped_with_its_reason() {
         let out = run(&conversation(3, &[1]), &[true, true, true], 2048);
         assert_eq!(out.skipped, [Skip::NoReply]);
-        let lines: Vec<Vec<String>> = out.lines.iter().map(|(l, _)| texts(l)).collect();
+        let lines: Vec<Vec<String>> = out.lines.iter().map(|(l, _, _)| texts(l)).collect();
         assert_eq!(
             lines,
             [["user:q0", "assistant:a0"], ["user:q2", "assistant:a2"]]
@@ -560,7 +566,7 @@ mod tests {
         assert!(out.skipped.is_empty(), "{:?}", out.skipped);
         assert!(out.lines.len() > 1, "{} samples", out.lines.len());
         let mut users = Vec::new();
-        for (line, _) in &out.lines {
+        for (line, _, _) in &out.lines {
             assert!(line.count.total <= 320, "{}", line.count.total);
             assert_eq!(line.messages[0].role, "user");
             assert_eq!(line.messages.last().unwrap().role, "assistant");

@@ -180,7 +180,10 @@ fn a_reader_that_stops_early_does_not_advance_the_state() {
 fn min_turns_never_consumes_the_turns_it_skipped() {
     let home = scratch_home();
     let cron = Cron::new();
-    cron.ok(home.path(), &["--min-turns", "2"]);
+    cron.ok(
+        home.path(),
+        &["--min-turns", "2", "--near-duplicate-cap", "0"],
+    );
     let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
     // A new session with one turn a night, and the long-lived one growing.
     db.execute(
@@ -199,10 +202,16 @@ fn min_turns_never_consumes_the_turns_it_skipped() {
             "nexus-world-0001",
             &format!("night {night}: one more tick of the long session"),
         );
-        cron.ok(home.path(), &["--min-turns", "2"]);
+        cron.ok(
+            home.path(),
+            &["--min-turns", "2", "--near-duplicate-cap", "0"],
+        );
     }
     let got = cron.texts();
-    let want = one_shot(home.path(), &["--min-turns", "2"]);
+    let want = one_shot(
+        home.path(),
+        &["--min-turns", "2", "--near-duplicate-cap", "0"],
+    );
     assert_eq!(got, want);
     assert_eq!(
         got.iter()
@@ -871,7 +880,15 @@ fn the_split_follows_the_fraction_and_both_sides_hold_data() {
     let home = many_sessions(1000, |i| format!("nexus-world-{i:04}"));
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("o");
-    let (c, _, err) = export(home.path(), &["--out", &format!("{}/", dir.display())]);
+    let (c, _, err) = export(
+        home.path(),
+        &[
+            "--near-duplicate-cap",
+            "0",
+            "--out",
+            &format!("{}/", dir.display()),
+        ],
+    );
     assert_eq!(c, 0, "{err}");
     let valid = lines(&read(&dir.join("valid.jsonl"))).len();
     assert!(
@@ -881,7 +898,15 @@ fn the_split_follows_the_fraction_and_both_sides_hold_data() {
 
     let home = many_sessions(5, |i| format!("s{i}"));
     let dir = work.path().join("small");
-    let (c, _, err) = export(home.path(), &["--out", &format!("{}/", dir.display())]);
+    let (c, _, err) = export(
+        home.path(),
+        &[
+            "--near-duplicate-cap",
+            "0",
+            "--out",
+            &format!("{}/", dir.display()),
+        ],
+    );
     assert_eq!(c, 0, "{err}");
     let train = lines(&read(&dir.join("train.jsonl"))).len();
     let valid = lines(&read(&dir.join("valid.jsonl"))).len();

@@ -4,6 +4,7 @@
 mod budget;
 mod common;
 mod cron;
+mod curate;
 mod dpo;
 mod export;
 mod integrity;

@@ -241,6 +241,8 @@ fn a_very_long_session_is_read_in_parts_with_every_turn_once() {
                 "export",
                 "--session",
                 "nexus-longest",
+                "--near-duplicate-cap",
+                "0",
                 "--hermes-home",
                 home.path().to_str().unwrap(),
             ])

@@ -1,0 +1,212 @@
+//! The dataset card: `README.md` beside the data of an `--out DIR/`
+//! export, for the person who opens the directory later. It is made from
+//! the manifest just written (so its figures are the manifest's) and
+//! rewritten whenever the manifest is.
+//!
+//! A `README.md` this tool did not write (no [`MARK`] on its first line) is
+//! left alone, with a warning.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::sink::{persist, temp_beside};
+
+/// First line of every card this tool writes.
+pub const MARK: &str = "<!-- hermes-harvest dataset card: rewritten on every run -->";
+
+/// Writes `dir/README.md` from the manifest `m`; returns false when a
+/// README.md of someone else's is in the way.
+pub fn write(dir: &Path, m: &Value) -> Result<bool> {
+    let target = dir.join("README.md");
+    if let Ok(Some(old)) =
+        crate::safe_io::read_optional(&target, crate::safe_io::MAX_SETTINGS_BYTES)
+        && !old.starts_with(MARK.as_bytes())
+    {
+        eprintln!(
+            "hermes-harvest: warning: {} was not written by hermes-harvest; the dataset card was not written",
+            target.display()
+        );
+        return Ok(false);
+    }
+    let mut tmp = temp_beside(&target)?;
+    tmp.write_all(render(m).as_bytes())?;
+    persist(tmp, &target)?;
+    Ok(true)
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A two-column Markdown table of an object's entries (nothing when empty).
+fn table(out: &mut String, head: (&str, &str), v: &Value) {
+    let Some(map) = v.as_object().filter(|m| !m.is_empty()) else {
+        out.push_str("none\n\n");
+        return;
+    };
+    let _ = writeln!(out, "| {} | {} |\n|---|---:|", head.0, head.1);
+    for (k, x) in map {
+        let _ = writeln!(out, "| {k} | {} |", text(x));
+    }
+    out.push('\n');
+}
+
+/// The card's Markdown.
+pub fn render(m: &Value) -> String {
+    let format = text(&m["format"]);
+    let mut out = format!("{MARK}\n# Training data from Hermes Agent ({format})\n\n");
+    let _ = writeln!(
+        out,
+        "Exported by {} {} on {} from the stores of a Hermes Agent home. {}\n",
+        text(&m["tool"]),
+        text(&m["version"]),
+        text(&m["created"]),
+        if m["cumulative"] == Value::Bool(true) {
+            "The files are cumulative: every nightly run appends what is new, and this card describes the last run and the files as they now are."
+        } else {
+            "The files were written in one run."
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Turns from {} to {}. {}\n",
+        text(&m["time_range"]["first"]),
+        text(&m["time_range"]["last"]),
+        if m["curation"]["meta"] == Value::Bool(false) {
+            "The lines carry no `meta`."
+        } else {
+            "Every line ends with `meta` (session, channel, raw source, turn times), which trainers ignore."
+        }
+    );
+    out.push_str("## Files\n\n");
+    let files = &m["split"]["files"];
+    if let Some(f) = files.as_object() {
+        out.push_str("| file | lines | bytes |\n|---|---:|---:|\n");
+        for (name, c) in f {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} |",
+                text(&c["lines"]),
+                text(&c["bytes"])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nSessions are split by a hash of their id (valid fraction {}).\n",
+            text(&m["split"]["valid_fraction"])
+        );
+    }
+    out.push_str("## Samples written by the last run\n\nPer channel:\n\n");
+    table(&mut out, ("channel", "samples"), &m["counts"]["channels"]);
+    if m["counts"]["signals"].is_object() {
+        out.push_str("Per preference signal:\n\n");
+        table(&mut out, ("signal", "pairs"), &m["counts"]["signals"]);
+    }
+    out.push_str("Left out, per reason:\n\n");
+    table(&mut out, ("reason", "count"), &m["counts"]["skipped"]);
+    let c = &m["curation"];
+    if c.is_object() {
+        let _ = writeln!(
+            out,
+            "Exact duplicates dropped: {}; near duplicates dropped: {} (at most {} per normalised exchange); sessions forgotten: {}.\n",
+            text(&c["exact_duplicates_dropped"]),
+            text(&c["near_duplicates_dropped"]),
+            text(&c["near_duplicate_cap"]),
+            text(&c["forgotten_sessions"]),
+        );
+    }
+    let t = &m["tokens"];
+    let _ = writeln!(
+        out,
+        "## Tokens\n\nCounted with {} ({}); budget {} tokens a sample: set the trainer's maximum length to at least that.\n",
+        text(&t["counted_with"]),
+        if t["exact"] == Value::Bool(true) {
+            "exact"
+        } else {
+            "an estimate"
+        },
+        text(&t["max_tokens"]),
+    );
+    if let Some(ch) = t["channels"].as_object() {
+        out.push_str(
+            "| channel | samples | total | trainable | longest |\n|---|---:|---:|---:|---:|\n",
+        );
+        for (name, c) in ch {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} |",
+                text(&c["samples"]),
+                text(&c["total"]),
+                text(&c["trainable"]),
+                text(&c["longest"])
+            );
+        }
+        out.push('\n');
+    }
+    out.push_str("## Redaction\n\n");
+    if m["redactions"].as_object().is_some_and(|r| r.is_empty()) {
+        out.push_str("On; nothing needed redacting.\n\n");
+    } else if m["redactions"].is_object() {
+        table(&mut out, ("kind", "redacted"), &m["redactions"]);
+    } else {
+        out.push_str("Off (`--no-redact`): the lines may hold secrets and home paths.\n\n");
+    }
+    let max = text(&t["max_tokens"]);
+    out.push_str("## Training on it\n\n");
+    if format == "sft" {
+        let _ = writeln!(
+            out,
+            "mlx-lm (reads `train.jsonl` and `valid.jsonl` from the directory):\n\n```sh\nmlx_lm.lora --model MODEL --train --data . --max-seq-length {max} --mask-prompt\n```\n\nTRL:\n\n```python\nfrom datasets import load_dataset\nfrom trl import SFTConfig, SFTTrainer\nds = load_dataset(\"json\", data_files={{\"train\": \"train.jsonl\", \"validation\": \"valid.jsonl\"}})\ntrainer = SFTTrainer(model=MODEL, train_dataset=ds[\"train\"], eval_dataset=ds[\"validation\"],\n                     args=SFTConfig(max_length={max}, assistant_only_loss=True))\n```\n"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "TRL:\n\n```python\nfrom datasets import load_dataset\nfrom trl import DPOConfig, DPOTrainer\nds = load_dataset(\"json\", data_files={{\"train\": \"train.jsonl\", \"validation\": \"valid.jsonl\"}})\ntrainer = DPOTrainer(model=MODEL, train_dataset=ds[\"train\"], eval_dataset=ds[\"validation\"],\n                     args=DPOConfig(max_length={max}))\n```\n\n`--dpo-style flat` lines suit mlx-lm-lora's DPO mode.\n"
+        );
+    }
+    out.push_str(
+        "`manifest.json` holds the same figures for machines, with the flags of the run.\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_card_carries_the_manifest_figures() {
+        let m = serde_json::json!({
+            "tool": "hermes-harvest", "version": "0", "format": "sft", "cumulative": true,
+            "created": "2026-12-01T00:00:00Z",
+            "time_range": {"first": "2026-11-01T00:00:00Z", "last": null},
+            "split": {"valid_fraction": 0.05, "files": {"train.jsonl": {"lines": 17, "bytes": 9}}},
+            "counts": {"channels": {"nexus": 12}, "signals": null, "skipped": {"near_duplicate": 5}},
+            "tokens": {"counted_with": "estimate", "exact": false, "max_tokens": 2048,
+                       "channels": {"nexus": {"samples": 12, "total": 4000, "trainable": 900, "longest": 700}}},
+            "redactions": {"openai_key": 2},
+            "curation": {"exact_duplicates_dropped": 1, "near_duplicates_dropped": 5, "near_duplicate_cap": 3, "forgotten_sessions": 0}
+        });
+        let card = render(&m);
+        assert!(card.starts_with(MARK));
+        for needle in [
+            "| train.jsonl | 17 | 9 |",
+            "| nexus | 12 |",
+            "| near_duplicate | 5 |",
+            "| nexus | 12 | 4000 | 900 | 700 |",
+            "| openai_key | 2 |",
+            "mlx_lm.lora",
+            "SFTTrainer",
+        ] {
+            assert!(card.contains(needle), "{needle} missing:\n{card}");
+        }
+    }
+}

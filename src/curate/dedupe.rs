@@ -1,0 +1,302 @@
+//! Duplicates: exact lines written once, near-identical exchanges capped.
+//!
+//! - An exact duplicate is a line whose bytes (after redaction, before
+//!   `meta` is added) equal a line already written, in this run or in a
+//!   committed run of the same state. Its fingerprint is a 64-bit FNV-1a
+//!   hash of those bytes.
+//! - A near duplicate is an exchange whose normalised text equals that of
+//!   exchanges already written: letters lower-cased, whitespace collapsed,
+//!   and every number masked, together with the separators that join
+//!   numbers into one figure (coordinates `12,-4,7`, times `13:25:44`,
+//!   dates `2026-11-25`, decimals). At most the cap of them are kept per
+//!   normalised exchange; the rest are skipped.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::hash::{stable_hash, stable_hash_bytes};
+use crate::model::Message;
+
+use super::Memory;
+
+/// Duplicate bookkeeping of one run, seeded from the state.
+#[derive(Debug, Default)]
+pub struct Dedupe {
+    exact: HashSet<u64>,
+    near: HashMap<u64, u32>,
+    cap: usize,
+    pub exact_dropped: usize,
+    pub near_dropped: usize,
+}
+
+impl Dedupe {
+    pub fn new(memory: &Memory, cap: usize) -> Dedupe {
+        Dedupe {
+            exact: memory.exact.iter().copied().collect(),
+            near: memory.near.iter().copied().collect(),
+            cap,
+            exact_dropped: 0,
+            near_dropped: 0,
+        }
+    }
+
+    /// Whether a line with these bytes is new (and remembers it). With
+    /// `enabled` false every line is new, but still remembered.
+    pub fn first_time(&mut self, line: &[u8], enabled: bool) -> bool {
+        let new = self.exact.insert(line_print(line));
+        if !new && enabled {
+            self.exact_dropped += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Whether one more exchange with this normalised key fits under the
+    /// cap (and counts it when it does).
+    pub fn under_cap(&mut self, key: u64) -> bool {
+        let n = self.near.entry(key).or_default();
+        if self.cap > 0 && *n as usize >= self.cap {
+            self.near_dropped += 1;
+            return false;
+        }
+        *n = n.saturating_add(1);
+        true
+    }
+
+    /// Puts this run's fingerprints into the state's memory.
+    pub fn remember(&self, memory: &mut Memory) {
+        let mut exact: Vec<u64> = self.exact.iter().copied().collect();
+        exact.sort_unstable();
+        memory.exact = exact;
+        let mut near: Vec<(u64, u32)> = self.near.iter().map(|(k, v)| (*k, *v)).collect();
+        near.sort_unstable();
+        memory.near = near;
+    }
+}
+
+/// The fingerprint of a line's bytes.
+pub fn line_print(line: &[u8]) -> u64 {
+    stable_hash_bytes(line)
+}
+
+/// Lower-cased text with whitespace collapsed and figures masked as `#`.
+pub fn normalise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    let mut space = false;
+    while i < chars.len() {
+        let c = chars[i];
+        let signed = (c == '-' || c == '+')
+            && chars.get(i + 1).is_some_and(char::is_ascii_digit)
+            && (i == 0 || !chars[i - 1].is_alphanumeric());
+        if c.is_ascii_digit() || signed {
+            // One figure: digits joined by separators that sit between
+            // digits (a separator may be followed by a sign).
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    Some(d) if d.is_ascii_digit() => i += 1,
+                    Some(s) if matches!(s, '.' | ',' | ':' | '-' | '/' | 'T' | 'Z') => {
+                        let mut j = i + 1;
+                        while chars.get(j) == Some(&' ') && *s == ',' {
+                            j += 1;
+                        }
+                        if matches!(chars.get(j), Some('-' | '+')) {
+                            j += 1;
+                        }
+                        if chars.get(j).is_some_and(char::is_ascii_digit) {
+                            i = j;
+                        } else if *s == 'Z' {
+                            i += 1;
+                            break;
+                        } else {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            out.push('#');
+            space = false;
+            continue;
+        }
+        if c.is_whitespace() {
+            if !space && !out.is_empty() {
+                out.push(' ');
+            }
+            space = true;
+        } else {
+            out.extend(c.to_lowercase());
+            space = false;
+        }
+        i += 1;
+    }
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    out
+}
+
+/// The near-duplicate key of an exchange: its messages' normalised text
+/// and tool calls, in order.
+pub fn exchange_key(msgs: &[Message]) -> u64 {
+    let mut key = String::new();
+    for m in msgs {
+        key.push_str(m.role.as_str());
+        key.push('\u{1}');
+        key.push_str(&normalise(&m.content));
+        for c in &m.tool_calls {
+            key.push('\u{2}');
+            key.push_str(&c.name);
+            key.push('\u{2}');
+            key.push_str(&normalise(&c.arguments.to_string()));
+        }
+        key.push('\u{3}');
+    }
+    stable_hash(&key)
+}
+
+/// The near-duplicate key of a written line (DPO pairs): every string in
+/// it but the system prompt and the tool definitions, normalised.
+pub fn line_key(line: &serde_json::Value) -> u64 {
+    fn walk(v: &serde_json::Value, key: &mut String) {
+        match v {
+            serde_json::Value::String(s) => {
+                key.push_str(&normalise(s));
+                key.push('\u{1}');
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, key)),
+            serde_json::Value::Object(o) => {
+                if o.get("role").and_then(|r| r.as_str()) == Some("system") {
+                    return;
+                }
+                for (k, x) in o {
+                    if k != "tools" && k != "system" && k != "meta" {
+                        key.push_str(k);
+                        key.push('\u{2}');
+                        walk(x, key);
+                    }
+                }
+            }
+            other => {
+                key.push_str(&normalise(&other.to_string()));
+                key.push('\u{1}');
+            }
+        }
+    }
+    let mut key = String::new();
+    walk(line, &mut key);
+    stable_hash(&key)
+}
+
+/// Serde helpers for the compact forms of [`Memory`].
+pub mod hex_prints {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(v.len() * 16);
+        for x in v {
+            out.push_str(&format!("{x:016x}"));
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() % 16 != 0 || !s.is_ascii() {
+            return Err(D::Error::custom("fingerprints: not 16 hex digits each"));
+        }
+        (0..s.len() / 16)
+            .map(|i| u64::from_str_radix(&s[i * 16..i * 16 + 16], 16).map_err(D::Error::custom))
+            .collect()
+    }
+}
+
+pub mod hex_counts {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &[(u64, u32)], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(v.len() * 24);
+        for (k, n) in v {
+            out.push_str(&format!("{k:016x}{n:08x}"));
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, u32)>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() % 24 != 0 || !s.is_ascii() {
+            return Err(D::Error::custom(
+                "near-duplicate counts: not 24 hex digits each",
+            ));
+        }
+        (0..s.len() / 24)
+            .map(|i| {
+                let e = &s[i * 24..i * 24 + 24];
+                Ok((
+                    u64::from_str_radix(&e[..16], 16).map_err(D::Error::custom)?,
+                    u32::from_str_radix(&e[16..], 16).map_err(D::Error::custom)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Role;
+
+    #[test]
+    fn figures_are_masked() {
+        assert_eq!(
+            normalise("Tick  at 2026-11-25T13:25:44Z: Archon at 12,-4, 7.5 (HP 40)"),
+            "tick at #: archon at # (hp #)"
+        );
+        assert_eq!(normalise("v2 and x-1"), "v# and x-#");
+        assert_eq!(normalise("  Hello\n\tWorld  "), "hello world");
+    }
+
+    #[test]
+    fn ticks_share_a_key_and_words_do_not() {
+        let ex = |u: &str, a: &str| {
+            exchange_key(&[
+                Message::new(Role::User, u),
+                Message::new(Role::Assistant, a),
+            ])
+        };
+        assert_eq!(
+            ex("tick 17 at 1,2,3", "All quiet at 1,2,3."),
+            ex("tick 18 at 4,-5,6", "All quiet at 4,-5,6.")
+        );
+        assert_ne!(ex("tick 17", "All quiet."), ex("tick 17", "An archon!"));
+    }
+
+    #[test]
+    fn the_cap_holds_and_duplicates_go() {
+        let mut d = Dedupe::new(&Memory::default(), 2);
+        assert!(d.under_cap(7) && d.under_cap(7) && !d.under_cap(7));
+        assert_eq!(d.near_dropped, 1);
+        assert!(d.first_time(b"{}", true) && !d.first_time(b"{}", true));
+        assert!(d.first_time(b"{}", false), "kept when dedupe is off");
+        assert_eq!(d.exact_dropped, 1);
+        let mut m = Memory::default();
+        d.remember(&mut m);
+        let again = Dedupe::new(&m, 2);
+        assert_eq!(again.near.get(&7), Some(&2));
+        assert!(again.exact.contains(&line_print(b"{}")));
+    }
+
+    #[test]
+    fn memory_round_trips_compactly() {
+        let m = Memory {
+            exact: vec![1, u64::MAX],
+            near: vec![(3, 4)],
+            ..Memory::default()
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains("0000000000000001ffffffffffffffff"), "{text}");
+        let back: Memory = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, m);
+        assert!(serde_json::from_str::<Memory>(r#"{"exact":"12"}"#).is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! `meta`: where a line came from, as the line's last key.
+//!
+//! `{"session", "channel", "source", "first", "last", "part", "signal"}`:
+//! the session id (the root of a compression lineage), its channel, the
+//! raw `sessions.source`, the times of the first and last turn the line
+//! trains on (RFC 3339 UTC; left out when unknown), `part` (the line's
+//! 1-based place among the lines one session gave in one run, when it gave
+//! more than one) and, for DPO, the preference signal.
+
+use serde::Serialize;
+
+/// The provenance of one line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta<'a> {
+    pub session: &'a str,
+    pub channel: &'static str,
+    pub source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<&'static str>,
+}
+
+impl<'a> Meta<'a> {
+    /// The provenance of a line of `session` whose turns span `times`
+    /// (`part` and `signal` unset).
+    pub fn of(
+        session: &'a crate::model::Session,
+        channel: crate::model::Channel,
+        (first, last): (Option<f64>, Option<f64>),
+    ) -> Meta<'a> {
+        Meta {
+            session: &session.id,
+            channel: channel.as_str(),
+            source: &session.source,
+            first: time(first),
+            last: time(last),
+            part: None,
+            signal: None,
+        }
+    }
+}
+
+/// Epoch seconds as RFC 3339 UTC.
+pub fn time(t: Option<f64>) -> Option<String> {
+    match crate::config::iso_time(t) {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// `line` (one JSON object, no newline) with `"meta": {...}` added as its
+/// last key.
+pub fn append(line: &[u8], meta: &Meta<'_>) -> serde_json::Result<Vec<u8>> {
+    let body = line.strip_suffix(b"}").expect("a line is one JSON object");
+    let mut out = Vec::with_capacity(line.len() + 160);
+    out.extend_from_slice(body);
+    if body.last() != Some(&b'{') {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"meta\":");
+    serde_json::to_writer(&mut out, meta)?;
+    out.push(b'}');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta<'static> {
+        Meta {
+            session: "s1",
+            channel: "nexus",
+            source: "api_server",
+            first: time(Some(0.0)),
+            last: None,
+            part: Some(2),
+            signal: None,
+        }
+    }
+
+    #[test]
+    fn meta_is_the_last_key() {
+        let out = append(br#"{"messages":[]}"#, &meta()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"messages":[],"meta":{"session":"s1","channel":"nexus","source":"api_server","first":"1970-01-01T00:00:00Z","part":2}}"#
+        );
+    }
+
+    #[test]
+    fn an_empty_object_gets_no_comma() {
+        let out = append(b"{}", &meta()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["meta"]["session"], "s1");
+    }
+}

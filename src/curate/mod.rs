@@ -1,0 +1,229 @@
+//! Curation: what goes into the dataset besides the formatters' rules.
+//!
+//! - [`meta`]: provenance on every line (`meta`: session, channel, raw
+//!   source, first and last turn times, part, signal). Trainers ignore
+//!   unknown keys; `--no-meta` and `--target openai` leave it out.
+//! - [`dedupe`]: exact duplicate lines (their content after redaction,
+//!   `meta` aside) are written once, and exchanges that are the same once
+//!   numbers, coordinates and times are masked are capped
+//!   (`--near-duplicate-cap`). The state remembers the fingerprints, so
+//!   this holds across stores and nightly runs.
+//! - [`quality`]: replies shorter than `--min-reply-chars`, sessions that
+//!   hold only harness traffic.
+//! - [`stats`]: the per-channel (and per-signal) figures `--dry-run` prints.
+//!
+//! Every line left out here is counted under its [`Skip`] reason, in the
+//! summary and in the manifest like every other skip.
+
+pub mod dedupe;
+pub mod meta;
+pub mod quality;
+pub mod stats;
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::skip::Skip;
+
+/// Exchanges kept per normalised exchange by default: enough for a turn
+/// that recurs with different figures to be learnt, too few for a ticking
+/// world to teach repetition.
+pub const DEFAULT_NEAR_DUPLICATE_CAP: usize = 3;
+
+/// What the state remembers for curation (field `curation`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Memory {
+    /// Fingerprints of every line written (64-bit, sorted, as one hex
+    /// string: 16 characters a line).
+    #[serde(
+        default,
+        with = "dedupe::hex_prints",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub exact: Vec<u64>,
+    /// Exchanges written per normalised exchange: 16 hex characters of key
+    /// and 8 of count each, sorted by key.
+    #[serde(
+        default,
+        with = "dedupe::hex_counts",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub near: Vec<(u64, u32)>,
+    /// Sessions `forget` removed: never exported again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub forgotten: BTreeSet<String>,
+    /// `forget --before`: no turn before this time (epoch seconds) is
+    /// exported again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgotten_before: Option<f64>,
+}
+
+impl Memory {
+    pub fn is_empty(&self) -> bool {
+        *self == Memory::default()
+    }
+
+    /// Whether a session's turns may be exported at all.
+    pub fn is_forgotten(&self, session: &str) -> bool {
+        self.forgotten.contains(session)
+    }
+}
+
+/// Curation settings of one export.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Write `meta` on every line.
+    pub meta: bool,
+    /// Write exact duplicates once.
+    pub dedupe: bool,
+    /// Exchanges kept per normalised exchange (0: no cap).
+    pub near_cap: usize,
+    /// Replies shorter than this (in characters, trimmed) are skipped.
+    pub min_reply_chars: usize,
+    /// Nothing is written: figures only.
+    pub dry_run: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            meta: true,
+            dedupe: true,
+            near_cap: DEFAULT_NEAR_DUPLICATE_CAP,
+            min_reply_chars: 0,
+            dry_run: false,
+        }
+    }
+}
+
+/// The curation side of one export run.
+#[derive(Debug, Default)]
+pub struct Curator {
+    pub settings: Settings,
+    pub dedupe: dedupe::Dedupe,
+    pub stats: stats::DryRun,
+    /// Sessions and the cut-off time `forget` recorded.
+    pub forgotten: BTreeSet<String>,
+    pub forgotten_before: Option<f64>,
+}
+
+impl Curator {
+    pub fn new(settings: Settings, memory: Option<&Memory>) -> Curator {
+        let memory = memory.cloned().unwrap_or_default();
+        Curator {
+            dedupe: dedupe::Dedupe::new(&memory, settings.near_cap),
+            settings,
+            stats: stats::DryRun::default(),
+            forgotten: memory.forgotten,
+            forgotten_before: memory.forgotten_before,
+        }
+    }
+
+    /// Applies `forget` and the near-duplicate cap to a session's selected
+    /// exchanges (unselecting them and marking them never to be context);
+    /// false when the whole session is forgotten. Near duplicates are
+    /// judged per exchange for SFT; DPO pairs are judged per line.
+    pub fn select(
+        &mut self,
+        session: &str,
+        started_at: Option<f64>,
+        exchanges: &[crate::format::Exchange<'_>],
+        (selected, copied): (&mut [bool], &mut [bool]),
+        sft: bool,
+        report: &mut crate::report::Report,
+    ) -> bool {
+        if self.forgotten.contains(session) {
+            report.skip_n(
+                Skip::ForgottenSession,
+                selected.iter().filter(|s| **s).count(),
+            );
+            return false;
+        }
+        for (i, ex) in exchanges.iter().enumerate() {
+            if !selected[i] {
+                continue;
+            }
+            // Untimed turns cannot be told to be after the cut-off.
+            let t = ex.timestamp.or(started_at);
+            let drop = if self
+                .forgotten_before
+                .is_some_and(|b| t.is_none_or(|t| t < b))
+            {
+                Some(Skip::ForgottenSession)
+            } else if sft
+                && ex.problem.is_none()
+                && !self.dedupe.under_cap(dedupe::exchange_key(ex.msgs))
+            {
+                Some(Skip::NearDuplicate)
+            } else {
+                None
+            };
+            if let Some(why) = drop {
+                selected[i] = false;
+                copied[i] = true;
+                report.skip(why);
+            }
+        }
+        true
+    }
+
+    /// A formatted line on its way out: `None` when it is an exact
+    /// duplicate (counted), else the line with its `meta` (when meta is
+    /// on), its figures added to the dry-run statistics.
+    pub fn emit(
+        &mut self,
+        line: Vec<u8>,
+        meta: &meta::Meta<'_>,
+        times: (Option<f64>, Option<f64>),
+        count: crate::tokens::Count,
+        report: &mut crate::report::Report,
+    ) -> serde_json::Result<Option<Vec<u8>>> {
+        if !self.dedupe.first_time(&line, self.settings.dedupe) {
+            report.skip(Skip::DuplicateSample);
+            return Ok(None);
+        }
+        self.stats.add(
+            (meta.channel, meta.signal.unwrap_or_default()),
+            meta.session,
+            times,
+            count,
+        );
+        if !self.settings.meta {
+            return Ok(Some(line));
+        }
+        meta::append(&line, meta).map(Some)
+    }
+
+    /// Folds what this run wrote into the state's memory.
+    pub fn remember(&self, memory: &mut Memory) {
+        self.dedupe.remember(memory);
+    }
+
+    /// What the manifest says of curation.
+    pub fn manifest(&self) -> CurationDoc {
+        CurationDoc {
+            meta: self.settings.meta,
+            exact_duplicates_dropped: self.dedupe.exact_dropped,
+            near_duplicates_dropped: self.dedupe.near_dropped,
+            near_duplicate_cap: self.settings.near_cap,
+            min_reply_chars: self.settings.min_reply_chars,
+            forgotten_sessions: self.forgotten.len(),
+            forgotten_before: crate::config::iso_time(self.forgotten_before)
+                .as_str()
+                .map(str::to_owned),
+        }
+    }
+}
+
+/// The manifest's `curation` section.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurationDoc {
+    pub meta: bool,
+    pub exact_duplicates_dropped: usize,
+    pub near_duplicates_dropped: usize,
+    pub near_duplicate_cap: usize,
+    pub min_reply_chars: usize,
+    pub forgotten_sessions: usize,
+    pub forgotten_before: Option<String>,
+}
