@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::hash::{stable_hash, stable_hash_bytes};
+use crate::hash::fingerprint;
 use crate::model::Message;
 
 use super::Memory;
@@ -75,12 +75,19 @@ impl Dedupe {
 
 /// The fingerprint of a line's bytes.
 pub fn line_print(line: &[u8]) -> u64 {
-    stable_hash_bytes(line)
+    fingerprint(line)
 }
 
 /// Lower-cased text with whitespace collapsed and figures masked as `#`.
 pub fn normalise(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    normalise_into(text, &mut out);
+    out
+}
+
+/// [`normalise`], appended to `out`.
+fn normalise_into(text: &str, out: &mut String) {
+    let start = out.len();
     let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
     let mut space = false;
@@ -92,48 +99,54 @@ pub fn normalise(text: &str) -> String {
         if c.is_ascii_digit() || signed {
             // One figure: digits joined by separators that sit between
             // digits (a separator may be followed by a sign).
-            i += 1;
-            loop {
-                match chars.get(i) {
-                    Some(d) if d.is_ascii_digit() => i += 1,
-                    Some(s) if matches!(s, '.' | ',' | ':' | '-' | '/' | 'T' | 'Z') => {
-                        let mut j = i + 1;
-                        while chars.get(j) == Some(&' ') && *s == ',' {
-                            j += 1;
-                        }
-                        if matches!(chars.get(j), Some('-' | '+')) {
-                            j += 1;
-                        }
-                        if chars.get(j).is_some_and(char::is_ascii_digit) {
-                            i = j;
-                        } else if *s == 'Z' {
-                            i += 1;
-                            break;
-                        } else {
-                            break;
-                        }
-                    }
-                    _ => break,
-                }
-            }
+            i = figure_end(&chars, i + 1);
             out.push('#');
             space = false;
             continue;
         }
         if c.is_whitespace() {
-            if !space && !out.is_empty() {
+            if !space && out.len() > start {
                 out.push(' ');
             }
             space = true;
         } else {
-            out.extend(c.to_lowercase());
+            if c.is_ascii() {
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.extend(c.to_lowercase());
+            }
             space = false;
         }
         i += 1;
     }
-    let trimmed = out.trim_end().len();
+    let trimmed = out.trim_end().len().max(start);
     out.truncate(trimmed);
-    out
+}
+
+/// Where the figure whose first character is before `i` ends.
+fn figure_end(chars: &[char], mut i: usize) -> usize {
+    loop {
+        match chars.get(i) {
+            Some(d) if d.is_ascii_digit() => i += 1,
+            Some(s) if matches!(s, '.' | ',' | ':' | '-' | '/' | 'T' | 'Z') => {
+                let mut j = i + 1;
+                while chars.get(j) == Some(&' ') && *s == ',' {
+                    j += 1;
+                }
+                if matches!(chars.get(j), Some('-' | '+')) {
+                    j += 1;
+                }
+                if chars.get(j).is_some_and(char::is_ascii_digit) {
+                    i = j;
+                } else if *s == 'Z' {
+                    return i + 1;
+                } else {
+                    return i;
+                }
+            }
+            _ => return i,
+        }
+    }
 }
 
 /// The near-duplicate key of an exchange: its messages' normalised text
@@ -143,16 +156,16 @@ pub fn exchange_key(msgs: &[Message]) -> u64 {
     for m in msgs {
         key.push_str(m.role.as_str());
         key.push('\u{1}');
-        key.push_str(&normalise(&m.content));
+        normalise_into(&m.content, &mut key);
         for c in &m.tool_calls {
             key.push('\u{2}');
             key.push_str(&c.name);
             key.push('\u{2}');
-            key.push_str(&normalise(&c.arguments.to_string()));
+            normalise_into(&c.arguments.to_string(), &mut key);
         }
         key.push('\u{3}');
     }
-    stable_hash(&key)
+    fingerprint(key.as_bytes())
 }
 
 /// The near-duplicate key of a written line (DPO pairs): every string in
@@ -161,7 +174,7 @@ pub fn line_key(line: &serde_json::Value) -> u64 {
     fn walk(v: &serde_json::Value, key: &mut String) {
         match v {
             serde_json::Value::String(s) => {
-                key.push_str(&normalise(s));
+                normalise_into(s, key);
                 key.push('\u{1}');
             }
             serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, key)),
@@ -178,14 +191,14 @@ pub fn line_key(line: &serde_json::Value) -> u64 {
                 }
             }
             other => {
-                key.push_str(&normalise(&other.to_string()));
+                normalise_into(&other.to_string(), key);
                 key.push('\u{1}');
             }
         }
     }
     let mut key = String::new();
     walk(line, &mut key);
-    stable_hash(&key)
+    fingerprint(key.as_bytes())
 }
 
 /// Serde helpers for the compact forms of [`Memory`].
