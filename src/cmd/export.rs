@@ -119,10 +119,16 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     coverage::check_output(state.as_ref(), &plan, &identity)?;
     let stores = open_stores(&cfg, &home, state.is_some(), &mut report)?;
     let mut redactor = open_redactor(&cfg, &home, &mut report)?;
-    let top = match &stores.state {
-        Some(db) => db.max_message_id()?,
+    let mut stores = stores;
+    let top = match stores.state.as_mut() {
+        Some(db) => {
+            let top = db.max_message_id()?;
+            db.read_upto(top);
+            top
+        }
         None => 0,
     };
+    let stores = stores;
     let selection = coverage::selection(&cfg);
     if let Some(s) = &state
         && top < s.watermark

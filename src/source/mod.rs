@@ -62,6 +62,60 @@ pub struct Stores {
     index: BTreeMap<String, IndexEntry>,
 }
 
+/// Sessions the state.db reader may read ahead of the one being formatted.
+const READ_AHEAD: usize = 16;
+
+/// What the state.db reader hands over, in the order it read it.
+enum DbRead {
+    /// A session the filters leave out.
+    Unwanted(SessionMeta),
+    /// The next session is read (its parts follow).
+    Wanted,
+    Session(Session),
+    /// A bad row of the session just read.
+    Problem(String),
+}
+
+/// Reads every wanted state.db session (`heads`, or all of them) and sends
+/// it, part by part, then its bad rows. Stops when the receiver is gone.
+fn read_db(
+    db: &StateDb,
+    heads: Option<Vec<SessionMeta>>,
+    part_rows: usize,
+    want: &(dyn Fn(&SessionMeta) -> bool + Sync),
+    tx: &std::sync::mpsc::SyncSender<DbRead>,
+) -> Result<()> {
+    let send = |item: DbRead| tx.send(item).map_err(|_| anyhow::anyhow!("export stopped"));
+    let one = |head: SessionMeta| -> Result<()> {
+        if head.is_rotation_child() {
+            return Ok(());
+        }
+        if !want(&head) {
+            return send(DbRead::Unwanted(head));
+        }
+        send(DbRead::Wanted)?;
+        // Bad rows are reported after the session's parts, as they were
+        // found while reading them.
+        let mut problems = Vec::new();
+        db.load_parts(
+            &head,
+            part_rows,
+            &mut |p| {
+                problems.push(p);
+                Ok(())
+            },
+            &mut |s| send(DbRead::Session(s)),
+        )?;
+        problems
+            .into_iter()
+            .try_for_each(|p| send(DbRead::Problem(p)))
+    };
+    match heads {
+        Some(heads) => heads.into_iter().try_for_each(one),
+        None => db.for_each_head(one),
+    }
+}
+
 impl Stores {
     /// Opens whatever exists. A store that cannot be read is reported (and
     /// the run becomes partial); finding no store at all is an error.
@@ -135,49 +189,33 @@ impl Stores {
         &self,
         report: &mut Report,
         db_heads: Option<Vec<SessionMeta>>,
-        want: &dyn Fn(&SessionMeta) -> bool,
+        want: &(dyn Fn(&SessionMeta) -> bool + Sync),
         unwanted: &mut dyn FnMut(&SessionMeta),
         f: &mut dyn FnMut(Session, &mut Report) -> Result<()>,
     ) -> Result<()> {
         if let Some(db) = &self.state {
+            // state.db is read on a thread of its own (with its own
+            // connection), so reading the next sessions overlaps with
+            // formatting this one; what it reads arrives here in order.
+            let reader = db.reopen()?;
             let part_rows = self.part_rows;
-            let mut one = |head: SessionMeta, report: &mut Report| -> Result<()> {
-                if head.is_rotation_child() {
-                    return Ok(());
-                }
-                if !want(&head) {
-                    unwanted(&head);
-                    return Ok(());
-                }
-                report.read_session(Origin::StateDb.as_str());
-                // `load_parts` reports bad rows through `report` while it also
-                // hands parts to `f`, which needs `report` too: collect them.
-                let mut problems = Vec::new();
-                db.load_parts(
-                    &head,
-                    part_rows,
-                    &mut |p| {
-                        problems.push(p);
-                        Ok(())
-                    },
-                    &mut |mut s| {
-                        self.enrich(&mut s, report)?;
-                        f(s, report)
-                    },
-                )?;
-                for p in problems {
-                    report.input_problem(p)?;
-                }
-                Ok(())
-            };
-            match db_heads {
-                Some(heads) => {
-                    for head in heads {
-                        one(head, report)?;
+            std::thread::scope(|scope| -> Result<()> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<DbRead>(READ_AHEAD);
+                let producer =
+                    scope.spawn(move || read_db(&reader, db_heads, part_rows, want, &tx));
+                for item in rx {
+                    match item {
+                        DbRead::Unwanted(head) => unwanted(&head),
+                        DbRead::Wanted => report.read_session(Origin::StateDb.as_str()),
+                        DbRead::Session(mut s) => {
+                            self.enrich(&mut s, report)?;
+                            f(s, report)?;
+                        }
+                        DbRead::Problem(p) => report.input_problem(p)?,
                     }
                 }
-                None => db.for_each_head(|head| one(head, report))?,
-            }
+                producer.join().expect("the state.db reader does not panic")
+            })?;
         }
         self.each_other_session(report, want, f)
     }

@@ -49,6 +49,9 @@ pub struct StateDb {
     /// Texts longer than this are not read.
     max_text_bytes: i64,
     with_reasoning: bool,
+    /// Rows with a higher id are not read: the highest id of the run's
+    /// snapshot, for a connection whose own snapshot may be newer.
+    upto: i64,
 }
 
 const HEAD_COLUMNS: &str =
@@ -106,11 +109,28 @@ impl StateDb {
             has_timestamp: mcols.contains("timestamp"),
             max_text_bytes: i64::MAX,
             with_reasoning: true,
+            upto: i64::MAX,
         })
     }
 
     /// Texts longer than `max_text_bytes` are not read (their message is
     /// marked oversize); reasoning is read only when wanted.
+    /// Another read-only connection to the same file, with the same limits
+    /// (for reading on another thread).
+    pub fn reopen(&self) -> Result<StateDb> {
+        let mut db = StateDb::open(&self.path)?;
+        db.max_text_bytes = self.max_text_bytes;
+        db.with_reasoning = self.with_reasoning;
+        db.upto = self.upto;
+        Ok(db)
+    }
+
+    /// Reads no message row above `id` (the run's watermark: a row above
+    /// it belongs to the next run, whatever connection sees it).
+    pub fn read_upto(&mut self, id: i64) {
+        self.upto = id;
+    }
+
     pub fn set_limits(&mut self, max_text_bytes: u64, with_reasoning: bool) {
         self.max_text_bytes = i64::try_from(max_text_bytes).unwrap_or(i64::MAX);
         self.with_reasoning = with_reasoning;
@@ -354,7 +374,8 @@ impl StateDb {
         let mut rows = stmt.query(rusqlite::params![
             session_id,
             self.max_text_bytes,
-            self.with_reasoning
+            self.with_reasoning,
+            self.upto
         ])?;
         while let Some(row) = rows.next()? {
             match message_from_row(row, self.max_text_bytes) {
@@ -423,7 +444,8 @@ fn prompt_sql(tables: &HashSet<String>, scols: &HashSet<String>) -> String {
 /// The one list of the columns a message row is read with, in SELECT order:
 /// the name it is read by, and how it is selected given the columns the
 /// store has (a column a store lacks reads as its default). `?2` is the
-/// largest text read, `?3` whether reasoning is wanted.
+/// largest text read, `?3` whether reasoning is wanted (`?4`, the highest
+/// id read, is bound by the message query).
 const MESSAGE_COLUMNS: [(&str, SelectColumn); 16] = [
     ("id", |_| "id".into()),
     ("role", |_| "role".into()),
@@ -506,7 +528,7 @@ fn message_sql(columns: &HashSet<String>) -> String {
         .map(|(_, sql)| sql(columns))
         .collect();
     format!(
-        "SELECT {} FROM messages WHERE session_id = +?1 ORDER BY id",
+        "SELECT {} FROM messages WHERE session_id = +?1 AND +id <= ?4 ORDER BY id",
         select.join(", ")
     )
 }

@@ -42,8 +42,8 @@ const GEN_CLOSE: char = '\u{FDD1}';
 /// Remembered pieces at most, and their bytes at most (then the memory
 /// starts over). Fitting a sample renders it several times, and a system
 /// prompt and tool list repeat across samples: every piece is remembered.
-const CACHE_ENTRIES: usize = 1 << 16;
-const CACHE_BYTES: usize = 24 << 20;
+const CACHE_ENTRIES: usize = 1 << 14;
+const CACHE_BYTES: usize = 8 << 20;
 
 pub struct ChatTokenizer {
     tokenizer: Tokenizer,
