@@ -86,6 +86,18 @@ pub fn render(m: &Value) -> String {
             "Every line ends with `meta` (session, channel, raw source, turn times), which trainers ignore."
         }
     );
+    files(&mut out, m);
+    samples(&mut out, m);
+    tokens(&mut out, &m["tokens"]);
+    redaction(&mut out, &m["redactions"]);
+    training(&mut out, &format, &text(&m["tokens"]["max_tokens"]));
+    out.push_str(
+        "`manifest.json` holds the same figures for machines, with the flags of the run.\n",
+    );
+    out
+}
+
+fn files(out: &mut String, m: &Value) {
     out.push_str("## Files\n\n");
     let files = &m["split"]["files"];
     if let Some(f) = files.as_object() {
@@ -104,14 +116,17 @@ pub fn render(m: &Value) -> String {
             text(&m["split"]["valid_fraction"])
         );
     }
+}
+
+fn samples(out: &mut String, m: &Value) {
     out.push_str("## Samples written by the last run\n\nPer channel:\n\n");
-    table(&mut out, ("channel", "samples"), &m["counts"]["channels"]);
+    table(out, ("channel", "samples"), &m["counts"]["channels"]);
     if m["counts"]["signals"].is_object() {
         out.push_str("Per preference signal:\n\n");
-        table(&mut out, ("signal", "pairs"), &m["counts"]["signals"]);
+        table(out, ("signal", "pairs"), &m["counts"]["signals"]);
     }
     out.push_str("Left out, per reason:\n\n");
-    table(&mut out, ("reason", "count"), &m["counts"]["skipped"]);
+    table(out, ("reason", "count"), &m["counts"]["skipped"]);
     let c = &m["curation"];
     if c.is_object() {
         let _ = writeln!(
@@ -123,7 +138,9 @@ pub fn render(m: &Value) -> String {
             text(&c["forgotten_sessions"]),
         );
     }
-    let t = &m["tokens"];
+}
+
+fn tokens(out: &mut String, t: &Value) {
     let _ = writeln!(
         out,
         "## Tokens\n\nCounted with {} ({}); budget {} tokens a sample: set the trainer's maximum length to at least that.\n",
@@ -151,31 +168,35 @@ pub fn render(m: &Value) -> String {
         }
         out.push('\n');
     }
+}
+
+fn redaction(out: &mut String, r: &Value) {
     out.push_str("## Redaction\n\n");
-    if m["redactions"].as_object().is_some_and(|r| r.is_empty()) {
+    if r.as_object().is_some_and(|r| r.is_empty()) {
         out.push_str("On; nothing needed redacting.\n\n");
-    } else if m["redactions"].is_object() {
-        table(&mut out, ("kind", "redacted"), &m["redactions"]);
+    } else if r.is_object() {
+        table(out, ("kind", "redacted"), r);
     } else {
         out.push_str("Off (`--no-redact`): the lines may hold secrets and home paths.\n\n");
     }
-    let max = text(&t["max_tokens"]);
+}
+
+/// How to train on the directory. Each split is loaded on its own: `datasets`
+/// takes the column types of the first file for all, and two files whose
+/// messages carry different keys then fail to load together.
+fn training(out: &mut String, format: &str, max: &str) {
     out.push_str("## Training on it\n\n");
     if format == "sft" {
         let _ = writeln!(
             out,
-            "mlx-lm (reads `train.jsonl` and `valid.jsonl` from the directory):\n\n```sh\nmlx_lm.lora --model MODEL --train --data . --max-seq-length {max} --mask-prompt\n```\n\nTRL:\n\n```python\nfrom datasets import load_dataset\nfrom trl import SFTConfig, SFTTrainer\nds = load_dataset(\"json\", data_files={{\"train\": \"train.jsonl\", \"validation\": \"valid.jsonl\"}})\ntrainer = SFTTrainer(model=MODEL, train_dataset=ds[\"train\"], eval_dataset=ds[\"validation\"],\n                     args=SFTConfig(max_length={max}, assistant_only_loss=True))\n```\n"
+            "mlx-lm (reads `train.jsonl` and `valid.jsonl` from the directory):\n\n```sh\nmlx_lm.lora --model MODEL --train --data . --max-seq-length {max} --mask-prompt\n```\n\nTRL:\n\n```python\nfrom datasets import load_dataset\nfrom trl import SFTConfig, SFTTrainer\ntrain = load_dataset(\"json\", data_files=\"train.jsonl\", split=\"train\")\nvalid = load_dataset(\"json\", data_files=\"valid.jsonl\", split=\"train\")\ntrainer = SFTTrainer(model=MODEL, train_dataset=train, eval_dataset=valid,\n                     args=SFTConfig(max_length={max}, assistant_only_loss=True))\n```\n"
         );
     } else {
         let _ = writeln!(
             out,
-            "TRL:\n\n```python\nfrom datasets import load_dataset\nfrom trl import DPOConfig, DPOTrainer\nds = load_dataset(\"json\", data_files={{\"train\": \"train.jsonl\", \"validation\": \"valid.jsonl\"}})\ntrainer = DPOTrainer(model=MODEL, train_dataset=ds[\"train\"], eval_dataset=ds[\"validation\"],\n                     args=DPOConfig(max_length={max}))\n```\n\n`--dpo-style flat` lines suit mlx-lm-lora's DPO mode.\n"
+            "TRL:\n\n```python\nfrom datasets import load_dataset\nfrom trl import DPOConfig, DPOTrainer\ntrain = load_dataset(\"json\", data_files=\"train.jsonl\", split=\"train\")\nvalid = load_dataset(\"json\", data_files=\"valid.jsonl\", split=\"train\")\ntrainer = DPOTrainer(model=MODEL, train_dataset=train, eval_dataset=valid,\n                     args=DPOConfig(max_length={max}))\n```\n\n`--dpo-style flat` lines suit mlx-lm-lora's DPO mode.\n"
         );
     }
-    out.push_str(
-        "`manifest.json` holds the same figures for machines, with the flags of the run.\n",
-    );
-    out
 }
 
 #[cfg(test)]

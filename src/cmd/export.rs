@@ -117,34 +117,12 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     // A cumulative output belongs to one state, format and style.
     let identity = coverage::identity(&cfg, &plan);
     coverage::check_output(state.as_ref(), &plan, &identity)?;
-    let stores = open_stores(&cfg, &home, state.is_some(), &mut report)?;
+    let mut stores = open_stores(&cfg, &home, state.is_some(), &mut report)?;
     let mut redactor = open_redactor(&cfg, &home, &mut report)?;
-    let mut stores = stores;
-    let top = match stores.state.as_mut() {
-        Some(db) => {
-            let top = db.max_message_id()?;
-            db.read_upto(top);
-            top
-        }
-        None => 0,
-    };
+    let top = watermark(&mut stores, state.as_ref(), &report)?;
     let stores = stores;
     let selection = coverage::selection(&cfg);
-    if let Some(s) = &state
-        && top < s.watermark
-    {
-        report.warn(format_args!(
-            "state.db holds messages up to id {top}, but the state file has seen up to {}; was state.db replaced? Only newer ids will be exported",
-            s.watermark
-        ));
-    }
-    if let SystemPolicy::Soul(soul) = &mut cfg.system {
-        *soul = std::fs::read_to_string(home.dir.join("SOUL.md")).ok();
-    }
-    if let (Some(r), SystemPolicy::Fixed(text)) = (redactor.as_mut(), &mut cfg.system) {
-        // The replacement prompt is redacted like any stored text.
-        r.string(text);
-    }
+    system_prompt(&mut cfg.system, &home, redactor.as_mut());
     let cfg = &cfg;
     let counter = Counter::new(cfg.tokenizer.as_deref())?;
     let output = if dry_run {
@@ -189,6 +167,36 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     } else {
         exit::OK
     })
+}
+
+/// The highest state.db message id this run takes (0 without state.db);
+/// no connection reads a row above it.
+fn watermark(stores: &mut Stores, state: Option<&RunState>, report: &Report) -> Result<i64> {
+    let Some(db) = stores.state.as_mut() else {
+        return Ok(0);
+    };
+    let top = db.max_message_id()?;
+    db.read_upto(top);
+    if let Some(s) = state
+        && top < s.watermark
+    {
+        report.warn(format_args!(
+            "state.db holds messages up to id {top}, but the state file has seen up to {}; was state.db replaced? Only newer ids will be exported",
+            s.watermark
+        ));
+    }
+    Ok(top)
+}
+
+/// Reads SOUL.md for `--system-prompt soul`; redacts a replacement
+/// prompt like any stored text.
+fn system_prompt(system: &mut SystemPolicy, home: &HermesHome, redactor: Option<&mut Redactor>) {
+    if let SystemPolicy::Soul(soul) = system {
+        *soul = std::fs::read_to_string(home.dir.join("SOUL.md")).ok();
+    }
+    if let (Some(r), SystemPolicy::Fixed(text)) = (redactor, system) {
+        r.string(text);
+    }
 }
 
 /// Leftovers of a killed run (the caller holds the lock, so nobody owns

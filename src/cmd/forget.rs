@@ -63,26 +63,8 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
             "name the sessions to forget, or --before WHEN".to_string(),
         ));
     }
-    let (dir, single) = match args.out.as_str() {
-        "-" => {
-            return Err(usage(
-                "--out -: stdout keeps nothing to forget; name the cumulative FILE or DIR/".into(),
-            ));
-        }
-        o if o.ends_with('/') || Path::new(o).is_dir() => (Some(PathBuf::from(o)), None),
-        o => match safe_io::resolve_out_file(Path::new(o))
-            .map_err(|e| usage(format!("--out {o}: {e}")))?
-        {
-            FileDest::Regular(p) => (None, Some(p)),
-            FileDest::Special(_) => {
-                return Err(usage(format!(
-                    "--out {o} is a special file; it keeps nothing to forget"
-                )));
-            }
-        },
-    };
+    let (dir, single) = output_of(&args.out)?;
     let out_path = dir.clone().or(single.clone()).expect("one of them");
-    let out_id = safe_io::canonical_ish(&out_path).display().to_string();
     let state_path =
         safe_io::resolve_links(&args.state).map_err(|e| usage(format!("--state: {e}")))?;
     if !state_path.is_file() {
@@ -93,23 +75,7 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     }
     let _lock = RunLock::acquire(&state_path)?;
     let mut st = RunState::load(&state_path)?;
-    match &st.identity {
-        Some(id) if id.out == out_id => {}
-        Some(id) => {
-            return Err(refuse(format!(
-                "state file {} belongs to the export {}, not to {}; nothing was changed",
-                state_path.display(),
-                id.describe(),
-                out_path.display()
-            )));
-        }
-        None => {
-            return Err(refuse(format!(
-                "state file {} has no committed output yet; nothing was changed",
-                state_path.display()
-            )));
-        }
-    }
+    check_identity(&st, &state_path, &out_path)?;
 
     // Read every committed line (a killed run's uncommitted tail goes too,
     // as the next export would cut it).
@@ -122,21 +88,8 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
         };
         files.push(read_committed(name, &path, committed)?);
     }
-
     let wanted: BTreeSet<&str> = args.sessions.iter().map(String::as_str).collect();
-    let mut known: BTreeSet<&str> = st.pending.keys().map(String::as_str).collect();
-    known.extend(st.covered_turns.keys().map(String::as_str));
-    known.extend(st.curation.forgotten.iter().map(String::as_str));
-    for f in &files {
-        known.extend(f.lines.iter().map(|l| l.1.as_str()));
-    }
-    let unknown: Vec<&str> = wanted.difference(&known).copied().collect();
-    if !unknown.is_empty() && !args.force {
-        return Err(usage(format!(
-            "no line and no state entry knows the session(s) {}; nothing was changed (check the ids, or pass --force to record them anyway)",
-            unknown.join(", ")
-        )));
-    }
+    check_known(&st, &files, &wanted, args.force)?;
 
     // First commit: the ids and the cut-off, so that no run exports them.
     let ids: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
@@ -149,8 +102,86 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     }
     st.save(&state_path)?;
 
-    let mut removed: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for f in &files {
+    let removed = remove_lines(&files, &wanted, before, &mut st)?;
+    st.save(&state_path)?;
+    if let Some(d) = &dir {
+        update_manifest(d, &st)?;
+    }
+    report_removed(&removed, ids.len(), before, args.quiet)?;
+    Ok(exit::OK)
+}
+
+/// `--out` as a directory or a regular file (stdout and special files keep
+/// nothing to forget).
+fn output_of(out: &str) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    match out {
+        "-" => Err(usage(
+            "--out -: stdout keeps nothing to forget; name the cumulative FILE or DIR/".into(),
+        )),
+        o if o.ends_with('/') || Path::new(o).is_dir() => Ok((Some(PathBuf::from(o)), None)),
+        o => match safe_io::resolve_out_file(Path::new(o))
+            .map_err(|e| usage(format!("--out {o}: {e}")))?
+        {
+            FileDest::Regular(p) => Ok((None, Some(p))),
+            FileDest::Special(_) => Err(usage(format!(
+                "--out {o} is a special file; it keeps nothing to forget"
+            ))),
+        },
+    }
+}
+
+/// Refuses a state file that belongs to another output, or to none yet.
+fn check_identity(st: &RunState, state_path: &Path, out_path: &Path) -> Result<()> {
+    let out_id = safe_io::canonical_ish(out_path).display().to_string();
+    match &st.identity {
+        Some(id) if id.out == out_id => Ok(()),
+        Some(id) => Err(refuse(format!(
+            "state file {} belongs to the export {}, not to {}; nothing was changed",
+            state_path.display(),
+            id.describe(),
+            out_path.display()
+        ))),
+        None => Err(refuse(format!(
+            "state file {} has no committed output yet; nothing was changed",
+            state_path.display()
+        ))),
+    }
+}
+
+/// Refuses ids that no line and no state entry knows, unless `force`.
+fn check_known(
+    st: &RunState,
+    files: &[FileLines],
+    wanted: &BTreeSet<&str>,
+    force: bool,
+) -> Result<()> {
+    let mut known: BTreeSet<&str> = st.pending.keys().map(String::as_str).collect();
+    known.extend(st.covered_turns.keys().map(String::as_str));
+    known.extend(st.curation.forgotten.iter().map(String::as_str));
+    for f in files {
+        known.extend(f.lines.iter().map(|l| l.1.as_str()));
+    }
+    let unknown: Vec<&str> = wanted.difference(&known).copied().collect();
+    if unknown.is_empty() || force {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "no line and no state entry knows the session(s) {}; nothing was changed (check the ids, or pass --force to record them anyway)",
+        unknown.join(", ")
+    )))
+}
+
+/// Rewrites each file without the lines of `wanted` sessions (and, with
+/// `before`, those whose first turn is earlier or unknown), updating the
+/// state's committed lengths; returns the 1-based numbers removed per file.
+fn remove_lines(
+    files: &[FileLines],
+    wanted: &BTreeSet<&str>,
+    before: Option<f64>,
+    st: &mut RunState,
+) -> Result<BTreeMap<String, Vec<usize>>> {
+    let mut removed = BTreeMap::new();
+    for f in files {
         let mut kept = Vec::new();
         let mut gone = Vec::new();
         for (n, (bytes, session, first)) in f.lines.iter().enumerate() {
@@ -163,53 +194,56 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
                 kept.push(bytes.as_slice());
             }
         }
-        if !gone.is_empty() {
-            let committed = rewrite(&f.path, &kept)?;
-            st.outputs.insert(f.name.clone(), committed);
-        } else if let Some(c) = st.outputs.get(&f.name)
-            && std::fs::metadata(&f.path).is_ok_and(|m| m.len() != c.bytes)
-        {
-            // Drop a killed run's uncommitted tail all the same.
+        let torn = st
+            .outputs
+            .get(&f.name)
+            .is_some_and(|c| std::fs::metadata(&f.path).is_ok_and(|m| m.len() != c.bytes));
+        // A killed run's uncommitted tail is dropped all the same.
+        if !gone.is_empty() || torn {
             let committed = rewrite(&f.path, &kept)?;
             st.outputs.insert(f.name.clone(), committed);
         }
         removed.insert(f.name.clone(), gone);
     }
-    st.save(&state_path)?;
-    if let Some(d) = &dir {
-        update_manifest(d, &st)?;
-    }
+    Ok(removed)
+}
 
-    let mut stdout = std::io::stdout().lock();
+/// The removed line numbers per file on stdout; the summary on stderr.
+fn report_removed(
+    removed: &BTreeMap<String, Vec<usize>>,
+    ids: usize,
+    before: Option<f64>,
+    quiet: bool,
+) -> Result<()> {
+    let mut stdout = crate::sink::Stdout::new();
     let mut total = 0;
-    for (name, gone) in &removed {
+    for (name, gone) in removed {
         total += gone.len();
         let list: Vec<String> = gone.iter().map(|n| n.to_string()).collect();
-        writeln!(
-            stdout,
+        let line = format!(
             "{name}: {} line(s) removed{}{}",
             gone.len(),
             if gone.is_empty() { "" } else { ": " },
             list.join(" ")
-        )?;
+        );
+        stdout.line(line.as_bytes())?;
     }
-    stdout.flush()?;
-    if !args.quiet {
+    stdout.finish()?;
+    if !quiet {
+        let cut = match before {
+            Some(b) => format!(
+                " and every turn before {}",
+                crate::config::iso_time(Some(b))
+                    .as_str()
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
         eprintln!(
-            "hermes-harvest: forgot {} session(s){}; {total} line(s) removed; the state keeps them out of every later run",
-            ids.len(),
-            match before {
-                Some(b) => format!(
-                    " and every turn before {}",
-                    crate::config::iso_time(Some(b))
-                        .as_str()
-                        .unwrap_or_default()
-                ),
-                None => String::new(),
-            }
+            "hermes-harvest: forgot {ids} session(s){cut}; {total} line(s) removed; the state keeps them out of every later run"
         );
     }
-    Ok(exit::OK)
+    Ok(())
 }
 
 /// The committed lines of one output file, each with its session.
