@@ -62,8 +62,52 @@ pub struct Stores {
     index: BTreeMap<String, IndexEntry>,
 }
 
-/// Sessions the state.db reader may read ahead of the one being formatted.
+/// Items the state.db reader may read ahead of the one being formatted,
+/// and the message bytes they may hold (a session larger than that waits
+/// until the ones before it are done, so at most two very long parts are
+/// in memory at once).
 const READ_AHEAD: usize = 16;
+const READ_AHEAD_BYTES: usize = 16 << 20;
+
+/// Message bytes read but not yet formatted, shared by the reader (which
+/// waits while the next session would take them past [`READ_AHEAD_BYTES`])
+/// and the consumer (which gives them back).
+#[derive(Default)]
+struct InFlight {
+    /// The bytes, and whether the consumer has stopped (then nobody waits).
+    state: std::sync::Mutex<(usize, bool)>,
+    done: std::sync::Condvar,
+}
+
+impl InFlight {
+    fn take(&self, n: usize) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.0 > 0 && st.0 + n > READ_AHEAD_BYTES && !st.1 {
+            st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.0 += n;
+    }
+
+    fn give_back(&self, n: usize) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 -= n;
+        self.done.notify_one();
+    }
+}
+
+/// Tells the reader the consumer has stopped, however it stops (an error,
+/// or a panic), so that it never waits for bytes given back.
+struct StopOnDrop<'a>(&'a InFlight);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.0.done.notify_all();
+    }
+}
+
+fn message_bytes(s: &Session) -> usize {
+    s.messages.iter().map(|m| m.content.len() + 256).sum()
+}
 
 /// What the state.db reader hands over, in the order it read it.
 enum DbRead {
@@ -84,6 +128,7 @@ fn read_db(
     part_rows: usize,
     want: &(dyn Fn(&SessionMeta) -> bool + Sync),
     tx: &std::sync::mpsc::SyncSender<DbRead>,
+    in_flight: &InFlight,
 ) -> Result<()> {
     let send = |item: DbRead| tx.send(item).map_err(|_| anyhow::anyhow!("export stopped"));
     let one = |head: SessionMeta| -> Result<()> {
@@ -104,7 +149,10 @@ fn read_db(
                 problems.push(p);
                 Ok(())
             },
-            &mut |s| send(DbRead::Session(s)),
+            &mut |s| {
+                in_flight.take(message_bytes(&s));
+                send(DbRead::Session(s))
+            },
         )?;
         problems
             .into_iter()
@@ -199,21 +247,28 @@ impl Stores {
             // formatting this one; what it reads arrives here in order.
             let reader = db.reopen()?;
             let part_rows = self.part_rows;
+            let in_flight = InFlight::default();
             std::thread::scope(|scope| -> Result<()> {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<DbRead>(READ_AHEAD);
+                let gate = &in_flight;
                 let producer =
-                    scope.spawn(move || read_db(&reader, db_heads, part_rows, want, &tx));
+                    scope.spawn(move || read_db(&reader, db_heads, part_rows, want, &tx, gate));
+                let stop = StopOnDrop(gate);
                 for item in rx {
                     match item {
                         DbRead::Unwanted(head) => unwanted(&head),
                         DbRead::Wanted => report.read_session(Origin::StateDb.as_str()),
                         DbRead::Session(mut s) => {
+                            let n = message_bytes(&s);
                             self.enrich(&mut s, report)?;
-                            f(s, report)?;
+                            let done = f(s, report);
+                            in_flight.give_back(n);
+                            done?;
                         }
                         DbRead::Problem(p) => report.input_problem(p)?,
                     }
                 }
+                drop(stop);
                 producer.join().expect("the state.db reader does not panic")
             })?;
         }
