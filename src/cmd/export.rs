@@ -553,7 +553,8 @@ impl<'a> Run<'a> {
                 signal: Some(signal.as_str()),
                 ..Meta::of(&p.session, p.channel, (t, last))
             };
-            let json = serde_json::to_vec(&line)?;
+            // Key order is kept (`preserve_order`): the same bytes as the line's.
+            let json = serde_json::to_vec(&value)?;
             let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
                 continue;
             };

@@ -115,7 +115,8 @@ enum DbRead {
     Unwanted(SessionMeta),
     /// The next session is read (its parts follow).
     Wanted,
-    Session(Session),
+    /// A session (or part), with the message bytes it takes from the budget.
+    Session(Session, usize),
     /// A bad row of the session just read.
     Problem(String),
 }
@@ -150,8 +151,9 @@ fn read_db(
                 Ok(())
             },
             &mut |s| {
-                in_flight.take(message_bytes(&s));
-                send(DbRead::Session(s))
+                let n = message_bytes(&s);
+                in_flight.take(n);
+                send(DbRead::Session(s, n))
             },
         )?;
         problems
@@ -258,8 +260,7 @@ impl Stores {
                     match item {
                         DbRead::Unwanted(head) => unwanted(&head),
                         DbRead::Wanted => report.read_session(Origin::StateDb.as_str()),
-                        DbRead::Session(mut s) => {
-                            let n = message_bytes(&s);
+                        DbRead::Session(mut s, n) => {
                             self.enrich(&mut s, report)?;
                             let done = f(s, report);
                             in_flight.give_back(n);

@@ -53,6 +53,18 @@ pub fn run_in(home: &Path, args: &[&str]) -> Output {
     run(&full)
 }
 
+/// [`run_in`], asserting that the run succeeded (its stderr tells why not).
+pub fn run_ok(home: &Path, args: &[&str]) -> Output {
+    let out = run_in(home, args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn schemas() -> &'static Schemas {
     static S: OnceLock<Schemas> = OnceLock::new();
     S.get_or_init(|| Schemas::load().expect("schemas"))
