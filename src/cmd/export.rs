@@ -275,7 +275,7 @@ impl<'a> Run<'a> {
             kit: Kit {
                 opts: cfg.format_options(),
                 counter,
-                catalog: ToolCatalog::new(&stores.files),
+                catalog: stores.tool_catalog(),
                 system_json: sft::SystemCache::default(),
             },
             covered: Covered {
