@@ -49,6 +49,9 @@ pub struct Totals {
     pub tokens: BTreeMap<&'static str, TokenTotals>,
     /// The first chat-template failure, reported once.
     pub template_error: Option<String>,
+    /// Definitions of called tools a session did not record, borrowed from
+    /// another session of the home.
+    pub definitions_borrowed: usize,
 }
 
 impl Totals {

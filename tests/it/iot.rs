@@ -407,3 +407,35 @@ fn hidden_archived_and_pinned_sessions_are_exported() {
         assert!(conv.iter().any(|(r, _)| r == "user"), "{sid}");
     }
 }
+
+#[test]
+fn a_session_without_a_tool_set_borrows_from_the_same_hermes_and_says_so() {
+    let home = fixture_home(V22);
+    // As a one-turn API session would be: Hermes wrote no tool set for it.
+    db(home.path())
+        .execute_batch("UPDATE sessions SET tool_names = NULL WHERE id = 'nexus-world-0001'")
+        .unwrap();
+    let mut args = vec!["--session", "nexus-world-0001"];
+    args.extend_from_slice(&WIDE);
+    let (code, lines, stderr) = export(home.path(), &args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("; 1 called tools' definitions borrowed"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("without a called tool's definition"),
+        "{stderr}"
+    );
+    let bridged = lines
+        .iter()
+        .find(|v| v.to_string().contains(r#""name":"tool_call""#))
+        .expect("the tool turn");
+    assert!(
+        bridged["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["function"]["name"] == "tool_call")
+    );
+}
