@@ -439,3 +439,25 @@ fn a_session_without_a_tool_set_borrows_from_the_same_hermes_and_says_so() {
             .any(|d| d["function"]["name"] == "tool_call")
     );
 }
+
+#[test]
+fn send_verify_follows_the_redirect_into_the_continuation() {
+    let home = fixture_home(V22);
+    let hermes = hermes_harvest::home::HermesHome::resolve(Some(home.path()), None).unwrap();
+    let turn = "After 1 compactions: USE_TOOL to note it (api-rotate).";
+    // The turn was sent with the header id of the rotated session; 0.22 wrote
+    // it into the newest child. Verify looks it up under the id it sent.
+    let stored_in: String = db(home.path())
+        .query_row(
+            "SELECT session_id FROM messages WHERE content = ?1 AND role = 'user'",
+            [turn],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_ne!(stored_in, "nexus-rotate-0004");
+    let seen = hermes_harvest::send::verify::look(&hermes, "nexus-rotate-0004", turn)
+        .unwrap()
+        .expect("the session is found");
+    assert_eq!(seen.answered, 1);
+    assert!(seen.in_rebuilt);
+}
