@@ -49,6 +49,9 @@ pub struct Totals {
     pub tokens: BTreeMap<&'static str, TokenTotals>,
     /// The first chat-template failure, reported once.
     pub template_error: Option<String>,
+    /// Definitions of called tools a session did not record, borrowed from
+    /// another session of the home.
+    pub definitions_borrowed: usize,
 }
 
 impl Totals {
@@ -135,7 +138,12 @@ pub struct SourceEntry {
     pub store: &'static str,
     pub path: String,
     pub schema_version: Option<i64>,
+    /// Set when the schema is newer than this tool knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_note: Option<String>,
     pub sessions_read: usize,
+    /// Sessions read from another store that this one added to.
+    pub sessions_enriched: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -265,13 +273,16 @@ fn time(t: Option<f64>) -> Option<String> {
 
 fn sources(stores: &Stores, report: &Report) -> Vec<SourceEntry> {
     let read = |o: Origin| report.sessions_read.get(o.as_str()).copied().unwrap_or(0);
+    let enriched = |store: &str| report.sessions_enriched.get(store).copied().unwrap_or(0);
     let mut out = Vec::new();
     if let Some(db) = &stores.state {
         out.push(SourceEntry {
             store: "state.db",
             path: db.path.display().to_string(),
             schema_version: db.schema_version,
+            schema_note: db.schema_note(),
             sessions_read: read(Origin::StateDb),
+            sessions_enriched: 0,
         });
     }
     if let Some(rs) = &stores.responses {
@@ -279,14 +290,18 @@ fn sources(stores: &Stores, report: &Report) -> Vec<SourceEntry> {
             store: "response_store.db",
             path: rs.path.display().to_string(),
             schema_version: None,
+            schema_note: None,
             sessions_read: read(Origin::ResponseStore),
+            sessions_enriched: enriched("response_store.db"),
         });
     }
     out.push(SourceEntry {
         store: "sessions",
         path: stores.files.dir.display().to_string(),
         schema_version: None,
+        schema_note: None,
         sessions_read: read(Origin::SessionJson) + read(Origin::Transcript),
+        sessions_enriched: enriched("sessions"),
     });
     out
 }

@@ -73,6 +73,12 @@ pub struct Message {
     /// The stored text was larger than any sample can hold and was not
     /// read (`content` is a placeholder).
     pub oversize: bool,
+    /// The turn this row belongs to (v31 `message_uid`): compaction clones,
+    /// a summary that carries a turn, and the rewound original share it.
+    pub uid: Option<String>,
+    /// The turns merged into this composite row (v31
+    /// `absorbed_message_uids`).
+    pub absorbed: Vec<String>,
 }
 
 impl Message {
@@ -91,6 +97,8 @@ impl Message {
             state: RowState::Live,
             summary_flag: false,
             oversize: false,
+            uid: None,
+            absorbed: Vec::new(),
         }
     }
 
@@ -224,7 +232,8 @@ impl Channel {
         });
         match source {
             "telegram" => Channel::Telegram,
-            "cli" | "tui" => Channel::Tui,
+            // 0.22 stores a `hermes chat -q` one-shot as `oneshot`.
+            "cli" | "tui" | "oneshot" => Channel::Tui,
             "nexus" => Channel::Nexus,
             "api_server" if !nexus_prefix.is_empty() && id.starts_with(nexus_prefix) => {
                 Channel::Nexus

@@ -14,8 +14,22 @@
 //! `rewind` (undone reply vs the reply to the same text re-sent),
 //! `regenerate` (earlier vs later answer to a repeated prompt) and
 //! `tool-retry` (a failed call vs the call that then worked). It also merges
-//! orphan user turns, drops background-review harness turns and restores
-//! tool names that 0.13 did not store.
+//! orphan user turns, drops background-review harness turns and names every
+//! tool result after the call it answers (0.13 stored no name; 0.22 names
+//! a result behind the tool-search bridge after the inner tool, while the
+//! model called `tool_call`).
+//!
+//! A store that records turn identity (schema v31, Hermes 0.22: every row
+//! has a `message_uid`) is first reduced by identity ([`by_identity`]):
+//! rows that share a uid are one turn, kept at its first row (compaction
+//! clones repeat the uid, content and timestamp of their original); a
+//! summary row that carries a turn's uid gives that turn back without the
+//! summary text; a rewound original (`active=0, compacted=0`) whose clone
+//! survives is not an undo; a composite row and the rows it absorbed are one
+//! turn, with the composite's text. Only a turn none of whose rows survives
+//! is undone.
+
+use std::collections::{HashMap, HashSet};
 
 use crate::model::{Message, Role, RowState, Session};
 
@@ -85,13 +99,108 @@ const COPY_SEARCH_WINDOW: usize = 4096;
 
 pub fn rebuild(session: &Session) -> Rebuilt {
     let mut stats = RebuildStats::default();
-    let (turns, undone) = structure(&session.messages, &mut stats);
+    let by_uid = by_identity(&session.messages, &mut stats);
+    let rows = by_uid.as_deref().unwrap_or(&session.messages);
+    let (turns, undone) = structure(rows, &mut stats);
     let (messages, alternatives) = meaning(turns, undone, &mut stats);
     Rebuilt {
         messages,
         alternatives,
         stats,
     }
+}
+
+/// Ends the summary part of a summary row that carries a turn (0.22); the
+/// turn's own text follows it.
+const SUMMARY_END: &str =
+    "--- END OF CONTEXT SUMMARY — respond to the message below, not the summary above ---";
+
+/// The rows of a store that records turn identity, one per turn (see the
+/// module header); `None` when no row has a uid (older stores).
+fn by_identity(rows: &[Message], stats: &mut RebuildStats) -> Option<Vec<Message>> {
+    fn uid(m: &Message) -> Option<&str> {
+        m.uid.as_deref()
+    }
+    if !rows.iter().any(|m| m.uid.is_some()) {
+        return None;
+    }
+    let survives: HashSet<&str> = rows
+        .iter()
+        .filter(|m| m.state != RowState::Undone)
+        .filter_map(uid)
+        .collect();
+    let turn_uids: HashSet<&str> = rows
+        .iter()
+        .filter(|m| !is_summary(m))
+        .filter_map(uid)
+        .collect();
+    let absorbed: HashSet<&str> = rows
+        .iter()
+        .flat_map(|m| m.absorbed.iter().map(String::as_str))
+        .collect();
+    // The newest composite of each turn holds the merged text.
+    let mut composite: HashMap<&str, &str> = HashMap::new();
+    for m in rows
+        .iter()
+        .filter(|m| !m.absorbed.is_empty() && !is_summary(m))
+    {
+        if let Some(u) = uid(m) {
+            composite.insert(u, &m.content);
+        }
+    }
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut summaries: HashSet<&str> = HashSet::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(u) = uid(row) else {
+            out.push(row.clone());
+            continue;
+        };
+        if absorbed.contains(u) && !composite.contains_key(u) {
+            stats.merged_user_turns += usize::from(seen.insert(u));
+            continue;
+        }
+        if is_summary(row) {
+            if summaries.insert(u) {
+                stats.summaries += 1;
+            }
+            // A turn it carries whose own rows are gone comes back from it.
+            match carried_turn(row) {
+                Some(text) if !turn_uids.contains(u) && seen.insert(u) => out.push(Message {
+                    content: text,
+                    summary_flag: false,
+                    state: RowState::Live,
+                    ..row.clone()
+                }),
+                _ => {}
+            }
+            continue;
+        }
+        if !seen.insert(u) {
+            stats.compaction_copies += 1;
+            continue;
+        }
+        let mut m = row.clone();
+        if m.state == RowState::Undone && survives.contains(u) {
+            m.state = RowState::Live; // rewound, but its clone lives on
+        }
+        if let Some(text) = composite.get(u) {
+            m.content = (*text).to_string();
+        }
+        out.push(m);
+    }
+    Some(out)
+}
+
+/// The turn a summary row carries, if any: the message after the summary
+/// (0.22), or the text a merged summary keeps.
+fn carried_turn(m: &Message) -> Option<String> {
+    let text = match summary_kind(m) {
+        Summary::Merged(text) => text,
+        Summary::Standalone => m.content.split_once(SUMMARY_END)?.1.trim().to_string(),
+        Summary::No => return None,
+    };
+    (!text.is_empty()).then_some(text)
 }
 
 /// How a row relates to compaction.
@@ -298,8 +407,13 @@ fn meaning(
             continue;
         }
         let mut m = m;
-        if m.role == Role::Tool && m.tool_name.is_none() {
-            m.tool_name = tool_name_for(&res, m.tool_call_id.as_deref());
+        if m.role == Role::Tool {
+            // A result is named after the call it answers, as the model saw
+            // it: behind 0.22's tool-search bridge the call is `tool_call`
+            // while Hermes names the row after the inner tool.
+            if let Some(name) = tool_name_for(&res, m.tool_call_id.as_deref()) {
+                m.tool_name = Some(name);
+            }
         }
         res.push(m);
     }
@@ -833,6 +947,112 @@ mod tests {
             "/maps/nexus.txt"
         );
         assert_eq!(a.rejected[0].tool_calls[0].arguments["path"], "/nope");
+    }
+
+    /// A v31 row: `uid` names the turn; `a`/`c` are the stored flags.
+    fn v31(role: Role, text: &str, uid: &str, a: bool, c: bool) -> Message {
+        let state = match (a, c) {
+            (true, _) => RowState::Live,
+            (false, true) => RowState::Compacted,
+            (false, false) => RowState::Undone,
+        };
+        Message {
+            uid: Some(uid.into()),
+            summary_flag: text.starts_with("[CONTEXT COMPACTION"),
+            ..row(role, text, state)
+        }
+    }
+
+    #[test]
+    fn identity_rebuilds_two_in_place_compactions_without_losing_a_turn() {
+        use Role::*;
+        let carrier = format!("{SUMMARY}\n\n{SUMMARY_END}\n\nT3");
+        // What 0.22 wrote for T1..T5 with two in-place compactions (fixture
+        // scenario 6c): originals, head archived, tail rewound, clones, and
+        // from the second compaction on the summary as a user row with T3's uid.
+        let rows = vec![
+            v31(User, "T1", "u1", false, true),
+            v31(Assistant, "A1", "a1", false, true),
+            v31(User, "T2", "u2", false, false),
+            v31(Assistant, "A2", "a2", false, false),
+            v31(User, "T3", "u3", false, false),
+            v31(Assistant, "A3", "a3", false, false),
+            v31(User, "T1", "u1", false, true),
+            v31(Assistant, SUMMARY, "s1", false, true),
+            v31(User, "T2", "u2", false, true),
+            v31(Assistant, "A2", "a2", false, true),
+            v31(User, "T3", "u3", false, false),
+            v31(Assistant, "A3", "a3", false, false),
+            v31(User, "T4", "u4", false, false),
+            v31(Assistant, "A4", "a4", false, false),
+            v31(User, &carrier, "u3", true, false),
+            v31(Assistant, "A3", "a3", true, false),
+            v31(User, "T4", "u4", true, false),
+            v31(Assistant, "A4", "a4", true, false),
+            v31(User, "T5", "u5", true, false),
+            v31(Assistant, "A5", "a5", true, false),
+        ];
+        let r = rebuild(&session(rows));
+        assert_eq!(
+            texts(&r.messages),
+            ["T1", "A1", "T2", "A2", "T3", "A3", "T4", "A4", "T5", "A5"]
+        );
+        assert_eq!(r.stats.undone_rows, 0, "rewound originals with clones");
+        assert_eq!(r.stats.summaries, 2);
+        assert!(r.alternatives.is_empty(), "no rewind pair from clones");
+    }
+
+    #[test]
+    fn identity_gives_back_a_carried_turn_whose_rows_are_gone_and_keeps_real_undos() {
+        use Role::*;
+        let carrier = format!("{SUMMARY}\n{SUMMARY_END}\n\nT2");
+        let rows = vec![
+            v31(User, "T1", "u1", true, false),
+            v31(Assistant, "A1", "a1", true, false),
+            v31(User, &carrier, "u2", true, false),
+            v31(Assistant, "A2", "a2", true, false),
+            // /undo of T3, then the same text again: a rewind pair.
+            v31(User, "T3", "u3", false, false),
+            v31(Assistant, "bad", "a3", false, false),
+            v31(User, "T3", "u3b", true, false),
+            v31(Assistant, "good", "a3b", true, false),
+        ];
+        let r = rebuild(&session(rows));
+        assert_eq!(texts(&r.messages), ["T1", "A1", "T2", "A2", "T3", "good"]);
+        assert_eq!(r.alternatives.len(), 1);
+        assert_eq!(r.alternatives[0].signal, Signal::Rewind);
+        assert_eq!(texts(&r.alternatives[0].rejected), ["bad"]);
+    }
+
+    #[test]
+    fn a_composite_and_what_it_absorbed_are_one_turn() {
+        use Role::*;
+        let mut composite = v31(User, "first\n\nsecond", "u1", true, false);
+        composite.absorbed = vec!["u2".into()];
+        let rows = vec![
+            v31(User, "first", "u1", false, false),
+            v31(User, "second", "u2", false, false),
+            composite,
+            v31(Assistant, "reply", "a1", true, false),
+        ];
+        let r = rebuild(&session(rows));
+        assert_eq!(texts(&r.messages), ["first\n\nsecond", "reply"]);
+        assert_eq!(r.stats.undone_rows, 0);
+    }
+
+    #[test]
+    fn a_result_is_named_after_the_bridge_call_it_answers() {
+        use Role::*;
+        let mut res = result("c1", "{\"todos\": []}");
+        res.tool_name = Some("todo_list".into());
+        let rows = vec![
+            live(User, "go"),
+            call("c1", "tool_call"),
+            res,
+            live(Assistant, "ok"),
+        ];
+        let r = rebuild(&session(rows));
+        assert_eq!(r.messages[2].tool_name.as_deref(), Some("tool_call"));
     }
 
     #[test]

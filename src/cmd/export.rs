@@ -275,7 +275,7 @@ impl<'a> Run<'a> {
             kit: Kit {
                 opts: cfg.format_options(),
                 counter,
-                catalog: ToolCatalog::new(&stores.files),
+                catalog: stores.tool_catalog(),
                 system_json: sft::SystemCache::default(),
             },
             covered: Covered {
@@ -374,6 +374,7 @@ impl<'a> Run<'a> {
             // The definitions move into the sample tools (redacted there, once).
             let offered = session.tools.take();
             let mut t = SessionTools::new(&session.id, offered, &called, &mut |n| catalog.get(n));
+            self.totals.definitions_borrowed += t.borrowed.len();
             if let Some(r) = redactor {
                 t.offered
                     .iter_mut()
@@ -722,8 +723,12 @@ fn summarize(
         String::new()
     };
     let tokens = token_summary(totals);
+    let borrowed = match totals.definitions_borrowed {
+        0 => String::new(),
+        n => format!("; {n} called tools' definitions borrowed from other sessions"),
+    };
     report.info(format_args!(
-        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out",
+        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out{borrowed}",
         report.sessions_read.values().sum::<usize>(),
         counts(&report.sessions_read),
         if cfg.shape.is_dpo() { "dpo" } else { "sft" },

@@ -23,12 +23,17 @@ pub struct SourcesDoc {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_store: Option<ResponseStoreDoc>,
     pub session_files: SessionFilesDoc,
+    /// What the home lacks and how to fix it (e.g. tool definitions).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct StateDbDoc {
     pub path: String,
     pub schema_version: Option<i64>,
+    /// Set when the schema is newer than this tool knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_note: Option<String>,
     pub sessions: usize,
     pub messages: i64,
     pub channels: BTreeMap<&'static str, ChannelDoc>,
@@ -64,6 +69,7 @@ pub fn run(args: &SourcesConfig) -> Result<u8> {
     let home = args.home.resolve()?;
     let mut report = Report::new(false, false);
     let stores = Stores::open(&home, &mut report)?;
+    let notes = snapshot_note(&stores, &home.dir).into_iter().collect();
     let doc = SourcesDoc {
         hermes_home: home.dir.display().to_string(),
         profiles: home.profiles(),
@@ -88,6 +94,7 @@ pub fn run(args: &SourcesConfig) -> Result<u8> {
             transcripts: stores.files.transcripts.len(),
             index: stores.files.index.is_some(),
         },
+        notes,
     };
     let mut out = crate::sink::Stdout::new();
     if args.json {
@@ -122,6 +129,7 @@ fn state_db_doc(db: &StateDb, nexus_prefix: &str) -> Result<StateDbDoc> {
     Ok(StateDbDoc {
         path: db.path.display().to_string(),
         schema_version: db.schema_version,
+        schema_note: db.schema_note(),
         sessions: stats.sessions.len(),
         messages: stats.sessions.iter().map(|s| s.3).sum(),
         channels,
@@ -130,6 +138,31 @@ fn state_db_doc(db: &StateDb, nexus_prefix: &str) -> Result<StateDbDoc> {
         first: time(stats.first),
         last: time(stats.last),
     })
+}
+
+/// The `config.yaml` lines that turn Hermes's JSON session snapshots on.
+const SNAPSHOTS_ON: &str = "    sessions:\n      write_json_snapshots: true";
+
+/// Said when this Hermes keeps tool definitions only in JSON session
+/// snapshots (its state.db has no `tool_names`) and none are written
+/// (0.18 to 0.20 write none by default): exported tool calls then carry no
+/// definition unless another store of the home has one.
+fn snapshot_note(stores: &Stores, home: &std::path::Path) -> Option<String> {
+    let db = stores.state.as_ref()?;
+    if db.keeps_tool_sets() || !stores.files.snapshots.is_empty() {
+        return None;
+    }
+    let settings = crate::hermes_settings::HermesSettings::read(home);
+    let on = settings
+        .config_value(&["sessions", "write_json_snapshots"])
+        .is_some_and(|v| v == "true");
+    if on {
+        return None;
+    }
+    Some(format!(
+        "tool definitions: this Hermes keeps them only in JSON session snapshots (state.db has no tool_names) and writes none, so exported tool calls lack definitions; to record them from now on, add to {}:\n{SNAPSHOTS_ON}",
+        home.join("config.yaml").display()
+    ))
 }
 
 fn render(doc: &SourcesDoc) -> String {
@@ -180,6 +213,9 @@ fn render(doc: &SourcesDoc) -> String {
         f.transcripts,
         if f.index { "present" } else { "absent" }
     );
+    for note in &doc.notes {
+        out += &format!("\nnote: {note}\n");
+    }
     out
 }
 

@@ -220,6 +220,19 @@ impl Stores {
         })
     }
 
+    /// Where a session that recorded no definition of a tool it calls
+    /// borrows one: the tool sets state.db keeps (v31, newest Hermes version
+    /// first), then the session snapshots.
+    pub fn tool_catalog(&self) -> session_files::ToolCatalog {
+        let mut catalog = session_files::ToolCatalog::new(&self.files);
+        if let Some(db) = &self.state
+            && let Ok(sets) = db.tool_sets()
+        {
+            catalog.add_sets(sets.into_iter().map(|(_, tools)| tools).collect());
+        }
+        catalog
+    }
+
     fn in_db(&self, id: &str) -> Result<bool> {
         match &self.state {
             Some(db) => db.contains(id),
@@ -421,6 +434,7 @@ impl Stores {
     fn enrich(&self, s: &mut Session, report: &mut Report) -> Result<()> {
         // A session read from the files has already had its files read.
         let from_files = matches!(s.origin, Some(Origin::SessionJson | Origin::Transcript));
+        let before = (s.tools.is_some(), s.system_prompt.is_some());
         for id in s.lineage.clone() {
             if from_files {
                 break;
@@ -465,6 +479,9 @@ impl Stores {
                 s.tools = t.tools;
             }
         }
+        if !from_files && before != (s.tools.is_some(), s.system_prompt.is_some()) {
+            report.enriched_session("sessions");
+        }
         if s.instructions.is_none()
             && let Some(rs) = &self.responses
         {
@@ -473,6 +490,9 @@ impl Stores {
                 .iter()
                 .find_map(|id| rs.instructions_for(id))
                 .map(str::to_string);
+            if s.instructions.is_some() && s.origin != Some(Origin::ResponseStore) {
+                report.enriched_session(Origin::ResponseStore.as_str());
+            }
         }
         Ok(())
     }
@@ -518,5 +538,7 @@ pub fn json_message(v: &Value) -> Option<Message> {
         state: RowState::Live,
         summary_flag: v.get("_compressed_summary").and_then(Value::as_bool) == Some(true),
         oversize: false,
+        uid: None,
+        absorbed: Vec::new(),
     })
 }

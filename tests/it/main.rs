@@ -8,6 +8,7 @@ mod curate;
 mod dpo;
 mod export;
 mod integrity;
+mod iot;
 mod props;
 mod send;
 mod stores;
