@@ -6,6 +6,8 @@
 #                                             (--resample: first rebuild samples.jsonl from real
 #                                             exports; needs target/release/hermes-harvest)
 #   scripts/tokenizer.sh calibrate            fixtures/tokenizer/calibration.json
+#   scripts/tokenizer.sh prefix-diff          fixtures/tokenizer/golden/prefix-diff.json (trainable
+#                                             tokens of a template without generation blocks)
 #   scripts/tokenizer.sh judge FILE.jsonl --tokenizer DIR --max-length N
 #   scripts/tokenizer.sh all                  fixture, golden, calibrate
 #
@@ -25,10 +27,12 @@ case "$cmd" in
   golden) exec "$PY" scripts/tokenizer/golden.py "$@" ;;
   calibrate) exec "$PY" scripts/tokenizer/calibrate.py "$@" ;;
   judge) exec "$PY" scripts/tokenizer/judge.py "$@" ;;
+  prefix-diff) exec "$PY" scripts/tokenizer/prefix_diff.py "$@" ;;
   all)
     "$PY" scripts/tokenizer/build_fixture.py
     "$PY" scripts/tokenizer/golden.py "$@"
     "$PY" scripts/tokenizer/calibrate.py
+    "$PY" scripts/tokenizer/prefix_diff.py
     ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac
