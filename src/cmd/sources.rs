@@ -23,6 +23,10 @@ pub struct SourcesDoc {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_store: Option<ResponseStoreDoc>,
     pub session_files: SessionFilesDoc,
+    /// The model Hermes serves (`config.yaml`) and its tokenizer in the
+    /// local Hugging Face cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving: Option<crate::tokens::hub::Serving>,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,6 +92,7 @@ pub fn run(args: &SourcesConfig) -> Result<u8> {
             transcripts: stores.files.transcripts.len(),
             index: stores.files.index.is_some(),
         },
+        serving: crate::tokens::hub::Serving::of(&home.dir),
     };
     let mut out = crate::sink::Stdout::new();
     if args.json {
@@ -180,6 +185,9 @@ fn render(doc: &SourcesDoc) -> String {
         f.transcripts,
         if f.index { "present" } else { "absent" }
     );
+    if let Some(s) = &doc.serving {
+        out += &s.render();
+    }
     out
 }
 

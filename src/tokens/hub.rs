@@ -81,6 +81,52 @@ pub fn resolve(value: &Path) -> Result<PathBuf> {
     })
 }
 
+/// The model Hermes serves (`model.default` of `config.yaml`, or `model`
+/// itself when it is a name) and whether its tokenizer is cached.
+#[derive(Debug, serde::Serialize)]
+pub struct Serving {
+    pub model: String,
+    /// The cached snapshot to give `--tokenizer` (the id itself works).
+    pub tokenizer: Option<String>,
+    /// Where it was looked for, or why not.
+    pub looked_in: String,
+}
+
+impl Serving {
+    pub fn of(home: &Path) -> Option<Serving> {
+        let settings = crate::hermes_settings::HermesSettings::read(home);
+        let model = settings
+            .config_value(&["model", "default"])
+            .or_else(|| settings.config_value(&["model"]))?;
+        let (tokenizer, looked_in) = match cache_dir() {
+            _ if !is_model_id(&model) => (None, "not a Hugging Face model id".to_string()),
+            None => (None, "no Hugging Face cache directory known".to_string()),
+            Some(cache) => match snapshot(&cache, &model) {
+                Ok(dir) => (Some(dir.display().to_string()), cache.display().to_string()),
+                Err(why) => (None, why),
+            },
+        };
+        Some(Serving {
+            model,
+            tokenizer,
+            looked_in,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        match &self.tokenizer {
+            Some(_) => format!(
+                "\nserving            {} (config.yaml); its tokenizer is cached: export --tokenizer {}\n",
+                self.model, self.model
+            ),
+            None => format!(
+                "\nserving            {} (config.yaml); its tokenizer is not cached ({})\n",
+                self.model, self.looked_in
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -291,6 +291,27 @@ fn a_model_id_resolves_in_the_hugging_face_cache_like_its_directory() {
     hf_cache(&fake_home.path().join(".cache/huggingface/hub"));
     let by_id = run_env(&id_args, &[("HOME", fake_home.path())]);
     assert!(by_id.stdout == by_dir.stdout);
+    // `sources` names the model Hermes serves and finds its tokenizer.
+    let config = home.path().join("config.yaml");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        yaml.replace("default: fake-model-1", "default: Org/Chat-Fixture"),
+    )
+    .unwrap();
+    let sources = run_env(
+        &["sources", "--hermes-home", h],
+        &[("HF_HUB_CACHE", hub.as_path())],
+    );
+    let text = String::from_utf8_lossy(&sources.stdout);
+    assert!(
+        text.contains("Org/Chat-Fixture (config.yaml); its tokenizer is cached"),
+        "{text}"
+    );
+    let sources = run_env(&["sources", "--hermes-home", h, "--json"], &[]);
+    let doc: Value = serde_json::from_slice(&sources.stdout).unwrap();
+    assert_eq!(doc["serving"]["model"], "Org/Chat-Fixture");
+    assert_eq!(doc["serving"]["tokenizer"], Value::Null);
     // An id that is not cached names where it looked.
     let missing = run_env(
         &[
