@@ -414,3 +414,49 @@ fn a_template_that_raises_on_the_probe_stops_before_anything_is_written() {
         assert!(first["content"].as_str().unwrap().starts_with(soul.trim()));
     }
 }
+
+/// Estimate / real count of each golden sample under every real tokenizer
+/// family (`golden/families.json`, `scripts/tokenizer.sh families`).
+fn family_ratios() -> Vec<(String, Vec<f64>)> {
+    let (samples, _) = golden();
+    let fam: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("fixtures/tokenizer/golden/families.json")).unwrap(),
+    )
+    .unwrap();
+    let mut estimate = Counter::new(None).unwrap();
+    let est: Vec<usize> = samples
+        .iter()
+        .map(|s| {
+            let (m, t) = parts(s);
+            estimate.count_json(&m, t.as_deref()).unwrap().total
+        })
+        .collect();
+    fam["tokenizers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, counts)| {
+            let r = counts
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(&est)
+                .map(|(c, e)| *e as f64 / c.as_u64().unwrap() as f64)
+                .collect();
+            (name.clone(), r)
+        })
+        .collect()
+}
+
+#[test]
+fn the_estimate_is_never_under_any_real_tokenizer_family() {
+    for (name, ratios) in family_ratios() {
+        let min = ratios.iter().copied().fold(f64::MAX, f64::min);
+        let max = ratios.iter().copied().fold(0.0, f64::max);
+        eprintln!("{name}: estimate / real {min:.3} .. {max:.3}");
+        assert!(
+            min >= 1.0,
+            "{name}: the estimate is under the real count ({min:.3})"
+        );
+    }
+}
