@@ -116,14 +116,18 @@ impl Fitter<'_> {
         tools: Option<&[Value]>,
     ) -> Option<Count> {
         for _ in 0..8 {
-            let c = self.count(&Sample {
+            let sample = Sample {
                 system,
                 messages,
                 tools,
-            })?;
-            if c.total <= self.max {
-                return Some(c);
+            };
+            // Totals while cutting; the trainable tokens once it fits.
+            let counted = self.counter.total(&sample);
+            let total = self.checked(counted)?;
+            if total.total <= self.max {
+                return self.count(&sample);
             }
+            let c = total;
             let over_bytes = (c.total - self.max) * 4 + 64;
             let longest = messages
                 .iter_mut()
