@@ -6,6 +6,10 @@
 #                                             (--resample: first rebuild samples.jsonl from real
 #                                             exports; needs target/release/hermes-harvest)
 #   scripts/tokenizer.sh calibrate            fixtures/tokenizer/calibration.json
+#   scripts/tokenizer.sh prefix-diff          fixtures/tokenizer/golden/prefix-diff.json (trainable
+#                                             tokens of a template without generation blocks)
+#   scripts/tokenizer.sh families             fixtures/tokenizer/golden/families.json (the golden
+#                                             renderings counted by every real tokenizer)
 #   scripts/tokenizer.sh judge FILE.jsonl --tokenizer DIR --max-length N
 #   scripts/tokenizer.sh all                  fixture, golden, calibrate
 #
@@ -25,10 +29,14 @@ case "$cmd" in
   golden) exec "$PY" scripts/tokenizer/golden.py "$@" ;;
   calibrate) exec "$PY" scripts/tokenizer/calibrate.py "$@" ;;
   judge) exec "$PY" scripts/tokenizer/judge.py "$@" ;;
+  prefix-diff) exec "$PY" scripts/tokenizer/prefix_diff.py "$@" ;;
+  families) exec "$PY" scripts/tokenizer/families.py "$@" ;;
   all)
     "$PY" scripts/tokenizer/build_fixture.py
     "$PY" scripts/tokenizer/golden.py "$@"
     "$PY" scripts/tokenizer/calibrate.py
+    "$PY" scripts/tokenizer/prefix_diff.py
+    "$PY" scripts/tokenizer/families.py
     ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,18p' "$0" >&2; exit 2 ;;
 esac

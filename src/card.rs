@@ -91,6 +91,13 @@ pub fn render(m: &Value) -> String {
     tokens(&mut out, &m["tokens"]);
     redaction(&mut out, &m["redactions"]);
     training(&mut out, &format, &text(&m["tokens"]["max_tokens"]));
+    // TRL's assistant_only_loss needs a template with {% generation %}.
+    if m["tokens"]["template"]["generation_block"] != true {
+        out = out.replace(
+            ", assistant_only_loss=True))",
+            "))  # assistant_only_loss=True only with a {% generation %} template",
+        );
+    }
     out.push_str(
         "`manifest.json` holds the same figures for machines, with the flags of the run.\n",
     );

@@ -92,6 +92,8 @@ pub struct ExportConfig {
     pub max_tokens: usize,
     pub tokenizer: Option<PathBuf>,
     pub tools: ToolsPolicy,
+    /// Other offered tools a sample carries at most (`--tools used`).
+    pub distractors: usize,
     pub sft_context: f64,
     pub system: SystemPolicy,
     /// The file `--system-prompt` named, if it named one.
@@ -108,6 +110,11 @@ pub struct ExportConfig {
     pub redact: bool,
     pub strict: bool,
     pub quiet: bool,
+    /// Exit with [`crate::exit::DROPPED`] when anything selected was dropped.
+    pub fail_on_drop: bool,
+    /// The system prompt goes into the first user turn (templates without
+    /// a system role).
+    pub fold_system: bool,
     /// Rows of a long state.db session per part (`HERMES_HARVEST_PART_ROWS`,
     /// for tests).
     pub part_rows: usize,
@@ -127,9 +134,11 @@ impl ExportConfig {
             },
             max_tokens: self.max_tokens,
             tools: self.tools,
+            distractors: self.distractors,
             sft_context: self.sft_context,
             signals: self.signals.clone(),
             flat_dpo: self.shape == Shape::DpoFlat,
+            fold_system: self.fold_system,
         }
     }
 }

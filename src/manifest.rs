@@ -21,6 +21,7 @@ pub struct TokenTotals {
     pub samples: usize,
     pub total: usize,
     pub trainable: usize,
+    pub last_turn: usize,
     pub longest: usize,
     pub system: usize,
     pub over_budget: usize,
@@ -52,6 +53,10 @@ pub struct Totals {
     /// Definitions of called tools a session did not record, borrowed from
     /// another session of the home.
     pub definitions_borrowed: usize,
+    /// Samples per system prompt they carry (`session`, `soul`, `none`, `file`).
+    pub prompts: BTreeMap<&'static str, usize>,
+    /// What was selected but could not be written (budget, template).
+    pub drops: crate::format::drops::Drops,
 }
 
 impl Totals {
@@ -61,6 +66,7 @@ impl Totals {
         t.samples += 1;
         t.total += count.total;
         t.trainable += count.trainable;
+        t.last_turn += count.last_turn;
         t.longest = t.longest.max(count.total);
         t.system += system_tokens;
         t.tool_definitions_missing += usize::from(missing > 0);
@@ -162,7 +168,21 @@ pub struct Tokens<'a> {
     pub trainer_max_length_at_least: usize,
     pub tools_policy: &'static str,
     pub system_prompt_policy: &'static str,
+    /// Samples per system prompt they carry (the policy's, or a shorter
+    /// one it fell back to).
+    pub system_prompts: BTreeMap<&'static str, usize>,
+    /// The chat template counted with (`--tokenizer`), else null.
+    pub template: Option<TemplateDoc>,
     pub channels: BTreeMap<&'static str, ChannelTokens>,
+}
+
+/// The chat template the exact counts used.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateDoc {
+    pub source: String,
+    pub generation_block: bool,
+    /// How `trainable` was found: `generation_block` or `prefix_diff`.
+    pub trainable_by: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -171,6 +191,7 @@ pub struct ChannelTokens {
     pub total: usize,
     pub trainable: usize,
     pub trainable_share: f64,
+    pub trainable_last_turn: usize,
     pub longest: usize,
     pub system: usize,
     pub over_budget: usize,
@@ -206,6 +227,7 @@ pub struct FileCount {
 pub struct Counting<'a> {
     pub counted_with: &'a str,
     pub exact: bool,
+    pub template: Option<TemplateDoc>,
 }
 
 /// Everything the manifest is made of.
@@ -319,6 +341,8 @@ fn tokens<'a>(i: &Inputs<'a>) -> Tokens<'a> {
             ToolsPolicy::None => "none",
         },
         system_prompt_policy: cfg.system.as_str(),
+        system_prompts: i.totals.prompts.clone(),
+        template: i.counting.template.clone(),
         channels: selected_channels(cfg)
             .map(|c| {
                 let t = i.totals.tokens.get(c.as_str()).copied().unwrap_or_default();
@@ -327,6 +351,7 @@ fn tokens<'a>(i: &Inputs<'a>) -> Tokens<'a> {
                     total: t.total,
                     trainable: t.trainable,
                     trainable_share: t.trainable_share(),
+                    trainable_last_turn: t.last_turn,
                     longest: t.longest,
                     system: t.system,
                     over_budget: t.over_budget,

@@ -87,6 +87,14 @@ impl Report {
         }
     }
 
+    /// A warning that `--quiet` keeps (as it keeps errors).
+    pub fn alert(&self, what: impl std::fmt::Display) {
+        let text = what.to_string();
+        let text = clean(&text);
+        self.bar
+            .suspend(|| eprintln!("hermes-harvest: warning: {text}"));
+    }
+
     /// A line of information (summary), hidden by `--quiet`.
     pub fn info(&self, what: impl std::fmt::Display) {
         if !self.quiet {

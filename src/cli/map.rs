@@ -120,6 +120,7 @@ impl ExportArgs {
             max_tokens: self.max_tokens,
             tokenizer: self.tokenizer.clone(),
             tools: self.tools.domain(),
+            distractors: self.distractors,
             sft_context: self.sft_context,
             system,
             system_file,
@@ -133,6 +134,8 @@ impl ExportArgs {
             redact: !self.no_redact,
             strict: self.strict,
             quiet: self.quiet,
+            fail_on_drop: self.fail_on_drop,
+            fold_system: self.fold_system,
             part_rows: part_rows_from_env(),
             flags: std::env::args().skip(1).collect(),
             curate: crate::curate::Settings {

@@ -124,21 +124,30 @@ pub struct ExportArgs {
     #[arg(long, default_value_t = 2048, value_name = "N", value_parser = parse_max_tokens)]
     pub max_tokens: usize,
     /// Count tokens exactly with this model's tokenizer and chat template: the model
-    /// directory you give your trainer, or its tokenizer.json [default: a conservative estimate]
-    #[arg(long, value_name = "PATH")]
+    /// directory you give your trainer, its tokenizer.json, or a model id ORG/NAME found
+    /// offline in the local Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub,
+    /// XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub) [default: a conservative
+    /// estimate]
+    #[arg(long, value_name = "PATH|ORG/NAME")]
     pub tokenizer: Option<PathBuf>,
     /// Tool definitions a sample carries: the tools it calls plus a few others the session
     /// offered (`used`), every offered tool (`all`), or none
     #[arg(long, value_enum, default_value = "used")]
     pub tools: ToolsArg,
+    /// With `--tools used`: other offered tools a sample carries at most besides those it
+    /// calls (each only if it fits), so that the model learns to choose
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub distractors: usize,
     /// Share of the budget that the turns before an SFT sample starting mid-session (a later
     /// part of a long session, a turn exported incrementally) may take as context; those
     /// turns are trained again by trainers that learn every assistant turn. 0 turns it off
     #[arg(long, default_value_t = 0.5, value_name = "F", value_parser = parse_share)]
     pub sft_context: f64,
-    /// System prompt policy: `session` (what the session ran with), `soul` (only its SOUL.md
-    /// persona part), `none`, or a FILE to use instead
-    #[arg(long, default_value = "session", value_name = "session|soul|none|FILE")]
+    /// System prompt policy: `soul` (only the SOUL.md persona part of what the session ran
+    /// with), `session` (all of it, Hermes's own harness text included), `none`, or a FILE
+    /// to use instead. A sample that does not fit with `session` falls back to `soul`, one
+    /// that does not fit with `soul` to none (the summary and the manifest count them)
+    #[arg(long, default_value = "soul", value_name = "soul|session|none|FILE")]
     pub system_prompt: String,
     /// Keep assistant reasoning as `reasoning_content`
     #[arg(long)]
@@ -170,9 +179,18 @@ pub struct ExportArgs {
     /// Any unreadable input is fatal instead of skipped
     #[arg(long)]
     pub strict: bool,
-    /// Print errors only
+    /// Print errors only (and the one warning naming what was dropped, see --fail-on-drop)
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Exit with code 7 when a selected turn or pair was dropped (over the budget even with
+    /// the shortest system prompt, or refused by the chat template); the outputs and the
+    /// state are still written
+    #[arg(long)]
+    pub fail_on_drop: bool,
+    /// Put the system prompt at the start of the first user turn instead of a system
+    /// message, for chat templates that refuse a system role (Gemma)
+    #[arg(long)]
+    pub fold_system: bool,
     // --- curation (see `curate`) ---
     /// Leave out the `meta` provenance object (always left out with --target openai)
     #[arg(long)]

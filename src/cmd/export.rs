@@ -17,7 +17,7 @@ use crate::curate::{Curator, quality};
 use crate::exit::{self, Failure};
 use crate::format::fit::Fitter;
 use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
-use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_text};
+use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_chain};
 use crate::hermes_settings::HermesSettings;
 use crate::home::HermesHome;
 use crate::manifest::{Counting, Inputs, Manifest, Totals};
@@ -87,13 +87,17 @@ struct Prepared {
     session: Session,
     channel: Channel,
     rebuilt: Rebuilt,
-    system: Option<Rc<sft::SystemMsg>>,
+    /// The system prompts to try, in order, with their names.
+    systems: Vec<(&'static str, Option<Rc<sft::SystemMsg>>)>,
     tools: SessionTools,
 }
 
 pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     let home = cfg.home.resolve()?;
     let mut report = Report::new(cfg.strict, cfg.quiet);
+    // The template is probed before any store, lock or state is touched.
+    let with_system = cfg.system != SystemPolicy::None;
+    let counter = Counter::for_export(cfg.tokenizer.as_deref(), with_system, cfg.fold_system)?;
     // Every path this run writes, resolved and checked first.
     let plan = crate::paths::plan(
         &cfg.out,
@@ -124,7 +128,6 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     let selection = coverage::selection(&cfg);
     system_prompt(&mut cfg.system, &home, redactor.as_mut());
     let cfg = &cfg;
-    let counter = Counter::new(cfg.tokenizer.as_deref())?;
     let output = if dry_run {
         Output::discard()
     } else {
@@ -134,11 +137,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
     if dry_run {
         run.dry_run_report(&report);
-        return Ok(if report.partial {
-            exit::PARTIAL
-        } else {
-            exit::OK
-        });
+        return Ok(exit_code(&report, &run.totals, cfg));
     }
     let closed = run.close(&stores, &mut report, top)?;
     if let (Dest::Dir(dir), Some(m)) = (&plan.dest, &closed.manifest) {
@@ -162,11 +161,24 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
         closed.written.is_none(),
         closed.exact,
     );
-    Ok(if report.partial {
+    Ok(exit_code(&report, &closed.totals, cfg))
+}
+
+/// The run's exit code, after the one warning that names what was
+/// dropped (kept under `--quiet`): [`exit::DROPPED`] for a drop under
+/// `--fail-on-drop`, else [`exit::PARTIAL`] for unreadable inputs.
+fn exit_code(report: &Report, totals: &Totals, cfg: &ExportConfig) -> u8 {
+    if let Some(w) = totals.drops.warning(cfg.max_tokens) {
+        report.alert(w);
+        if cfg.fail_on_drop {
+            return exit::DROPPED;
+        }
+    }
+    if report.partial {
         exit::PARTIAL
     } else {
         exit::OK
-    })
+    }
 }
 
 /// The highest state.db message id this run takes (0 without state.db);
@@ -364,8 +376,13 @@ impl<'a> Run<'a> {
                 alt.rejected.iter_mut().for_each(|m| r.message(m));
             }
         }
-        let system = system_text(&session, &self.cfg.system)
-            .map(|text| self.kit.system_json.get(&text, redactor.as_deref_mut()));
+        let systems = system_chain(&session, &self.cfg.system)
+            .into_iter()
+            .map(|(name, text)| {
+                let msg = text.map(|t| self.kit.system_json.get(&t, redactor.as_deref_mut()));
+                (name, msg)
+            })
+            .collect();
         let tools = if self.kit.opts.tools == ToolsPolicy::None {
             SessionTools::default()
         } else {
@@ -387,7 +404,7 @@ impl<'a> Run<'a> {
             session,
             channel,
             rebuilt,
-            system,
+            systems,
             tools,
         })
     }
@@ -476,18 +493,18 @@ impl<'a> Run<'a> {
             });
             return Ok(0);
         }
-        let system_tokens = p.system.as_ref().map_or(0, |s| self.kit.system_tokens(s));
         let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
         let outcome = sft::samples(
             exchanges,
             &sel.selected,
             &sel.copied,
             &self.kit.opts,
-            p.system.clone(),
+            &p.systems,
             &p.tools,
             &mut fitter,
         );
         let over_budget = skipped(report, &outcome.skipped);
+        self.totals.drops.note(&p.session.id, &outcome.skipped);
         if let Some(e) = outcome.template_error {
             self.totals.template_error.get_or_insert(e);
         }
@@ -505,9 +522,19 @@ impl<'a> Run<'a> {
                 continue;
             };
             self.output.line(&p.session.id, &bytes)?;
+            // Only what is written counts toward the near-duplicate cap.
+            for ex in &exchanges[line.own.0..line.own.1] {
+                let key = crate::curate::dedupe::exchange_key(ex.msgs);
+                self.curate.dedupe.written(key);
+            }
             self.totals.saw_time(t);
+            let system_tokens = line
+                .system
+                .as_ref()
+                .map_or(0, |s| self.kit.system_tokens(s));
             self.totals
                 .wrote(p.channel, line.count, system_tokens, line.missing_tools);
+            *self.totals.prompts.entry(line.prompt).or_default() += 1;
         }
         Ok(over_budget)
     }
@@ -520,7 +547,6 @@ impl<'a> Run<'a> {
         sel: &TurnSelection,
         report: &mut Report,
     ) -> Result<usize> {
-        let system_tokens = p.system.as_ref().map_or(0, |s| self.kit.system_tokens(s));
         let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
         let msgs = &p.rebuilt.messages;
         // The pair's prompt ends with its exchange's user turn.
@@ -528,19 +554,25 @@ impl<'a> Run<'a> {
             let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
             sel.selected.get(index).copied().unwrap_or(false)
         };
+        let systems: Vec<(&'static str, Option<&str>)> = p
+            .systems
+            .iter()
+            .map(|(name, s)| (*name, s.as_ref().map(|s| s.text.as_str())))
+            .collect();
         let outcome = dpo::pairs(
             &p.rebuilt,
             &self.kit.opts,
-            p.system.as_ref().map(|s| s.text.as_str()),
+            &systems,
             &p.tools,
             &mut fitter,
             &selected_pair,
         );
         let over_budget = skipped(report, &outcome.skipped);
+        self.totals.drops.note(&p.session.id, &outcome.skipped);
         if let Some(e) = outcome.template_error {
             self.totals.template_error.get_or_insert(e);
         }
-        for (signal, line, count, missing, (t, last)) in outcome.lines {
+        for (signal, line, count, missing, (t, last), prompt) in outcome.lines {
             let value = serde_json::to_value(&line)?;
             if !self
                 .curate
@@ -561,7 +593,14 @@ impl<'a> Run<'a> {
             };
             self.output.line(&p.session.id, &bytes)?;
             self.totals.saw_time(t);
+            let system = p
+                .systems
+                .iter()
+                .find(|s| s.0 == prompt)
+                .and_then(|s| s.1.as_ref());
+            let system_tokens = system.map_or(0, |s| self.kit.system_tokens(s));
             self.totals.wrote(p.channel, count, system_tokens, missing);
+            *self.totals.prompts.entry(prompt).or_default() += 1;
             *self.totals.signals.entry(signal.as_str()).or_default() += 1;
         }
         Ok(over_budget)
@@ -597,6 +636,7 @@ impl<'a> Run<'a> {
             counting: Counting {
                 counted_with: &counted_with,
                 exact: kit.counter.is_exact(),
+                template: kit.counter.template(),
             },
             curation: curate.manifest(),
         };
@@ -728,7 +768,7 @@ fn summarize(
         n => format!("; {n} called tools' definitions borrowed from other sessions"),
     };
     report.info(format_args!(
-        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out{borrowed}",
+        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; system prompts: {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out{borrowed}",
         report.sessions_read.values().sum::<usize>(),
         counts(&report.sessions_read),
         if cfg.shape.is_dpo() { "dpo" } else { "sft" },
@@ -736,6 +776,7 @@ fn summarize(
         if exact { "exact" } else { "estimated" },
         cfg.max_tokens,
         tokens,
+        counts(&totals.prompts),
         counts(&report.skipped),
         if cfg.redact { counts(redactions) } else { "off".to_string() },
         h.summaries,
@@ -765,10 +806,11 @@ fn token_summary(totals: &Totals) -> String {
                     100.0 * t.trainable as f64 / t.total as f64
                 };
                 format!(
-                    "{} {} (trainable {}, {share:.0}%; longest {}; over budget {}{missing})",
+                    "{} {} (trainable {}, {share:.0}%; last turn {}; longest {}; over budget {}{missing})",
                     c.as_str(),
                     t.total,
                     t.trainable,
+                    t.last_turn,
                     t.longest,
                     t.over_budget,
                 )

@@ -25,6 +25,10 @@ pub struct SourcesDoc {
     pub session_files: SessionFilesDoc,
     /// What the home lacks and how to fix it (e.g. tool definitions).
     pub notes: Vec<String>,
+    /// The model Hermes serves (`config.yaml`) and its tokenizer in the
+    /// local Hugging Face cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving: Option<crate::tokens::hub::Serving>,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +99,7 @@ pub fn run(args: &SourcesConfig) -> Result<u8> {
             index: stores.files.index.is_some(),
         },
         notes,
+        serving: crate::tokens::hub::Serving::of(&home.dir),
     };
     let mut out = crate::sink::Stdout::new();
     if args.json {
@@ -215,6 +220,9 @@ fn render(doc: &SourcesDoc) -> String {
     );
     for note in &doc.notes {
         out += &format!("\nnote: {note}\n");
+    }
+    if let Some(s) = &doc.serving {
+        out += &s.render();
     }
     out
 }

@@ -23,6 +23,9 @@ use super::Memory;
 pub struct Dedupe {
     exact: HashSet<u64>,
     near: HashMap<u64, u32>,
+    /// Exchanges of the session at hand let through the cap but not yet
+    /// written: they count toward it only once written.
+    pending: HashMap<u64, u32>,
     cap: usize,
     pub exact_dropped: usize,
     pub near_dropped: usize,
@@ -33,6 +36,7 @@ impl Dedupe {
         Dedupe {
             exact: memory.exact.iter().copied().collect(),
             near: memory.near.iter().copied().collect(),
+            pending: HashMap::new(),
             cap,
             exact_dropped: 0,
             near_dropped: 0,
@@ -60,6 +64,35 @@ impl Dedupe {
         }
         *n = n.saturating_add(1);
         true
+    }
+
+    /// Whether one more exchange with this key fits under the cap, counting
+    /// those written and those of this session let through so far (it is
+    /// counted as written by [`Dedupe::written`]).
+    pub fn reserve(&mut self, key: u64) -> bool {
+        let written = self.near.get(&key).copied().unwrap_or(0);
+        let pending = self.pending.entry(key).or_default();
+        if self.cap > 0 && (written + *pending) as usize >= self.cap {
+            self.near_dropped += 1;
+            return false;
+        }
+        *pending += 1;
+        true
+    }
+
+    /// An exchange let through by [`Dedupe::reserve`] was written.
+    pub fn written(&mut self, key: u64) {
+        if let Some(p) = self.pending.get_mut(&key) {
+            *p = p.saturating_sub(1);
+        }
+        let n = self.near.entry(key).or_default();
+        *n = n.saturating_add(1);
+    }
+
+    /// A new session: what the last one let through and did not write no
+    /// longer holds a place under the cap.
+    pub fn new_session(&mut self) {
+        self.pending.clear();
     }
 
     /// Puts this run's fingerprints into the state's memory.

@@ -140,6 +140,7 @@ impl Curator {
             );
             return false;
         }
+        self.dedupe.new_session();
         for (i, ex) in exchanges.iter().enumerate() {
             if !selected[i] {
                 continue;
@@ -153,7 +154,7 @@ impl Curator {
                 Some(Skip::ForgottenSession)
             } else if sft
                 && ex.problem.is_none()
-                && !self.dedupe.under_cap(dedupe::exchange_key(ex.msgs))
+                && !self.dedupe.reserve(dedupe::exchange_key(ex.msgs))
             {
                 Some(Skip::NearDuplicate)
             } else {

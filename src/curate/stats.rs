@@ -124,7 +124,11 @@ mod tests {
     #[test]
     fn groups_add_up() {
         let mut d = DryRun::default();
-        let c = |total, trainable| Count { total, trainable };
+        let c = |total, trainable| Count {
+            total,
+            trainable,
+            last_turn: 0,
+        };
         d.add(("nexus", ""), "a", (Some(0.0), Some(60.0)), c(100, 40));
         d.add(("nexus", ""), "a", (Some(120.0), None), c(300, 10));
         d.add(("tui", ""), "b", (None, None), c(5, 1));

@@ -52,8 +52,8 @@ pub struct DpoOutcome {
     /// Each pair with its signal, its tokens (the prompt with the longer
     /// side; trainable: the chosen side), how many called tools have no
     /// definition, and the times of its user turn and of the chosen
-    /// side's last message.
-    pub lines: Vec<(Signal, PairLine, Count, usize, Span)>,
+    /// side's last message, and the name of the system prompt it carries.
+    pub lines: Vec<(Signal, PairLine, Count, usize, Span, &'static str)>,
     pub skipped: Vec<Skip>,
     /// Set when the chat template failed on a pair.
     pub template_error: Option<String>,
@@ -62,10 +62,12 @@ pub struct DpoOutcome {
 /// Builds the pairs of one session. `selected(user, chosen_end)` says
 /// whether the pair whose prompt ends with `messages[user]` and whose kept
 /// branch ends at `chosen_end` is wanted (time window, not yet exported).
+/// A pair that does not fit with the first of `systems` is tried with the
+/// next ones (see [`crate::format::system_chain`]).
 pub fn pairs(
     rebuilt: &Rebuilt,
     opts: &FormatOptions,
-    system: Option<&str>,
+    systems: &[(&'static str, Option<&str>)],
     tools: &SessionTools,
     fitter: &mut Fitter<'_>,
     selected: &dyn Fn(usize, usize) -> bool,
@@ -86,17 +88,24 @@ pub fn pairs(
         if !selected(user, alt.chosen_end) {
             continue;
         }
-        let pair = Pair {
-            msgs,
-            user,
-            alt,
-            system,
-            opts,
-            tools,
-        };
         let failures = fitter.template_failures;
-        match pair.build(fitter) {
-            Ok((line, count, missing)) => {
+        let mut built = Err(Skip::OverBudget);
+        for &(name, system) in systems {
+            let pair = Pair {
+                msgs,
+                user,
+                alt,
+                system,
+                opts,
+                tools,
+            };
+            built = pair.build(fitter).map(|(l, c, m)| (l, c, m, name));
+            if !matches!(built, Err(Skip::OverBudget)) || fitter.template_failures > failures {
+                break;
+            }
+        }
+        match built {
+            Ok((line, count, missing, prompt)) => {
                 // The pair's time span: its user turn to the chosen side's end.
                 let last = msgs[user..alt.chosen_end.max(user + 1)]
                     .iter()
@@ -108,6 +117,7 @@ pub fn pairs(
                     count,
                     missing,
                     (msgs[user].timestamp, last),
+                    prompt,
                 ))
             }
             Err(Skip::OverBudget) => out.skipped.push(fitter.reason(failures)),
@@ -250,7 +260,7 @@ impl Pair<'_> {
             missing,
             fit,
         };
-        if self.opts.tools == ToolsPolicy::Used {
+        if self.opts.tools == ToolsPolicy::Used && self.opts.distractors > 0 {
             self.add_distractors(fitter, sides, &mut g);
         }
         self.add_history(fitter, sides, &mut g);
@@ -261,20 +271,23 @@ impl Pair<'_> {
             fit,
             ..
         } = g;
+        let trainable =
+            fit.chosen
+                .saturating_sub(prompt_tokens(fitter, self.system, &prompt, &tools));
         let count = Count {
             total: fit.total,
-            trainable: fit.chosen.saturating_sub(prompt_tokens(
-                fitter,
-                self.system,
-                &prompt,
-                &tools,
-            )),
+            trainable,
+            last_turn: trainable,
         };
         let mut full_prompt = Vec::with_capacity(prompt.len() + 1);
-        if let Some(s) = self.system {
-            full_prompt.push(OutMsg::text("system", s));
+        match self.system {
+            Some(s) if self.opts.fold_system => full_prompt = crate::format::folded(s, &prompt),
+            Some(s) => {
+                full_prompt.push(OutMsg::text("system", s));
+                full_prompt.extend(prompt);
+            }
+            None => full_prompt.extend(prompt),
         }
-        full_prompt.extend(prompt);
         let line = DpoLine {
             prompt: full_prompt,
             chosen,
@@ -289,7 +302,8 @@ impl Pair<'_> {
         let mut all = g.prompt.clone();
         all.extend_from_slice(sides[usize::from(!g.fit.chosen_is_longer)]);
         let before = g.tools.clone();
-        let (added, _) = fitter.add_distractors(self.tools, &mut g.tools, self.system, &all);
+        let n = self.opts.distractors;
+        let (added, _) = fitter.add_distractors(self.tools, &mut g.tools, self.system, &all, n);
         if !added.is_empty() {
             match both_fit(fitter, self.system, &g.prompt, sides, &g.tools) {
                 Some(f) => g.fit = f,
@@ -403,16 +417,24 @@ impl Pair<'_> {
             &[],
         )
         .ok_or(Skip::OverBudget)?;
+        let trainable = fit
+            .chosen
+            .saturating_sub(prompt_tokens(fitter, self.system, &user, &[]));
         let count = Count {
             total: fit.total,
-            trainable: fit
-                .chosen
-                .saturating_sub(prompt_tokens(fitter, self.system, &user, &[])),
+            trainable,
+            last_turn: trainable,
         };
         Ok((
             PairLine::Flat(FlatLine {
-                system: self.system.map(str::to_string),
-                prompt,
+                system: self
+                    .system
+                    .filter(|_| !self.opts.fold_system)
+                    .map(str::to_string),
+                prompt: match self.system {
+                    Some(s) if self.opts.fold_system => crate::format::fold_into(s, &prompt),
+                    _ => prompt,
+                },
                 chosen: c,
                 rejected: r,
             }),
@@ -432,9 +454,11 @@ mod tests {
             msg: MsgOptions::default(),
             max_tokens: 2048,
             tools: ToolsPolicy::None,
+            distractors: 0,
             sft_context: 0.0,
             signals: signals.to_vec(),
             flat_dpo: flat,
+            fold_system: false,
         }
     }
 
@@ -470,7 +494,7 @@ mod tests {
         pairs(
             rebuilt,
             opts,
-            Some("be kind"),
+            &[("session", Some("be kind"))],
             &SessionTools::default(),
             &mut fitter,
             selected,
@@ -493,7 +517,7 @@ mod tests {
         );
         assert!(out.skipped.is_empty(), "{:?}", out.skipped);
         assert_eq!(out.lines.len(), 1);
-        let (signal, line, count, missing, _) = &out.lines[0];
+        let (signal, line, count, missing, _, _) = &out.lines[0];
         assert_eq!(*signal, Signal::Regenerate);
         assert_eq!(*missing, 0);
         assert!(count.trainable > 0 && count.trainable < count.total);

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::format::OutMsg;
-use crate::format::tools::{DISTRACTORS, SessionTools};
+use crate::format::tools::SessionTools;
 use crate::skip::Skip;
 use crate::tokens::{Count, Counter, Estimate, Sample, TOKENS_TOOL_PREAMBLE};
 
@@ -66,7 +66,7 @@ impl Fitter<'_> {
         self.checked(counted).filter(|c| c.total <= self.max)
     }
 
-    /// Adds up to [`DISTRACTORS`] other offered tools to `tools`, each only
+    /// Adds up to `n` other offered tools to `tools`, each only
     /// if the sample of `system` and `messages` still fits. Returns those
     /// added and the count with the last of them.
     pub fn add_distractors(
@@ -75,6 +75,7 @@ impl Fitter<'_> {
         tools: &mut Vec<Value>,
         system: Option<&str>,
         messages: &[OutMsg],
+        n: usize,
     ) -> (Vec<Value>, Option<Count>) {
         // A distractor may take an eighth of the budget at most, so that
         // they teach choosing without crowding out the conversation.
@@ -82,12 +83,12 @@ impl Fitter<'_> {
         let candidates: Vec<Value> = session
             .distractors(tools)
             .filter(|d| Estimate::tools(std::slice::from_ref(*d)) - TOKENS_TOOL_PREAMBLE <= cap)
-            .take(DISTRACTORS * 2)
+            .take(n * 2)
             .cloned()
             .collect();
         let (mut added, mut count) = (Vec::new(), None);
         for d in candidates {
-            if added.len() == DISTRACTORS {
+            if added.len() == n {
                 break;
             }
             let mut trial = tools.clone();
@@ -115,14 +116,18 @@ impl Fitter<'_> {
         tools: Option<&[Value]>,
     ) -> Option<Count> {
         for _ in 0..8 {
-            let c = self.count(&Sample {
+            let sample = Sample {
                 system,
                 messages,
                 tools,
-            })?;
-            if c.total <= self.max {
-                return Some(c);
+            };
+            // Totals while cutting; the trainable tokens once it fits.
+            let counted = self.counter.total(&sample);
+            let total = self.checked(counted)?;
+            if total.total <= self.max {
+                return self.count(&sample);
             }
+            let c = total;
             let over_bytes = (c.total - self.max) * 4 + 64;
             let longest = messages
                 .iter_mut()

@@ -3,6 +3,7 @@
 //! stays put.
 
 pub mod dpo;
+pub mod drops;
 pub mod fit;
 pub mod sft;
 pub mod tools;
@@ -30,11 +31,31 @@ pub struct FormatOptions {
     /// Budget of a whole rendered sample, in tokens.
     pub max_tokens: usize,
     pub tools: tools::ToolsPolicy,
+    /// Other offered tools a `used` sample may carry besides those it calls.
+    pub distractors: usize,
     /// Share of the budget an SFT sample that starts mid-session may give
     /// to the turns before it.
     pub sft_context: f64,
     pub signals: Vec<Signal>,
     pub flat_dpo: bool,
+    /// The system prompt goes at the start of the first user turn
+    /// (`--fold-system`).
+    pub fold_system: bool,
+}
+
+/// A system prompt folded into the first user turn, as templates without
+/// a system role do it themselves (Gemma's).
+pub fn fold_into(system: &str, user: &str) -> String {
+    format!("{system}\n\n{user}")
+}
+
+/// `messages` with `system` folded into the first user message.
+pub fn folded(system: &str, messages: &[OutMsg]) -> Vec<OutMsg> {
+    let mut out = messages.to_vec();
+    if let Some(m) = out.iter_mut().find(|m| m.role == "user") {
+        m.content = Some(fold_into(system, m.content.as_deref().unwrap_or_default()));
+    }
+    out
 }
 
 /// One message as written. Field order is the output order.
@@ -149,6 +170,29 @@ pub fn system_text(s: &Session, policy: &SystemPolicy) -> Option<String> {
             (!parts.is_empty()).then(|| parts.join("\n\n"))
         }
     }
+}
+
+/// The prompts a sample may carry, in the order they are tried, each
+/// with the name the summary and the manifest count it under. A stored
+/// prompt (`session`, `soul`) falls back to shorter ones when a sample
+/// does not fit with it: the session prompt to its persona part, then to
+/// none; a prompt equal to the one before it is not tried again.
+pub fn system_chain(s: &Session, policy: &SystemPolicy) -> Vec<(&'static str, Option<String>)> {
+    let mut chain = vec![(policy.as_str(), system_text(s, policy))];
+    let fallbacks: &[SystemPolicy] = match policy {
+        SystemPolicy::Session => &[SystemPolicy::Soul(None), SystemPolicy::None],
+        SystemPolicy::Soul(_) => &[SystemPolicy::None],
+        SystemPolicy::None | SystemPolicy::Fixed(_) => &[],
+    };
+    // Under `session` the persona part is found by Hermes's own paragraph
+    // openings (see [`soul_part`]).
+    for f in fallbacks {
+        let text = system_text(s, f);
+        if chain.iter().all(|(_, t)| *t != text) {
+            chain.push((f.as_str(), text));
+        }
+    }
+    chain
 }
 
 /// Paragraph openings of what Hermes adds after the persona: its own

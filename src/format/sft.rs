@@ -9,7 +9,7 @@
 //! selected, ends the current sample.
 //!
 //! Filling a sample, in order: its own exchanges (as many as fit); then
-//! up to [`DISTRACTORS`](super::tools::DISTRACTORS) other offered tools;
+//! up to `--distractors` other offered tools;
 //! then, for a sample that starts mid-session after turns this run does
 //! not write (exported the night before, outside the time window, in an
 //! earlier part of a long session), those turns as context, newest first:
@@ -54,6 +54,12 @@ pub struct SftLine {
     pub count: Count,
     /// Called tools whose definition is nowhere in the home.
     pub missing_tools: usize,
+    /// Which prompt of the chain it carries (`session`, `soul`, …).
+    pub prompt: &'static str,
+    /// The system prompt is written at the start of the first user turn.
+    pub fold: bool,
+    /// The session's exchanges it trains (not its context): `start..end`.
+    pub own: (usize, usize),
 }
 
 impl SftLine {
@@ -62,11 +68,20 @@ impl SftLine {
         let mut out = Vec::with_capacity(1024);
         out.extend_from_slice(b"{\"messages\":[");
         let mut first = true;
-        if let Some(system) = &self.system {
-            out.extend_from_slice(&system.json);
-            first = false;
+        let folded;
+        let mut messages = &self.messages;
+        match &self.system {
+            Some(system) if self.fold => {
+                folded = crate::format::folded(&system.text, &self.messages);
+                messages = &folded;
+            }
+            Some(system) => {
+                out.extend_from_slice(&system.json);
+                first = false;
+            }
+            None => {}
         }
-        for m in &self.messages {
+        for m in messages {
             if !first {
                 out.push(b',');
             }
@@ -175,14 +190,22 @@ impl<'e> Flat<'e> {
     }
 }
 
+/// The system prompts a sample may carry, in the order they are tried
+/// (see [`crate::format::system_chain`]), each with its name.
+pub type Prompts = [Prompt];
+
+/// A system prompt's name and its message (none for `none`).
+pub type Prompt = (&'static str, Option<Rc<SystemMsg>>);
+
 /// Cuts the selected exchanges of a session into samples within the
-/// budget (see the module documentation).
+/// budget (see the module documentation). A sample that does not fit with
+/// the first prompt of `systems` is tried with the next ones.
 pub fn samples(
     exchanges: &[Exchange<'_>],
     selected: &[bool],
     copied: &[bool],
     opts: &FormatOptions,
-    system: Option<Rc<SystemMsg>>,
+    systems: &Prompts,
     tools: &SessionTools,
     fitter: &mut Fitter<'_>,
 ) -> SftOutcome {
@@ -197,7 +220,7 @@ pub fn samples(
         selected,
         copied,
         opts,
-        system_text: system.as_ref().map(|s| s.text.as_str()),
+        system_text: None,
         tools,
         fitter,
     };
@@ -216,8 +239,8 @@ pub fn samples(
             .find(|&k| !selected[k] || exchanges[k].problem.is_some())
             .unwrap_or(exchanges.len());
         let failures = packer.fitter.template_failures;
-        match packer.sample(i, run_end) {
-            Ok((line, next)) => {
+        match packer.with_prompts(systems, i, run_end, failures) {
+            Ok((line, next, (prompt, system))) => {
                 let last = exchanges[i..next]
                     .iter()
                     .flat_map(|e| e.msgs.iter().filter_map(|m| m.timestamp))
@@ -225,6 +248,9 @@ pub fn samples(
                 out.lines.push((
                     SftLine {
                         system: system.clone(),
+                        prompt,
+                        fold: opts.fold_system,
+                        own: (i, next),
                         ..line
                     },
                     exchanges[i].timestamp,
@@ -266,7 +292,28 @@ struct Packer<'p, 'e, 'f> {
     fitter: &'p mut Fitter<'f>,
 }
 
-impl Packer<'_, '_, '_> {
+impl<'p> Packer<'p, '_, '_> {
+    /// The sample that starts with exchange `i` under the first prompt of
+    /// `systems` it fits with (a template error ends the search).
+    fn with_prompts(
+        &mut self,
+        systems: &'p Prompts,
+        i: usize,
+        end: usize,
+        failures: usize,
+    ) -> Result<(SftLine, usize, &'p Prompt), Skip> {
+        let mut result = Err(Skip::OverBudget);
+        for prompt in systems {
+            self.system_text = prompt.1.as_ref().map(|s| s.text.as_str());
+            result = self.sample(i, end).map(|(line, next)| (line, next, prompt));
+            if !matches!(result, Err(Skip::OverBudget)) || self.fitter.template_failures > failures
+            {
+                break;
+            }
+        }
+        result
+    }
+
     fn tools_for(&self, a: usize, b: usize) -> (Vec<Value>, usize) {
         self.tools
             .for_calls(self.opts.tools, &self.flat.called(a, b))
@@ -289,17 +336,18 @@ impl Packer<'_, '_, '_> {
     fn sample(&mut self, i: usize, end: usize) -> Result<(SftLine, usize), Skip> {
         let (mut cut, final_known) = match self.own_exchanges(i, end) {
             Ok(found) => found,
-            Err(alone) => return alone.map(|line| (line, i + 1)),
+            Err(alone) => return alone.map(|line| (*line, i + 1)),
         };
         let j = cut.end;
         // Distractors.
         let mut distractors = Vec::new();
-        if self.opts.tools == ToolsPolicy::Used {
+        if self.opts.tools == ToolsPolicy::Used && self.opts.distractors > 0 {
             let (added, last) = self.fitter.add_distractors(
                 self.tools,
                 &mut cut.tools,
                 self.system_text,
                 self.flat.slice(i, j),
+                self.opts.distractors,
             );
             cut.count = last.unwrap_or(cut.count);
             distractors = added;
@@ -327,6 +375,9 @@ impl Packer<'_, '_, '_> {
                 tools: cut.tools,
                 count,
                 missing_tools: cut.missing,
+                prompt: "",
+                fold: false,
+                own: (0, 0),
             },
             j,
         ))
@@ -340,7 +391,7 @@ impl Packer<'_, '_, '_> {
         &mut self,
         i: usize,
         end: usize,
-    ) -> Result<(Cut, bool), Result<SftLine, Skip>> {
+    ) -> Result<(Cut, bool), Result<Box<SftLine>, Skip>> {
         // The whole run often fits: one count instead of one per exchange
         // (tried only when the estimate, never below the real count and
         // rarely above twice it, says it may).
@@ -367,7 +418,7 @@ impl Packer<'_, '_, '_> {
         }
         let (tools, missing) = self.tools_for(i, i + 1);
         let Some(count) = self.fits(i, i + 1, &tools) else {
-            return Err(self.shortened(i, &tools, missing));
+            return Err(self.shortened(i, &tools, missing).map(Box::new));
         };
         let mut cut = Cut {
             tools,
@@ -448,6 +499,9 @@ impl Packer<'_, '_, '_> {
             tools: tools.to_vec(),
             count,
             missing_tools,
+            prompt: "",
+            fold: false,
+            own: (0, 0),
         })
     }
 }
@@ -465,9 +519,11 @@ mod tests {
             msg: MsgOptions::default(),
             max_tokens,
             tools: ToolsPolicy::None,
+            distractors: 0,
             sft_context: 0.0,
             signals: vec![Signal::Rewind],
             flat_dpo: false,
+            fold_system: false,
         }
     }
 
@@ -501,7 +557,7 @@ mod tests {
             selected,
             &copied,
             &opts(max_tokens),
-            Some(system),
+            &[("session", Some(system))],
             &SessionTools::default(),
             &mut fitter,
         )

@@ -67,6 +67,13 @@ pub struct ChatTokenizer {
     cache_bytes: usize,
     /// Where the tokenizer and the template came from, for the manifest.
     pub description: String,
+    /// The template file (or config) the templates came from.
+    pub template_origin: String,
+    /// Whether the template marks assistant turns with `{% generation %}`;
+    /// without it the trainable tokens are found by prefix difference.
+    pub generation_block: bool,
+    /// Samples' system prompts are folded into their first user turn.
+    pub fold_system: bool,
 }
 
 /// `{% generation %}` / `{% endgeneration %}` (with any whitespace control)
@@ -309,15 +316,27 @@ impl ChatTokenizer {
                 if marks_assistant {
                     ""
                 } else {
-                    " (no {% generation %} block: trainable tokens are not counted)"
+                    " (no {% generation %} block: trainable tokens found by prefix difference)"
                 }
             ),
+            template_origin: origin,
+            generation_block: marks_assistant,
+            fold_system: false,
         })
     }
 
     /// The text the trainer's template makes of a sample, with the marks of
     /// the generation blocks still in it.
     fn render_marked(&self, messages: &Value, tools: Option<&Value>) -> Result<String> {
+        self.render_with(messages, tools, false)
+    }
+
+    fn render_with(
+        &self,
+        messages: &Value,
+        tools: Option<&Value>,
+        generation_prompt: bool,
+    ) -> Result<String> {
         let name = if tools.is_some() && self.has_tool_use {
             "tool_use"
         } else if self.has_default {
@@ -330,7 +349,7 @@ impl ChatTokenizer {
             ("messages", messages.clone()),
             ("tools", tools.cloned().unwrap_or(Value::from(()))),
             ("documents", Value::from(())),
-            ("add_generation_prompt", Value::from(false)),
+            ("add_generation_prompt", Value::from(generation_prompt)),
         ]
         .into_iter()
         .chain(self.specials.iter().map(|(k, v)| (k.as_str(), v.clone())))
@@ -345,8 +364,11 @@ impl ChatTokenizer {
         Ok(marked.replace([GEN_OPEN, GEN_CLOSE], ""))
     }
 
-    /// Tokens of the rendered sample, and (with `trainable`) those inside
-    /// generation blocks; without it `Count::trainable` is 0.
+    /// Tokens of the rendered sample, and (with `trainable`) those trainers
+    /// train on: inside generation blocks when the template has them, else
+    /// by prefix difference ([`ChatTokenizer::prefix_diff`]); the last
+    /// assistant turn's alone always by prefix difference. Without
+    /// `trainable` both are 0.
     pub fn count(
         &mut self,
         messages: &Value,
@@ -355,11 +377,112 @@ impl ChatTokenizer {
     ) -> Result<Count> {
         let marked = self.render_marked(messages, tools)?;
         let (text, mut spans) = strip_marks(&marked);
-        if !trainable {
+        if !trainable || !self.generation_block {
             spans.clear();
         }
         // Without splitters the whole text is one piece.
-        self.count_pieces(&text, &spans)
+        let mut count = self.count_pieces(&text, &spans)?;
+        if trainable {
+            let only_last = self.generation_block;
+            let (all, last) = self.prefix_diff(messages, tools, &text, only_last)?;
+            if !self.generation_block {
+                count.trainable = all;
+            }
+            count.last_turn = last;
+        }
+        Ok(count)
+    }
+
+    /// Trainable tokens found as trainers without generation blocks find
+    /// them (axolotl's turn search, mlx-lm's `--mask-prompt` offset): for
+    /// each assistant message, the tokens of the conversation rendered up
+    /// to and with it, past the longest common token prefix with the
+    /// conversation before it rendered with the generation prompt (so the
+    /// assistant header is not trained, its end marker is). Returns the sum
+    /// over assistant messages and the last one's (with `only_last`, only
+    /// the last one is looked at). `full` is the whole rendered sample
+    /// (the last message's conversation).
+    pub fn prefix_diff(
+        &mut self,
+        messages: &Value,
+        tools: Option<&Value>,
+        full: &str,
+        only_last: bool,
+    ) -> Result<(usize, usize)> {
+        let items: Vec<Value> = messages
+            .try_iter()
+            .map_err(|e| anyhow!("messages: {e}"))?
+            .collect();
+        let is_assistant = |v: &Value| {
+            v.get_attr("role").ok().as_ref().and_then(Value::as_str) == Some("assistant")
+        };
+        let last_assistant = items.iter().rposition(is_assistant);
+        let (mut all, mut last) = (0, 0);
+        for i in 0..items.len() {
+            if !is_assistant(&items[i]) || (only_last && Some(i) != last_assistant) {
+                continue;
+            }
+            let before = self
+                .render_with(&Value::from(items[..i].to_vec()), tools, true)?
+                .replace([GEN_OPEN, GEN_CLOSE], "");
+            let with = if i + 1 == items.len() {
+                full.to_string()
+            } else {
+                self.render(&Value::from(items[..=i].to_vec()), tools)?
+            };
+            let (common, len) = self.common_tokens(&before, &with)?;
+            last = len - common;
+            all += last;
+        }
+        Ok((all, last))
+    }
+
+    /// The longest common token prefix of `a` and `b`, and the tokens of
+    /// `b`. With independent pieces (see the module documentation) only
+    /// the first piece where they differ is encoded to ids; equal pieces
+    /// are counted (and remembered) as usual.
+    fn common_tokens(&mut self, a: &str, b: &str) -> Result<(usize, usize)> {
+        if self.splitters.is_empty() {
+            let (x, y) = (self.ids(a)?, self.ids(b)?);
+            let common = x.iter().zip(&y).take_while(|(p, q)| p == q).count();
+            return Ok((common, y.len()));
+        }
+        let (pa, pb) = (
+            split_at_specials(a, &self.splitters),
+            split_at_specials(b, &self.splitters),
+        );
+        let (mut common, mut len, mut same) = (0, 0, true);
+        for (k, q) in pb.iter().enumerate() {
+            let text_b = &b[q.start..q.end];
+            let n = if q.special {
+                1
+            } else {
+                self.piece_len(text_b)?
+            };
+            len += n;
+            if !same {
+                continue;
+            }
+            match pa.get(k) {
+                Some(p) if p.special == q.special && a[p.start..p.end] == *text_b => common += n,
+                Some(p) if !p.special && !q.special => {
+                    let (x, y) = (self.ids(&a[p.start..p.end])?, self.ids(text_b)?);
+                    common += x.iter().zip(&y).take_while(|(s, t)| s == t).count();
+                    same = false;
+                }
+                _ => same = false,
+            }
+        }
+        Ok((common, len))
+    }
+
+    fn ids(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?
+            .get_ids()
+            .to_vec())
     }
 
     fn encode_len(&mut self, text: &str) -> Result<usize> {
@@ -437,6 +560,7 @@ impl ChatTokenizer {
         Ok(Count {
             total,
             trainable: union_len(ranges),
+            last_turn: 0,
         })
     }
 

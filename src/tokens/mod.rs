@@ -9,6 +9,7 @@
 
 pub mod bpe;
 pub mod chat;
+pub mod hub;
 pub mod pyjson;
 
 use std::path::Path;
@@ -25,8 +26,12 @@ use chat::ChatTokenizer;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Count {
     pub total: usize,
-    /// Tokens of the assistant turns (what assistant-only loss trains on).
+    /// Tokens of the assistant turns (what assistant-only loss trains on:
+    /// TRL with generation blocks, axolotl).
     pub trainable: usize,
+    /// Tokens of the last assistant turn alone (what mlx-lm's
+    /// `--mask-prompt` trains on).
+    pub last_turn: usize,
 }
 
 /// A sample as the trainer renders it: the system prompt, the messages
@@ -38,10 +43,11 @@ pub struct Sample<'a> {
     pub tools: Option<&'a [Value]>,
 }
 
-/// The message list a template sees: the system message, then the rest.
+/// The message list a template sees: the system message, then the rest
+/// (with `fold`, the system prompt starts the first user message instead).
 /// As transformers does, a message key whose value is null is left out
 /// (a template sees it undefined, not None).
-struct MessageList<'a>(&'a Sample<'a>);
+struct MessageList<'a>(&'a Sample<'a>, bool);
 
 struct TemplateMsg<'a>(&'a OutMsg);
 
@@ -74,8 +80,15 @@ impl Serialize for MessageList<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let s = self.0;
         let mut seq = ser.serialize_seq(Some(s.messages.len() + 1))?;
-        if let Some(system) = s.system {
-            seq.serialize_element(&OutMsg::text("system", system))?;
+        match s.system {
+            Some(system) if self.1 => {
+                for m in crate::format::folded(system, s.messages) {
+                    seq.serialize_element(&TemplateMsg(&m))?;
+                }
+                return seq.end();
+            }
+            Some(system) => seq.serialize_element(&OutMsg::text("system", system))?,
+            None => {}
         }
         for m in s.messages {
             seq.serialize_element(&TemplateMsg(m))?;
@@ -146,13 +159,14 @@ impl Estimate {
     pub fn count(s: &Sample<'_>) -> Count {
         let mut c = Count {
             total: s.system.map_or(0, Estimate::system) + s.tools.map_or(0, Estimate::tools),
-            trainable: 0,
+            ..Count::default()
         };
         for m in s.messages {
             let n = Estimate::message(m);
             c.total += n;
             if m.role == "assistant" {
                 c.trainable += n;
+                c.last_turn = n;
             }
         }
         c
@@ -185,13 +199,65 @@ pub enum Counter {
 impl Counter {
     pub fn new(tokenizer: Option<&Path>) -> Result<Counter> {
         Ok(match tokenizer {
-            Some(p) => Counter::Exact(Box::new(ChatTokenizer::load(p)?)),
+            Some(p) => Counter::Exact(Box::new(ChatTokenizer::load(&hub::resolve(p)?)?)),
             None => Counter::Estimate,
         })
     }
 
+    /// The exact counter for `--tokenizer`, its system prompts folded into
+    /// the first user turn with `fold`, checked on a probe sample: a chat
+    /// template that raises on the smallest sample the run can write (a
+    /// system prompt unless `none` is asked, one user turn, one answer) is
+    /// a usage error (exit 2) with the template's message, before anything
+    /// is read or written.
+    pub fn for_export(tokenizer: Option<&Path>, system: bool, fold: bool) -> Result<Counter> {
+        let mut counter = Counter::new(tokenizer)?;
+        if let Counter::Exact(t) = &mut counter {
+            t.fold_system = fold;
+        }
+        let messages = [
+            OutMsg::text("user", "Hello, how are you?"),
+            OutMsg::text("assistant", "I am well, thank you."),
+        ];
+        let probe = Sample {
+            system: system.then_some("You are a helpful assistant."),
+            messages: &messages,
+            tools: None,
+        };
+        if let Err(e) = counter.count(&probe) {
+            let hint = if system && !fold {
+                " (if it refuses a system turn, try --fold-system or --system-prompt none)"
+            } else {
+                ""
+            };
+            return Err(crate::exit::Failure::new(
+                crate::exit::USAGE,
+                format!("--tokenizer: the chat template cannot render a probe sample: {e:#}{hint}"),
+            )
+            .into());
+        }
+        Ok(counter)
+    }
+
     pub fn is_exact(&self) -> bool {
         matches!(self, Counter::Exact(_))
+    }
+
+    /// The template counted with: its source and whether it has a
+    /// generation block.
+    pub fn template(&self) -> Option<crate::manifest::TemplateDoc> {
+        match self {
+            Counter::Estimate => None,
+            Counter::Exact(t) => Some(crate::manifest::TemplateDoc {
+                source: t.template_origin.clone(),
+                generation_block: t.generation_block,
+                trainable_by: if t.generation_block {
+                    "generation_block"
+                } else {
+                    "prefix_diff"
+                },
+            }),
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -219,7 +285,7 @@ impl Counter {
         match self {
             Counter::Estimate => Ok(Estimate::count(s)),
             Counter::Exact(t) => {
-                let messages = minijinja::Value::from_serialize(MessageList(s));
+                let messages = minijinja::Value::from_serialize(MessageList(s, t.fold_system));
                 let tools = s.tools.map(minijinja::Value::from_serialize);
                 t.count(&messages, tools.as_ref(), trainable)
             }
@@ -254,7 +320,7 @@ fn template_input(
 fn estimate_json(messages: &[Value], tools: Option<&[Value]>) -> Count {
     let mut c = Count {
         total: tools.map_or(0, Estimate::tools),
-        trainable: 0,
+        ..Count::default()
     };
     for m in messages {
         let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
@@ -274,6 +340,7 @@ fn estimate_json(messages: &[Value], tools: Option<&[Value]>) -> Count {
         c.total += n;
         if role == "assistant" {
             c.trainable += n;
+            c.last_turn = n;
         }
     }
     c
@@ -341,6 +408,7 @@ impl Counter {
             best.total = best.total.max(c.total);
             if k == 0 {
                 best.trainable = c.total.saturating_sub(prompt_only);
+                best.last_turn = best.trainable;
             }
         }
         Ok(best)

@@ -232,7 +232,10 @@ fn over_budget_is_counted_never_silent() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("out");
     let arg = format!("{}/", dir.display());
-    // The stored system prompt alone is over 1,000 tokens.
+    // A replacement prompt over 1,000 tokens (a FILE has no shorter
+    // fallback, unlike the stored prompt).
+    let prompt = work.path().join("long-prompt.txt");
+    std::fs::write(&prompt, "You are Timmy, who speaks at length. ".repeat(300)).unwrap();
     let out = run_in(
         home.path(),
         &[
@@ -241,6 +244,9 @@ fn over_budget_is_counted_never_silent() {
             &tokenizer_dir(),
             "--max-tokens",
             "1000",
+            "--system-prompt",
+            prompt.to_str().unwrap(),
+            "-q",
             "--out",
             &arg,
         ],
@@ -253,10 +259,14 @@ fn over_budget_is_counted_never_silent() {
         .as_u64()
         .unwrap();
     assert!(skipped > 0, "{stderr}");
+    // Under --quiet, one warning line names what was dropped.
+    let warnings: Vec<&str> = stderr.lines().collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(
-        stderr.contains(&format!("over_budget={skipped}")),
+        warnings[0].contains(&format!("dropped {skipped} selected")),
         "{stderr}"
     );
+    assert!(warnings[0].contains("--max-tokens 1000"), "{stderr}");
     let per_channel: u64 = manifest["tokens"]["channels"]
         .as_object()
         .unwrap()
@@ -314,11 +324,16 @@ fn system_prompt_policies() {
         let m = &lines[0]["messages"][0];
         (m["role"] == "system").then(|| m["content"].as_str().unwrap().to_string())
     };
-    let session = first_system(&["--max-tokens", "8192"]).unwrap();
+    let session = first_system(&["--max-tokens", "8192", "--system-prompt", "session"]).unwrap();
     assert!(session.len() > 5000);
     assert_eq!(
         first_system(&["--system-prompt", "soul"]).unwrap(),
         soul.trim()
+    );
+    assert_eq!(
+        first_system(&[]).unwrap(),
+        soul.trim(),
+        "soul is the default"
     );
     assert_eq!(first_system(&["--system-prompt", "none"]), None);
     let work = tempfile::tempdir().unwrap();
@@ -425,4 +440,180 @@ fn a_sample_the_template_rejects_is_skipped_and_named() {
             .iter()
             .all(|u| !u.contains("[perception]"))
     );
+}
+
+#[test]
+fn the_nexus_export_at_default_flags_keeps_its_tool_call() {
+    let home = fixture_home(VERSIONS[0]);
+    let (code, lines, stderr) = export(home.path(), &["--channel", "nexus"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("over_budget="), "{stderr}");
+    let line = lines
+        .iter()
+        .find(|v| {
+            user_texts(std::slice::from_ref(*v))
+                .iter()
+                .any(|u| u.contains("archon_materialized"))
+        })
+        .unwrap_or_else(|| panic!("archon_materialized is kept: {stderr}"));
+    assert!(names(line, "messages").contains("todo"), "{line}");
+    assert!(tool_names(line).contains("todo"), "{line}");
+}
+
+#[test]
+fn the_tool_retry_gives_its_sft_line_and_its_dpo_pair_at_default_flags() {
+    let home = fixture_home(VERSIONS[0]);
+    let session = ["--session", "20261125_133228_38953c62"];
+    let users = |args: &[&str]| {
+        let mut all = session.to_vec();
+        all.extend_from_slice(args);
+        let (code, lines, stderr) = export(home.path(), &all);
+        assert_eq!(code, 0, "{stderr}");
+        (user_texts(&lines), lines, stderr)
+    };
+    // Every exchange a large budget keeps, the default budget keeps too,
+    // the failed call's tool turns with it.
+    let (roomy, _, _) = users(&["--max-tokens", "32768"]);
+    let (default, lines, stderr) = users(&[]);
+    assert_eq!(default, roomy, "{stderr}");
+    assert!(!stderr.contains("over_budget="), "{stderr}");
+    let called: BTreeSet<String> = lines.iter().flat_map(|v| names(v, "messages")).collect();
+    assert!(
+        called.contains("read_file") && called.contains("todo"),
+        "{called:?}"
+    );
+    let (_, pairs, stderr) = users(&["--format", "dpo"]);
+    let retry: Vec<&Value> = pairs
+        .iter()
+        .filter(|v| v["meta"]["signal"] == "tool-retry")
+        .collect();
+    assert_eq!(retry.len(), 1, "{stderr}");
+    assert!(stderr.contains("tool-retry=1"), "{stderr}");
+}
+
+#[test]
+fn a_sample_that_does_not_fit_with_the_session_prompt_falls_back_and_is_counted() {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("out");
+    let arg = format!("{}/", dir.display());
+    let (code, _, stderr) = export(
+        home.path(),
+        &[
+            "--channel",
+            "nexus",
+            "--system-prompt",
+            "session",
+            "--out",
+            &arg,
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let used = &manifest["tokens"]["system_prompts"];
+    assert!(used["session"].as_u64().unwrap() > 0, "{used}");
+    assert!(used["soul"].as_u64().unwrap() > 0, "{used}");
+    assert_eq!(manifest["counts"]["skipped"].get("over_budget"), None);
+    let written: u64 = used
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        written,
+        manifest["counts"]["channels"]["nexus"].as_u64().unwrap()
+    );
+    assert!(stderr.contains("system prompts: session="), "{stderr}");
+}
+
+#[test]
+fn fail_on_drop_exits_7_and_still_writes() {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let prompt = work.path().join("long-prompt.txt");
+    std::fs::write(&prompt, "You are Timmy, who speaks at length. ".repeat(300)).unwrap();
+    let out = work.path().join("out.jsonl");
+    let args = [
+        "export",
+        "--max-tokens",
+        "1000",
+        "--system-prompt",
+        prompt.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--fail-on-drop",
+        "--quiet",
+    ];
+    let run = run_in(home.path(), &args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(7), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("dropped "), "{stderr}");
+    assert!(out.exists());
+    // Without the flag the same run succeeds.
+    let run = run_in(home.path(), &args[..args.len() - 2]);
+    assert_eq!(run.status.code(), Some(0));
+}
+
+#[test]
+fn an_exchange_that_is_not_written_does_not_count_toward_the_near_duplicate_cap() {
+    let home = fixture_home(VERSIONS[0]);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    drop_fts_triggers(&db);
+    for (k, (id, prompt)) in [("dup-a", "You are FORBIDDEN."), ("dup-b", "You are kind.")]
+        .into_iter()
+        .enumerate()
+    {
+        let t = 1_800_000_000 + 100 * k as i64;
+        db.execute(
+            "INSERT INTO sessions (id, source, started_at, system_prompt) VALUES (?1, 'cli', ?2, ?3)",
+            rusqlite::params![id, t, prompt],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES (?1, 'user', 'How is the weather at the gate?', ?2, 1, 0)",
+            rusqlite::params![id, t + 1],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES (?1, 'assistant', 'Calm and clear at the gate.', ?2, 'stop', 1, 0)",
+            rusqlite::params![id, t + 2],
+        )
+        .unwrap();
+    }
+    drop(db);
+    // A template that refuses the first session's prompt.
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    let src = repo().join("fixtures/tokenizer/chatml");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let template = std::fs::read_to_string(src.join("chat_template.jinja")).unwrap();
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        format!("{{%- if 'FORBIDDEN' in messages[0].content %}}{{{{ raise_exception('no forbidden prompts') }}}}{{%- endif %}}\n{template}"),
+    )
+    .unwrap();
+    let (code, lines, stderr) = export(
+        home.path(),
+        &[
+            "--session",
+            "dup-a,dup-b",
+            "--system-prompt",
+            "session",
+            "--near-duplicate-cap",
+            "1",
+            "--tokenizer",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("template_error=1"), "{stderr}");
+    assert!(!stderr.contains("near_duplicate"), "{stderr}");
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!(lines[0]["meta"]["session"], "dup-b");
 }

@@ -143,3 +143,320 @@ fn the_fast_byte_level_counter_agrees_with_the_tokenizers_crate() {
     other["normalizer"] = serde_json::json!({"type": "NFC"});
     assert!(hermes_harvest::tokens::bpe::FastBpe::from_json(&other).is_none());
 }
+
+/// A model directory with the fixture tokenizer and the ChatML template
+/// without its generation tags (`fixtures/tokenizer/chatml-nogen.jinja`).
+pub fn nogen_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = repo().join("fixtures/tokenizer/chatml");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::copy(
+        repo().join("fixtures/tokenizer/chatml-nogen.jinja"),
+        dir.path().join("chat_template.jinja"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn without_generation_blocks_trainable_tokens_are_the_prefix_difference_transformers_gives() {
+    let (samples, _) = golden();
+    let want: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("fixtures/tokenizer/golden/prefix-diff.json")).unwrap(),
+    )
+    .unwrap();
+    let want = want["samples"].as_array().unwrap();
+    assert_eq!(want.len(), samples.len());
+    let dir = nogen_dir();
+    let mut counter = Counter::new(Some(dir.path())).unwrap();
+    let mut marked = Counter::new(Some(&repo().join("fixtures/tokenizer/chatml"))).unwrap();
+    for (n, (sample, g)) in samples.iter().zip(want).enumerate() {
+        let (messages, tools) = parts(sample);
+        let c = counter.count_json(&messages, tools.as_deref()).unwrap();
+        let line = n + 1;
+        assert_eq!(c.total as u64, g["tokens"].as_u64().unwrap(), "line {line}");
+        assert_eq!(
+            c.trainable as u64,
+            g["trainable"].as_u64().unwrap(),
+            "trainable of line {line}"
+        );
+        assert_eq!(
+            c.last_turn as u64,
+            g["last_turn"].as_u64().unwrap(),
+            "last turn of line {line}"
+        );
+        // With the generation blocks the last turn is found the same way.
+        let m = marked.count_json(&messages, tools.as_deref()).unwrap();
+        assert_eq!(m.last_turn, c.last_turn, "line {line}");
+        assert!(m.trainable > 0 && m.trainable <= c.trainable, "line {line}");
+    }
+}
+
+/// Runs the binary with `envs` set (and every Hugging Face location
+/// variable cleared first).
+fn run_env(args: &[&str], envs: &[(&str, &std::path::Path)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(crate::common::bin());
+    cmd.args(args).env_remove("HERMES_HOME");
+    for k in [
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_HOME",
+        "XDG_CACHE_HOME",
+    ] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// A Hugging Face cache holding the fixture tokenizer as `Org/Chat-Fixture`:
+/// `models--Org--Chat-Fixture/{blobs,refs/main,snapshots/REV/}`, the
+/// snapshot's files links into `blobs/`, an older snapshot beside it.
+fn hf_cache(root: &std::path::Path) {
+    let repo = root.join("models--Org--Chat-Fixture");
+    let src = repo_dir();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::write(repo.join("refs/main"), rev).unwrap();
+    let snap = repo.join("snapshots").join(rev);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/old")).unwrap();
+    for (k, f) in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let blob = format!("blob{k}");
+        std::fs::copy(src.join(f), repo.join("blobs").join(&blob)).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{blob}"), snap.join(f)).unwrap();
+    }
+}
+
+fn repo_dir() -> std::path::PathBuf {
+    repo().join("fixtures/tokenizer/chatml")
+}
+
+#[test]
+fn a_model_id_resolves_in_the_hugging_face_cache_like_its_directory() {
+    let home = crate::common::fixture_home(crate::common::VERSIONS[0]);
+    let cache = tempfile::tempdir().unwrap();
+    hf_cache(&cache.path().join("hub"));
+    let h = home.path().to_str().unwrap();
+    let by_dir = run_env(
+        &[
+            "export",
+            "--hermes-home",
+            h,
+            "--tokenizer",
+            repo_dir().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(by_dir.status.code(), Some(0));
+    assert!(!by_dir.stdout.is_empty());
+    let id_args = [
+        "export",
+        "--hermes-home",
+        h,
+        "--tokenizer",
+        "Org/Chat-Fixture",
+    ];
+    let hub = cache.path().join("hub");
+    for envs in [
+        vec![("HF_HUB_CACHE", hub.as_path())],
+        vec![("HF_HOME", cache.path())],
+    ] {
+        let by_id = run_env(&id_args, &envs);
+        let err = String::from_utf8_lossy(&by_id.stderr);
+        assert_eq!(by_id.status.code(), Some(0), "{err}");
+        assert!(
+            by_id.stdout == by_dir.stdout,
+            "same bytes by id and by directory"
+        );
+    }
+    // XDG_CACHE_HOME/huggingface/hub, then HOME/.cache/huggingface/hub.
+    let xdg = tempfile::tempdir().unwrap();
+    hf_cache(&xdg.path().join("huggingface/hub"));
+    let by_id = run_env(&id_args, &[("XDG_CACHE_HOME", xdg.path())]);
+    assert!(by_id.stdout == by_dir.stdout);
+    let fake_home = tempfile::tempdir().unwrap();
+    hf_cache(&fake_home.path().join(".cache/huggingface/hub"));
+    let by_id = run_env(&id_args, &[("HOME", fake_home.path())]);
+    assert!(by_id.stdout == by_dir.stdout);
+    // `sources` names the model Hermes serves and finds its tokenizer.
+    let config = home.path().join("config.yaml");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        yaml.replace("default: fake-model-1", "default: Org/Chat-Fixture"),
+    )
+    .unwrap();
+    let sources = run_env(
+        &["sources", "--hermes-home", h],
+        &[("HF_HUB_CACHE", hub.as_path())],
+    );
+    let text = String::from_utf8_lossy(&sources.stdout);
+    assert!(
+        text.contains("Org/Chat-Fixture (config.yaml); its tokenizer is cached"),
+        "{text}"
+    );
+    let sources = run_env(&["sources", "--hermes-home", h, "--json"], &[]);
+    let doc: Value = serde_json::from_slice(&sources.stdout).unwrap();
+    assert_eq!(doc["serving"]["model"], "Org/Chat-Fixture");
+    assert_eq!(doc["serving"]["tokenizer"], Value::Null);
+    // An id that is not cached names where it looked.
+    let missing = run_env(
+        &[
+            "export",
+            "--hermes-home",
+            h,
+            "--tokenizer",
+            "Org/Not-Cached",
+        ],
+        &[("HF_HUB_CACHE", hub.as_path())],
+    );
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{err}");
+    assert!(err.contains("models--Org--Not-Cached"), "{err}");
+    assert!(err.contains(hub.to_str().unwrap()), "{err}");
+    // An existing directory of that name wins.
+    let cwd = tempfile::tempdir().unwrap();
+    let local = cwd.path().join("Org/Chat-Fixture");
+    std::fs::create_dir_all(&local).unwrap();
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        std::fs::copy(repo_dir().join(f), local.join(f)).unwrap();
+    }
+    let out = std::process::Command::new(crate::common::bin())
+        .args(id_args)
+        .current_dir(cwd.path())
+        .env("HF_HUB_CACHE", cwd.path().join("empty"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == by_dir.stdout);
+}
+
+#[test]
+fn a_template_that_raises_on_the_probe_stops_before_anything_is_written() {
+    let home = crate::common::fixture_home(crate::common::VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(repo_dir().join(f), dir.join(f)).unwrap();
+    }
+    // Gemma's rule: no system turn.
+    let template = std::fs::read_to_string(repo_dir().join("chat_template.jinja")).unwrap();
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        format!("{{%- if messages[0].role == 'system' %}}{{{{ raise_exception('System role not supported') }}}}{{%- endif %}}\n{template}"),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    let state = work.path().join("state.json");
+    let before = crate::common::snapshot_files(home.path());
+    let args = [
+        "export",
+        "--hermes-home",
+        home.path().to_str().unwrap(),
+        "--tokenizer",
+        dir.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--out",
+        &format!("{}/", out.display()),
+    ];
+    let run = run_env(&args, &[]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("System role not supported"), "{err}");
+    assert!(err.contains("--fold-system"), "{err}");
+    assert!(!out.exists() && !state.exists(), "nothing written");
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("model")],
+        "no lock either"
+    );
+    assert_eq!(crate::common::snapshot_files(home.path()), before);
+    // Folding the system prompt into the first user turn makes it work.
+    let mut folded = args.to_vec();
+    folded.push("--fold-system");
+    let run = run_env(&folded, &[]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{err}");
+    let lines = crate::common::lines(&std::fs::read(out.join("train.jsonl")).unwrap());
+    assert!(!lines.is_empty());
+    let soul = std::fs::read_to_string(home.path().join("SOUL.md")).unwrap();
+    for v in &lines {
+        let first = &v["messages"][0];
+        assert_eq!(first["role"], "user");
+        assert!(first["content"].as_str().unwrap().starts_with(soul.trim()));
+    }
+}
+
+/// Estimate / real count of each golden sample under every real tokenizer
+/// family (`golden/families.json`, `scripts/tokenizer.sh families`).
+fn family_ratios() -> Vec<(String, Vec<f64>)> {
+    let (samples, _) = golden();
+    let fam: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("fixtures/tokenizer/golden/families.json")).unwrap(),
+    )
+    .unwrap();
+    let mut estimate = Counter::new(None).unwrap();
+    let est: Vec<usize> = samples
+        .iter()
+        .map(|s| {
+            let (m, t) = parts(s);
+            estimate.count_json(&m, t.as_deref()).unwrap().total
+        })
+        .collect();
+    fam["tokenizers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, counts)| {
+            let r = counts
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(&est)
+                .map(|(c, e)| *e as f64 / c.as_u64().unwrap() as f64)
+                .collect();
+            (name.clone(), r)
+        })
+        .collect()
+}
+
+#[test]
+fn the_estimate_is_never_under_any_real_tokenizer_family() {
+    for (name, ratios) in family_ratios() {
+        let min = ratios.iter().copied().fold(f64::MAX, f64::min);
+        let max = ratios.iter().copied().fold(0.0, f64::max);
+        eprintln!("{name}: estimate / real {min:.3} .. {max:.3}");
+        assert!(
+            min >= 1.0,
+            "{name}: the estimate is under the real count ({min:.3})"
+        );
+    }
+}
