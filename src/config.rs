@@ -107,6 +107,10 @@ pub struct ExportConfig {
     pub state: Option<PathBuf>,
     pub redact: bool,
     pub strict: bool,
+    /// Samples the template fails on are consumed (skipped), not pending.
+    pub skip_unrenderable: bool,
+    /// Exit 6 when the export holds no line.
+    pub fail_on_empty: bool,
     pub quiet: bool,
     /// Rows of a long state.db session per part (`HERMES_HARVEST_PART_ROWS`,
     /// for tests).

@@ -12,6 +12,8 @@ pub const PARTIAL: u8 = 3;
 pub const INVALID: u8 = 4;
 /// Another run holds the lock for this output or state file.
 pub const LOCKED: u8 = 5;
+/// `export --fail-on-empty`: the export holds no line.
+pub const EMPTY: u8 = 6;
 /// `send`: the API server could not be reached (connection refused, bad host).
 pub const UNREACHABLE: u8 = 10;
 /// `send`: the API server rejected the key (401/403).

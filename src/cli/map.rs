@@ -132,6 +132,8 @@ impl ExportArgs {
             state: self.state.clone(),
             redact: !self.no_redact,
             strict: self.strict,
+            skip_unrenderable: self.skip_unrenderable,
+            fail_on_empty: self.fail_on_empty,
             quiet: self.quiet,
             part_rows: part_rows_from_env(),
             flags: std::env::args().skip(1).collect(),

@@ -170,6 +170,13 @@ pub struct ExportArgs {
     /// Any unreadable input is fatal instead of skipped
     #[arg(long)]
     pub strict: bool,
+    /// Give up for good on samples the chat template fails to render (skipped as
+    /// template_error) instead of keeping them pending for a later run
+    #[arg(long)]
+    pub skip_unrenderable: bool,
+    /// Exit 6 when the export leaves no line at all (0 stays "success, nothing new")
+    #[arg(long)]
+    pub fail_on_empty: bool,
     /// Print errors only
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use crate::config::{ExportConfig, SystemPolicy};
 use crate::coverage;
-use crate::curate::meta::Meta;
+use crate::curate::meta::{self, Meta};
 use crate::curate::{Curator, quality};
 use crate::exit::{self, Failure};
 use crate::format::fit::Fitter;
@@ -20,7 +20,7 @@ use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
 use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_text};
 use crate::hermes_settings::HermesSettings;
 use crate::home::HermesHome;
-use crate::manifest::{Counting, Inputs, Manifest, Totals};
+use crate::manifest::{Counting, Dataset, Inputs, Manifest, Totals};
 use crate::model::{Channel, Origin, Role, Session};
 use crate::output::{Output, Written};
 use crate::paths::{DIR_FILES, Dest, Plan};
@@ -80,6 +80,10 @@ struct Run<'a> {
     redactor: Option<Redactor>,
     /// Provenance, duplicates, quality rules, dry-run figures.
     curate: Curator,
+    /// Sessions the template failed on (kept pending with `--state`).
+    render_failed: Vec<String>,
+    /// Of those, the sessions kept pending.
+    pending_renders: usize,
 }
 
 /// A rebuilt session ready to format.
@@ -113,11 +117,19 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     if !dry_run {
         remove_leftovers(&plan);
     }
-    let state = plan.state.as_deref().map(RunState::load).transpose()?;
+    let mut state = plan.state.as_deref().map(RunState::load).transpose()?;
+    if let (Some(st), Some(path)) = (state.as_mut(), plan.state.as_deref()) {
+        let path_of = path_in(&plan.dest);
+        if !dry_run {
+            // A killed `forget` is finished first.
+            crate::state::finish_journal(st, path, &path_of)?;
+        }
+        crate::output::migrate_units(st, &path_of)?;
+    }
     // A cumulative output belongs to one state, format and style.
     let identity = coverage::identity(&cfg, &plan);
     coverage::check_output(state.as_ref(), &plan, &identity)?;
-    let mut stores = open_stores(&cfg, &home, state.is_some(), &mut report)?;
+    let mut stores = open_stores(&cfg, &home, state.as_ref(), &mut report)?;
     let mut redactor = open_redactor(&cfg, &home, &mut report)?;
     let top = watermark(&mut stores, state.as_ref(), &report)?;
     let stores = stores;
@@ -130,6 +142,10 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     } else {
         Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?
     };
+    if let (Some(st), Some(path), false) = (state.as_mut(), plan.state.as_deref(), dry_run) {
+        // From here on a kill leaves files the next run recognises.
+        st.claim(path, &output.file_names(), &identity)?;
+    }
     let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
     run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
     if dry_run {
@@ -140,33 +156,43 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
             exit::OK
         });
     }
-    let closed = run.close(&stores, &mut report, top)?;
+    let mut closed = run.close(&stores, &mut report, (top, state.as_ref()))?;
     if let (Dest::Dir(dir), Some(m)) = (&plan.dest, &closed.manifest) {
         crate::card::write(dir, m)?;
     }
+    let held = closed.dataset.lines.values().sum::<u64>();
     if let (Some(path), Some(mut st)) = (&plan.state, state) {
         let written = closed.written.as_ref();
+        st.dataset = closed.dataset.clone();
         commit_state(
             path,
             &mut st,
-            (closed.coverage, &closed.curate),
+            (std::mem::take(&mut closed.coverage), &closed.curate),
             written,
             (top, selection, identity),
         )?;
     }
-    summarize(
-        &report,
-        &closed.totals,
-        cfg,
-        &closed.redactions,
-        closed.written.is_none(),
-        closed.exact,
-    );
+    summarize(&report, &closed, cfg);
     Ok(if report.partial {
         exit::PARTIAL
+    } else if cfg.fail_on_empty && held == 0 {
+        report.warn(format_args!(
+            "the export holds no line (--fail-on-empty): exit {}",
+            exit::EMPTY
+        ));
+        exit::EMPTY
     } else {
         exit::OK
     })
+}
+
+/// The path of an output file (by its name in the state) of `dest`.
+fn path_in(dest: &Dest) -> impl Fn(&str) -> std::path::PathBuf + '_ {
+    move |name| match dest {
+        Dest::Dir(d) => d.join(name),
+        Dest::File(p) => p.clone(),
+        Dest::Stdout | Dest::Special(_) => std::path::PathBuf::from(name),
+    }
 }
 
 /// The highest state.db message id this run takes (0 without state.db);
@@ -215,11 +241,26 @@ fn remove_leftovers(plan: &Plan) {
 fn open_stores(
     cfg: &ExportConfig,
     home: &HermesHome,
-    incremental: bool,
+    state: Option<&RunState>,
     report: &mut Report,
 ) -> Result<Stores> {
     let mut stores = Stores::open(home, report)?;
-    if incremental && stores.state.is_none() && home.state_db().exists() {
+    if let Some(st) = state.filter(|s| s.watermark > 0 && stores.state.is_none())
+        && !home.state_db().exists()
+    {
+        // The other stores hold copies of its turns: taking them now would
+        // export them twice once it is back.
+        return Err(Failure::new(
+            exit::PARTIAL,
+            format!(
+                "{} is missing, but the state file has seen it (up to message id {}); with --state nothing is exported and the state is kept, so the next run with state.db back takes everything new",
+                home.state_db().display(),
+                st.watermark
+            ),
+        )
+        .into());
+    }
+    if state.is_some() && stores.state.is_none() && home.state_db().exists() {
         // Exporting the other stores now would commit their copies of the
         // canonical turns, and the next run would export them again.
         return Err(Failure::new(
@@ -293,6 +334,8 @@ impl<'a> Run<'a> {
             output,
             redactor,
             curate: Curator::new(cfg.curate.clone(), state.map(|s| &s.curation)),
+            render_failed: Vec::new(),
+            pending_renders: 0,
         }
     }
 
@@ -418,9 +461,11 @@ impl<'a> Run<'a> {
         }
         self.coverage
             .record_session(&self.covered, &p.session, &exchanges, &sel);
+        // What a render error gives back to pending.
+        let consumed = sel.selected.clone();
         // Curation, once coverage is settled (what it drops is consumed,
         // never pending): forgotten sessions and turns, the near-duplicate
-        // cap.
+        // cap, copies of what the other split holds.
         let kept = self.curate.select(
             &p.session.id,
             p.session.started_at,
@@ -437,10 +482,14 @@ impl<'a> Run<'a> {
             }
             return Ok(());
         }
-        let over_budget = match self.cfg.shape {
+        self.cross_split(&p, &exchanges, &mut sel, report);
+        let (over_budget, failed) = match self.cfg.shape {
             Shape::Sft => self.write_sft(&p, &exchanges, &sel, report)?,
             Shape::Dpo | Shape::DpoFlat => self.write_dpo(&p, &sel, report)?,
         };
+        if let Some(e) = failed {
+            self.keep_pending(&p, &exchanges, (&consumed, &sel.idents), e, report)?;
+        }
         self.totals
             .tokens
             .entry(p.channel.as_str())
@@ -449,17 +498,95 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Writes the SFT samples of one session; returns how many were over
-    /// the budget.
+    /// SFT into a directory: an exchange whose normalised copy the other
+    /// split already holds is left out (and is never context), so valid
+    /// measures what train has not shown.
+    fn cross_split(
+        &mut self,
+        p: &Prepared,
+        exchanges: &[Exchange<'_>],
+        sel: &mut TurnSelection,
+        report: &mut Report,
+    ) {
+        if self.cfg.shape != Shape::Sft || !self.output.is_dir() {
+            return;
+        }
+        for (i, ex) in exchanges.iter().enumerate() {
+            if !sel.selected[i] || ex.problem.is_some() {
+                continue;
+            }
+            let valid = self
+                .output
+                .is_valid(&meta::unit(&p.session, p.channel, ex.timestamp));
+            let key = crate::curate::dedupe::exchange_key(ex.msgs);
+            if self.curate.dedupe.in_other_split(key, valid) {
+                sel.selected[i] = false;
+                sel.copied[i] = true;
+                report.skip(Skip::CrossSplitCopy);
+            }
+        }
+    }
+
+    /// A sample of `session` failed to render: true when the session stays
+    /// pending (with `--state`, unless `--skip-unrenderable`); else its
+    /// failed samples are skipped as template_error and, without
+    /// `--skip-unrenderable`, the run is partial.
+    fn render_failed(&mut self, session: &str, e: String, report: &mut Report) -> bool {
+        self.totals.template_error.get_or_insert(e);
+        if self.cfg.skip_unrenderable {
+            return false;
+        }
+        if self.covered.state.is_some() {
+            return true;
+        }
+        report.partial = true;
+        self.render_failed.push(session.to_string());
+        false
+    }
+
+    /// A session whose samples the template failed to render: nothing of
+    /// it is written, and its turns stay pending (fatal with `--strict`).
+    fn keep_pending(
+        &mut self,
+        p: &Prepared,
+        exchanges: &[Exchange<'_>],
+        (consumed, idents): (&[bool], &[u64]),
+        e: String,
+        report: &mut Report,
+    ) -> Result<()> {
+        if self.cfg.strict {
+            return Err(Failure::new(
+                exit::ERROR,
+                format!(
+                    "the chat template failed on a sample of session {}: {e} (--strict)",
+                    p.session.id
+                ),
+            )
+            .into());
+        }
+        report.skip(Skip::TemplateError);
+        report.partial = true;
+        self.coverage
+            .unconsume(&self.covered, &p.session, exchanges, (consumed, idents));
+        self.totals.template_error.get_or_insert(e);
+        self.render_failed.push(p.session.id.clone());
+        self.pending_renders += 1;
+        Ok(())
+    }
+
+    /// Writes the SFT samples of one session, one unit at a time (context
+    /// never crosses a unit); returns how many were over the budget, and
+    /// the template's error when a sample failed to render and the session
+    /// stays pending.
     fn write_sft(
         &mut self,
         p: &Prepared,
         exchanges: &[Exchange<'_>],
         sel: &TurnSelection,
         report: &mut Report,
-    ) -> Result<usize> {
+    ) -> Result<(usize, Option<String>)> {
         if !sel.any() {
-            return Ok(0);
+            return Ok((0, None));
         }
         if sel.too_few {
             // Say why each turn could not count.
@@ -473,28 +600,39 @@ impl<'a> Run<'a> {
             } else {
                 Skip::TooFewTurns
             });
-            return Ok(0);
+            return Ok((0, None));
         }
         let system_tokens = p.system.as_ref().map_or(0, |s| self.kit.system_tokens(s));
-        let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
-        let outcome = sft::samples(
-            exchanges,
-            &sel.selected,
-            &sel.copied,
-            &self.kit.opts,
-            p.system.clone(),
-            &p.tools,
-            &mut fitter,
-        );
-        let over_budget = skipped(report, &outcome.skipped);
-        if let Some(e) = outcome.template_error {
-            self.totals.template_error.get_or_insert(e);
+        let mut reasons = Vec::new();
+        let mut lines = Vec::new();
+        for (a, b, unit) in unit_ranges(p, exchanges) {
+            if !sel.selected[a..b].iter().any(|s| *s) {
+                continue;
+            }
+            let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
+            let outcome = sft::samples(
+                &exchanges[a..b],
+                &sel.selected[a..b],
+                &sel.copied[a..b],
+                &self.kit.opts,
+                p.system.clone(),
+                &p.tools,
+                &mut fitter,
+            );
+            if let Some(e) = outcome.template_error
+                && self.render_failed(&p.session.id, e, report)
+            {
+                return Ok((0, self.totals.template_error.clone()));
+            }
+            reasons.extend(outcome.skipped);
+            lines.extend(outcome.lines.into_iter().map(|l| (unit.clone(), l)));
         }
-        let parts = outcome.lines.len();
-        for (k, (line, t, last)) in outcome.lines.into_iter().enumerate() {
+        let over_budget = skipped(report, &reasons);
+        let parts = lines.len();
+        for (k, (unit, (line, t, last))) in lines.into_iter().enumerate() {
             let meta = Meta {
                 part: (parts > 1).then_some(k + 1),
-                ..Meta::of(&p.session, p.channel, (t, last))
+                ..Meta::of(&p.session, &unit, p.channel, (t, last))
             };
             let json = line.to_json()?;
             let Some(bytes) = self
@@ -503,22 +641,23 @@ impl<'a> Run<'a> {
             else {
                 continue;
             };
-            self.output.line(&p.session.id, &bytes)?;
+            self.output.line(&unit, &bytes)?;
             self.totals.saw_time(t);
             self.totals
                 .wrote(p.channel, line.count, system_tokens, line.missing_tools);
         }
-        Ok(over_budget)
+        Ok((over_budget, None))
     }
 
     /// Writes the preference pairs of one session; returns how many were
-    /// over the budget.
+    /// over the budget, and the template's error when a pair failed to
+    /// render and the session stays pending.
     fn write_dpo(
         &mut self,
         p: &Prepared,
         sel: &TurnSelection,
         report: &mut Report,
-    ) -> Result<usize> {
+    ) -> Result<(usize, Option<String>)> {
         let system_tokens = p.system.as_ref().map_or(0, |s| self.kit.system_tokens(s));
         let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
         let msgs = &p.rebuilt.messages;
@@ -535,39 +674,49 @@ impl<'a> Run<'a> {
             &mut fitter,
             &selected_pair,
         );
-        let over_budget = skipped(report, &outcome.skipped);
-        if let Some(e) = outcome.template_error {
-            self.totals.template_error.get_or_insert(e);
+        if let Some(e) = outcome.template_error
+            && self.render_failed(&p.session.id, e, report)
+        {
+            return Ok((0, self.totals.template_error.clone()));
         }
+        let over_budget = skipped(report, &outcome.skipped);
         for (signal, line, count, missing, (t, last)) in outcome.lines {
             let value = serde_json::to_value(&line)?;
-            if !self
-                .curate
-                .dedupe
-                .under_cap(crate::curate::dedupe::line_key(&value))
-            {
+            let key = crate::curate::dedupe::line_key(&value);
+            if !self.curate.dedupe.under_cap(key) {
                 report.skip(Skip::NearDuplicate);
+                continue;
+            }
+            let unit = meta::unit(&p.session, p.channel, t);
+            let valid = self.output.is_valid(&unit);
+            if self.output.is_dir() && self.curate.dedupe.in_other_split(key, valid) {
+                report.skip(Skip::CrossSplitCopy);
                 continue;
             }
             let meta = Meta {
                 signal: Some(signal.as_str()),
-                ..Meta::of(&p.session, p.channel, (t, last))
+                ..Meta::of(&p.session, &unit, p.channel, (t, last))
             };
             // Key order is kept (`preserve_order`): the same bytes as the line's.
             let json = serde_json::to_vec(&value)?;
             let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
                 continue;
             };
-            self.output.line(&p.session.id, &bytes)?;
+            self.output.line(&unit, &bytes)?;
             self.totals.saw_time(t);
             self.totals.wrote(p.channel, count, system_tokens, missing);
             *self.totals.signals.entry(signal.as_str()).or_default() += 1;
         }
-        Ok(over_budget)
+        Ok((over_budget, None))
     }
 
     /// Finishes the outputs (the manifest with them).
-    fn close(self, stores: &Stores, report: &mut Report, top: i64) -> Result<Closed> {
+    fn close(
+        self,
+        stores: &Stores,
+        report: &mut Report,
+        (top, state): (i64, Option<&RunState>),
+    ) -> Result<Closed> {
         let Run {
             cfg,
             kit,
@@ -577,15 +726,15 @@ impl<'a> Run<'a> {
             output,
             redactor,
             curate,
+            render_failed,
+            pending_renders,
             ..
         } = self;
         let redactions = redactor.map(|r| r.counts).unwrap_or_default();
-        if let Some(e) = &totals.template_error {
-            report.warn(format_args!(
-                "the chat template failed on some samples (skipped as template_error): {e}"
-            ));
-        }
+        template_warning(report, &totals, (&render_failed, pending_renders > 0));
+        let fraction_changed = output.splits.changed_from;
         let counted_with = kit.counter.describe();
+        let previous = state.map(|s| s.dataset.clone()).unwrap_or_default();
         let inputs = Inputs {
             cfg,
             stores,
@@ -601,12 +750,20 @@ impl<'a> Run<'a> {
         };
         // The manifest as written, for the dataset card.
         let manifest = RefCell::new(None);
+        let dataset = RefCell::new(None);
         let written = output.finish(&|w| {
-            let m = serde_json::to_value(Manifest::new(&inputs, w))?;
+            let d = Dataset::after_run(&previous, &inputs, w);
+            let m = serde_json::to_value(Manifest::new(&inputs, w, &d))?;
             let bytes = serde_json::to_vec_pretty(&m)?;
             *manifest.borrow_mut() = Some(m);
+            *dataset.borrow_mut() = Some(d);
             Ok(bytes)
         })?;
+        let dataset = match (dataset.into_inner(), &written) {
+            (Some(d), _) => d,
+            (None, Some(w)) => Dataset::after_run(&previous, &inputs, w),
+            (None, None) => previous,
+        };
         Ok(Closed {
             written,
             coverage,
@@ -615,6 +772,8 @@ impl<'a> Run<'a> {
             exact: kit.counter.is_exact(),
             manifest: manifest.into_inner(),
             curate,
+            dataset,
+            fraction_changed: fraction_changed.map(|f| (f, cfg.valid_fraction)),
         })
     }
 
@@ -650,6 +809,51 @@ struct Closed {
     /// The manifest written (directory output), for the dataset card.
     manifest: Option<serde_json::Value>,
     curate: Curator,
+    /// What the cumulative output holds after this run.
+    dataset: Dataset,
+    /// `--valid-fraction` changed (from, to): new units only.
+    fraction_changed: Option<(f64, f64)>,
+}
+
+/// One warning for the chat template's failures, naming the first
+/// session: pending ones say how to give them up for good.
+fn template_warning(report: &Report, totals: &Totals, (failed, pending): (&[String], bool)) {
+    let Some(e) = &totals.template_error else {
+        return;
+    };
+    let first = failed
+        .first()
+        .map(|s| format!(" (first: session {s})"))
+        .unwrap_or_default();
+    if pending {
+        report.warn(format_args!(
+            "the chat template failed to render the samples of {} session(s){first}: {e}. Nothing of them was written and their turns stay pending: every run retries them (a fixed template or tokenizer renders them); --skip-unrenderable gives them up for good (counted as template_error)",
+            failed.len()
+        ));
+    } else if failed.is_empty() {
+        report.warn(format_args!(
+            "the chat template failed on some samples, given up with --skip-unrenderable (skipped as template_error): {e}"
+        ));
+    } else {
+        report.warn(format_args!(
+            "the chat template failed on samples of {} session(s){first} (skipped as template_error; the others were written): {e}",
+            failed.len()
+        ));
+    }
+}
+
+/// The exchanges of each unit of a session, as ranges with the unit: the
+/// whole session, or for a nexus session one range per UTC day.
+fn unit_ranges(p: &Prepared, exchanges: &[Exchange<'_>]) -> Vec<(usize, usize, String)> {
+    let mut out: Vec<(usize, usize, String)> = Vec::new();
+    for (i, ex) in exchanges.iter().enumerate() {
+        let unit = meta::unit(&p.session, p.channel, ex.timestamp);
+        match out.last_mut() {
+            Some(r) if r.2 == unit => r.1 = i + 1,
+            _ => out.push((i, i + 1, unit)),
+        }
+    }
+    out
 }
 
 /// The turn whose failed call was taken out for a tool-retry pair would
@@ -699,19 +903,20 @@ fn commit_state(
     Ok(())
 }
 
-fn summarize(
-    report: &Report,
-    totals: &Totals,
-    cfg: &ExportConfig,
-    redactions: &BTreeMap<&'static str, usize>,
-    nothing_new: bool,
-    exact: bool,
-) {
+fn summarize(report: &Report, closed: &Closed, cfg: &ExportConfig) {
+    let totals = &closed.totals;
     let written: usize = totals.samples.values().sum();
     let h = &totals.history;
-    if nothing_new {
+    if let Some((from, to)) = closed.fraction_changed {
         report.info(format_args!(
-            "nothing new since the last run; outputs left as they were (read {} sessions)",
+            "--valid-fraction changed from {from} to {to}: it applies to units new from now on; the units already placed keep their split"
+        ));
+    }
+    let split = split_summary(closed);
+    let cumulative = cfg.state.is_some();
+    if cumulative && written == 0 && closed.written.as_ref().is_none_or(|w| w.new_lines == 0) {
+        report.info(format_args!(
+            "nothing new since the last run; outputs left as they were (read {} sessions){split}",
             report.sessions_read.values().sum::<usize>()
         ));
         return;
@@ -723,20 +928,42 @@ fn summarize(
     };
     let tokens = token_summary(totals);
     report.info(format_args!(
-        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out",
+        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out{split}",
         report.sessions_read.values().sum::<usize>(),
         counts(&report.sessions_read),
         if cfg.shape.is_dpo() { "dpo" } else { "sft" },
         counts(&totals.per_channel(cfg)),
-        if exact { "exact" } else { "estimated" },
+        if closed.exact { "exact" } else { "estimated" },
         cfg.max_tokens,
         tokens,
         counts(&report.skipped),
-        if cfg.redact { counts(redactions) } else { "off".to_string() },
+        if cfg.redact { counts(&closed.redactions) } else { "off".to_string() },
         h.summaries,
         h.compaction_copies,
         h.undone_rows,
     ));
+}
+
+/// The split of a directory output, in units and lines, for the summary.
+fn split_summary(closed: &Closed) -> String {
+    let Some(m) = &closed.manifest else {
+        return String::new();
+    };
+    let d = &m["dataset"];
+    let figure = |k: &str, f: &str| d[k][f].as_u64().unwrap_or(0);
+    let mut out = format!(
+        "; dataset: train {} units, {} lines; valid {} units, {} lines",
+        figure("units", "train"),
+        figure("lines", "train.jsonl"),
+        figure("units", "valid"),
+        figure("lines", "valid.jsonl"),
+    );
+    if figure("lines", "valid.jsonl") == 0 && figure("lines", "train.jsonl") > 0 {
+        out.push_str(
+            " (no validation file yet: too few units for --valid-fraction; mlx-lm needs one)",
+        );
+    }
+    out
 }
 
 /// Token figures per channel that wrote or dropped samples, for the summary.

@@ -13,11 +13,17 @@
 //! - Ids that no line, pending entry or covered session of the state
 //!   knows are refused (a typo would otherwise forget nothing), unless
 //!   `--force`.
-//! - Order of the commits: the ids are recorded in the state first (from
-//!   then on no run exports them, and running `forget` again finishes the
-//!   job); then each file is rewritten atomically; then the state records
-//!   the files' new committed lengths and tails. The manifest and the
-//!   dataset card of a directory output are brought up to date last.
+//! - Order of the commits (a two-phase commit, see `state`): the ids are
+//!   recorded in the state first (from then on no run exports them); then
+//!   each file's new contents are written and synced to a staged file
+//!   beside it; then the state is saved with the journal of the staged
+//!   files; then they are renamed over the files, and the state records
+//!   the files' new committed lengths and tails. A kill at any point is
+//!   finished by the next `forget` or export of the state, which complete a
+//!   journal they find before anything else. The manifest (its `dataset`
+//!   recounted from the lines that remain) and the dataset card of a
+//!   directory output are brought up to date last.
+//! - The exact-duplicate fingerprints of the removed lines leave the state.
 //! - What was removed is listed on stdout (the command's product), one
 //!   line per file; the summary goes to stderr.
 
@@ -48,6 +54,8 @@ struct FileLines {
     path: PathBuf,
     /// Each committed line with its session and first turn time.
     lines: Vec<(Vec<u8>, String, Option<f64>)>,
+    /// Each line's `meta`.
+    metas: Vec<Value>,
 }
 
 pub fn run(args: &ForgetConfig) -> Result<u8> {
@@ -76,17 +84,24 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     let _lock = RunLock::acquire(&state_path)?;
     let mut st = RunState::load(&state_path)?;
     check_identity(&st, &state_path, &out_path)?;
+    let path_of = |name: &str| match (&dir, &single) {
+        (Some(d), _) => d.join(name),
+        _ => out_path.clone(),
+    };
+    // A killed forget is finished first.
+    crate::state::finish_journal(&mut st, &state_path, &path_of)?;
 
     // Read every committed line (a killed run's uncommitted tail goes too,
     // as the next export would cut it).
     let mut files = Vec::new();
     for (name, committed) in &st.outputs {
-        let path = match (&dir, &single) {
-            (Some(d), _) => d.join(name),
-            (None, Some(p)) => p.clone(),
-            _ => unreachable!("one of them"),
-        };
-        files.push(read_committed(name, &path, committed)?);
+        if !crate::state::plain_name(name) {
+            return Err(refuse(format!(
+                "state file {} names the output file {name:?}, which is not a plain file name; nothing was changed",
+                state_path.display()
+            )));
+        }
+        files.push(read_committed(name, &path_of(name), committed)?);
     }
     let wanted: BTreeSet<&str> = args.sessions.iter().map(String::as_str).collect();
     check_known(&st, &files, &wanted, args.force)?;
@@ -102,8 +117,11 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     }
     st.save(&state_path)?;
 
-    let removed = remove_lines(&files, &wanted, before, &mut st)?;
+    let removed = stage_lines(&files, &wanted, before, &mut st)?;
+    crate::stall::point("forget-staged");
     st.save(&state_path)?;
+    crate::stall::point("forget-journal");
+    crate::state::finish_journal(&mut st, &state_path, &path_of)?;
     if let Some(d) = &dir {
         update_manifest(d, &st)?;
     }
@@ -171,16 +189,20 @@ fn check_known(
     )))
 }
 
-/// Rewrites each file without the lines of `wanted` sessions (and, with
-/// `before`, those whose first turn is earlier or unknown), updating the
-/// state's committed lengths; returns the 1-based numbers removed per file.
-fn remove_lines(
+/// Stages each file without the lines of `wanted` sessions (and, with
+/// `before`, those whose first turn is earlier or unknown) in the state's
+/// journal, recounts the dataset from the lines that remain and drops the
+/// removed lines' fingerprints; returns the 1-based numbers removed per
+/// file.
+fn stage_lines(
     files: &[FileLines],
     wanted: &BTreeSet<&str>,
     before: Option<f64>,
     st: &mut RunState,
 ) -> Result<BTreeMap<String, Vec<usize>>> {
     let mut removed = BTreeMap::new();
+    let mut metas = Vec::new();
+    let mut all_meta = true;
     for f in files {
         let mut kept = Vec::new();
         let mut gone = Vec::new();
@@ -190,8 +212,10 @@ fn remove_lines(
             let by_time = before.is_some_and(|b| first.is_none_or(|t| t < b));
             if wanted.contains(session.as_str()) || by_time {
                 gone.push(n + 1);
+                forget_print(&mut st.curation.exact, bytes);
             } else {
                 kept.push(bytes.as_slice());
+                metas.push(&f.metas[n]);
             }
         }
         let torn = st
@@ -200,12 +224,33 @@ fn remove_lines(
             .is_some_and(|c| std::fs::metadata(&f.path).is_ok_and(|m| m.len() != c.bytes));
         // A killed run's uncommitted tail is dropped all the same.
         if !gone.is_empty() || torn {
-            let committed = rewrite(&f.path, &kept)?;
-            st.outputs.insert(f.name.clone(), committed);
+            let new = stage(&f.path, &kept)?;
+            st.dataset.lines.insert(f.name.clone(), new.lines);
+            st.journal.push(crate::state::Staged {
+                name: f.name.clone(),
+                new,
+            });
         }
+        st.dataset.forgotten_lines += gone.len() as u64;
+        all_meta &= f.metas.iter().all(Value::is_object);
         removed.insert(f.name.clone(), gone);
     }
+    if all_meta {
+        st.dataset.recount(metas);
+    }
     Ok(removed)
+}
+
+/// Drops the exact-duplicate fingerprint of a removed line (its bytes
+/// without `meta`, as they were fingerprinted).
+fn forget_print(exact: &mut Vec<u64>, line: &[u8]) {
+    let body = match line.windows(8).rposition(|w| w == b",\"meta\":") {
+        Some(at) => [&line[..at], b"}"].concat(),
+        None => line.to_vec(),
+    };
+    if let Ok(i) = exact.binary_search(&crate::curate::dedupe::line_print(&body)) {
+        exact.remove(i);
+    }
 }
 
 /// The removed line numbers per file on stdout; the summary on stderr.
@@ -248,6 +293,15 @@ fn report_removed(
 
 /// The committed lines of one output file, each with its session.
 fn read_committed(name: &str, path: &Path, committed: &Committed) -> Result<FileLines> {
+    if committed.bytes == 0 && !path.exists() {
+        // A split without a line has no file.
+        return Ok(FileLines {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            lines: Vec::new(),
+            metas: Vec::new(),
+        });
+    }
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = file.metadata()?.len();
@@ -256,6 +310,7 @@ fn read_committed(name: &str, path: &Path, committed: &Committed) -> Result<File
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
     file.take(committed.bytes).read_to_end(&mut bytes)?;
     let mut lines = Vec::new();
+    let mut metas = Vec::new();
     for (n, line) in bytes
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -275,25 +330,40 @@ fn read_committed(name: &str, path: &Path, committed: &Committed) -> Result<File
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.timestamp_micros() as f64 / 1e6);
         lines.push((line.to_vec(), session.to_string(), first));
+        metas.push(v["meta"].clone());
     }
     Ok(FileLines {
         name: name.to_string(),
         path: path.to_path_buf(),
         lines,
+        metas,
     })
 }
 
-/// Replaces `path` atomically with `lines`; returns what it now holds.
-fn rewrite(path: &Path, lines: &[&[u8]]) -> Result<Committed> {
-    let mut tmp = temp_beside(path)?;
+/// Writes and syncs `lines` to the staged file of `path` (see `state`);
+/// returns what it holds.
+fn stage(path: &Path, lines: &[&[u8]]) -> Result<Committed> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let staged = crate::state::staged_path(path);
+    let _ = std::fs::remove_file(&staged);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)
+        .with_context(|| format!("creating {}", staged.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
     for l in lines {
-        tmp.write_all(l)?;
-        tmp.write_all(b"\n")?;
+        out.write_all(l)?;
+        out.write_all(b"\n")?;
     }
-    tmp.flush()?;
-    let bytes = tmp.as_file().metadata()?.len();
-    let tail = crate::output::tail_hash(tmp.as_file_mut(), bytes)?;
-    persist(tmp, path)?;
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", staged.display()))?;
+    let bytes = file.metadata()?.len();
+    let tail = crate::output::tail_hash(&mut file, bytes)?;
+    crate::sink::sync_dir(&staged);
     Ok(Committed {
         bytes,
         lines: lines.len() as u64,
@@ -313,6 +383,7 @@ fn update_manifest(dir: &Path, st: &RunState) -> Result<()> {
     for (name, c) in &st.outputs {
         m["split"]["files"][name] = serde_json::json!({"lines": c.lines, "bytes": c.bytes});
     }
+    m["dataset"] = serde_json::to_value(st.dataset.doc())?;
     if m["curation"].is_object() {
         m["curation"]["forgotten_sessions"] = st.curation.forgotten.len().into();
         m["curation"]["forgotten_before"] = crate::config::iso_time(st.curation.forgotten_before);

@@ -101,7 +101,8 @@ fn planted_secrets_never_reach_the_output_and_near_misses_stay() {
         assert_eq!(out.status.code(), Some(0), "{stderr}");
         let mut all = String::new();
         for f in ["train.jsonl", "valid.jsonl", "manifest.json"] {
-            all += &std::fs::read_to_string(dir.join(f)).unwrap();
+            // A split without a line has no file.
+            all += &String::from_utf8(read(&dir.join(f))).unwrap();
         }
         all += &stderr;
         for s in SECRETS {
@@ -179,12 +180,19 @@ fn directory_output_splits_by_session_and_writes_a_valid_manifest() {
     let first = files_of(&dir);
     let train = lines(&first[0].1);
     let valid = lines(&first[1].1);
-    assert!(
-        valid.len() >= 4,
-        "valid holds at least a batch: {}",
-        valid.len()
-    );
+    // Ten sessions, nexus ones cut into days: valid gets about 5 % of the
+    // units, and never a unit of train.
+    assert!(!valid.is_empty(), "valid holds a unit");
     assert!(!train.is_empty());
+    let units = |v: &[Value]| -> std::collections::BTreeSet<String> {
+        v.iter()
+            .map(|l| l["meta"]["unit"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        units(&train).is_disjoint(&units(&valid)),
+        "a unit in both splits"
+    );
     let manifest: Value = serde_json::from_slice(&first[2].1).unwrap();
     let schema = manifest_schema();
     let errors: Vec<String> = schema
@@ -226,7 +234,10 @@ fn directory_output_splits_by_session_and_writes_a_valid_manifest() {
     {
         use std::os::unix::fs::PermissionsExt;
         for f in ["train.jsonl", "valid.jsonl", "manifest.json"] {
-            let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+            let Ok(meta) = std::fs::metadata(dir.join(f)) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
     }
