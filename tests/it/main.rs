@@ -10,5 +10,6 @@ mod export;
 mod integrity;
 mod props;
 mod send;
+mod soak;
 mod stores;
 mod tokens;
