@@ -78,7 +78,7 @@ fn write_day(home: &Path, n: usize) {
     let tg = format!("tg-night-{w}");
     session(home, &tg, "telegram", t + 10.0, None);
     turn(home, &tg, t + 20.0, &format!("telegram question {w}"));
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         turn(
             home,
             "20261125_133300_554322",
