@@ -264,7 +264,7 @@ pub struct Manifest<'a> {
     pub version: &'static str,
     pub format: &'static str,
     pub cumulative: bool,
-    pub flags: &'a [String],
+    pub flags: Vec<String>,
     pub sources: Vec<SourceEntry>,
     pub counts: Counts<'a>,
     pub tokens: Tokens<'a>,
@@ -372,7 +372,7 @@ impl<'a> Manifest<'a> {
             version: env!("CARGO_PKG_VERSION"),
             format: cfg.shape.as_str(),
             cumulative: cfg.state.is_some(),
-            flags: &cfg.flags,
+            flags: cfg.flags.iter().map(|f| tilde(f)).collect(),
             sources: sources(i.stores, i.report),
             counts: Counts {
                 channels: i.totals.per_channel(cfg),
@@ -421,6 +421,31 @@ impl<'a> Manifest<'a> {
     }
 }
 
+/// `s` with every `/home/<name>` and `/Users/<name>` written as `~`: the
+/// manifest travels with the data and names no account.
+pub fn tilde(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = ["/home/", "/Users/"]
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, p.len())))
+        .min()
+    {
+        let (i, plen) = at;
+        out.push_str(&rest[..i]);
+        let after = &rest[i + plen..];
+        let name_end = after.find('/').unwrap_or(after.len());
+        if name_end == 0 {
+            out.push_str(&rest[i..i + plen]);
+        } else {
+            out.push('~');
+        }
+        rest = &after[name_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn time(t: Option<f64>) -> Option<String> {
     iso_time(t).as_str().map(str::to_owned)
 }
@@ -431,7 +456,7 @@ fn sources(stores: &Stores, report: &Report) -> Vec<SourceEntry> {
     if let Some(db) = &stores.state {
         out.push(SourceEntry {
             store: "state.db",
-            path: db.path.display().to_string(),
+            path: tilde(&db.path.display().to_string()),
             schema_version: db.schema_version,
             sessions_read: read(Origin::StateDb),
         });
@@ -439,14 +464,14 @@ fn sources(stores: &Stores, report: &Report) -> Vec<SourceEntry> {
     if let Some(rs) = &stores.responses {
         out.push(SourceEntry {
             store: "response_store.db",
-            path: rs.path.display().to_string(),
+            path: tilde(&rs.path.display().to_string()),
             schema_version: None,
             sessions_read: read(Origin::ResponseStore),
         });
     }
     out.push(SourceEntry {
         store: "sessions",
-        path: stores.files.dir.display().to_string(),
+        path: tilde(&stores.files.dir.display().to_string()),
         schema_version: None,
         sessions_read: read(Origin::SessionJson) + read(Origin::Transcript),
     });
@@ -482,5 +507,20 @@ fn tokens<'a>(i: &Inputs<'a>) -> Tokens<'a> {
                 (c.as_str(), figures)
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tilde;
+
+    #[test]
+    fn no_account_name_is_written() {
+        assert_eq!(
+            tilde("--out=/home/ann/data/ --state /Users/bo/s.json"),
+            "--out=~/data/ --state ~/s.json"
+        );
+        assert_eq!(tilde("/home/ann"), "~");
+        assert_eq!(tilde("/tmp/x /home/"), "/tmp/x /home/");
     }
 }

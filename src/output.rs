@@ -174,7 +174,7 @@ impl FileOut {
         target: &Path,
         name: &str,
         cumulative: bool,
-        keep: Option<&Committed>,
+        (keep, interrupted): (Option<&Committed>, bool),
     ) -> Result<FileOut> {
         let (file, temp, base_lines) = if !cumulative {
             let (file, path) = temp_beside(target)?.into_parts();
@@ -187,6 +187,7 @@ impl FileOut {
             let (bytes, lines) = match keep {
                 Some(c) => {
                     check_committed(&mut file, target, len, c)?;
+                    check_no_tail(target, len, c, interrupted)?;
                     (c.bytes, c.lines)
                 }
                 None if len > 0 => {
@@ -279,6 +280,27 @@ pub(crate) fn tail_hash(file: &mut File, end: u64) -> Result<String> {
     Ok(format!("{:016x}", stable_hash(&text)))
 }
 
+/// Bytes past the committed length are a killed run's tail only when a run
+/// was interrupted (`state::inflight_path`); else someone appended them,
+/// and the file is refused rather than cut.
+pub(crate) fn check_no_tail(
+    target: &Path,
+    len: u64,
+    c: &Committed,
+    interrupted: bool,
+) -> Result<()> {
+    if len <= c.bytes || interrupted {
+        return Ok(());
+    }
+    Err(refused(format!(
+        "{} holds {} bytes after the {} line(s) the state file committed, and no run of this state was interrupted: they were added by hand or by another program. Nothing was written; remove them (cut the file back to {} bytes) or start over with a new state file and an empty output",
+        target.display(),
+        len - c.bytes,
+        c.lines,
+        c.bytes
+    )))
+}
+
 /// Checks that `file` still starts with what the state committed: at least
 /// that many bytes, ending with a newline, with the same tail.
 pub(crate) fn check_committed(
@@ -342,9 +364,16 @@ pub struct Written {
 }
 
 impl Output {
-    pub fn open(dest: &Dest, state: Option<&RunState>, valid_fraction: f64) -> Result<Output> {
+    /// `interrupted`: a run of this state was killed before its commit
+    /// (its tails are cut back).
+    pub fn open(
+        dest: &Dest,
+        state: Option<&RunState>,
+        valid_fraction: f64,
+        interrupted: bool,
+    ) -> Result<Output> {
         let cumulative = state.is_some();
-        let keep = |name: &str| state.and_then(|s| s.outputs.get(name));
+        let keep = |name: &str| (state.and_then(|s| s.outputs.get(name)), interrupted);
         let kind = match dest {
             Dest::Stdout => Kind::Stdout(Stdout::new()),
             Dest::Special(path) => {

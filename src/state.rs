@@ -333,6 +333,37 @@ impl RunState {
     }
 }
 
+/// `<state>.inflight`: present from before a run appends its first byte
+/// until its state is committed. Bytes past the committed length of a
+/// cumulative file are a killed run's tail (cut back) only while it is
+/// there; without it they were added by someone else (refused).
+pub fn inflight_path(state: &Path) -> PathBuf {
+    let mut name = state.as_os_str().to_owned();
+    name.push(".inflight");
+    PathBuf::from(name)
+}
+
+/// Marks a run of `state` as under way (synced, so that a kill after the
+/// first appended byte always finds it).
+pub fn mark_inflight(state: &Path) -> Result<()> {
+    let path = inflight_path(state);
+    let mut f = crate::safe_io::open_private_nofollow(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    f.sync_all()?;
+    crate::sink::sync_dir(&path);
+    Ok(())
+}
+
+/// The run of `state` is committed (or wrote nothing).
+pub fn clear_inflight(state: &Path) {
+    let path = inflight_path(state);
+    if std::fs::remove_file(&path).is_ok() {
+        crate::sink::sync_dir(&path);
+    }
+}
+
 /// The staged file of a rewrite of `target`.
 pub fn staged_path(target: &Path) -> PathBuf {
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("out");

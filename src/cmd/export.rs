@@ -140,11 +140,18 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     let output = if dry_run {
         Output::discard()
     } else {
-        Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?
+        let interrupted = plan
+            .state
+            .as_deref()
+            .is_some_and(|p| crate::state::inflight_path(p).exists());
+        Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction, interrupted)?
     };
     if let (Some(st), Some(path), false) = (state.as_mut(), plan.state.as_deref(), dry_run) {
         // From here on a kill leaves files the next run recognises.
         st.claim(path, &output.file_names(), &identity)?;
+        if !output.file_names().is_empty() {
+            crate::state::mark_inflight(path)?;
+        }
     }
     let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
     run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
@@ -171,6 +178,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
             written,
             (top, selection, identity),
         )?;
+        crate::state::clear_inflight(path);
     }
     summarize(&report, &closed, cfg);
     Ok(if report.partial {

@@ -101,7 +101,12 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
                 state_path.display()
             )));
         }
-        files.push(read_committed(name, &path_of(name), committed)?);
+        let interrupted = crate::state::inflight_path(&state_path).exists();
+        files.push(read_committed(
+            name,
+            &path_of(name),
+            (committed, interrupted),
+        )?);
     }
     let wanted: BTreeSet<&str> = args.sessions.iter().map(String::as_str).collect();
     check_known(&st, &files, &wanted, args.force)?;
@@ -292,7 +297,11 @@ fn report_removed(
 }
 
 /// The committed lines of one output file, each with its session.
-fn read_committed(name: &str, path: &Path, committed: &Committed) -> Result<FileLines> {
+fn read_committed(
+    name: &str,
+    path: &Path,
+    (committed, interrupted): (&Committed, bool),
+) -> Result<FileLines> {
     if committed.bytes == 0 && !path.exists() {
         // A split without a line has no file.
         return Ok(FileLines {
@@ -306,6 +315,7 @@ fn read_committed(name: &str, path: &Path, committed: &Committed) -> Result<File
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = file.metadata()?.len();
     crate::output::check_committed(&mut file, path, len, committed)?;
+    crate::output::check_no_tail(path, len, committed, interrupted)?;
     let mut bytes = Vec::new();
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
     file.take(committed.bytes).read_to_end(&mut bytes)?;
