@@ -161,6 +161,8 @@ pub struct ForgetConfig {
     pub state: PathBuf,
     /// Record ids that nothing knows.
     pub force: bool,
+    /// List what would go; change nothing.
+    pub dry_run: bool,
     pub quiet: bool,
 }
 

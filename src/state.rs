@@ -96,6 +96,10 @@ pub struct RunState {
     /// Version 3: sessions moved to train.jsonl (read for the migration only).
     #[serde(default, skip_serializing)]
     pub forced_train: Vec<String>,
+    /// Compression children (and other non-root ids) of exported
+    /// lineages → their root, so that `forget` takes any id of a lineage.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lineage: BTreeMap<String, String>,
     /// The split of every unit that has lines (see `output`).
     #[serde(default)]
     pub units: Units,
@@ -436,6 +440,8 @@ pub struct RunCoverage {
     pub pending: BTreeMap<String, Pending>,
     /// state.db sessions the session filters left out in this run.
     pub unselected: Vec<String>,
+    /// Non-root ids of the lineages read → their root.
+    pub lineage: BTreeMap<String, String>,
 }
 
 impl RunCoverage {
@@ -489,6 +495,16 @@ impl RunCoverage {
                 .entry(session.id.clone())
                 .or_default()
                 .merge(left);
+        }
+    }
+
+    /// Remembers the other ids of a session's lineage.
+    pub fn record_lineage(&mut self, covered: &Covered<'_>, session: &Session) {
+        if covered.state.is_none() {
+            return;
+        }
+        for id in session.lineage.iter().filter(|id| **id != session.id) {
+            self.lineage.insert(id.clone(), session.id.clone());
         }
     }
 
@@ -559,6 +575,7 @@ impl RunCoverage {
             p.unselected_after = Some(p.unselected_after.map_or(previous, |a| a.min(previous)));
         }
         st.pending.retain(|_, p| !p.is_empty());
+        st.lineage.extend(self.lineage);
         for (id, mut idents) in self.covered {
             let v = st.covered_turns.entry(id).or_default();
             v.append(&mut idents);

@@ -157,6 +157,7 @@ impl ForgetArgs {
             out: self.out.clone(),
             state: self.state.clone(),
             force: self.force,
+            dry_run: self.dry_run,
             quiet: self.quiet,
         }
     }

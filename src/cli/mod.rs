@@ -217,6 +217,9 @@ pub struct ForgetArgs {
     /// Record ids that no output line or state entry knows
     #[arg(long)]
     pub force: bool,
+    /// List the lines that would be removed; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print errors only
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -117,15 +117,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     if !dry_run {
         remove_leftovers(&plan);
     }
-    let mut state = plan.state.as_deref().map(RunState::load).transpose()?;
-    if let (Some(st), Some(path)) = (state.as_mut(), plan.state.as_deref()) {
-        let path_of = path_in(&plan.dest);
-        if !dry_run {
-            // A killed `forget` is finished first.
-            crate::state::finish_journal(st, path, &path_of)?;
-        }
-        crate::output::migrate_units(st, &path_of)?;
-    }
+    let mut state = load_state(&plan, dry_run)?;
     // A cumulative output belongs to one state, format and style.
     let identity = coverage::identity(&cfg, &plan);
     coverage::check_output(state.as_ref(), &plan, &identity)?;
@@ -137,22 +129,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     system_prompt(&mut cfg.system, &home, redactor.as_mut());
     let cfg = &cfg;
     let counter = Counter::new(cfg.tokenizer.as_deref())?;
-    let output = if dry_run {
-        Output::discard()
-    } else {
-        let interrupted = plan
-            .state
-            .as_deref()
-            .is_some_and(|p| crate::state::inflight_path(p).exists());
-        Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction, interrupted)?
-    };
-    if let (Some(st), Some(path), false) = (state.as_mut(), plan.state.as_deref(), dry_run) {
-        // From here on a kill leaves files the next run recognises.
-        st.claim(path, &output.file_names(), &identity)?;
-        if !output.file_names().is_empty() {
-            crate::state::mark_inflight(path)?;
-        }
-    }
+    let output = open_output(cfg, &plan, state.as_mut(), &identity)?;
     let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
     run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
     if dry_run {
@@ -181,7 +158,11 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
         crate::state::clear_inflight(path);
     }
     summarize(&report, &closed, cfg);
-    Ok(if report.partial {
+    Ok(exit_code(&report, cfg, held))
+}
+
+fn exit_code(report: &Report, cfg: &ExportConfig, held: u64) -> u8 {
+    if report.partial {
         exit::PARTIAL
     } else if cfg.fail_on_empty && held == 0 {
         report.warn(format_args!(
@@ -191,7 +172,56 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
         exit::EMPTY
     } else {
         exit::OK
-    })
+    }
+}
+
+/// The state, with a killed `forget` finished and an older version's
+/// units migrated (a dry run finishes nothing).
+fn load_state(plan: &Plan, dry_run: bool) -> Result<Option<RunState>> {
+    let mut state = plan.state.as_deref().map(RunState::load).transpose()?;
+    if let (Some(st), Some(path)) = (state.as_mut(), plan.state.as_deref()) {
+        let path_of = path_in(&plan.dest);
+        if !dry_run {
+            crate::state::finish_journal(st, path, &path_of)?;
+            // A `forget` killed before its commit left staged files only.
+            for name in st.outputs.keys().filter(|n| crate::state::plain_name(n)) {
+                let _ = std::fs::remove_file(crate::state::staged_path(&path_of(name)));
+            }
+        }
+        crate::output::migrate_units(st, &path_of)?;
+    }
+    Ok(state)
+}
+
+/// Opens the output; with a state, claims its new files and marks the run
+/// under way before a byte is written, so a kill from here on leaves files
+/// the next run recognises.
+fn open_output(
+    cfg: &ExportConfig,
+    plan: &Plan,
+    state: Option<&mut RunState>,
+    identity: &crate::state::OutputIdentity,
+) -> Result<Output> {
+    if cfg.curate.dry_run {
+        return Ok(Output::discard());
+    }
+    let interrupted = plan
+        .state
+        .as_deref()
+        .is_some_and(|p| crate::state::inflight_path(p).exists());
+    let output = Output::open(
+        &plan.dest,
+        state.as_deref(),
+        cfg.valid_fraction,
+        interrupted,
+    )?;
+    if let (Some(st), Some(path)) = (state, plan.state.as_deref()) {
+        st.claim(path, &output.file_names(), identity)?;
+        if !output.file_names().is_empty() {
+            crate::state::mark_inflight(path)?;
+        }
+    }
+    Ok(output)
 }
 
 /// The path of an output file (by its name in the state) of `dest`.
@@ -446,6 +476,7 @@ impl<'a> Run<'a> {
         let Some(p) = self.prepare(session, report) else {
             return Ok(());
         };
+        self.coverage.record_lineage(&self.covered, &p.session);
         let mut exchanges = format::exchanges(&p.rebuilt.messages);
         mark_retried(&p.rebuilt, &mut exchanges);
         if self.cfg.shape == Shape::Sft {

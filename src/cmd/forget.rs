@@ -13,14 +13,16 @@
 //! - Ids that no line, pending entry or covered session of the state
 //!   knows are refused (a typo would otherwise forget nothing), unless
 //!   `--force`.
-//! - Order of the commits (a two-phase commit, see `state`): the ids are
-//!   recorded in the state first (from then on no run exports them); then
-//!   each file's new contents are written and synced to a staged file
-//!   beside it; then the state is saved with the journal of the staged
-//!   files; then they are renamed over the files, and the state records
-//!   the files' new committed lengths and tails. A kill at any point is
+//! - A two-phase commit (see `state`): each file's new contents are
+//!   written and synced to a staged file beside it; then the state is
+//!   saved at once with the ids, the cut-off and the journal of the staged
+//!   files (from then on no run exports them); then the staged files are
+//!   renamed over the files, and the state records the files' new
+//!   committed lengths and tails. A kill before the state is saved changes
+//!   nothing (the staged files are left over and removed by the next run). A kill at any point is
 //!   finished by the next `forget` or export of the state, which complete a
-//!   journal they find before anything else. The manifest (its `dataset`
+//!   journal they find before anything else. `--dry-run` lists what would
+//!   go and changes nothing (beyond finishing such a journal). The manifest (its `dataset`
 //!   recounted from the lines that remain) and the dataset card of a
 //!   directory output are brought up to date last.
 //! - The exact-duplicate fingerprints of the removed lines leave the state.
@@ -91,28 +93,25 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     // A killed forget is finished first.
     crate::state::finish_journal(&mut st, &state_path, &path_of)?;
 
-    // Read every committed line (a killed run's uncommitted tail goes too,
-    // as the next export would cut it).
-    let mut files = Vec::new();
-    for (name, committed) in &st.outputs {
-        if !crate::state::plain_name(name) {
-            return Err(refuse(format!(
-                "state file {} names the output file {name:?}, which is not a plain file name; nothing was changed",
-                state_path.display()
-            )));
-        }
-        let interrupted = crate::state::inflight_path(&state_path).exists();
-        files.push(read_committed(
-            name,
-            &path_of(name),
-            (committed, interrupted),
-        )?);
+    let files = read_files(&st, &state_path, &path_of)?;
+    let given: BTreeSet<&str> = args.sessions.iter().map(String::as_str).collect();
+    check_known(&st, &files, &given, args.force)?;
+    // Any id of a lineage forgets the lineage (its root).
+    let ids: BTreeSet<String> = given
+        .iter()
+        .map(|id| st.lineage.get(*id).cloned().unwrap_or(id.to_string()))
+        .chain(given.iter().map(|id| id.to_string()))
+        .collect();
+    let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    if args.dry_run {
+        let gone = doomed(&files, &wanted, before);
+        report_removed(&gone, (ids.len(), true), before, args.quiet)?;
+        return Ok(exit::OK);
     }
-    let wanted: BTreeSet<&str> = args.sessions.iter().map(String::as_str).collect();
-    check_known(&st, &files, &wanted, args.force)?;
 
-    // First commit: the ids and the cut-off, so that no run exports them.
-    let ids: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
+    // The ids, the cut-off and the journal of the staged files are
+    // committed at once: from then on no run exports them, and any later
+    // command finishes the rewrite.
     st.curation.forgotten.extend(ids.iter().cloned());
     if let Some(b) = before {
         st.curation.forgotten_before = Some(st.curation.forgotten_before.map_or(b, |a| a.max(b)));
@@ -120,8 +119,6 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     for id in &ids {
         st.pending.remove(id);
     }
-    st.save(&state_path)?;
-
     let removed = stage_lines(&files, &wanted, before, &mut st)?;
     crate::stall::point("forget-staged");
     st.save(&state_path)?;
@@ -130,8 +127,62 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     if let Some(d) = &dir {
         update_manifest(d, &st)?;
     }
-    report_removed(&removed, ids.len(), before, args.quiet)?;
+    report_removed(&removed, (ids.len(), false), before, args.quiet)?;
     Ok(exit::OK)
+}
+
+/// Every committed line of every output file (a killed run's uncommitted
+/// tail goes too, as the next export would cut it).
+fn read_files(
+    st: &RunState,
+    state_path: &Path,
+    path_of: &dyn Fn(&str) -> PathBuf,
+) -> Result<Vec<FileLines>> {
+    let interrupted = crate::state::inflight_path(state_path).exists();
+    let mut files = Vec::new();
+    for (name, committed) in &st.outputs {
+        if !crate::state::plain_name(name) {
+            return Err(refuse(format!(
+                "state file {} names the output file {name:?}, which is not a plain file name; nothing was changed",
+                state_path.display()
+            )));
+        }
+        files.push(read_committed(
+            name,
+            &path_of(name),
+            (committed, interrupted),
+        )?);
+    }
+    Ok(files)
+}
+
+/// Whether line `n` of a file goes: its session is forgotten, or (with
+/// `before`) its first turn is earlier or unknown, as later exports leave
+/// out untimed turns once a cut-off is set.
+fn goes(
+    (session, first): (&str, Option<f64>),
+    wanted: &BTreeSet<&str>,
+    before: Option<f64>,
+) -> bool {
+    wanted.contains(session) || before.is_some_and(|b| first.is_none_or(|t| t < b))
+}
+
+/// The 1-based numbers of the lines that go, per file.
+fn doomed(
+    files: &[FileLines],
+    wanted: &BTreeSet<&str>,
+    before: Option<f64>,
+) -> BTreeMap<String, Vec<usize>> {
+    files
+        .iter()
+        .map(|f| {
+            let gone = (f.lines.iter().enumerate())
+                .filter(|(_, (_, s, t))| goes((s, *t), wanted, before))
+                .map(|(n, _)| n + 1)
+                .collect();
+            (f.name.clone(), gone)
+        })
+        .collect()
 }
 
 /// `--out` as a directory or a regular file (stdout and special files keep
@@ -179,6 +230,7 @@ fn check_known(
     force: bool,
 ) -> Result<()> {
     let mut known: BTreeSet<&str> = st.pending.keys().map(String::as_str).collect();
+    known.extend(st.lineage.keys().map(String::as_str));
     known.extend(st.covered_turns.keys().map(String::as_str));
     known.extend(st.curation.forgotten.iter().map(String::as_str));
     for f in files {
@@ -212,10 +264,7 @@ fn stage_lines(
         let mut kept = Vec::new();
         let mut gone = Vec::new();
         for (n, (bytes, session, first)) in f.lines.iter().enumerate() {
-            // A line without a time goes too, as later exports leave out
-            // untimed turns once a cut-off is set.
-            let by_time = before.is_some_and(|b| first.is_none_or(|t| t < b));
-            if wanted.contains(session.as_str()) || by_time {
+            if goes((session, *first), wanted, before) {
                 gone.push(n + 1);
                 forget_print(&mut st.curation.exact, bytes);
             } else {
@@ -261,17 +310,22 @@ fn forget_print(exact: &mut Vec<u64>, line: &[u8]) {
 /// The removed line numbers per file on stdout; the summary on stderr.
 fn report_removed(
     removed: &BTreeMap<String, Vec<usize>>,
-    ids: usize,
+    (ids, dry_run): (usize, bool),
     before: Option<f64>,
     quiet: bool,
 ) -> Result<()> {
+    let verb = if dry_run {
+        "would be removed"
+    } else {
+        "removed"
+    };
     let mut stdout = crate::sink::Stdout::new();
     let mut total = 0;
     for (name, gone) in removed {
         total += gone.len();
         let list: Vec<String> = gone.iter().map(|n| n.to_string()).collect();
         let line = format!(
-            "{name}: {} line(s) removed{}{}",
+            "{name}: {} line(s) {verb}{}{}",
             gone.len(),
             if gone.is_empty() { "" } else { ": " },
             list.join(" ")
@@ -289,9 +343,15 @@ fn report_removed(
             ),
             None => String::new(),
         };
-        eprintln!(
-            "hermes-harvest: forgot {ids} session(s){cut}; {total} line(s) removed; the state keeps them out of every later run"
-        );
+        if dry_run {
+            eprintln!(
+                "hermes-harvest: dry run: forgetting {ids} session id(s){cut} would remove {total} line(s); nothing was changed"
+            );
+        } else {
+            eprintln!(
+                "hermes-harvest: forgot {ids} session id(s){cut}; {total} line(s) removed; the state keeps them out of every later run"
+            );
+        }
     }
     Ok(())
 }

@@ -927,3 +927,88 @@ fn an_empty_night_leaves_a_manifest_a_card_and_no_empty_file() {
         "said once"
     );
 }
+
+#[test]
+fn forget_takes_any_lineage_id_lists_first_and_survives_a_kill() {
+    let home = bare_home();
+    let t = 1_800_000_000.0;
+    exchange(home.path(), "root-a", "cli", t, "apples");
+    sql(
+        home.path(),
+        &format!(
+            "UPDATE sessions SET end_reason = 'compression', ended_at = {} WHERE id = 'root-a';
+             INSERT INTO sessions (id, source, started_at, parent_session_id) VALUES ('child-a', 'cli', {}, 'root-a');",
+            t + 5.0,
+            t + 6.0
+        ),
+    );
+    exchange(home.path(), "child-a", "cli", t + 10.0, "pears");
+    exchange(home.path(), "keep-b", "cli", t, "plums");
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(
+        nightly(home.path(), work.path(), &[]).status.code(),
+        Some(0)
+    );
+    let dir = work.path().join("out");
+    let state = work.path().join("state.json");
+    let before = (files_of(&dir), read(&state));
+    let sessions = || -> Vec<String> {
+        lines(&read(&dir.join("train.jsonl")))
+            .iter()
+            .map(|l| l["meta"]["session"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        sessions().contains(&"root-a".to_string()),
+        "{:?}",
+        sessions()
+    );
+    let forget = |extra: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(["forget", "--out", &format!("{}/", dir.display())])
+            .args(["--state", state.to_str().unwrap()])
+            .args(extra)
+            .arg("child-a");
+        c
+    };
+    // A dry run lists and changes nothing.
+    let out = forget(&["--dry-run"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would be removed"));
+    assert_eq!((files_of(&dir), read(&state)), before);
+    // Killed before its commit: nothing changed.
+    killed(forget(&[]), "forget-staged");
+    assert_eq!((files_of(&dir), read(&state)), before);
+    let prints = |s: &[u8]| {
+        let v: Value = serde_json::from_slice(s).unwrap();
+        v["curation"]["exact"].as_str().unwrap_or("").len() / 16
+    };
+    let out = forget(&[]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sessions(),
+        ["keep-b"],
+        "the child's id forgot the whole lineage"
+    );
+    assert_eq!(
+        prints(&read(&state)),
+        prints(&before.1) - 1,
+        "its fingerprint left"
+    );
+    // Nothing of the lineage comes back.
+    exchange(home.path(), "child-a", "cli", t + 20.0, "figs");
+    let out = nightly(home.path(), work.path(), &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(sessions(), ["keep-b"]);
+    assert!(!dir.join(".hermes-harvest-staged-train.jsonl").exists());
+}
