@@ -147,6 +147,9 @@ pub struct Dataset {
     /// Lines `forget` removed.
     #[serde(default)]
     pub forgotten_lines: u64,
+    /// Lines retracted because their answer was regenerated or undone.
+    #[serde(default)]
+    pub retracted_lines: u64,
     /// Runs that added lines.
     #[serde(default)]
     pub nights: u64,
@@ -238,6 +241,7 @@ impl Dataset {
             skipped: &self.skipped,
             redactions: &self.redactions,
             forgotten_lines: self.forgotten_lines,
+            retracted_lines: self.retracted_lines,
             nights: self.nights,
         }
     }
@@ -254,6 +258,7 @@ pub struct DatasetDoc<'a> {
     pub skipped: &'a BTreeMap<String, u64>,
     pub redactions: &'a BTreeMap<String, u64>,
     pub forgotten_lines: u64,
+    pub retracted_lines: u64,
     pub nights: u64,
 }
 

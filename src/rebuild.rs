@@ -65,6 +65,9 @@ pub struct Rebuilt {
     pub messages: Vec<Message>,
     pub alternatives: Vec<Alternative>,
     pub stats: RebuildStats,
+    /// The rows left out as undone (a later run retracts an exported line
+    /// that trained on one of them).
+    pub undone: Vec<Message>,
 }
 
 /// Opening of every compaction summary Hermes has written.
@@ -86,11 +89,13 @@ const COPY_SEARCH_WINDOW: usize = 4096;
 pub fn rebuild(session: &Session) -> Rebuilt {
     let mut stats = RebuildStats::default();
     let (turns, undone) = structure(&session.messages, &mut stats);
+    let undone_rows = undone.iter().flat_map(|(_, b)| b.iter().cloned()).collect();
     let (messages, alternatives) = meaning(turns, undone, &mut stats);
     Rebuilt {
         messages,
         alternatives,
         stats,
+        undone: undone_rows,
     }
 }
 

@@ -96,6 +96,10 @@ pub struct RunState {
     /// Version 3: sessions moved to train.jsonl (read for the migration only).
     #[serde(default, skip_serializing)]
     pub forced_train: Vec<String>,
+    /// Rejected or undone reply rows (at or below the watermark) already
+    /// looked for in the files (each is looked for once).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub superseded_rows: BTreeSet<i64>,
     /// Compression children (and other non-root ids) of exported
     /// lineages → their root, so that `forget` takes any id of a lineage.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

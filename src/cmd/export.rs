@@ -84,6 +84,11 @@ struct Run<'a> {
     render_failed: Vec<String>,
     /// Of those, the sessions kept pending.
     pending_renders: usize,
+    /// Replies exported by an earlier run and since regenerated, undone or
+    /// rewound (SFT: their lines are retracted after the commit), and the
+    /// rows looked at.
+    superseded: BTreeMap<String, crate::cmd::forget::Superseded>,
+    superseded_rows: Vec<i64>,
 }
 
 /// A rebuilt session ready to format.
@@ -155,6 +160,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
             written,
             (top, selection, identity),
         )?;
+        closed.retracted = retract(path, &mut st, &plan.dest, &mut closed.superseded)?;
         crate::state::clear_inflight(path);
     }
     summarize(&report, &closed, cfg);
@@ -374,6 +380,8 @@ impl<'a> Run<'a> {
             curate: Curator::new(cfg.curate.clone(), state.map(|s| &s.curation)),
             render_failed: Vec::new(),
             pending_renders: 0,
+            superseded: BTreeMap::new(),
+            superseded_rows: Vec::new(),
         }
     }
 
@@ -477,6 +485,7 @@ impl<'a> Run<'a> {
             return Ok(());
         };
         self.coverage.record_lineage(&self.covered, &p.session);
+        self.find_superseded(&p);
         let mut exchanges = format::exchanges(&p.rebuilt.messages);
         mark_retried(&p.rebuilt, &mut exchanges);
         if self.cfg.shape == Shape::Sft {
@@ -535,6 +544,68 @@ impl<'a> Run<'a> {
             .or_default()
             .over_budget += over_budget;
         Ok(())
+    }
+
+    /// Replies of an earlier run (rows at or below the watermark, not looked
+    /// at before) that the rebuild now shows rejected (a regeneration, a
+    /// rewind) or undone, and not live: their lines are retracted after the
+    /// commit. The rebuild decides what is live (so a compaction's clones
+    /// are not undos).
+    fn find_superseded(&mut self, p: &Prepared) {
+        let Some(st) = self.covered.state else {
+            return;
+        };
+        if self.cfg.shape != Shape::Sft || p.session.origin != Some(Origin::StateDb) {
+            return;
+        }
+        let old = |m: &&crate::model::Message| {
+            m.role == Role::Assistant
+                && m.row_id
+                    .is_some_and(|id| id <= st.watermark && !st.superseded_rows.contains(&id))
+        };
+        let rejected = p
+            .rebuilt
+            .alternatives
+            .iter()
+            .flat_map(|a| a.rejected.iter());
+        let mut gone: Vec<crate::model::Message> = rejected.filter(old).cloned().collect();
+        let undone: Vec<crate::model::Message> =
+            p.rebuilt.undone.iter().filter(old).cloned().collect();
+        match self.redactor.as_mut() {
+            // As the lines hold them; these redactions are not counted.
+            Some(r) => {
+                let counts = r.counts.clone();
+                for mut m in undone {
+                    r.message(&mut m);
+                    gone.push(m);
+                }
+                r.counts = counts;
+            }
+            None => gone.extend(undone),
+        }
+        self.superseded_rows
+            .extend(gone.iter().filter_map(|m| m.row_id));
+        let live: std::collections::HashSet<&str> = (p.rebuilt.messages.iter())
+            .filter(|m| m.role == Role::Assistant)
+            .map(|m| m.content.as_str())
+            .collect();
+        let texts: std::collections::BTreeSet<String> = (gone.into_iter())
+            .map(|m| m.content)
+            .filter(|t| !t.trim().is_empty() && !live.contains(t.as_str()))
+            .collect();
+        if texts.is_empty() {
+            return;
+        }
+        let turns = format::exchanges(&p.rebuilt.messages)
+            .iter()
+            .filter_map(|ex| {
+                let key = select::turn_key(ex.msgs).filter(|k| *k <= st.watermark)?;
+                let t = ex.timestamp.or(p.session.started_at);
+                Some((ex.msgs.first()?.content.clone(), key, t))
+            })
+            .collect();
+        let sup = crate::cmd::forget::Superseded { texts, turns };
+        self.superseded.insert(p.session.id.clone(), sup);
     }
 
     /// SFT into a directory: an exchange whose normalised copy the other
@@ -767,6 +838,8 @@ impl<'a> Run<'a> {
             curate,
             render_failed,
             pending_renders,
+            superseded,
+            superseded_rows,
             ..
         } = self;
         let redactions = redactor.map(|r| r.counts).unwrap_or_default();
@@ -813,6 +886,8 @@ impl<'a> Run<'a> {
             curate,
             dataset,
             fraction_changed: fraction_changed.map(|f| (f, cfg.valid_fraction)),
+            superseded: (superseded, superseded_rows),
+            retracted: 0,
         })
     }
 
@@ -838,6 +913,9 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Superseded replies per session, and the rows looked at.
+type Found = (BTreeMap<String, crate::cmd::forget::Superseded>, Vec<i64>);
+
 /// What a run leaves once its outputs are finished.
 struct Closed {
     written: Option<Written>,
@@ -852,6 +930,10 @@ struct Closed {
     dataset: Dataset,
     /// `--valid-fraction` changed (from, to): new units only.
     fraction_changed: Option<(f64, f64)>,
+    /// Superseded replies found, and the rows looked at.
+    superseded: Found,
+    /// Lines retracted after the commit.
+    retracted: u64,
 }
 
 /// One warning for the chat template's failures, naming the first
@@ -919,6 +1001,29 @@ fn skipped(report: &mut Report, reasons: &[Skip]) -> usize {
     reasons.iter().filter(|r| **r == Skip::OverBudget).count()
 }
 
+/// After the commit: retracts the lines whose reply was superseded (see
+/// `forget::retract`), and remembers the rows looked at.
+fn retract(
+    path: &std::path::Path,
+    st: &mut RunState,
+    dest: &Dest,
+    (found, rows): &mut Found,
+) -> Result<u64> {
+    if rows.is_empty() || matches!(dest, Dest::Stdout | Dest::Special(_)) {
+        return Ok(0);
+    }
+    st.superseded_rows.extend(rows.drain(..));
+    if found.is_empty() {
+        st.save(path)?;
+        return Ok(0);
+    }
+    let dir = match dest {
+        Dest::Dir(d) => Some(d.as_path()),
+        _ => None,
+    };
+    crate::cmd::forget::retract(st, path, (&path_in(dest), dir), found)
+}
+
 /// Saves the state once every line was delivered.
 fn commit_state(
     path: &std::path::Path,
@@ -952,6 +1057,12 @@ fn summarize(report: &Report, closed: &Closed, cfg: &ExportConfig) {
         ));
     }
     let split = split_summary(closed);
+    if closed.retracted > 0 {
+        report.info(format_args!(
+            "retracted {} line(s) whose answer Hermes's history shows regenerated, undone or rewound since it was exported; their other turns are written again by the next run",
+            closed.retracted
+        ));
+    }
     let cumulative = cfg.state.is_some();
     if cumulative && written == 0 && closed.written.as_ref().is_none_or(|w| w.new_lines == 0) {
         report.info(format_args!(

@@ -93,7 +93,7 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     // A killed forget is finished first.
     crate::state::finish_journal(&mut st, &state_path, &path_of)?;
 
-    let files = read_files(&st, &state_path, &path_of)?;
+    let files = read_files(&st, &state_path, &path_of, true)?;
     let given: BTreeSet<&str> = args.sessions.iter().map(String::as_str).collect();
     check_known(&st, &files, &given, args.force)?;
     // Any id of a lineage forgets the lineage (its root).
@@ -119,7 +119,12 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     for id in &ids {
         st.pending.remove(id);
     }
-    let removed = stage_lines(&files, &wanted, before, &mut st)?;
+    let removed = stage_lines(
+        &files,
+        &|f, n| goes((&f.lines[n].1, f.lines[n].2), &wanted, before),
+        &mut st,
+    )?;
+    st.dataset.forgotten_lines += removed.values().map(|g| g.len() as u64).sum::<u64>();
     crate::stall::point("forget-staged");
     st.save(&state_path)?;
     crate::stall::point("forget-journal");
@@ -137,6 +142,7 @@ fn read_files(
     st: &RunState,
     state_path: &Path,
     path_of: &dyn Fn(&str) -> PathBuf,
+    need_meta: bool,
 ) -> Result<Vec<FileLines>> {
     let interrupted = crate::state::inflight_path(state_path).exists();
     let mut files = Vec::new();
@@ -150,7 +156,7 @@ fn read_files(
         files.push(read_committed(
             name,
             &path_of(name),
-            (committed, interrupted),
+            (committed, interrupted, need_meta),
         )?);
     }
     Ok(files)
@@ -246,15 +252,12 @@ fn check_known(
     )))
 }
 
-/// Stages each file without the lines of `wanted` sessions (and, with
-/// `before`, those whose first turn is earlier or unknown) in the state's
-/// journal, recounts the dataset from the lines that remain and drops the
+/// Stages each file without the lines that go in the state's journal, recounts the dataset from the lines that remain and drops the
 /// removed lines' fingerprints; returns the 1-based numbers removed per
 /// file.
 fn stage_lines(
     files: &[FileLines],
-    wanted: &BTreeSet<&str>,
-    before: Option<f64>,
+    goes: &dyn Fn(&FileLines, usize) -> bool,
     st: &mut RunState,
 ) -> Result<BTreeMap<String, Vec<usize>>> {
     let mut removed = BTreeMap::new();
@@ -263,8 +266,8 @@ fn stage_lines(
     for f in files {
         let mut kept = Vec::new();
         let mut gone = Vec::new();
-        for (n, (bytes, session, first)) in f.lines.iter().enumerate() {
-            if goes((session, *first), wanted, before) {
+        for (n, (bytes, _, _)) in f.lines.iter().enumerate() {
+            if goes(f, n) {
                 gone.push(n + 1);
                 forget_print(&mut st.curation.exact, bytes);
             } else {
@@ -285,7 +288,6 @@ fn stage_lines(
                 new,
             });
         }
-        st.dataset.forgotten_lines += gone.len() as u64;
         all_meta &= f.metas.iter().all(Value::is_object);
         removed.insert(f.name.clone(), gone);
     }
@@ -360,7 +362,7 @@ fn report_removed(
 fn read_committed(
     name: &str,
     path: &Path,
-    (committed, interrupted): (&Committed, bool),
+    (committed, interrupted, need_meta): (&Committed, bool, bool),
 ) -> Result<FileLines> {
     if committed.bytes == 0 && !path.exists() {
         // A split without a line has no file.
@@ -388,7 +390,7 @@ fn read_committed(
     {
         let v: Value = serde_json::from_slice(line)
             .with_context(|| format!("{} line {}: not JSON", path.display(), n + 1))?;
-        let Some(session) = v["meta"]["session"].as_str() else {
+        let Some(session) = v["meta"]["session"].as_str().or((!need_meta).then_some("")) else {
             return Err(refuse(format!(
                 "{} line {} has no meta.session (exported with --no-meta or --target openai), so its session cannot be told; nothing was changed",
                 path.display(),
@@ -463,4 +465,78 @@ fn update_manifest(dir: &Path, st: &RunState) -> Result<()> {
     persist(tmp, &path)?;
     crate::card::write(dir, &m)?;
     Ok(())
+}
+
+/// Maps an output file's name to its path.
+pub(crate) type PathOf<'a> = &'a dyn Fn(&str) -> PathBuf;
+
+/// The superseded replies of one session found by an export: their texts
+/// (as written, redacted), and the session's live turns at or below the
+/// watermark (user text, key, time) that a retracted line also held.
+#[derive(Debug, Default)]
+pub struct Superseded {
+    pub texts: BTreeSet<String>,
+    pub turns: Vec<(String, i64, Option<f64>)>,
+}
+
+/// Retraction (after an export committed): removes, through the journal,
+/// every line of a session in `found` that trains on one of its superseded
+/// replies, and gives the line's other turns back to pending so that a
+/// later run writes them again. Returns the lines removed.
+pub(crate) fn retract(
+    st: &mut RunState,
+    state_path: &Path,
+    (path_of, dir): (PathOf<'_>, Option<&Path>),
+    found: &BTreeMap<String, Superseded>,
+) -> Result<u64> {
+    let files = read_files(st, state_path, path_of, false)?;
+    let mut again: Vec<(String, String, i64, Option<f64>)> = Vec::new();
+    let trains_on = |f: &FileLines, n: usize| -> Option<(&Superseded, Value)> {
+        let sup = found.get(&f.lines[n].1)?;
+        let v: Value = serde_json::from_slice(&f.lines[n].0).ok()?;
+        let hit = v["messages"].as_array()?.iter().any(|m| {
+            m["role"] == "assistant" && m["content"].as_str().is_some_and(|t| sup.texts.contains(t))
+        });
+        hit.then_some((sup, v))
+    };
+    let users = |v: &Value| -> Vec<String> {
+        (v["messages"].as_array().into_iter().flatten())
+            .filter(|m| m["role"] == "user")
+            .filter_map(|m| m["content"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // Turns a kept line still holds are not written again.
+    let mut kept: BTreeSet<(String, String)> = BTreeSet::new();
+    for f in &files {
+        for n in 0..f.lines.len() {
+            let session = &f.lines[n].1;
+            match trains_on(f, n) {
+                Some((sup, v)) => again.extend(
+                    (sup.turns.iter())
+                        .filter(|t| users(&v).contains(&t.0))
+                        .map(|t| (session.clone(), t.0.clone(), t.1, t.2)),
+                ),
+                None if found.contains_key(session) => {
+                    let v: Value = serde_json::from_slice(&f.lines[n].0).unwrap_or_default();
+                    kept.extend(users(&v).into_iter().map(|u| (session.clone(), u)));
+                }
+                None => {}
+            }
+        }
+    }
+    again.retain(|(s, u, _, _)| !kept.contains(&(s.clone(), u.clone())));
+    let removed = stage_lines(&files, &|f, n| trains_on(f, n).is_some(), st)?;
+    let n: u64 = removed.values().map(|g| g.len() as u64).sum();
+    for (session, _, key, time) in again {
+        let mut p = crate::state::Pending::default();
+        p.add_turn(key, time, false);
+        st.pending.entry(session).or_default().merge(p);
+    }
+    st.dataset.retracted_lines += n;
+    st.save(state_path)?;
+    crate::state::finish_journal(st, state_path, path_of)?;
+    if let (Some(d), true) = (dir, n > 0) {
+        update_manifest(d, st)?;
+    }
+    Ok(n)
 }

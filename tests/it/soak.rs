@@ -9,8 +9,9 @@
 //! line moved between splits, train.jsonl not empty, and the manifest's
 //! and card's figures equal to the files'.
 //!
-//! Regenerations and `/undo` of exported answers are not simulated here:
-//! retraction of superseded answers is not built yet.
+//! A regeneration (night 9) and an `/undo` (night 11) of answers exported
+//! on earlier nights: the cumulative files retract them, as a fresh export
+//! never holds them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -85,6 +86,27 @@ fn write_day(home: &Path, n: usize) {
             t + 30.0,
             &format!("cli step {w}"),
         );
+    }
+    if n == 9 {
+        // The user regenerates the answer exported on night 2.
+        let s = format!("tg-night-{}", word(2));
+        sql(
+            home,
+            &format!(
+                "INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES ('{s}', 'user', 'please telegram question {}', {}, 1, 0);
+                 INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES ('{s}', 'assistant', 'a better answer, {}', {}, 'stop', 1, 0);",
+                word(2), t + 60.0, word(2), t + 61.0
+            ),
+        );
+    }
+    if n == 11 {
+        // /undo of the turn exported on night 5, then the user goes on.
+        let s = format!("tg-night-{}", word(5));
+        sql(
+            home,
+            &format!("UPDATE messages SET active = 0 WHERE session_id = '{s}';"),
+        );
+        turn(home, &s, t + 70.0, &format!("after the undo {w}"));
     }
     if n == 12 {
         // A compaction: the session ends by compression and goes on in a
@@ -411,4 +433,7 @@ fn a_month_of_nights_matches_a_fresh_export_every_morning() {
         );
         soak.check(n);
     }
+    // The regenerated and the undone answer were retracted, and said so.
+    let m: Value = serde_json::from_slice(&read(&soak.dir().join("manifest.json"))).unwrap();
+    assert_eq!(m["dataset"]["retracted_lines"], 2, "{}", m["dataset"]);
 }
