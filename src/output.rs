@@ -359,8 +359,9 @@ pub struct Written {
     /// Units placed in this run, and of those in valid.
     pub new_units: (u64, u64),
     /// Every line reached its destination (false when the reader of a
-    /// pipe went away first).
+    /// pipe went away first), and the lines a stream's reader took.
     pub delivered: bool,
+    pub delivered_lines: u64,
 }
 
 impl Output {
@@ -484,10 +485,11 @@ impl Output {
     pub fn finish(self, manifest: &dyn Fn(&Written) -> Result<Vec<u8>>) -> Result<Option<Written>> {
         let nothing_new = self.new_lines() == 0;
         match self.kind {
-            Kind::Stdout(sink) => {
+            Kind::Stdout(mut sink) => {
                 let delivered = sink.finish()?;
                 Ok(Some(Written {
                     delivered,
+                    delivered_lines: sink.delivered(),
                     ..Written::default()
                 }))
             }

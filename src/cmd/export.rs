@@ -1077,6 +1077,12 @@ fn summarize(report: &Report, closed: &Closed, cfg: &ExportConfig) {
         String::new()
     };
     let tokens = token_summary(totals);
+    if let Some(w) = closed.written.as_ref().filter(|w| !w.delivered) {
+        report.info(format_args!(
+            "the reader closed the output after {} of the {written} lines (`| head`): the rest were not delivered",
+            w.delivered_lines
+        ));
+    }
     report.info(format_args!(
         "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out{split}",
         report.sessions_read.values().sum::<usize>(),

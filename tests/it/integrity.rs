@@ -177,6 +177,27 @@ fn a_reader_that_stops_early_does_not_advance_the_state() {
 }
 
 #[test]
+fn export_into_head_reports_the_lines_actually_delivered() {
+    let home = scratch_home();
+    grow(home.path(), 20, "a"); // far more than a pipe buffer
+    let (first, out) = first_line_then_close(export_cmd(home.path(), &[]));
+    assert!(!first.is_empty());
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "{err}");
+    let said = err
+        .split("the reader closed the output after ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{err}"));
+    let mut words = said.split_whitespace();
+    let delivered: u64 = words.next().unwrap().parse().unwrap();
+    let total: u64 = words.nth(2).unwrap().parse().unwrap();
+    assert!(
+        delivered >= 1 && delivered < total,
+        "{delivered} of {total}: {err}"
+    );
+}
+
+#[test]
 fn min_turns_never_consumes_the_turns_it_skipped() {
     let home = scratch_home();
     let cron = Cron::new();
