@@ -334,6 +334,9 @@ pub struct Output {
     kind: Kind,
     cumulative: bool,
     pub splits: Splits,
+    /// Lines without `meta` in a cumulative file: the session of each, as
+    /// runs per file name (see `RunState::index`); `None` with meta.
+    index: Option<BTreeMap<String, Vec<(String, u64)>>>,
 }
 
 enum Kind {
@@ -356,6 +359,8 @@ pub struct Written {
     pub files: Vec<(String, Committed)>,
     /// The units of each split after this run.
     pub units: Units,
+    /// The session index of files written without `meta`.
+    pub index: BTreeMap<String, Vec<(String, u64)>>,
     /// Units placed in this run, and of those in valid.
     pub new_units: (u64, u64),
     /// Every line reached its destination (false when the reader of a
@@ -371,7 +376,7 @@ impl Output {
         dest: &Dest,
         state: Option<&RunState>,
         valid_fraction: f64,
-        interrupted: bool,
+        (interrupted, meta): (bool, bool),
     ) -> Result<Output> {
         let cumulative = state.is_some();
         let keep = |name: &str| (state.and_then(|s| s.outputs.get(name)), interrupted);
@@ -415,6 +420,7 @@ impl Output {
             kind,
             cumulative,
             splits: Splits::new(units, valid_fraction),
+            index: state.filter(|_| !meta).map(|s| s.index.clone()),
         })
     }
 
@@ -424,6 +430,7 @@ impl Output {
             kind: Kind::Stdout(Stdout::on(Box::new(std::io::sink()), "nowhere".into())),
             cumulative: false,
             splits: Splits::default(),
+            index: None,
         }
     }
 
@@ -446,9 +453,10 @@ impl Output {
         self.is_dir() && self.splits.is_valid(unit)
     }
 
-    /// Writes one line of `unit`.
-    pub fn line(&mut self, unit: &str, line: &[u8]) -> Result<()> {
+    /// Writes one line of `unit` (of `session`).
+    pub fn line(&mut self, (session, unit): (&str, &str), line: &[u8]) -> Result<()> {
         let valid = self.is_valid(unit);
+        self.index_line(session, valid);
         match &mut self.kind {
             Kind::Stdout(sink) => sink.line(line),
             Kind::File(f) => f.line(line),
@@ -466,6 +474,31 @@ impl Output {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Adds a line of `session` to the index of the file it goes to.
+    fn index_line(&mut self, session: &str, valid: bool) {
+        let name = match &self.kind {
+            Kind::File(f) => &f.name,
+            Kind::Dir {
+                train, valid: v, ..
+            } => {
+                if valid {
+                    &v.name
+                } else {
+                    &train.name
+                }
+            }
+            Kind::Stdout(_) => return,
+        };
+        let Some(index) = self.index.as_mut() else {
+            return;
+        };
+        let runs = index.entry(name.clone()).or_default();
+        match runs.last_mut() {
+            Some((s, n)) if s == session => *n += 1,
+            _ => runs.push((session.to_string(), 1)),
         }
     }
 
@@ -499,6 +532,7 @@ impl Output {
                 }
                 let new_lines = f.new_lines;
                 Ok(Some(Written {
+                    index: self.index.unwrap_or_default(),
                     new_lines,
                     new_per_file: [(f.name.clone(), new_lines)].into(),
                     files: vec![f.commit(false)?],
@@ -525,6 +559,7 @@ impl Output {
                     ]
                     .into(),
                     units: self.splits.settle(),
+                    index: self.index.unwrap_or_default(),
                     new_units,
                     delivered: true,
                     ..Written::default()

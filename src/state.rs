@@ -100,6 +100,11 @@ pub struct RunState {
     /// looked for in the files (each is looked for once).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub superseded_rows: BTreeSet<i64>,
+    /// The session of each line of files written without `meta`
+    /// (`--no-meta`, `--target openai`), as runs of (session, lines) in file
+    /// order per file name, so that `forget` and retraction can tell them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub index: BTreeMap<String, Vec<(String, u64)>>,
     /// Compression children (and other non-root ids) of exported
     /// lineages → their root, so that `forget` takes any id of a lineage.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -591,6 +596,9 @@ impl RunCoverage {
                 st.outputs.insert(name.clone(), committed.clone());
             }
             st.units = w.units.clone();
+            for (name, runs) in &w.index {
+                st.index.insert(name.clone(), runs.clone());
+            }
         }
         st.forced_valid.clear();
         st.forced_train.clear();

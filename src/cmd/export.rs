@@ -219,7 +219,7 @@ fn open_output(
         &plan.dest,
         state.as_deref(),
         cfg.valid_fraction,
-        interrupted,
+        (interrupted, cfg.curate.meta),
     )?;
     if let (Some(st), Some(path)) = (state, plan.state.as_deref()) {
         st.claim(path, &output.file_names(), identity)?;
@@ -751,7 +751,7 @@ impl<'a> Run<'a> {
             else {
                 continue;
             };
-            self.output.line(&unit, &bytes)?;
+            self.output.line((&p.session.id, &unit), &bytes)?;
             self.totals.saw_time(t);
             self.totals
                 .wrote(p.channel, line.count, system_tokens, line.missing_tools);
@@ -812,7 +812,7 @@ impl<'a> Run<'a> {
             let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
                 continue;
             };
-            self.output.line(&unit, &bytes)?;
+            self.output.line((&p.session.id, &unit), &bytes)?;
             self.totals.saw_time(t);
             self.totals.wrote(p.channel, count, system_tokens, missing);
             *self.totals.signals.entry(signal.as_str()).or_default() += 1;

@@ -9,7 +9,9 @@
 //!   also removes every line whose first turn (`meta.first`) is earlier,
 //!   or unknown (later exports leave untimed turns out once a cut-off is
 //!   set, as they cannot tell on which side of it they fall).
-//!   A line without `meta` cannot be attributed: the command refuses.
+//!   A line without `meta` (`--no-meta`, `--target openai`) is attributed
+//!   through the state's index of the sessions of such lines; without one
+//!   (an earlier version wrote them) the command refuses.
 //! - Ids that no line, pending entry or covered session of the state
 //!   knows are refused (a typo would otherwise forget nothing), unless
 //!   `--force`.
@@ -157,6 +159,7 @@ fn read_files(
             name,
             &path_of(name),
             (committed, interrupted, need_meta),
+            st.index.get(name),
         )?);
     }
     Ok(files)
@@ -275,6 +278,19 @@ fn stage_lines(
                 metas.push(&f.metas[n]);
             }
         }
+        if st.index.contains_key(&f.name) {
+            let mut runs: Vec<(String, u64)> = Vec::new();
+            for (n, (_, session, _)) in f.lines.iter().enumerate() {
+                if goes(f, n) {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some((s, k)) if s == session => *k += 1,
+                    _ => runs.push((session.clone(), 1)),
+                }
+            }
+            st.index.insert(f.name.clone(), runs);
+        }
         let torn = st
             .outputs
             .get(&f.name)
@@ -363,7 +379,14 @@ fn read_committed(
     name: &str,
     path: &Path,
     (committed, interrupted, need_meta): (&Committed, bool, bool),
+    index: Option<&Vec<(String, u64)>>,
 ) -> Result<FileLines> {
+    // The sessions of lines without meta, line by line.
+    let indexed: Vec<&str> = index
+        .into_iter()
+        .flatten()
+        .flat_map(|(s, n)| std::iter::repeat_n(s.as_str(), *n as usize))
+        .collect();
     if committed.bytes == 0 && !path.exists() {
         // A split without a line has no file.
         return Ok(FileLines {
@@ -390,9 +413,13 @@ fn read_committed(
     {
         let v: Value = serde_json::from_slice(line)
             .with_context(|| format!("{} line {}: not JSON", path.display(), n + 1))?;
-        let Some(session) = v["meta"]["session"].as_str().or((!need_meta).then_some("")) else {
+        let session = v["meta"]["session"]
+            .as_str()
+            .or(indexed.get(n).copied())
+            .or((!need_meta).then_some(""));
+        let Some(session) = session else {
             return Err(refuse(format!(
-                "{} line {} has no meta.session (exported with --no-meta or --target openai), so its session cannot be told; nothing was changed",
+                "{} line {} has no meta.session (exported with --no-meta or --target openai) and the state keeps no index of its session (it was written by an earlier version), so its session cannot be told; nothing was changed",
                 path.display(),
                 n + 1
             )));

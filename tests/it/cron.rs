@@ -1012,3 +1012,45 @@ fn forget_takes_any_lineage_id_lists_first_and_survives_a_kill() {
     assert_eq!(sessions(), ["keep-b"]);
     assert!(!dir.join(".hermes-harvest-staged-train.jsonl").exists());
 }
+
+#[test]
+fn forget_tells_the_sessions_of_lines_without_meta_from_the_state() {
+    let home = bare_home();
+    for (i, s) in ["s-a", "s-b", "s-c"].iter().enumerate() {
+        exchange(home.path(), s, "cli", 1_800_000_000.0, &word(i + 1));
+    }
+    let work = tempfile::tempdir().unwrap();
+    let out = nightly(home.path(), work.path(), &["--no-meta"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let train = work.path().join("out/train.jsonl");
+    assert_eq!(lines(&read(&train)).len(), 3);
+    let o = run(&[
+        "forget",
+        "--out",
+        &format!("{}/", work.path().join("out").display()),
+        "--state",
+        work.path().join("state.json").to_str().unwrap(),
+        "s-b",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let users = user_texts(&lines(&read(&train)));
+    assert_eq!(users.len(), 2);
+    assert!(users.iter().all(|u| !u.contains(&word(2))), "{users:?}");
+    exchange(home.path(), "s-b", "cli", 1_800_000_100.0, "later");
+    exchange(home.path(), "s-d", "cli", 1_800_000_100.0, "more");
+    let out = nightly(home.path(), work.path(), &["--no-meta"]);
+    assert_eq!(out.status.code(), Some(0));
+    let users = user_texts(&lines(&read(&train)));
+    assert_eq!(users.len(), 3, "{users:?}");
+    assert!(users.iter().all(|u| !u.contains("later")));
+}
