@@ -1054,3 +1054,54 @@ fn forget_tells_the_sessions_of_lines_without_meta_from_the_state() {
     assert_eq!(users.len(), 3, "{users:?}");
     assert!(users.iter().all(|u| !u.contains("later")));
 }
+
+#[test]
+fn a_version_3_state_is_migrated_and_its_sessions_keep_their_split() {
+    let home = bare_home();
+    for i in 0..40 {
+        exchange(
+            home.path(),
+            &format!("s-{}", word(i)),
+            "cli",
+            1_800_000_000.0,
+            &word(i),
+        );
+    }
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(
+        nightly(home.path(), work.path(), &[]).status.code(),
+        Some(0)
+    );
+    // What version 3 wrote: no units, the old split name.
+    let path = work.path().join("state.json");
+    let mut st: Value = serde_json::from_slice(&read(&path)).unwrap();
+    st["version"] = 3.into();
+    st.as_object_mut().unwrap().remove("units");
+    st["identity"]["split"] = "fnv1a-fmix64".into();
+    std::fs::write(&path, st.to_string()).unwrap();
+    let before = files_of(&work.path().join("out"));
+    for i in 40..80 {
+        exchange(
+            home.path(),
+            &format!("s-{}", word(i)),
+            "cli",
+            1_800_000_000.0,
+            &word(i),
+        );
+    }
+    let out = nightly(home.path(), work.path(), &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = files_of(&work.path().join("out"));
+    assert!(now[0].1.starts_with(&before[0].1) && now[1].1.starts_with(&before[1].1));
+    let st: Value = serde_json::from_slice(&read(&path)).unwrap();
+    assert_eq!(st["version"], 4);
+    assert_eq!(st["tool_version"], env!("CARGO_PKG_VERSION"));
+    let units = st["units"]["train"].as_array().unwrap().len()
+        + st["units"]["valid"].as_array().map_or(0, Vec::len);
+    assert_eq!(units, 80, "every session placed once");
+}
