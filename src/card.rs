@@ -4,7 +4,8 @@
 //! rewritten whenever the manifest is.
 //!
 //! A `README.md` this tool did not write (no [`MARK`] on its first line) is
-//! left alone, with a warning.
+//! the user's own: it is left alone and the card is written as
+//! `DATASET_CARD.md` instead (said once, when that file is first made).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -18,24 +19,30 @@ use crate::sink::{persist, temp_beside};
 /// First line of every card this tool writes.
 pub const MARK: &str = "<!-- hermes-harvest dataset card: rewritten on every run -->";
 
-/// Writes `dir/README.md` from the manifest `m`; returns false when a
-/// README.md of someone else's is in the way.
-pub fn write(dir: &Path, m: &Value) -> Result<bool> {
-    let target = dir.join("README.md");
-    if let Ok(Some(old)) =
-        crate::safe_io::read_optional(&target, crate::safe_io::MAX_SETTINGS_BYTES)
-        && !old.starts_with(MARK.as_bytes())
-    {
+/// The card's file name when the user's own `README.md` is in the way.
+pub const ALT_NAME: &str = "DATASET_CARD.md";
+
+/// Writes the card into `dir` from the manifest `m`: `README.md`, or
+/// `DATASET_CARD.md` when a README.md of someone else's is there; returns
+/// the file name written.
+pub fn write(dir: &Path, m: &Value) -> Result<&'static str> {
+    let readme = dir.join("README.md");
+    let theirs = matches!(
+        crate::safe_io::read_optional(&readme, crate::safe_io::MAX_SETTINGS_BYTES),
+        Ok(Some(old)) if !old.starts_with(MARK.as_bytes())
+    );
+    let name = if theirs { ALT_NAME } else { "README.md" };
+    let target = dir.join(name);
+    if theirs && !target.exists() {
         eprintln!(
-            "hermes-harvest: warning: {} was not written by hermes-harvest; the dataset card was not written",
-            target.display()
+            "hermes-harvest: warning: {} is not a dataset card of hermes-harvest; it is left alone and the card is written as {ALT_NAME}",
+            readme.display()
         );
-        return Ok(false);
     }
     let mut tmp = temp_beside(&target)?;
     tmp.write_all(render(m).as_bytes())?;
     persist(tmp, &target)?;
-    Ok(true)
+    Ok(name)
 }
 
 fn text(v: &Value) -> String {
@@ -77,16 +84,17 @@ pub fn render(m: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "Turns from {} to {}. {}\n",
-        text(&m["time_range"]["first"]),
-        text(&m["time_range"]["last"]),
+        "Turns from {} to {} (the whole dataset). {}\n",
+        text(&m["dataset"]["time_range"]["first"]),
+        text(&m["dataset"]["time_range"]["last"]),
         if m["curation"]["meta"] == Value::Bool(false) {
             "The lines carry no `meta`."
         } else {
-            "Every line ends with `meta` (session, channel, raw source, turn times), which trainers ignore."
+            "Every line ends with `meta` (session, split unit, channel, raw source, turn times), which trainers ignore."
         }
     );
     files(&mut out, m);
+    dataset(&mut out, &m["dataset"]);
     samples(&mut out, m);
     tokens(&mut out, &m["tokens"]);
     redaction(&mut out, &m["redactions"]);
@@ -117,12 +125,42 @@ fn files(out: &mut String, m: &Value) {
                 text(&c["bytes"])
             );
         }
+        let units = &m["split"]["units"];
         let _ = writeln!(
             out,
-            "\nSessions are split by a hash of their id (valid fraction {}).\n",
+            "\nThe split unit is a session (its compression lineage), or one UTC day of a nexus session (`meta.unit`); a unit lies in one split only and a line's context never leaves its unit. Units: {} in train, {} in valid (valid fraction {}, counted in units; a unit keeps the split it was first placed in). A split without a line has no file.\n",
+            text(&units["train"]),
+            text(&units["valid"]),
             text(&m["split"]["valid_fraction"])
         );
+        if files["valid.jsonl"]["lines"].as_u64().unwrap_or(0) == 0 {
+            out.push_str("There is no validation split yet (too few units for the valid fraction): trainers that need one (mlx-lm wants `valid.jsonl` with a few rows) must run without validation for now.\n\n");
+        }
     }
+}
+
+/// The whole cumulative dataset (every night).
+fn dataset(out: &mut String, d: &Value) {
+    if !d.is_object() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## The whole dataset\n\nOver {} run(s). Lines per channel:\n",
+        text(&d["nights"])
+    );
+    table(out, ("channel", "lines"), &d["samples"]);
+    if d["signals"].as_object().is_some_and(|s| !s.is_empty()) {
+        out.push_str("Per preference signal:\n\n");
+        table(out, ("signal", "pairs"), &d["signals"]);
+    }
+    out.push_str("Left out over every run, per reason:\n\n");
+    table(out, ("reason", "count"), &d["skipped"]);
+    let _ = writeln!(
+        out,
+        "Lines removed by `forget`: {}.\n",
+        text(&d["forgotten_lines"])
+    );
 }
 
 fn samples(out: &mut String, m: &Value) {
@@ -216,7 +254,10 @@ mod tests {
             "tool": "hermes-harvest", "version": "0", "format": "sft", "cumulative": true,
             "created": "2026-12-01T00:00:00Z",
             "time_range": {"first": "2026-11-01T00:00:00Z", "last": null},
-            "split": {"valid_fraction": 0.05, "files": {"train.jsonl": {"lines": 17, "bytes": 9}}},
+            "dataset": {"time_range": {"first": "2026-10-01T00:00:00Z", "last": null}, "nights": 3,
+                        "samples": {"nexus": 40}, "signals": {}, "skipped": {}, "forgotten_lines": 0},
+            "split": {"valid_fraction": 0.05, "units": {"train": 3, "valid": 0},
+                      "files": {"train.jsonl": {"lines": 17, "bytes": 9}}},
             "counts": {"channels": {"nexus": 12}, "signals": null, "skipped": {"near_duplicate": 5}},
             "tokens": {"counted_with": "estimate", "exact": false, "max_tokens": 2048,
                        "channels": {"nexus": {"samples": 12, "total": 4000, "trainable": 900, "longest": 700}}},
@@ -227,6 +268,9 @@ mod tests {
         assert!(card.starts_with(MARK));
         for needle in [
             "| train.jsonl | 17 | 9 |",
+            "Turns from 2026-10-01T00:00:00Z",
+            "| nexus | 40 |",
+            "no validation split yet",
             "| nexus | 12 |",
             "| near_duplicate | 5 |",
             "| nexus | 12 | 4000 | 900 | 700 |",

@@ -109,6 +109,10 @@ pub struct ExportConfig {
     pub state: Option<PathBuf>,
     pub redact: bool,
     pub strict: bool,
+    /// Samples the template fails on are consumed (skipped), not pending.
+    pub skip_unrenderable: bool,
+    /// Exit 6 when the export holds no line.
+    pub fail_on_empty: bool,
     pub quiet: bool,
     /// Exit with [`crate::exit::DROPPED`] when anything selected was dropped.
     pub fail_on_drop: bool,
@@ -166,6 +170,8 @@ pub struct ForgetConfig {
     pub state: PathBuf,
     /// Record ids that nothing knows.
     pub force: bool,
+    /// List what would go; change nothing.
+    pub dry_run: bool,
     pub quiet: bool,
 }
 

@@ -12,6 +12,8 @@ pub const PARTIAL: u8 = 3;
 pub const INVALID: u8 = 4;
 /// Another run holds the lock for this output or state file.
 pub const LOCKED: u8 = 5;
+/// `export --fail-on-empty`: the export holds no line.
+pub const EMPTY: u8 = 6;
 /// `export --fail-on-drop`: a selected turn or pair could not be written
 /// (over the budget, or refused by the chat template).
 pub const DROPPED: u8 = 7;

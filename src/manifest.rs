@@ -1,10 +1,15 @@
 //! `manifest.json` of a directory export, typed to match
 //! `schemas/manifest.schema.json` (field order is the file's order), and
 //! the per-run totals it and the summary line are made of.
+//!
+//! `dataset` describes the whole cumulative output (every night), from
+//! running sums the state keeps ([`Dataset`]); `counts`, `tokens` and
+//! `time_range` describe the last run. `forget` recounts `dataset` from the
+//! lines that remain.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ExportConfig, iso_time};
 use crate::format::tools::ToolsPolicy;
@@ -120,13 +125,160 @@ fn selected_channels(cfg: &ExportConfig) -> impl Iterator<Item = &Channel> {
         .filter(|c| cfg.channels.is_empty() || cfg.channels.contains(c))
 }
 
+/// The manifest's shape (version 2: `dataset`, units in `split`).
+pub const MANIFEST_SCHEMA_VERSION: u32 = 2;
+
+/// Running sums over every night of a cumulative output (the state keeps
+/// them; a one-shot export is its own single night).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Dataset {
+    /// Lines per file as committed.
+    #[serde(default)]
+    pub lines: BTreeMap<String, u64>,
+    /// Units per split (directory output).
+    #[serde(default)]
+    pub units: BTreeMap<String, u64>,
+    /// Lines per channel and per DPO signal.
+    #[serde(default)]
+    pub samples: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub signals: BTreeMap<String, u64>,
+    /// Times of the first and last turn the lines train on (epoch seconds).
+    #[serde(default)]
+    pub first: Option<f64>,
+    #[serde(default)]
+    pub last: Option<f64>,
+    /// Skips and redactions summed over the nights.
+    #[serde(default)]
+    pub skipped: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub redactions: BTreeMap<String, u64>,
+    /// Lines `forget` removed.
+    #[serde(default)]
+    pub forgotten_lines: u64,
+    /// Lines retracted because their answer was regenerated or undone.
+    #[serde(default)]
+    pub retracted_lines: u64,
+    /// Runs that added lines.
+    #[serde(default)]
+    pub nights: u64,
+}
+
+fn add_all<'k>(into: &mut BTreeMap<String, u64>, from: impl IntoIterator<Item = (&'k str, usize)>) {
+    for (k, n) in from {
+        *into.entry(k.to_string()).or_default() += n as u64;
+    }
+}
+
+impl Dataset {
+    /// `previous` with the run `w` added.
+    pub fn after_run(previous: &Dataset, i: &Inputs<'_>, w: &Written) -> Dataset {
+        let mut d = previous.clone();
+        for (name, c) in &w.files {
+            d.lines.insert(name.clone(), c.lines);
+        }
+        if !w.files.is_empty() && w.files.len() == 2 {
+            d.units.insert("train".into(), w.units.train.len() as u64);
+            d.units.insert("valid".into(), w.units.valid.len() as u64);
+        }
+        add_all(
+            &mut d.samples,
+            i.totals.samples.iter().map(|(k, v)| (*k, *v)),
+        );
+        add_all(
+            &mut d.signals,
+            i.totals.signals.iter().map(|(k, v)| (*k, *v)),
+        );
+        add_all(
+            &mut d.skipped,
+            i.report.skipped.iter().map(|(k, v)| (*k, *v)),
+        );
+        add_all(
+            &mut d.redactions,
+            i.redactions.iter().map(|(k, v)| (*k, *v)),
+        );
+        d.saw(i.totals.first);
+        d.saw(i.totals.last);
+        d.nights += u64::from(w.new_lines > 0);
+        d
+    }
+
+    pub fn saw(&mut self, t: Option<f64>) {
+        if let Some(t) = t {
+            self.first = Some(self.first.map_or(t, |f| f.min(t)));
+            self.last = Some(self.last.map_or(t, |l| l.max(t)));
+        }
+    }
+
+    /// Recounts the lines' figures (channels, signals, time range) from
+    /// their `meta`; false when a line has none (the sums stay).
+    pub fn recount<'v>(&mut self, metas: impl IntoIterator<Item = &'v serde_json::Value>) -> bool {
+        let mut fresh = Dataset::default();
+        for m in metas {
+            let Some(channel) = m["channel"].as_str() else {
+                return false;
+            };
+            *fresh.samples.entry(channel.to_string()).or_default() += 1;
+            if let Some(sig) = m["signal"].as_str() {
+                *fresh.signals.entry(sig.to_string()).or_default() += 1;
+            }
+            for k in ["first", "last"] {
+                let t = m[k]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.timestamp_micros() as f64 / 1e6);
+                fresh.saw(t);
+            }
+        }
+        self.samples = fresh.samples;
+        self.signals = fresh.signals;
+        self.first = fresh.first;
+        self.last = fresh.last;
+        true
+    }
+
+    pub fn doc(&self) -> DatasetDoc<'_> {
+        DatasetDoc {
+            lines: &self.lines,
+            units: &self.units,
+            samples: &self.samples,
+            signals: &self.signals,
+            time_range: TimeRange {
+                first: time(self.first),
+                last: time(self.last),
+            },
+            skipped: &self.skipped,
+            redactions: &self.redactions,
+            forgotten_lines: self.forgotten_lines,
+            retracted_lines: self.retracted_lines,
+            nights: self.nights,
+        }
+    }
+}
+
+/// The manifest's `dataset` section.
+#[derive(Debug, Serialize)]
+pub struct DatasetDoc<'a> {
+    pub lines: &'a BTreeMap<String, u64>,
+    pub units: &'a BTreeMap<String, u64>,
+    pub samples: &'a BTreeMap<String, u64>,
+    pub signals: &'a BTreeMap<String, u64>,
+    pub time_range: TimeRange,
+    pub skipped: &'a BTreeMap<String, u64>,
+    pub redactions: &'a BTreeMap<String, u64>,
+    pub forgotten_lines: u64,
+    pub retracted_lines: u64,
+    pub nights: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Manifest<'a> {
+    pub schema_version: u32,
     pub tool: &'static str,
     pub version: &'static str,
     pub format: &'static str,
     pub cumulative: bool,
-    pub flags: &'a [String],
+    pub flags: Vec<String>,
     pub sources: Vec<SourceEntry>,
     pub counts: Counts<'a>,
     pub tokens: Tokens<'a>,
@@ -137,6 +289,8 @@ pub struct Manifest<'a> {
     /// When the run finished (RFC 3339 UTC).
     pub created: Option<String>,
     pub curation: crate::curate::CurationDoc,
+    /// The whole cumulative output.
+    pub dataset: DatasetDoc<'a>,
 }
 
 #[derive(Debug, Serialize)]
@@ -214,7 +368,9 @@ pub struct Split {
     pub valid_fraction: f64,
     pub by: &'static str,
     pub files: BTreeMap<String, FileCount>,
-    pub forced_valid_sessions: usize,
+    /// Units per split, and those placed in the last run.
+    pub units: BTreeMap<&'static str, u64>,
+    pub new_units: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -243,14 +399,15 @@ pub struct Inputs<'a> {
 }
 
 impl<'a> Manifest<'a> {
-    pub fn new(i: &Inputs<'a>, w: &Written) -> Manifest<'a> {
+    pub fn new(i: &Inputs<'a>, w: &Written, d: &'a Dataset) -> Manifest<'a> {
         let cfg = i.cfg;
         Manifest {
+            schema_version: MANIFEST_SCHEMA_VERSION,
             tool: "hermes-harvest",
             version: env!("CARGO_PKG_VERSION"),
             format: cfg.shape.as_str(),
             cumulative: cfg.state.is_some(),
-            flags: &cfg.flags,
+            flags: cfg.flags.iter().map(|f| tilde(f)).collect(),
             sources: sources(i.stores, i.report),
             counts: Counts {
                 channels: i.totals.per_channel(cfg),
@@ -269,7 +426,7 @@ impl<'a> Manifest<'a> {
             },
             split: Split {
                 valid_fraction: cfg.valid_fraction,
-                by: "session",
+                by: "unit",
                 files: w
                     .files
                     .iter()
@@ -281,12 +438,47 @@ impl<'a> Manifest<'a> {
                         (name.clone(), count)
                     })
                     .collect(),
-                forced_valid_sessions: w.forced_valid.len(),
+                units: [
+                    ("train", w.units.train.len() as u64),
+                    ("valid", w.units.valid.len() as u64),
+                ]
+                .into(),
+                new_units: [
+                    ("train", w.new_units.0 - w.new_units.1),
+                    ("valid", w.new_units.1),
+                ]
+                .into(),
             },
             created: time(Some(chrono::Utc::now().timestamp() as f64)),
             curation: i.curation.clone(),
+            dataset: d.doc(),
         }
     }
+}
+
+/// `s` with every `/home/<name>` and `/Users/<name>` written as `~`: the
+/// manifest travels with the data and names no account.
+pub fn tilde(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = ["/home/", "/Users/"]
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, p.len())))
+        .min()
+    {
+        let (i, plen) = at;
+        out.push_str(&rest[..i]);
+        let after = &rest[i + plen..];
+        let name_end = after.find('/').unwrap_or(after.len());
+        if name_end == 0 {
+            out.push_str(&rest[i..i + plen]);
+        } else {
+            out.push('~');
+        }
+        rest = &after[name_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn time(t: Option<f64>) -> Option<String> {
@@ -300,7 +492,7 @@ fn sources(stores: &Stores, report: &Report) -> Vec<SourceEntry> {
     if let Some(db) = &stores.state {
         out.push(SourceEntry {
             store: "state.db",
-            path: db.path.display().to_string(),
+            path: tilde(&db.path.display().to_string()),
             schema_version: db.schema_version,
             schema_note: db.schema_note(),
             sessions_read: read(Origin::StateDb),
@@ -310,7 +502,7 @@ fn sources(stores: &Stores, report: &Report) -> Vec<SourceEntry> {
     if let Some(rs) = &stores.responses {
         out.push(SourceEntry {
             store: "response_store.db",
-            path: rs.path.display().to_string(),
+            path: tilde(&rs.path.display().to_string()),
             schema_version: None,
             schema_note: None,
             sessions_read: read(Origin::ResponseStore),
@@ -319,7 +511,7 @@ fn sources(stores: &Stores, report: &Report) -> Vec<SourceEntry> {
     }
     out.push(SourceEntry {
         store: "sessions",
-        path: stores.files.dir.display().to_string(),
+        path: tilde(&stores.files.dir.display().to_string()),
         schema_version: None,
         schema_note: None,
         sessions_read: read(Origin::SessionJson) + read(Origin::Transcript),
@@ -360,5 +552,20 @@ fn tokens<'a>(i: &Inputs<'a>) -> Tokens<'a> {
                 (c.as_str(), figures)
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tilde;
+
+    #[test]
+    fn no_account_name_is_written() {
+        assert_eq!(
+            tilde("--out=/home/ann/data/ --state /Users/bo/s.json"),
+            "--out=~/data/ --state ~/s.json"
+        );
+        assert_eq!(tilde("/home/ann"), "~");
+        assert_eq!(tilde("/tmp/x /home/"), "/tmp/x /home/");
     }
 }

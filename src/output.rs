@@ -18,22 +18,140 @@ use anyhow::{Context, Result};
 use tempfile::TempPath;
 
 use crate::exit::{self, Failure};
-use crate::hash::{fmix64, stable_hash};
+use crate::hash::stable_hash;
 use crate::paths::Dest;
 use crate::sink::{Stdout, persist, sync_dir, temp_beside};
-use crate::state::{Committed, RunState, TAIL_BYTES};
+use std::collections::BTreeMap;
+
+use crate::state::{Committed, RunState, TAIL_BYTES, Units};
 
 /// Trainers' usual batch size: mlx-lm refuses a split with fewer rows.
 pub const MIN_VALID_LINES: u64 = 4;
 
-/// How sessions are split (recorded in the state's output identity).
-pub const SPLIT: &str = "fnv1a-fmix64";
+/// How units are split (recorded in the state's output identity).
+pub const SPLIT: &str = "units-balanced";
+/// The split rule of versions before 4 (migrated, see [`migrate_units`]).
+pub const LEGACY_SPLIT: &str = "fnv1a-fmix64";
 
-/// A session's place in [0, 1) for the split: the top 53 bits of its id's
-/// FNV-1a hash after the fmix64 finalizer (ids such as `nexus-world-0001`,
-/// `…0002` differ only at the end).
-fn split_point(session: &str) -> f64 {
-    (fmix64(stable_hash(session)) >> 11) as f64 / (1u64 << 53) as f64
+/// The split of units between train.jsonl and valid.jsonl.
+///
+/// Rules (a unit is a session lineage, or one UTC day of a nexus session;
+/// see `curate::meta`):
+/// - A unit's split is decided once, when its first line is written, and
+///   recorded in the state; it never changes, so no line ever moves.
+/// - The first unit goes to train, so train.jsonl is never empty while
+///   there is data.
+/// - A new unit goes to valid while valid holds fewer units than
+///   `round(fraction × units)`, counted over the units placed since the
+///   fraction took effect; else to train. With little data (fewer than
+///   `0.5 / fraction` units) valid stays empty, and the summary and the
+///   card say so.
+/// - A changed `--valid-fraction` applies to new units only (the summary
+///   says so): the units placed so far keep their split.
+#[derive(Debug, Default)]
+pub struct Splits {
+    pub units: Units,
+    fraction: f64,
+    /// The fraction in force before this run, when it changed.
+    pub changed_from: Option<f64>,
+    /// Units placed in this run, and whether a line was written in them.
+    placed: BTreeMap<String, bool>,
+}
+
+impl Splits {
+    pub fn new(mut units: Units, fraction: f64) -> Splits {
+        let changed_from = units.fraction.filter(|f| *f != fraction);
+        if units.fraction != Some(fraction) {
+            let n = (units.train.len() + units.valid.len()) as u64;
+            units.base = (n, units.valid.len() as u64);
+            units.fraction = Some(fraction);
+        }
+        Splits {
+            units,
+            fraction,
+            changed_from,
+            placed: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `unit` is in valid (placing it when it is new).
+    pub fn is_valid(&mut self, unit: &str) -> bool {
+        if self.units.valid.contains(unit) {
+            return true;
+        }
+        if self.units.train.contains(unit) {
+            return false;
+        }
+        let n = (self.units.train.len() + self.units.valid.len() + 1) as u64;
+        let (base_n, base_v) = self.units.base;
+        let want = base_v + (self.fraction * n.saturating_sub(base_n) as f64).round() as u64;
+        let valid = !self.units.train.is_empty() && (self.units.valid.len() as u64) < want;
+        let side = if valid {
+            &mut self.units.valid
+        } else {
+            &mut self.units.train
+        };
+        side.insert(unit.to_string());
+        self.placed.insert(unit.to_string(), false);
+        valid
+    }
+
+    fn wrote(&mut self, unit: &str) {
+        if let Some(has) = self.placed.get_mut(unit) {
+            *has = true;
+        }
+    }
+
+    /// The units as committed: those placed in this run without a line
+    /// are placed again by a later run.
+    fn settle(mut self) -> Units {
+        for (unit, has_lines) in self.placed {
+            if !has_lines {
+                self.units.train.remove(&unit);
+                self.units.valid.remove(&unit);
+            }
+        }
+        self.units
+    }
+}
+
+/// Reads the units of a state written before version 4 from the lines of
+/// its committed files (`meta.unit`, else `meta.session`): each keeps the
+/// split its lines are in. Lines without `meta` leave their sessions
+/// unplaced.
+pub fn migrate_units(st: &mut RunState, path_of: &dyn Fn(&str) -> PathBuf) -> Result<()> {
+    if st.read_version >= 4 || !st.units.train.is_empty() || !st.units.valid.is_empty() {
+        return Ok(());
+    }
+    for (name, c) in &st.outputs {
+        if c.lines == 0 || !crate::state::plain_name(name) {
+            continue;
+        }
+        let path = path_of(name);
+        let mut file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let len = file.metadata()?.len();
+        check_committed(&mut file, &path, len, c)?;
+        file.seek(SeekFrom::Start(0))?;
+        let mut bytes = Vec::new();
+        file.take(c.bytes).read_to_end(&mut bytes)?;
+        let side = if name == "valid.jsonl" {
+            &mut st.units.valid
+        } else {
+            &mut st.units.train
+        };
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+            if let Some(u) = v["meta"]["unit"].as_str().or(v["meta"]["session"].as_str()) {
+                side.insert(u.to_string());
+            }
+        }
+    }
+    if let Some(id) = st.identity.as_mut()
+        && id.split == LEGACY_SPLIT
+    {
+        id.split = SPLIT.to_string();
+    }
+    Ok(())
 }
 
 struct FileOut {
@@ -43,7 +161,6 @@ struct FileOut {
     /// Snapshot mode: the temporary file that replaces `target` at the end.
     /// Cumulative mode writes `target` in place instead.
     temp: Option<TempPath>,
-    base_bytes: u64,
     base_lines: u64,
     new_lines: u64,
 }
@@ -57,11 +174,11 @@ impl FileOut {
         target: &Path,
         name: &str,
         cumulative: bool,
-        keep: Option<&Committed>,
+        (keep, interrupted): (Option<&Committed>, bool),
     ) -> Result<FileOut> {
-        let (file, temp, base_bytes, base_lines) = if !cumulative {
+        let (file, temp, base_lines) = if !cumulative {
             let (file, path) = temp_beside(target)?.into_parts();
-            (file, Some(path), 0, 0)
+            (file, Some(path), 0)
         } else {
             let mut file = crate::safe_io::open_private_nofollow(target)
                 .with_context(|| format!("opening {}", target.display()))?;
@@ -70,6 +187,7 @@ impl FileOut {
             let (bytes, lines) = match keep {
                 Some(c) => {
                     check_committed(&mut file, target, len, c)?;
+                    check_no_tail(target, len, c, interrupted)?;
                     (c.bytes, c.lines)
                 }
                 None if len > 0 => {
@@ -82,14 +200,13 @@ impl FileOut {
             };
             file.set_len(bytes)?;
             file.seek(SeekFrom::End(0))?;
-            (file, None, bytes, lines)
+            (file, None, lines)
         };
         Ok(FileOut {
             name: name.to_string(),
             target: target.to_path_buf(),
             out: BufWriter::with_capacity(1 << 16, file),
             temp,
-            base_bytes,
             base_lines,
             new_lines: 0,
         })
@@ -104,14 +221,11 @@ impl FileOut {
         Ok(())
     }
 
-    fn offset(&mut self) -> Result<u64> {
-        self.out.flush()?;
-        Ok(self.out.get_mut().stream_position()?)
-    }
-
     /// Flushes and fsyncs; a snapshot file is then renamed over the target.
-    /// Returns the name and the file as now on disk.
-    fn commit(self) -> Result<(String, Committed)> {
+    /// Returns the name and the file as now on disk. With `drop_empty`, a
+    /// file left without a line is removed instead (a 0-byte JSONL file
+    /// makes loaders fail).
+    fn commit(self, drop_empty: bool) -> Result<(String, Committed)> {
         let target = self.target;
         let file = self
             .out
@@ -124,6 +238,17 @@ impl FileOut {
         let mut file = file;
         let tail = tail_hash(&mut file, bytes)?;
         drop(file);
+        if drop_empty && bytes == 0 {
+            drop(self.temp);
+            match std::fs::remove_file(&target) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", target.display()));
+                }
+                _ => {}
+            }
+            sync_dir(&target);
+            return Ok((self.name, Committed::default()));
+        }
         if let Some(temp) = self.temp {
             temp.persist(&target)
                 .with_context(|| format!("replacing {}", target.display()))?;
@@ -155,6 +280,27 @@ pub(crate) fn tail_hash(file: &mut File, end: u64) -> Result<String> {
     Ok(format!("{:016x}", stable_hash(&text)))
 }
 
+/// Bytes past the committed length are a killed run's tail only when a run
+/// was interrupted (`state::inflight_path`); else someone appended them,
+/// and the file is refused rather than cut.
+pub(crate) fn check_no_tail(
+    target: &Path,
+    len: u64,
+    c: &Committed,
+    interrupted: bool,
+) -> Result<()> {
+    if len <= c.bytes || interrupted {
+        return Ok(());
+    }
+    Err(refused(format!(
+        "{} holds {} bytes after the {} line(s) the state file committed, and no run of this state was interrupted: they were added by hand or by another program. Nothing was written; remove them (cut the file back to {} bytes) or start over with a new state file and an empty output",
+        target.display(),
+        len - c.bytes,
+        c.lines,
+        c.bytes
+    )))
+}
+
 /// Checks that `file` still starts with what the state committed: at least
 /// that many bytes, ending with a newline, with the same tail.
 pub(crate) fn check_committed(
@@ -184,25 +330,13 @@ pub(crate) fn check_committed(
     Ok(())
 }
 
-/// Lines of one session written to train.jsonl in this run.
-struct TrainRun {
-    point: f64,
-    session: String,
-    start: u64,
-    end: u64,
-    lines: u64,
-}
-
 pub struct Output {
     kind: Kind,
     cumulative: bool,
-    valid_fraction: f64,
-    forced_valid: Vec<String>,
-    forced_train: Vec<String>,
-    train_runs: Vec<TrainRun>,
-    current: Option<(String, u64, u64)>, // session, start offset, lines so far
-    valid_runs: Vec<TrainRun>,
-    current_valid: Option<(String, u64, u64)>,
+    pub splits: Splits,
+    /// Lines without `meta` in a cumulative file: the session of each, as
+    /// runs per file name (see `RunState::index`); `None` with meta.
+    index: Option<BTreeMap<String, Vec<(String, u64)>>>,
 }
 
 enum Kind {
@@ -219,19 +353,33 @@ enum Kind {
 #[derive(Debug, Default, Clone)]
 pub struct Written {
     pub new_lines: u64,
+    /// New lines per file name.
+    pub new_per_file: BTreeMap<String, u64>,
     /// file name → what it holds after this run.
     pub files: Vec<(String, Committed)>,
-    pub forced_valid: Vec<String>,
-    pub forced_train: Vec<String>,
+    /// The units of each split after this run.
+    pub units: Units,
+    /// The session index of files written without `meta`.
+    pub index: BTreeMap<String, Vec<(String, u64)>>,
+    /// Units placed in this run, and of those in valid.
+    pub new_units: (u64, u64),
     /// Every line reached its destination (false when the reader of a
-    /// pipe went away first).
+    /// pipe went away first), and the lines a stream's reader took.
     pub delivered: bool,
+    pub delivered_lines: u64,
 }
 
 impl Output {
-    pub fn open(dest: &Dest, state: Option<&RunState>, valid_fraction: f64) -> Result<Output> {
+    /// `interrupted`: a run of this state was killed before its commit
+    /// (its tails are cut back).
+    pub fn open(
+        dest: &Dest,
+        state: Option<&RunState>,
+        valid_fraction: f64,
+        (interrupted, meta): (bool, bool),
+    ) -> Result<Output> {
         let cumulative = state.is_some();
-        let keep = |name: &str| state.and_then(|s| s.outputs.get(name));
+        let keep = |name: &str| (state.and_then(|s| s.outputs.get(name)), interrupted);
         let kind = match dest {
             Dest::Stdout => Kind::Stdout(Stdout::new()),
             Dest::Special(path) => {
@@ -267,16 +415,12 @@ impl Output {
                 }
             }
         };
+        let units = state.map(|s| s.units.clone()).unwrap_or_default();
         Ok(Output {
             kind,
             cumulative,
-            valid_fraction,
-            forced_valid: state.map(|s| s.forced_valid.clone()).unwrap_or_default(),
-            forced_train: state.map(|s| s.forced_train.clone()).unwrap_or_default(),
-            train_runs: Vec::new(),
-            current: None,
-            valid_runs: Vec::new(),
-            current_valid: None,
+            splits: Splits::new(units, valid_fraction),
+            index: state.filter(|_| !meta).map(|s| s.index.clone()),
         })
     }
 
@@ -285,13 +429,8 @@ impl Output {
         Output {
             kind: Kind::Stdout(Stdout::on(Box::new(std::io::sink()), "nowhere".into())),
             cumulative: false,
-            valid_fraction: 0.0,
-            forced_valid: Vec::new(),
-            forced_train: Vec::new(),
-            train_runs: Vec::new(),
-            current: None,
-            valid_runs: Vec::new(),
-            current_valid: None,
+            splits: Splits::default(),
+            index: None,
         }
     }
 
@@ -299,42 +438,34 @@ impl Output {
         matches!(self.kind, Kind::Dir { .. })
     }
 
-    fn is_valid(&self, session: &str) -> bool {
-        if self.forced_train.iter().any(|s| s == session) {
-            return false;
+    /// The names of the files this output writes (for the state's claim).
+    pub fn file_names(&self) -> Vec<String> {
+        match &self.kind {
+            Kind::Stdout(_) => Vec::new(),
+            Kind::File(f) => vec![f.name.clone()],
+            Kind::Dir { train, valid, .. } => vec![train.name.clone(), valid.name.clone()],
         }
-        split_point(session) < self.valid_fraction || self.forced_valid.iter().any(|s| s == session)
     }
 
-    /// Writes one line of `session`.
-    pub fn line(&mut self, session: &str, line: &[u8]) -> Result<()> {
-        let valid = self.is_valid(session);
+    /// Whether a line of `unit` goes to valid.jsonl (placing the unit when
+    /// it is new); always false for a destination without splits.
+    pub fn is_valid(&mut self, unit: &str) -> bool {
+        self.is_dir() && self.splits.is_valid(unit)
+    }
+
+    /// Writes one line of `unit` (of `session`).
+    pub fn line(&mut self, (session, unit): (&str, &str), line: &[u8]) -> Result<()> {
+        let valid = self.is_valid(unit);
+        self.index_line(session, valid);
         match &mut self.kind {
             Kind::Stdout(sink) => sink.line(line),
             Kind::File(f) => f.line(line),
             Kind::Dir {
                 train, valid: v, ..
             } => {
+                self.splits.wrote(unit);
                 if valid {
-                    if self
-                        .current_valid
-                        .as_ref()
-                        .is_none_or(|(s, _, _)| s != session)
-                    {
-                        Self::close_run(&mut self.current_valid, &mut self.valid_runs, v)?;
-                        self.current_valid = Some((session.to_string(), v.offset()?, 0));
-                    }
-                    if let Some(cur) = self.current_valid.as_mut() {
-                        cur.2 += 1;
-                    }
                     return v.line(line);
-                }
-                if self.current.as_ref().is_none_or(|(s, _, _)| s != session) {
-                    Self::close_run(&mut self.current, &mut self.train_runs, train)?;
-                    self.current = Some((session.to_string(), train.offset()?, 0));
-                }
-                if let Some(cur) = self.current.as_mut() {
-                    cur.2 += 1;
                 }
                 train.line(line)?;
                 if train.new_lines == crate::stall::MID_OUTPUT_LINES {
@@ -346,22 +477,29 @@ impl Output {
         }
     }
 
-    fn close_run(
-        current: &mut Option<(String, u64, u64)>,
-        runs: &mut Vec<TrainRun>,
-        train: &mut FileOut,
-    ) -> Result<()> {
-        if let Some((session, start, lines)) = current.take() {
-            let end = train.offset()?;
-            runs.push(TrainRun {
-                point: split_point(&session),
-                session,
-                start,
-                end,
-                lines,
-            });
+    /// Adds a line of `session` to the index of the file it goes to.
+    fn index_line(&mut self, session: &str, valid: bool) {
+        let name = match &self.kind {
+            Kind::File(f) => &f.name,
+            Kind::Dir {
+                train, valid: v, ..
+            } => {
+                if valid {
+                    &v.name
+                } else {
+                    &train.name
+                }
+            }
+            Kind::Stdout(_) => return,
+        };
+        let Some(index) = self.index.as_mut() else {
+            return;
+        };
+        let runs = index.entry(name.clone()).or_default();
+        match runs.last_mut() {
+            Some((s, n)) if s == session => *n += 1,
+            _ => runs.push((session.to_string(), 1)),
         }
-        Ok(())
     }
 
     /// New lines written so far.
@@ -374,18 +512,17 @@ impl Output {
     }
 
     /// Puts everything in place. `manifest` (directory output only) is
-    /// written last. In cumulative mode a run that wrote nothing leaves the
-    /// files untouched and returns `None`.
-    pub fn finish(
-        mut self,
-        manifest: &dyn Fn(&Written) -> Result<Vec<u8>>,
-    ) -> Result<Option<Written>> {
+    /// written last; a directory always gets one, even when nothing is new.
+    /// A cumulative file output that wrote nothing is left untouched and
+    /// `None` returned.
+    pub fn finish(self, manifest: &dyn Fn(&Written) -> Result<Vec<u8>>) -> Result<Option<Written>> {
         let nothing_new = self.new_lines() == 0;
         match self.kind {
-            Kind::Stdout(sink) => {
+            Kind::Stdout(mut sink) => {
                 let delivered = sink.finish()?;
                 Ok(Some(Written {
                     delivered,
+                    delivered_lines: sink.delivered(),
                     ..Written::default()
                 }))
             }
@@ -395,35 +532,40 @@ impl Output {
                 }
                 let new_lines = f.new_lines;
                 Ok(Some(Written {
+                    index: self.index.unwrap_or_default(),
                     new_lines,
-                    files: vec![f.commit()?],
+                    new_per_file: [(f.name.clone(), new_lines)].into(),
+                    files: vec![f.commit(false)?],
                     delivered: true,
                     ..Written::default()
                 }))
             }
-            Kind::Dir {
-                dir,
-                mut train,
-                mut valid,
-            } => {
-                if self.cumulative && nothing_new {
+            Kind::Dir { dir, train, valid } => {
+                if self.cumulative && nothing_new && dir.join("manifest.json").exists() {
+                    // The manifest and card already describe these files.
                     return Ok(None);
                 }
-                Self::close_run(&mut self.current, &mut self.train_runs, &mut train)?;
-                Self::close_run(&mut self.current_valid, &mut self.valid_runs, &mut valid)?;
-                let moved = ensure_valid_batch(&mut train, &mut valid, &mut self.train_runs)?;
-                self.forced_valid.extend(moved);
-                let moved = ensure_train_not_empty(&mut valid, &mut train, &self.valid_runs)?;
-                self.forced_train.extend(moved);
+                let placed = self.splits.placed.iter().filter(|(_, l)| **l);
+                let new_valid = placed
+                    .clone()
+                    .filter(|(u, _)| self.splits.units.valid.contains(*u))
+                    .count() as u64;
+                let new_units = (placed.count() as u64, new_valid);
                 let mut w = Written {
                     new_lines: train.new_lines + valid.new_lines,
-                    forced_valid: self.forced_valid.clone(),
-                    forced_train: self.forced_train.clone(),
+                    new_per_file: [
+                        (train.name.clone(), train.new_lines),
+                        (valid.name.clone(), valid.new_lines),
+                    ]
+                    .into(),
+                    units: self.splits.settle(),
+                    index: self.index.unwrap_or_default(),
+                    new_units,
                     delivered: true,
                     ..Written::default()
                 };
                 for f in [train, valid] {
-                    w.files.push(f.commit()?);
+                    w.files.push(f.commit(true)?);
                 }
                 crate::stall::point("outputs-committed");
                 let target = dir.join("manifest.json");
@@ -436,217 +578,60 @@ impl Output {
     }
 }
 
-/// When train.jsonl would stay empty while valid.jsonl got lines of at
-/// least two sessions in this run, moves the session with the highest split
-/// point (lines of this run only) to train, so both splits hold data.
-fn ensure_train_not_empty(
-    valid: &mut FileOut,
-    train: &mut FileOut,
-    runs: &[TrainRun],
-) -> Result<Vec<String>> {
-    let sessions: std::collections::BTreeSet<&str> =
-        runs.iter().map(|r| r.session.as_str()).collect();
-    if train.base_lines + train.new_lines > 0 || sessions.len() < 2 {
-        return Ok(Vec::new());
-    }
-    let pick = runs
-        .iter()
-        .max_by(|a, b| a.point.total_cmp(&b.point).then(a.session.cmp(&b.session)))
-        .map(|r| r.session.clone())
-        .expect("runs is not empty");
-    valid.out.flush()?;
-    let file = valid.out.get_mut();
-    let mut kept = Vec::new();
-    let mut moved = Vec::new();
-    let mut kept_lines = 0;
-    for run in runs {
-        let mut chunk = vec![0; (run.end - run.start) as usize];
-        file.seek(SeekFrom::Start(run.start))?;
-        file.read_exact(&mut chunk)?;
-        if run.session == pick {
-            moved.push(chunk);
-        } else {
-            kept_lines += run.lines;
-            kept.push(chunk);
-        }
-    }
-    file.set_len(valid.base_bytes)?;
-    file.seek(SeekFrom::Start(valid.base_bytes))?;
-    for chunk in &kept {
-        valid.out.write_all(chunk)?;
-    }
-    valid.new_lines = kept_lines;
-    for chunk in &moved {
-        for l in chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            train.line(l)?;
-        }
-    }
-    Ok(vec![pick])
-}
-
-/// When valid.jsonl would hold fewer than a batch of lines but there is
-/// enough data for two, moves whole sessions of this run from train to
-/// valid (lowest split point first, so the choice is deterministic).
-fn ensure_valid_batch(
-    train: &mut FileOut,
-    valid: &mut FileOut,
-    runs: &mut [TrainRun],
-) -> Result<Vec<String>> {
-    let valid_total = valid.base_lines + valid.new_lines;
-    let total = valid_total + train.base_lines + train.new_lines;
-    // A full batch when there is enough data for two; else at least one
-    // session, so that both splits hold data.
-    let want = if total >= 2 * MIN_VALID_LINES {
-        MIN_VALID_LINES
-    } else {
-        1
-    };
-    if valid_total >= want || total < 2 || runs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_by(|&a, &b| {
-        runs[a]
-            .point
-            .total_cmp(&runs[b].point)
-            .then(runs[a].session.cmp(&runs[b].session))
-    });
-    let mut need = want - valid_total;
-    let mut moving = vec![false; runs.len()];
-    for (moved_runs, i) in order.into_iter().enumerate() {
-        if need == 0 || (train.base_lines == 0 && moved_runs + 1 == runs.len()) {
-            // Done, or train would be left empty.
-            break;
-        }
-        moving[i] = true;
-        need = need.saturating_sub(runs[i].lines);
-    }
-    // Rewrite this run's part of train without the moved sessions, and
-    // append those to valid.
-    train.out.flush()?;
-    let file = train.out.get_mut();
-    let mut chunks = Vec::with_capacity(runs.len());
-    for run in runs.iter() {
-        let mut chunk = vec![0; (run.end - run.start) as usize];
-        file.seek(SeekFrom::Start(run.start))?;
-        file.read_exact(&mut chunk)?;
-        chunks.push(chunk);
-    }
-    file.set_len(train.base_bytes)?;
-    file.seek(SeekFrom::Start(train.base_bytes))?;
-    let mut moved = Vec::new();
-    let mut kept_lines = 0;
-    for ((run, &mv), chunk) in runs.iter().zip(&moving).zip(&chunks) {
-        if mv {
-            for l in chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                valid.line(l)?;
-            }
-            moved.push(run.session.clone());
-        } else {
-            train.out.write_all(chunk)?;
-            kept_lines += run.lines;
-        }
-    }
-    train.new_lines = kept_lines;
-    Ok(moved)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn similar_ids_split_near_the_fraction() {
-        let valid = (0..1000)
-            .filter(|i| split_point(&format!("nexus-world-{i:04}")) < 0.05)
-            .count();
-        assert!((30..=70).contains(&valid), "{valid} of 1000 below 0.05");
-    }
-
-    #[test]
-    fn hash_is_stable() {
-        let p = split_point("nexus-world-0001");
-        assert!((0.0..1.0).contains(&p));
-    }
-
-    /// Writes `lines` lines for each session into a fresh directory export
-    /// and returns the sessions found in train and valid, and the result.
-    fn split(
-        sessions: &[String],
-        lines: usize,
-        fraction: f64,
-    ) -> (Vec<String>, Vec<String>, Written) {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = Dest::Dir(dir.path().to_path_buf());
-        let mut out = Output::open(&dest, None, fraction).unwrap();
-        for s in sessions {
-            for k in 0..lines {
-                out.line(s, format!("{s} {k}").as_bytes()).unwrap();
-            }
+    fn place(n: usize, fraction: f64) -> Splits {
+        let mut s = Splits::new(Units::default(), fraction);
+        for i in 0..n {
+            s.is_valid(&format!("u{i:04}"));
         }
-        let w = out.finish(&|_| Ok(b"{}".to_vec())).unwrap().unwrap();
-        let read = |name: &str| -> Vec<String> {
-            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
-            let mut ids: Vec<String> = text
-                .lines()
-                .map(|l| l.split(' ').next().unwrap().to_string())
-                .collect();
-            ids.dedup();
-            ids
-        };
-        (read("train.jsonl"), read("valid.jsonl"), w)
-    }
-
-    fn ids(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("nexus-world-{i:04}")).collect()
+        s
     }
 
     #[test]
-    fn each_session_goes_whole_to_the_side_its_hash_picks() {
-        let sessions = ids(200);
-        let (train, valid, w) = split(&sessions, 3, 0.1);
-        let want: Vec<String> = sessions
+    fn the_first_unit_trains_and_valid_follows_the_fraction_in_units() {
+        let s = place(1, 0.9);
+        assert_eq!((s.units.train.len(), s.units.valid.len()), (1, 0));
+        for (n, f) in [(14, 0.05), (200, 0.05), (1000, 0.1), (7, 0.5)] {
+            let s = place(n, f);
+            let v = s.units.valid.len() as f64;
+            assert!((v - f * n as f64).abs() <= 1.0, "{v} valid of {n} at {f}");
+            assert_eq!(s.units.train.len() + s.units.valid.len(), n);
+        }
+    }
+
+    #[test]
+    fn a_placed_unit_keeps_its_split_and_a_new_fraction_applies_to_new_units_only() {
+        let s = place(100, 0.1);
+        let valid: Vec<String> = s.units.valid.iter().cloned().collect();
+        let mut units = s.settle_all();
+        units.fraction = Some(0.1);
+        let mut s = Splits::new(units, 0.5);
+        assert_eq!(s.changed_from, Some(0.1));
+        for u in &valid {
+            assert!(s.is_valid(u), "{u} moved");
+        }
+        for i in 0..100 {
+            s.is_valid(&format!("new{i:03}"));
+        }
+        let new_valid = s
+            .units
+            .valid
             .iter()
-            .filter(|s| split_point(s) < 0.1)
-            .cloned()
-            .collect();
-        assert!(want.len() >= 2, "{} valid sessions", want.len());
-        assert_eq!(valid, want);
-        assert_eq!(train.len() + valid.len(), 200, "no session on both sides");
-        assert!(w.forced_valid.is_empty() && w.forced_train.is_empty());
-        assert_eq!(w.new_lines, 600);
-        let lines: Vec<(&str, u64)> = w.files.iter().map(|(n, c)| (n.as_str(), c.lines)).collect();
-        assert_eq!(
-            lines,
-            [
-                ("train.jsonl", 3 * train.len() as u64),
-                ("valid.jsonl", 3 * valid.len() as u64)
-            ]
+            .filter(|u| u.starts_with("new"))
+            .count();
+        assert!(
+            (49..=51).contains(&new_valid),
+            "{new_valid} of 100 new units"
         );
+        assert_eq!(s.units.valid.len() - new_valid, valid.len());
     }
 
-    #[test]
-    fn an_empty_valid_side_gets_a_batch_of_whole_sessions_lowest_split_point_first() {
-        let sessions = ids(10);
-        let (train, valid, w) = split(&sessions, 1, 0.0);
-        let mut by_point = sessions.clone();
-        by_point.sort_by(|a, b| split_point(a).total_cmp(&split_point(b)));
-        let mut want = by_point[..MIN_VALID_LINES as usize].to_vec();
-        want.sort();
-        assert_eq!(valid, want);
-        assert_eq!(w.forced_valid.len(), MIN_VALID_LINES as usize);
-        assert_eq!(train.len(), 10 - MIN_VALID_LINES as usize);
-
-        // Too little data for a batch: one session, and train keeps the rest.
-        let (train, valid, w) = split(&ids(3), 1, 0.0);
-        assert_eq!((train.len(), valid.len(), w.forced_valid.len()), (2, 1, 1));
-    }
-
-    #[test]
-    fn train_is_never_left_empty_while_valid_holds_several_sessions() {
-        let (train, valid, w) = split(&ids(5), 2, 0.999_999);
-        assert!(!train.is_empty(), "train is empty");
-        assert_eq!(train.len() + valid.len(), 5);
-        assert_eq!(w.forced_train.len(), train.len());
+    impl Splits {
+        fn settle_all(self) -> Units {
+            self.units
+        }
     }
 }

@@ -79,6 +79,9 @@ pub struct Rebuilt {
     pub messages: Vec<Message>,
     pub alternatives: Vec<Alternative>,
     pub stats: RebuildStats,
+    /// The rows left out as undone (a later run retracts an exported line
+    /// that trained on one of them).
+    pub undone: Vec<Message>,
 }
 
 /// Opening of every compaction summary Hermes has written.
@@ -102,11 +105,13 @@ pub fn rebuild(session: &Session) -> Rebuilt {
     let by_uid = by_identity(&session.messages, &mut stats);
     let rows = by_uid.as_deref().unwrap_or(&session.messages);
     let (turns, undone) = structure(rows, &mut stats);
+    let undone_rows = undone.iter().flat_map(|(_, b)| b.iter().cloned()).collect();
     let (messages, alternatives) = meaning(turns, undone, &mut stats);
     Rebuilt {
         messages,
         alternatives,
         stats,
+        undone: undone_rows,
     }
 }
 

@@ -75,9 +75,32 @@ pub fn sync_dir(target: &Path) {
 /// output, not the run; [`Stdout::finish`] then says the lines were not
 /// all delivered).
 pub struct Stdout {
-    out: BufWriter<Box<dyn Write>>,
+    out: BufWriter<Accepted>,
     closed: bool,
     what: String,
+    /// Bytes handed to the buffer, and where each line not yet known to
+    /// be delivered ends.
+    written: u64,
+    ends: std::collections::VecDeque<u64>,
+    delivered: u64,
+}
+
+/// A writer that counts the bytes the reader accepted.
+struct Accepted {
+    inner: Box<dyn Write>,
+    bytes: u64,
+}
+
+impl Write for Accepted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl Stdout {
@@ -88,9 +111,32 @@ impl Stdout {
     /// A stream into an already opened special file.
     pub fn on(out: Box<dyn Write>, what: String) -> Stdout {
         Stdout {
-            out: BufWriter::with_capacity(1 << 16, out),
+            out: BufWriter::with_capacity(
+                1 << 16,
+                Accepted {
+                    inner: out,
+                    bytes: 0,
+                },
+            ),
             closed: false,
             what,
+            written: 0,
+            ends: std::collections::VecDeque::new(),
+            delivered: 0,
+        }
+    }
+
+    /// Lines the reader has taken so far (all of them after a successful
+    /// [`Stdout::finish`]; fewer when it closed the pipe first).
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    fn count_delivered(&mut self) {
+        let accepted = self.out.get_ref().bytes;
+        while self.ends.front().is_some_and(|e| *e <= accepted) {
+            self.ends.pop_front();
+            self.delivered += 1;
         }
     }
 
@@ -99,11 +145,14 @@ impl Stdout {
         if self.closed {
             return Ok(());
         }
-        match self
+        let result = self
             .out
             .write_all(line)
-            .and_then(|_| self.out.write_all(b"\n"))
-        {
+            .and_then(|_| self.out.write_all(b"\n"));
+        self.written += line.len() as u64 + 1;
+        self.ends.push_back(self.written);
+        self.count_delivered();
+        match result {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                 self.closed = true;
                 Ok(())
@@ -114,11 +163,13 @@ impl Stdout {
 
     /// Flushes. `Ok(true)` when every line reached the reader, `Ok(false)`
     /// when the reader closed the pipe first.
-    pub fn finish(mut self) -> Result<bool> {
+    pub fn finish(&mut self) -> Result<bool> {
         if self.closed {
             return Ok(false);
         }
-        match self.out.flush() {
+        let flushed = self.out.flush();
+        self.count_delivered();
+        match flushed {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
             Err(e) => Err(e).with_context(|| format!("writing to {}", self.what)),
             Ok(()) => Ok(true),

@@ -84,6 +84,8 @@ reasons! {
     HarnessOnlySession => "harness_only_session",
     /// A session (or a turn before a time) that `forget` removed.
     ForgottenSession => "forgotten_session",
+    /// An exchange whose normalised copy is already in the other split.
+    CrossSplitCopy => "cross_split_copy",
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! guessing with a timer. Points: `mid-output` (some lines written to
 //! train.jsonl, on disk), `outputs-committed` (train/valid synced, manifest
 //! not yet written), `before-state` (outputs and manifest in place, state
-//! not yet replaced).
+//! not yet replaced); for `forget`: `forget-staged` (the new contents staged
+//! beside the files, no journal yet), `forget-journal` (the journal saved,
+//! the files not yet renamed).
 
 use std::time::Duration;
 

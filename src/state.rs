@@ -10,18 +10,37 @@
 //! back) by the next run, and a file that someone else changed is refused
 //! instead of being cut at a byte count that no longer ends a line.
 //!
+//! Crash safety, the first night included:
+//! - Claim before the first byte: a run that is about to write a file the
+//!   state does not list yet (the first night, a new split file) first
+//!   saves the state with that file committed at 0 bytes ([`RunState::claim`]).
+//!   A kill at any later point leaves a file the next run recognises and
+//!   cuts back; only a file that held bytes before the claim (someone
+//!   else's) is refused.
+//! - Rewrites (`forget`) are a two-phase commit through a journal: the new
+//!   contents are written and synced to staged files beside the targets
+//!   (`.hermes-harvest-staged-<name>`), then the state is saved with the
+//!   journal (each staged file and what it holds), then the staged files
+//!   are renamed over the targets, then the state is saved with the new
+//!   committed figures and no journal. Every run and every `forget` first
+//!   finishes a journal it finds ([`finish_journal`]): a staged file still
+//!   there is renamed into place, one already renamed is checked against
+//!   the journal. A kill at any point is thus finished by the next command.
+//!
 //! Coverage rules (a filter never consumes what it did not export):
 //! - `state.db` turns are covered by the watermark (the highest message id
 //!   of the snapshot a committed run read), except those listed in
 //!   [`Pending`]: turns a filter left out (`--since`, `--until`,
-//!   `--min-turns`) and sessions the session filters (`--channel`,
-//!   `--source`, `--session`, `--model`) did not select. They stay
-//!   exportable by a later run whose filters take them.
+//!   `--min-turns`), sessions the session filters (`--channel`,
+//!   `--source`, `--session`, `--model`) did not select, and sessions whose
+//!   samples the chat template failed to render. They stay exportable by a
+//!   later run whose filters take them.
 //! - Sessions without row ids (response store, session files) are covered by
 //!   the identities of their exported turns, so a file rewritten shorter (an
 //!   undo) does not hide the turns that follow.
 //! - The state belongs to one output (format, style, target, destination);
 //!   any other is refused before a byte changes.
+//! - Split units keep the split they were placed in (see `output`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -39,10 +58,11 @@ use crate::select::{Covered, TurnSelection, turn_key};
 use crate::sink::{persist, temp_beside};
 
 /// Version 2: pending turns, turn identities, output identity and tails.
-/// Version 3 adds `curation` (fingerprints, forgotten sessions), which an
-/// older tool would drop: it refuses version 3, and this one reads version
-/// 2 as version 3 without curation memory.
-pub const STATE_VERSION: u32 = 3;
+/// Version 3 adds `curation` (fingerprints, forgotten sessions). Version 4
+/// adds split units, the journal, the tool version and the cumulative
+/// figures; versions 2 and 3 are migrated (their sessions keep the split
+/// their lines are in, see `output::migrate_units`).
+pub const STATE_VERSION: u32 = 4;
 /// The oldest version read as is.
 const STATE_VERSION_READ: u32 = 2;
 
@@ -70,12 +90,40 @@ pub struct RunState {
     /// Each cumulative output file as committed (by file name).
     #[serde(default)]
     pub outputs: BTreeMap<String, Committed>,
-    /// Sessions moved to valid.jsonl to give it a full batch; they stay there.
-    #[serde(default)]
+    /// Version 3: sessions moved to valid.jsonl (read for the migration only).
+    #[serde(default, skip_serializing)]
     pub forced_valid: Vec<String>,
-    /// Sessions moved to train.jsonl so that it is not empty; they stay there.
-    #[serde(default)]
+    /// Version 3: sessions moved to train.jsonl (read for the migration only).
+    #[serde(default, skip_serializing)]
     pub forced_train: Vec<String>,
+    /// Rejected or undone reply rows (at or below the watermark) already
+    /// looked for in the files (each is looked for once).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub superseded_rows: BTreeSet<i64>,
+    /// The session of each line of files written without `meta`
+    /// (`--no-meta`, `--target openai`), as runs of (session, lines) in file
+    /// order per file name, so that `forget` and retraction can tell them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub index: BTreeMap<String, Vec<(String, u64)>>,
+    /// Compression children (and other non-root ids) of exported
+    /// lineages → their root, so that `forget` takes any id of a lineage.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lineage: BTreeMap<String, String>,
+    /// The split of every unit that has lines (see `output`).
+    #[serde(default)]
+    pub units: Units,
+    /// Rewrites staged but not yet in place (see the module header).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal: Vec<Staged>,
+    /// The hermes-harvest version of the last committed run.
+    #[serde(default)]
+    pub tool_version: String,
+    /// The state version the file was read as (not written).
+    #[serde(skip)]
+    pub read_version: u32,
+    /// Running sums over every night: what the cumulative files hold.
+    #[serde(default)]
+    pub dataset: crate::manifest::Dataset,
     /// Successful runs so far.
     #[serde(default)]
     pub runs: u64,
@@ -115,6 +163,29 @@ pub struct Committed {
     pub lines: u64,
     /// Hash of the last (at most [`TAIL_BYTES`]) committed bytes.
     pub tail: String,
+}
+
+/// The units of each split and the fraction new units are placed by.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Units {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub train: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub valid: BTreeSet<String>,
+    /// `--valid-fraction` in force, and the units (all, valid) placed when
+    /// it took effect: a changed fraction applies to new units only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    #[serde(default)]
+    pub base: (u64, u64),
+}
+
+/// A rewrite staged by `forget`: the staged file and what it holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Staged {
+    /// The output file's name (a plain name inside the output).
+    pub name: String,
+    pub new: Committed,
 }
 
 /// Bytes at the end of a committed output that are hashed.
@@ -232,17 +303,138 @@ impl RunState {
                 path.display()
             )
         })?;
+        st.read_version = st.version;
         st.version = STATE_VERSION;
         Ok(st)
     }
 
-    /// Replaces the state file atomically (owner-only permissions).
+    /// Replaces the state file atomically (owner-only permissions),
+    /// written through a buffer.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tmp = temp_beside(path)?;
-        serde_json::to_writer(&mut tmp, self)?;
-        tmp.write_all(b"\n")?;
+        {
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
+            serde_json::to_writer(&mut out, self)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
         persist(tmp, path)
     }
+
+    /// Before a run writes a file the state does not list yet, records it
+    /// as committed at 0 bytes (with the output's identity), so that a kill
+    /// from now on leaves a file the next run cuts back instead of refusing
+    /// it. Saves the state only when something was added.
+    pub fn claim(
+        &mut self,
+        path: &Path,
+        names: &[String],
+        identity: &OutputIdentity,
+    ) -> Result<()> {
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| !self.outputs.contains_key(n.as_str()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for n in missing {
+            self.outputs.insert(n.clone(), Committed::default());
+        }
+        self.identity.get_or_insert_with(|| identity.clone());
+        self.save(path)
+    }
+}
+
+/// `<state>.inflight`: present from before a run appends its first byte
+/// until its state is committed. Bytes past the committed length of a
+/// cumulative file are a killed run's tail (cut back) only while it is
+/// there; without it they were added by someone else (refused).
+pub fn inflight_path(state: &Path) -> PathBuf {
+    let mut name = state.as_os_str().to_owned();
+    name.push(".inflight");
+    PathBuf::from(name)
+}
+
+/// Marks a run of `state` as under way (synced, so that a kill after the
+/// first appended byte always finds it).
+pub fn mark_inflight(state: &Path) -> Result<()> {
+    let path = inflight_path(state);
+    let mut f = crate::safe_io::open_private_nofollow(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    f.sync_all()?;
+    crate::sink::sync_dir(&path);
+    Ok(())
+}
+
+/// The run of `state` is committed (or wrote nothing).
+pub fn clear_inflight(state: &Path) {
+    let path = inflight_path(state);
+    if std::fs::remove_file(&path).is_ok() {
+        crate::sink::sync_dir(&path);
+    }
+}
+
+/// The staged file of a rewrite of `target`.
+pub fn staged_path(target: &Path) -> PathBuf {
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    target.with_file_name(format!(".hermes-harvest-staged-{name}"))
+}
+
+/// Whether `name` (from a state file) is a plain file name: a state never
+/// leads a command outside its own output.
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0'])
+}
+
+/// Finishes the rewrites a killed command left in the journal (see the
+/// module header); `path_of` maps an output file name to its path. Saves
+/// the state when there was something to finish.
+pub fn finish_journal(
+    st: &mut RunState,
+    state_path: &Path,
+    path_of: &dyn Fn(&str) -> PathBuf,
+) -> Result<()> {
+    if st.journal.is_empty() {
+        return Ok(());
+    }
+    for entry in std::mem::take(&mut st.journal) {
+        if !plain_name(&entry.name) {
+            bail!(
+                "state file {} names the output file {:?}, which is not a plain file name; nothing was changed",
+                state_path.display(),
+                entry.name
+            );
+        }
+        let target = path_of(&entry.name);
+        let staged = staged_path(&target);
+        if entry.new.bytes == 0 {
+            // No line left: no file (a 0-byte JSONL file makes loaders fail).
+            for p in [&staged, &target] {
+                match std::fs::remove_file(p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("removing {}", p.display()));
+                    }
+                    _ => {}
+                }
+            }
+            crate::sink::sync_dir(&target);
+        } else if staged.exists() {
+            std::fs::rename(&staged, &target)
+                .with_context(|| format!("replacing {}", target.display()))?;
+            crate::sink::sync_dir(&target);
+        } else {
+            // Renamed already: the target must hold what was staged.
+            let mut file =
+                File::open(&target).with_context(|| format!("opening {}", target.display()))?;
+            let len = file.metadata()?.len();
+            crate::output::check_committed(&mut file, &target, len, &entry.new)?;
+        }
+        st.outputs.insert(entry.name, entry.new);
+    }
+    st.save(state_path)
 }
 
 /// What one run covered and left pending.
@@ -257,6 +449,8 @@ pub struct RunCoverage {
     pub pending: BTreeMap<String, Pending>,
     /// state.db sessions the session filters left out in this run.
     pub unselected: Vec<String>,
+    /// Non-root ids of the lineages read → their root.
+    pub lineage: BTreeMap<String, String>,
 }
 
 impl RunCoverage {
@@ -313,6 +507,60 @@ impl RunCoverage {
         }
     }
 
+    /// Remembers the other ids of a session's lineage.
+    pub fn record_lineage(&mut self, covered: &Covered<'_>, session: &Session) {
+        if covered.state.is_none() {
+            return;
+        }
+        for id in session.lineage.iter().filter(|id| **id != session.id) {
+            self.lineage.insert(id.clone(), session.id.clone());
+        }
+    }
+
+    /// Gives the turns `consumed` of a session back to pending (its samples
+    /// failed to render): nothing of it was written.
+    pub fn unconsume(
+        &mut self,
+        covered: &Covered<'_>,
+        session: &Session,
+        exchanges: &[Exchange<'_>],
+        (consumed, idents): (&[bool], &[u64]),
+    ) {
+        if covered.state.is_none() {
+            return;
+        }
+        if session.origin != Some(Origin::StateDb) {
+            if let Some(v) = self.covered.get_mut(&session.id) {
+                let back: BTreeSet<u64> = idents
+                    .iter()
+                    .zip(consumed)
+                    .filter(|(_, c)| **c)
+                    .map(|(i, _)| *i)
+                    .collect();
+                v.retain(|i| !back.contains(i));
+            }
+            return;
+        }
+        let context_upto = session.resume_after.unwrap_or(0);
+        let mut left = Pending::default();
+        let mut extend = false;
+        for (ex, c) in exchanges.iter().zip(consumed) {
+            match turn_key(ex.msgs) {
+                Some(key) if *c && key > context_upto => {
+                    left.add_turn(key, ex.timestamp.or(session.started_at), extend);
+                    extend = true;
+                }
+                _ => extend = false,
+            }
+        }
+        if !left.is_empty() {
+            self.pending
+                .entry(session.id.clone())
+                .or_default()
+                .merge(left);
+        }
+    }
+
     /// Folds this run into the state; true when the state file must be
     /// written (something changed, or outputs were committed).
     pub fn commit(
@@ -336,6 +584,7 @@ impl RunCoverage {
             p.unselected_after = Some(p.unselected_after.map_or(previous, |a| a.min(previous)));
         }
         st.pending.retain(|_, p| !p.is_empty());
+        st.lineage.extend(self.lineage);
         for (id, mut idents) in self.covered {
             let v = st.covered_turns.entry(id).or_default();
             v.append(&mut idents);
@@ -346,9 +595,14 @@ impl RunCoverage {
             for (name, committed) in &w.files {
                 st.outputs.insert(name.clone(), committed.clone());
             }
-            st.forced_valid = w.forced_valid.clone();
-            st.forced_train = w.forced_train.clone();
+            st.units = w.units.clone();
+            for (name, runs) in &w.index {
+                st.index.insert(name.clone(), runs.clone());
+            }
         }
+        st.forced_valid.clear();
+        st.forced_train.clear();
+        st.tool_version = env!("CARGO_PKG_VERSION").to_string();
         st.watermark = st.watermark.max(top);
         st.selection = selection;
         st.identity = Some(identity);

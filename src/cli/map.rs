@@ -133,6 +133,8 @@ impl ExportArgs {
             state: self.state.clone(),
             redact: !self.no_redact,
             strict: self.strict,
+            skip_unrenderable: self.skip_unrenderable,
+            fail_on_empty: self.fail_on_empty,
             quiet: self.quiet,
             fail_on_drop: self.fail_on_drop,
             fold_system: self.fold_system,
@@ -158,6 +160,7 @@ impl ForgetArgs {
             out: self.out.clone(),
             state: self.state.clone(),
             force: self.force,
+            dry_run: self.dry_run,
             quiet: self.quiet,
         }
     }

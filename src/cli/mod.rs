@@ -179,6 +179,13 @@ pub struct ExportArgs {
     /// Any unreadable input is fatal instead of skipped
     #[arg(long)]
     pub strict: bool,
+    /// Give up for good on samples the chat template fails to render (skipped as
+    /// template_error) instead of keeping them pending for a later run
+    #[arg(long)]
+    pub skip_unrenderable: bool,
+    /// Exit 6 when the export leaves no line at all (0 stays "success, nothing new")
+    #[arg(long)]
+    pub fail_on_empty: bool,
     /// Print errors only (and the one warning naming what was dropped, see --fail-on-drop)
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -228,6 +235,9 @@ pub struct ForgetArgs {
     /// Record ids that no output line or state entry knows
     #[arg(long)]
     pub force: bool,
+    /// List the lines that would be removed; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print errors only
     #[arg(long, short = 'q')]
     pub quiet: bool,

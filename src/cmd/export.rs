@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use crate::config::{ExportConfig, SystemPolicy};
 use crate::coverage;
-use crate::curate::meta::Meta;
+use crate::curate::meta::{self, Meta};
 use crate::curate::{Curator, quality};
 use crate::exit::{self, Failure};
 use crate::format::fit::Fitter;
@@ -20,7 +20,7 @@ use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
 use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_chain};
 use crate::hermes_settings::HermesSettings;
 use crate::home::HermesHome;
-use crate::manifest::{Counting, Inputs, Manifest, Totals};
+use crate::manifest::{Counting, Dataset, Inputs, Manifest, Totals};
 use crate::model::{Channel, Origin, Role, Session};
 use crate::output::{Output, Written};
 use crate::paths::{DIR_FILES, Dest, Plan};
@@ -80,6 +80,15 @@ struct Run<'a> {
     redactor: Option<Redactor>,
     /// Provenance, duplicates, quality rules, dry-run figures.
     curate: Curator,
+    /// Sessions the template failed on (kept pending with `--state`).
+    render_failed: Vec<String>,
+    /// Of those, the sessions kept pending.
+    pending_renders: usize,
+    /// Replies exported by an earlier run and since regenerated, undone or
+    /// rewound (SFT: their lines are retracted after the commit), and the
+    /// rows looked at.
+    superseded: BTreeMap<String, crate::cmd::forget::Superseded>,
+    superseded_rows: Vec<i64>,
 }
 
 /// A rebuilt session ready to format.
@@ -117,57 +126,52 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     if !dry_run {
         remove_leftovers(&plan);
     }
-    let state = plan.state.as_deref().map(RunState::load).transpose()?;
+    let mut state = load_state(&plan, dry_run)?;
     // A cumulative output belongs to one state, format and style.
     let identity = coverage::identity(&cfg, &plan);
     coverage::check_output(state.as_ref(), &plan, &identity)?;
-    let mut stores = open_stores(&cfg, &home, state.is_some(), &mut report)?;
+    let mut stores = open_stores(&cfg, &home, state.as_ref(), &mut report)?;
     let mut redactor = open_redactor(&cfg, &home, &mut report)?;
     let top = watermark(&mut stores, state.as_ref(), &report)?;
     let stores = stores;
     let selection = coverage::selection(&cfg);
     system_prompt(&mut cfg.system, &home, redactor.as_mut());
     let cfg = &cfg;
-    let output = if dry_run {
-        Output::discard()
-    } else {
-        Output::open(&plan.dest, state.as_ref(), cfg.valid_fraction)?
-    };
+    let output = open_output(cfg, &plan, state.as_mut(), &identity)?;
     let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
     run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
     if dry_run {
         run.dry_run_report(&report);
-        return Ok(exit_code(&report, &run.totals, cfg));
+        return Ok(exit_code(&report, &run.totals, cfg, None));
     }
-    let closed = run.close(&stores, &mut report, top)?;
+    let mut closed = run.close(&stores, &mut report, (top, state.as_ref()))?;
     if let (Dest::Dir(dir), Some(m)) = (&plan.dest, &closed.manifest) {
         crate::card::write(dir, m)?;
     }
+    let held = closed.dataset.lines.values().sum::<u64>();
     if let (Some(path), Some(mut st)) = (&plan.state, state) {
         let written = closed.written.as_ref();
+        st.dataset = closed.dataset.clone();
         commit_state(
             path,
             &mut st,
-            (closed.coverage, &closed.curate),
+            (std::mem::take(&mut closed.coverage), &closed.curate),
             written,
             (top, selection, identity),
         )?;
+        closed.retracted = retract(path, &mut st, &plan.dest, &mut closed.superseded)?;
+        crate::state::clear_inflight(path);
     }
-    summarize(
-        &report,
-        &closed.totals,
-        cfg,
-        &closed.redactions,
-        closed.written.is_none(),
-        closed.exact,
-    );
-    Ok(exit_code(&report, &closed.totals, cfg))
+    summarize(&report, &closed, cfg);
+    Ok(exit_code(&report, &closed.totals, cfg, Some(held)))
 }
 
 /// The run's exit code, after the one warning that names what was
 /// dropped (kept under `--quiet`): [`exit::DROPPED`] for a drop under
-/// `--fail-on-drop`, else [`exit::PARTIAL`] for unreadable inputs.
-fn exit_code(report: &Report, totals: &Totals, cfg: &ExportConfig) -> u8 {
+/// `--fail-on-drop`, else [`exit::PARTIAL`] for unreadable inputs, else
+/// [`exit::EMPTY`] when `held` (the lines of the whole output; `None` for a
+/// dry run) is 0 under `--fail-on-empty`.
+fn exit_code(report: &Report, totals: &Totals, cfg: &ExportConfig, held: Option<u64>) -> u8 {
     if let Some(w) = totals.drops.warning(cfg.max_tokens) {
         report.alert(w);
         if cfg.fail_on_drop {
@@ -176,8 +180,72 @@ fn exit_code(report: &Report, totals: &Totals, cfg: &ExportConfig) -> u8 {
     }
     if report.partial {
         exit::PARTIAL
+    } else if cfg.fail_on_empty && held == Some(0) {
+        report.warn(format_args!(
+            "the export holds no line (--fail-on-empty): exit {}",
+            exit::EMPTY
+        ));
+        exit::EMPTY
     } else {
         exit::OK
+    }
+}
+
+/// The state, with a killed `forget` finished and an older version's
+/// units migrated (a dry run finishes nothing).
+fn load_state(plan: &Plan, dry_run: bool) -> Result<Option<RunState>> {
+    let mut state = plan.state.as_deref().map(RunState::load).transpose()?;
+    if let (Some(st), Some(path)) = (state.as_mut(), plan.state.as_deref()) {
+        let path_of = path_in(&plan.dest);
+        if !dry_run {
+            crate::state::finish_journal(st, path, &path_of)?;
+            // A `forget` killed before its commit left staged files only.
+            for name in st.outputs.keys().filter(|n| crate::state::plain_name(n)) {
+                let _ = std::fs::remove_file(crate::state::staged_path(&path_of(name)));
+            }
+        }
+        crate::output::migrate_units(st, &path_of)?;
+    }
+    Ok(state)
+}
+
+/// Opens the output; with a state, claims its new files and marks the run
+/// under way before a byte is written, so a kill from here on leaves files
+/// the next run recognises.
+fn open_output(
+    cfg: &ExportConfig,
+    plan: &Plan,
+    state: Option<&mut RunState>,
+    identity: &crate::state::OutputIdentity,
+) -> Result<Output> {
+    if cfg.curate.dry_run {
+        return Ok(Output::discard());
+    }
+    let interrupted = plan
+        .state
+        .as_deref()
+        .is_some_and(|p| crate::state::inflight_path(p).exists());
+    let output = Output::open(
+        &plan.dest,
+        state.as_deref(),
+        cfg.valid_fraction,
+        (interrupted, cfg.curate.meta),
+    )?;
+    if let (Some(st), Some(path)) = (state, plan.state.as_deref()) {
+        st.claim(path, &output.file_names(), identity)?;
+        if !output.file_names().is_empty() {
+            crate::state::mark_inflight(path)?;
+        }
+    }
+    Ok(output)
+}
+
+/// The path of an output file (by its name in the state) of `dest`.
+fn path_in(dest: &Dest) -> impl Fn(&str) -> std::path::PathBuf + '_ {
+    move |name| match dest {
+        Dest::Dir(d) => d.join(name),
+        Dest::File(p) => p.clone(),
+        Dest::Stdout | Dest::Special(_) => std::path::PathBuf::from(name),
     }
 }
 
@@ -227,11 +295,26 @@ fn remove_leftovers(plan: &Plan) {
 fn open_stores(
     cfg: &ExportConfig,
     home: &HermesHome,
-    incremental: bool,
+    state: Option<&RunState>,
     report: &mut Report,
 ) -> Result<Stores> {
     let mut stores = Stores::open(home, report)?;
-    if incremental && stores.state.is_none() && home.state_db().exists() {
+    if let Some(st) = state.filter(|s| s.watermark > 0 && stores.state.is_none())
+        && !home.state_db().exists()
+    {
+        // The other stores hold copies of its turns: taking them now would
+        // export them twice once it is back.
+        return Err(Failure::new(
+            exit::PARTIAL,
+            format!(
+                "{} is missing, but the state file has seen it (up to message id {}); with --state nothing is exported and the state is kept, so the next run with state.db back takes everything new",
+                home.state_db().display(),
+                st.watermark
+            ),
+        )
+        .into());
+    }
+    if state.is_some() && stores.state.is_none() && home.state_db().exists() {
         // Exporting the other stores now would commit their copies of the
         // canonical turns, and the next run would export them again.
         return Err(Failure::new(
@@ -305,6 +388,10 @@ impl<'a> Run<'a> {
             output,
             redactor,
             curate: Curator::new(cfg.curate.clone(), state.map(|s| &s.curation)),
+            render_failed: Vec::new(),
+            pending_renders: 0,
+            superseded: BTreeMap::new(),
+            superseded_rows: Vec::new(),
         }
     }
 
@@ -413,6 +500,8 @@ impl<'a> Run<'a> {
         let Some(p) = self.prepare(session, report) else {
             return Ok(());
         };
+        self.coverage.record_lineage(&self.covered, &p.session);
+        self.find_superseded(&p);
         let mut exchanges = format::exchanges(&p.rebuilt.messages);
         mark_retried(&p.rebuilt, &mut exchanges);
         if self.cfg.shape == Shape::Sft {
@@ -436,9 +525,11 @@ impl<'a> Run<'a> {
         }
         self.coverage
             .record_session(&self.covered, &p.session, &exchanges, &sel);
+        // What a render error gives back to pending.
+        let consumed = sel.selected.clone();
         // Curation, once coverage is settled (what it drops is consumed,
         // never pending): forgotten sessions and turns, the near-duplicate
-        // cap.
+        // cap, copies of what the other split holds.
         let kept = self.curate.select(
             &p.session.id,
             p.session.started_at,
@@ -455,10 +546,14 @@ impl<'a> Run<'a> {
             }
             return Ok(());
         }
-        let over_budget = match self.cfg.shape {
+        self.cross_split(&p, &exchanges, &mut sel, report);
+        let (over_budget, failed) = match self.cfg.shape {
             Shape::Sft => self.write_sft(&p, &exchanges, &sel, report)?,
             Shape::Dpo | Shape::DpoFlat => self.write_dpo(&p, &sel, report)?,
         };
+        if let Some(e) = failed {
+            self.keep_pending(&p, &exchanges, (&consumed, &sel.idents), e, report)?;
+        }
         self.totals
             .tokens
             .entry(p.channel.as_str())
@@ -467,17 +562,157 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Writes the SFT samples of one session; returns how many were over
-    /// the budget.
+    /// Replies of an earlier run (rows at or below the watermark, not looked
+    /// at before) that the rebuild now shows rejected (a regeneration, a
+    /// rewind) or undone, and not live: their lines are retracted after the
+    /// commit. The rebuild decides what is live (so a compaction's clones
+    /// are not undos).
+    fn find_superseded(&mut self, p: &Prepared) {
+        let Some(st) = self.covered.state else {
+            return;
+        };
+        if self.cfg.shape != Shape::Sft || p.session.origin != Some(Origin::StateDb) {
+            return;
+        }
+        let old = |m: &&crate::model::Message| {
+            m.role == Role::Assistant
+                && m.row_id
+                    .is_some_and(|id| id <= st.watermark && !st.superseded_rows.contains(&id))
+        };
+        let rejected = p
+            .rebuilt
+            .alternatives
+            .iter()
+            .flat_map(|a| a.rejected.iter());
+        let mut gone: Vec<crate::model::Message> = rejected.filter(old).cloned().collect();
+        let undone: Vec<crate::model::Message> =
+            p.rebuilt.undone.iter().filter(old).cloned().collect();
+        match self.redactor.as_mut() {
+            // As the lines hold them; these redactions are not counted.
+            Some(r) => {
+                let counts = r.counts.clone();
+                for mut m in undone {
+                    r.message(&mut m);
+                    gone.push(m);
+                }
+                r.counts = counts;
+            }
+            None => gone.extend(undone),
+        }
+        self.superseded_rows
+            .extend(gone.iter().filter_map(|m| m.row_id));
+        let live: std::collections::HashSet<&str> = (p.rebuilt.messages.iter())
+            .filter(|m| m.role == Role::Assistant)
+            .map(|m| m.content.as_str())
+            .collect();
+        let texts: std::collections::BTreeSet<String> = (gone.into_iter())
+            .map(|m| m.content)
+            .filter(|t| !t.trim().is_empty() && !live.contains(t.as_str()))
+            .collect();
+        if texts.is_empty() {
+            return;
+        }
+        let turns = format::exchanges(&p.rebuilt.messages)
+            .iter()
+            .filter_map(|ex| {
+                let key = select::turn_key(ex.msgs).filter(|k| *k <= st.watermark)?;
+                let t = ex.timestamp.or(p.session.started_at);
+                Some((ex.msgs.first()?.content.clone(), key, t))
+            })
+            .collect();
+        let sup = crate::cmd::forget::Superseded { texts, turns };
+        self.superseded.insert(p.session.id.clone(), sup);
+    }
+
+    /// SFT into a directory: an exchange whose normalised copy the other
+    /// split already holds is left out (and is never context), so valid
+    /// measures what train has not shown.
+    fn cross_split(
+        &mut self,
+        p: &Prepared,
+        exchanges: &[Exchange<'_>],
+        sel: &mut TurnSelection,
+        report: &mut Report,
+    ) {
+        if self.cfg.shape != Shape::Sft || !self.output.is_dir() {
+            return;
+        }
+        for (i, ex) in exchanges.iter().enumerate() {
+            if !sel.selected[i] || ex.problem.is_some() {
+                continue;
+            }
+            let valid = self
+                .output
+                .is_valid(&meta::unit(&p.session, p.channel, ex.timestamp));
+            let key = crate::curate::dedupe::exchange_key(ex.msgs);
+            if self.curate.dedupe.in_other_split(key, valid) {
+                sel.selected[i] = false;
+                sel.copied[i] = true;
+                report.skip(Skip::CrossSplitCopy);
+            }
+        }
+    }
+
+    /// A sample of `session` failed to render: true when the session stays
+    /// pending (with `--state`, unless `--skip-unrenderable`); else its
+    /// failed samples are skipped as template_error and, without
+    /// `--skip-unrenderable`, the run is partial.
+    fn render_failed(&mut self, session: &str, e: String, report: &mut Report) -> bool {
+        self.totals.template_error.get_or_insert(e);
+        if self.cfg.skip_unrenderable {
+            return false;
+        }
+        if self.covered.state.is_some() {
+            return true;
+        }
+        report.partial = true;
+        self.render_failed.push(session.to_string());
+        false
+    }
+
+    /// A session whose samples the template failed to render: nothing of
+    /// it is written, and its turns stay pending (fatal with `--strict`).
+    fn keep_pending(
+        &mut self,
+        p: &Prepared,
+        exchanges: &[Exchange<'_>],
+        (consumed, idents): (&[bool], &[u64]),
+        e: String,
+        report: &mut Report,
+    ) -> Result<()> {
+        if self.cfg.strict {
+            return Err(Failure::new(
+                exit::ERROR,
+                format!(
+                    "the chat template failed on a sample of session {}: {e} (--strict)",
+                    p.session.id
+                ),
+            )
+            .into());
+        }
+        report.skip(Skip::TemplateError);
+        report.partial = true;
+        self.coverage
+            .unconsume(&self.covered, &p.session, exchanges, (consumed, idents));
+        self.totals.template_error.get_or_insert(e);
+        self.render_failed.push(p.session.id.clone());
+        self.pending_renders += 1;
+        Ok(())
+    }
+
+    /// Writes the SFT samples of one session, one unit at a time (context
+    /// never crosses a unit); returns how many were over the budget, and
+    /// the template's error when a sample failed to render and the session
+    /// stays pending.
     fn write_sft(
         &mut self,
         p: &Prepared,
         exchanges: &[Exchange<'_>],
         sel: &TurnSelection,
         report: &mut Report,
-    ) -> Result<usize> {
+    ) -> Result<(usize, Option<String>)> {
         if !sel.any() {
-            return Ok(0);
+            return Ok((0, None));
         }
         if sel.too_few {
             // Say why each turn could not count.
@@ -491,28 +726,40 @@ impl<'a> Run<'a> {
             } else {
                 Skip::TooFewTurns
             });
-            return Ok(0);
+            return Ok((0, None));
         }
-        let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
-        let outcome = sft::samples(
-            exchanges,
-            &sel.selected,
-            &sel.copied,
-            &self.kit.opts,
-            &p.systems,
-            &p.tools,
-            &mut fitter,
-        );
-        let over_budget = skipped(report, &outcome.skipped);
-        self.totals.drops.note(&p.session.id, &outcome.skipped);
-        if let Some(e) = outcome.template_error {
-            self.totals.template_error.get_or_insert(e);
+        let mut reasons = Vec::new();
+        let mut lines = Vec::new();
+        for (a, b, unit) in unit_ranges(p, exchanges) {
+            if !sel.selected[a..b].iter().any(|s| *s) {
+                continue;
+            }
+            let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
+            let outcome = sft::samples(
+                &exchanges[a..b],
+                &sel.selected[a..b],
+                &sel.copied[a..b],
+                &self.kit.opts,
+                &p.systems,
+                &p.tools,
+                &mut fitter,
+            );
+            if let Some(e) = outcome.template_error
+                && self.render_failed(&p.session.id, e, report)
+            {
+                return Ok((0, self.totals.template_error.clone()));
+            }
+            reasons.extend(outcome.skipped);
+            // `own` is relative to the unit's first exchange.
+            lines.extend(outcome.lines.into_iter().map(|l| ((unit.clone(), a), l)));
         }
-        let parts = outcome.lines.len();
-        for (k, (line, t, last)) in outcome.lines.into_iter().enumerate() {
+        let over_budget = skipped(report, &reasons);
+        self.totals.drops.note(&p.session.id, &reasons);
+        let parts = lines.len();
+        for (k, ((unit, first), (line, t, last))) in lines.into_iter().enumerate() {
             let meta = Meta {
                 part: (parts > 1).then_some(k + 1),
-                ..Meta::of(&p.session, p.channel, (t, last))
+                ..Meta::of(&p.session, &unit, p.channel, (t, last))
             };
             let json = line.to_json()?;
             let Some(bytes) = self
@@ -521,9 +768,9 @@ impl<'a> Run<'a> {
             else {
                 continue;
             };
-            self.output.line(&p.session.id, &bytes)?;
+            self.output.line((&p.session.id, &unit), &bytes)?;
             // Only what is written counts toward the near-duplicate cap.
-            for ex in &exchanges[line.own.0..line.own.1] {
+            for ex in &exchanges[first + line.own.0..first + line.own.1] {
                 let key = crate::curate::dedupe::exchange_key(ex.msgs);
                 self.curate.dedupe.written(key);
             }
@@ -536,17 +783,18 @@ impl<'a> Run<'a> {
                 .wrote(p.channel, line.count, system_tokens, line.missing_tools);
             *self.totals.prompts.entry(line.prompt).or_default() += 1;
         }
-        Ok(over_budget)
+        Ok((over_budget, None))
     }
 
     /// Writes the preference pairs of one session; returns how many were
-    /// over the budget.
+    /// over the budget, and the template's error when a pair failed to
+    /// render and the session stays pending.
     fn write_dpo(
         &mut self,
         p: &Prepared,
         sel: &TurnSelection,
         report: &mut Report,
-    ) -> Result<usize> {
+    ) -> Result<(usize, Option<String>)> {
         let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
         let msgs = &p.rebuilt.messages;
         // The pair's prompt ends with its exchange's user turn.
@@ -567,31 +815,36 @@ impl<'a> Run<'a> {
             &mut fitter,
             &selected_pair,
         );
+        if let Some(e) = outcome.template_error
+            && self.render_failed(&p.session.id, e, report)
+        {
+            return Ok((0, self.totals.template_error.clone()));
+        }
         let over_budget = skipped(report, &outcome.skipped);
         self.totals.drops.note(&p.session.id, &outcome.skipped);
-        if let Some(e) = outcome.template_error {
-            self.totals.template_error.get_or_insert(e);
-        }
         for (signal, line, count, missing, (t, last), prompt) in outcome.lines {
             let value = serde_json::to_value(&line)?;
-            if !self
-                .curate
-                .dedupe
-                .under_cap(crate::curate::dedupe::line_key(&value))
-            {
+            let key = crate::curate::dedupe::line_key(&value);
+            if !self.curate.dedupe.under_cap(key) {
                 report.skip(Skip::NearDuplicate);
+                continue;
+            }
+            let unit = meta::unit(&p.session, p.channel, t);
+            let valid = self.output.is_valid(&unit);
+            if self.output.is_dir() && self.curate.dedupe.in_other_split(key, valid) {
+                report.skip(Skip::CrossSplitCopy);
                 continue;
             }
             let meta = Meta {
                 signal: Some(signal.as_str()),
-                ..Meta::of(&p.session, p.channel, (t, last))
+                ..Meta::of(&p.session, &unit, p.channel, (t, last))
             };
             // Key order is kept (`preserve_order`): the same bytes as the line's.
             let json = serde_json::to_vec(&value)?;
             let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
                 continue;
             };
-            self.output.line(&p.session.id, &bytes)?;
+            self.output.line((&p.session.id, &unit), &bytes)?;
             self.totals.saw_time(t);
             let system = p
                 .systems
@@ -603,11 +856,16 @@ impl<'a> Run<'a> {
             *self.totals.prompts.entry(prompt).or_default() += 1;
             *self.totals.signals.entry(signal.as_str()).or_default() += 1;
         }
-        Ok(over_budget)
+        Ok((over_budget, None))
     }
 
     /// Finishes the outputs (the manifest with them).
-    fn close(self, stores: &Stores, report: &mut Report, top: i64) -> Result<Closed> {
+    fn close(
+        self,
+        stores: &Stores,
+        report: &mut Report,
+        (top, state): (i64, Option<&RunState>),
+    ) -> Result<Closed> {
         let Run {
             cfg,
             kit,
@@ -617,15 +875,17 @@ impl<'a> Run<'a> {
             output,
             redactor,
             curate,
+            render_failed,
+            pending_renders,
+            superseded,
+            superseded_rows,
             ..
         } = self;
         let redactions = redactor.map(|r| r.counts).unwrap_or_default();
-        if let Some(e) = &totals.template_error {
-            report.warn(format_args!(
-                "the chat template failed on some samples (skipped as template_error): {e}"
-            ));
-        }
+        template_warning(report, &totals, (&render_failed, pending_renders > 0));
+        let fraction_changed = output.splits.changed_from;
         let counted_with = kit.counter.describe();
+        let previous = state.map(|s| s.dataset.clone()).unwrap_or_default();
         let inputs = Inputs {
             cfg,
             stores,
@@ -642,12 +902,20 @@ impl<'a> Run<'a> {
         };
         // The manifest as written, for the dataset card.
         let manifest = RefCell::new(None);
+        let dataset = RefCell::new(None);
         let written = output.finish(&|w| {
-            let m = serde_json::to_value(Manifest::new(&inputs, w))?;
+            let d = Dataset::after_run(&previous, &inputs, w);
+            let m = serde_json::to_value(Manifest::new(&inputs, w, &d))?;
             let bytes = serde_json::to_vec_pretty(&m)?;
             *manifest.borrow_mut() = Some(m);
+            *dataset.borrow_mut() = Some(d);
             Ok(bytes)
         })?;
+        let dataset = match (dataset.into_inner(), &written) {
+            (Some(d), _) => d,
+            (None, Some(w)) => Dataset::after_run(&previous, &inputs, w),
+            (None, None) => previous,
+        };
         Ok(Closed {
             written,
             coverage,
@@ -656,6 +924,10 @@ impl<'a> Run<'a> {
             exact: kit.counter.is_exact(),
             manifest: manifest.into_inner(),
             curate,
+            dataset,
+            fraction_changed: fraction_changed.map(|f| (f, cfg.valid_fraction)),
+            superseded: (superseded, superseded_rows),
+            retracted: 0,
         })
     }
 
@@ -681,6 +953,9 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Superseded replies per session, and the rows looked at.
+type Found = (BTreeMap<String, crate::cmd::forget::Superseded>, Vec<i64>);
+
 /// What a run leaves once its outputs are finished.
 struct Closed {
     written: Option<Written>,
@@ -691,6 +966,55 @@ struct Closed {
     /// The manifest written (directory output), for the dataset card.
     manifest: Option<serde_json::Value>,
     curate: Curator,
+    /// What the cumulative output holds after this run.
+    dataset: Dataset,
+    /// `--valid-fraction` changed (from, to): new units only.
+    fraction_changed: Option<(f64, f64)>,
+    /// Superseded replies found, and the rows looked at.
+    superseded: Found,
+    /// Lines retracted after the commit.
+    retracted: u64,
+}
+
+/// One warning for the chat template's failures, naming the first
+/// session: pending ones say how to give them up for good.
+fn template_warning(report: &Report, totals: &Totals, (failed, pending): (&[String], bool)) {
+    let Some(e) = &totals.template_error else {
+        return;
+    };
+    let first = failed
+        .first()
+        .map(|s| format!(" (first: session {s})"))
+        .unwrap_or_default();
+    if pending {
+        report.warn(format_args!(
+            "the chat template failed to render the samples of {} session(s){first}: {e}. Nothing of them was written and their turns stay pending: every run retries them (a fixed template or tokenizer renders them); --skip-unrenderable gives them up for good (counted as template_error)",
+            failed.len()
+        ));
+    } else if failed.is_empty() {
+        report.warn(format_args!(
+            "the chat template failed on some samples, given up with --skip-unrenderable (skipped as template_error): {e}"
+        ));
+    } else {
+        report.warn(format_args!(
+            "the chat template failed on samples of {} session(s){first} (skipped as template_error; the others were written): {e}",
+            failed.len()
+        ));
+    }
+}
+
+/// The exchanges of each unit of a session, as ranges with the unit: the
+/// whole session, or for a nexus session one range per UTC day.
+fn unit_ranges(p: &Prepared, exchanges: &[Exchange<'_>]) -> Vec<(usize, usize, String)> {
+    let mut out: Vec<(usize, usize, String)> = Vec::new();
+    for (i, ex) in exchanges.iter().enumerate() {
+        let unit = meta::unit(&p.session, p.channel, ex.timestamp);
+        match out.last_mut() {
+            Some(r) if r.2 == unit => r.1 = i + 1,
+            _ => out.push((i, i + 1, unit)),
+        }
+    }
+    out
 }
 
 /// The turn whose failed call was taken out for a tool-retry pair would
@@ -717,6 +1041,29 @@ fn skipped(report: &mut Report, reasons: &[Skip]) -> usize {
     reasons.iter().filter(|r| **r == Skip::OverBudget).count()
 }
 
+/// After the commit: retracts the lines whose reply was superseded (see
+/// `forget::retract`), and remembers the rows looked at.
+fn retract(
+    path: &std::path::Path,
+    st: &mut RunState,
+    dest: &Dest,
+    (found, rows): &mut Found,
+) -> Result<u64> {
+    if rows.is_empty() || matches!(dest, Dest::Stdout | Dest::Special(_)) {
+        return Ok(0);
+    }
+    st.superseded_rows.extend(rows.drain(..));
+    if found.is_empty() {
+        st.save(path)?;
+        return Ok(0);
+    }
+    let dir = match dest {
+        Dest::Dir(d) => Some(d.as_path()),
+        _ => None,
+    };
+    crate::cmd::forget::retract(st, path, (&path_in(dest), dir), found)
+}
+
 /// Saves the state once every line was delivered.
 fn commit_state(
     path: &std::path::Path,
@@ -740,19 +1087,26 @@ fn commit_state(
     Ok(())
 }
 
-fn summarize(
-    report: &Report,
-    totals: &Totals,
-    cfg: &ExportConfig,
-    redactions: &BTreeMap<&'static str, usize>,
-    nothing_new: bool,
-    exact: bool,
-) {
+fn summarize(report: &Report, closed: &Closed, cfg: &ExportConfig) {
+    let totals = &closed.totals;
     let written: usize = totals.samples.values().sum();
     let h = &totals.history;
-    if nothing_new {
+    if let Some((from, to)) = closed.fraction_changed {
         report.info(format_args!(
-            "nothing new since the last run; outputs left as they were (read {} sessions)",
+            "--valid-fraction changed from {from} to {to}: it applies to units new from now on; the units already placed keep their split"
+        ));
+    }
+    let split = split_summary(closed);
+    if closed.retracted > 0 {
+        report.info(format_args!(
+            "retracted {} line(s) whose answer Hermes's history shows regenerated, undone or rewound since it was exported; their other turns are written again by the next run",
+            closed.retracted
+        ));
+    }
+    let cumulative = cfg.state.is_some();
+    if cumulative && written == 0 && closed.written.as_ref().is_none_or(|w| w.new_lines == 0) {
+        report.info(format_args!(
+            "nothing new since the last run; outputs left as they were (read {} sessions){split}",
             report.sessions_read.values().sum::<usize>()
         ));
         return;
@@ -767,22 +1121,50 @@ fn summarize(
         0 => String::new(),
         n => format!("; {n} called tools' definitions borrowed from other sessions"),
     };
+    if let Some(w) = closed.written.as_ref().filter(|w| !w.delivered) {
+        report.info(format_args!(
+            "the reader closed the output after {} of the {written} lines (`| head`): the rest were not delivered",
+            w.delivered_lines
+        ));
+    }
     report.info(format_args!(
-        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; system prompts: {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out{borrowed}",
+        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; system prompts: {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out{borrowed}{split}",
         report.sessions_read.values().sum::<usize>(),
         counts(&report.sessions_read),
         if cfg.shape.is_dpo() { "dpo" } else { "sft" },
         counts(&totals.per_channel(cfg)),
-        if exact { "exact" } else { "estimated" },
+        if closed.exact { "exact" } else { "estimated" },
         cfg.max_tokens,
         tokens,
         counts(&totals.prompts),
         counts(&report.skipped),
-        if cfg.redact { counts(redactions) } else { "off".to_string() },
+        if cfg.redact { counts(&closed.redactions) } else { "off".to_string() },
         h.summaries,
         h.compaction_copies,
         h.undone_rows,
     ));
+}
+
+/// The split of a directory output, in units and lines, for the summary.
+fn split_summary(closed: &Closed) -> String {
+    let Some(m) = &closed.manifest else {
+        return String::new();
+    };
+    let d = &m["dataset"];
+    let figure = |k: &str, f: &str| d[k][f].as_u64().unwrap_or(0);
+    let mut out = format!(
+        "; dataset: train {} units, {} lines; valid {} units, {} lines",
+        figure("units", "train"),
+        figure("lines", "train.jsonl"),
+        figure("units", "valid"),
+        figure("lines", "valid.jsonl"),
+    );
+    if figure("lines", "valid.jsonl") == 0 && figure("lines", "train.jsonl") > 0 {
+        out.push_str(
+            " (no validation file yet: too few units for --valid-fraction; mlx-lm needs one)",
+        );
+    }
+    out
 }
 
 /// Token figures per channel that wrote or dropped samples, for the summary.

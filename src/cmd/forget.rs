@@ -9,15 +9,25 @@
 //!   also removes every line whose first turn (`meta.first`) is earlier,
 //!   or unknown (later exports leave untimed turns out once a cut-off is
 //!   set, as they cannot tell on which side of it they fall).
-//!   A line without `meta` cannot be attributed: the command refuses.
+//!   A line without `meta` (`--no-meta`, `--target openai`) is attributed
+//!   through the state's index of the sessions of such lines; without one
+//!   (an earlier version wrote them) the command refuses.
 //! - Ids that no line, pending entry or covered session of the state
 //!   knows are refused (a typo would otherwise forget nothing), unless
 //!   `--force`.
-//! - Order of the commits: the ids are recorded in the state first (from
-//!   then on no run exports them, and running `forget` again finishes the
-//!   job); then each file is rewritten atomically; then the state records
-//!   the files' new committed lengths and tails. The manifest and the
-//!   dataset card of a directory output are brought up to date last.
+//! - A two-phase commit (see `state`): each file's new contents are
+//!   written and synced to a staged file beside it; then the state is
+//!   saved at once with the ids, the cut-off and the journal of the staged
+//!   files (from then on no run exports them); then the staged files are
+//!   renamed over the files, and the state records the files' new
+//!   committed lengths and tails. A kill before the state is saved changes
+//!   nothing (the staged files are left over and removed by the next run). A kill at any point is
+//!   finished by the next `forget` or export of the state, which complete a
+//!   journal they find before anything else. `--dry-run` lists what would
+//!   go and changes nothing (beyond finishing such a journal). The manifest (its `dataset`
+//!   recounted from the lines that remain) and the dataset card of a
+//!   directory output are brought up to date last.
+//! - The exact-duplicate fingerprints of the removed lines leave the state.
 //! - What was removed is listed on stdout (the command's product), one
 //!   line per file; the summary goes to stderr.
 
@@ -48,6 +58,8 @@ struct FileLines {
     path: PathBuf,
     /// Each committed line with its session and first turn time.
     lines: Vec<(Vec<u8>, String, Option<f64>)>,
+    /// Each line's `meta`.
+    metas: Vec<Value>,
 }
 
 pub fn run(args: &ForgetConfig) -> Result<u8> {
@@ -76,23 +88,32 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     let _lock = RunLock::acquire(&state_path)?;
     let mut st = RunState::load(&state_path)?;
     check_identity(&st, &state_path, &out_path)?;
+    let path_of = |name: &str| match (&dir, &single) {
+        (Some(d), _) => d.join(name),
+        _ => out_path.clone(),
+    };
+    // A killed forget is finished first.
+    crate::state::finish_journal(&mut st, &state_path, &path_of)?;
 
-    // Read every committed line (a killed run's uncommitted tail goes too,
-    // as the next export would cut it).
-    let mut files = Vec::new();
-    for (name, committed) in &st.outputs {
-        let path = match (&dir, &single) {
-            (Some(d), _) => d.join(name),
-            (None, Some(p)) => p.clone(),
-            _ => unreachable!("one of them"),
-        };
-        files.push(read_committed(name, &path, committed)?);
+    let files = read_files(&st, &state_path, &path_of, true)?;
+    let given: BTreeSet<&str> = args.sessions.iter().map(String::as_str).collect();
+    check_known(&st, &files, &given, args.force)?;
+    // Any id of a lineage forgets the lineage (its root).
+    let ids: BTreeSet<String> = given
+        .iter()
+        .map(|id| st.lineage.get(*id).cloned().unwrap_or(id.to_string()))
+        .chain(given.iter().map(|id| id.to_string()))
+        .collect();
+    let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    if args.dry_run {
+        let gone = doomed(&files, &wanted, before);
+        report_removed(&gone, (ids.len(), true), before, args.quiet)?;
+        return Ok(exit::OK);
     }
-    let wanted: BTreeSet<&str> = args.sessions.iter().map(String::as_str).collect();
-    check_known(&st, &files, &wanted, args.force)?;
 
-    // First commit: the ids and the cut-off, so that no run exports them.
-    let ids: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
+    // The ids, the cut-off and the journal of the staged files are
+    // committed at once: from then on no run exports them, and any later
+    // command finishes the rewrite.
     st.curation.forgotten.extend(ids.iter().cloned());
     if let Some(b) = before {
         st.curation.forgotten_before = Some(st.curation.forgotten_before.map_or(b, |a| a.max(b)));
@@ -100,15 +121,77 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     for id in &ids {
         st.pending.remove(id);
     }
+    let removed = stage_lines(
+        &files,
+        &|f, n| goes((&f.lines[n].1, f.lines[n].2), &wanted, before),
+        &mut st,
+    )?;
+    st.dataset.forgotten_lines += removed.values().map(|g| g.len() as u64).sum::<u64>();
+    crate::stall::point("forget-staged");
     st.save(&state_path)?;
-
-    let removed = remove_lines(&files, &wanted, before, &mut st)?;
-    st.save(&state_path)?;
+    crate::stall::point("forget-journal");
+    crate::state::finish_journal(&mut st, &state_path, &path_of)?;
     if let Some(d) = &dir {
         update_manifest(d, &st)?;
     }
-    report_removed(&removed, ids.len(), before, args.quiet)?;
+    report_removed(&removed, (ids.len(), false), before, args.quiet)?;
     Ok(exit::OK)
+}
+
+/// Every committed line of every output file (a killed run's uncommitted
+/// tail goes too, as the next export would cut it).
+fn read_files(
+    st: &RunState,
+    state_path: &Path,
+    path_of: &dyn Fn(&str) -> PathBuf,
+    need_meta: bool,
+) -> Result<Vec<FileLines>> {
+    let interrupted = crate::state::inflight_path(state_path).exists();
+    let mut files = Vec::new();
+    for (name, committed) in &st.outputs {
+        if !crate::state::plain_name(name) {
+            return Err(refuse(format!(
+                "state file {} names the output file {name:?}, which is not a plain file name; nothing was changed",
+                state_path.display()
+            )));
+        }
+        files.push(read_committed(
+            name,
+            &path_of(name),
+            (committed, interrupted, need_meta),
+            st.index.get(name),
+        )?);
+    }
+    Ok(files)
+}
+
+/// Whether line `n` of a file goes: its session is forgotten, or (with
+/// `before`) its first turn is earlier or unknown, as later exports leave
+/// out untimed turns once a cut-off is set.
+fn goes(
+    (session, first): (&str, Option<f64>),
+    wanted: &BTreeSet<&str>,
+    before: Option<f64>,
+) -> bool {
+    wanted.contains(session) || before.is_some_and(|b| first.is_none_or(|t| t < b))
+}
+
+/// The 1-based numbers of the lines that go, per file.
+fn doomed(
+    files: &[FileLines],
+    wanted: &BTreeSet<&str>,
+    before: Option<f64>,
+) -> BTreeMap<String, Vec<usize>> {
+    files
+        .iter()
+        .map(|f| {
+            let gone = (f.lines.iter().enumerate())
+                .filter(|(_, (_, s, t))| goes((s, *t), wanted, before))
+                .map(|(n, _)| n + 1)
+                .collect();
+            (f.name.clone(), gone)
+        })
+        .collect()
 }
 
 /// `--out` as a directory or a regular file (stdout and special files keep
@@ -156,6 +239,7 @@ fn check_known(
     force: bool,
 ) -> Result<()> {
     let mut known: BTreeSet<&str> = st.pending.keys().map(String::as_str).collect();
+    known.extend(st.lineage.keys().map(String::as_str));
     known.extend(st.covered_turns.keys().map(String::as_str));
     known.extend(st.curation.forgotten.iter().map(String::as_str));
     for f in files {
@@ -171,28 +255,41 @@ fn check_known(
     )))
 }
 
-/// Rewrites each file without the lines of `wanted` sessions (and, with
-/// `before`, those whose first turn is earlier or unknown), updating the
-/// state's committed lengths; returns the 1-based numbers removed per file.
-fn remove_lines(
+/// Stages each file without the lines that go in the state's journal, recounts the dataset from the lines that remain and drops the
+/// removed lines' fingerprints; returns the 1-based numbers removed per
+/// file.
+fn stage_lines(
     files: &[FileLines],
-    wanted: &BTreeSet<&str>,
-    before: Option<f64>,
+    goes: &dyn Fn(&FileLines, usize) -> bool,
     st: &mut RunState,
 ) -> Result<BTreeMap<String, Vec<usize>>> {
     let mut removed = BTreeMap::new();
+    let mut metas = Vec::new();
+    let mut all_meta = true;
     for f in files {
         let mut kept = Vec::new();
         let mut gone = Vec::new();
-        for (n, (bytes, session, first)) in f.lines.iter().enumerate() {
-            // A line without a time goes too, as later exports leave out
-            // untimed turns once a cut-off is set.
-            let by_time = before.is_some_and(|b| first.is_none_or(|t| t < b));
-            if wanted.contains(session.as_str()) || by_time {
+        for (n, (bytes, _, _)) in f.lines.iter().enumerate() {
+            if goes(f, n) {
                 gone.push(n + 1);
+                forget_print(&mut st.curation.exact, bytes);
             } else {
                 kept.push(bytes.as_slice());
+                metas.push(&f.metas[n]);
             }
+        }
+        if st.index.contains_key(&f.name) {
+            let mut runs: Vec<(String, u64)> = Vec::new();
+            for (n, (_, session, _)) in f.lines.iter().enumerate() {
+                if goes(f, n) {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some((s, k)) if s == session => *k += 1,
+                    _ => runs.push((session.clone(), 1)),
+                }
+            }
+            st.index.insert(f.name.clone(), runs);
         }
         let torn = st
             .outputs
@@ -200,28 +297,53 @@ fn remove_lines(
             .is_some_and(|c| std::fs::metadata(&f.path).is_ok_and(|m| m.len() != c.bytes));
         // A killed run's uncommitted tail is dropped all the same.
         if !gone.is_empty() || torn {
-            let committed = rewrite(&f.path, &kept)?;
-            st.outputs.insert(f.name.clone(), committed);
+            let new = stage(&f.path, &kept)?;
+            st.dataset.lines.insert(f.name.clone(), new.lines);
+            st.journal.push(crate::state::Staged {
+                name: f.name.clone(),
+                new,
+            });
         }
+        all_meta &= f.metas.iter().all(Value::is_object);
         removed.insert(f.name.clone(), gone);
     }
+    if all_meta {
+        st.dataset.recount(metas);
+    }
     Ok(removed)
+}
+
+/// Drops the exact-duplicate fingerprint of a removed line (its bytes
+/// without `meta`, as they were fingerprinted).
+fn forget_print(exact: &mut Vec<u64>, line: &[u8]) {
+    let body = match line.windows(8).rposition(|w| w == b",\"meta\":") {
+        Some(at) => [&line[..at], b"}"].concat(),
+        None => line.to_vec(),
+    };
+    if let Ok(i) = exact.binary_search(&crate::curate::dedupe::line_print(&body)) {
+        exact.remove(i);
+    }
 }
 
 /// The removed line numbers per file on stdout; the summary on stderr.
 fn report_removed(
     removed: &BTreeMap<String, Vec<usize>>,
-    ids: usize,
+    (ids, dry_run): (usize, bool),
     before: Option<f64>,
     quiet: bool,
 ) -> Result<()> {
+    let verb = if dry_run {
+        "would be removed"
+    } else {
+        "removed"
+    };
     let mut stdout = crate::sink::Stdout::new();
     let mut total = 0;
     for (name, gone) in removed {
         total += gone.len();
         let list: Vec<String> = gone.iter().map(|n| n.to_string()).collect();
         let line = format!(
-            "{name}: {} line(s) removed{}{}",
+            "{name}: {} line(s) {verb}{}{}",
             gone.len(),
             if gone.is_empty() { "" } else { ": " },
             list.join(" ")
@@ -239,23 +361,51 @@ fn report_removed(
             ),
             None => String::new(),
         };
-        eprintln!(
-            "hermes-harvest: forgot {ids} session(s){cut}; {total} line(s) removed; the state keeps them out of every later run"
-        );
+        if dry_run {
+            eprintln!(
+                "hermes-harvest: dry run: forgetting {ids} session id(s){cut} would remove {total} line(s); nothing was changed"
+            );
+        } else {
+            eprintln!(
+                "hermes-harvest: forgot {ids} session id(s){cut}; {total} line(s) removed; the state keeps them out of every later run"
+            );
+        }
     }
     Ok(())
 }
 
 /// The committed lines of one output file, each with its session.
-fn read_committed(name: &str, path: &Path, committed: &Committed) -> Result<FileLines> {
+fn read_committed(
+    name: &str,
+    path: &Path,
+    (committed, interrupted, need_meta): (&Committed, bool, bool),
+    index: Option<&Vec<(String, u64)>>,
+) -> Result<FileLines> {
+    // The sessions of lines without meta, line by line.
+    let indexed: Vec<&str> = index
+        .into_iter()
+        .flatten()
+        .flat_map(|(s, n)| std::iter::repeat_n(s.as_str(), *n as usize))
+        .collect();
+    if committed.bytes == 0 && !path.exists() {
+        // A split without a line has no file.
+        return Ok(FileLines {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            lines: Vec::new(),
+            metas: Vec::new(),
+        });
+    }
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = file.metadata()?.len();
     crate::output::check_committed(&mut file, path, len, committed)?;
+    crate::output::check_no_tail(path, len, committed, interrupted)?;
     let mut bytes = Vec::new();
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
     file.take(committed.bytes).read_to_end(&mut bytes)?;
     let mut lines = Vec::new();
+    let mut metas = Vec::new();
     for (n, line) in bytes
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -263,9 +413,13 @@ fn read_committed(name: &str, path: &Path, committed: &Committed) -> Result<File
     {
         let v: Value = serde_json::from_slice(line)
             .with_context(|| format!("{} line {}: not JSON", path.display(), n + 1))?;
-        let Some(session) = v["meta"]["session"].as_str() else {
+        let session = v["meta"]["session"]
+            .as_str()
+            .or(indexed.get(n).copied())
+            .or((!need_meta).then_some(""));
+        let Some(session) = session else {
             return Err(refuse(format!(
-                "{} line {} has no meta.session (exported with --no-meta or --target openai), so its session cannot be told; nothing was changed",
+                "{} line {} has no meta.session (exported with --no-meta or --target openai) and the state keeps no index of its session (it was written by an earlier version), so its session cannot be told; nothing was changed",
                 path.display(),
                 n + 1
             )));
@@ -275,25 +429,40 @@ fn read_committed(name: &str, path: &Path, committed: &Committed) -> Result<File
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.timestamp_micros() as f64 / 1e6);
         lines.push((line.to_vec(), session.to_string(), first));
+        metas.push(v["meta"].clone());
     }
     Ok(FileLines {
         name: name.to_string(),
         path: path.to_path_buf(),
         lines,
+        metas,
     })
 }
 
-/// Replaces `path` atomically with `lines`; returns what it now holds.
-fn rewrite(path: &Path, lines: &[&[u8]]) -> Result<Committed> {
-    let mut tmp = temp_beside(path)?;
+/// Writes and syncs `lines` to the staged file of `path` (see `state`);
+/// returns what it holds.
+fn stage(path: &Path, lines: &[&[u8]]) -> Result<Committed> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let staged = crate::state::staged_path(path);
+    let _ = std::fs::remove_file(&staged);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)
+        .with_context(|| format!("creating {}", staged.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
     for l in lines {
-        tmp.write_all(l)?;
-        tmp.write_all(b"\n")?;
+        out.write_all(l)?;
+        out.write_all(b"\n")?;
     }
-    tmp.flush()?;
-    let bytes = tmp.as_file().metadata()?.len();
-    let tail = crate::output::tail_hash(tmp.as_file_mut(), bytes)?;
-    persist(tmp, path)?;
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", staged.display()))?;
+    let bytes = file.metadata()?.len();
+    let tail = crate::output::tail_hash(&mut file, bytes)?;
+    crate::sink::sync_dir(&staged);
     Ok(Committed {
         bytes,
         lines: lines.len() as u64,
@@ -313,6 +482,7 @@ fn update_manifest(dir: &Path, st: &RunState) -> Result<()> {
     for (name, c) in &st.outputs {
         m["split"]["files"][name] = serde_json::json!({"lines": c.lines, "bytes": c.bytes});
     }
+    m["dataset"] = serde_json::to_value(st.dataset.doc())?;
     if m["curation"].is_object() {
         m["curation"]["forgotten_sessions"] = st.curation.forgotten.len().into();
         m["curation"]["forgotten_before"] = crate::config::iso_time(st.curation.forgotten_before);
@@ -322,4 +492,78 @@ fn update_manifest(dir: &Path, st: &RunState) -> Result<()> {
     persist(tmp, &path)?;
     crate::card::write(dir, &m)?;
     Ok(())
+}
+
+/// Maps an output file's name to its path.
+pub(crate) type PathOf<'a> = &'a dyn Fn(&str) -> PathBuf;
+
+/// The superseded replies of one session found by an export: their texts
+/// (as written, redacted), and the session's live turns at or below the
+/// watermark (user text, key, time) that a retracted line also held.
+#[derive(Debug, Default)]
+pub struct Superseded {
+    pub texts: BTreeSet<String>,
+    pub turns: Vec<(String, i64, Option<f64>)>,
+}
+
+/// Retraction (after an export committed): removes, through the journal,
+/// every line of a session in `found` that trains on one of its superseded
+/// replies, and gives the line's other turns back to pending so that a
+/// later run writes them again. Returns the lines removed.
+pub(crate) fn retract(
+    st: &mut RunState,
+    state_path: &Path,
+    (path_of, dir): (PathOf<'_>, Option<&Path>),
+    found: &BTreeMap<String, Superseded>,
+) -> Result<u64> {
+    let files = read_files(st, state_path, path_of, false)?;
+    let mut again: Vec<(String, String, i64, Option<f64>)> = Vec::new();
+    let trains_on = |f: &FileLines, n: usize| -> Option<(&Superseded, Value)> {
+        let sup = found.get(&f.lines[n].1)?;
+        let v: Value = serde_json::from_slice(&f.lines[n].0).ok()?;
+        let hit = v["messages"].as_array()?.iter().any(|m| {
+            m["role"] == "assistant" && m["content"].as_str().is_some_and(|t| sup.texts.contains(t))
+        });
+        hit.then_some((sup, v))
+    };
+    let users = |v: &Value| -> Vec<String> {
+        (v["messages"].as_array().into_iter().flatten())
+            .filter(|m| m["role"] == "user")
+            .filter_map(|m| m["content"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // Turns a kept line still holds are not written again.
+    let mut kept: BTreeSet<(String, String)> = BTreeSet::new();
+    for f in &files {
+        for n in 0..f.lines.len() {
+            let session = &f.lines[n].1;
+            match trains_on(f, n) {
+                Some((sup, v)) => again.extend(
+                    (sup.turns.iter())
+                        .filter(|t| users(&v).contains(&t.0))
+                        .map(|t| (session.clone(), t.0.clone(), t.1, t.2)),
+                ),
+                None if found.contains_key(session) => {
+                    let v: Value = serde_json::from_slice(&f.lines[n].0).unwrap_or_default();
+                    kept.extend(users(&v).into_iter().map(|u| (session.clone(), u)));
+                }
+                None => {}
+            }
+        }
+    }
+    again.retain(|(s, u, _, _)| !kept.contains(&(s.clone(), u.clone())));
+    let removed = stage_lines(&files, &|f, n| trains_on(f, n).is_some(), st)?;
+    let n: u64 = removed.values().map(|g| g.len() as u64).sum();
+    for (session, _, key, time) in again {
+        let mut p = crate::state::Pending::default();
+        p.add_turn(key, time, false);
+        st.pending.entry(session).or_default().merge(p);
+    }
+    st.dataset.retracted_lines += n;
+    st.save(state_path)?;
+    crate::state::finish_journal(st, state_path, path_of)?;
+    if let (Some(d), true) = (dir, n > 0) {
+        update_manifest(d, st)?;
+    }
+    Ok(n)
 }

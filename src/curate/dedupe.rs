@@ -26,6 +26,8 @@ pub struct Dedupe {
     /// Exchanges of the session at hand let through the cap but not yet
     /// written: they count toward it only once written.
     pending: HashMap<u64, u32>,
+    /// The splits each normalised exchange was written to (1 train, 2 valid).
+    sides: HashMap<u64, u32>,
     cap: usize,
     pub exact_dropped: usize,
     pub near_dropped: usize,
@@ -37,6 +39,7 @@ impl Dedupe {
             exact: memory.exact.iter().copied().collect(),
             near: memory.near.iter().copied().collect(),
             pending: HashMap::new(),
+            sides: memory.sides.iter().copied().collect(),
             cap,
             exact_dropped: 0,
             near_dropped: 0,
@@ -95,6 +98,18 @@ impl Dedupe {
         self.pending.clear();
     }
 
+    /// Whether the normalised exchange `key` is already in the other split
+    /// than `valid` says; else records it in this one.
+    pub fn in_other_split(&mut self, key: u64, valid: bool) -> bool {
+        let (mine, other) = if valid { (2, 1) } else { (1, 2) };
+        let s = self.sides.entry(key).or_default();
+        if *s & other != 0 {
+            return true;
+        }
+        *s |= mine;
+        false
+    }
+
     /// Puts this run's fingerprints into the state's memory.
     pub fn remember(&self, memory: &mut Memory) {
         let mut exact: Vec<u64> = self.exact.iter().copied().collect();
@@ -103,6 +118,9 @@ impl Dedupe {
         let mut near: Vec<(u64, u32)> = self.near.iter().map(|(k, v)| (*k, *v)).collect();
         near.sort_unstable();
         memory.near = near;
+        let mut sides: Vec<(u64, u32)> = self.sides.iter().map(|(k, v)| (*k, *v)).collect();
+        sides.sort_unstable();
+        memory.sides = sides;
     }
 }
 

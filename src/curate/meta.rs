@@ -1,7 +1,9 @@
 //! `meta`: where a line came from, as the line's last key.
 //!
-//! `{"session", "channel", "source", "first", "last", "part", "signal"}`:
-//! the session id (the root of a compression lineage), its channel, the
+//! `{"session", "unit", "channel", "source", "first", "last", "part",
+//! "signal"}`: the session id (the root of a compression lineage), the
+//! line's split unit (see `output`: the session, or one UTC day of a nexus
+//! session), its channel, the
 //! raw `sessions.source`, the times of the first and last turn the line
 //! trains on (RFC 3339 UTC; left out when unknown), `part` (the line's
 //! 1-based place among the lines one session gave in one run, when it gave
@@ -13,6 +15,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct Meta<'a> {
     pub session: &'a str,
+    pub unit: &'a str,
     pub channel: &'static str,
     pub source: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -26,15 +29,17 @@ pub struct Meta<'a> {
 }
 
 impl<'a> Meta<'a> {
-    /// The provenance of a line of `session` whose turns span `times`
-    /// (`part` and `signal` unset).
+    /// The provenance of a line of `session` in `unit` whose turns span
+    /// `times` (`part` and `signal` unset).
     pub fn of(
         session: &'a crate::model::Session,
+        unit: &'a str,
         channel: crate::model::Channel,
         (first, last): (Option<f64>, Option<f64>),
     ) -> Meta<'a> {
         Meta {
             session: &session.id,
+            unit,
             channel: channel.as_str(),
             source: &session.source,
             first: time(first),
@@ -42,6 +47,25 @@ impl<'a> Meta<'a> {
             part: None,
             signal: None,
         }
+    }
+}
+
+/// The split unit of a turn of `session` at time `t`: the session (the
+/// root of its lineage), or for a nexus session, whose one persistent
+/// session would hold nearly every line, `<session>@<YYYY-MM-DD>`: the UTC
+/// day of the turn (of the session's start when the turn has no time).
+pub fn unit(
+    session: &crate::model::Session,
+    channel: crate::model::Channel,
+    t: Option<f64>,
+) -> String {
+    let day = t
+        .or(session.started_at)
+        .filter(|_| channel == crate::model::Channel::Nexus)
+        .and_then(|t| chrono::DateTime::from_timestamp(t.floor() as i64, 0));
+    match day {
+        Some(d) => format!("{}@{}", session.id, d.format("%Y-%m-%d")),
+        None => session.id.clone(),
     }
 }
 
@@ -75,6 +99,7 @@ mod tests {
     fn meta() -> Meta<'static> {
         Meta {
             session: "s1",
+            unit: "s1",
             channel: "nexus",
             source: "api_server",
             first: time(Some(0.0)),
@@ -89,7 +114,7 @@ mod tests {
         let out = append(br#"{"messages":[]}"#, &meta()).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"messages":[],"meta":{"session":"s1","channel":"nexus","source":"api_server","first":"1970-01-01T00:00:00Z","part":2}}"#
+            r#"{"messages":[],"meta":{"session":"s1","unit":"s1","channel":"nexus","source":"api_server","first":"1970-01-01T00:00:00Z","part":2}}"#
         );
     }
 

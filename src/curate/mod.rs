@@ -50,6 +50,14 @@ pub struct Memory {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub near: Vec<(u64, u32)>,
+    /// The splits each normalised exchange went to (1 train, 2 valid; same
+    /// encoding as `near`): a copy in the other split is left out.
+    #[serde(
+        default,
+        with = "dedupe::hex_counts",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub sides: Vec<(u64, u32)>,
     /// Sessions `forget` removed: never exported again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub forgotten: BTreeSet<String>,

@@ -103,7 +103,8 @@ fn planted_secrets_never_reach_the_output_and_near_misses_stay() {
         assert_eq!(out.status.code(), Some(0), "{stderr}");
         let mut all = String::new();
         for f in ["train.jsonl", "valid.jsonl", "manifest.json"] {
-            all += &std::fs::read_to_string(dir.join(f)).unwrap();
+            // A split without a line has no file.
+            all += &String::from_utf8(read(&dir.join(f))).unwrap();
         }
         all += &stderr;
         for s in SECRETS {
@@ -183,12 +184,19 @@ fn directory_output_splits_by_session_and_writes_a_valid_manifest() {
     let first = files_of(&dir);
     let train = lines(&first[0].1);
     let valid = lines(&first[1].1);
-    assert!(
-        valid.len() >= 4,
-        "valid holds at least a batch: {}",
-        valid.len()
-    );
+    // Ten sessions, nexus ones cut into days: valid gets about 5 % of the
+    // units, and never a unit of train.
+    assert!(!valid.is_empty(), "valid holds a unit");
     assert!(!train.is_empty());
+    let units = |v: &[Value]| -> std::collections::BTreeSet<String> {
+        v.iter()
+            .map(|l| l["meta"]["unit"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        units(&train).is_disjoint(&units(&valid)),
+        "a unit in both splits"
+    );
     let manifest: Value = serde_json::from_slice(&first[2].1).unwrap();
     let schema = manifest_schema();
     let errors: Vec<String> = schema
@@ -230,7 +238,10 @@ fn directory_output_splits_by_session_and_writes_a_valid_manifest() {
     {
         use std::os::unix::fs::PermissionsExt;
         for f in ["train.jsonl", "valid.jsonl", "manifest.json"] {
-            let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+            let Ok(meta) = std::fs::metadata(dir.join(f)) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
     }
@@ -620,4 +631,481 @@ fn an_open_write_transaction_does_not_block_or_leak_into_the_export() {
         before,
         "the store file is unchanged"
     );
+}
+
+// ---------------------------------------------------------------------------
+// A month of nights (issue 18): each reproduction as a test.
+
+/// The 0.19 capture's state.db emptied (no other store): a home to fill by
+/// hand.
+fn bare_home() -> tempfile::TempDir {
+    let home = fixture_home(VERSIONS[0]);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    drop_fts_triggers(&db);
+    db.execute_batch("DELETE FROM messages; DELETE FROM sessions;")
+        .unwrap();
+    drop(db);
+    std::fs::remove_file(home.path().join("response_store.db")).unwrap();
+    std::fs::remove_dir_all(home.path().join("sessions")).unwrap();
+    home
+}
+
+/// A session with one exchange at `t`, its texts made of `word`.
+fn exchange(home: &Path, session: &str, source: &str, t: f64, word: &str) {
+    sql(
+        home,
+        &format!(
+            "INSERT OR IGNORE INTO sessions (id, source, started_at) VALUES ('{session}', '{source}', {t});
+             INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES ('{session}', 'user', 'tell me about {word}', {t}, 1, 0);
+             INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES ('{session}', 'assistant', 'all about {word}', {}, 'stop', 1, 0);",
+            t + 1.0
+        ),
+    );
+}
+
+fn word(i: usize) -> String {
+    crate::soak::word(i)
+}
+
+/// `export --out DIR/ --state STATE --near-duplicate-cap 0` plus `extra`.
+fn nightly(home: &Path, work: &Path, extra: &[&str]) -> std::process::Output {
+    let dir = format!("{}/", work.join("out").display());
+    let state = work.join("state.json");
+    let mut args = vec![
+        "export",
+        "--out",
+        &dir,
+        "--state",
+        state.to_str().unwrap(),
+        "--near-duplicate-cap",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    run_in(home, &args)
+}
+
+fn killed(mut cmd: Command, point: &str) {
+    cmd.env("HERMES_HARVEST_STALL_AT", point);
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains(&format!("stalled at {point}")), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_killed_first_night_is_finished_by_the_next_run() {
+    let home = fixture_home(VERSIONS[0]);
+    let clean = tempfile::tempdir().unwrap();
+    assert_eq!(
+        nightly(home.path(), clean.path(), &[]).status.code(),
+        Some(0)
+    );
+    let want = files_of(&clean.path().join("out"));
+    // (`soak` kills a first night at mid-output: the capture alone has
+    // fewer lines than that point.)
+    for point in ["outputs-committed", "before-state"] {
+        let work = tempfile::tempdir().unwrap();
+        let dir = format!("{}/", work.path().join("out").display());
+        let state = work.path().join("state.json");
+        let mut cmd = Command::new(bin());
+        cmd.args(["export", "--out", &dir, "--state", state.to_str().unwrap()])
+            .args(["--near-duplicate-cap", "0", "--hermes-home"])
+            .arg(home.path());
+        killed(cmd, point);
+        let out = nightly(home.path(), work.path(), &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = files_of(&work.path().join("out"));
+        assert_eq!(
+            got[..2],
+            want[..2],
+            "{point}: the files differ from a clean first night"
+        );
+    }
+    // The same with one --out FILE.
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("all.jsonl");
+    let state = work.path().join("state.json");
+    let args = |c: &mut Command| {
+        c.args(["export", "--out", file.to_str().unwrap()])
+            .args(["--state", state.to_str().unwrap(), "--hermes-home"])
+            .arg(home.path());
+    };
+    let mut cmd = Command::new(bin());
+    args(&mut cmd);
+    killed(cmd, "before-state");
+    let mut cmd = Command::new(bin());
+    args(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = lines(&read(&file)).len();
+    let once = run_in(home.path(), &["export"]);
+    assert_eq!(
+        n,
+        lines(&once.stdout).len(),
+        "the file holds one night, once"
+    );
+}
+
+#[test]
+fn a_line_appended_by_hand_is_refused_and_named() {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(
+        nightly(home.path(), work.path(), &[]).status.code(),
+        Some(0)
+    );
+    let train = work.path().join("out/train.jsonl");
+    let mut text = read(&train);
+    let first = text.split(|b| *b == b'\n').next().unwrap().to_vec();
+    text.extend_from_slice(&first);
+    text.push(b'\n');
+    std::fs::write(&train, &text).unwrap();
+    let out = nightly(home.path(), work.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("train.jsonl") && err.contains("added by hand"),
+        "{err}"
+    );
+    assert_eq!(read(&train), text, "nothing was cut");
+}
+
+#[test]
+fn one_nexus_world_one_turn_a_night_trains_and_no_line_moves() {
+    let home = bare_home();
+    let work = tempfile::tempdir().unwrap();
+    let (mut train, mut valid) = (Vec::new(), Vec::new());
+    for night in 0..25 {
+        let t = 1_800_000_000.0 + 86_400.0 * night as f64;
+        exchange(
+            home.path(),
+            "nexus-world-0001",
+            "api_server",
+            t,
+            &word(night),
+        );
+        let out = nightly(home.path(), work.path(), &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let now_train = read(&work.path().join("out/train.jsonl"));
+        let now_valid = read(&work.path().join("out/valid.jsonl"));
+        assert!(!now_train.is_empty(), "night {night}: train.jsonl is empty");
+        assert!(
+            now_train.starts_with(&train) && now_valid.starts_with(&valid),
+            "night {night}: a line moved"
+        );
+        (train, valid) = (now_train, now_valid);
+    }
+    // 25 day units at 5 %: one in valid, and its day is in no train line.
+    let units = |b: &[u8]| -> std::collections::BTreeSet<String> {
+        lines(b)
+            .iter()
+            .map(|l| l["meta"]["unit"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(units(&valid).len(), 1, "valid holds one day");
+    assert_eq!(units(&train).len(), 24);
+    assert!(units(&train).is_disjoint(&units(&valid)));
+    for l in lines(&valid) {
+        let users = user_texts(std::slice::from_ref(&l));
+        assert_eq!(
+            users.len(),
+            1,
+            "valid's day carries no other day as context: {users:?}"
+        );
+    }
+}
+
+#[test]
+fn a_changed_fraction_applies_to_new_units_only_and_says_so() {
+    let home = bare_home();
+    let work = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        exchange(
+            home.path(),
+            &format!("s-{}", word(i)),
+            "cli",
+            1_800_000_000.0,
+            &word(i),
+        );
+    }
+    assert_eq!(
+        nightly(home.path(), work.path(), &[]).status.code(),
+        Some(0)
+    );
+    let before = (
+        read(&work.path().join("out/train.jsonl")),
+        read(&work.path().join("out/valid.jsonl")),
+    );
+    for i in 40..60 {
+        exchange(
+            home.path(),
+            &format!("s-{}", word(i)),
+            "cli",
+            1_800_000_000.0,
+            &word(i),
+        );
+    }
+    let out = nightly(home.path(), work.path(), &["--valid-fraction", "0.5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("applies to units new from now on"), "{err}");
+    let train = read(&work.path().join("out/train.jsonl"));
+    let valid = read(&work.path().join("out/valid.jsonl"));
+    assert!(train.starts_with(&before.0) && valid.starts_with(&before.1));
+    let new_valid = lines(&valid).len() - lines(&before.1).len();
+    assert_eq!(new_valid, 10, "half of the 20 new units");
+    let sessions = |b: &[u8]| -> std::collections::BTreeSet<String> {
+        lines(b)
+            .iter()
+            .map(|l| l["meta"]["session"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(sessions(&train).is_disjoint(&sessions(&valid)));
+}
+
+#[test]
+fn an_empty_night_leaves_a_manifest_a_card_and_no_empty_file() {
+    let home = bare_home();
+    let work = tempfile::tempdir().unwrap();
+    let out = nightly(home.path(), work.path(), &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = work.path().join("out");
+    let m: Value = serde_json::from_slice(&read(&dir.join("manifest.json"))).unwrap();
+    let errors: Vec<String> = manifest_schema()
+        .iter_errors(&m)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(m["dataset"]["lines"]["train.jsonl"], 0);
+    assert!(dir.join("README.md").exists());
+    assert!(!dir.join("train.jsonl").exists() && !dir.join("valid.jsonl").exists());
+    let out = nightly(home.path(), work.path(), &["--fail-on-empty"]);
+    assert_eq!(out.status.code(), Some(6));
+    // A user's own README.md stays; the card goes beside it, said once.
+    std::fs::write(dir.join("README.md"), "my notes\n").unwrap();
+    exchange(home.path(), "s-a", "cli", 1_800_000_000.0, "apples");
+    let out = nightly(home.path(), work.path(), &["--fail-on-empty"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("DATASET_CARD.md"), "{err}");
+    assert_eq!(read(&dir.join("README.md")), b"my notes\n");
+    assert!(
+        String::from_utf8(read(&dir.join("DATASET_CARD.md")))
+            .unwrap()
+            .contains("| train.jsonl | 1 |")
+    );
+    exchange(home.path(), "s-b", "cli", 1_800_000_000.0, "pears");
+    let out = nightly(home.path(), work.path(), &[]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("DATASET_CARD.md"),
+        "said once"
+    );
+}
+
+#[test]
+fn forget_takes_any_lineage_id_lists_first_and_survives_a_kill() {
+    let home = bare_home();
+    let t = 1_800_000_000.0;
+    exchange(home.path(), "root-a", "cli", t, "apples");
+    sql(
+        home.path(),
+        &format!(
+            "UPDATE sessions SET end_reason = 'compression', ended_at = {} WHERE id = 'root-a';
+             INSERT INTO sessions (id, source, started_at, parent_session_id) VALUES ('child-a', 'cli', {}, 'root-a');",
+            t + 5.0,
+            t + 6.0
+        ),
+    );
+    exchange(home.path(), "child-a", "cli", t + 10.0, "pears");
+    exchange(home.path(), "keep-b", "cli", t, "plums");
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(
+        nightly(home.path(), work.path(), &[]).status.code(),
+        Some(0)
+    );
+    let dir = work.path().join("out");
+    let state = work.path().join("state.json");
+    let before = (files_of(&dir), read(&state));
+    let sessions = || -> Vec<String> {
+        lines(&read(&dir.join("train.jsonl")))
+            .iter()
+            .map(|l| l["meta"]["session"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        sessions().contains(&"root-a".to_string()),
+        "{:?}",
+        sessions()
+    );
+    let forget = |extra: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(["forget", "--out", &format!("{}/", dir.display())])
+            .args(["--state", state.to_str().unwrap()])
+            .args(extra)
+            .arg("child-a");
+        c
+    };
+    // A dry run lists and changes nothing.
+    let out = forget(&["--dry-run"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would be removed"));
+    assert_eq!((files_of(&dir), read(&state)), before);
+    // Killed before its commit: nothing changed.
+    killed(forget(&[]), "forget-staged");
+    assert_eq!((files_of(&dir), read(&state)), before);
+    let prints = |s: &[u8]| {
+        let v: Value = serde_json::from_slice(s).unwrap();
+        v["curation"]["exact"].as_str().unwrap_or("").len() / 16
+    };
+    let out = forget(&[]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sessions(),
+        ["keep-b"],
+        "the child's id forgot the whole lineage"
+    );
+    assert_eq!(
+        prints(&read(&state)),
+        prints(&before.1) - 1,
+        "its fingerprint left"
+    );
+    // Nothing of the lineage comes back.
+    exchange(home.path(), "child-a", "cli", t + 20.0, "figs");
+    let out = nightly(home.path(), work.path(), &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(sessions(), ["keep-b"]);
+    assert!(!dir.join(".hermes-harvest-staged-train.jsonl").exists());
+}
+
+#[test]
+fn forget_tells_the_sessions_of_lines_without_meta_from_the_state() {
+    let home = bare_home();
+    for (i, s) in ["s-a", "s-b", "s-c"].iter().enumerate() {
+        exchange(home.path(), s, "cli", 1_800_000_000.0, &word(i + 1));
+    }
+    let work = tempfile::tempdir().unwrap();
+    let out = nightly(home.path(), work.path(), &["--no-meta"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let train = work.path().join("out/train.jsonl");
+    assert_eq!(lines(&read(&train)).len(), 3);
+    let o = run(&[
+        "forget",
+        "--out",
+        &format!("{}/", work.path().join("out").display()),
+        "--state",
+        work.path().join("state.json").to_str().unwrap(),
+        "s-b",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let users = user_texts(&lines(&read(&train)));
+    assert_eq!(users.len(), 2);
+    assert!(users.iter().all(|u| !u.contains(&word(2))), "{users:?}");
+    exchange(home.path(), "s-b", "cli", 1_800_000_100.0, "later");
+    exchange(home.path(), "s-d", "cli", 1_800_000_100.0, "more");
+    let out = nightly(home.path(), work.path(), &["--no-meta"]);
+    assert_eq!(out.status.code(), Some(0));
+    let users = user_texts(&lines(&read(&train)));
+    assert_eq!(users.len(), 3, "{users:?}");
+    assert!(users.iter().all(|u| !u.contains("later")));
+}
+
+#[test]
+fn a_version_3_state_is_migrated_and_its_sessions_keep_their_split() {
+    let home = bare_home();
+    for i in 0..40 {
+        exchange(
+            home.path(),
+            &format!("s-{}", word(i)),
+            "cli",
+            1_800_000_000.0,
+            &word(i),
+        );
+    }
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(
+        nightly(home.path(), work.path(), &[]).status.code(),
+        Some(0)
+    );
+    // What version 3 wrote: no units, the old split name.
+    let path = work.path().join("state.json");
+    let mut st: Value = serde_json::from_slice(&read(&path)).unwrap();
+    st["version"] = 3.into();
+    st.as_object_mut().unwrap().remove("units");
+    st["identity"]["split"] = "fnv1a-fmix64".into();
+    std::fs::write(&path, st.to_string()).unwrap();
+    let before = files_of(&work.path().join("out"));
+    for i in 40..80 {
+        exchange(
+            home.path(),
+            &format!("s-{}", word(i)),
+            "cli",
+            1_800_000_000.0,
+            &word(i),
+        );
+    }
+    let out = nightly(home.path(), work.path(), &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = files_of(&work.path().join("out"));
+    assert!(now[0].1.starts_with(&before[0].1) && now[1].1.starts_with(&before[1].1));
+    let st: Value = serde_json::from_slice(&read(&path)).unwrap();
+    assert_eq!(st["version"], 4);
+    assert_eq!(st["tool_version"], env!("CARGO_PKG_VERSION"));
+    let units = st["units"]["train"].as_array().unwrap().len()
+        + st["units"]["valid"].as_array().map_or(0, Vec::len);
+    assert_eq!(units, 80, "every session placed once");
 }

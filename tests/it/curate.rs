@@ -393,6 +393,9 @@ fn forget_removes_a_session_for_good() {
         assert_ne!(l["meta"]["session"], victim, "{l}");
     }
     for f in ["train.jsonl", "valid.jsonl"] {
+        if !out.join(f).exists() {
+            continue; // a split without a line has no file
+        }
         let o = run(&["validate", out.join(f).to_str().unwrap()]);
         assert_eq!(
             o.status.code(),

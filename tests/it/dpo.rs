@@ -82,7 +82,9 @@ fn telegram_dpo_yields_the_rewind_and_tool_retry_pairs() {
     );
     assert_eq!(out.status.code(), Some(0));
     let mut pairs = lines(&std::fs::read(dir.join("train.jsonl")).unwrap());
-    pairs.extend(lines(&std::fs::read(dir.join("valid.jsonl")).unwrap()));
+    pairs.extend(lines(
+        &std::fs::read(dir.join("valid.jsonl")).unwrap_or_default(),
+    ));
     let rewind: Vec<&Value> = pairs
         .iter()
         .filter(|p| last_user(p) == "What colour is the sky over the plaza right now?")

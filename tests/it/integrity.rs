@@ -177,6 +177,27 @@ fn a_reader_that_stops_early_does_not_advance_the_state() {
 }
 
 #[test]
+fn export_into_head_reports_the_lines_actually_delivered() {
+    let home = scratch_home();
+    grow(home.path(), 20, "a"); // far more than a pipe buffer
+    let (first, out) = first_line_then_close(export_cmd(home.path(), &[]));
+    assert!(!first.is_empty());
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "{err}");
+    let said = err
+        .split("the reader closed the output after ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{err}"));
+    let mut words = said.split_whitespace();
+    let delivered: u64 = words.next().unwrap().parse().unwrap();
+    let total: u64 = words.nth(2).unwrap().parse().unwrap();
+    assert!(
+        delivered >= 1 && delivered < total,
+        "{delivered} of {total}: {err}"
+    );
+}
+
+#[test]
 fn min_turns_never_consumes_the_turns_it_skipped() {
     let home = scratch_home();
     let cron = Cron::new();
@@ -857,6 +878,15 @@ fn bad_values_are_usage_errors() {
 // Risks
 
 /// A home with `n` one-turn sessions named by `id(i)`.
+/// `i` spelt in letters, so that exchanges differ beyond their numbers
+/// (copies across the splits are judged with numbers masked).
+fn letters(i: usize) -> String {
+    i.to_string()
+        .bytes()
+        .map(|b| char::from(b'a' + (b - b'0')))
+        .collect()
+}
+
 fn many_sessions(n: usize, id: impl Fn(usize) -> String) -> tempfile::TempDir {
     let home = scratch_home();
     std::fs::remove_file(home.path().join("response_store.db")).unwrap();
@@ -864,10 +894,11 @@ fn many_sessions(n: usize, id: impl Fn(usize) -> String) -> tempfile::TempDir {
     let mut batch = String::from("BEGIN; DELETE FROM messages; DELETE FROM sessions;");
     for i in 0..n {
         let sid = id(i);
+        let word = letters(i);
         batch += &format!(
             "INSERT INTO sessions (id, source, started_at) VALUES ('{sid}', 'api_server', 1800000000);
-             INSERT INTO messages (session_id, role, content, timestamp) VALUES ('{sid}', 'user', 'hello from {sid}', 1800000000);
-             INSERT INTO messages (session_id, role, content, timestamp, finish_reason) VALUES ('{sid}', 'assistant', 'hi {sid}', 1800000001, 'stop');"
+             INSERT INTO messages (session_id, role, content, timestamp) VALUES ('{sid}', 'user', 'hello from {word}', 1800000000);
+             INSERT INTO messages (session_id, role, content, timestamp, finish_reason) VALUES ('{sid}', 'assistant', 'hi {word}', 1800000001, 'stop');"
         );
     }
     batch += "COMMIT;";
@@ -896,22 +927,40 @@ fn the_split_follows_the_fraction_and_both_sides_hold_data() {
         "{valid} of 1000 in valid at 5 %"
     );
 
+    // Small data: the first unit trains, and valid waits until the
+    // fraction makes a whole unit (said in the summary).
     let home = many_sessions(5, |i| format!("s{i}"));
-    let dir = work.path().join("small");
-    let (c, _, err) = export(
-        home.path(),
-        &[
-            "--near-duplicate-cap",
-            "0",
-            "--out",
-            &format!("{}/", dir.display()),
-        ],
+    let small = |fraction: &str, name: &str| {
+        let dir = work.path().join(name);
+        let (c, _, err) = export(
+            home.path(),
+            &[
+                "--near-duplicate-cap",
+                "0",
+                "--valid-fraction",
+                fraction,
+                "--out",
+                &format!("{}/", dir.display()),
+            ],
+        );
+        assert_eq!(c, 0, "{err}");
+        let train = lines(&read(&dir.join("train.jsonl"))).len();
+        let valid = lines(&read(&dir.join("valid.jsonl"))).len();
+        (train, valid, err)
+    };
+    let (train, valid, err) = small("0.05", "small");
+    assert_eq!((train, valid), (5, 0));
+    assert!(
+        !dir_has(&work.path().join("small"), "valid.jsonl"),
+        "no 0-byte file"
     );
-    assert_eq!(c, 0, "{err}");
-    let train = lines(&read(&dir.join("train.jsonl"))).len();
-    let valid = lines(&read(&dir.join("valid.jsonl"))).len();
-    assert!(train > 0 && valid > 0, "train {train}, valid {valid}");
-    assert_eq!(train + valid, 5);
+    assert!(err.contains("no validation file yet"), "{err}");
+    let (train, valid, _) = small("0.2", "fifth");
+    assert_eq!((train, valid), (4, 1));
+}
+
+fn dir_has(dir: &Path, name: &str) -> bool {
+    dir.join(name).exists()
 }
 
 #[test]

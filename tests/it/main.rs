@@ -11,5 +11,6 @@ mod integrity;
 mod iot;
 mod props;
 mod send;
+mod soak;
 mod stores;
 mod tokens;
