@@ -122,7 +122,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     let top = watermark(&mut stores, state.as_ref(), &report)?;
     let stores = stores;
     let selection = coverage::selection(&cfg);
-    system_prompt(&mut cfg.system, &home, redactor.as_mut());
+    system_prompt(&mut cfg.system, &home, redactor.as_mut(), &report);
     let cfg = &cfg;
     let counter = Counter::new(cfg.tokenizer.as_deref())?;
     let output = if dry_run {
@@ -190,9 +190,22 @@ fn watermark(stores: &mut Stores, state: Option<&RunState>, report: &Report) -> 
 
 /// Reads SOUL.md for `--system-prompt soul`; redacts a replacement
 /// prompt like any stored text.
-fn system_prompt(system: &mut SystemPolicy, home: &HermesHome, redactor: Option<&mut Redactor>) {
+fn system_prompt(
+    system: &mut SystemPolicy,
+    home: &HermesHome,
+    redactor: Option<&mut Redactor>,
+    report: &Report,
+) {
     if let SystemPolicy::Soul(soul) = system {
-        *soul = std::fs::read_to_string(home.dir.join("SOUL.md")).ok();
+        let path = home.dir.join("SOUL.md");
+        *soul = match crate::safe_io::read_text(&path, crate::safe_io::MAX_PROMPT_BYTES) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                report.warn(format_args!("{}: {e}; read as empty", path.display()));
+                None
+            }
+        };
     }
     if let (Some(r), SystemPolicy::Fixed(text)) = (redactor, system) {
         r.string(text);

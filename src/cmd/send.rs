@@ -2,7 +2,7 @@
 //! it, prints the reply and, with `--verify`, waits for the stores to show
 //! the captured turn.
 
-use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use crate::config::SendConfig;
 use crate::exit::{self, Failure};
 use crate::home::HermesHome;
+use crate::safe_io;
 use crate::send::{Event, check_session_id, config, http, verify};
 
 /// Runs `hermes-harvest send`; returns the exit code.
@@ -139,14 +140,14 @@ fn build_event(args: &SendConfig) -> Result<Event> {
                 .into());
             }
             let (text, name) = if source == "-" {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .context("reading the event from stdin")?;
+                let text = safe_io::read_stream_text(std::io::stdin(), safe_io::MAX_EVENT_BYTES)
+                    .context("reading the event from stdin")
+                    .map_err(usage)?;
                 (text, "stdin".to_owned())
             } else {
-                let text = std::fs::read_to_string(source)
-                    .with_context(|| format!("reading the event file {source}"))?;
+                let text = safe_io::read_text(Path::new(source), safe_io::MAX_EVENT_BYTES)
+                    .with_context(|| format!("reading the event file {source}"))
+                    .map_err(usage)?;
                 (text, source.clone())
             };
             Event::from_json(&text, &args.world)

@@ -96,7 +96,7 @@ fn token_string(v: &Json) -> Option<String> {
 }
 
 fn read_json(path: &Path) -> Result<Option<Json>> {
-    match std::fs::read(path) {
+    match crate::safe_io::read_regular(path, crate::safe_io::MAX_TOKENIZER_BYTES) {
         Ok(bytes) => {
             Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
                 format!("{} is not valid JSON", path.display())
@@ -113,8 +113,8 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
 /// `{"name", "template"}`).
 fn templates(dir: &Path, config: Option<&Json>) -> Result<(Vec<(String, String)>, String)> {
     let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
-        let text = std::fs::read_to_string(&jinja)
+    if jinja.exists() {
+        let text = crate::safe_io::read_text(&jinja, crate::safe_io::MAX_PROMPT_BYTES)
             .with_context(|| format!("reading {}", jinja.display()))?;
         return Ok((vec![("default".into(), text)], jinja.display().to_string()));
     }
@@ -260,7 +260,7 @@ impl ChatTokenizer {
                 path.to_path_buf(),
             )
         };
-        let raw = std::fs::read(&file)
+        let raw = crate::safe_io::read_regular(&file, crate::safe_io::MAX_TOKENIZER_BYTES)
             .with_context(|| format!("--tokenizer: cannot read {}", file.display()))?;
         let mut tokenizer = Tokenizer::from_bytes(&raw)
             .map_err(|e| anyhow!("--tokenizer: {} is not a tokenizer: {e}", file.display()))?;

@@ -1,0 +1,262 @@
+//! Hostile inputs: FIFOs, devices, links and huge files at every path the
+//! tool reads; templates that loop, recurse or allocate; every output path
+//! aimed at every input and output. Every child runs under a timeout, and a
+//! timeout is a failure (the run hung), never a timing measurement.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use crate::common;
+
+/// Long enough for any honest run on a loaded machine; a run that needs it
+/// has hung.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs the binary with `args` (and `--hermes-home HOME` when given) under
+/// [`LIMIT`]; panics if the child had to be killed.
+fn run(home: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = assert_cmd::Command::new(common::bin());
+    for var in [
+        "HERMES_HOME",
+        "API_SERVER_KEY",
+        "HERMES_API_URL",
+        "API_SERVER_HOST",
+        "API_SERVER_PORT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.args(args);
+    if let Some(h) = home {
+        cmd.arg("--hermes-home").arg(h);
+    }
+    cmd.write_stdin(stdin.unwrap_or_default().to_vec());
+    let out = cmd.timeout(LIMIT).output().expect("run binary");
+    assert!(
+        out.status.code().is_some(),
+        "{args:?} hung or was killed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A FIFO, a link to `/dev/zero`, a sparse file past every size limit.
+#[derive(Debug, Clone, Copy)]
+enum Bad {
+    Fifo,
+    Zero,
+    Huge,
+}
+
+const BAD: [Bad; 3] = [Bad::Fifo, Bad::Zero, Bad::Huge];
+
+/// Replaces `path` with `bad`.
+fn plant(path: &Path, bad: Bad) {
+    let _ = std::fs::remove_file(path);
+    match bad {
+        Bad::Fifo => {
+            let ok = std::process::Command::new("mkfifo").arg(path).status();
+            assert!(ok.expect("mkfifo").success());
+        }
+        Bad::Zero => std::os::unix::fs::symlink("/dev/zero", path).unwrap(),
+        Bad::Huge => {
+            let f = std::fs::File::create(path).unwrap();
+            f.set_len(300 << 20).unwrap(); // sparse: no disk used
+        }
+    }
+}
+
+fn home() -> tempfile::TempDir {
+    common::fixture_home("hermes-0.19.0")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A copy of the committed tokenizer directory.
+fn tokenizer_copy(into: &Path) -> PathBuf {
+    let dir = into.join("tok");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(common::tokenizer_dir()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn soul_md_that_is_no_regular_file_warns_and_never_hangs() {
+    for bad in BAD {
+        let h = home();
+        plant(&h.path().join("SOUL.md"), bad);
+        let out_dir = tempfile::tempdir().unwrap();
+        let state = out_dir.path().join("s.json");
+        let out = out_dir.path().join("o.jsonl");
+        let args = [
+            "export",
+            "--system-prompt",
+            "soul",
+            "--state",
+            s(&state),
+            "--out",
+            s(&out),
+        ];
+        let o = run(Some(h.path()), &args, None);
+        assert_eq!(code(&o), 0, "{bad:?}: {}", err(&o));
+        assert!(err(&o).contains("SOUL.md"), "{bad:?}: {}", err(&o));
+        // The lock was released: the next night runs.
+        let o = run(Some(h.path()), &args, None);
+        assert_eq!(code(&o), 0, "{bad:?}: {}", err(&o));
+    }
+}
+
+#[test]
+fn system_prompt_file_that_is_no_regular_file_is_refused() {
+    let h = home();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("prompt.txt");
+    for bad in BAD {
+        plant(&p, bad);
+        let o = run(Some(h.path()), &["export", "--system-prompt", s(&p)], None);
+        assert_ne!(code(&o), 0, "{bad:?}");
+        assert!(err(&o).contains("--system-prompt"), "{bad:?}: {}", err(&o));
+        assert!(o.stdout.is_empty());
+    }
+    let o = run(
+        Some(h.path()),
+        &["export", "--system-prompt", "/dev/zero"],
+        None,
+    );
+    assert!(err(&o).contains("not a regular file"), "{}", err(&o));
+}
+
+#[test]
+fn tokenizer_files_that_are_no_regular_files_are_refused() {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+    ] {
+        for bad in BAD {
+            let h = home();
+            let tok = tokenizer_copy(h.path());
+            plant(&tok.join(name), bad);
+            let o = run(Some(h.path()), &["export", "--tokenizer", s(&tok)], None);
+            assert_ne!(code(&o), 0, "{name} {bad:?}");
+            assert!(err(&o).contains(name), "{name} {bad:?}: {}", err(&o));
+            assert!(o.stdout.is_empty(), "{name} {bad:?}");
+        }
+    }
+}
+
+#[test]
+fn send_event_that_is_no_regular_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("event.json");
+    for bad in BAD {
+        plant(&p, bad);
+        let o = run(
+            None,
+            &["send", "--event", s(&p), "--url", "http://127.0.0.1:9"],
+            None,
+        );
+        assert_eq!(code(&o), 2, "{bad:?}: {}", err(&o));
+        assert!(err(&o).contains("event"), "{bad:?}: {}", err(&o));
+    }
+    // stdin past the limit
+    let big = vec![b' '; (1 << 20) + 10];
+    let o = run(
+        None,
+        &["send", "--event", "-", "--url", "http://127.0.0.1:9"],
+        Some(&big),
+    );
+    assert_eq!(code(&o), 2, "{}", err(&o));
+}
+
+#[test]
+fn a_session_file_that_is_no_regular_file_warns_and_exits_3() {
+    for bad in BAD {
+        let h = home();
+        let sessions = h.path().join("sessions");
+        let victim = std::fs::read_dir(&sessions)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "json")
+                    && p.file_name()
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .starts_with("session_")
+            })
+            .unwrap();
+        plant(&victim, bad);
+        let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+        let o = run(Some(h.path()), &["export"], None);
+        assert_eq!(code(&o), 3, "{bad:?}: {}", err(&o));
+        assert!(err(&o).contains(&name), "{bad:?}: {}", err(&o));
+        common::lines(&o.stdout);
+        let o = run(Some(h.path()), &["export", "--strict"], None);
+        assert_ne!(code(&o), 0, "{bad:?}: --strict: {}", err(&o));
+        assert_ne!(code(&o), 3, "{bad:?}: --strict is fatal: {}", err(&o));
+        // And a transcript.
+        let t = sessions.join("planted.jsonl");
+        plant(&t, bad);
+        let o = run(Some(h.path()), &["export"], None);
+        assert_eq!(code(&o), 3, "{bad:?}: {}", err(&o));
+        assert!(err(&o).contains("planted.jsonl"), "{bad:?}: {}", err(&o));
+    }
+}
+
+#[test]
+fn settings_and_stores_that_are_no_regular_files_never_hang() {
+    for name in [
+        ".env",
+        "config.yaml",
+        "state.db",
+        "response_store.db",
+        "sessions/sessions.json",
+    ] {
+        for bad in [Bad::Fifo, Bad::Zero] {
+            let h = home();
+            plant(&h.path().join(name), bad);
+            let o = run(Some(h.path()), &["export"], None);
+            assert!(
+                [1, 3].contains(&code(&o)),
+                "{name} {bad:?}: {} {}",
+                code(&o),
+                err(&o)
+            );
+            let base = Path::new(name).file_name().unwrap().to_str().unwrap();
+            assert!(err(&o).contains(base), "{name} {bad:?}: {}", err(&o));
+        }
+    }
+}
+
+#[test]
+fn a_state_file_that_is_no_regular_file_is_refused() {
+    let h = home();
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("s.json");
+    for bad in BAD {
+        plant(&st, bad);
+        let out = dir.path().join("o.jsonl");
+        let o = run(
+            Some(h.path()),
+            &["export", "--state", s(&st), "--out", s(&out)],
+            None,
+        );
+        assert!([1, 2].contains(&code(&o)), "{bad:?}: {}", err(&o));
+        assert!(err(&o).contains("s.json"), "{bad:?}: {}", err(&o));
+    }
+}
