@@ -25,6 +25,7 @@ pub mod output;
 pub mod paths;
 pub mod rebuild;
 pub mod redact;
+pub mod render_guard;
 pub mod report;
 pub mod safe_io;
 pub mod select;

@@ -191,11 +191,22 @@ fn special_tokens(config: Option<&Json>, map_file: Option<&Json>) -> Vec<(String
     specials
 }
 
+/// Instructions one render may run.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+/// minijinja's recursion budget for one render (its safe maximum without
+/// growing the stack).
+pub const TEMPLATE_RECURSION: usize = 500;
+
 /// The template environment with what real chat templates use: Python
 /// string methods, `raise_exception`, `strftime_now`, `tojson` and the
 /// generation marks.
 fn template_env() -> Environment<'static> {
     let mut env = Environment::new();
+    // Hostile templates: fuel bounds the instructions of one render (a
+    // real sample takes well under a million), the recursion limit bounds
+    // nesting (macros, loops, includes), and `render_guard` bounds memory.
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
@@ -335,7 +346,7 @@ impl ChatTokenizer {
         .into_iter()
         .chain(self.specials.iter().map(|(k, v)| (k.as_str(), v.clone())))
         .collect();
-        tmpl.render(ctx)
+        crate::render_guard::bounded(|| tmpl.render(ctx))
             .map_err(|e| anyhow!("the chat template failed on this sample: {e:#}"))
     }
 

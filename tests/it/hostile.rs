@@ -260,3 +260,51 @@ fn a_state_file_that_is_no_regular_file_is_refused() {
         assert!(err(&o).contains("s.json"), "{bad:?}: {}", err(&o));
     }
 }
+
+/// Exports the tui channel (one sample) with `template` as the chat template.
+fn export_with_template(template: &str) -> Output {
+    let h = home();
+    let tok = tokenizer_copy(h.path());
+    std::fs::write(tok.join("chat_template.jinja"), template).unwrap();
+    let o = run(
+        Some(h.path()),
+        &["export", "--channel", "tui", "--tokenizer", s(&tok)],
+        None,
+    );
+    assert!(!err(&o).contains("panicked"), "{}", err(&o));
+    o
+}
+
+#[test]
+fn a_template_that_loops_runs_out_of_fuel() {
+    let o = export_with_template(
+        "{% for a in range(100000) %}{% for b in range(100000) %}{{ b }}{% endfor %}{% endfor %}",
+    );
+    assert!(err(&o).contains("out of fuel"), "{}", err(&o));
+    assert!(err(&o).contains("template_error="), "{}", err(&o));
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn a_template_that_recurses_hits_the_recursion_limit() {
+    let o = export_with_template("{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}");
+    assert!(err(&o).contains("recursion limit"), "{}", err(&o));
+    assert!(err(&o).contains("template_error="), "{}", err(&o));
+}
+
+#[test]
+fn a_template_that_doubles_a_string_stops_with_a_named_error_not_an_abort() {
+    for t in [
+        "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+        "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}{{ d('ab', 40) }}",
+    ] {
+        let o = export_with_template(t);
+        assert_eq!(code(&o), 2, "{}", err(&o));
+        assert!(
+            err(&o).contains("chat template ran out of memory"),
+            "{}",
+            err(&o)
+        );
+        assert!(o.stdout.is_empty());
+    }
+}
