@@ -22,10 +22,18 @@ pub const MARK: &str = "<!-- hermes-harvest dataset card: rewritten on every run
 /// README.md of someone else's is in the way.
 pub fn write(dir: &Path, m: &Value) -> Result<bool> {
     let target = dir.join("README.md");
-    if let Ok(Some(old)) =
-        crate::safe_io::read_optional(&target, crate::safe_io::MAX_SETTINGS_BYTES)
-        && !old.starts_with(MARK.as_bytes())
-    {
+    // Only the first line tells whose it is (a large README.md of the
+    // user's is kept too).
+    let mut head = Vec::new();
+    let existing = match crate::safe_io::open_regular(&target, u64::MAX) {
+        Ok(f) => {
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MARK.len() as u64), &mut head)
+                .map(|_| true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    };
+    if existing.is_err() || existing.is_ok_and(|e| e) && !head.starts_with(MARK.as_bytes()) {
         eprintln!(
             "hermes-harvest: warning: {} was not written by hermes-harvest; the dataset card was not written",
             target.display()

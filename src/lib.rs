@@ -19,6 +19,7 @@ pub mod format;
 pub mod hash;
 pub mod hermes_settings;
 pub mod home;
+pub mod lock;
 pub mod manifest;
 pub mod model;
 pub mod output;

@@ -277,8 +277,23 @@ pub fn resolve_links(path: &Path) -> io::Result<PathBuf> {
     )))
 }
 
+/// `/dev/stdout`, `/dev/stderr`, `/dev/fd/N`, `/proc/<pid>/fd/N`: a
+/// descriptor of this process, written into as given (its link may name a
+/// pipe, `pipe:[N]`, that is no path).
+fn is_descriptor_path(path: &Path) -> bool {
+    let p = absolute(path);
+    let parts: Vec<&str> = p.iter().filter_map(|c| c.to_str()).collect();
+    matches!(
+        parts.as_slice(),
+        ["/", "dev", "stdout" | "stderr"] | ["/", "dev", "fd", _] | ["/", "proc", _, "fd", _]
+    )
+}
+
 /// The destination of `--out FILE`.
 pub fn resolve_out_file(path: &Path) -> io::Result<FileDest> {
+    if is_descriptor_path(path) {
+        return Ok(FileDest::Special(path.to_path_buf()));
+    }
     let real = resolve_links(path)?;
     match std::fs::metadata(&real) {
         Ok(meta) if meta.is_file() => Ok(FileDest::Regular(real)),

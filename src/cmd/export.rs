@@ -32,7 +32,7 @@ use crate::shape::Shape;
 use crate::skip::Skip;
 use crate::source::Stores;
 use crate::source::session_files::ToolCatalog;
-use crate::state::{RunCoverage, RunLock, RunState};
+use crate::state::{RunCoverage, RunState};
 use crate::tokens::{Counter, Estimate, Sample};
 
 /// What formatting a session needs besides the session.
@@ -104,12 +104,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     // One run at a time per state file (or per output). A dry run writes
     // nothing, not even a lock or a cleanup.
     let dry_run = cfg.curate.dry_run;
-    let _lock = plan
-        .lock
-        .as_deref()
-        .filter(|_| !dry_run)
-        .map(RunLock::acquire)
-        .transpose()?;
+    let _lock = if dry_run { None } else { plan.take_lock()? };
     if !dry_run {
         remove_leftovers(&plan);
     }

@@ -308,3 +308,213 @@ fn a_template_that_doubles_a_string_stops_with_a_named_error_not_an_abort() {
         assert!(o.stdout.is_empty());
     }
 }
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_default()
+}
+
+#[test]
+fn state_aimed_at_a_file_of_the_output_directory_is_a_usage_error() {
+    let h = home();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("d");
+    let dir_arg = format!("{}/", d.display());
+    // A first night fills the directory.
+    let st = work.path().join("s.json");
+    let o = run(
+        Some(h.path()),
+        &["export", "--out", &dir_arg, "--state", s(&st)],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    for name in ["train.jsonl", "manifest.json", "README.md", "valid.jsonl"] {
+        let target = d.join(name);
+        let before = read(&target);
+        let o = run(
+            Some(h.path()),
+            &["export", "--out", &dir_arg, "--state", s(&target)],
+            None,
+        );
+        assert_eq!(code(&o), 2, "{name}: {}", err(&o));
+        assert_eq!(read(&target), before, "{name} was replaced");
+        // And into a new directory, where nothing exists yet.
+        let fresh = work.path().join(format!("new-{name}"));
+        let o = run(
+            Some(h.path()),
+            &[
+                "export",
+                "--out",
+                &format!("{}/", fresh.display()),
+                "--state",
+                s(&fresh.join(name)),
+            ],
+            None,
+        );
+        assert_eq!(code(&o), 2, "{name}: {}", err(&o));
+        assert!(!fresh.join(name).exists());
+    }
+    // One-shot outputs aimed into the job's directory, or at its state.
+    for target in [
+        d.join("train.jsonl"),
+        d.join("manifest.json"),
+        d.join("README.md"),
+        st.clone(),
+    ] {
+        let before = read(&target);
+        let o = run(Some(h.path()), &["export", "--out", s(&target)], None);
+        assert_eq!(code(&o), 2, "{}: {}", target.display(), err(&o));
+        assert_eq!(read(&target), before, "{} was replaced", target.display());
+    }
+    // The job still runs.
+    let o = run(
+        Some(h.path()),
+        &["export", "--out", &dir_arg, "--state", s(&st)],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", err(&o));
+}
+
+#[test]
+fn a_large_readme_of_the_user_is_kept() {
+    let h = home();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("d");
+    std::fs::create_dir(&d).unwrap();
+    for size in [(4 << 20) - 1, 4 << 20, (4 << 20) + 1, 9 << 20] {
+        let mine = vec![b'#'; size];
+        std::fs::write(d.join("README.md"), &mine).unwrap();
+        let o = run(
+            Some(h.path()),
+            &["export", "--out", &format!("{}/", d.display())],
+            None,
+        );
+        assert_eq!(code(&o), 0, "{size}: {}", err(&o));
+        assert!(
+            read(&d.join("README.md")) == mine,
+            "{size}: the user's README.md was replaced"
+        );
+        assert!(err(&o).contains("README.md"), "{size}: {}", err(&o));
+    }
+}
+
+#[test]
+fn out_to_a_descriptor_writes_into_it_without_a_lock() {
+    let h = home();
+    for path in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"] {
+        let o = run(Some(h.path()), &["export", "--out", path], None);
+        assert_eq!(code(&o), 0, "{path}: {}", err(&o));
+        assert!(!common::lines(&o.stdout).is_empty(), "{path}");
+    }
+    let o = run(Some(h.path()), &["export", "--out", "/dev/stderr"], None);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert!(err(&o).contains("{\"messages\""), "{}", err(&o));
+}
+
+#[test]
+fn a_one_shot_file_leaves_no_lock_and_creates_no_directory() {
+    let h = home();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("x.jsonl");
+    let o = run(Some(h.path()), &["export", "--out", s(&out)], None);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    common::lines(&read(&out));
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("x.jsonl")],
+        "only the output is left"
+    );
+    let missing = work.path().join("nonexistent/dir/x.jsonl");
+    let o = run(Some(h.path()), &["export", "--out", s(&missing)], None);
+    assert_eq!(code(&o), 2, "{}", err(&o));
+    assert!(err(&o).contains("does not exist"), "{}", err(&o));
+    assert!(
+        !work.path().join("nonexistent").exists(),
+        "the directory was created"
+    );
+}
+
+#[test]
+fn a_held_lock_names_its_holder_and_since_when() {
+    let h = home();
+    let work = tempfile::tempdir().unwrap();
+    let st = work.path().join("s.json");
+    let held = hermes_harvest::lock::RunLock::acquire(&st).unwrap();
+    let out = work.path().join("o.jsonl");
+    let o = run(
+        Some(h.path()),
+        &["export", "--state", s(&st), "--out", s(&out)],
+        None,
+    );
+    assert_eq!(code(&o), 5, "{}", err(&o));
+    assert!(
+        err(&o).contains(&format!("pid {}", std::process::id())),
+        "{}",
+        err(&o)
+    );
+    assert!(err(&o).contains("since 20"), "{}", err(&o));
+    drop(held);
+    let o = run(
+        Some(h.path()),
+        &["export", "--state", s(&st), "--out", s(&out)],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", err(&o));
+}
+
+#[test]
+fn every_output_aimed_at_an_input_is_a_usage_error() {
+    let h = home();
+    let work = tempfile::tempdir().unwrap();
+    let prompt = work.path().join("prompt.txt");
+    std::fs::write(&prompt, "You are terse.\n").unwrap();
+    let inputs = [
+        "state.db",
+        "state.db-wal",
+        "response_store.db",
+        ".env",
+        "config.yaml",
+        "SOUL.md",
+        "sessions/new.jsonl",
+    ];
+    for name in inputs {
+        let target = h.path().join(name);
+        let before = read(&target);
+        for flag in ["--out", "--state"] {
+            let mut args = vec!["export", flag, s(&target), "--system-prompt", s(&prompt)];
+            let other = work.path().join("other.jsonl");
+            if flag == "--state" {
+                args.extend(["--out", s(&other)]);
+            }
+            let o = run(Some(h.path()), &args, None);
+            assert_eq!(code(&o), 2, "{flag} {name}: {}", err(&o));
+            assert_eq!(read(&target), before, "{flag} {name}");
+        }
+    }
+    for flag in ["--out", "--state"] {
+        let mut args = vec!["export", flag, s(&prompt), "--system-prompt", s(&prompt)];
+        let other = work.path().join("other.jsonl");
+        if flag == "--state" {
+            args.extend(["--out", s(&other)]);
+        }
+        let o = run(Some(h.path()), &args, None);
+        assert_eq!(code(&o), 2, "{flag} prompt: {}", err(&o));
+    }
+    let st = work.path().join("s.json");
+    let o = run(
+        Some(h.path()),
+        &["export", "--state", s(&st), "--out", s(&st)],
+        None,
+    );
+    assert_eq!(code(&o), 2, "{}", err(&o));
+    let lock = work.path().join("s.json.lock");
+    let o = run(
+        Some(h.path()),
+        &["export", "--state", s(&st), "--out", s(&lock)],
+        None,
+    );
+    assert_eq!(code(&o), 2, "{}", err(&o));
+}
