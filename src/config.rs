@@ -198,6 +198,10 @@ pub struct SendConfig {
     pub verify_timeout_secs: u64,
     pub home: HomeChoice,
     pub quiet: bool,
+    /// `--cacert`: trust this PEM file's certificates instead of the system's.
+    pub cacert: Option<PathBuf>,
+    /// `--insecure-http`: allow the key over plain HTTP beyond loopback.
+    pub insecure_http: bool,
 }
 
 /// Epoch seconds as an RFC 3339 UTC time (`2026-11-25T13:25:44Z`), or null.

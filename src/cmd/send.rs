@@ -39,9 +39,24 @@ pub fn run(args: &SendConfig) -> Result<u8> {
         );
     }
     let endpoint = endpoint(args, home.as_ref().ok())?;
+    if endpoint.key.is_some() && endpoint.cleartext_beyond_loopback() && !args.insecure_http {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "refusing to send the API key in the clear to {}: plain http:// beyond this machine; use an https:// URL (Tailscale Serve, a reverse proxy) or pass --insecure-http",
+                endpoint.base
+            ),
+        )
+        .into());
+    }
+    let roots = match &args.cacert {
+        Some(path) => http::Roots::from_pem_file(path)?,
+        None => http::Roots::System,
+    };
 
     let verify_home = if args.verify {
         let home = home.context("--verify reads the Hermes stores")?;
+        check_stores_here(&home)?;
         Some(home)
     } else {
         None
@@ -58,6 +73,7 @@ pub fn run(args: &SendConfig) -> Result<u8> {
 
     let reply = http::post(
         &endpoint,
+        &roots,
         &session,
         &turn,
         Duration::from_secs(args.timeout_secs),
@@ -69,6 +85,24 @@ pub fn run(args: &SendConfig) -> Result<u8> {
         Some(home) => verify_capture(args, &home, &reply, &session, &turn, baseline),
         None => Ok(exit::OK),
     }
+}
+
+/// `--verify` reads the stores of a home on this machine; when Hermes runs
+/// elsewhere (its API server reached over the network) they are not here,
+/// and that is said before anything is sent.
+fn check_stores_here(home: &HermesHome) -> Result<()> {
+    let has = |name: &str| home.dir.join(name).exists();
+    if has("state.db") || has("sessions") {
+        return Ok(());
+    }
+    Err(Failure::new(
+        exit::USAGE,
+        format!(
+            "--verify reads the Hermes stores on this machine, and {} holds none (no state.db, no sessions/): when Hermes runs on another machine, run `send --verify` there, or point --hermes-home at its home (e.g. a mounted copy); nothing was sent",
+            home.dir.display()
+        ),
+    )
+    .into())
 }
 
 /// `--verify`: waits until the stores show the session holding this turn
