@@ -104,6 +104,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     // One run at a time per state file (or per output). A dry run writes
     // nothing, not even a lock or a cleanup.
     let dry_run = cfg.curate.dry_run;
+    crate::source::sqlite::create_no_side_files(dry_run);
     let _lock = if dry_run { None } else { plan.take_lock()? };
     if !dry_run {
         remove_leftovers(&plan);
@@ -419,8 +420,9 @@ impl<'a> Run<'a> {
         for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
             if ex.0.problem == Some(Skip::ToolArgumentsTooDeep) {
                 report.warn(format_args!(
-                    "session {}: a turn's tool-call arguments are nested deeper than 128 levels; the turn is skipped (tool_arguments_too_deep)",
-                    p.session.id
+                    "session {}: a turn's tool-call arguments are nested deeper than {} levels; the turn is skipped (tool_arguments_too_deep)",
+                    p.session.id,
+                    crate::content::MAX_ARGUMENTS_DEPTH
                 ));
             }
         }

@@ -518,3 +518,110 @@ fn every_output_aimed_at_an_input_is_a_usage_error() {
     );
     assert_eq!(code(&o), 2, "{}", err(&o));
 }
+
+#[test]
+fn a_dry_run_creates_nothing_in_the_hermes_home() {
+    let h = home();
+    let list = |dir: &Path| -> Vec<String> {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .map(|e| e.unwrap().path().display().to_string())
+            .collect()
+    };
+    let before = list(h.path());
+    assert!(
+        !before
+            .iter()
+            .any(|p| p.ends_with("-wal") || p.ends_with("-shm"))
+    );
+    let o = run(Some(h.path()), &["export", "--dry-run"], None);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert!(o.stdout.is_empty());
+    assert_eq!(
+        list(h.path()),
+        before,
+        "the dry run left files in HERMES_HOME"
+    );
+}
+
+#[test]
+fn sources_prints_stored_names_with_control_characters_escaped() {
+    let h = home();
+    let db = rusqlite::Connection::open(h.path().join("state.db")).unwrap();
+    db.execute_batch(
+        "UPDATE sessions SET source = 'tui' || char(27) || ']0;pwned' || char(7), model = 'm' || char(27) || '[31mred' WHERE rowid = (SELECT min(rowid) FROM sessions);",
+    )
+    .unwrap();
+    drop(db);
+    let o = run(Some(h.path()), &["sources"], None);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text}"
+    );
+    assert!(text.contains("\\u{1b}"), "{text}");
+    let o = run(Some(h.path()), &["sources", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.to_string().contains("pwned"));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains('\u{1b}'));
+}
+
+/// A session whose one tool call has arguments nested `levels` deep.
+fn deep_arguments_session(home: &Path, levels: usize) {
+    let deep = format!("{}1{}", "{\"a\":".repeat(levels), "}".repeat(levels));
+    let calls = serde_json::json!([{"id": "call_deep", "type": "function", "function": {"name": "todo", "arguments": deep}}]).to_string();
+    let db = rusqlite::Connection::open(home.join("state.db")).unwrap();
+    db.execute_batch(&format!(
+        "INSERT INTO sessions (id, source, started_at) VALUES ('deep-1', 'cli', 1800000000);
+         INSERT INTO messages (session_id, role, content, timestamp) VALUES ('deep-1', 'user', 'plan it', 1800000000);
+         INSERT INTO messages (session_id, role, content, tool_calls, timestamp) VALUES ('deep-1', 'assistant', '', '{}', 1800000001);
+         INSERT INTO messages (session_id, role, content, tool_call_id, tool_name, timestamp) VALUES ('deep-1', 'tool', 'ok', 'call_deep', 'todo', 1800000002);
+         INSERT INTO messages (session_id, role, content, timestamp, finish_reason) VALUES ('deep-1', 'assistant', 'done', 1800000003, 'stop');",
+        calls.replace('\'', "''")
+    ))
+    .unwrap();
+}
+
+#[test]
+fn export_and_validate_agree_on_the_nesting_of_tool_arguments() {
+    for (levels, kept) in [(64, true), (65, false), (127, false)] {
+        let h = home();
+        deep_arguments_session(h.path(), levels);
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("o.jsonl");
+        let o = run(
+            Some(h.path()),
+            &["export", "--session", "deep-1", "--out", s(&out)],
+            None,
+        );
+        assert_eq!(code(&o), 0, "{levels}: {}", err(&o));
+        let written = common::lines(&read(&out));
+        assert_eq!(written.len(), usize::from(kept), "{levels}: {}", err(&o));
+        // Whatever the export wrote, its own validate accepts.
+        let o = run(None, &["validate", s(&out)], None);
+        assert_eq!(code(&o), 0, "{levels}: {}", err(&o));
+    }
+    // A line deeper than the limit, written by hand, is refused.
+    let h = home();
+    deep_arguments_session(h.path(), 64);
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("o.jsonl");
+    let o = run(
+        Some(h.path()),
+        &["export", "--session", "deep-1", "--out", s(&out)],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    let text = String::from_utf8(read(&out)).unwrap();
+    let deeper = text.replace("{\"a\":1}", "{\"a\":{\"a\":1}}");
+    assert_ne!(deeper, text);
+    std::fs::write(&out, deeper).unwrap();
+    let o = run(None, &["validate", s(&out)], None);
+    assert_eq!(code(&o), 4, "{}", err(&o));
+    assert!(
+        format!("{}{}", err(&o), String::from_utf8_lossy(&o.stdout)).contains("nest 65 levels"),
+        "{}",
+        err(&o)
+    );
+}
