@@ -116,17 +116,7 @@ pub fn post(
     timeout: Duration,
 ) -> Result<Reply> {
     let url = endpoint.completions_url();
-    let config = ureq::Agent::config_builder()
-        .tls_config(roots.tls_config())
-        .max_response_header_size(MAX_HEADERS)
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .proxy(None)
-        .timeout_connect(Some(timeout.min(MAX_CONNECT)))
-        .timeout_global(Some(timeout))
-        .user_agent(concat!("hermes-harvest/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let agent: ureq::Agent = config.into();
+    let agent = agent(roots, timeout);
     let body = serde_json::to_vec(&request_body(turn))?;
     let mut request = agent
         .post(&url)
@@ -152,25 +142,8 @@ pub fn post(
         .get("Retry-After")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // Nothing asks for compression (no Accept-Encoding, no decoder built in).
-    if let Some(enc) = response
-        .headers()
-        .get("Content-Encoding")
-        .and_then(|v| v.to_str().ok())
-        .filter(|e| !e.trim().eq_ignore_ascii_case("identity"))
-    {
-        return Err(Failure::new(
-            exit::BAD_REPLY,
-            redact(
-                &format!(
-                    "{} answered HTTP {status} with a {}-encoded body that was not asked for; is --url pointing at the Hermes API server (a proxy in between may compress)?",
-                    endpoint.base,
-                    crate::report::clean(enc.trim())
-                ),
-                secret,
-            ),
-        )
-        .into());
+    if let Some(f) = unasked_encoding(&response, &endpoint.base, secret) {
+        return Err(f.into());
     }
     let read = response
         .into_body()
@@ -207,6 +180,41 @@ pub fn post(
         text: redact(&text, secret),
         session_id,
     })
+}
+
+/// One agent per call: no redirects, no proxy, the TLS roots given.
+fn agent(roots: &Roots, timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .tls_config(roots.tls_config())
+        .max_response_header_size(MAX_HEADERS)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .timeout_connect(Some(timeout.min(MAX_CONNECT)))
+        .timeout_global(Some(timeout))
+        .user_agent(concat!("hermes-harvest/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// A compressed body: nothing asks for one (no Accept-Encoding, no decoder
+/// built in), so it is no chat completion.
+fn unasked_encoding(
+    response: &ureq::http::Response<ureq::Body>,
+    base: &str,
+    secret: Option<&str>,
+) -> Option<Failure> {
+    let enc = response
+        .headers()
+        .get("Content-Encoding")
+        .and_then(|v| v.to_str().ok())
+        .filter(|e| !e.trim().eq_ignore_ascii_case("identity"))?;
+    let message = format!(
+        "{base} answered HTTP {} with a {}-encoded body that was not asked for; is --url pointing at the Hermes API server (a proxy in between may compress)?",
+        response.status().as_u16(),
+        crate::report::clean(enc.trim())
+    );
+    Some(Failure::new(exit::BAD_REPLY, redact(&message, secret)))
 }
 
 /// `choices[0].message.content` of a chat completion.
@@ -269,24 +277,13 @@ fn transport_failure(
         ureq::Error::ConnectionFailed => unreachable("connection failed"),
         ureq::Error::Io(io) => match io.kind() {
             ErrorKind::TimedOut | ErrorKind::WouldBlock => timed_out(),
-            ErrorKind::InvalidData => Failure::new(
-                exit::BAD_REPLY,
-                format!(
-                    "the reply from {base} is not UTF-8 text ({io}); is --url pointing at the Hermes API server?"
-                ),
-            ),
             ErrorKind::ConnectionRefused => unreachable("connection refused"),
             ErrorKind::AddrNotAvailable
             | ErrorKind::NetworkUnreachable
             | ErrorKind::HostUnreachable
             | ErrorKind::NetworkDown
             | ErrorKind::NotFound => unreachable(&io.to_string()),
-            _ => Failure::new(
-                exit::SERVER,
-                format!(
-                    "the Hermes API server at {base} dropped the connection before a complete reply ({io}); check Hermes's gateway log"
-                ),
-            ),
+            _ => io_failure(&io, base),
         },
         ureq::Error::Protocol(p) => Failure::new(
             exit::BAD_REPLY,
@@ -308,6 +305,24 @@ fn transport_failure(
         ),
     };
     Failure::new(failure.code, redact(&failure.message, secret))
+}
+
+/// A reply that is not text, or a connection dropped mid-reply.
+fn io_failure(io: &std::io::Error, base: &str) -> Failure {
+    if io.kind() == ErrorKind::InvalidData {
+        return Failure::new(
+            exit::BAD_REPLY,
+            format!(
+                "the reply from {base} is not UTF-8 text ({io}); is --url pointing at the Hermes API server?"
+            ),
+        );
+    }
+    Failure::new(
+        exit::SERVER,
+        format!(
+            "the Hermes API server at {base} dropped the connection before a complete reply ({io}); check Hermes's gateway log"
+        ),
+    )
 }
 
 /// What went wrong in TLS, if the error is a TLS one (rustls errors come
