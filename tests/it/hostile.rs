@@ -625,3 +625,27 @@ fn export_and_validate_agree_on_the_nesting_of_tool_arguments() {
         err(&o)
     );
 }
+
+#[test]
+fn links_to_regular_files_are_followed_as_the_hf_cache_needs() {
+    let h = home();
+    let tok = tokenizer_copy(h.path());
+    let blobs = h.path().join("blobs");
+    std::fs::create_dir(&blobs).unwrap();
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        let blob = blobs.join(format!("blob-{name}"));
+        std::fs::rename(tok.join(name), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, tok.join(name)).unwrap();
+    }
+    let o = run(
+        Some(h.path()),
+        &["export", "--channel", "tui", "--tokenizer", s(&tok)],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert!(!common::lines(&o.stdout).is_empty());
+}
