@@ -22,15 +22,29 @@ pub const MARK: &str = "<!-- hermes-harvest dataset card: rewritten on every run
 /// The card's file name when the user's own `README.md` is in the way.
 pub const ALT_NAME: &str = "DATASET_CARD.md";
 
+/// Whether `readme` exists and is not a card of ours. Only its first bytes
+/// are read, so a large README.md of the user's is kept too; one that
+/// cannot be read counts as theirs.
+fn someone_elses(readme: &Path) -> bool {
+    match crate::safe_io::open_regular(readme, u64::MAX) {
+        Ok(f) => {
+            let mut head = Vec::new();
+            let read = std::io::Read::read_to_end(
+                &mut std::io::Read::take(f, MARK.len() as u64),
+                &mut head,
+            );
+            read.is_err() || !head.starts_with(MARK.as_bytes())
+        }
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
 /// Writes the card into `dir` from the manifest `m`: `README.md`, or
 /// `DATASET_CARD.md` when a README.md of someone else's is there; returns
 /// the file name written.
 pub fn write(dir: &Path, m: &Value) -> Result<&'static str> {
     let readme = dir.join("README.md");
-    let theirs = matches!(
-        crate::safe_io::read_optional(&readme, crate::safe_io::MAX_SETTINGS_BYTES),
-        Ok(Some(old)) if !old.starts_with(MARK.as_bytes())
-    );
+    let theirs = someone_elses(&readme);
     let name = if theirs { ALT_NAME } else { "README.md" };
     let target = dir.join(name);
     if theirs && !target.exists() {

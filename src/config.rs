@@ -1,7 +1,7 @@
 //! Validated, clap-free settings of every command (built from the command
 //! line by `cli::map`), and the helpers that read flag values.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -34,7 +34,7 @@ impl SystemPolicy {
             "soul" => SystemPolicy::Soul(None),
             "none" => SystemPolicy::None,
             path => SystemPolicy::Fixed(
-                std::fs::read_to_string(path)
+                crate::safe_io::read_text(Path::new(path), crate::safe_io::MAX_PROMPT_BYTES)
                     .with_context(|| format!("--system-prompt: cannot read {path}"))?
                     .trim_end_matches(['\n', '\r'])
                     .to_string(),
@@ -213,6 +213,10 @@ pub struct SendConfig {
     pub verify_timeout_secs: u64,
     pub home: HomeChoice,
     pub quiet: bool,
+    /// `--cacert`: trust this PEM file's certificates instead of the system's.
+    pub cacert: Option<PathBuf>,
+    /// `--insecure-http`: allow the key over plain HTTP beyond loopback.
+    pub insecure_http: bool,
 }
 
 /// Epoch seconds as an RFC 3339 UTC time (`2026-11-25T13:25:44Z`), or null.

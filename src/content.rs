@@ -59,9 +59,25 @@ fn part_text(part: &Value) -> String {
     }
 }
 
+/// Deepest nesting of tool-call arguments (`{}` is 1) that the export
+/// writes and `validate` accepts: one limit for both, well inside the JSON
+/// parser's own (128 levels for a whole line). Deeper arguments are kept
+/// as text, and the turn is skipped as `tool_arguments_too_deep`.
+pub const MAX_ARGUMENTS_DEPTH: usize = 64;
+
+/// How deep `v` nests (`{}` and `[]` count 1, scalars 0).
+pub fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Parses a stored `tool_calls` JSON array (OpenAI shape plus Hermes
 /// extras). Arguments stored as a JSON string are parsed; when they do not
-/// parse, the raw string is kept so a check can reject the turn.
+/// parse, or nest deeper than [`MAX_ARGUMENTS_DEPTH`], the raw string is
+/// kept so a check can reject the turn.
 pub fn parse_tool_calls(v: &Value) -> Option<Vec<ToolCall>> {
     let list = v.as_array()?;
     let mut calls = Vec::with_capacity(list.len());
@@ -75,9 +91,11 @@ pub fn parse_tool_calls(v: &Value) -> Option<Vec<ToolCall>> {
             .unwrap_or_default()
             .to_string();
         let arguments = match func.get("arguments") {
-            Some(Value::String(s)) => {
-                serde_json::from_str::<Value>(s).unwrap_or_else(|_| Value::String(s.clone()))
-            }
+            Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+                .ok()
+                .filter(|v| depth(v) <= MAX_ARGUMENTS_DEPTH)
+                .unwrap_or_else(|| Value::String(s.clone())),
+            Some(v) if depth(v) > MAX_ARGUMENTS_DEPTH => Value::String(v.to_string()),
             Some(v) => v.clone(),
             None => Value::Object(Default::default()),
         };

@@ -31,6 +31,8 @@ pub const TIMEOUT: u8 = 14;
 pub const BAD_REPLY: u8 = 15;
 /// `send --verify`: the turn did not show up in the stores in time.
 pub const NOT_CAPTURED: u8 = 16;
+/// `send`: TLS failed (certificate not trusted, handshake).
+pub const TLS: u8 = 17;
 
 /// An error that carries its own exit code. Anything else that reaches
 /// `main` exits with [`ERROR`].

@@ -76,11 +76,22 @@ impl HermesSettings {
 
     /// Every `name = value` setting: the `.env` entries, then each key of
     /// any mapping in `config.yaml` (at any depth, in lists too) whose value
-    /// is a scalar.
+    /// is a scalar or a list of scalars (`tokens: [a, b]` gives two
+    /// `tokens` settings). A config value is given both as written and
+    /// with `${VAR}` expanded, so `api_key: ${ANY_NAME}` names its
+    /// variable's value a credential whatever that variable is called.
     pub fn all_settings(&self) -> Vec<(String, String)> {
         let mut out = self.dotenv.clone();
         if let Some(doc) = &self.config {
-            yaml_settings(doc, &mut out);
+            let mut yaml = Vec::new();
+            yaml_settings(doc, &mut yaml);
+            for (name, value) in yaml {
+                let expanded = self.expand_vars(&value);
+                if expanded != value {
+                    out.push((name.clone(), expanded));
+                }
+                out.push((name, value));
+            }
         }
         out
     }
@@ -127,11 +138,20 @@ fn yaml_settings(v: &Yaml, out: &mut Vec<(String, String)>) {
     match v {
         Yaml::Mapping(map) => {
             for (k, v) in map {
-                if let (Some(name), Some(value)) = (scalar(k), scalar(v)) {
-                    out.push((name, value));
-                } else {
+                let Some(name) = scalar(k) else {
                     yaml_settings(v, out);
+                    continue;
+                };
+                if let Some(value) = scalar(v) {
+                    out.push((name, value));
+                    continue;
                 }
+                if let Yaml::Sequence(items) = v {
+                    for value in items.iter().filter_map(scalar) {
+                        out.push((name.clone(), value));
+                    }
+                }
+                yaml_settings(v, out);
             }
         }
         Yaml::Sequence(items) => items.iter().for_each(|i| yaml_settings(i, out)),

@@ -3,9 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 // The export allocates and frees many short strings and template values per
-// sample; mimalloc does that markedly faster than the system allocator.
+// sample; mimalloc does that markedly faster than the system allocator. The
+// guard bounds what one chat-template render may hold.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: hermes_harvest::render_guard::Guarded<mimalloc::MiMalloc> =
+    hermes_harvest::render_guard::Guarded(mimalloc::MiMalloc);
 
 fn main() -> ExitCode {
     let cli = hermes_harvest::cli::Cli::parse();

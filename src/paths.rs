@@ -18,6 +18,7 @@ use anyhow::Result;
 use crate::config::OutTarget;
 use crate::exit::{self, Failure};
 use crate::home::HermesHome;
+use crate::lock::{RunLock, lock_path};
 use crate::safe_io::{self, FileDest};
 
 /// Files an `--out DIR/` export writes, besides temporary files.
@@ -47,6 +48,22 @@ pub struct Plan {
     pub out_id: String,
 }
 
+impl Plan {
+    /// Takes the run lock. A one-shot `--out FILE` removes its lock when
+    /// the run ends; a job's lock (its state's, its directory's) stays.
+    pub fn take_lock(&self) -> Result<Option<RunLock>> {
+        let Some(target) = &self.lock else {
+            return Ok(None);
+        };
+        let once = self.state.is_none() && matches!(self.dest, Dest::File(_));
+        Ok(Some(if once {
+            RunLock::acquire_once(target)?
+        } else {
+            RunLock::acquire(target)?
+        }))
+    }
+}
+
 fn usage(msg: String) -> anyhow::Error {
     Failure::new(exit::USAGE, msg).into()
 }
@@ -68,7 +85,10 @@ pub fn plan(
         OutTarget::File(p) => match safe_io::resolve_out_file(p)
             .map_err(|e| usage(format!("--out {}: {e}", p.display())))?
         {
-            FileDest::Regular(real) => Dest::File(real),
+            FileDest::Regular(real) => {
+                check_out_file(p, &real)?;
+                Dest::File(real)
+            }
             FileDest::Special(real) => Dest::Special(real),
         },
     };
@@ -79,36 +99,9 @@ pub fn plan(
         (None, Dest::Dir(d)) => Some(d.join(DIR_LOCK)),
         (None, Dest::Stdout | Dest::Special(_)) => None,
     };
-
-    // Everything this run may create or replace.
-    let mut written: Vec<(String, PathBuf)> = Vec::new();
-    match &dest {
-        Dest::File(p) => written.push(("--out".into(), p.clone())),
-        Dest::Special(p) => written.push(("--out".into(), p.clone())),
-        Dest::Dir(d) => {
-            written.push(("--out".into(), d.clone()));
-            for name in DIR_FILES {
-                let path = d.join(name);
-                safe_io::check_managed_file(&path).map_err(refuse)?;
-                written.push(("--out".into(), path));
-            }
-            let lock = with_suffix(&d.join(DIR_LOCK), ".lock");
-            safe_io::check_managed_file(&lock).map_err(refuse)?;
-        }
-        Dest::Stdout => {}
-    }
-    if let Some(s) = &state {
-        written.push(("--state".into(), s.clone()));
-    }
-    if let Some(l) = &lock {
-        written.push(("the lock".into(), with_suffix(l, ".lock")));
-    }
+    let written = written(&dest, state.as_ref(), lock.as_ref())?;
     refuse_inputs(&written, &inputs(home, system_prompt_file))?;
-    if let (Some(s), Dest::File(f) | Dest::Special(f)) = (&state, &dest)
-        && safe_io::canonical_ish(s) == safe_io::canonical_ish(f)
-    {
-        return Err(usage("--state and --out name the same file".to_string()));
-    }
+    refuse_collisions(&written)?;
     let out_id = match &dest {
         Dest::Stdout => "-".to_string(),
         Dest::File(p) | Dest::Special(p) | Dest::Dir(p) => {
@@ -121,6 +114,125 @@ pub fn plan(
         lock,
         out_id,
     })
+}
+
+/// Everything this run may create or replace, by the flag it comes from.
+fn written(
+    dest: &Dest,
+    state: Option<&PathBuf>,
+    lock: Option<&PathBuf>,
+) -> Result<Vec<(String, PathBuf)>> {
+    let mut written: Vec<(String, PathBuf)> = Vec::new();
+    match dest {
+        Dest::File(p) | Dest::Special(p) => written.push(("--out".into(), p.clone())),
+        Dest::Dir(d) => {
+            written.push(("--out".into(), d.clone()));
+            for name in DIR_FILES {
+                let path = d.join(name);
+                safe_io::check_managed_file(&path).map_err(refuse)?;
+                written.push((format!("--out {}", d.display()), path));
+            }
+            let lock = lock_path(&d.join(DIR_LOCK));
+            safe_io::check_managed_file(&lock).map_err(refuse)?;
+        }
+        Dest::Stdout => {}
+    }
+    if let Some(s) = state {
+        check_not_managed("--state", s)?;
+        written.push(("--state".into(), s.clone()));
+    }
+    if let Some(l) = lock {
+        written.push(("the lock".into(), lock_path(l)));
+    }
+    Ok(written)
+}
+
+/// No two things this run writes may be one file.
+fn refuse_collisions(written: &[(String, PathBuf)]) -> Result<()> {
+    let real: Vec<PathBuf> = written
+        .iter()
+        .map(|(_, p)| safe_io::canonical_ish(p))
+        .collect();
+    for (i, a) in real.iter().enumerate() {
+        if let Some(j) = real[..i].iter().position(|b| b == a) {
+            return Err(usage(format!(
+                "{} and {} name the same file, {}; each output, state and lock must be its own file",
+                written[j].0,
+                written[i].0,
+                written[i].1.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--out FILE`: its directory exists (nothing is created for it), it is
+/// no file of a directory this tool manages, and no state file.
+fn check_out_file(given: &Path, real: &Path) -> Result<()> {
+    let parent = real.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent
+        && !dir.is_dir()
+    {
+        return Err(usage(format!(
+            "--out {}: the directory {} does not exist; create it first",
+            given.display(),
+            dir.display()
+        )));
+    }
+    check_not_managed("--out", real)?;
+    if looks_like_state(real) {
+        return Err(usage(format!(
+            "--out {} is a hermes-harvest state file; refusing to replace it (pass it as --state, or choose another path)",
+            given.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a path that is one of the files of an output directory this
+/// tool manages (one holding its `manifest.json`): that directory is
+/// written only as `--out DIR/`.
+fn check_not_managed(flag: &str, path: &Path) -> Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let ours = DIR_FILES.iter().any(|f| name == *f)
+        || name.to_str().is_some_and(|n| n.starts_with(DIR_LOCK));
+    if ours && is_managed_dir(dir) {
+        return Err(usage(format!(
+            "{flag} {} is a file of the dataset directory {} that this tool manages; write it as --out {}/ or choose another path",
+            path.display(),
+            dir.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A directory holding a `manifest.json` this tool wrote.
+fn is_managed_dir(dir: &Path) -> bool {
+    head(&dir.join("manifest.json"))
+        .is_some_and(|h| h.contains("\"tool\"") && h.contains("\"hermes-harvest\""))
+}
+
+/// A state file of this tool: one JSON object that starts with its
+/// version and holds a watermark.
+fn looks_like_state(path: &Path) -> bool {
+    head(path).is_some_and(|h| {
+        let t = h.trim_start();
+        t.starts_with('{')
+            && t[1..].trim_start().starts_with("\"version\"")
+            && h.contains("\"watermark\"")
+    })
+}
+
+/// The first 4 KiB of a regular file, as text.
+fn head(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let file = safe_io::open_regular(path, u64::MAX).ok()?;
+    let mut buf = Vec::new();
+    file.take(4096).read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// `--state`: followed through links; a regular file or nothing yet.
@@ -157,12 +269,6 @@ fn refuse_inputs(written: &[(String, PathBuf)], inputs: &[Input]) -> Result<()> 
         }
     }
     Ok(())
-}
-
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut name = p.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 struct Input {

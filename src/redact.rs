@@ -25,17 +25,22 @@ enum Rule {
     /// URL).
     Key { min: usize },
     /// `Bearer <token>`: the word as written is kept, and the token must
-    /// look like one (16+ characters with a digit, a symbol or mixed case),
-    /// so "standard bearer responsibilities" stays.
+    /// look like one (see [`looks_like_token`]), so "standard bearer
+    /// responsibilities" and "ring bearer Jean-Christophe-Marie" stay.
     Bearer,
-    /// Group 1 is kept, group 2 is the secret.
+    /// Group 1 is kept, group 2 (else the rest of the match) is the
+    /// secret; what follows group 2 in the match is kept.
     Keep1,
     /// A bare 40-character AWS secret access key: upper, lower and digits.
     AwsSecret,
 }
 
 /// Secret shapes of the common providers. Order matters: more specific
-/// shapes come first so they name the kind.
+/// shapes come first so they name the kind. The shapes follow the public
+/// rule sets of gitleaks (`config/gitleaks.toml`, rule ids in the comments)
+/// and secrets-patterns-db, written here in our own terms; the generic
+/// kinds (AWS secret keys, bearer tokens) need context, as those rule sets
+/// require, because their bodies alone look like ordinary base64 or words.
 const PATTERNS: &[(&str, &str, Rule)] = &[
     (
         "private_key",
@@ -75,6 +80,14 @@ const PATTERNS: &[(&str, &str, Rule)] = &[
         Rule::Key { min: 20 },
     ),
     (
+        // A secret key after its access key id (gitleaks `aws-access-token`
+        // gives the id's shape): the id is context for the 40 characters
+        // that follow within a few lines; the id itself goes next.
+        "aws_secret_key",
+        r"((?-u:\b)(?:AKIA|ASIA)[0-9A-Z]{16}[^A-Za-z0-9/+=][\s\S]{0,200}?[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})(?:$|[^A-Za-z0-9/+=])",
+        Rule::AwsSecret,
+    ),
+    (
         "aws_access_key",
         r"(?-u:\b)(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)",
         Rule::Whole,
@@ -85,8 +98,11 @@ const PATTERNS: &[(&str, &str, Rule)] = &[
         Rule::Keep1,
     ),
     (
+        // secrets-patterns-db "AWS Secret Key": `aws` (or here `secret`)
+        // shortly before the 40 characters; without it a 40-character
+        // base64 string is just data.
         "aws_secret_key",
-        r"(^|[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})(?:$|[^A-Za-z0-9/+=])",
+        r"(?i)((?:aws|secret)[^\n]{0,40}?[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})(?:$|[^A-Za-z0-9/+=])",
         Rule::AwsSecret,
     ),
     (
@@ -116,10 +132,24 @@ const PATTERNS: &[(&str, &str, Rule)] = &[
     ),
     (
         "telegram_bot_token",
-        // Also inside Bot API URLs (`/bot<token>/sendMessage`), and ending
-        // in `-` or `_`.
-        r"(?-u:\b)(bot)?[0-9]{8,10}:(?:[A-Za-z0-9_-]|\r?\n)+",
-        Rule::Key { min: 35 },
+        // gitleaks `telegram-bot-api-token`: the bot id, `:`, then `A` and
+        // 34 more (here: or more) of letters, digits, `_` and `-` (so `order 1234567890:
+        // shipping-label-...` is no token). Also inside Bot API URLs
+        // (`/bot<token>/sendMessage`).
+        r"(?-u:\b)((?:bot)?)([0-9]{8,10}:A[A-Za-z0-9_-]{34,})",
+        Rule::Keep1,
+    ),
+    (
+        // gitleaks `slack-webhook-url`.
+        "slack_webhook",
+        r"(?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/]{43,56}",
+        Rule::Whole,
+    ),
+    (
+        // secrets-patterns-db "Discord Webhook": the id and its token.
+        "discord_webhook",
+        r"(?:https?://)?(?:(?:ptb|canary)\.)?discord(?:app)?\.com/api/webhooks/[0-9]{17,20}/[A-Za-z0-9_-]{60,68}",
+        Rule::Whole,
     ),
     (
         "jwt",
@@ -129,6 +159,12 @@ const PATTERNS: &[(&str, &str, Rule)] = &[
     (
         "basic_auth",
         r#"(?i)((?:proxy-)?authorization["']?\s*[:=]\s*["']?\s*basic\s+)([A-Za-z0-9+/=._~-]{4,})"#,
+        Rule::Keep1,
+    ),
+    (
+        // In an Authorization header the word is context enough.
+        "bearer",
+        r#"(?i)((?:proxy-)?authorization["']?\s*[:=]\s*["']?\s*bearer\s+)([A-Za-z0-9._~+/=-]{8,})"#,
         Rule::Keep1,
     ),
     (
@@ -145,8 +181,13 @@ const PATTERNS: &[(&str, &str, Rule)] = &[
 ];
 
 /// Word in a setting's name that makes its value a credential when it is
-/// the last word (`API_SERVER_KEY`, `bot_token`, `db_password`); `key`
-/// counts unless the word before says otherwise (`sort_key`).
+/// the last word, singular or plural, after any number suffix
+/// (`API_SERVER_KEY`, `bot_token`, `db_password`, `SMTP_PASS`,
+/// `HERMES_API_KEYS`, `OPENAI_API_KEY_2`); `key` and `token` count unless
+/// the word before says otherwise (`sort_key`, `max_tokens`). The words
+/// follow the credential keywords of gitleaks' generic rule
+/// (`generic-api-key`: key, api, token, secret, client, passwd, password,
+/// auth, access) and secrets-patterns-db's generic entries.
 const CREDENTIAL_WORDS: &[&str] = &[
     "key",
     "apikey",
@@ -154,12 +195,62 @@ const CREDENTIAL_WORDS: &[&str] = &[
     "secret",
     "password",
     "passwd",
+    "pass",
     "pwd",
     "passphrase",
     "credential",
-    "credentials",
     "pat",
     "auth",
+    "cookie",
+    "signature",
+    "dsn",
+];
+
+/// Words that make a setting a credential wherever they stand in its name
+/// (`SECRET_KEY_BASE`, `password_hash_value`), unless the name ends in a
+/// word of [`NOT_SECRET_LAST`].
+const STRONG_WORDS: &[&str] = &[
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "credential",
+    "apikey",
+];
+
+/// Last words that make a setting a description of a credential, not one
+/// (`API_SERVER_KEY_FILE`, `password_min_length`).
+const NOT_SECRET_LAST: &[&str] = &[
+    "file", "path", "dir", "url", "name", "id", "type", "env", "var", "length", "len", "ttl",
+    "expiry", "expires", "enabled", "header", "hint", "policy", "prompt", "min", "max", "count",
+    "limit", "budget", "mode", "format", "version", "rotation", "provider", "source", "helper",
+    "command", "cmd",
+];
+
+/// Words before `token` that make it a count or a vocabulary item.
+const NOT_SECRET_TOKENS: &[&str] = &[
+    "max",
+    "min",
+    "num",
+    "context",
+    "total",
+    "output",
+    "input",
+    "reasoning",
+    "thinking",
+    "prompt",
+    "completion",
+    "special",
+    "stop",
+    "eos",
+    "bos",
+    "pad",
+    "unk",
+    "sep",
+    "per",
+    "new",
+    "extra",
+    "added",
 ];
 
 /// Words before `key` that name something that is not a secret.
@@ -221,16 +312,37 @@ fn secret_setting(name: &str) -> bool {
     if !cur.is_empty() {
         words.push(cur);
     }
+    while words.len() > 1
+        && words
+            .last()
+            .is_some_and(|w| w.bytes().all(|b| b.is_ascii_digit()))
+    {
+        words.pop();
+    }
     let Some(last) = words.last() else {
         return false;
     };
-    if !CREDENTIAL_WORDS.contains(&last.as_str()) {
+    if NOT_SECRET_LAST.contains(&last.as_str()) {
         return false;
     }
-    if last == "key" && words.len() >= 2 {
-        return !NOT_SECRET_KEYS.contains(&words[words.len() - 2].as_str());
+    let singular = |w: &str| -> String {
+        match w.strip_suffix('s') {
+            Some(stem) if CREDENTIAL_WORDS.contains(&stem) => stem.to_string(),
+            _ => w.to_string(),
+        }
+    };
+    let last = singular(last);
+    let before = (words.len() >= 2).then(|| words[words.len() - 2].as_str());
+    if CREDENTIAL_WORDS.contains(&last.as_str()) {
+        return match (last.as_str(), before) {
+            ("key", Some(b)) => !NOT_SECRET_KEYS.contains(&b),
+            ("token", Some(b)) => !NOT_SECRET_TOKENS.contains(&b),
+            _ => true,
+        };
     }
-    true
+    words
+        .iter()
+        .any(|w| STRONG_WORDS.contains(&singular(w).as_str()))
 }
 
 pub struct Redactor {
@@ -374,7 +486,17 @@ impl Redactor {
         match v {
             Value::String(s) => self.string(s),
             Value::Array(items) => items.iter_mut().for_each(|i| self.value(i)),
-            Value::Object(map) => map.values_mut().for_each(|i| self.value(i)),
+            Value::Object(map) => {
+                map.values_mut().for_each(|i| self.value(i));
+                // A secret can be a key too (`{"tokens": {"ghp_…": "alice"}}`).
+                if map.keys().any(|k| self.any.is_match(k)) {
+                    let old = std::mem::take(map);
+                    for (mut k, v) in old {
+                        self.string(&mut k);
+                        map.insert(k, v);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -429,7 +551,13 @@ fn replace_rule(
         let g = |i: usize| caps.get(i).map_or("", |m| m.as_str());
         let replaced = match rule {
             Rule::Whole => Some(token.clone()),
-            Rule::Keep1 => Some(format!("{}{token}", g(1))),
+            Rule::Keep1 => Some(match caps.get(2) {
+                Some(secret) => {
+                    let after = &whole[secret.end() - caps.get(0).map_or(0, |m| m.start())..];
+                    format!("{}{token}{after}", g(1))
+                }
+                None => format!("{}{token}", g(1)),
+            }),
             Rule::Bearer => looks_like_token(g(2)).then(|| format!("{}{token}", g(1))),
             Rule::AwsSecret => {
                 let key = g(2);
@@ -546,14 +674,14 @@ fn looks_like_key_piece(s: &str) -> bool {
             || s.chars().skip(1).any(|c| c.is_ascii_uppercase()))
 }
 
-/// A bearer token, not a word: long, with a digit, a symbol or mixed case.
+/// A bearer token, not a word: 16 or more characters (a sentence's final
+/// `.` not counted) holding both letters and digits. Words, hyphenated
+/// names and phrases have no digits; real tokens nearly always do.
 fn looks_like_token(t: &str) -> bool {
+    let t = t.trim_end_matches('.');
     t.len() >= 16
-        && (t
-            .chars()
-            .any(|c| c.is_ascii_digit() || "._~+/=-".contains(c))
-            || (t.chars().any(|c| c.is_ascii_uppercase())
-                && t.chars().any(|c| c.is_ascii_lowercase())))
+        && t.chars().any(|c| c.is_ascii_digit())
+        && t.chars().any(|c| c.is_ascii_alphabetic())
 }
 
 /// The credential values configured under a Hermes home.
@@ -832,5 +960,117 @@ mod tests {
             out,
             "x [REDACTED:configured_secret] y [REDACTED:configured_secret] fake-model-1"
         );
+    }
+
+    /// The corpus under `fixtures/redaction/`: every planted secret found
+    /// (and gone from the output), no ordinary line changed. Prints the
+    /// figures the README quotes (`cargo test --lib redaction_corpus --
+    /// --nocapture`).
+    #[test]
+    fn redaction_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/redaction");
+        let planted = std::fs::read_to_string(dir.join("planted.tsv")).unwrap();
+        let mut r = Redactor::new(None);
+        let mut red = |s: &str| {
+            let (out, counted) = r.counted(s);
+            let kinds: BTreeMap<&'static str, usize> = counted.into_iter().collect();
+            (out.unwrap_or_else(|| s.to_string()), kinds)
+        };
+        let (mut total, mut found, mut missed) = (0, 0, Vec::new());
+        for line in planted.lines().filter(|l| !l.starts_with('#')) {
+            let mut cols = line.split('\t');
+            let (kind, text, secret) = (
+                cols.next().unwrap(),
+                cols.next().unwrap().replace("\\n", "\n"),
+                cols.next().unwrap(),
+            );
+            total += 1;
+            let (out, counts) = red(&text);
+            if counts.contains_key(kind) && !out.contains(secret) {
+                found += 1;
+            } else {
+                missed.push(format!("{kind}: {out}"));
+            }
+        }
+        let ordinary = std::fs::read_to_string(dir.join("ordinary.txt")).unwrap();
+        let (mut lines, mut changed) = (0, Vec::new());
+        for line in ordinary.lines().filter(|l| !l.starts_with('#')) {
+            lines += 1;
+            let (out, _) = red(line);
+            if out != line {
+                changed.push(out);
+            }
+        }
+        println!(
+            "redaction corpus: {found} of {total} planted secrets found; {} of {lines} ordinary lines changed",
+            changed.len()
+        );
+        assert!(missed.is_empty(), "missed: {missed:#?}");
+        assert!(changed.is_empty(), "false positives: {changed:#?}");
+    }
+
+    #[test]
+    fn secrets_as_json_keys_are_redacted() {
+        let mut r = Redactor::new(None);
+        let mut v: Value = serde_json::from_str(
+            r#"{"tokens":{"ghp_abcdefghijklmnopqrstuvwxyz0123456789AB":"alice"},"b":1}"#,
+        )
+        .unwrap();
+        r.value(&mut v);
+        assert_eq!(
+            v.to_string(),
+            r#"{"tokens":{"[REDACTED:github_token]":"alice"},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn credential_names_of_round_3() {
+        for yes in [
+            "SMTP_PASS",
+            "HERMES_API_KEYS",
+            "SECRET_KEY_BASE",
+            "OPENAI_API_KEY_2",
+            "tokens",
+            "DB_PASSWORDS",
+            "client_secret_value",
+        ] {
+            assert!(secret_setting(yes), "{yes}");
+        }
+        for no in [
+            "max_tokens",
+            "PASSWORD_FILE",
+            "password_min_length",
+            "special_tokens",
+        ] {
+            assert!(!secret_setting(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn config_lists_and_expanded_variables_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "SMTP_PASS=smtp-pass-value-1\nHERMES_API_KEYS=keys-value-22\nSECRET_KEY_BASE=base-value-333\nOPENAI_API_KEY_2=second-key-4444\nMY_UPSTREAM=upstream-value-55555\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            "gateway:\n  tokens:\n    - list-token-one-1\n    - list-token-two-2\nmodel:\n  api_key: ${MY_UPSTREAM}\n",
+        )
+        .unwrap();
+        let mut r = Redactor::new(Some(&HermesSettings::read(dir.path())));
+        for secret in [
+            "smtp-pass-value-1",
+            "keys-value-22",
+            "base-value-333",
+            "second-key-4444",
+            "list-token-one-1",
+            "list-token-two-2",
+            "upstream-value-55555",
+        ] {
+            let out = r.text(&format!("x {secret} y")).unwrap_or_default();
+            assert_eq!(out, "x [REDACTED:configured_secret] y", "{secret}");
+        }
     }
 }

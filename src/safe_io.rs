@@ -23,6 +23,12 @@ pub const MAX_SETTINGS_BYTES: u64 = 4 << 20;
 pub const MAX_SESSION_FILE_BYTES: u64 = 256 << 20;
 /// A state file (it lists pending turns of filtered runs).
 pub const MAX_STATE_BYTES: u64 = 512 << 20;
+/// `SOUL.md`, a `--system-prompt FILE`, a chat template file.
+pub const MAX_PROMPT_BYTES: u64 = 4 << 20;
+/// A `send --event` file (or stdin).
+pub const MAX_EVENT_BYTES: u64 = 1 << 20;
+/// `tokenizer.json` and its side files (large vocabularies reach tens of MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
 fn other(msg: String) -> io::Error {
     io::Error::other(msg)
@@ -50,8 +56,26 @@ pub fn open_regular(path: &Path, limit: u64) -> io::Result<File> {
             limit >> 20
         )));
     }
-    // O_NONBLOCK has no effect on reads of a regular file.
+    clear_nonblock(&file)?;
     Ok(file)
+}
+
+/// Clears `O_NONBLOCK` once the descriptor is known to be a regular file,
+/// so that reads behave as usual.
+fn clear_nonblock(file: &File) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this function borrows; no memory is passed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }
 
 /// Reads a whole regular file of at most `limit` bytes (see [`open_regular`]).
@@ -66,6 +90,26 @@ pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         )));
     }
     Ok(bytes)
+}
+
+/// [`read_regular`] for a UTF-8 text file.
+pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
+    String::from_utf8(read_regular(path, limit)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Reads at most `limit` bytes of a stream (stdin), as UTF-8 text.
+pub fn read_stream_text(stream: impl Read, limit: u64) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    stream.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(other(format!(
+            "more than the {} MB this tool reads here",
+            limit >> 20
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// Like [`read_regular`], but a missing file is `Ok(None)`.
@@ -233,8 +277,23 @@ pub fn resolve_links(path: &Path) -> io::Result<PathBuf> {
     )))
 }
 
+/// `/dev/stdout`, `/dev/stderr`, `/dev/fd/N`, `/proc/<pid>/fd/N`: a
+/// descriptor of this process, written into as given (its link may name a
+/// pipe, `pipe:[N]`, that is no path).
+fn is_descriptor_path(path: &Path) -> bool {
+    let p = absolute(path);
+    let parts: Vec<&str> = p.iter().filter_map(|c| c.to_str()).collect();
+    matches!(
+        parts.as_slice(),
+        ["/", "dev", "stdout" | "stderr"] | ["/", "dev", "fd", _] | ["/", "proc", _, "fd", _]
+    )
+}
+
 /// The destination of `--out FILE`.
 pub fn resolve_out_file(path: &Path) -> io::Result<FileDest> {
+    if is_descriptor_path(path) {
+        return Ok(FileDest::Special(path.to_path_buf()));
+    }
     let real = resolve_links(path)?;
     match std::fs::metadata(&real) {
         Ok(meta) if meta.is_file() => Ok(FileDest::Regular(real)),

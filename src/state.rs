@@ -50,7 +50,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::exit::{self, Failure};
 use crate::format::Exchange;
 use crate::model::{Origin, Session};
 use crate::output::Written;
@@ -611,56 +610,5 @@ impl RunCoverage {
             st.runs += 1;
         }
         changed
-    }
-}
-
-/// An exclusive lock held for the whole run; released when dropped or when
-/// the process dies.
-pub struct RunLock {
-    _file: File,
-    pub path: PathBuf,
-}
-
-impl RunLock {
-    /// Takes `<target>.lock`, or fails at once with exit code LOCKED.
-    pub fn acquire(target: &Path) -> Result<RunLock> {
-        let mut name = target.as_os_str().to_owned();
-        name.push(".lock");
-        let path = PathBuf::from(name);
-        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::safe_io::create_private_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
-        }
-        // Never through a link: a planted one would receive our pid.
-        let mut file = crate::safe_io::open_private_nofollow(&path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ =
-                    std::io::Read::read_to_string(&mut std::io::Read::take(&file, 32), &mut holder);
-                let holder: String = holder.trim().chars().filter(char::is_ascii_digit).collect();
-                return Err(Failure::new(
-                    exit::LOCKED,
-                    format!(
-                        "another run holds {}{}; wait for it to finish (or check that it is not stuck)",
-                        path.display(),
-                        if holder.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (pid {holder})")
-                        }
-                    ),
-                )
-                .into());
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()));
-            }
-        }
-        file.set_len(0)?;
-        write!(file, "{}", std::process::id())?;
-        Ok(RunLock { _file: file, path })
     }
 }

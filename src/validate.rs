@@ -250,6 +250,27 @@ fn flavour(v: &Value) -> Option<bool> {
     found
 }
 
+/// Tool-call arguments nested deeper than the export writes them.
+fn too_deep_arguments(v: &Value) -> Option<String> {
+    let limit = crate::content::MAX_ARGUMENTS_DEPTH;
+    let deepest = ["messages", "prompt", "chosen", "rejected"]
+        .iter()
+        .filter_map(|k| v.get(*k).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|m| m.get("tool_calls").and_then(Value::as_array))
+        .flatten()
+        .map(|c| match &c["function"]["arguments"] {
+            Value::String(s) => {
+                serde_json::from_str::<Value>(s).map_or(0, |a| crate::content::depth(&a))
+            }
+            other => crate::content::depth(other),
+        })
+        .max()?;
+    (deepest > limit).then(|| {
+        format!("tool-call arguments nest {deepest} levels deep, more than the {limit} the export writes")
+    })
+}
+
 /// Checks a file line by line, remembering the file's shape and argument
 /// flavour from the first line that shows them.
 pub struct LineChecker<'a> {
@@ -299,6 +320,7 @@ impl<'a> LineChecker<'a> {
                 expected.as_str()
             )]
         };
+        problems.extend(too_deep_arguments(&v));
         if let Some(f) = flavour(&v) {
             match self.flavour {
                 None => self.flavour = Some((f, self.line)),

@@ -205,6 +205,8 @@ impl SendArgs {
             verify_timeout_secs: self.verify_timeout,
             home: self.home.choice(),
             quiet: self.quiet,
+            cacert: self.cacert.clone(),
+            insecure_http: self.insecure_http,
         }
     }
 }

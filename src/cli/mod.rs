@@ -308,6 +308,12 @@ pub struct SendArgs {
     /// Print errors only
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Trust the CA certificates in this PEM file for an https:// URL (instead of the system's)
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Allow sending the API key over plain http:// to a host that is not this machine (it travels in the clear)
+    #[arg(long)]
+    pub insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -32,7 +32,7 @@ use crate::shape::Shape;
 use crate::skip::Skip;
 use crate::source::Stores;
 use crate::source::session_files::ToolCatalog;
-use crate::state::{RunCoverage, RunLock, RunState};
+use crate::state::{RunCoverage, RunState};
 use crate::tokens::{Counter, Estimate, Sample};
 
 /// What formatting a session needs besides the session.
@@ -117,12 +117,8 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     // One run at a time per state file (or per output). A dry run writes
     // nothing, not even a lock or a cleanup.
     let dry_run = cfg.curate.dry_run;
-    let _lock = plan
-        .lock
-        .as_deref()
-        .filter(|_| !dry_run)
-        .map(RunLock::acquire)
-        .transpose()?;
+    crate::source::sqlite::create_no_side_files(dry_run);
+    let _lock = if dry_run { None } else { plan.take_lock()? };
     if !dry_run {
         remove_leftovers(&plan);
     }
@@ -135,7 +131,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     let top = watermark(&mut stores, state.as_ref(), &report)?;
     let stores = stores;
     let selection = coverage::selection(&cfg);
-    system_prompt(&mut cfg.system, &home, redactor.as_mut());
+    system_prompt(&mut cfg.system, &home, redactor.as_mut(), &report);
     let cfg = &cfg;
     let output = open_output(cfg, &plan, state.as_mut(), &identity)?;
     let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
@@ -270,9 +266,22 @@ fn watermark(stores: &mut Stores, state: Option<&RunState>, report: &Report) -> 
 
 /// Reads SOUL.md for `--system-prompt soul`; redacts a replacement
 /// prompt like any stored text.
-fn system_prompt(system: &mut SystemPolicy, home: &HermesHome, redactor: Option<&mut Redactor>) {
+fn system_prompt(
+    system: &mut SystemPolicy,
+    home: &HermesHome,
+    redactor: Option<&mut Redactor>,
+    report: &Report,
+) {
     if let SystemPolicy::Soul(soul) = system {
-        *soul = std::fs::read_to_string(home.dir.join("SOUL.md")).ok();
+        let path = home.dir.join("SOUL.md");
+        *soul = match crate::safe_io::read_text(&path, crate::safe_io::MAX_PROMPT_BYTES) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                report.warn(format_args!("{}: {e}; read as empty", path.display()));
+                None
+            }
+        };
     }
     if let (Some(r), SystemPolicy::Fixed(text)) = (redactor, system) {
         r.string(text);
@@ -518,8 +527,9 @@ impl<'a> Run<'a> {
         for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
             if ex.0.problem == Some(Skip::ToolArgumentsTooDeep) {
                 report.warn(format_args!(
-                    "session {}: a turn's tool-call arguments are nested deeper than 128 levels; the turn is skipped (tool_arguments_too_deep)",
-                    p.session.id
+                    "session {}: a turn's tool-call arguments are nested deeper than {} levels; the turn is skipped (tool_arguments_too_deep)",
+                    p.session.id,
+                    crate::content::MAX_ARGUMENTS_DEPTH
                 ));
             }
         }

@@ -40,9 +40,10 @@ use serde_json::Value;
 
 use crate::config::ForgetConfig;
 use crate::exit::{self, Failure};
+use crate::lock::RunLock;
 use crate::safe_io::{self, FileDest};
 use crate::sink::{persist, temp_beside};
-use crate::state::{Committed, RunLock, RunState};
+use crate::state::{Committed, RunState};
 
 fn usage(msg: String) -> anyhow::Error {
     Failure::new(exit::USAGE, msg).into()

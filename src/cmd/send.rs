@@ -2,7 +2,7 @@
 //! it, prints the reply and, with `--verify`, waits for the stores to show
 //! the captured turn.
 
-use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use crate::config::SendConfig;
 use crate::exit::{self, Failure};
 use crate::home::HermesHome;
+use crate::safe_io;
 use crate::send::{Event, check_session_id, config, http, verify};
 
 /// Runs `hermes-harvest send`; returns the exit code.
@@ -38,9 +39,24 @@ pub fn run(args: &SendConfig) -> Result<u8> {
         );
     }
     let endpoint = endpoint(args, home.as_ref().ok())?;
+    if endpoint.key.is_some() && endpoint.cleartext_beyond_loopback() && !args.insecure_http {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "refusing to send the API key in the clear to {}: plain http:// beyond this machine; use an https:// URL (Tailscale Serve, a reverse proxy) or pass --insecure-http",
+                endpoint.base
+            ),
+        )
+        .into());
+    }
+    let roots = match &args.cacert {
+        Some(path) => http::Roots::from_pem_file(path)?,
+        None => http::Roots::System,
+    };
 
     let verify_home = if args.verify {
         let home = home.context("--verify reads the Hermes stores")?;
+        check_stores_here(&home)?;
         Some(home)
     } else {
         None
@@ -57,6 +73,7 @@ pub fn run(args: &SendConfig) -> Result<u8> {
 
     let reply = http::post(
         &endpoint,
+        &roots,
         &session,
         &turn,
         Duration::from_secs(args.timeout_secs),
@@ -68,6 +85,24 @@ pub fn run(args: &SendConfig) -> Result<u8> {
         Some(home) => verify_capture(args, &home, &reply, &session, &turn, baseline),
         None => Ok(exit::OK),
     }
+}
+
+/// `--verify` reads the stores of a home on this machine; when Hermes runs
+/// elsewhere (its API server reached over the network) they are not here,
+/// and that is said before anything is sent.
+fn check_stores_here(home: &HermesHome) -> Result<()> {
+    let has = |name: &str| home.dir.join(name).exists();
+    if has("state.db") || has("sessions") {
+        return Ok(());
+    }
+    Err(Failure::new(
+        exit::USAGE,
+        format!(
+            "--verify reads the Hermes stores on this machine, and {} holds none (no state.db, no sessions/): when Hermes runs on another machine, run `send --verify` there, or point --hermes-home at its home (e.g. a mounted copy); nothing was sent",
+            home.dir.display()
+        ),
+    )
+    .into())
 }
 
 /// `--verify`: waits until the stores show the session holding this turn
@@ -139,14 +174,14 @@ fn build_event(args: &SendConfig) -> Result<Event> {
                 .into());
             }
             let (text, name) = if source == "-" {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .context("reading the event from stdin")?;
+                let text = safe_io::read_stream_text(std::io::stdin(), safe_io::MAX_EVENT_BYTES)
+                    .context("reading the event from stdin")
+                    .map_err(usage)?;
                 (text, "stdin".to_owned())
             } else {
-                let text = std::fs::read_to_string(source)
-                    .with_context(|| format!("reading the event file {source}"))?;
+                let text = safe_io::read_text(Path::new(source), safe_io::MAX_EVENT_BYTES)
+                    .with_context(|| format!("reading the event file {source}"))
+                    .map_err(usage)?;
                 (text, source.clone())
             };
             Event::from_json(&text, &args.world)

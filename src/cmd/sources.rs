@@ -105,8 +105,12 @@ pub fn run(args: &SourcesConfig) -> Result<u8> {
     if args.json {
         out.line(serde_json::to_string_pretty(&doc)?.as_bytes())?;
     } else {
-        let text = render(&doc);
-        out.line(text.strip_suffix('\n').unwrap_or(&text).as_bytes())?;
+        // Stored source and model names may hold terminal escapes.
+        let text: Vec<String> = render(&doc)
+            .lines()
+            .map(|l| crate::report::clean(l).into_owned())
+            .collect();
+        out.line(text.join("\n").as_bytes())?;
     }
     out.finish()?;
     Ok(if report.partial {

@@ -336,8 +336,9 @@ fn check(msgs: &[Message]) -> Option<Skip> {
     None
 }
 
-/// Arguments kept as text because the JSON parser's nesting limit (128
-/// levels) refused them.
+/// Arguments kept as text because they nest deeper than
+/// [`crate::content::MAX_ARGUMENTS_DEPTH`] (or the JSON parser's own limit
+/// refused them).
 fn too_deep(arguments: &Value) -> bool {
     let Some(s) = arguments.as_str() else {
         return false;
@@ -363,5 +364,5 @@ fn too_deep(arguments: &Value) -> bool {
             _ => {}
         }
     }
-    max >= 128
+    max > crate::content::MAX_ARGUMENTS_DEPTH
 }

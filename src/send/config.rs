@@ -73,6 +73,25 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Plain `http://` to a host other than this machine (loopback
+    /// addresses and `localhost`): the key would cross a network in the
+    /// clear.
+    pub fn cleartext_beyond_loopback(&self) -> bool {
+        let Some(rest) = self.base.strip_prefix("http://") else {
+            return false;
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        !loopback
+    }
+
     pub fn completions_url(&self) -> String {
         if self.base.ends_with("/v1") {
             format!("{}/chat/completions", self.base)
@@ -167,7 +186,7 @@ fn connect_host(host: &str) -> String {
     }
 }
 
-/// Checks an `http://` base URL and drops trailing slashes.
+/// Checks an `http://` or `https://` base URL and drops trailing slashes.
 pub fn normalize_url(url: &str) -> Result<String> {
     let url = url.trim().trim_end_matches('/');
     let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -175,13 +194,11 @@ pub fn normalize_url(url: &str) -> Result<String> {
         // Never echo it: the part before '@' may be a secret.
         bail!("credentials in the URL are not supported; set API_SERVER_KEY instead");
     }
-    let Some(rest) = url.strip_prefix("http://") else {
-        if url.starts_with("https://") {
-            bail!(
-                "{url:?}: https is not supported; the API server listens on plain http (use http://HOST:PORT)"
-            );
-        }
-        bail!("{url:?} is not an http:// URL (expected e.g. http://127.0.0.1:8642)");
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        bail!("{url:?} is not an http:// or https:// URL (expected e.g. http://127.0.0.1:8642)");
     };
     if rest.is_empty() || rest.starts_with('/') {
         bail!("{url:?} has no host");
@@ -262,7 +279,27 @@ mod tests {
 
     #[test]
     fn bad_settings() {
-        assert!(resolve(Some("https://x"), &EnvVars::default(), None).is_err());
+        assert!(resolve(Some("ftp://x"), &EnvVars::default(), None).is_err());
+        let tls = resolve(
+            Some("https://mac.tailnet.ts.net/"),
+            &EnvVars::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(tls.base, "https://mac.tailnet.ts.net");
+        assert!(!tls.cleartext_beyond_loopback());
+        for (url, beyond) in [
+            ("http://127.0.0.1:8642", false),
+            ("http://127.9.9.9:1", false),
+            ("http://localhost:1", false),
+            ("http://[::1]:8642", false),
+            ("http://10.0.0.5:8642", true),
+            ("http://mac.local:8642/v1", true),
+            ("http://[fd7a::1]:8642", true),
+        ] {
+            let ep = resolve(Some(url), &EnvVars::default(), None).unwrap();
+            assert_eq!(ep.cleartext_beyond_loopback(), beyond, "{url}");
+        }
         assert!(resolve(Some("127.0.0.1:8642"), &EnvVars::default(), None).is_err());
         let err = resolve(Some("http://u:sekrit@h:1"), &EnvVars::default(), None).unwrap_err();
         assert!(!format!("{err:#}").contains("sekrit"));

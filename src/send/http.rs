@@ -8,13 +8,22 @@
 //! | HTTP 429 | 12 (`RATE_LIMITED`) |
 //! | HTTP 5xx, any other non-2xx, connection dropped mid-reply | 13 (`SERVER`) |
 //! | no complete reply within `--timeout` | 14 (`TIMEOUT`) |
-//! | a 2xx whose body is not a chat completion with `choices[0].message.content` | 15 (`BAD_REPLY`) |
+//! | a 2xx whose body is not a chat completion with `choices[0].message.content`, headers over 64 KB, a compressed body nobody asked for | 15 (`BAD_REPLY`) |
+//! | TLS: the certificate is not trusted, the handshake fails | 17 (`TLS`) |
+//!
+//! `https://` goes through rustls. The roots are the system's (through
+//! rustls-platform-verifier, so a CA the administrator installed, a
+//! corporate proxy's, counts as it does for curl), or exactly the
+//! certificates of `--cacert FILE` for a private CA.
 
 use std::io::ErrorKind;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
+
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 use super::config::{Endpoint, KeySource};
 use crate::exit::{self, Failure};
@@ -48,19 +57,66 @@ pub fn request_body(turn: &str) -> Value {
     })
 }
 
+/// Which certificates an `https://` URL must chain to.
+#[derive(Debug, Clone, Default)]
+pub enum Roots {
+    /// The system's trust store.
+    #[default]
+    System,
+    /// Only these (`--cacert`).
+    Only(Vec<Certificate<'static>>),
+}
+
+impl Roots {
+    /// The CA certificates of a PEM file (`--cacert`); a file with none,
+    /// or one that is no regular file, is a usage error.
+    pub fn from_pem_file(path: &Path) -> Result<Roots> {
+        let usage =
+            |why: String| Failure::new(exit::USAGE, format!("--cacert {}: {why}", path.display()));
+        let bytes = crate::safe_io::read_regular(path, crate::safe_io::MAX_SETTINGS_BYTES)
+            .map_err(|e| usage(e.to_string()))?;
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(&bytes) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => return Err(usage(format!("not valid PEM ({e})")).into()),
+            }
+        }
+        if certs.is_empty() {
+            return Err(
+                usage("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()).into(),
+            );
+        }
+        Ok(Roots::Only(certs))
+    }
+
+    fn tls_config(&self) -> TlsConfig {
+        let roots = match self {
+            Roots::System => RootCerts::PlatformVerifier,
+            Roots::Only(certs) => RootCerts::new_with_certs(certs),
+        };
+        TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(roots)
+            .build()
+    }
+}
+
+/// Largest response head accepted (ureq's own limit).
+const MAX_HEADERS: usize = 64 * 1024;
+
 /// POSTs `turn` into `session`. Errors are [`Failure`]s with the exit code
 /// of the table above; their messages never contain the key.
-pub fn post(endpoint: &Endpoint, session: &str, turn: &str, timeout: Duration) -> Result<Reply> {
+pub fn post(
+    endpoint: &Endpoint,
+    roots: &Roots,
+    session: &str,
+    turn: &str,
+    timeout: Duration,
+) -> Result<Reply> {
     let url = endpoint.completions_url();
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .proxy(None)
-        .timeout_connect(Some(timeout.min(MAX_CONNECT)))
-        .timeout_global(Some(timeout))
-        .user_agent(concat!("hermes-harvest/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let agent: ureq::Agent = config.into();
+    let agent = agent(roots, timeout);
     let body = serde_json::to_vec(&request_body(turn))?;
     let mut request = agent
         .post(&url)
@@ -86,6 +142,9 @@ pub fn post(endpoint: &Endpoint, session: &str, turn: &str, timeout: Duration) -
         .get("Retry-After")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    if let Some(f) = unasked_encoding(&response, &endpoint.base, secret) {
+        return Err(f.into());
+    }
     let read = response
         .into_body()
         .with_config()
@@ -115,11 +174,47 @@ pub fn post(endpoint: &Endpoint, session: &str, turn: &str, timeout: Duration) -
             ),
         )
     })?;
+    // A server that echoes the key must not make us print it.
     Ok(Reply {
-        raw,
-        text,
+        raw: redact(&raw, secret),
+        text: redact(&text, secret),
         session_id,
     })
+}
+
+/// One agent per call: no redirects, no proxy, the TLS roots given.
+fn agent(roots: &Roots, timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .tls_config(roots.tls_config())
+        .max_response_header_size(MAX_HEADERS)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .timeout_connect(Some(timeout.min(MAX_CONNECT)))
+        .timeout_global(Some(timeout))
+        .user_agent(concat!("hermes-harvest/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// A compressed body: nothing asks for one (no Accept-Encoding, no decoder
+/// built in), so it is no chat completion.
+fn unasked_encoding(
+    response: &ureq::http::Response<ureq::Body>,
+    base: &str,
+    secret: Option<&str>,
+) -> Option<Failure> {
+    let enc = response
+        .headers()
+        .get("Content-Encoding")
+        .and_then(|v| v.to_str().ok())
+        .filter(|e| !e.trim().eq_ignore_ascii_case("identity"))?;
+    let message = format!(
+        "{base} answered HTTP {} with a {}-encoded body that was not asked for; is --url pointing at the Hermes API server (a proxy in between may compress)?",
+        response.status().as_u16(),
+        crate::report::clean(enc.trim())
+    );
+    Some(Failure::new(exit::BAD_REPLY, redact(&message, secret)))
 }
 
 /// `choices[0].message.content` of a chat completion.
@@ -159,7 +254,24 @@ fn transport_failure(
             ),
         )
     };
+    if let Some(why) = tls_problem(&e) {
+        return Failure::new(
+            exit::TLS,
+            redact(
+                &format!(
+                    "TLS with {base} failed: {why}; for a private CA pass --cacert FILE (the CA's PEM certificate), and check that the URL's host is the one the certificate names"
+                ),
+                secret,
+            ),
+        );
+    }
     let failure = match e {
+        ureq::Error::LargeResponseHeader(got, limit) => Failure::new(
+            exit::BAD_REPLY,
+            format!(
+                "{base} answered with response headers of more than {limit} bytes ({got}); is --url pointing at the Hermes API server?"
+            ),
+        ),
         ureq::Error::Timeout(_) => timed_out(),
         ureq::Error::HostNotFound => unreachable("host not found"),
         ureq::Error::ConnectionFailed => unreachable("connection failed"),
@@ -171,12 +283,7 @@ fn transport_failure(
             | ErrorKind::HostUnreachable
             | ErrorKind::NetworkDown
             | ErrorKind::NotFound => unreachable(&io.to_string()),
-            _ => Failure::new(
-                exit::SERVER,
-                format!(
-                    "the Hermes API server at {base} dropped the connection before a complete reply ({io}); check Hermes's gateway log"
-                ),
-            ),
+            _ => io_failure(&io, base),
         },
         ureq::Error::Protocol(p) => Failure::new(
             exit::BAD_REPLY,
@@ -198,6 +305,45 @@ fn transport_failure(
         ),
     };
     Failure::new(failure.code, redact(&failure.message, secret))
+}
+
+/// A reply that is not text, or a connection dropped mid-reply.
+fn io_failure(io: &std::io::Error, base: &str) -> Failure {
+    if io.kind() == ErrorKind::InvalidData {
+        return Failure::new(
+            exit::BAD_REPLY,
+            format!(
+                "the reply from {base} is not UTF-8 text ({io}); is --url pointing at the Hermes API server?"
+            ),
+        );
+    }
+    Failure::new(
+        exit::SERVER,
+        format!(
+            "the Hermes API server at {base} dropped the connection before a complete reply ({io}); check Hermes's gateway log"
+        ),
+    )
+}
+
+/// What went wrong in TLS, if the error is a TLS one (rustls errors come
+/// wrapped in I/O errors).
+fn tls_problem(e: &ureq::Error) -> Option<String> {
+    let describe = |r: &rustls::Error| match r {
+        rustls::Error::InvalidCertificate(c) => {
+            format!("the server's certificate is not trusted ({c:?})")
+        }
+        other => other.to_string(),
+    };
+    match e {
+        ureq::Error::Rustls(r) => Some(describe(r)),
+        ureq::Error::Tls(t) => Some((*t).to_string()),
+        ureq::Error::Pem(p) => Some(format!("bad certificate data ({p})")),
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(describe),
+        _ => None,
+    }
 }
 
 fn status_failure(

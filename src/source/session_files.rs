@@ -159,12 +159,15 @@ impl SessionFiles {
             if name.starts_with("request_dump_") || name.starts_with('.') {
                 continue;
             }
+            // A link is followed inside the home only; a FIFO or device (or
+            // a link to one) stays listed, so that reading it reports it.
             if entry.path_is_symlink() {
                 match path.canonicalize() {
                     Ok(real) if real.starts_with(&home_real) && real.is_file() => {}
+                    Ok(real) if !real.is_file() && !real.is_dir() => {}
                     _ => continue,
                 }
-            } else if !entry.file_type().is_file() {
+            } else if entry.file_type().is_dir() {
                 continue;
             }
             if name == "sessions.json" {

@@ -103,7 +103,7 @@ fn token_string(v: &Json) -> Option<String> {
 }
 
 fn read_json(path: &Path) -> Result<Option<Json>> {
-    match std::fs::read(path) {
+    match crate::safe_io::read_regular(path, crate::safe_io::MAX_TOKENIZER_BYTES) {
         Ok(bytes) => {
             Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
                 format!("{} is not valid JSON", path.display())
@@ -120,8 +120,8 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
 /// `{"name", "template"}`).
 fn templates(dir: &Path, config: Option<&Json>) -> Result<(Vec<(String, String)>, String)> {
     let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
-        let text = std::fs::read_to_string(&jinja)
+    if jinja.exists() {
+        let text = crate::safe_io::read_text(&jinja, crate::safe_io::MAX_PROMPT_BYTES)
             .with_context(|| format!("reading {}", jinja.display()))?;
         return Ok((vec![("default".into(), text)], jinja.display().to_string()));
     }
@@ -198,11 +198,22 @@ fn special_tokens(config: Option<&Json>, map_file: Option<&Json>) -> Vec<(String
     specials
 }
 
+/// Instructions one render may run.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+/// minijinja's recursion budget for one render (its safe maximum without
+/// growing the stack).
+pub const TEMPLATE_RECURSION: usize = 500;
+
 /// The template environment with what real chat templates use: Python
 /// string methods, `raise_exception`, `strftime_now`, `tojson` and the
 /// generation marks.
 fn template_env() -> Environment<'static> {
     let mut env = Environment::new();
+    // Hostile templates: fuel bounds the instructions of one render (a
+    // real sample takes well under a million), the recursion limit bounds
+    // nesting (macros, loops, includes), and `render_guard` bounds memory.
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
@@ -267,7 +278,7 @@ impl ChatTokenizer {
                 path.to_path_buf(),
             )
         };
-        let raw = std::fs::read(&file)
+        let raw = crate::safe_io::read_regular(&file, crate::safe_io::MAX_TOKENIZER_BYTES)
             .with_context(|| format!("--tokenizer: cannot read {}", file.display()))?;
         let mut tokenizer = Tokenizer::from_bytes(&raw)
             .map_err(|e| anyhow!("--tokenizer: {} is not a tokenizer: {e}", file.display()))?;
@@ -354,7 +365,7 @@ impl ChatTokenizer {
         .into_iter()
         .chain(self.specials.iter().map(|(k, v)| (k.as_str(), v.clone())))
         .collect();
-        tmpl.render(ctx)
+        crate::render_guard::bounded(|| tmpl.render(ctx))
             .map_err(|e| anyhow!("the chat template failed on this sample: {e:#}"))
     }
 

@@ -998,7 +998,7 @@ fn tool_arguments_nested_too_deep_are_named_not_dropped_silently() {
     drop(db);
     let (c, _, err) = export(home.path(), &["--session", "deep-1"]);
     assert_eq!(c, 0, "{err}");
-    assert!(err.contains("nested deeper than 128"), "{err}");
+    assert!(err.contains("nested deeper than 64"), "{err}");
     assert!(err.contains("tool_arguments_too_deep"), "{err}");
 }
 

@@ -7,6 +7,7 @@ mod cron;
 mod curate;
 mod dpo;
 mod export;
+mod hostile;
 mod integrity;
 mod iot;
 mod props;

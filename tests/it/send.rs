@@ -50,6 +50,8 @@ enum Answer {
     Status(u16, &'static str, String),
     /// Keep the connection open and say nothing.
     Hang,
+    /// These bytes, as the whole response.
+    Raw(Vec<u8>),
 }
 
 fn completion(text: &str) -> String {
@@ -89,6 +91,9 @@ fn serve(answer: impl Fn(&Seen) -> Answer + Send + 'static) -> (u16, mpsc::Recei
                     );
                     let _ = stream.write_all(head.as_bytes());
                     let _ = stream.write_all(body.as_bytes());
+                }
+                Answer::Raw(bytes) => {
+                    let _ = stream.write_all(&bytes);
                 }
                 Answer::Hang => {
                     thread::spawn(move || {
@@ -446,7 +451,7 @@ fn bad_events_are_usage_errors() {
         assert_eq!(r.stdout, "");
     }
     for bad_url in [
-        "https://127.0.0.1:9",
+        "ftp://127.0.0.1:9",
         "127.0.0.1:9",
         "http://user:pw@127.0.0.1:9",
     ] {
@@ -715,4 +720,239 @@ fn out_of_range_values_are_usage_errors_not_panics() {
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     }
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, made for this test.
+struct TestPki {
+    ca_pem: String,
+    leaf: rustls::pki_types::CertificateDer<'static>,
+    leaf_key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn test_pki() -> TestPki {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "hermes-harvest test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+    let leaf_params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        leaf: leaf.der().clone(),
+        leaf_key: rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    }
+}
+
+/// An HTTPS server on 127.0.0.1 (rustls, in a thread) that answers every
+/// request with a completion of `text`, reporting what it saw.
+fn serve_tls(pki: &TestPki, text: &'static str) -> (u16, mpsc::Receiver<Seen>) {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.leaf.clone()], pki.leaf_key.clone_key())
+        .unwrap();
+    let config = std::sync::Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(tcp) = stream else { return };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            // A client that does not trust us fails the handshake here.
+            let Some(seen) = read_tls_request(&mut tls) else {
+                continue;
+            };
+            let _ = tx.send(seen);
+            let body = completion(text);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = tls.write_all(head.as_bytes());
+            let _ = tls.write_all(body.as_bytes());
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    (port, rx)
+}
+
+fn read_tls_request(stream: &mut impl Read) -> Option<Seen> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let path = parts.next()?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(Seen {
+        method,
+        path,
+        headers,
+        body: String::from_utf8(body).ok()?,
+    })
+}
+
+#[test]
+fn https_with_a_private_ca_passes_with_cacert_and_fails_clearly_without() {
+    let home = tempfile::tempdir().unwrap();
+    let pki = test_pki();
+    let ca = home.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let (port, seen) = serve_tls(&pki, "hello over TLS");
+    let url = format!("https://127.0.0.1:{port}");
+    let send = |extra: &[&str]| {
+        let mut cmd = send_cmd(home.path());
+        cmd.env("API_SERVER_KEY", KEY)
+            .args(["tick", "--world", "w", "--url", &url, "--timeout", "30"])
+            .args(extra);
+        run(cmd)
+    };
+    let r = send(&["--cacert", ca.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim_end(), "hello over TLS");
+    let got = seen
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a request");
+    assert_eq!(got.method, "POST");
+    assert_eq!(
+        got.header("Authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+
+    // The system's roots do not know the test CA.
+    let r = send(&[]);
+    assert_failure(&r, 17, "TLS");
+    assert!(r.stderr.contains("--cacert"), "{}", r.stderr);
+    assert!(r.stderr.contains("not trusted"), "{}", r.stderr);
+
+    // A --cacert that holds no certificate is a usage error.
+    let junk = home.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let r = send(&["--cacert", junk.to_str().unwrap()]);
+    assert_failure(&r, 2, "--cacert");
+    // Plain HTTP to the TLS port fails, but never hangs.
+    let mut cmd = send_cmd(home.path());
+    cmd.args([
+        "tick",
+        "--url",
+        &format!("http://127.0.0.1:{port}"),
+        "--timeout",
+        "5",
+    ]);
+    let r = run(cmd);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn the_key_never_travels_in_the_clear_beyond_loopback() {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = send_cmd(home.path());
+    cmd.env("API_SERVER_KEY", KEY).args([
+        "tick",
+        "--url",
+        "http://192.0.2.1:8642",
+        "--timeout",
+        "1",
+    ]);
+    let r = run(cmd);
+    assert_failure(&r, 2, "in the clear");
+    // With the flag that says so, the call is made (and fails to connect).
+    let mut cmd = send_cmd(home.path());
+    cmd.env("API_SERVER_KEY", KEY).args([
+        "tick",
+        "--url",
+        "http://192.0.2.1:8642",
+        "--timeout",
+        "1",
+        "--insecure-http",
+    ]);
+    let r = run(cmd);
+    assert!([10, 14].contains(&r.code), "{}", r.stderr);
+    // Without a key there is nothing to leak.
+    let mut cmd = send_cmd(home.path());
+    cmd.args(["tick", "--url", "http://192.0.2.1:8642", "--timeout", "1"]);
+    let r = run(cmd);
+    assert!([10, 14].contains(&r.code), "{}", r.stderr);
+}
+
+#[test]
+fn a_reply_that_echoes_the_key_does_not_print_it() {
+    let home = tempfile::tempdir().unwrap();
+    let (port, _seen) = serve(|_| ok(&format!("your key is {KEY}, right?")));
+    for json_flag in [false, true] {
+        let mut cmd = entering(home.path(), port);
+        if json_flag {
+            cmd.arg("--json");
+        }
+        let r = run(cmd);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(!r.stdout.contains(KEY), "the key leaked: {}", r.stdout);
+        assert!(r.stdout.contains("<API_SERVER_KEY>"), "{}", r.stdout);
+    }
+}
+
+#[test]
+fn huge_headers_and_unrequested_gzip_are_bad_replies() {
+    let home = tempfile::tempdir().unwrap();
+    let big = format!(
+        "HTTP/1.1 200 OK\r\nX-Filler: {}\r\nContent-Length: 2\r\n\r\n{{}}",
+        "a".repeat(70 * 1024)
+    );
+    let (port, _seen) = serve(move |_| Answer::Raw(big.clone().into_bytes()));
+    let r = run(entering(home.path(), port));
+    assert_failure(&r, 15, "headers");
+    let gz: &[u8] = &[
+        0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let mut raw = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(gz);
+    let (port, _seen) = serve(move |_| Answer::Raw(raw.clone()));
+    let r = run(entering(home.path(), port));
+    assert_failure(&r, 15, "gzip");
+}
+
+#[test]
+fn verify_without_stores_here_says_so_before_sending() {
+    let home = tempfile::tempdir().unwrap();
+    let hermes = home.path().join("remote-hermes");
+    std::fs::create_dir(&hermes).unwrap();
+    let (port, seen) = serve(|_| ok("hi"));
+    let mut cmd = entering(home.path(), port);
+    cmd.args(["--verify", "--hermes-home", hermes.to_str().unwrap()]);
+    let r = run(cmd);
+    assert_failure(&r, 2, "holds none");
+    assert!(r.stderr.contains("another machine"), "{}", r.stderr);
+    assert!(seen.try_recv().is_err(), "nothing is sent");
 }
