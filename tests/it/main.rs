@@ -12,3 +12,4 @@ mod props;
 mod send;
 mod stores;
 mod tokens;
+mod validate_dir;
