@@ -297,21 +297,7 @@ impl DirCheck<'_> {
             facts.lines = found.lines;
             facts.bytes = found.bytes;
             finished(&label, found, problems)?;
-            if let Some((strings, at)) = checker.flavour() {
-                match &flavour {
-                    None => flavour = Some((strings, name.clone())),
-                    Some((first, other)) if *first != strings => problems.add(
-                        &label,
-                        Some(at as u64),
-                        &format!(
-                            "tool-call arguments are {} here but {} in {other} (one flavour per directory)",
-                            flavour_name(strings),
-                            flavour_name(*first)
-                        ),
-                    )?,
-                    _ => {}
-                }
-            }
+            one_flavour(&label, &name, checker.flavour(), &mut flavour, problems)?;
             across.names.push(name);
             summary.files.push(facts);
         }
@@ -424,6 +410,33 @@ impl DirCheck<'_> {
         }
         Ok(())
     }
+}
+
+/// One argument flavour across the directory: `seen` is the first file's.
+fn one_flavour(
+    label: &str,
+    name: &str,
+    this: Option<(bool, usize)>,
+    seen: &mut Option<(bool, String)>,
+    problems: &mut Problems,
+) -> Result<()> {
+    let Some((strings, at)) = this else {
+        return Ok(());
+    };
+    match seen {
+        None => *seen = Some((strings, name.to_string())),
+        Some((first, other)) if *first != strings => problems.add(
+            label,
+            Some(at as u64),
+            &format!(
+                "tool-call arguments are {} here but {} in {other} (one flavour per directory)",
+                flavour_name(strings),
+                flavour_name(*first)
+            ),
+        )?,
+        _ => {}
+    }
+    Ok(())
 }
 
 fn flavour_name(strings: bool) -> &'static str {
