@@ -267,7 +267,7 @@ fn training(out: &mut String, format: &str, max: &str) {
         "sft" => {
             let _ = writeln!(
                 out,
-                "mlx-lm (reads `train.jsonl` and `valid.jsonl` from the directory; it wants a `valid.jsonl` of at least a batch):\n\n```sh\nmlx_lm.lora --model MODEL --train --data DIR --max-seq-length {max} --mask-prompt\n```\n\nTRL ({load} `assistant_only_loss` needs a chat template with `{{% generation %}}` blocks; leave it out otherwise):\n\n```python\nfrom datasets import load_dataset\nfrom trl import SFTConfig, SFTTrainer\ndata = load_dataset(DIR)\ntrainer = SFTTrainer(model=MODEL, train_dataset=data[\"train\"], eval_dataset=data.get(\"validation\"),\n                     args=SFTConfig(max_length={max}, assistant_only_loss=True))\ntrainer.train()\n```\n"
+                "mlx-lm (reads `train.jsonl` and `valid.jsonl` from the directory; it wants a `valid.jsonl` of at least a batch):\n\n```sh\nmlx_lm.lora --model MODEL --train --data DIR --max-seq-length {max} --mask-prompt\n```\n\nTRL ({load} `assistant_only_loss` needs a chat template with `{{% generation %}}` blocks, which TRL adds only to the templates it knows; leave it out otherwise):\n\n```python\nfrom datasets import load_dataset\nfrom trl import SFTConfig, SFTTrainer\ndata = load_dataset(DIR)\ntrainer = SFTTrainer(model=MODEL, train_dataset=data[\"train\"], eval_dataset=data.get(\"validation\"),\n                     args=SFTConfig(max_length={max}, assistant_only_loss=True))\ntrainer.train()\n```\n"
             );
         }
         "dpo" => {

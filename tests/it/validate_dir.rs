@@ -388,3 +388,36 @@ fn bytes_past_the_state_commit_are_half_done() {
         "its committed lines differ",
     );
 }
+
+#[test]
+fn one_argument_flavour_for_the_whole_directory() {
+    // The 0.13 capture has tool calls in both splits.
+    let (_home, _work, dir) = exported(VERSIONS[1], &[]);
+    let path = dir.join("valid.jsonl");
+    let mut text = String::new();
+    let mut first = None;
+    for (i, mut line) in read_lines(&path).into_iter().enumerate() {
+        for m in line["messages"].as_array_mut().unwrap() {
+            for c in m
+                .get_mut("tool_calls")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let args = c["function"]["arguments"].to_string();
+                c["function"]["arguments"] = Value::String(args);
+                first = first.or(Some(i + 1));
+            }
+        }
+        text.push_str(&serde_json::to_string(&line).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    assert_problem(
+        &dir,
+        &[],
+        "valid.jsonl",
+        first,
+        "tool-call arguments are strings here but objects in train.jsonl (one flavour per directory)",
+    );
+}
