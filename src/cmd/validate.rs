@@ -33,6 +33,10 @@ pub fn run(args: &ValidateConfig) -> Result<u8> {
         }
         return Ok(if found > 0 { exit::INVALID } else { exit::OK });
     }
+    if args.state.is_some() {
+        let msg = "--state checks an export directory: give validate DIR/";
+        return Err(exit::Failure::new(exit::USAGE, msg).into());
+    }
     let reader: Box<dyn Read> = if args.file == "-" {
         Box::new(std::io::stdin())
     } else {

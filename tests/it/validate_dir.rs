@@ -108,6 +108,15 @@ fn a_cumulative_directory_agrees_with_its_state() {
     );
     let (code, lines, err) = validate(&dir, &["--state", &st]);
     assert_eq!(code, 0, "{lines:#?}\n{err}");
+    // A single file has no state to agree with.
+    let train = dir.join("train.jsonl");
+    let out = run(&["validate", train.to_str().unwrap(), "--state", &st]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Another directory is not this state's.
     let (_h, _w, other) = exported(VERSIONS[0], &[]);
     let (code, lines, _) = validate(&other, &["--state", &st]);
