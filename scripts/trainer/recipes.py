@@ -17,12 +17,14 @@ To run on a CPU in minutes, and only for that, each recipe gets:
   --val-batches 1 --adapter-path …` appended.
 Everything else is the text of the recipe.
 """
+import functools
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+print = functools.partial(print, flush=True)  # noqa: A001 (the golden file fills as recipes run)
 README, WORK = Path(sys.argv[1]), Path(sys.argv[2])
 TIMEOUT = int(os.environ.get("RECIPE_TIMEOUT", "1800"))
 CPU_TRL = 'use_cpu=True, bf16=False, max_steps=1, report_to="none", output_dir="trainer-output", '
