@@ -3,9 +3,15 @@
 //! the manifest just written (so its figures are the manifest's) and
 //! rewritten whenever the manifest is.
 //!
-//! A `README.md` this tool did not write (no [`MARK`] on its first line) is
-//! the user's own: it is left alone and the card is written as
-//! `DATASET_CARD.md` instead (said once, when that file is first made).
+//! A `README.md` this tool did not write (see [`is_ours`]) is the user's
+//! own: it is left alone and the card is written as `DATASET_CARD.md`
+//! instead (said once, when that file is first made).
+//!
+//! The card opens with YAML front matter, as a Hugging Face dataset repo's
+//! README does (see [`front_matter`]): its `configs` name the data file of
+//! each split and its `features` the column types, so `load_dataset(DIR)`
+//! reads both splits in one call whatever keys each split's messages carry,
+//! and the directory can be pushed to a hub as it is.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -16,11 +22,23 @@ use serde_json::Value;
 
 use crate::sink::{persist, temp_beside};
 
-/// First line of every card this tool writes.
-pub const MARK: &str = "<!-- hermes-harvest dataset card: rewritten on every run -->";
+/// How every card this tool writes starts: the front matter's opening line
+/// and a YAML comment (the marker sits inside the front matter, which must
+/// come first for a hub or `datasets` to read it).
+pub const MARK: &str = "---\n# hermes-harvest dataset card: rewritten on every run\n";
+/// How cards of earlier versions started (no front matter).
+const LEGACY_MARK: &str = "<!-- hermes-harvest dataset card: rewritten on every run -->";
+/// Where a card may be, in the order `validate` looks.
+pub const NAMES: [&str; 2] = ["README.md", "DATASET_CARD.md"];
+
+/// Whether a card file was written by this tool (by any version of it): the
+/// one test of ownership, for writing the card and for `validate`.
+pub fn is_ours(bytes: &[u8]) -> bool {
+    bytes.starts_with(MARK.as_bytes()) || bytes.starts_with(LEGACY_MARK.as_bytes())
+}
 
 /// The card's file name when the user's own `README.md` is in the way.
-pub const ALT_NAME: &str = "DATASET_CARD.md";
+pub const ALT_NAME: &str = NAMES[1];
 
 /// Whether `readme` exists and is not a card of ours. Only its first bytes
 /// are read, so a large README.md of the user's is kept too; one that
@@ -30,10 +48,10 @@ fn someone_elses(readme: &Path) -> bool {
         Ok(f) => {
             let mut head = Vec::new();
             let read = std::io::Read::read_to_end(
-                &mut std::io::Read::take(f, MARK.len() as u64),
+                &mut std::io::Read::take(f, MARK.len().max(LEGACY_MARK.len()) as u64),
                 &mut head,
             );
-            read.is_err() || !head.starts_with(MARK.as_bytes())
+            read.is_err() || !is_ours(&head)
         }
         Err(e) => e.kind() != std::io::ErrorKind::NotFound,
     }
@@ -83,7 +101,8 @@ fn table(out: &mut String, head: (&str, &str), v: &Value) {
 /// The card's Markdown.
 pub fn render(m: &Value) -> String {
     let format = text(&m["format"]);
-    let mut out = format!("{MARK}\n# Training data from Hermes Agent ({format})\n\n");
+    let mut out = front_matter(m);
+    let _ = writeln!(out, "# Training data from Hermes Agent ({format})\n");
     let _ = writeln!(
         out,
         "Exported by {} {} on {} from the stores of a Hermes Agent home. {}\n",
@@ -240,21 +259,88 @@ fn redaction(out: &mut String, r: &Value) {
     }
 }
 
-/// How to train on the directory. Each split is loaded on its own: `datasets`
-/// takes the column types of the first file for all, and two files whose
-/// messages carry different keys then fail to load together.
+/// The split of each data file (`load_dataset`'s names).
+const SPLITS: [(&str, &str); 2] = [("train.jsonl", "train"), ("valid.jsonl", "validation")];
+
+/// The card's YAML front matter: [`MARK`], then `configs` (the data file of
+/// each split that holds lines: `datasets` refuses a split whose file is
+/// empty) and `dataset_info.features`.
+///
+/// Messages, tools and `meta` are declared `json` (the `Json` feature of
+/// `datasets` 4.7 and later): each value reads back exactly as written. A
+/// struct type inferred from the data instead takes its fields from the
+/// first file (two splits whose messages carry different keys do not load
+/// together) and adds every other row's keys as nulls (tool-call
+/// `arguments` of one tool gain the other tools' argument names), which
+/// changes the training text. `datasets` before 4.7 cannot read `json`.
+pub fn front_matter(m: &Value) -> String {
+    let mut out = MARK.to_string();
+    let files = &m["split"]["files"];
+    let splits: Vec<_> = SPLITS
+        .iter()
+        .filter(|(f, _)| files[*f]["lines"].as_u64().is_some_and(|n| n > 0))
+        .collect();
+    if !splits.is_empty() {
+        out.push_str("configs:\n- config_name: default\n  data_files:\n");
+        for (file, split) in splits {
+            let _ = writeln!(out, "  - split: {split}\n    path: {file}");
+        }
+    }
+    out.push_str("dataset_info:\n  features:\n");
+    for (name, kind) in features(m) {
+        let _ = writeln!(out, "  - name: {name}\n    {kind}");
+    }
+    out.push_str("---\n\n");
+    out
+}
+
+/// Each column the lines of the manifest's format carry, with its type.
+fn features(m: &Value) -> Vec<(&'static str, &'static str)> {
+    const LIST: &str = "list: json";
+    const STRING: &str = "dtype: string";
+    let mut cols = match m["format"].as_str() {
+        Some("dpo-flat") => vec![
+            ("system", STRING),
+            ("prompt", STRING),
+            ("chosen", STRING),
+            ("rejected", STRING),
+        ],
+        Some("dpo") => vec![("prompt", LIST), ("chosen", LIST), ("rejected", LIST)],
+        _ => vec![("messages", LIST)],
+    };
+    if m["format"] != "dpo-flat" && m["tokens"]["tools_policy"] != "none" {
+        cols.push(("tools", LIST));
+    }
+    if m["curation"]["meta"] != Value::Bool(false) {
+        cols.push(("meta", "dtype: json"));
+    }
+    cols
+}
+
+/// How to train on the directory: the recipes `scripts/trainer-recipes.sh`
+/// runs as written (with `DIR` and `MODEL` filled in).
 fn training(out: &mut String, format: &str, max: &str) {
     out.push_str("## Training on it\n\n");
-    if format == "sft" {
-        let _ = writeln!(
-            out,
-            "mlx-lm (reads `train.jsonl` and `valid.jsonl` from the directory):\n\n```sh\nmlx_lm.lora --model MODEL --train --data . --max-seq-length {max} --mask-prompt\n```\n\nTRL:\n\n```python\nfrom datasets import load_dataset\nfrom trl import SFTConfig, SFTTrainer\ntrain = load_dataset(\"json\", data_files=\"train.jsonl\", split=\"train\")\nvalid = load_dataset(\"json\", data_files=\"valid.jsonl\", split=\"train\")\ntrainer = SFTTrainer(model=MODEL, train_dataset=train, eval_dataset=valid,\n                     args=SFTConfig(max_length={max}, assistant_only_loss=True))\n```\n"
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "TRL:\n\n```python\nfrom datasets import load_dataset\nfrom trl import DPOConfig, DPOTrainer\ntrain = load_dataset(\"json\", data_files=\"train.jsonl\", split=\"train\")\nvalid = load_dataset(\"json\", data_files=\"valid.jsonl\", split=\"train\")\ntrainer = DPOTrainer(model=MODEL, train_dataset=train, eval_dataset=valid,\n                     args=DPOConfig(max_length={max}))\n```\n\n`--dpo-style flat` lines suit mlx-lm-lora's DPO mode.\n"
-        );
+    let load = "`load_dataset(DIR)` reads both splits in one call (the front matter above declares the files and the column types; `datasets` 4.7 or later).";
+    match format {
+        "sft" => {
+            let _ = writeln!(
+                out,
+                "mlx-lm (reads `train.jsonl` and `valid.jsonl` from the directory; it wants a `valid.jsonl` of at least a batch):\n\n```sh\nmlx_lm.lora --model MODEL --train --data DIR --max-seq-length {max} --mask-prompt\n```\n\nTRL ({load} `assistant_only_loss` needs a chat template with `{{% generation %}}` blocks, which TRL adds only to the templates it knows; leave it out otherwise):\n\n```python\nfrom datasets import load_dataset\nfrom trl import SFTConfig, SFTTrainer\ndata = load_dataset(DIR)\ntrainer = SFTTrainer(model=MODEL, train_dataset=data[\"train\"], eval_dataset=data.get(\"validation\"),\n                     args=SFTConfig(max_length={max}, assistant_only_loss=True))\ntrainer.train()\n```\n"
+            );
+        }
+        "dpo" => {
+            let _ = writeln!(
+                out,
+                "TRL ({load}):\n\n```python\nfrom datasets import load_dataset\nfrom trl import DPOConfig, DPOTrainer\ndata = load_dataset(DIR)\ntrainer = DPOTrainer(model=MODEL, train_dataset=data[\"train\"], eval_dataset=data.get(\"validation\"),\n                     args=DPOConfig(max_length={max}))\ntrainer.train()\n```\n\nFor mlx-lm-lora, export with `--dpo-style flat`.\n"
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "mlx-lm-lora (reads `train.jsonl` and `valid.jsonl` from the directory):\n\n```sh\nmlx_lm_lora.train --model MODEL --train --train-mode dpo --data DIR --max-seq-length {max}\n```\n\nTRL takes these lines too ({load}): `DPOTrainer` as for `--format dpo`.\n"
+            );
+        }
     }
 }
 
@@ -279,7 +365,7 @@ mod tests {
             "curation": {"exact_duplicates_dropped": 1, "near_duplicates_dropped": 5, "near_duplicate_cap": 3, "forgotten_sessions": 0}
         });
         let card = render(&m);
-        assert!(card.starts_with(MARK));
+        assert!(card.starts_with(MARK) && is_ours(card.as_bytes()));
         for needle in [
             "| train.jsonl | 17 | 9 |",
             "Turns from 2026-10-01T00:00:00Z",
@@ -294,5 +380,51 @@ mod tests {
         ] {
             assert!(card.contains(needle), "{needle} missing:\n{card}");
         }
+    }
+
+    #[test]
+    fn the_front_matter_declares_the_splits_that_hold_lines_and_every_column() {
+        let m = serde_json::json!({
+            "format": "dpo", "tokens": {"tools_policy": "used"}, "curation": {"meta": true},
+            "split": {"files": {"train.jsonl": {"lines": 3, "bytes": 9}, "valid.jsonl": {"lines": 0, "bytes": 0}}}
+        });
+        let fm = front_matter(&m);
+        assert!(fm.starts_with(MARK) && fm.ends_with("---\n\n"), "{fm}");
+        assert!(
+            fm.contains("  - split: train\n    path: train.jsonl\n"),
+            "{fm}"
+        );
+        assert!(
+            !fm.contains("valid.jsonl"),
+            "an empty split is left out: {fm}"
+        );
+        for col in ["prompt", "chosen", "rejected", "tools"] {
+            assert!(
+                fm.contains(&format!("  - name: {col}\n    list: json\n")),
+                "{col}: {fm}"
+            );
+        }
+        assert!(fm.contains("  - name: meta\n    dtype: json\n"), "{fm}");
+        let flat = serde_json::json!({"format": "dpo-flat", "curation": {"meta": false},
+            "split": {"files": {"valid.jsonl": {"lines": 1, "bytes": 9}}}});
+        let fm = front_matter(&flat);
+        assert!(fm.contains("  - name: system\n    dtype: string\n"), "{fm}");
+        assert!(
+            fm.contains("  - split: validation\n    path: valid.jsonl\n"),
+            "{fm}"
+        );
+        assert!(!fm.contains("meta") && !fm.contains("tools"), "{fm}");
+    }
+
+    #[test]
+    fn cards_of_every_version_are_ours_and_nothing_else_is() {
+        assert!(is_ours(
+            render(&serde_json::json!({"format": "sft"})).as_bytes()
+        ));
+        assert!(is_ours(
+            b"<!-- hermes-harvest dataset card: rewritten on every run -->\n# Old card\n"
+        ));
+        assert!(!is_ours(b"---\nlicense: mit\n---\n# My dataset\n"));
+        assert!(!is_ours(b""));
     }
 }

@@ -192,6 +192,8 @@ pub struct ValidateConfig {
     pub shape: Option<Shape>,
     pub max_tokens: Option<usize>,
     pub tokenizer: Option<PathBuf>,
+    /// A directory's state file, to check its committed lengths and tails.
+    pub state: Option<PathBuf>,
     pub quiet: bool,
 }
 

@@ -3,8 +3,14 @@
 //! last turn, matching tool-call ids, no blank lines, one shape and one
 //! argument flavour per file. Problems are printed one per line as
 //! `FILE:LINE: problem`, and the exit code is INVALID (see `crate::cmd::validate`).
+//! A split directory is checked by [`dir`].
 
-use anyhow::Result;
+mod committed;
+pub mod dir;
+
+use std::io::BufRead;
+
+use anyhow::{Context, Result};
 use jsonschema::{Registry, Validator};
 use serde_json::Value;
 
@@ -295,20 +301,31 @@ impl<'a> LineChecker<'a> {
         self.shape
     }
 
+    /// Whether the file's tool-call arguments are strings (and the line
+    /// that showed it first), once a line has shown it.
+    pub fn flavour(&self) -> Option<(bool, usize)> {
+        self.flavour
+    }
+
     /// The problems of the next line (without its line ending).
     pub fn check(&mut self, line: &[u8]) -> Vec<String> {
+        self.check_parsed(line).0
+    }
+
+    /// [`LineChecker::check`], also giving the line's JSON when it parses
+    /// as an object of a known shape.
+    pub fn check_parsed(&mut self, line: &[u8]) -> (Vec<String>, Option<Value>) {
         self.line += 1;
         if line.iter().all(u8::is_ascii_whitespace) {
-            return vec!["blank line".to_string()];
+            return (vec!["blank line".to_string()], None);
         }
         let v: Value = match serde_json::from_slice(line) {
             Ok(v) => v,
-            Err(e) => return vec![format!("not JSON: {e}")],
+            Err(e) => return (vec![format!("not JSON: {e}")], None),
         };
         let Some(this) = Shape::of(&v) else {
-            return vec![
-                "neither an SFT (messages) nor a DPO (prompt/chosen/rejected) line".to_string(),
-            ];
+            let what = "neither an SFT (messages) nor a DPO (prompt/chosen/rejected) line";
+            return (vec![what.to_string()], None);
         };
         let expected = *self.shape.get_or_insert(this);
         let mut problems = if this == expected {
@@ -332,6 +349,86 @@ impl<'a> LineChecker<'a> {
                 _ => {}
             }
         }
-        problems
+        (problems, Some(v))
     }
+}
+
+/// Where problems go: one line each, `FILE[:LINE]: problem`, on stdout (a
+/// reader that goes away, as `| head` does, ends the listing, not the check).
+#[derive(Default)]
+pub struct Problems {
+    out: crate::sink::Stdout,
+    /// Problems reported so far.
+    pub found: usize,
+}
+
+impl Problems {
+    pub fn add(&mut self, file: &str, line: Option<u64>, problem: &str) -> Result<()> {
+        self.found += 1;
+        let file = crate::report::clean(file);
+        let problem = crate::report::clean(problem);
+        let text = match line {
+            Some(n) => format!("{file}:{n}: {problem}"),
+            None => format!("{file}: {problem}"),
+        };
+        self.out.line(text.as_bytes())
+    }
+
+    pub fn finish(mut self) -> Result<usize> {
+        self.out.finish()?;
+        Ok(self.found)
+    }
+}
+
+/// Problems of one line of its own that a caller adds to [`scan`]'s: it
+/// sees the line's number, its bytes and its JSON (when it parsed).
+pub type PerLine<'a> = dyn FnMut(u64, &[u8], Option<&Value>) -> Vec<String> + 'a;
+
+/// What [`scan`] found in one stream.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Scan {
+    pub lines: u64,
+    pub bytes: u64,
+    /// Lines with at least one problem.
+    pub bad: u64,
+    /// The stream ends inside a line (no newline after its last bytes).
+    pub unterminated: bool,
+}
+
+/// Checks every line of `r` with `checker`, reporting each problem under
+/// `file`. `more` sees each line (number, bytes, JSON when it parsed) and
+/// returns problems of its own (a token budget, facts a directory check
+/// collects).
+pub fn scan(
+    r: &mut dyn BufRead,
+    file: &str,
+    checker: &mut LineChecker<'_>,
+    problems: &mut Problems,
+    more: &mut PerLine<'_>,
+) -> Result<Scan> {
+    let mut scan = Scan::default();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = r
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading {file}"))?;
+        if n == 0 {
+            break;
+        }
+        scan.lines += 1;
+        scan.bytes += n as u64;
+        scan.unterminated = !buf.ends_with(b"\n");
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (mut found, v) = checker.check_parsed(line);
+        found.extend(more(scan.lines, line, v.as_ref()));
+        if !found.is_empty() {
+            scan.bad += 1;
+            for p in found {
+                problems.add(file, Some(scan.lines), &p)?;
+            }
+        }
+    }
+    Ok(scan)
 }

@@ -183,6 +183,7 @@ impl ValidateArgs {
             shape: self.format.map(ShapeArg::domain),
             max_tokens: self.max_tokens,
             tokenizer: self.tokenizer.clone(),
+            state: self.state.clone(),
             quiet: self.quiet,
         }
     }

@@ -325,7 +325,7 @@ pub enum ShapeArg {
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// JSONL file to check (- for stdin)
+    /// JSONL file to check (- for stdin), or an export directory
     pub file: String,
     /// Expected shape [default: detected from the first line]
     #[arg(long, value_enum)]
@@ -336,6 +336,9 @@ pub struct ValidateArgs {
     /// Count exactly with this model's tokenizer and chat template (see export --tokenizer)
     #[arg(long, value_name = "PATH", requires = "max_tokens")]
     pub tokenizer: Option<PathBuf>,
+    /// With a directory: check it against this state file's committed lengths and tails
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
     /// Print errors only
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -15,3 +15,4 @@ mod send;
 mod soak;
 mod stores;
 mod tokens;
+mod validate_dir;
