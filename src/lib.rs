@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod model;
 pub mod output;
 pub mod paths;
+pub mod pool;
 pub mod rebuild;
 pub mod redact;
 pub mod report;
@@ -35,6 +36,7 @@ pub mod skip;
 pub mod source;
 pub mod stall;
 pub mod state;
+pub mod stats_env;
 pub mod tokens;
 pub mod validate;
 
