@@ -4,6 +4,8 @@
 //!     cargo run --release --example synth-store -- --out target/bench/home/state.db
 //!     cargo run --release --example synth-store -- --out /tmp/small.db --sessions 20000
 //!     cargo run --release --example synth-store -- --out target/bench/home/state.db --append-day
+//!     cargo run --release --example synth-store -- --varied --out target/bench/varied/home/state.db
+//!     cargo run --release --example synth-store -- --measure --out target/bench/home/state.db
 //!
 //! The schema (tables, FTS5 tables, indexes, triggers) is copied from the captured store;
 //! the FTS triggers stay in place, so every message is indexed the way Hermes does it.
@@ -22,6 +24,13 @@
 //! store, on the day after its latest session, in one transaction, with Hermes's own
 //! indexes and triggers doing the work. The output is deterministic for a given
 //! `--seed`, size and `--end`.
+//!
+//! `--varied` makes every instance's text differ as real conversations do (a lexicon of
+//! about 40,000 words, generated prose of varying length inserted at a varying offset,
+//! varied tool arguments and results: see `synth-store/varied.rs`); use it with
+//! `--append-day` too on such a store. At the end the generator prints how varied the
+//! store is (distinct message texts, tool results and tool calls, distinct 8-word
+//! shingles); `--measure` prints the same for an existing store.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,10 +40,15 @@ use anyhow::{Context, Result, bail};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
 
+#[path = "synth-store/varied.rs"]
+mod varied;
+use varied::{Lexicon, Variety};
+
 const USAGE: &str =
     "usage: synth-store [--out STATE_DB] [--sessions N] [--seed S] [--end UNIX_SECONDS]
-                   [--fixture FIXTURE_HOME] [--force]
-       synth-store --append-day [--out STATE_DB] [--day-sessions N] [--seed S]
+                   [--fixture FIXTURE_HOME] [--force] [--varied]
+       synth-store --append-day [--out STATE_DB] [--day-sessions N] [--seed S] [--varied]
+       synth-store --measure [--out STATE_DB]
 
   --out PATH          state.db to write (default target/bench/home/state.db)
   --sessions N        number of sessions (default 220000)
@@ -43,7 +57,9 @@ const USAGE: &str =
   --fixture DIR       captured Hermes 0.19 home (default fixtures/hermes-0.19.0/home)
   --force             replace an existing PATH
   --append-day        append one more day of sessions to the existing PATH
-  --day-sessions N    sessions in that day (default 600)";
+  --day-sessions N    sessions in that day (default 600)
+  --varied            text that varies per instance as real conversations do
+  --measure           print how varied the existing PATH is (distinct texts, shingles)";
 
 /// 2026-11-25T00:00:00Z.
 const DEFAULT_END: i64 = 1_795_564_800;
@@ -60,6 +76,8 @@ struct Args {
     force: bool,
     append_day: bool,
     day_sessions: u64,
+    varied: bool,
+    measure: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -72,6 +90,8 @@ fn parse_args() -> Result<Args> {
         force: false,
         append_day: false,
         day_sessions: 600,
+        varied: false,
+        measure: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -88,6 +108,8 @@ fn parse_args() -> Result<Args> {
             "--day-sessions" => args.day_sessions = value()?.parse().context("--day-sessions")?,
             "--force" => args.force = true,
             "--append-day" => args.append_day = true,
+            "--varied" => args.varied = true,
+            "--measure" => args.measure = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -108,6 +130,9 @@ fn main() {
 fn run() -> Result<()> {
     let args = parse_args()?;
     let started = Instant::now();
+    if args.measure {
+        return measure(&args.out);
+    }
     let tmp = tempfile::tempdir()?;
     hermes_harvest::fixture::materialize(&args.fixture, tmp.path())
         .with_context(|| format!("building the fixture home {}", args.fixture.display()))?;
@@ -115,7 +140,12 @@ fn run() -> Result<()> {
         tmp.path().join("state.db"),
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    let fx = Fixture::load(&fixture_db)?;
+    let mut fx = Fixture::load(&fixture_db)?;
+    if args.varied {
+        let lex = Lexicon::new(fx.texts().into_iter());
+        eprintln!("synth-store: --varied, a lexicon of {} words", lex.size());
+        fx.lexicon = Some(lex);
+    }
     if args.append_day {
         append_day(&args, &fx, started)
     } else {
@@ -637,6 +667,8 @@ struct Fixture {
     usage_cols: Vec<String>,
     templates: Vec<Template>,
     small_rows: Vec<(String, Vec<Vec<Value>>)>,
+    /// `--varied`: the words and word pairs text is varied with.
+    lexicon: Option<Lexicon>,
 }
 
 struct SCols {
@@ -846,7 +878,24 @@ impl Fixture {
             usage_cols: uc.0,
             templates,
             small_rows,
+            lexicon: None,
         })
+    }
+
+    /// Every captured text (system prompts, message texts), in template order.
+    fn texts(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        for t in &self.templates {
+            for ts in &t.sessions {
+                out.extend(text(&ts.row[self.s.system_prompt]));
+                for r in &ts.msgs {
+                    for c in [self.m.content, self.m.reasoning] {
+                        out.extend(text(&r[c]).filter(|v| !v.starts_with("[CONTEXT")));
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn describe(&self) {
@@ -1132,20 +1181,39 @@ impl<'a> Generator<'a> {
                 if let Some(ts) = real(&r[m.timestamp]) {
                     r[m.timestamp] = Value::Real(at(ts));
                 }
-                let role = text(&r[m.role]).unwrap_or("");
+                let role = text(&r[m.role]).unwrap_or("").to_string();
                 if role == "user" || role == "assistant" {
                     for c in [m.content, m.reasoning, m.reasoning_content] {
                         if let Some(v) = text(&r[c]) {
                             if v.starts_with("[CONTEXT") {
                                 continue;
                             }
-                            r[c] = Value::Text(vary(&rename(v), iseed));
+                            let v = rename(v);
+                            r[c] = Value::Text(match &fx.lexicon {
+                                None => vary(&v, iseed),
+                                Some(lex) if c == m.content => lex.vary(&v, iseed, 1600),
+                                Some(lex) => lex.vary(&v, iseed, 600),
+                            });
                         }
                     }
                 }
                 for c in [m.tool_calls, m.tool_call_id] {
                     if let Some(v) = text(&r[c]) {
                         r[c] = Value::Text(recall(v));
+                    }
+                }
+                if let Some(lex) = &fx.lexicon {
+                    if let Some(new) =
+                        text(&r[m.tool_calls]).and_then(|v| lex.vary_tool_calls(v, iseed))
+                    {
+                        r[m.tool_calls] = Value::Text(new);
+                    }
+                    if let Some(v) = text(&r[m.content]).filter(|_| role == "tool") {
+                        let v = rename(v);
+                        let new = lex
+                            .vary_json(&v, iseed, 600)
+                            .unwrap_or_else(|| lex.vary(&v, iseed, 1000));
+                        r[m.content] = Value::Text(new);
                     }
                 }
                 ops.push(Op::Message(r));
@@ -1173,9 +1241,13 @@ struct Writer<'c> {
     message: rusqlite::Statement<'c>,
     usage: rusqlite::Statement<'c>,
     m_id: usize,
+    m_role: usize,
+    m_content: usize,
+    m_tool_calls: usize,
     sessions: u64,
     messages: u64,
     bytes: u64,
+    variety: Variety,
 }
 
 impl<'c> Writer<'c> {
@@ -1199,9 +1271,13 @@ impl<'c> Writer<'c> {
             message: db.prepare(&insert("messages", &fx.message_cols, Some(fx.m.id)))?,
             usage: db.prepare(&insert("session_model_usage", &fx.usage_cols, None))?,
             m_id: fx.m.id,
+            m_role: fx.m.role,
+            m_content: fx.m.content,
+            m_tool_calls: fx.m.tool_calls,
             sessions: 0,
             messages: 0,
             bytes: 0,
+            variety: Variety::default(),
         })
     }
 
@@ -1219,6 +1295,11 @@ impl<'c> Writer<'c> {
                     .iter()
                     .map(|v| text(v).map_or(0, str::len) as u64)
                     .sum::<u64>();
+                self.variety.add(
+                    text(&row[self.m_role]).unwrap_or(""),
+                    text(&row[self.m_content]),
+                    text(&row[self.m_tool_calls]),
+                );
                 let m_id = self.m_id;
                 let vals = row
                     .iter()
@@ -1344,6 +1425,7 @@ fn generate(args: &Args, fixture_db: &Connection, fx: &Fixture, started: Instant
         .filter(|r| text(&r[2]).is_some_and(|s| s.starts_with("CREATE VIRTUAL TABLE")))
         .filter_map(|r| text(&r[1]).map(str::to_string))
         .collect();
+    let variety;
     let tx = db.transaction()?;
     for r in &schema {
         let (kind, name, sql) = (
@@ -1378,6 +1460,7 @@ fn generate(args: &Args, fixture_db: &Connection, fx: &Fixture, started: Instant
             "synth-store: {} sessions, {} messages written; committing",
             w.sessions, w.messages
         );
+        variety = w.variety.report();
     }
     tx.commit()?;
     db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
@@ -1385,7 +1468,30 @@ fn generate(args: &Args, fixture_db: &Connection, fx: &Fixture, started: Instant
     drop(db);
     std::fs::rename(&tmp, &args.out)?;
     let db = Connection::open(&args.out)?;
-    report(&db, &args.out, started)
+    report(&db, &args.out, started)?;
+    eprintln!("synth-store: {variety}");
+    Ok(())
+}
+
+/// Prints how varied an existing store's messages are.
+fn measure(path: &Path) -> Result<()> {
+    let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut st = db.prepare("SELECT role, content, tool_calls FROM messages ORDER BY id")?;
+    let mut rows = st.query([])?;
+    let mut v = Variety::default();
+    while let Some(r) = rows.next()? {
+        let role: Option<String> = r.get(0)?;
+        let content: Option<String> = r.get(1).ok();
+        let calls: Option<String> = r.get(2).ok();
+        v.add(
+            role.as_deref().unwrap_or(""),
+            content.as_deref(),
+            calls.as_deref(),
+        );
+    }
+    println!("{}: {}", path.display(), v.report());
+    Ok(())
 }
 
 fn append_day(args: &Args, fx: &Fixture, started: Instant) -> Result<()> {

@@ -51,17 +51,34 @@ const K: u64 = 0x9E37_79B9_7F4A_7C15;
 /// enough: Hermes system prompts of one length often differ only deep
 /// inside, and colliding keys then cost a long comparison each.)
 #[derive(Default)]
-pub struct FastHasher(u64);
+pub struct FastHasher {
+    h: u64,
+    /// What kind of key is being hashed, for the cache statistics only.
+    shape: Shape,
+}
+
+/// The kind of key a [`FastHasher`] hashes: a `str` (its bytes, then
+/// `0xff`), a byte slice (its length, then its bytes), or raw bytes
+/// ([`fingerprint`]).
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    #[default]
+    Raw,
+    Str,
+    Bytes,
+}
 
 impl FastHasher {
     fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        self.h = (self.h.rotate_left(5) ^ word).wrapping_mul(K);
     }
 }
 
 impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
-        fmix64(self.0)
+        let h = fmix64(self.h);
+        crate::stats_env::hashed(self.shape, h);
+        h
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -74,6 +91,21 @@ impl Hasher for FastHasher {
         last[..rest.len()].copy_from_slice(rest);
         self.add(u64::from_le_bytes(last));
         self.add(bytes.len() as u64);
+    }
+
+    // The two below hash exactly as the defaults do; they only note the key's
+    // shape (a `str` ends with `write_u8(0xff)`, a slice starts with its
+    // length).
+    fn write_u8(&mut self, i: u8) {
+        self.shape = Shape::Str;
+        self.write(&[i]);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        if self.shape == Shape::Raw {
+            self.shape = Shape::Bytes;
+        }
+        self.write(&i.to_ne_bytes());
     }
 }
 
@@ -95,6 +127,22 @@ mod tests {
     fn fnv1a_reference_values() {
         assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn map_keys_hash_as_before() {
+        // The shape notes change no hash: a str key is its bytes then 0xff, a
+        // byte-slice key its length then its bytes.
+        use std::hash::BuildHasher;
+        let build = BuildFast::default();
+        let mut by_hand = FastHasher::default();
+        by_hand.write(b"hermes");
+        by_hand.write(&[0xff]);
+        assert_eq!(build.hash_one("hermes"), by_hand.finish());
+        let mut by_hand = FastHasher::default();
+        by_hand.write(&6usize.to_ne_bytes());
+        by_hand.write(b"hermes");
+        assert_eq!(build.hash_one(&b"hermes"[..]), by_hand.finish());
     }
 
     #[test]

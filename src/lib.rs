@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod model;
 pub mod output;
 pub mod paths;
+pub mod pool;
 pub mod rebuild;
 pub mod redact;
 pub mod render_guard;
@@ -37,6 +38,7 @@ pub mod skip;
 pub mod source;
 pub mod stall;
 pub mod state;
+pub mod stats_env;
 pub mod tokens;
 pub mod validate;
 

@@ -11,7 +11,11 @@ static ALLOC: hermes_harvest::render_guard::Guarded<mimalloc::MiMalloc> =
 
 fn main() -> ExitCode {
     let cli = hermes_harvest::cli::Cli::parse();
-    match hermes_harvest::run(cli) {
+    let result = hermes_harvest::run(cli);
+    if let Some(line) = hermes_harvest::stats_env::report() {
+        eprintln!("hermes-harvest: {line}");
+    }
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             // Server text and stored ids can hold terminal escapes.

@@ -1,0 +1,536 @@
+//! An ordered worker pool: a bounded, order-preserving parallel map.
+//!
+//! [`map_ordered`] takes items from an iterator on the caller's thread,
+//! hands each to one of `threads` workers, and gives the results to a sink,
+//! again on the caller's thread, in the order the items came in. At most
+//! `in_flight` items are between the iterator and the sink at any time
+//! (queued, being worked on, or finished and waiting for an earlier one), so
+//! memory stays bounded however far ahead the fast items get. Every item is
+//! moved, never cloned: it lives in one place at a time.
+//!
+//! With `threads == 1` nothing is spawned: each item is worked on and sunk
+//! on the caller's thread, one after the other, which is exactly what a
+//! plain loop does. With more threads the sink sees the same results in the
+//! same order, so the output is byte for byte the same.
+//!
+//! Stopping:
+//! - the sink returns [`Flow::Stop`]: no more items are taken, the workers
+//!   drop what is queued without working on it, and the call returns
+//!   `Ok(Flow::Stop)`;
+//! - the work returns an error for item `i`: items after `i` are no longer
+//!   worked on, the sink still receives every result before `i` (an earlier
+//!   item may fail too: the first failure in input order wins), then the
+//!   call returns that error, as the plain loop would;
+//! - the work panics on item `i`: as for an error, then the panic resumes on
+//!   the caller's thread once the workers have stopped;
+//! - the sink returns an error: as for [`Flow::Stop`], and the error is
+//!   returned.
+//!
+//! Each worker has its own state, made by `init` on the worker's own thread
+//! (so it need not be `Send`: caches holding `Rc`s are fine), and passed to
+//! every call of `work` on that thread.
+//!
+//! How the export is meant to use it (`--threads N`, `-j N`, default the
+//! number of cores): the caller's thread keeps the state.db reader (its own
+//! connection and the run's watermark) and yields one session at a time with
+//! everything the formatter needs; `init` builds a worker's formatter state
+//! (system-prompt cache, tokenizer and its caches, redactor); `work` rebuilds,
+//! formats, redacts and counts one session into its finished output lines
+//! (and the figures the summary needs); the sink writes those lines to the
+//! output, advances the state and coverage, and returns [`Flow::Stop`] when
+//! the reader of a pipe has gone (`export | head`). `in_flight` of a few
+//! times `threads` keeps both cores busy while a long session is worked on.
+
+use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::thread;
+
+/// What the sink wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The result of one item, as a worker hands it back.
+enum Done<U, E> {
+    Ok(U),
+    Err(E),
+    Panic(Box<dyn std::any::Any + Send>),
+    /// Not worked on: the pool was stopping.
+    Skipped,
+}
+
+/// What the workers read to know whether to go on.
+struct Shared {
+    stop: AtomicBool,
+    /// The lowest index that failed (error or panic), `usize::MAX` if none.
+    failed_at: AtomicUsize,
+}
+
+impl Shared {
+    fn skip(&self, index: usize) -> bool {
+        self.stop.load(Ordering::Relaxed) || index > self.failed_at.load(Ordering::Relaxed)
+    }
+}
+
+/// Maps `work` over `items` on `threads` workers (1: inline, on the
+/// caller's thread) with at most `in_flight` items taken and not yet sunk,
+/// and gives the results to `sink` in input order. See the module header.
+pub fn map_ordered<I, T, U, E, S, Init, W, K>(
+    threads: usize,
+    in_flight: usize,
+    items: I,
+    init: Init,
+    work: W,
+    mut sink: K,
+) -> Result<Flow, E>
+where
+    I: IntoIterator<Item = T>,
+    T: Send,
+    U: Send,
+    E: Send,
+    Init: Fn() -> S + Sync,
+    W: Fn(&mut S, T) -> Result<U, E> + Sync,
+    K: FnMut(U) -> Result<Flow, E>,
+{
+    if threads <= 1 {
+        let mut state = init();
+        for item in items {
+            if sink(work(&mut state, item)?)? == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+        }
+        return Ok(Flow::Continue);
+    }
+    let in_flight = in_flight.max(1);
+    let shared = Shared {
+        stop: AtomicBool::new(false),
+        failed_at: AtomicUsize::new(usize::MAX),
+    };
+    let (to_workers, queue) = mpsc::channel::<(usize, T)>();
+    let queue = Mutex::new(queue);
+    let (to_caller, results) = mpsc::channel::<(usize, Done<U, E>)>();
+    thread::scope(|scope| {
+        for _ in 0..threads {
+            let to_caller = to_caller.clone();
+            let (queue, shared, init, work) = (&queue, &shared, &init, &work);
+            scope.spawn(move || worker(queue, to_caller, shared, init, work));
+        }
+        drop(to_caller);
+        let outcome = drive(items, in_flight, &to_workers, &results, &shared, &mut sink);
+        // Stop the workers: what is still queued is dropped unworked.
+        shared.stop.store(true, Ordering::Relaxed);
+        drop(to_workers);
+        outcome
+    })
+    .finish()
+}
+
+fn worker<T, U, E, S>(
+    queue: &Mutex<mpsc::Receiver<(usize, T)>>,
+    to_caller: mpsc::Sender<(usize, Done<U, E>)>,
+    shared: &Shared,
+    init: &(impl Fn() -> S + Sync),
+    work: &(impl Fn(&mut S, T) -> Result<U, E> + Sync),
+) {
+    let mut state = None;
+    loop {
+        // The lock is held only while taking one item.
+        let next = queue.lock().map(|q| q.recv());
+        let Ok(Ok((index, item))) = next else { return };
+        let done = if shared.skip(index) {
+            Done::Skipped
+        } else {
+            let state = state.get_or_insert_with(init);
+            match panic::catch_unwind(AssertUnwindSafe(|| work(state, item))) {
+                Ok(Ok(u)) => Done::Ok(u),
+                Ok(Err(e)) => Done::Err(e),
+                Err(payload) => Done::Panic(payload),
+            }
+        };
+        if matches!(done, Done::Err(_) | Done::Panic(_)) {
+            shared.failed_at.fetch_min(index, Ordering::Relaxed);
+        }
+        if to_caller.send((index, done)).is_err() {
+            return;
+        }
+    }
+}
+
+/// How the caller's loop ended.
+enum Outcome<E> {
+    Flow(Flow),
+    Err(E),
+    Panic(Box<dyn std::any::Any + Send>),
+}
+
+impl<E> Outcome<E> {
+    fn finish(self) -> Result<Flow, E> {
+        match self {
+            Outcome::Flow(f) => Ok(f),
+            Outcome::Err(e) => Err(e),
+            Outcome::Panic(p) => panic::resume_unwind(p),
+        }
+    }
+}
+
+/// The caller's side: feeds the queue while fewer than `in_flight` items
+/// are out, and sinks the results in order.
+fn drive<T, U, E>(
+    items: impl IntoIterator<Item = T>,
+    in_flight: usize,
+    to_workers: &mpsc::Sender<(usize, T)>,
+    results: &mpsc::Receiver<(usize, Done<U, E>)>,
+    shared: &Shared,
+    sink: &mut impl FnMut(U) -> Result<Flow, E>,
+) -> Outcome<E> {
+    let mut items = items.into_iter();
+    let mut taken = 0usize; // items handed to the workers
+    let mut sunk = 0usize; // results given to the sink (or the failing one)
+    let mut exhausted = false;
+    // Results that arrived early: slot k is item `sunk + k`.
+    let mut waiting: VecDeque<Option<Done<U, E>>> = VecDeque::new();
+    loop {
+        while !exhausted && taken - sunk < in_flight && !shared.skip(taken) {
+            match items.next() {
+                Some(item) => {
+                    if to_workers.send((taken, item)).is_err() {
+                        unreachable!("the workers outlive the caller's loop");
+                    }
+                    taken += 1;
+                }
+                None => exhausted = true,
+            }
+        }
+        if sunk == taken {
+            return Outcome::Flow(Flow::Continue);
+        }
+        let Ok((index, done)) = results.recv() else {
+            unreachable!("a worker answers every item it takes");
+        };
+        let slot = index - sunk;
+        if waiting.len() <= slot {
+            waiting.resize_with(slot + 1, || None);
+        }
+        waiting[slot] = Some(done);
+        while let Some(Some(done)) = waiting.front_mut().map(Option::take) {
+            waiting.pop_front();
+            sunk += 1;
+            match done {
+                Done::Ok(u) => match sink(u) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Stop) => return Outcome::Flow(Flow::Stop),
+                    Err(e) => return Outcome::Err(e),
+                },
+                Done::Err(e) => return Outcome::Err(e),
+                Done::Panic(p) => return Outcome::Panic(p),
+                Done::Skipped => unreachable!("an item before the first failure is never skipped"),
+            }
+        }
+    }
+}
+
+/// The number of worker threads `--threads 0` (or no flag) means: the cores
+/// this process may use.
+pub fn default_threads() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    /// How many items are being worked on right now.
+    #[derive(Debug, Default, Clone)]
+    pub struct Busy(Arc<AtomicUsize>);
+
+    impl Busy {
+        /// Marks one item as being worked on until the guard drops; returns the
+        /// guard and the count including this item.
+        pub fn enter(&self) -> (BusyGuard, usize) {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            (BusyGuard(self.0.clone()), n)
+        }
+    }
+
+    pub struct BusyGuard(Arc<AtomicUsize>);
+
+    impl Drop for BusyGuard {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Deterministic pseudo-random work: a splitmix64 walk whose length
+    /// depends on the item, with yields, so items finish out of order.
+    fn churn(i: u64) -> u64 {
+        let mut z = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let rounds = (z >> 7) % 20_000;
+        for r in 0..rounds {
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z ^= z >> 27;
+            if r % 4096 == 0 {
+                thread::yield_now();
+            }
+        }
+        z ^ i
+    }
+
+    fn run(threads: usize, cap: usize, n: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let flow = map_ordered(
+            threads,
+            cap,
+            0..n,
+            || (),
+            |_, i| Ok::<_, String>((i, churn(i))),
+            |r| {
+                out.push(r);
+                Ok(Flow::Continue)
+            },
+        )
+        .unwrap();
+        assert_eq!(flow, Flow::Continue);
+        out
+    }
+
+    #[test]
+    fn results_come_in_input_order_whatever_the_threads() {
+        let inline = run(1, 1, 500);
+        assert_eq!(inline.len(), 500);
+        assert!(inline.iter().enumerate().all(|(k, &(i, _))| k as u64 == i));
+        for (threads, cap) in [(2, 2), (2, 7), (3, 4), (4, 16), (8, 3)] {
+            assert_eq!(
+                run(threads, cap, 500),
+                inline,
+                "threads {threads}, cap {cap}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_thread_runs_inline_on_the_callers_thread() {
+        let me = thread::current().id();
+        let mut seen = Vec::new();
+        map_ordered(
+            1,
+            8,
+            0..5,
+            || thread::current().id(),
+            |id, i| Ok::<_, ()>((*id, thread::current().id(), i)),
+            |r| {
+                seen.push(r);
+                Ok(Flow::Continue)
+            },
+        )
+        .unwrap();
+        assert_eq!(seen.len(), 5);
+        assert!(seen.iter().all(|&(a, b, _)| a == me && b == me));
+    }
+
+    #[test]
+    fn workers_run_off_the_callers_thread() {
+        let me = thread::current().id();
+        let mut off = 0;
+        map_ordered(
+            2,
+            4,
+            0..20,
+            || (),
+            |_, _| Ok::<_, ()>(thread::current().id()),
+            |id| {
+                off += usize::from(id != me);
+                Ok(Flow::Continue)
+            },
+        )
+        .unwrap();
+        assert_eq!(off, 20);
+    }
+
+    #[test]
+    fn no_more_than_in_flight_items_between_iterator_and_sink() {
+        for (threads, cap) in [(1, 1), (2, 1), (2, 3), (4, 5), (3, 12)] {
+            let out = Cell::new(0usize);
+            let peak = Cell::new(0usize);
+            let busy = Busy::default();
+            let busy_peak = AtomicUsize::new(0);
+            let items = (0..300u64).inspect(|_| {
+                out.set(out.get() + 1);
+                peak.set(peak.get().max(out.get()));
+            });
+            map_ordered(
+                threads,
+                cap,
+                items,
+                || (),
+                |_, i| {
+                    let (_guard, n) = busy.enter();
+                    busy_peak.fetch_max(n, Ordering::SeqCst);
+                    Ok::<_, ()>(churn(i))
+                },
+                |_| {
+                    out.set(out.get() - 1);
+                    Ok(Flow::Continue)
+                },
+            )
+            .unwrap();
+            assert_eq!(out.get(), 0);
+            assert!(peak.get() <= cap, "peak {} > cap {cap}", peak.get());
+            assert!(busy_peak.load(Ordering::SeqCst) <= threads.min(cap));
+        }
+    }
+
+    #[test]
+    fn the_sink_stopping_stops_the_pool() {
+        let pulled = Cell::new(0u64);
+        let worked = AtomicUsize::new(0);
+        let mut got = Vec::new();
+        let items = (0..1_000_000u64).inspect(|_| pulled.set(pulled.get() + 1));
+        let flow = map_ordered(
+            2,
+            6,
+            items,
+            || (),
+            |_, i| {
+                worked.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ()>(churn(i))
+            },
+            |r| {
+                got.push(r);
+                Ok(if got.len() == 10 {
+                    Flow::Stop
+                } else {
+                    Flow::Continue
+                })
+            },
+        )
+        .unwrap();
+        assert_eq!(flow, Flow::Stop);
+        assert_eq!(got, (0..10).map(churn).collect::<Vec<_>>());
+        assert!(pulled.get() <= 10 + 6, "pulled {}", pulled.get());
+        assert!(worked.load(Ordering::SeqCst) <= 16);
+    }
+
+    fn failing(threads: usize, bad: &[u64]) -> (Result<Flow, u64>, Vec<u64>, u64) {
+        let pulled = Cell::new(0u64);
+        let items = (0..10_000u64).inspect(|_| pulled.set(pulled.get() + 1));
+        let mut got = Vec::new();
+        let r = map_ordered(
+            threads,
+            8,
+            items,
+            || (),
+            |_, i| {
+                // The failing items are slower than the others.
+                for k in 0..if bad.contains(&i) { 4 } else { 1 } {
+                    std::hint::black_box(churn(i * 7 + k));
+                }
+                if bad.contains(&i) { Err(i) } else { Ok(i) }
+            },
+            |i| {
+                got.push(i);
+                Ok(Flow::Continue)
+            },
+        );
+        (r, got, pulled.get())
+    }
+
+    #[test]
+    fn the_first_error_in_input_order_stops_the_pool() {
+        for threads in [1, 2, 4] {
+            let (r, got, pulled) = failing(threads, &[37, 41, 90]);
+            assert_eq!(r, Err(37), "threads {threads}");
+            assert_eq!(got, (0..37).collect::<Vec<_>>());
+            assert!(pulled <= 38 + 8, "threads {threads}: pulled {pulled}");
+        }
+    }
+
+    #[test]
+    fn a_sink_error_stops_the_pool() {
+        let r = map_ordered(
+            3,
+            4,
+            0..1000u64,
+            || (),
+            |_, i| Ok(i),
+            |i| {
+                if i == 5 {
+                    Err("full")
+                } else {
+                    Ok(Flow::Continue)
+                }
+            },
+        );
+        assert_eq!(r, Err("full"));
+    }
+
+    #[test]
+    fn a_panicking_worker_stops_the_pool_and_the_panic_reaches_the_caller() {
+        let mut got = Vec::new();
+        let caught = panic::catch_unwind(AssertUnwindSafe(|| {
+            map_ordered(
+                2,
+                5,
+                0..10_000u64,
+                || (),
+                |_, i| {
+                    assert!(i != 23, "item {i} is bad");
+                    Ok::<_, ()>(churn(i))
+                },
+                |r| {
+                    got.push(r);
+                    Ok(Flow::Continue)
+                },
+            )
+        }));
+        let payload = caught.expect_err("the panic is resumed");
+        let text = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(text.contains("item 23 is bad"), "{text}");
+        assert_eq!(got, (0..23).map(churn).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn each_worker_keeps_its_own_state() {
+        // A per-worker counter: each worker's counts run 1, 2, 3... and add
+        // up to the number of items; one state per worker that did work.
+        let made = AtomicUsize::new(0);
+        let mut seen: Vec<(thread::ThreadId, u64)> = Vec::new();
+        map_ordered(
+            3,
+            6,
+            0..200u64,
+            || {
+                made.fetch_add(1, Ordering::SeqCst);
+                std::rc::Rc::new(Cell::new(0u64))
+            },
+            |count, i| {
+                count.set(count.get() + 1);
+                std::hint::black_box(churn(i));
+                Ok::<_, ()>((thread::current().id(), count.get()))
+            },
+            |r| {
+                seen.push(r);
+                Ok(Flow::Continue)
+            },
+        )
+        .unwrap();
+        assert_eq!(seen.len(), 200);
+        let mut ids: Vec<_> = seen.iter().map(|&(id, _)| id).collect();
+        ids.sort_by_key(|id| format!("{id:?}"));
+        ids.dedup();
+        assert_eq!(made.load(Ordering::SeqCst), ids.len());
+        for id in ids {
+            let counts: Vec<u64> = seen.iter().filter(|s| s.0 == id).map(|s| s.1).collect();
+            assert_eq!(counts, (1..=counts.len() as u64).collect::<Vec<_>>());
+        }
+    }
+}
