@@ -104,6 +104,13 @@ pub struct RunState {
     /// order per file name, so that `forget` and retraction can tell them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub index: BTreeMap<String, Vec<(String, u64)>>,
+    /// What each committed line adds to `dataset` (channel, signal,
+    /// tokens), in file order per file name, so that `forget` and
+    /// retraction subtract the lines they remove. A file whose list is not
+    /// as long as its committed lines (a state of an earlier version) is
+    /// recounted from `meta` instead.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures: BTreeMap<String, Vec<crate::manifest::LineFigures>>,
     /// Compression children (and other non-root ids) of exported
     /// lineages → their root, so that `forget` takes any id of a lineage.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -597,6 +604,9 @@ impl RunCoverage {
             st.units = w.units.clone();
             for (name, runs) in &w.index {
                 st.index.insert(name.clone(), runs.clone());
+            }
+            for (name, new) in &w.figures {
+                st.figures.entry(name.clone()).or_default().extend(new);
             }
         }
         st.forced_valid.clear();

@@ -20,7 +20,7 @@ use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
 use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_chain};
 use crate::hermes_settings::HermesSettings;
 use crate::home::HermesHome;
-use crate::manifest::{Counting, Dataset, Inputs, Manifest, Totals};
+use crate::manifest::{Counting, Dataset, Inputs, LineFigures, Manifest, Totals};
 use crate::model::{Channel, Origin, Role, Session};
 use crate::output::{Output, Written};
 use crate::paths::{DIR_FILES, Dest, Plan};
@@ -778,13 +778,14 @@ impl<'a> Run<'a> {
             else {
                 continue;
             };
-            self.output.line((&p.session.id, &unit), &bytes)?;
+            let figures = LineFigures::new(p.channel, None, line.count);
+            self.output.line((&p.session.id, &unit), &bytes, figures)?;
             // Only what is written counts toward the near-duplicate cap.
             for ex in &exchanges[first + line.own.0..first + line.own.1] {
                 let key = crate::curate::dedupe::exchange_key(ex.msgs);
                 self.curate.dedupe.written(key);
             }
-            self.totals.saw_time(t);
+            self.totals.saw_time((t, last));
             let system_tokens = line
                 .system
                 .as_ref()
@@ -854,8 +855,9 @@ impl<'a> Run<'a> {
             let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
                 continue;
             };
-            self.output.line((&p.session.id, &unit), &bytes)?;
-            self.totals.saw_time(t);
+            let figures = LineFigures::new(p.channel, Some(signal), count);
+            self.output.line((&p.session.id, &unit), &bytes, figures)?;
+            self.totals.saw_time((t, last));
             let system = p
                 .systems
                 .iter()

@@ -432,3 +432,119 @@ fn one_argument_flavour_for_the_whole_directory() {
         "tool-call arguments are strings here but objects in train.jsonl (one flavour per directory)",
     );
 }
+
+/// A cumulative export of the first fixture: (home, work, dir, state).
+fn cumulative() -> (tempfile::TempDir, tempfile::TempDir, PathBuf, String) {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("out");
+    let state = work.path().join("state.json").display().to_string();
+    let out = format!("{}/", dir.display());
+    run_ok(
+        home.path(),
+        &["export", "--out", &out, "--state", &state, "-q"],
+    );
+    (home, work, dir, state)
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn write_json(path: &Path, v: &Value) {
+    std::fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+}
+
+#[test]
+fn the_cumulative_figures_must_equal_the_files() {
+    let (_home, _work, dir, state) = cumulative();
+    let path = dir.join("manifest.json");
+    let good = read_json(&path);
+    let d = &good["dataset"];
+    assert!(
+        d["tokens"].as_object().is_some_and(|t| !t.is_empty()),
+        "{d}"
+    );
+    let mut m = good.clone();
+    let (channel, n) = d["samples"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(c, n)| (c.clone(), n.as_u64().unwrap()))
+        .next()
+        .unwrap();
+    m["dataset"]["samples"][&channel] = Value::from(n + 1);
+    let train = d["lines"]["train.jsonl"].as_u64().unwrap();
+    m["dataset"]["lines"]["train.jsonl"] = Value::from(train + 3);
+    m["dataset"]["time_range"]["first"] = Value::from("2001-01-01T00:00:00Z");
+    write_json(&path, &m);
+    for needle in [
+        format!(
+            "dataset.samples: {channel}: says {}, the files hold {n} lines",
+            n + 1
+        ),
+        format!(
+            "dataset.lines: train.jsonl: says {}, the files hold {train} lines",
+            train + 3
+        ),
+        "dataset.time_range: first: says \"2001-01-01T00:00:00Z\"".to_string(),
+    ] {
+        assert_problem(&dir, &[], "manifest.json", None, &needle);
+    }
+    // Token sums the files cannot recount: the state's figures of each
+    // line must give them, and the manifest must hold the state's sums.
+    let mut m = good.clone();
+    let total = d["tokens"][&channel]["total"].as_u64().unwrap();
+    m["dataset"]["tokens"][&channel]["total"] = Value::from(total + 5);
+    write_json(&path, &m);
+    let (code, lines, err) = validate(&dir, &["--state", &state]);
+    assert_eq!(code, 4, "{lines:#?}\n{err}");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&state)
+            && l.contains("its dataset figures differ from the manifest's")),
+        "{lines:#?}"
+    );
+    // A state whose sums its own line figures do not give.
+    write_json(&path, &m);
+    let mut st = read_json(Path::new(&state));
+    st["dataset"]["tokens"][&channel]["total"] = Value::from(total + 5);
+    write_json(Path::new(&state), &st);
+    let (code, lines, _) = validate(&dir, &["--state", &state]);
+    assert_eq!(code, 4);
+    assert!(
+        lines.iter().any(|l| l.starts_with(&state)
+            && l.contains("the figures it keeps of each line add up to tokens")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn forget_takes_its_lines_out_of_the_cumulative_figures() {
+    let (_home, _work, dir, state) = cumulative();
+    let before = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let first = read_lines(&dir.join("train.jsonl"))[0]["meta"].clone();
+    let (session, channel) = (
+        first["session"].as_str().unwrap(),
+        first["channel"].as_str().unwrap(),
+    );
+    let out = format!("{}/", dir.display());
+    let forgot = run(&["forget", "--out", &out, "--state", &state, session, "-q"]);
+    assert!(
+        forgot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forgot.stderr)
+    );
+    let (code, lines, err) = validate(&dir, &["--state", &state]);
+    assert_eq!(code, 0, "{lines:#?}\n{err}");
+    let after = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let gone = after["forgotten_lines"].as_u64().unwrap();
+    assert!(gone > 0, "{after}");
+    let samples = |d: &Value| d["tokens"][channel]["samples"].as_u64().unwrap_or(0);
+    assert_eq!(
+        samples(&after) + gone,
+        samples(&before),
+        "{before}\n{after}"
+    );
+    let total = |d: &Value| d["tokens"][channel]["total"].as_u64().unwrap_or(0);
+    assert!(total(&after) < total(&before), "{before}\n{after}");
+}
