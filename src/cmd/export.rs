@@ -780,10 +780,15 @@ impl<'a> Run<'a> {
             };
             let figures = LineFigures::new(p.channel, None, line.count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
-            // Only what is written counts toward the near-duplicate cap.
+            // Only what is written counts toward the near-duplicate cap and
+            // as held by its split.
+            let (dir, valid) = (self.output.is_dir(), self.output.is_valid(&unit));
             for ex in &exchanges[first + line.own.0..first + line.own.1] {
                 let key = crate::curate::dedupe::exchange_key(ex.msgs);
                 self.curate.dedupe.written(key);
+                if dir {
+                    self.curate.dedupe.wrote_in(key, valid);
+                }
             }
             self.totals.saw_time((t, last));
             let system_tokens = line
@@ -813,6 +818,17 @@ impl<'a> Run<'a> {
             let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
             sel.selected.get(index).copied().unwrap_or(false)
         };
+        // A prompt's history starts at its unit's first user turn.
+        let unit_at = |i: usize| meta::unit(&p.session, p.channel, msgs[i].timestamp);
+        let unit_start = |user: usize| -> usize {
+            let unit = unit_at(user);
+            (0..user)
+                .rev()
+                .filter(|&i| msgs[i].role == Role::User)
+                .take_while(|&i| unit_at(i) == unit)
+                .last()
+                .unwrap_or(user)
+        };
         let systems: Vec<(&'static str, Option<&str>)> = p
             .systems
             .iter()
@@ -824,7 +840,7 @@ impl<'a> Run<'a> {
             &systems,
             &p.tools,
             &mut fitter,
-            &selected_pair,
+            (&selected_pair, &unit_start),
         );
         if let Some(e) = outcome.template_error
             && self.render_failed(&p.session.id, e, report)
@@ -857,6 +873,9 @@ impl<'a> Run<'a> {
             };
             let figures = LineFigures::new(p.channel, Some(signal), count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
+            if self.output.is_dir() {
+                self.curate.dedupe.wrote_in(key, valid);
+            }
             self.totals.saw_time((t, last));
             let system = p
                 .systems

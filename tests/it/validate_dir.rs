@@ -548,3 +548,54 @@ fn forget_takes_its_lines_out_of_the_cumulative_figures() {
     let total = |d: &Value| d["tokens"][channel]["total"].as_u64().unwrap_or(0);
     assert!(total(&after) < total(&before), "{before}\n{after}");
 }
+
+#[test]
+fn an_exchange_never_written_holds_no_split() {
+    let home = fixture_home(VERSIONS[0]);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    crate::common::drop_fts_triggers(&db);
+    db.execute_batch("DELETE FROM messages; DELETE FROM sessions;")
+        .unwrap();
+    drop(db);
+    std::fs::remove_file(home.path().join("response_store.db")).unwrap();
+    std::fs::remove_dir_all(home.path().join("sessions")).unwrap();
+    // Session a's exchange is over the budget (never written); session
+    // b's is the same once figures are masked, and fits.
+    let t = 1_800_000_000.0;
+    let mut batch = String::new();
+    for (k, (id, figure)) in [("s-a", "7".repeat(20_000)), ("s-b", "7".to_string())]
+        .iter()
+        .enumerate()
+    {
+        let at = t + 100.0 * k as f64;
+        batch.push_str(&format!(
+            "INSERT INTO sessions (id, source, started_at) VALUES ('{id}', 'cli', {at});
+             INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES ('{id}', 'user', 'count to {figure}', {at}, 1, 0);
+             INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES ('{id}', 'assistant', 'counted', {}, 'stop', 1, 0);",
+            at + 1.0
+        ));
+    }
+    crate::cron::sql(home.path(), &batch);
+    let work = tempfile::tempdir().unwrap();
+    let out = format!("{}/", work.path().join("out").display());
+    let args = [
+        "export",
+        "--out",
+        &out,
+        "--valid-fraction",
+        "0.5",
+        "--channel",
+        "tui",
+    ];
+    let done = crate::common::run_in(home.path(), &args);
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(err.contains("over_budget"), "{err}");
+    assert!(!err.contains("cross_split_copy"), "{err}");
+    let all: Vec<Value> = ["train.jsonl", "valid.jsonl"]
+        .iter()
+        .filter_map(|f| std::fs::read(work.path().join("out").join(f)).ok())
+        .flat_map(|b| crate::common::lines(&b))
+        .collect();
+    assert_eq!(all.len(), 1, "{err}");
+    assert_eq!(all[0]["meta"]["session"], "s-b");
+}
