@@ -818,17 +818,7 @@ impl<'a> Run<'a> {
             let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
             sel.selected.get(index).copied().unwrap_or(false)
         };
-        // A prompt's history starts at its unit's first user turn.
-        let unit_at = |i: usize| meta::unit(&p.session, p.channel, msgs[i].timestamp);
-        let unit_start = |user: usize| -> usize {
-            let unit = unit_at(user);
-            (0..user)
-                .rev()
-                .filter(|&i| msgs[i].role == Role::User)
-                .take_while(|&i| unit_at(i) == unit)
-                .last()
-                .unwrap_or(user)
-        };
+        let unit_start = |user: usize| unit_start(p, user);
         let systems: Vec<(&'static str, Option<&str>)> = p
             .systems
             .iter()
@@ -1046,6 +1036,20 @@ fn unit_ranges(p: &Prepared, exchanges: &[Exchange<'_>]) -> Vec<(usize, usize, S
         }
     }
     out
+}
+
+/// The first user turn of the unit of the user turn `messages[user]` of
+/// `p`: a pair's prompt history starts there.
+fn unit_start(p: &Prepared, user: usize) -> usize {
+    let msgs = &p.rebuilt.messages;
+    let unit_at = |i: usize| meta::unit(&p.session, p.channel, msgs[i].timestamp);
+    let unit = unit_at(user);
+    (0..user)
+        .rev()
+        .filter(|&i| msgs[i].role == Role::User)
+        .take_while(|&i| unit_at(i) == unit)
+        .last()
+        .unwrap_or(user)
 }
 
 /// The turn whose failed call was taken out for a tool-retry pair would
