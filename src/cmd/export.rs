@@ -780,16 +780,7 @@ impl<'a> Run<'a> {
             };
             let figures = LineFigures::new(p.channel, None, line.count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
-            // Only what is written counts toward the near-duplicate cap and
-            // as held by its split.
-            let (dir, valid) = (self.output.is_dir(), self.output.is_valid(&unit));
-            for ex in &exchanges[first + line.own.0..first + line.own.1] {
-                let key = crate::curate::dedupe::exchange_key(ex.msgs);
-                self.curate.dedupe.written(key);
-                if dir {
-                    self.curate.dedupe.wrote_in(key, valid);
-                }
-            }
+            self.wrote_exchanges(&exchanges[first + line.own.0..first + line.own.1], &unit);
             self.totals.saw_time((t, last));
             let system_tokens = line
                 .system
@@ -800,6 +791,20 @@ impl<'a> Run<'a> {
             *self.totals.prompts.entry(line.prompt).or_default() += 1;
         }
         Ok((over_budget, None))
+    }
+
+    /// The exchanges of a line of `unit` were written: only what is
+    /// written counts toward the near-duplicate cap and as held by its
+    /// split.
+    fn wrote_exchanges(&mut self, own: &[Exchange<'_>], unit: &str) {
+        let (dir, valid) = (self.output.is_dir(), self.output.is_valid(unit));
+        for ex in own {
+            let key = crate::curate::dedupe::exchange_key(ex.msgs);
+            self.curate.dedupe.written(key);
+            if dir {
+                self.curate.dedupe.wrote_in(key, valid);
+            }
+        }
     }
 
     /// Writes the preference pairs of one session; returns how many were
