@@ -599,3 +599,49 @@ fn an_exchange_never_written_holds_no_split() {
     assert_eq!(all.len(), 1, "{err}");
     assert_eq!(all[0]["meta"]["session"], "s-b");
 }
+
+#[test]
+fn an_upgraded_state_counts_its_dataset_from_meta() {
+    let (home, _work, dir, state) = cumulative();
+    // What version 3 wrote: no units, no dataset sums, no line figures.
+    let before = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let mut st = read_json(Path::new(&state));
+    st["version"] = 3.into();
+    for k in ["units", "dataset", "figures"] {
+        st.as_object_mut().unwrap().remove(k);
+    }
+    st["identity"]["split"] = "fnv1a-fmix64".into();
+    write_json(Path::new(&state), &st);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    crate::common::drop_fts_triggers(&db);
+    drop(db);
+    let t = 1_900_000_000.0;
+    crate::cron::sql(
+        home.path(),
+        &format!(
+            "INSERT INTO sessions (id, source, started_at) VALUES ('after-upgrade', 'cli', {t});
+             INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES ('after-upgrade', 'user', 'a question after the upgrade', {t}, 1, 0);
+             INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES ('after-upgrade', 'assistant', 'an answer after the upgrade', {}, 'stop', 1, 0);",
+            t + 1.0
+        ),
+    );
+    let out = format!("{}/", dir.display());
+    run_ok(
+        home.path(),
+        &["export", "--out", &out, "--state", &state, "-q"],
+    );
+    let (code, lines, err) = validate(&dir, &["--state", &state]);
+    assert_eq!(code, 0, "{lines:#?}\n{err}");
+    let d = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let sum = |v: &Value| -> u64 {
+        v.as_object()
+            .unwrap()
+            .values()
+            .map(|x| x.as_u64().unwrap_or_else(|| x["samples"].as_u64().unwrap()))
+            .sum()
+    };
+    assert_eq!(sum(&d["samples"]), sum(&before["samples"]) + 1, "{d}");
+    assert_eq!(d["time_range"]["first"], before["time_range"]["first"]);
+    // The tokens of the lines written before the upgrade are not known.
+    assert_eq!(sum(&d["tokens"]), 1, "{d}");
+}
