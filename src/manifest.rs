@@ -285,13 +285,19 @@ impl Dataset {
         t.trainable += f.3;
     }
 
+    /// Takes a removed line of `channel` (and `signal`) out of the lines
+    /// per channel and signal.
+    pub fn remove_line(&mut self, channel: &str, signal: Option<&str>) {
+        take(&mut self.samples, channel, 1);
+        if let Some(s) = signal {
+            take(&mut self.signals, s, 1);
+        }
+    }
+
     /// Takes a removed line out of the sums.
     pub fn remove(&mut self, f: &LineFigures) {
         let channel = f.channel();
-        take(&mut self.samples, channel, 1);
-        if let Some(s) = f.signal() {
-            take(&mut self.signals, s, 1);
-        }
+        self.remove_line(channel, f.signal());
         if let Some(t) = self.tokens.get_mut(channel) {
             t.samples = t.samples.saturating_sub(1);
             t.total = t.total.saturating_sub(f.2);

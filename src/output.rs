@@ -149,6 +149,7 @@ pub fn migrate_units(st: &mut RunState, path_of: &dyn Fn(&str) -> PathBuf) -> Re
             metas.push(v["meta"].clone());
         }
         st.dataset.lines.insert(name.clone(), c.lines);
+        st.unfigured.insert(name.clone(), c.lines);
     }
     // Those versions kept no dataset sums: lines per channel and signal
     // and the time range are counted from `meta` (tokens are not known).

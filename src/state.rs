@@ -111,6 +111,12 @@ pub struct RunState {
     /// recounted from `meta` instead.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub figures: BTreeMap<String, Vec<crate::manifest::LineFigures>>,
+    /// Lines at the start of each file that have no figures (written
+    /// before the state kept them; see `output::migrate_units`): their
+    /// tokens are not in `dataset`, and `forget` takes their channel and
+    /// signal from their `meta`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unfigured: BTreeMap<String, u64>,
     /// Compression children (and other non-root ids) of exported
     /// lineages → their root, so that `forget` takes any id of a lineage.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -325,6 +331,13 @@ impl RunState {
             out.flush()?;
         }
         persist(tmp, path)
+    }
+
+    /// Whether the figures of file `name` (after its unfigured lines)
+    /// cover its `lines` committed lines, one each.
+    pub fn figures_cover(&self, name: &str, lines: u64) -> bool {
+        let unfigured = self.unfigured.get(name).copied().unwrap_or(0);
+        self.figures.get(name).map_or(0, |v| v.len() as u64) + unfigured == lines
     }
 
     /// Before a run writes a file the state does not list yet, records it

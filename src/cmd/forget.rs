@@ -270,33 +270,40 @@ fn stage_lines(
     let mut removed = BTreeMap::new();
     let mut metas = Vec::new();
     let mut all_meta = true;
-    // Figures are subtracted only when every file has one per line.
-    let figured = files.iter().all(|f| {
-        st.figures
-            .get(&f.name)
-            .map_or(f.lines.is_empty(), |v| v.len() == f.lines.len())
-    });
+    // Figures are subtracted only when every file has one per line (its
+    // unfigured lines, whose tokens the sums never held, aside).
+    let figured = files
+        .iter()
+        .all(|f| st.figures_cover(&f.name, f.lines.len() as u64));
     for f in files {
         let mut kept = Vec::new();
         let mut gone = Vec::new();
         let mut figures = Vec::new();
         let old = st.figures.get(&f.name).filter(|_| figured);
+        let unfigured = st.unfigured.get(&f.name).copied().unwrap_or(0) as usize;
+        let mut still_unfigured = 0;
         for (n, (bytes, _, _)) in f.lines.iter().enumerate() {
-            let fig = old.map(|v| v[n]);
+            let fig = old.and_then(|v| n.checked_sub(unfigured).map(|k| v[k]));
             if goes(f, n) {
                 gone.push(n + 1);
                 forget_print(&mut st.curation.exact, bytes);
-                if let Some(fig) = &fig {
-                    st.dataset.remove(fig);
+                let meta = |k: &str| f.metas[n][k].as_str();
+                match (&fig, meta("channel")) {
+                    (Some(fig), _) => st.dataset.remove(fig),
+                    (None, Some(c)) if figured => st.dataset.remove_line(c, meta("signal")),
+                    _ => {}
                 }
             } else {
                 kept.push(bytes.as_slice());
                 metas.push(&f.metas[n]);
                 figures.extend(fig);
+                still_unfigured += usize::from(n < unfigured);
             }
         }
         if figured && !f.lines.is_empty() {
             st.figures.insert(f.name.clone(), figures);
+            st.unfigured.insert(f.name.clone(), still_unfigured as u64);
+            st.unfigured.retain(|_, n| *n > 0);
         }
         if st.index.contains_key(&f.name) {
             let mut runs: Vec<(String, u64)> = Vec::new();

@@ -5,9 +5,10 @@
 //!
 //! The cumulative figures: the manifest's `dataset` is the state's running
 //! sums; when the state has the figures of every line (see
-//! `RunState::figures`; a state upgraded from before version 4 has not),
-//! one per committed line, their channels agree with the lines' `meta`
-//! and they add up to the sums' lines, signals and tokens.
+//! `RunState::figures`), one per committed line, they add up to the sums'
+//! tokens and, unless some lines have none (a state upgraded from before
+//! version 4: `RunState::unfigured`), their channels agree with the lines'
+//! `meta` and they add up to the sums' lines and signals.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -88,14 +89,12 @@ pub fn check(
 /// Where the state's figures of each line disagree with the files and
 /// with its running sums (nothing when they do not cover every file).
 fn figures_mismatches(st: &RunState, files: &[FileFacts]) -> Vec<String> {
-    let covered = files.iter().all(|f| {
-        st.figures
-            .get(&f.name)
-            .map_or(f.lines == 0, |v| v.len() as u64 == f.lines)
-    });
-    if !covered {
+    if !files.iter().all(|f| st.figures_cover(&f.name, f.lines)) {
         return Vec::new();
     }
+    // Lines without figures (an upgraded state's) count in the lines per
+    // channel and signal, never in the tokens.
+    let whole = st.unfigured.values().all(|n| *n == 0);
     let mut sums = Dataset::default();
     let mut per_channel: BTreeMap<String, u64> = BTreeMap::new();
     for f in st.figures.values().flatten() {
@@ -107,25 +106,22 @@ fn figures_mismatches(st: &RunState, files: &[FileFacts]) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    if files.iter().all(|f| f.without_meta == 0) && per_channel != sums.samples {
+    if whole && files.iter().all(|f| f.without_meta == 0) && per_channel != sums.samples {
         out.push(format!(
             "the figures it keeps of each line give {:?} lines per channel, the lines' meta {per_channel:?}",
             sums.samples
         ));
     }
-    for (what, a, b) in [
-        (
-            "lines per channel",
-            json(&sums.samples),
-            json(&st.dataset.samples),
-        ),
-        (
-            "pairs per signal",
-            json(&sums.signals),
-            json(&st.dataset.signals),
-        ),
-        ("tokens", json(&sums.tokens), json(&st.dataset.tokens)),
-    ] {
+    let counts = [
+        ("lines per channel", &sums.samples, &st.dataset.samples),
+        ("pairs per signal", &sums.signals, &st.dataset.signals),
+    ];
+    let compared = counts
+        .into_iter()
+        .filter(|_| whole)
+        .map(|(what, a, b)| (what, json(a), json(b)))
+        .chain([("tokens", json(&sums.tokens), json(&st.dataset.tokens))]);
+    for (what, a, b) in compared {
         if a != b {
             out.push(format!(
                 "the figures it keeps of each line add up to {what} {a}, its running sums say {b}"

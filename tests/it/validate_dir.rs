@@ -644,4 +644,23 @@ fn an_upgraded_state_counts_its_dataset_from_meta() {
     assert_eq!(d["time_range"]["first"], before["time_range"]["first"]);
     // The tokens of the lines written before the upgrade are not known.
     assert_eq!(sum(&d["tokens"]), 1, "{d}");
+    // Forgetting a line of each kind takes each out of what it is in.
+    let old = read_lines(&dir.join("train.jsonl"))[0]["meta"]["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forget = ["forget", "--out", &out, "--state", &state, "-q"];
+    let forgot = run(&[&forget[..], &["after-upgrade", &old]].concat());
+    assert!(
+        forgot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forgot.stderr)
+    );
+    let (code, lines, err) = validate(&dir, &["--state", &state]);
+    assert_eq!(code, 0, "{lines:#?}\n{err}");
+    let after = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let gone = after["forgotten_lines"].as_u64().unwrap();
+    assert!(gone >= 2, "{after}");
+    assert_eq!(sum(&after["samples"]) + gone, sum(&d["samples"]), "{after}");
+    assert_eq!(sum(&after["tokens"]), 0, "{after}");
 }
