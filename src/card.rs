@@ -187,12 +187,28 @@ fn dataset(out: &mut String, d: &Value) {
         out.push_str("Per preference signal:\n\n");
         table(out, ("signal", "pairs"), &d["signals"]);
     }
+    if let Some(ch) = d["tokens"].as_object().filter(|t| !t.is_empty()) {
+        out.push_str("Tokens per channel (as counted when each line was written):\n\n| channel | lines | total | trainable |\n|---|---:|---:|---:|\n");
+        for (name, c) in ch {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} |",
+                text(&c["samples"]),
+                text(&c["total"]),
+                text(&c["trainable"])
+            );
+        }
+        out.push('\n');
+    }
     out.push_str("Left out over every run, per reason:\n\n");
     table(out, ("reason", "count"), &d["skipped"]);
+    out.push_str("Redacted over every run, per kind:\n\n");
+    table(out, ("kind", "redacted"), &d["redactions"]);
     let _ = writeln!(
         out,
-        "Lines removed by `forget`: {}.\n",
-        text(&d["forgotten_lines"])
+        "Lines removed by `forget`: {}; retracted (their answer regenerated or undone): {}.\n",
+        text(&d["forgotten_lines"]),
+        text(&d["retracted_lines"])
     );
 }
 
@@ -355,7 +371,8 @@ mod tests {
             "created": "2026-12-01T00:00:00Z",
             "time_range": {"first": "2026-11-01T00:00:00Z", "last": null},
             "dataset": {"time_range": {"first": "2026-10-01T00:00:00Z", "last": null}, "nights": 3,
-                        "samples": {"nexus": 40}, "signals": {}, "skipped": {}, "forgotten_lines": 0},
+                        "samples": {"nexus": 40}, "signals": {}, "skipped": {}, "forgotten_lines": 0,
+                        "tokens": {"nexus": {"samples": 40, "total": 12000, "trainable": 3000}}},
             "split": {"valid_fraction": 0.05, "units": {"train": 3, "valid": 0},
                       "files": {"train.jsonl": {"lines": 17, "bytes": 9}}},
             "counts": {"channels": {"nexus": 12}, "signals": null, "skipped": {"near_duplicate": 5}},
@@ -370,6 +387,7 @@ mod tests {
             "| train.jsonl | 17 | 9 |",
             "Turns from 2026-10-01T00:00:00Z",
             "| nexus | 40 |",
+            "| nexus | 40 | 12000 | 3000 |",
             "no validation split yet",
             "| nexus | 12 |",
             "| near_duplicate | 5 |",

@@ -4,8 +4,9 @@
 //!
 //! `dataset` describes the whole cumulative output (every night), from
 //! running sums the state keeps ([`Dataset`]); `counts`, `tokens` and
-//! `time_range` describe the last run. `forget` recounts `dataset` from the
-//! lines that remain.
+//! `time_range` describe the last run. `forget` and retraction subtract
+//! the lines they remove (their [`LineFigures`], kept in the state) and
+//! recount the time range from the `meta` of the lines that remain.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +16,7 @@ use crate::config::{ExportConfig, iso_time};
 use crate::format::tools::ToolsPolicy;
 use crate::model::{Channel, Origin};
 use crate::output::Written;
-use crate::rebuild::RebuildStats;
+use crate::rebuild::{RebuildStats, Signal};
 use crate::report::Report;
 use crate::source::Stores;
 use crate::tokens::Count;
@@ -77,8 +78,10 @@ impl Totals {
         t.tool_definitions_missing += usize::from(missing > 0);
     }
 
-    pub fn saw_time(&mut self, t: Option<f64>) {
-        if let Some(t) = t {
+    /// A line written whose turns span `(first, last)` (as its `meta`
+    /// gives them): the time range covers both ends.
+    pub fn saw_time(&mut self, (first, last): (Option<f64>, Option<f64>)) {
+        for t in [first, last].into_iter().flatten() {
             self.first = Some(self.first.map_or(t, |f| f.min(t)));
             self.last = Some(self.last.map_or(t, |l| l.max(t)));
         }
@@ -153,6 +156,9 @@ pub struct Dataset {
     pub skipped: BTreeMap<String, u64>,
     #[serde(default)]
     pub redactions: BTreeMap<String, u64>,
+    /// Tokens per channel of the lines the files hold.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, DatasetTokens>,
     /// Lines `forget` removed.
     #[serde(default)]
     pub forgotten_lines: u64,
@@ -162,6 +168,56 @@ pub struct Dataset {
     /// Runs that added lines.
     #[serde(default)]
     pub nights: u64,
+}
+
+/// The token figures of the lines of one channel: running sums, adjusted
+/// by `forget` and retraction through each line's [`LineFigures`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DatasetTokens {
+    pub samples: u64,
+    pub total: u64,
+    pub trainable: u64,
+}
+
+/// What one committed line adds to the running sums, kept in the state in
+/// file order (see `RunState::figures`) so that a removed line is
+/// subtracted: its channel (index in [`Channel::ALL`]), its signal (0 for
+/// none, else 1 + index in [`Signal::ALL`]), its total and trainable
+/// tokens. A tuple, so that the state stays small.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LineFigures(pub u8, pub u8, pub u64, pub u64);
+
+impl LineFigures {
+    pub fn new(channel: Channel, signal: Option<Signal>, count: Count) -> LineFigures {
+        let code = |i: Option<usize>| i.map_or(0, |i| i as u8);
+        LineFigures(
+            code(Channel::ALL.iter().position(|c| *c == channel)),
+            code(signal.and_then(|s| Signal::ALL.iter().position(|x| *x == s).map(|i| i + 1))),
+            count.total as u64,
+            count.trainable as u64,
+        )
+    }
+
+    fn channel(&self) -> &'static str {
+        Channel::ALL
+            .get(usize::from(self.0))
+            .map_or("other", |c| c.as_str())
+    }
+
+    fn signal(&self) -> Option<&'static str> {
+        let i = usize::from(self.1).checked_sub(1)?;
+        Signal::ALL.get(i).map(|s| s.as_str())
+    }
+}
+
+/// `map[key] -= n`, dropping the entry at 0 (an absent key is no line).
+fn take(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+    if let Some(v) = map.get_mut(key) {
+        *v = v.saturating_sub(n);
+        if *v == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 fn add_all<'k>(into: &mut BTreeMap<String, u64>, from: impl IntoIterator<Item = (&'k str, usize)>) {
@@ -197,6 +253,12 @@ impl Dataset {
             &mut d.redactions,
             i.redactions.iter().map(|(k, v)| (*k, *v)),
         );
+        for (channel, t) in i.totals.tokens.iter().filter(|(_, t)| t.samples > 0) {
+            let sum = d.tokens.entry(channel.to_string()).or_default();
+            sum.samples += t.samples as u64;
+            sum.total += t.total as u64;
+            sum.trainable += t.trainable as u64;
+        }
         d.saw(i.totals.first);
         d.saw(i.totals.last);
         d.nights += u64::from(w.new_lines > 0);
@@ -210,9 +272,51 @@ impl Dataset {
         }
     }
 
-    /// Recounts the lines' figures (channels, signals, time range) from
-    /// their `meta`; false when a line has none (the sums stay).
-    pub fn recount<'v>(&mut self, metas: impl IntoIterator<Item = &'v serde_json::Value>) -> bool {
+    /// Adds a line to the sums (its channel, signal and tokens).
+    pub fn add(&mut self, f: &LineFigures) {
+        let channel = f.channel();
+        *self.samples.entry(channel.to_string()).or_default() += 1;
+        if let Some(s) = f.signal() {
+            *self.signals.entry(s.to_string()).or_default() += 1;
+        }
+        let t = self.tokens.entry(channel.to_string()).or_default();
+        t.samples += 1;
+        t.total += f.2;
+        t.trainable += f.3;
+    }
+
+    /// Takes a removed line of `channel` (and `signal`) out of the lines
+    /// per channel and signal.
+    pub fn remove_line(&mut self, channel: &str, signal: Option<&str>) {
+        take(&mut self.samples, channel, 1);
+        if let Some(s) = signal {
+            take(&mut self.signals, s, 1);
+        }
+    }
+
+    /// Takes a removed line out of the sums.
+    pub fn remove(&mut self, f: &LineFigures) {
+        let channel = f.channel();
+        self.remove_line(channel, f.signal());
+        if let Some(t) = self.tokens.get_mut(channel) {
+            t.samples = t.samples.saturating_sub(1);
+            t.total = t.total.saturating_sub(f.2);
+            t.trainable = t.trainable.saturating_sub(f.3);
+            if t.samples == 0 {
+                self.tokens.remove(channel);
+            }
+        }
+    }
+
+    /// Recounts the lines' figures from their `meta`: the time range, and
+    /// with `counts` the lines per channel and signal (when the state has
+    /// no [`LineFigures`] to subtract); false when a line has no `meta`
+    /// (the sums stay).
+    pub fn recount<'v>(
+        &mut self,
+        metas: impl IntoIterator<Item = &'v serde_json::Value>,
+        counts: bool,
+    ) -> bool {
         let mut fresh = Dataset::default();
         for m in metas {
             let Some(channel) = m["channel"].as_str() else {
@@ -230,8 +334,10 @@ impl Dataset {
                 fresh.saw(t);
             }
         }
-        self.samples = fresh.samples;
-        self.signals = fresh.signals;
+        if counts {
+            self.samples = fresh.samples;
+            self.signals = fresh.signals;
+        }
         self.first = fresh.first;
         self.last = fresh.last;
         true
@@ -249,6 +355,7 @@ impl Dataset {
             },
             skipped: &self.skipped,
             redactions: &self.redactions,
+            tokens: &self.tokens,
             forgotten_lines: self.forgotten_lines,
             retracted_lines: self.retracted_lines,
             nights: self.nights,
@@ -266,6 +373,7 @@ pub struct DatasetDoc<'a> {
     pub time_range: TimeRange,
     pub skipped: &'a BTreeMap<String, u64>,
     pub redactions: &'a BTreeMap<String, u64>,
+    pub tokens: &'a BTreeMap<String, DatasetTokens>,
     pub forgotten_lines: u64,
     pub retracted_lines: u64,
     pub nights: u64,

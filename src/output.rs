@@ -23,6 +23,7 @@ use crate::paths::Dest;
 use crate::sink::{Stdout, persist, sync_dir, temp_beside};
 use std::collections::BTreeMap;
 
+use crate::manifest::LineFigures;
 use crate::state::{Committed, RunState, TAIL_BYTES, Units};
 
 /// Trainers' usual batch size: mlx-lm refuses a split with fewer rows.
@@ -123,6 +124,7 @@ pub fn migrate_units(st: &mut RunState, path_of: &dyn Fn(&str) -> PathBuf) -> Re
     if st.read_version >= 4 || !st.units.train.is_empty() || !st.units.valid.is_empty() {
         return Ok(());
     }
+    let mut metas = Vec::new();
     for (name, c) in &st.outputs {
         if c.lines == 0 || !crate::state::plain_name(name) {
             continue;
@@ -144,8 +146,14 @@ pub fn migrate_units(st: &mut RunState, path_of: &dyn Fn(&str) -> PathBuf) -> Re
             if let Some(u) = v["meta"]["unit"].as_str().or(v["meta"]["session"].as_str()) {
                 side.insert(u.to_string());
             }
+            metas.push(v["meta"].clone());
         }
+        st.dataset.lines.insert(name.clone(), c.lines);
+        st.unfigured.insert(name.clone(), c.lines);
     }
+    // Those versions kept no dataset sums: lines per channel and signal
+    // and the time range are counted from `meta` (tokens are not known).
+    st.dataset.recount(&metas, true);
     if let Some(id) = st.identity.as_mut()
         && id.split == LEGACY_SPLIT
     {
@@ -337,6 +345,9 @@ pub struct Output {
     /// Lines without `meta` in a cumulative file: the session of each, as
     /// runs per file name (see `RunState::index`); `None` with meta.
     index: Option<BTreeMap<String, Vec<(String, u64)>>>,
+    /// The figures of the lines this run wrote to a cumulative file, per
+    /// file name (see `RunState::figures`).
+    figures: BTreeMap<String, Vec<LineFigures>>,
 }
 
 enum Kind {
@@ -361,6 +372,8 @@ pub struct Written {
     pub units: Units,
     /// The session index of files written without `meta`.
     pub index: BTreeMap<String, Vec<(String, u64)>>,
+    /// The figures of this run's new lines per file name, in file order.
+    pub figures: BTreeMap<String, Vec<LineFigures>>,
     /// Units placed in this run, and of those in valid.
     pub new_units: (u64, u64),
     /// Every line reached its destination (false when the reader of a
@@ -421,6 +434,7 @@ impl Output {
             cumulative,
             splits: Splits::new(units, valid_fraction),
             index: state.filter(|_| !meta).map(|s| s.index.clone()),
+            figures: BTreeMap::new(),
         })
     }
 
@@ -431,6 +445,7 @@ impl Output {
             cumulative: false,
             splits: Splits::default(),
             index: None,
+            figures: BTreeMap::new(),
         }
     }
 
@@ -453,10 +468,16 @@ impl Output {
         self.is_dir() && self.splits.is_valid(unit)
     }
 
-    /// Writes one line of `unit` (of `session`).
-    pub fn line(&mut self, (session, unit): (&str, &str), line: &[u8]) -> Result<()> {
+    /// Writes one line of `unit` (of `session`), which adds `figures` to
+    /// the dataset's sums.
+    pub fn line(
+        &mut self,
+        (session, unit): (&str, &str),
+        line: &[u8],
+        figures: LineFigures,
+    ) -> Result<()> {
         let valid = self.is_valid(unit);
-        self.index_line(session, valid);
+        self.index_line(session, valid, figures);
         match &mut self.kind {
             Kind::Stdout(sink) => sink.line(line),
             Kind::File(f) => f.line(line),
@@ -477,8 +498,9 @@ impl Output {
         }
     }
 
-    /// Adds a line of `session` to the index of the file it goes to.
-    fn index_line(&mut self, session: &str, valid: bool) {
+    /// Adds a line of `session` to the index of the file it goes to, and
+    /// its figures (cumulative files only).
+    fn index_line(&mut self, session: &str, valid: bool, figures: LineFigures) {
         let name = match &self.kind {
             Kind::File(f) => &f.name,
             Kind::Dir {
@@ -492,6 +514,9 @@ impl Output {
             }
             Kind::Stdout(_) => return,
         };
+        if self.cumulative {
+            self.figures.entry(name.clone()).or_default().push(figures);
+        }
         let Some(index) = self.index.as_mut() else {
             return;
         };
@@ -533,6 +558,7 @@ impl Output {
                 let new_lines = f.new_lines;
                 Ok(Some(Written {
                     index: self.index.unwrap_or_default(),
+                    figures: self.figures,
                     new_lines,
                     new_per_file: [(f.name.clone(), new_lines)].into(),
                     files: vec![f.commit(false)?],
@@ -560,6 +586,7 @@ impl Output {
                     .into(),
                     units: self.splits.settle(),
                     index: self.index.unwrap_or_default(),
+                    figures: self.figures,
                     new_units,
                     delivered: true,
                     ..Written::default()

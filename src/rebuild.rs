@@ -43,6 +43,8 @@ pub enum Signal {
 }
 
 impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Rewind, Signal::Regenerate, Signal::ToolRetry];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Signal::Rewind => "rewind",

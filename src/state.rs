@@ -104,6 +104,19 @@ pub struct RunState {
     /// order per file name, so that `forget` and retraction can tell them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub index: BTreeMap<String, Vec<(String, u64)>>,
+    /// What each committed line adds to `dataset` (channel, signal,
+    /// tokens), in file order per file name, so that `forget` and
+    /// retraction subtract the lines they remove. A file whose list is not
+    /// as long as its committed lines (a state of an earlier version) is
+    /// recounted from `meta` instead.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures: BTreeMap<String, Vec<crate::manifest::LineFigures>>,
+    /// Lines at the start of each file that have no figures (written
+    /// before the state kept them; see `output::migrate_units`): their
+    /// tokens are not in `dataset`, and `forget` takes their channel and
+    /// signal from their `meta`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unfigured: BTreeMap<String, u64>,
     /// Compression children (and other non-root ids) of exported
     /// lineages → their root, so that `forget` takes any id of a lineage.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -318,6 +331,13 @@ impl RunState {
             out.flush()?;
         }
         persist(tmp, path)
+    }
+
+    /// Whether the figures of file `name` (after its unfigured lines)
+    /// cover its `lines` committed lines, one each.
+    pub fn figures_cover(&self, name: &str, lines: u64) -> bool {
+        let unfigured = self.unfigured.get(name).copied().unwrap_or(0);
+        self.figures.get(name).map_or(0, |v| v.len() as u64) + unfigured == lines
     }
 
     /// Before a run writes a file the state does not list yet, records it
@@ -597,6 +617,9 @@ impl RunCoverage {
             st.units = w.units.clone();
             for (name, runs) in &w.index {
                 st.index.insert(name.clone(), runs.clone());
+            }
+            for (name, new) in &w.figures {
+                st.figures.entry(name.clone()).or_default().extend(new);
             }
         }
         st.forced_valid.clear();

@@ -20,7 +20,7 @@ use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
 use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_chain};
 use crate::hermes_settings::HermesSettings;
 use crate::home::HermesHome;
-use crate::manifest::{Counting, Dataset, Inputs, Manifest, Totals};
+use crate::manifest::{Counting, Dataset, Inputs, LineFigures, Manifest, Totals};
 use crate::model::{Channel, Origin, Role, Session};
 use crate::output::{Output, Written};
 use crate::paths::{DIR_FILES, Dest, Plan};
@@ -778,13 +778,10 @@ impl<'a> Run<'a> {
             else {
                 continue;
             };
-            self.output.line((&p.session.id, &unit), &bytes)?;
-            // Only what is written counts toward the near-duplicate cap.
-            for ex in &exchanges[first + line.own.0..first + line.own.1] {
-                let key = crate::curate::dedupe::exchange_key(ex.msgs);
-                self.curate.dedupe.written(key);
-            }
-            self.totals.saw_time(t);
+            let figures = LineFigures::new(p.channel, None, line.count);
+            self.output.line((&p.session.id, &unit), &bytes, figures)?;
+            self.wrote_exchanges(&exchanges[first + line.own.0..first + line.own.1], &unit);
+            self.totals.saw_time((t, last));
             let system_tokens = line
                 .system
                 .as_ref()
@@ -794,6 +791,20 @@ impl<'a> Run<'a> {
             *self.totals.prompts.entry(line.prompt).or_default() += 1;
         }
         Ok((over_budget, None))
+    }
+
+    /// The exchanges of a line of `unit` were written: only what is
+    /// written counts toward the near-duplicate cap and as held by its
+    /// split.
+    fn wrote_exchanges(&mut self, own: &[Exchange<'_>], unit: &str) {
+        let (dir, valid) = (self.output.is_dir(), self.output.is_valid(unit));
+        for ex in own {
+            let key = crate::curate::dedupe::exchange_key(ex.msgs);
+            self.curate.dedupe.written(key);
+            if dir {
+                self.curate.dedupe.wrote_in(key, valid);
+            }
+        }
     }
 
     /// Writes the preference pairs of one session; returns how many were
@@ -812,6 +823,7 @@ impl<'a> Run<'a> {
             let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
             sel.selected.get(index).copied().unwrap_or(false)
         };
+        let unit_start = |user: usize| unit_start(p, user);
         let systems: Vec<(&'static str, Option<&str>)> = p
             .systems
             .iter()
@@ -823,7 +835,7 @@ impl<'a> Run<'a> {
             &systems,
             &p.tools,
             &mut fitter,
-            &selected_pair,
+            (&selected_pair, &unit_start),
         );
         if let Some(e) = outcome.template_error
             && self.render_failed(&p.session.id, e, report)
@@ -854,8 +866,12 @@ impl<'a> Run<'a> {
             let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
                 continue;
             };
-            self.output.line((&p.session.id, &unit), &bytes)?;
-            self.totals.saw_time(t);
+            let figures = LineFigures::new(p.channel, Some(signal), count);
+            self.output.line((&p.session.id, &unit), &bytes, figures)?;
+            if self.output.is_dir() {
+                self.curate.dedupe.wrote_in(key, valid);
+            }
+            self.totals.saw_time((t, last));
             let system = p
                 .systems
                 .iter()
@@ -1025,6 +1041,20 @@ fn unit_ranges(p: &Prepared, exchanges: &[Exchange<'_>]) -> Vec<(usize, usize, S
         }
     }
     out
+}
+
+/// The first user turn of the unit of the user turn `messages[user]` of
+/// `p`: a pair's prompt history starts there.
+fn unit_start(p: &Prepared, user: usize) -> usize {
+    let msgs = &p.rebuilt.messages;
+    let unit_at = |i: usize| meta::unit(&p.session, p.channel, msgs[i].timestamp);
+    let unit = unit_at(user);
+    (0..user)
+        .rev()
+        .filter(|&i| msgs[i].role == Role::User)
+        .take_while(|&i| unit_at(i) == unit)
+        .last()
+        .unwrap_or(user)
 }
 
 /// The turn whose failed call was taken out for a tool-retry pair would

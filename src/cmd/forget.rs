@@ -25,7 +25,7 @@
 //!   finished by the next `forget` or export of the state, which complete a
 //!   journal they find before anything else. `--dry-run` lists what would
 //!   go and changes nothing (beyond finishing such a journal). The manifest (its `dataset`
-//!   recounted from the lines that remain) and the dataset card of a
+//!   less the lines removed, see `stage_lines`) and the dataset card of a
 //!   directory output are brought up to date last.
 //! - The exact-duplicate fingerprints of the removed lines leave the state.
 //! - What was removed is listed on stdout (the command's product), one
@@ -256,9 +256,12 @@ fn check_known(
     )))
 }
 
-/// Stages each file without the lines that go in the state's journal, recounts the dataset from the lines that remain and drops the
-/// removed lines' fingerprints; returns the 1-based numbers removed per
-/// file.
+/// Stages each file without the lines that go in the state's journal,
+/// takes the removed lines out of the dataset's sums (their figures; from
+/// a state without figures, the lines per channel and signal are recounted
+/// from the `meta` of the lines that remain), recounts the time range and
+/// drops the removed lines' fingerprints; returns the 1-based numbers
+/// removed per file.
 fn stage_lines(
     files: &[FileLines],
     goes: &dyn Fn(&FileLines, usize) -> bool,
@@ -267,17 +270,40 @@ fn stage_lines(
     let mut removed = BTreeMap::new();
     let mut metas = Vec::new();
     let mut all_meta = true;
+    // Figures are subtracted only when every file has one per line (its
+    // unfigured lines, whose tokens the sums never held, aside).
+    let figured = files
+        .iter()
+        .all(|f| st.figures_cover(&f.name, f.lines.len() as u64));
     for f in files {
         let mut kept = Vec::new();
         let mut gone = Vec::new();
+        let mut figures = Vec::new();
+        let old = st.figures.get(&f.name).filter(|_| figured);
+        let unfigured = st.unfigured.get(&f.name).copied().unwrap_or(0) as usize;
+        let mut still_unfigured = 0;
         for (n, (bytes, _, _)) in f.lines.iter().enumerate() {
+            let fig = old.and_then(|v| n.checked_sub(unfigured).map(|k| v[k]));
             if goes(f, n) {
                 gone.push(n + 1);
                 forget_print(&mut st.curation.exact, bytes);
+                let meta = |k: &str| f.metas[n][k].as_str();
+                match (&fig, meta("channel")) {
+                    (Some(fig), _) => st.dataset.remove(fig),
+                    (None, Some(c)) if figured => st.dataset.remove_line(c, meta("signal")),
+                    _ => {}
+                }
             } else {
                 kept.push(bytes.as_slice());
                 metas.push(&f.metas[n]);
+                figures.extend(fig);
+                still_unfigured += usize::from(n < unfigured);
             }
+        }
+        if figured && !f.lines.is_empty() {
+            st.figures.insert(f.name.clone(), figures);
+            st.unfigured.insert(f.name.clone(), still_unfigured as u64);
+            st.unfigured.retain(|_, n| *n > 0);
         }
         if st.index.contains_key(&f.name) {
             let mut runs: Vec<(String, u64)> = Vec::new();
@@ -309,7 +335,7 @@ fn stage_lines(
         removed.insert(f.name.clone(), gone);
     }
     if all_meta {
-        st.dataset.recount(metas);
+        st.dataset.recount(metas, !figured);
     }
     Ok(removed)
 }

@@ -28,6 +28,9 @@ pub struct Dedupe {
     pending: HashMap<u64, u32>,
     /// The splits each normalised exchange was written to (1 train, 2 valid).
     sides: HashMap<u64, u32>,
+    /// The splits the session at hand let exchanges through for (not yet
+    /// written; only what is written counts for later sessions).
+    session_sides: HashMap<u64, u32>,
     cap: usize,
     pub exact_dropped: usize,
     pub near_dropped: usize,
@@ -40,6 +43,7 @@ impl Dedupe {
             near: memory.near.iter().copied().collect(),
             pending: HashMap::new(),
             sides: memory.sides.iter().copied().collect(),
+            session_sides: HashMap::new(),
             cap,
             exact_dropped: 0,
             near_dropped: 0,
@@ -96,18 +100,28 @@ impl Dedupe {
     /// longer holds a place under the cap.
     pub fn new_session(&mut self) {
         self.pending.clear();
+        self.session_sides.clear();
     }
 
     /// Whether the normalised exchange `key` is already in the other split
-    /// than `valid` says; else records it in this one.
+    /// than `valid` says: written there, or let through for it earlier in
+    /// the session at hand (whose units can lie in both splits); else it is
+    /// let through for this one (it counts for later sessions once
+    /// [`Dedupe::wrote_in`] says it was written).
     pub fn in_other_split(&mut self, key: u64, valid: bool) -> bool {
-        let (mine, other) = if valid { (2, 1) } else { (1, 2) };
-        let s = self.sides.entry(key).or_default();
-        if *s & other != 0 {
+        let (mine, other) = sides(valid);
+        let written = self.sides.get(&key).copied().unwrap_or(0);
+        let here = self.session_sides.entry(key).or_default();
+        if (written | *here) & other != 0 {
             return true;
         }
-        *s |= mine;
+        *here |= mine;
         false
+    }
+
+    /// The exchange `key` was written to the split `valid` says.
+    pub fn wrote_in(&mut self, key: u64, valid: bool) {
+        *self.sides.entry(key).or_default() |= sides(valid).0;
     }
 
     /// Puts this run's fingerprints into the state's memory.
@@ -122,6 +136,11 @@ impl Dedupe {
         sides.sort_unstable();
         memory.sides = sides;
     }
+}
+
+/// The bits of (this split, the other split) in `Dedupe::sides`.
+fn sides(valid: bool) -> (u32, u32) {
+    if valid { (2, 1) } else { (1, 2) }
 }
 
 /// The fingerprint of a line's bytes.

@@ -59,18 +59,24 @@ pub struct DpoOutcome {
     pub template_error: Option<String>,
 }
 
+/// Which pairs are wanted, and where each prompt's unit starts (see
+/// [`pairs`]).
+pub type Select<'a> = (&'a dyn Fn(usize, usize) -> bool, &'a dyn Fn(usize) -> usize);
+
 /// Builds the pairs of one session. `selected(user, chosen_end)` says
 /// whether the pair whose prompt ends with `messages[user]` and whose kept
-/// branch ends at `chosen_end` is wanted (time window, not yet exported).
-/// A pair that does not fit with the first of `systems` is tried with the
-/// next ones (see [`crate::format::system_chain`]).
+/// branch ends at `chosen_end` is wanted (time window, not yet exported);
+/// `unit_start(user)` is the first message of the split unit of that user
+/// turn: the prompt's history never reaches before it (a nexus session's
+/// day units). A pair that does not fit with the first of `systems` is
+/// tried with the next ones (see [`crate::format::system_chain`]).
 pub fn pairs(
     rebuilt: &Rebuilt,
     opts: &FormatOptions,
     systems: &[(&'static str, Option<&str>)],
     tools: &SessionTools,
     fitter: &mut Fitter<'_>,
-    selected: &dyn Fn(usize, usize) -> bool,
+    (selected, unit_start): Select<'_>,
 ) -> DpoOutcome {
     let mut out = DpoOutcome::default();
     let msgs = &rebuilt.messages;
@@ -90,9 +96,11 @@ pub fn pairs(
         }
         let failures = fitter.template_failures;
         let mut built = Err(Skip::OverBudget);
+        let from = unit_start(user).min(user);
         for &(name, system) in systems {
             let pair = Pair {
                 msgs,
+                from,
                 user,
                 alt,
                 system,
@@ -130,6 +138,8 @@ pub fn pairs(
 
 struct Pair<'a> {
     msgs: &'a [Message],
+    /// The first message the prompt's history may take (its unit's).
+    from: usize,
     user: usize,
     alt: &'a Alternative,
     system: Option<&'a str>,
@@ -312,8 +322,9 @@ impl Pair<'_> {
         }
     }
 
-    /// History before the user turn: whole exchanges, newest first, each
-    /// with its long tool results shortened if that makes it fit.
+    /// History before the user turn, inside its unit: whole exchanges,
+    /// newest first, each with its long tool results shortened if that
+    /// makes it fit.
     fn add_history<'m>(
         &'m self,
         fitter: &mut Fitter<'_>,
@@ -321,7 +332,7 @@ impl Pair<'_> {
         g: &mut Growing<'m>,
     ) {
         let msgs = self.msgs;
-        let starts: Vec<usize> = (0..self.user)
+        let starts: Vec<usize> = (self.from..self.user)
             .filter(|&i| msgs[i].role == Role::User)
             .collect();
         let mut end = self.user;
@@ -489,6 +500,15 @@ mod tests {
         max_tokens: usize,
         selected: &dyn Fn(usize, usize) -> bool,
     ) -> DpoOutcome {
+        run_from(rebuilt, opts, max_tokens, (selected, &|_| 0))
+    }
+
+    fn run_from(
+        rebuilt: &Rebuilt,
+        opts: &FormatOptions,
+        max_tokens: usize,
+        select: Select<'_>,
+    ) -> DpoOutcome {
         let mut counter = Counter::Estimate;
         let mut fitter = Fitter::new(&mut counter, max_tokens);
         pairs(
@@ -497,7 +517,7 @@ mod tests {
             &[("session", Some("be kind"))],
             &SessionTools::default(),
             &mut fitter,
-            selected,
+            select,
         )
     }
 
@@ -585,6 +605,22 @@ mod tests {
         );
         assert!(unselected.lines.is_empty() && unselected.skipped.is_empty());
         assert_eq!(*seen.borrow(), [(2, 4)]);
+    }
+
+    #[test]
+    fn the_prompt_never_reaches_before_its_unit() {
+        let rebuilt = regenerated("worse", "better");
+        let from_pair = |user: usize| user;
+        let out = run_from(
+            &rebuilt,
+            &opts(false, &[Signal::Regenerate]),
+            2048,
+            (&|_, _| true, &from_pair),
+        );
+        let PairLine::Conversational(line) = &out.lines[0].1 else {
+            panic!("conversational expected");
+        };
+        assert_eq!(texts(&line.prompt), ["system:be kind", "user:q1"]);
     }
 
     #[test]

@@ -2,16 +2,31 @@
 //! directory (its output identity names it) and committed each split file
 //! as it is: the same byte length, line count and tail hash. Bytes past
 //! the committed length are what a run killed before its commit appended.
+//!
+//! The cumulative figures: the manifest's `dataset` is the state's running
+//! sums; when the state has the figures of every line (see
+//! `RunState::figures`), one per committed line, they add up to the sums'
+//! tokens and, unless some lines have none (a state upgraded from before
+//! version 4: `RunState::unfigured`), their channels agree with the lines'
+//! `meta` and they add up to the sums' lines and signals.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
+use serde_json::Value;
 
 use super::Problems;
 use super::dir::FileFacts;
+use crate::manifest::Dataset;
 use crate::state::{Committed, RunState};
 
-pub fn check(dir: &Path, state: &Path, files: &[FileFacts], problems: &mut Problems) -> Result<()> {
+pub fn check(
+    dir: &Path,
+    state: &Path,
+    (files, manifest): (&[FileFacts], Option<&Value>),
+    problems: &mut Problems,
+) -> Result<()> {
     let label = state.display().to_string();
     if !state.exists() {
         let what = "no such state file: a first run killed before its commit leaves none";
@@ -57,7 +72,67 @@ pub fn check(dir: &Path, state: &Path, files: &[FileFacts], problems: &mut Probl
             problems.add(&dir.join(name).display().to_string(), None, &what)?;
         }
     }
+    if let Some(m) = manifest {
+        let ours = serde_json::to_value(st.dataset.doc())?;
+        if m["dataset"] != ours {
+            let what =
+                format!("its dataset figures differ from the manifest's: the state holds {ours}");
+            problems.add(&label, None, &what)?;
+        }
+    }
+    for what in figures_mismatches(&st, files) {
+        problems.add(&label, None, &what)?;
+    }
     Ok(())
+}
+
+/// Where the state's figures of each line disagree with the files and
+/// with its running sums (nothing when they do not cover every file).
+fn figures_mismatches(st: &RunState, files: &[FileFacts]) -> Vec<String> {
+    if !files.iter().all(|f| st.figures_cover(&f.name, f.lines)) {
+        return Vec::new();
+    }
+    // Lines without figures (an upgraded state's) count in the lines per
+    // channel and signal, never in the tokens.
+    let whole = st.unfigured.values().all(|n| *n == 0);
+    let mut sums = Dataset::default();
+    let mut per_channel: BTreeMap<String, u64> = BTreeMap::new();
+    for f in st.figures.values().flatten() {
+        sums.add(f);
+    }
+    for f in files {
+        for (k, n) in &f.per_channel {
+            *per_channel.entry(k.clone()).or_default() += n;
+        }
+    }
+    let mut out = Vec::new();
+    if whole && files.iter().all(|f| f.without_meta == 0) && per_channel != sums.samples {
+        out.push(format!(
+            "the figures it keeps of each line give {:?} lines per channel, the lines' meta {per_channel:?}",
+            sums.samples
+        ));
+    }
+    let counts = [
+        ("lines per channel", &sums.samples, &st.dataset.samples),
+        ("pairs per signal", &sums.signals, &st.dataset.signals),
+    ];
+    let compared = counts
+        .into_iter()
+        .filter(|_| whole)
+        .map(|(what, a, b)| (what, json(a), json(b)))
+        .chain([("tokens", json(&sums.tokens), json(&st.dataset.tokens))]);
+    for (what, a, b) in compared {
+        if a != b {
+            out.push(format!(
+                "the figures it keeps of each line add up to {what} {a}, its running sums say {b}"
+            ));
+        }
+    }
+    out
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
 }
 
 /// How a split file differs from what the state committed, if it does.

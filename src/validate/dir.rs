@@ -51,6 +51,12 @@ pub enum Tally {
     PerChannel(Option<&'static str>),
     /// `{signal: n}` (`meta.signal`); a zero entry stands for no line.
     PerSignal,
+    /// `{file: n}`: the lines of each split file (a zero entry or none for
+    /// a file that is not there).
+    FileLines,
+    /// `{"first", "last"}`: the earliest `meta.first` and the latest
+    /// `meta.last` (or `meta.first`) of the lines.
+    TimeRange,
 }
 
 /// Which manifests a figure describes the files in.
@@ -101,6 +107,36 @@ pub const FIGURES: &[Figure] = &[
         tally: Tally::PerChannel(Some("samples")),
         scope: Scope::OneShot,
     },
+    Figure {
+        at: "/time_range",
+        tally: Tally::TimeRange,
+        scope: Scope::OneShot,
+    },
+    // The whole cumulative dataset: always what the files hold. Its token
+    // sums are checked against the state's figures of each line (`--state`,
+    // see `committed`): the files alone cannot recount them without the
+    // tokenizer, and the lines of a state upgraded from before version 4
+    // have no token figures.
+    Figure {
+        at: "/dataset/lines",
+        tally: Tally::FileLines,
+        scope: Scope::Always,
+    },
+    Figure {
+        at: "/dataset/samples",
+        tally: Tally::PerChannel(None),
+        scope: Scope::Always,
+    },
+    Figure {
+        at: "/dataset/signals",
+        tally: Tally::PerSignal,
+        scope: Scope::Always,
+    },
+    Figure {
+        at: "/dataset/time_range",
+        tally: Tally::TimeRange,
+        scope: Scope::Always,
+    },
 ];
 
 /// A directory to check.
@@ -122,6 +158,21 @@ pub struct FileFacts {
     pub per_signal: BTreeMap<String, u64>,
     /// Lines without `meta` (no unit, channel or signal to tell).
     pub without_meta: u64,
+    /// The earliest `meta.first` and latest `meta.last` (RFC 3339 UTC,
+    /// which sorts as text).
+    pub first: Option<String>,
+    pub last: Option<String>,
+}
+
+impl FileFacts {
+    fn saw(&mut self, first: Option<&str>, last: Option<&str>) {
+        if let Some(t) = first.filter(|t| self.first.as_deref().is_none_or(|f| *t < f)) {
+            self.first = Some(t.to_string());
+        }
+        if let Some(t) = last.filter(|t| self.last.as_deref().is_none_or(|l| *t > l)) {
+            self.last = Some(t.to_string());
+        }
+    }
 }
 
 /// What the directory held, for the summary line.
@@ -179,7 +230,8 @@ impl DirCheck<'_> {
             self.card(m, problems)?;
         }
         if let Some(state) = self.state {
-            super::committed::check(self.dir, state, &summary.files, problems)?;
+            let files = (&summary.files[..], manifest.as_ref());
+            super::committed::check(self.dir, state, files, problems)?;
         }
         Ok(summary)
     }
@@ -353,7 +405,9 @@ impl DirCheck<'_> {
                     _ => Vec::new(),
                 }
             }
-            Tally::PerChannel(_) | Tally::PerSignal if untold => Vec::new(),
+            Tally::FileLines => file_lines_mismatches(v, files),
+            Tally::PerChannel(_) | Tally::PerSignal | Tally::TimeRange if untold => Vec::new(),
+            Tally::TimeRange => time_mismatches(v, files),
             Tally::PerChannel(field) => {
                 map_mismatches(v, field, files.iter().map(|f| &f.per_channel))
             }
@@ -517,6 +571,29 @@ fn files_mismatches(v: &Value, files: &[FileFacts]) -> Vec<String> {
     out
 }
 
+/// Where a `{file: n}` figure disagrees with the lines of the files.
+fn file_lines_mismatches(v: &Value, files: &[FileFacts]) -> Vec<String> {
+    let counted: BTreeMap<String, u64> = files.iter().map(|f| (f.name.clone(), f.lines)).collect();
+    map_mismatches(v, None, [&counted].into_iter())
+}
+
+/// Where a `{"first", "last"}` figure disagrees with the lines' `meta`.
+fn time_mismatches(v: &Value, files: &[FileFacts]) -> Vec<String> {
+    let first = files.iter().filter_map(|f| f.first.as_deref()).min();
+    let last = files.iter().filter_map(|f| f.last.as_deref()).max();
+    [("first", first), ("last", last)]
+        .into_iter()
+        .filter(|(k, t)| v[*k].as_str() != *t)
+        .map(|(k, t)| {
+            format!(
+                "{k}: says {}, the lines' meta gives {}",
+                v[k],
+                t.map_or("none".to_string(), |t| format!("{t:?}"))
+            )
+        })
+        .collect()
+}
+
 /// Where a `{key: n}` (or `{key: {field: n}}`) figure disagrees with the
 /// lines counted per key.
 fn map_mismatches<'a>(
@@ -603,6 +680,7 @@ impl Across {
                 if let Some(sig) = s("signal") {
                     *facts.per_signal.entry(sig.to_string()).or_default() += 1;
                 }
+                facts.saw(s("first"), s("last").or(s("first")));
                 if let Some(unit) = s("unit").or(s("session")) {
                     out.extend(self.unit(file, n, unit));
                 }

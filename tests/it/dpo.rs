@@ -320,3 +320,58 @@ fn validate_reports_broken_files_by_line() {
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stdout).contains(":1: prompt: must end with a user turn"));
 }
+
+#[test]
+fn a_nexus_pair_prompt_starts_at_its_day_unit() {
+    let home = fixture_home(VERSIONS[0]);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    drop_fts_triggers(&db);
+    db.execute_batch("DELETE FROM messages; DELETE FROM sessions;")
+        .unwrap();
+    drop(db);
+    // Day one: an exchange; day two: an exchange whose answer the user
+    // regenerates. The pair lies in day two's unit.
+    let t = 1_800_000_000.0;
+    let row = |role: &str, text: &str, at: f64| {
+        format!(
+            "INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES ('nexus-world-0001', '{role}', '{text}', {at}, 'stop', 1, 0);"
+        )
+    };
+    let day2 = t + 86_400.0;
+    crate::cron::sql(
+        home.path(),
+        &[
+            format!("INSERT INTO sessions (id, source, started_at) VALUES ('nexus-world-0001', 'api_server', {t});"),
+            row("user", "tell me about day one", t),
+            row("assistant", "all about day one", t + 1.0),
+            row("user", "tell me about day two", day2),
+            row("assistant", "a first answer", day2 + 1.0),
+            row("user", "tell me about day two", day2 + 2.0),
+            row("assistant", "a better answer", day2 + 3.0),
+        ]
+        .concat(),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let out = format!("{}/", work.path().join("out").display());
+    let args = ["--format", "dpo", "--channel", "nexus", "--out", &out];
+    let (code, _, err) = export(home.path(), &args);
+    assert_eq!(code, 0, "{err}");
+    let mut pairs = Vec::new();
+    for split in ["train", "valid"] {
+        if let Ok(b) = std::fs::read(work.path().join(format!("out/{split}.jsonl"))) {
+            pairs.extend(lines(&b));
+        }
+    }
+    assert_eq!(pairs.len(), 1, "{err}");
+    let p = &pairs[0];
+    assert!(
+        p["meta"]["unit"].as_str().unwrap().ends_with("@2027-01-16"),
+        "{p}"
+    );
+    let prompt: Vec<&str> = p["prompt"].as_array().unwrap().iter().map(text).collect();
+    assert!(
+        !prompt.iter().any(|t| t.contains("day one")),
+        "the prompt carries another day's unit: {prompt:?}"
+    );
+    assert_eq!(text(&p["chosen"][0]), "a better answer");
+}

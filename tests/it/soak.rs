@@ -313,6 +313,55 @@ impl Soak {
             card.contains(&format!("| train.jsonl | {} |", train.len())),
             "night {n}: {card}"
         );
+        self.validated(n, &m, &[&train, &valid]);
+    }
+
+    /// `validate DIR/ --state S` passes after night `n`, and the manifest's
+    /// and card's cumulative figures (tokens per channel, time range) are
+    /// what the `lines` of the splits hold.
+    fn validated(&self, n: usize, m: &Value, splits: &[&Vec<Value>]) {
+        let dir = format!("{}/", self.dir().display());
+        let state = self.state();
+        let args = ["validate", dir.as_str(), "--state", state.to_str().unwrap()];
+        let out = self.cmd(&args, None).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "night {n}: validate DIR/: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d = &m["dataset"];
+        let all = || splits.iter().flat_map(|s| s.iter());
+        let mut per_channel: BTreeMap<String, u64> = BTreeMap::new();
+        for l in all() {
+            *per_channel
+                .entry(l["meta"]["channel"].as_str().unwrap().into())
+                .or_default() += 1;
+        }
+        for (channel, lines) in &per_channel {
+            let t = &d["tokens"][channel];
+            assert_eq!(t["samples"], *lines, "night {n}: {channel}: {d}");
+            let (total, trainable) = (t["total"].as_u64(), t["trainable"].as_u64());
+            assert!(
+                trainable.unwrap() > 0 && trainable < total,
+                "night {n}: {channel}: {d}"
+            );
+        }
+        assert_eq!(d["tokens"].as_object().unwrap().len(), per_channel.len());
+        let times = |k: &'static str| all().filter_map(move |l| l["meta"][k].as_str());
+        let first = times("first").min();
+        let last = times("last").chain(times("first")).max();
+        assert_eq!(d["time_range"]["first"].as_str(), first, "night {n}");
+        assert_eq!(d["time_range"]["last"].as_str(), last, "night {n}");
+        let card = String::from_utf8(read(&self.dir().join("README.md"))).unwrap();
+        for (channel, t) in d["tokens"].as_object().unwrap() {
+            let row = format!(
+                "| {channel} | {} | {} | {} |",
+                t["samples"], t["total"], t["trainable"]
+            );
+            assert!(card.contains(&row), "night {n}: {row} not in the card");
+        }
     }
 }
 

@@ -432,3 +432,235 @@ fn one_argument_flavour_for_the_whole_directory() {
         "tool-call arguments are strings here but objects in train.jsonl (one flavour per directory)",
     );
 }
+
+/// A cumulative export of the first fixture: (home, work, dir, state).
+fn cumulative() -> (tempfile::TempDir, tempfile::TempDir, PathBuf, String) {
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("out");
+    let state = work.path().join("state.json").display().to_string();
+    let out = format!("{}/", dir.display());
+    run_ok(
+        home.path(),
+        &["export", "--out", &out, "--state", &state, "-q"],
+    );
+    (home, work, dir, state)
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn write_json(path: &Path, v: &Value) {
+    std::fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+}
+
+#[test]
+fn the_cumulative_figures_must_equal_the_files() {
+    let (_home, _work, dir, state) = cumulative();
+    let path = dir.join("manifest.json");
+    let good = read_json(&path);
+    let d = &good["dataset"];
+    assert!(
+        d["tokens"].as_object().is_some_and(|t| !t.is_empty()),
+        "{d}"
+    );
+    let mut m = good.clone();
+    let (channel, n) = d["samples"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(c, n)| (c.clone(), n.as_u64().unwrap()))
+        .next()
+        .unwrap();
+    m["dataset"]["samples"][&channel] = Value::from(n + 1);
+    let train = d["lines"]["train.jsonl"].as_u64().unwrap();
+    m["dataset"]["lines"]["train.jsonl"] = Value::from(train + 3);
+    m["dataset"]["time_range"]["first"] = Value::from("2001-01-01T00:00:00Z");
+    write_json(&path, &m);
+    for needle in [
+        format!(
+            "dataset.samples: {channel}: says {}, the files hold {n} lines",
+            n + 1
+        ),
+        format!(
+            "dataset.lines: train.jsonl: says {}, the files hold {train} lines",
+            train + 3
+        ),
+        "dataset.time_range: first: says \"2001-01-01T00:00:00Z\"".to_string(),
+    ] {
+        assert_problem(&dir, &[], "manifest.json", None, &needle);
+    }
+    // Token sums the files cannot recount: the state's figures of each
+    // line must give them, and the manifest must hold the state's sums.
+    let mut m = good.clone();
+    let total = d["tokens"][&channel]["total"].as_u64().unwrap();
+    m["dataset"]["tokens"][&channel]["total"] = Value::from(total + 5);
+    write_json(&path, &m);
+    let (code, lines, err) = validate(&dir, &["--state", &state]);
+    assert_eq!(code, 4, "{lines:#?}\n{err}");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&state)
+            && l.contains("its dataset figures differ from the manifest's")),
+        "{lines:#?}"
+    );
+    // A state whose sums its own line figures do not give.
+    write_json(&path, &m);
+    let mut st = read_json(Path::new(&state));
+    st["dataset"]["tokens"][&channel]["total"] = Value::from(total + 5);
+    write_json(Path::new(&state), &st);
+    let (code, lines, _) = validate(&dir, &["--state", &state]);
+    assert_eq!(code, 4);
+    assert!(
+        lines.iter().any(|l| l.starts_with(&state)
+            && l.contains("the figures it keeps of each line add up to tokens")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn forget_takes_its_lines_out_of_the_cumulative_figures() {
+    let (_home, _work, dir, state) = cumulative();
+    let before = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let first = read_lines(&dir.join("train.jsonl"))[0]["meta"].clone();
+    let (session, channel) = (
+        first["session"].as_str().unwrap(),
+        first["channel"].as_str().unwrap(),
+    );
+    let out = format!("{}/", dir.display());
+    let forgot = run(&["forget", "--out", &out, "--state", &state, session, "-q"]);
+    assert!(
+        forgot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forgot.stderr)
+    );
+    let (code, lines, err) = validate(&dir, &["--state", &state]);
+    assert_eq!(code, 0, "{lines:#?}\n{err}");
+    let after = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let gone = after["forgotten_lines"].as_u64().unwrap();
+    assert!(gone > 0, "{after}");
+    let samples = |d: &Value| d["tokens"][channel]["samples"].as_u64().unwrap_or(0);
+    assert_eq!(
+        samples(&after) + gone,
+        samples(&before),
+        "{before}\n{after}"
+    );
+    let total = |d: &Value| d["tokens"][channel]["total"].as_u64().unwrap_or(0);
+    assert!(total(&after) < total(&before), "{before}\n{after}");
+}
+
+#[test]
+fn an_exchange_never_written_holds_no_split() {
+    let home = fixture_home(VERSIONS[0]);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    crate::common::drop_fts_triggers(&db);
+    db.execute_batch("DELETE FROM messages; DELETE FROM sessions;")
+        .unwrap();
+    drop(db);
+    std::fs::remove_file(home.path().join("response_store.db")).unwrap();
+    std::fs::remove_dir_all(home.path().join("sessions")).unwrap();
+    // Session a's exchange is over the budget (never written); session
+    // b's is the same once figures are masked, and fits.
+    let t = 1_800_000_000.0;
+    let mut batch = String::new();
+    for (k, (id, figure)) in [("s-a", "7".repeat(20_000)), ("s-b", "7".to_string())]
+        .iter()
+        .enumerate()
+    {
+        let at = t + 100.0 * k as f64;
+        batch.push_str(&format!(
+            "INSERT INTO sessions (id, source, started_at) VALUES ('{id}', 'cli', {at});
+             INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES ('{id}', 'user', 'count to {figure}', {at}, 1, 0);
+             INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES ('{id}', 'assistant', 'counted', {}, 'stop', 1, 0);",
+            at + 1.0
+        ));
+    }
+    crate::cron::sql(home.path(), &batch);
+    let work = tempfile::tempdir().unwrap();
+    let out = format!("{}/", work.path().join("out").display());
+    let args = [
+        "export",
+        "--out",
+        &out,
+        "--valid-fraction",
+        "0.5",
+        "--channel",
+        "tui",
+    ];
+    let done = crate::common::run_in(home.path(), &args);
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(err.contains("over_budget"), "{err}");
+    assert!(!err.contains("cross_split_copy"), "{err}");
+    let all: Vec<Value> = ["train.jsonl", "valid.jsonl"]
+        .iter()
+        .filter_map(|f| std::fs::read(work.path().join("out").join(f)).ok())
+        .flat_map(|b| crate::common::lines(&b))
+        .collect();
+    assert_eq!(all.len(), 1, "{err}");
+    assert_eq!(all[0]["meta"]["session"], "s-b");
+}
+
+#[test]
+fn an_upgraded_state_counts_its_dataset_from_meta() {
+    let (home, _work, dir, state) = cumulative();
+    // What version 3 wrote: no units, no dataset sums, no line figures.
+    let before = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let mut st = read_json(Path::new(&state));
+    st["version"] = 3.into();
+    for k in ["units", "dataset", "figures"] {
+        st.as_object_mut().unwrap().remove(k);
+    }
+    st["identity"]["split"] = "fnv1a-fmix64".into();
+    write_json(Path::new(&state), &st);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    crate::common::drop_fts_triggers(&db);
+    drop(db);
+    let t = 1_900_000_000.0;
+    crate::cron::sql(
+        home.path(),
+        &format!(
+            "INSERT INTO sessions (id, source, started_at) VALUES ('after-upgrade', 'cli', {t});
+             INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES ('after-upgrade', 'user', 'a question after the upgrade', {t}, 1, 0);
+             INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES ('after-upgrade', 'assistant', 'an answer after the upgrade', {}, 'stop', 1, 0);",
+            t + 1.0
+        ),
+    );
+    let out = format!("{}/", dir.display());
+    run_ok(
+        home.path(),
+        &["export", "--out", &out, "--state", &state, "-q"],
+    );
+    let (code, lines, err) = validate(&dir, &["--state", &state]);
+    assert_eq!(code, 0, "{lines:#?}\n{err}");
+    let d = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let sum = |v: &Value| -> u64 {
+        v.as_object()
+            .unwrap()
+            .values()
+            .map(|x| x.as_u64().unwrap_or_else(|| x["samples"].as_u64().unwrap()))
+            .sum()
+    };
+    assert_eq!(sum(&d["samples"]), sum(&before["samples"]) + 1, "{d}");
+    assert_eq!(d["time_range"]["first"], before["time_range"]["first"]);
+    // The tokens of the lines written before the upgrade are not known.
+    assert_eq!(sum(&d["tokens"]), 1, "{d}");
+    // Forgetting a line of each kind takes each out of what it is in.
+    let old = read_lines(&dir.join("train.jsonl"))[0]["meta"]["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forget = ["forget", "--out", &out, "--state", &state, "-q"];
+    let forgot = run(&[&forget[..], &["after-upgrade", &old]].concat());
+    assert!(
+        forgot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forgot.stderr)
+    );
+    let (code, lines, err) = validate(&dir, &["--state", &state]);
+    assert_eq!(code, 0, "{lines:#?}\n{err}");
+    let after = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let gone = after["forgotten_lines"].as_u64().unwrap();
+    assert!(gone >= 2, "{after}");
+    assert_eq!(sum(&after["samples"]) + gone, sum(&d["samples"]), "{after}");
+    assert_eq!(sum(&after["tokens"]), 0, "{after}");
+}
