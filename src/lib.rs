@@ -21,6 +21,7 @@ pub mod hermes_settings;
 pub mod home;
 pub mod lock;
 pub mod manifest;
+pub mod message;
 pub mod model;
 pub mod output;
 pub mod paths;
@@ -39,6 +40,7 @@ pub mod source;
 pub mod stall;
 pub mod state;
 pub mod stats_env;
+pub mod time;
 pub mod tokens;
 pub mod validate;
 

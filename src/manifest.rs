@@ -12,14 +12,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ExportConfig, iso_time};
+use crate::config::ExportConfig;
+use crate::time::iso_time;
 use crate::format::tools::ToolsPolicy;
 use crate::model::{Channel, Origin};
 use crate::output::Written;
 use crate::rebuild::{RebuildStats, Signal};
 use crate::report::Report;
 use crate::source::Stores;
-use crate::tokens::Count;
+use crate::tokens::{Count, TemplateDoc};
 
 /// Token figures of one channel.
 #[derive(Debug, Default, Clone, Copy)]
@@ -436,15 +437,6 @@ pub struct Tokens<'a> {
     /// The chat template counted with (`--tokenizer`), else null.
     pub template: Option<TemplateDoc>,
     pub channels: BTreeMap<&'static str, ChannelTokens>,
-}
-
-/// The chat template the exact counts used.
-#[derive(Debug, Clone, Serialize)]
-pub struct TemplateDoc {
-    pub source: String,
-    pub generation_block: bool,
-    /// How `trainable` was found: `generation_block` or `prefix_diff`.
-    pub trainable_by: &'static str,
 }
 
 #[derive(Debug, Serialize)]

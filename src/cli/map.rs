@@ -11,8 +11,9 @@ use super::{
     ChannelArg, DpoStyleArg, EventKindArg, ExportArgs, ForgetArgs, FormatArg, HomeArgs, SendArgs,
     ShapeArg, SignalArg, SourcesArgs, TargetArg, ToolsArg, ValidateArgs,
 };
+use crate::format::SystemPolicy;
 use crate::config::{
-    ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig, SystemPolicy, ValidateConfig,
+    ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig, ValidateConfig,
     parse_when, part_rows_from_env,
 };
 use crate::format::tools::ToolsPolicy;

@@ -10,7 +10,8 @@ use std::rc::Rc;
 
 use anyhow::Result;
 
-use crate::config::{ExportConfig, SystemPolicy};
+use crate::config::ExportConfig;
+use crate::format::SystemPolicy;
 use crate::coverage;
 use crate::curate::meta::{self, Meta};
 use crate::curate::{Curator, quality};

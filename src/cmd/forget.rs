@@ -382,7 +382,7 @@ fn report_removed(
         let cut = match before {
             Some(b) => format!(
                 " and every turn before {}",
-                crate::config::iso_time(Some(b))
+                crate::time::iso_time(Some(b))
                     .as_str()
                     .unwrap_or_default()
             ),
@@ -512,7 +512,7 @@ fn update_manifest(dir: &Path, st: &RunState) -> Result<()> {
     m["dataset"] = serde_json::to_value(st.dataset.doc())?;
     if m["curation"].is_object() {
         m["curation"]["forgotten_sessions"] = st.curation.forgotten.len().into();
-        m["curation"]["forgotten_before"] = crate::config::iso_time(st.curation.forgotten_before);
+        m["curation"]["forgotten_before"] = crate::time::iso_time(st.curation.forgotten_before);
     }
     let mut tmp = temp_beside(&path)?;
     tmp.write_all(&serde_json::to_vec_pretty(&m)?)?;

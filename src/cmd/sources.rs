@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::SourcesConfig;
-use crate::config::iso_time;
+use crate::time::iso_time;
 use crate::exit;
 use crate::model::Channel;
 use crate::report::Report;
