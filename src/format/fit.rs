@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
-use crate::format::OutMsg;
 use crate::content::{mark_cut, split_marked};
+use crate::format::OutMsg;
 use crate::format::tools::SessionTools;
 use crate::skip::Skip;
 use crate::tokens::{Count, Counter, Estimate, Sample, TOKENS_TOOL_PREAMBLE};

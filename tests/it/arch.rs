@@ -6,10 +6,11 @@
 //! The floors, as the data flows (module → floor):
 //! - Face: `main`, `lib`, `cli`; Commands: `cmd`; Config: `config`, `paths`;
 //! - Sources: `source`; Settings: `hermes_settings`, `home`;
-//! - Model: `model`, `content`, `rebuild`, `shape`;
+//! - Model: `model`, `message`, `content`, `rebuild`, `shape`;
 //! - Select: `select`; Curate: `curate`; Formats: `format`; Tokens: `tokens`;
 //!   Redact: `redact`;
-//! - Sinks: `output`, `sink`, `manifest`, `card`; Memory: `state`, `coverage`;
+//! - Sinks: `output`, `sink`, `manifest`, `card`; Memory: `state`, `coverage`,
+//!   `dataset`;
 //! - Send: `send`; Validate: `validate`; everything else is a helper floor.
 //!
 //! A module and its own files (`format/mod.rs` and `format/fit.rs`) are one
@@ -41,14 +42,14 @@ fn floor(module: &str) -> &'static str {
         "config" | "paths" => "Config",
         "source" => "Sources",
         "hermes_settings" | "home" => "Settings",
-        "model" | "content" | "rebuild" | "shape" => "Model",
+        "model" | "message" | "content" | "rebuild" | "shape" => "Model",
         "select" => "Select",
         "curate" => "Curate",
         "format" => "Formats",
         "tokens" => "Tokens",
         "redact" => "Redact",
         "output" | "sink" | "manifest" | "card" => "Sinks",
-        "state" | "coverage" => "Memory",
+        "state" | "coverage" | "dataset" => "Memory",
         "send" => "Send",
         "validate" => "Validate",
         _ => "Helpers",
@@ -66,7 +67,10 @@ fn modules() -> BTreeMap<String, String> {
             continue;
         }
         let rel = path.strip_prefix(&root).unwrap().with_extension("");
-        let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        let mut parts: Vec<String> = rel
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         if parts.last().is_some_and(|p| p == "mod") {
             parts.pop();
         }
@@ -171,7 +175,9 @@ fn path_at(code: &str, at: usize) -> (String, Option<String>) {
 fn base_of(module: &str, kind: &str) -> String {
     match kind {
         "crate::" => String::new(),
-        "super::" => module.rsplit_once("::").map_or(String::new(), |(p, _)| p.to_string()),
+        "super::" => module
+            .rsplit_once("::")
+            .map_or(String::new(), |(p, _)| p.to_string()),
         _ => module.to_string(),
     }
 }
@@ -194,7 +200,11 @@ fn imports(mods: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>
                 if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
                     continue;
                 }
-                let kind = if start == "crate::" || start == "super::" { start.as_str() } else { "" };
+                let kind = if start == "crate::" || start == "super::" {
+                    start.as_str()
+                } else {
+                    ""
+                };
                 let skip = if kind.is_empty() { 0 } else { kind.len() };
                 let (path, group) = path_at(code, at + skip);
                 let base = join(&base_of(module, kind), &path);
@@ -256,7 +266,13 @@ fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
             }
         }
     }
-    let mut w = Walk { edges, index: BTreeMap::new(), low: BTreeMap::new(), stack: vec![], found: vec![] };
+    let mut w = Walk {
+        edges,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: vec![],
+        found: vec![],
+    };
     for v in edges.keys() {
         if !w.index.contains_key(v.as_str()) {
             visit(&mut w, v);
@@ -292,7 +308,10 @@ fn the_drawing_sees_every_kind_of_import() {
     for m in ["a", "a::child", "b", "c", "d"] {
         mods.insert(m.to_string(), String::new());
     }
-    mods.insert("a".into(), "use crate::{b, c::{Thing}};\nfn f() { child::g(); }".into());
+    mods.insert(
+        "a".into(),
+        "use crate::{b, c::{Thing}};\nfn f() { child::g(); }".into(),
+    );
     mods.insert("a::child".into(), "use super::super::d;".into());
     mods.insert("d".into(), "fn h() { crate::a::child::g() }".into());
     let edges = imports(&mods);
@@ -301,5 +320,8 @@ fn the_drawing_sees_every_kind_of_import() {
     assert_eq!(got("a::child"), ["d"]);
     assert_eq!(got("d"), ["a::child"]);
     assert_eq!(circles(&edges).len(), 1, "a::child -> d -> a::child");
-    assert_eq!(code_only("x\n// crate::b\n#[cfg(test)]\nuse crate::c;"), "x");
+    assert_eq!(
+        code_only("x\n// crate::b\n#[cfg(test)]\nuse crate::c;"),
+        "x"
+    );
 }
