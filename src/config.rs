@@ -1,57 +1,17 @@
 //! Validated, clap-free settings of every command (built from the command
 //! line by `cli::map`), and the helpers that read flag values.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::format::tools::ToolsPolicy;
-use crate::format::{FormatOptions, MsgOptions};
+use crate::format::{FormatOptions, MsgOptions, SystemPolicy};
 use crate::home::HomeChoice;
 use crate::model::Channel;
 use crate::rebuild::Signal;
 use crate::send::event::EventKind;
 use crate::shape::Shape;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SystemPolicy {
-    /// What the session ran with (Hermes's prompt plus Responses instructions).
-    Session,
-    /// Only the persona part of the stored prompt; `SOUL.md`'s text when
-    /// known (filled in once the home is known).
-    Soul(Option<String>),
-    None,
-    /// Replaced by this text.
-    Fixed(String),
-}
-
-impl SystemPolicy {
-    /// `session`, `soul`, `none`, or a file whose text (without its trailing
-    /// newline) replaces the prompt.
-    pub fn from_flag(value: &str) -> Result<SystemPolicy> {
-        Ok(match value {
-            "session" => SystemPolicy::Session,
-            "soul" => SystemPolicy::Soul(None),
-            "none" => SystemPolicy::None,
-            path => SystemPolicy::Fixed(
-                crate::safe_io::read_text(Path::new(path), crate::safe_io::MAX_PROMPT_BYTES)
-                    .with_context(|| format!("--system-prompt: cannot read {path}"))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
-        })
-    }
-
-    /// The name the manifest records.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            SystemPolicy::Session => "session",
-            SystemPolicy::Soul(_) => "soul",
-            SystemPolicy::None => "none",
-            SystemPolicy::Fixed(_) => "file",
-        }
-    }
-}
 
 /// Where the output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,14 +179,6 @@ pub struct SendConfig {
     pub cacert: Option<PathBuf>,
     /// `--insecure-http`: allow the key over plain HTTP beyond loopback.
     pub insecure_http: bool,
-}
-
-/// Epoch seconds as an RFC 3339 UTC time (`2026-11-25T13:25:44Z`), or null.
-pub fn iso_time(t: Option<f64>) -> serde_json::Value {
-    t.and_then(|t| chrono::DateTime::from_timestamp_micros((t * 1e6) as i64))
-        .map_or(serde_json::Value::Null, |d| {
-            serde_json::Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        })
 }
 
 /// `2026-11-01`, RFC 3339, or a duration back from now: `90m`, `12h`, `7d`, `2w`.

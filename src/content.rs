@@ -120,6 +120,26 @@ pub fn tool_calls_from_str(raw: Option<&str>) -> Result<Vec<ToolCall>, String> {
     parse_tool_calls(&v).ok_or_else(|| "tool_calls is not a list of calls".to_string())
 }
 
+/// `head` and `tail` of a text whose middle (`removed` bytes) was cut,
+/// with a visible marker between them.
+pub fn mark_cut(head: &str, tail: &str, removed: usize) -> String {
+    format!("{head}{MARK_OPEN}{removed}{MARK_CLOSE}{tail}")
+}
+
+/// The marker that stands where a cut text lost its middle: `MARK_OPEN`,
+/// the number of bytes removed, `MARK_CLOSE`.
+pub const MARK_OPEN: &str = "\n[… ";
+pub const MARK_CLOSE: &str = " bytes cut by hermes-harvest to fit the token budget …]\n";
+
+/// A text cut by [`mark_cut`] split back into head, tail and bytes removed.
+pub fn split_marked(text: &str) -> Option<(&str, &str, usize)> {
+    let open = text.find(MARK_OPEN)?;
+    let rest = &text[open + MARK_OPEN.len()..];
+    let close = rest.find(MARK_CLOSE)?;
+    let n = rest[..close].parse().ok()?;
+    Some((&text[..open], &rest[close + MARK_CLOSE.len()..], n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

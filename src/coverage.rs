@@ -11,10 +11,14 @@ use crate::config::ExportConfig;
 use crate::exit::{self, Failure};
 use crate::format::Exchange;
 use crate::hash::stable_hash;
-use crate::model::{Message, SessionMeta};
+use crate::model::Message;
 use crate::paths::{Dest, Plan};
-use crate::source::state_db::StateDb;
-use crate::state::{OutputIdentity, Pending, RunState};
+use crate::state::{OutputIdentity, RunState};
+
+/// How units are split (recorded in the state's output identity).
+pub const SPLIT: &str = "units-balanced";
+/// The split rule of versions before 4 (migrated, see `output::migrate_units`).
+pub const LEGACY_SPLIT: &str = "fnv1a-fmix64";
 
 /// A turn's identity across stores: its user text and its final answer.
 pub fn fingerprint(msgs: &[Message]) -> u64 {
@@ -54,17 +58,6 @@ pub fn selection(cfg: &ExportConfig) -> String {
 }
 
 /// Whether pending turns in `[first, last]` may fall in the time window.
-fn window_may_hold(cfg: &ExportConfig, p: &Pending) -> bool {
-    let open = cfg.since.is_none() && cfg.until.is_none();
-    (p.untimed && open)
-        || match (p.first, p.last) {
-            (Some(f), Some(l)) => {
-                cfg.since.is_none_or(|s| l >= s) && cfg.until.is_none_or(|u| f < u)
-            }
-            _ => false,
-        }
-}
-
 /// Refuses a one-shot export into a directory that holds a cumulative
 /// dataset kept with `--state` (it would replace the committed lines).
 fn refuse_overwriting_cumulative(dir: &std::path::Path) -> Result<()> {
@@ -101,7 +94,7 @@ pub fn identity(cfg: &ExportConfig, plan: &Plan) -> OutputIdentity {
         format: cfg.shape.as_str().to_string(),
         target: if cfg.string_arguments { "openai" } else { "hf" }.to_string(),
         out: plan.out_id.clone(),
-        split: crate::output::SPLIT.to_string(),
+        split: SPLIT.to_string(),
     }
 }
 
@@ -132,34 +125,4 @@ pub fn check_output(
         refuse_overwriting_cumulative(d)?;
     }
     Ok(())
-}
-
-/// The state.db sessions an incremental run reads: those touched since the
-/// watermark, and those holding pending turns that this run's filters may
-/// now take (sorted by id).
-pub fn heads_to_read(
-    st: &RunState,
-    db: &StateDb,
-    cfg: &ExportConfig,
-    selection: &str,
-) -> Result<Vec<SessionMeta>> {
-    let mut heads: BTreeMap<String, SessionMeta> = db
-        .touched_since(st.watermark)?
-        .into_iter()
-        .map(|h| (h.id.clone(), h))
-        .collect();
-    let selection_changed = st.selection != selection;
-    for (id, p) in &st.pending {
-        let take = (p.unselected_after.is_some() && selection_changed)
-            || (!p.turns.is_empty()
-                && p.complete.is_none_or(|c| c >= cfg.min_turns)
-                && window_may_hold(cfg, p));
-        if take
-            && !heads.contains_key(id)
-            && let Some(h) = db.root_of(id)?
-        {
-            heads.insert(h.id.clone(), h);
-        }
-    }
-    Ok(heads.into_values().collect())
 }

@@ -57,16 +57,7 @@ pub struct FastHasher {
     shape: Shape,
 }
 
-/// The kind of key a [`FastHasher`] hashes: a `str` (its bytes, then
-/// `0xff`), a byte slice (its length, then its bytes), or raw bytes
-/// ([`fingerprint`]).
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    #[default]
-    Raw,
-    Str,
-    Bytes,
-}
+pub use crate::stats_env::Shape;
 
 impl FastHasher {
     fn add(&mut self, word: u64) {

@@ -4,7 +4,17 @@
 //! configuration ([`config`]); [`cmd`] runs each command with it. For
 //! `export`, data flows `source` (one module per Hermes store) → [`model`]
 //! → [`rebuild`] (the true conversation) → selection ([`select`]) →
-//! [`format`] (sft, dpo) → [`output`] / [`sink`]. `send` is separate.
+//! [`format`] (sft, dpo; messages in [`message`], counted by [`tokens`]) →
+//! [`output`] / [`sink`], with the [`manifest`] and [`card`] made from
+//! figures handed to them. What earlier runs exported ([`state`],
+//! [`coverage`], [`dataset`]) is plain data that selection reads; it opens
+//! no store. `send` is separate.
+//!
+//! Imports follow that flow and never run back: readers know no output
+//! format, formatters and curation get their own small options (never the
+//! command's configuration), and the state never imports selection or a
+//! store. `tests/it/arch.rs` draws the module graph and fails on a circle
+//! or on an import against the flow.
 
 pub mod card;
 pub mod cli;
@@ -13,6 +23,7 @@ pub mod config;
 pub mod content;
 pub mod coverage;
 pub mod curate;
+pub mod dataset;
 pub mod exit;
 pub mod fixture;
 pub mod format;
@@ -21,6 +32,7 @@ pub mod hermes_settings;
 pub mod home;
 pub mod lock;
 pub mod manifest;
+pub mod message;
 pub mod model;
 pub mod output;
 pub mod paths;
@@ -39,6 +51,7 @@ pub mod source;
 pub mod stall;
 pub mod state;
 pub mod stats_env;
+pub mod time;
 pub mod tokens;
 pub mod validate;
 

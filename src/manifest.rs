@@ -10,16 +10,17 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::config::{ExportConfig, iso_time};
+use crate::config::ExportConfig;
+use crate::dataset::{Dataset, DatasetTokens};
 use crate::format::tools::ToolsPolicy;
-use crate::model::{Channel, Origin};
-use crate::output::Written;
-use crate::rebuild::{RebuildStats, Signal};
+use crate::model::Channel;
+use crate::rebuild::RebuildStats;
 use crate::report::Report;
-use crate::source::Stores;
-use crate::tokens::Count;
+use crate::state::Written;
+use crate::time::iso_time;
+use crate::tokens::{Count, TemplateDoc};
 
 /// Token figures of one channel.
 #[derive(Debug, Default, Clone, Copy)]
@@ -131,101 +132,13 @@ fn selected_channels(cfg: &ExportConfig) -> impl Iterator<Item = &Channel> {
 /// The manifest's shape (version 2: `dataset`, units in `split`).
 pub const MANIFEST_SCHEMA_VERSION: u32 = 2;
 
-/// Running sums over every night of a cumulative output (the state keeps
-/// them; a one-shot export is its own single night).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Dataset {
-    /// Lines per file as committed.
-    #[serde(default)]
-    pub lines: BTreeMap<String, u64>,
-    /// Units per split (directory output).
-    #[serde(default)]
-    pub units: BTreeMap<String, u64>,
-    /// Lines per channel and per DPO signal.
-    #[serde(default)]
-    pub samples: BTreeMap<String, u64>,
-    #[serde(default)]
-    pub signals: BTreeMap<String, u64>,
-    /// Times of the first and last turn the lines train on (epoch seconds).
-    #[serde(default)]
-    pub first: Option<f64>,
-    #[serde(default)]
-    pub last: Option<f64>,
-    /// Skips and redactions summed over the nights.
-    #[serde(default)]
-    pub skipped: BTreeMap<String, u64>,
-    #[serde(default)]
-    pub redactions: BTreeMap<String, u64>,
-    /// Tokens per channel of the lines the files hold.
-    #[serde(default)]
-    pub tokens: BTreeMap<String, DatasetTokens>,
-    /// Lines `forget` removed.
-    #[serde(default)]
-    pub forgotten_lines: u64,
-    /// Lines retracted because their answer was regenerated or undone.
-    #[serde(default)]
-    pub retracted_lines: u64,
-    /// Runs that added lines.
-    #[serde(default)]
-    pub nights: u64,
-}
-
-/// The token figures of the lines of one channel: running sums, adjusted
-/// by `forget` and retraction through each line's [`LineFigures`].
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DatasetTokens {
-    pub samples: u64,
-    pub total: u64,
-    pub trainable: u64,
-}
-
-/// What one committed line adds to the running sums, kept in the state in
-/// file order (see `RunState::figures`) so that a removed line is
-/// subtracted: its channel (index in [`Channel::ALL`]), its signal (0 for
-/// none, else 1 + index in [`Signal::ALL`]), its total and trainable
-/// tokens. A tuple, so that the state stays small.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LineFigures(pub u8, pub u8, pub u64, pub u64);
-
-impl LineFigures {
-    pub fn new(channel: Channel, signal: Option<Signal>, count: Count) -> LineFigures {
-        let code = |i: Option<usize>| i.map_or(0, |i| i as u8);
-        LineFigures(
-            code(Channel::ALL.iter().position(|c| *c == channel)),
-            code(signal.and_then(|s| Signal::ALL.iter().position(|x| *x == s).map(|i| i + 1))),
-            count.total as u64,
-            count.trainable as u64,
-        )
-    }
-
-    fn channel(&self) -> &'static str {
-        Channel::ALL
-            .get(usize::from(self.0))
-            .map_or("other", |c| c.as_str())
-    }
-
-    fn signal(&self) -> Option<&'static str> {
-        let i = usize::from(self.1).checked_sub(1)?;
-        Signal::ALL.get(i).map(|s| s.as_str())
-    }
-}
-
-/// `map[key] -= n`, dropping the entry at 0 (an absent key is no line).
-fn take(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
-    if let Some(v) = map.get_mut(key) {
-        *v = v.saturating_sub(n);
-        if *v == 0 {
-            map.remove(key);
-        }
-    }
-}
-
 fn add_all<'k>(into: &mut BTreeMap<String, u64>, from: impl IntoIterator<Item = (&'k str, usize)>) {
     for (k, n) in from {
         *into.entry(k.to_string()).or_default() += n as u64;
     }
 }
 
+/// What a run adds to the sums, and the manifest's view of them.
 impl Dataset {
     /// `previous` with the run `w` added.
     pub fn after_run(previous: &Dataset, i: &Inputs<'_>, w: &Written) -> Dataset {
@@ -263,84 +176,6 @@ impl Dataset {
         d.saw(i.totals.last);
         d.nights += u64::from(w.new_lines > 0);
         d
-    }
-
-    pub fn saw(&mut self, t: Option<f64>) {
-        if let Some(t) = t {
-            self.first = Some(self.first.map_or(t, |f| f.min(t)));
-            self.last = Some(self.last.map_or(t, |l| l.max(t)));
-        }
-    }
-
-    /// Adds a line to the sums (its channel, signal and tokens).
-    pub fn add(&mut self, f: &LineFigures) {
-        let channel = f.channel();
-        *self.samples.entry(channel.to_string()).or_default() += 1;
-        if let Some(s) = f.signal() {
-            *self.signals.entry(s.to_string()).or_default() += 1;
-        }
-        let t = self.tokens.entry(channel.to_string()).or_default();
-        t.samples += 1;
-        t.total += f.2;
-        t.trainable += f.3;
-    }
-
-    /// Takes a removed line of `channel` (and `signal`) out of the lines
-    /// per channel and signal.
-    pub fn remove_line(&mut self, channel: &str, signal: Option<&str>) {
-        take(&mut self.samples, channel, 1);
-        if let Some(s) = signal {
-            take(&mut self.signals, s, 1);
-        }
-    }
-
-    /// Takes a removed line out of the sums.
-    pub fn remove(&mut self, f: &LineFigures) {
-        let channel = f.channel();
-        self.remove_line(channel, f.signal());
-        if let Some(t) = self.tokens.get_mut(channel) {
-            t.samples = t.samples.saturating_sub(1);
-            t.total = t.total.saturating_sub(f.2);
-            t.trainable = t.trainable.saturating_sub(f.3);
-            if t.samples == 0 {
-                self.tokens.remove(channel);
-            }
-        }
-    }
-
-    /// Recounts the lines' figures from their `meta`: the time range, and
-    /// with `counts` the lines per channel and signal (when the state has
-    /// no [`LineFigures`] to subtract); false when a line has no `meta`
-    /// (the sums stay).
-    pub fn recount<'v>(
-        &mut self,
-        metas: impl IntoIterator<Item = &'v serde_json::Value>,
-        counts: bool,
-    ) -> bool {
-        let mut fresh = Dataset::default();
-        for m in metas {
-            let Some(channel) = m["channel"].as_str() else {
-                return false;
-            };
-            *fresh.samples.entry(channel.to_string()).or_default() += 1;
-            if let Some(sig) = m["signal"].as_str() {
-                *fresh.signals.entry(sig.to_string()).or_default() += 1;
-            }
-            for k in ["first", "last"] {
-                let t = m[k]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.timestamp_micros() as f64 / 1e6);
-                fresh.saw(t);
-            }
-        }
-        if counts {
-            self.samples = fresh.samples;
-            self.signals = fresh.signals;
-        }
-        self.first = fresh.first;
-        self.last = fresh.last;
-        true
     }
 
     pub fn doc(&self) -> DatasetDoc<'_> {
@@ -401,7 +236,7 @@ pub struct Manifest<'a> {
     pub dataset: DatasetDoc<'a>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SourceEntry {
     pub store: &'static str,
     pub path: String,
@@ -436,15 +271,6 @@ pub struct Tokens<'a> {
     /// The chat template counted with (`--tokenizer`), else null.
     pub template: Option<TemplateDoc>,
     pub channels: BTreeMap<&'static str, ChannelTokens>,
-}
-
-/// The chat template the exact counts used.
-#[derive(Debug, Clone, Serialize)]
-pub struct TemplateDoc {
-    pub source: String,
-    pub generation_block: bool,
-    /// How `trainable` was found: `generation_block` or `prefix_diff`.
-    pub trainable_by: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -497,7 +323,8 @@ pub struct Counting<'a> {
 /// Everything the manifest is made of.
 pub struct Inputs<'a> {
     pub cfg: &'a ExportConfig,
-    pub stores: &'a Stores,
+    /// What each store contributed (see `cmd::export`).
+    pub sources: &'a [SourceEntry],
     pub report: &'a Report,
     pub totals: &'a Totals,
     pub redactions: &'a BTreeMap<&'static str, usize>,
@@ -516,7 +343,7 @@ impl<'a> Manifest<'a> {
             format: cfg.shape.as_str(),
             cumulative: cfg.state.is_some(),
             flags: cfg.flags.iter().map(|f| tilde(f)).collect(),
-            sources: sources(i.stores, i.report),
+            sources: i.sources.to_vec(),
             counts: Counts {
                 channels: i.totals.per_channel(cfg),
                 signals: cfg.shape.is_dpo().then(|| i.totals.per_signal(cfg)),
@@ -591,41 +418,6 @@ pub fn tilde(s: &str) -> String {
 
 fn time(t: Option<f64>) -> Option<String> {
     iso_time(t).as_str().map(str::to_owned)
-}
-
-fn sources(stores: &Stores, report: &Report) -> Vec<SourceEntry> {
-    let read = |o: Origin| report.sessions_read.get(o.as_str()).copied().unwrap_or(0);
-    let enriched = |store: &str| report.sessions_enriched.get(store).copied().unwrap_or(0);
-    let mut out = Vec::new();
-    if let Some(db) = &stores.state {
-        out.push(SourceEntry {
-            store: "state.db",
-            path: tilde(&db.path.display().to_string()),
-            schema_version: db.schema_version,
-            schema_note: db.schema_note(),
-            sessions_read: read(Origin::StateDb),
-            sessions_enriched: 0,
-        });
-    }
-    if let Some(rs) = &stores.responses {
-        out.push(SourceEntry {
-            store: "response_store.db",
-            path: tilde(&rs.path.display().to_string()),
-            schema_version: None,
-            schema_note: None,
-            sessions_read: read(Origin::ResponseStore),
-            sessions_enriched: enriched("response_store.db"),
-        });
-    }
-    out.push(SourceEntry {
-        store: "sessions",
-        path: tilde(&stores.files.dir.display().to_string()),
-        schema_version: None,
-        schema_note: None,
-        sessions_read: read(Origin::SessionJson) + read(Origin::Transcript),
-        sessions_enriched: enriched("sessions"),
-    });
-    out
 }
 
 fn tokens<'a>(i: &Inputs<'a>) -> Tokens<'a> {

@@ -243,3 +243,12 @@ impl Channel {
         }
     }
 }
+
+/// The name of a tool definition (`{"type":"function","function":{"name"}}`
+/// or a bare `{"name"}`).
+pub fn tool_name(def: &serde_json::Value) -> Option<&str> {
+    def.get("function")
+        .and_then(|f| f.get("name"))
+        .or_else(|| def.get("name"))
+        .and_then(serde_json::Value::as_str)
+}

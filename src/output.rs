@@ -18,21 +18,16 @@ use anyhow::{Context, Result};
 use tempfile::TempPath;
 
 use crate::exit::{self, Failure};
-use crate::hash::stable_hash;
 use crate::paths::Dest;
 use crate::sink::{Stdout, persist, sync_dir, temp_beside};
 use std::collections::BTreeMap;
 
-use crate::manifest::LineFigures;
-use crate::state::{Committed, RunState, TAIL_BYTES, Units};
+use crate::coverage::{LEGACY_SPLIT, SPLIT};
+use crate::dataset::LineFigures;
+use crate::state::{Committed, RunState, Units, Written, check_committed, tail_hash};
 
 /// Trainers' usual batch size: mlx-lm refuses a split with fewer rows.
 pub const MIN_VALID_LINES: u64 = 4;
-
-/// How units are split (recorded in the state's output identity).
-pub const SPLIT: &str = "units-balanced";
-/// The split rule of versions before 4 (migrated, see [`migrate_units`]).
-pub const LEGACY_SPLIT: &str = "fnv1a-fmix64";
 
 /// The split of units between train.jsonl and valid.jsonl.
 ///
@@ -277,17 +272,6 @@ fn refused(msg: String) -> anyhow::Error {
     Failure::new(exit::ERROR, msg).into()
 }
 
-/// Hash of the last [`TAIL_BYTES`] bytes before `end`.
-pub(crate) fn tail_hash(file: &mut File, end: u64) -> Result<String> {
-    let start = end.saturating_sub(TAIL_BYTES);
-    let mut buf = vec![0; (end - start) as usize];
-    file.seek(SeekFrom::Start(start))?;
-    file.read_exact(&mut buf)?;
-    file.seek(SeekFrom::End(0))?;
-    let text: String = buf.iter().map(|b| *b as char).collect();
-    Ok(format!("{:016x}", stable_hash(&text)))
-}
-
 /// Bytes past the committed length are a killed run's tail only when a run
 /// was interrupted (`state::inflight_path`); else someone appended them,
 /// and the file is refused rather than cut.
@@ -307,35 +291,6 @@ pub(crate) fn check_no_tail(
         c.lines,
         c.bytes
     )))
-}
-
-/// Checks that `file` still starts with what the state committed: at least
-/// that many bytes, ending with a newline, with the same tail.
-pub(crate) fn check_committed(
-    file: &mut File,
-    target: &Path,
-    len: u64,
-    c: &Committed,
-) -> Result<()> {
-    let changed = |why: &str| {
-        refused(format!(
-            "{} does not hold what the state file committed ({why}): it was changed by another export or by hand. Nothing was written; restore it, or start over with a new state file and an empty output",
-            target.display()
-        ))
-    };
-    if len < c.bytes {
-        return Err(changed(&format!("{len} bytes, {} were committed", c.bytes)));
-    }
-    if c.bytes == 0 {
-        return Ok(());
-    }
-    let mut last = [0u8; 1];
-    file.seek(SeekFrom::Start(c.bytes - 1))?;
-    file.read_exact(&mut last)?;
-    if last[0] != b'\n' || tail_hash(file, c.bytes)? != c.tail {
-        return Err(changed("its committed lines differ"));
-    }
-    Ok(())
 }
 
 pub struct Output {
@@ -358,28 +313,6 @@ enum Kind {
         train: FileOut,
         valid: FileOut,
     },
-}
-
-/// What the run wrote, for the manifest and the state.
-#[derive(Debug, Default, Clone)]
-pub struct Written {
-    pub new_lines: u64,
-    /// New lines per file name.
-    pub new_per_file: BTreeMap<String, u64>,
-    /// file name → what it holds after this run.
-    pub files: Vec<(String, Committed)>,
-    /// The units of each split after this run.
-    pub units: Units,
-    /// The session index of files written without `meta`.
-    pub index: BTreeMap<String, Vec<(String, u64)>>,
-    /// The figures of this run's new lines per file name, in file order.
-    pub figures: BTreeMap<String, Vec<LineFigures>>,
-    /// Units placed in this run, and of those in valid.
-    pub new_units: (u64, u64),
-    /// Every line reached its destination (false when the reader of a
-    /// pipe went away first), and the lines a stream's reader took.
-    pub delivered: bool,
-    pub delivered_lines: u64,
 }
 
 impl Output {

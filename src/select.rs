@@ -9,7 +9,7 @@
 //! - `--min-turns` counts a session's complete turns in the window, old and
 //!   new, so a session that reaches it exports its pending turns then.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
 
@@ -21,7 +21,8 @@ use crate::redact::Redactor;
 use crate::report::Report;
 use crate::shape::Shape;
 use crate::source::Stores;
-use crate::state::RunState;
+use crate::source::state_db::StateDb;
+use crate::state::{Covered, Pending, RunState, TurnSelection, turn_key};
 
 pub fn channel_of(cfg: &ExportConfig, h: &SessionMeta) -> Channel {
     Channel::of(&h.source, &h.id, h.title.as_deref(), &cfg.nexus_prefix)
@@ -42,12 +43,6 @@ pub fn in_window(cfg: &ExportConfig, t: Option<f64>) -> bool {
         Some(t) => cfg.since.is_none_or(|s| t >= s) && cfg.until.is_none_or(|u| t < u),
         None => cfg.since.is_none() && cfg.until.is_none(),
     }
-}
-
-/// What the previous runs covered (`state` is `None` without `--state`).
-pub struct Covered<'a> {
-    pub watermark: i64,
-    pub state: Option<&'a RunState>,
 }
 
 /// The turns of the state.db sessions seen in this run. Session files can
@@ -104,38 +99,6 @@ impl Dedupe {
         }
         Ok(())
     }
-}
-
-/// What selection made of each turn (exchange) of one session.
-#[derive(Debug, Default)]
-pub struct TurnSelection {
-    /// Exported in this run (unless the session has too few turns).
-    pub selected: Vec<bool>,
-    /// Another store's copy of which is exported: never context either.
-    pub copied: Vec<bool>,
-    /// Not covered by any committed run.
-    pub fresh: Vec<bool>,
-    /// Inside the time window.
-    pub usable: Vec<bool>,
-    /// Identities of the turns (sessions without row ids only).
-    pub idents: Vec<u64>,
-    /// Turns left out as copies of state.db turns.
-    pub duplicates: usize,
-    /// Complete turns in the window, old and new.
-    pub complete: usize,
-    /// SFT: the session has fewer complete turns than `--min-turns`.
-    pub too_few: bool,
-}
-
-impl TurnSelection {
-    pub fn any(&self) -> bool {
-        self.selected.iter().any(|s| *s)
-    }
-}
-
-/// The first state.db row id of a turn (its key in the state).
-pub fn turn_key(msgs: &[Message]) -> Option<i64> {
-    msgs.iter().find_map(|m| m.row_id)
 }
 
 /// Selects the turns of `session`. From a state.db session, every turn is
@@ -213,4 +176,45 @@ fn is_new(
         && (last > covered.watermark
             || pending
                 .is_some_and(|p| p.has_turn(key) || p.unselected_after.is_some_and(|a| last > a)))
+}
+
+/// The state.db sessions an incremental run reads: those touched since the
+/// watermark, and those holding pending turns that this run's filters may
+/// now take (sorted by id).
+pub fn heads_to_read(
+    st: &RunState,
+    db: &StateDb,
+    cfg: &ExportConfig,
+    selection: &str,
+) -> Result<Vec<SessionMeta>> {
+    let mut heads: BTreeMap<String, SessionMeta> = db
+        .touched_since(st.watermark)?
+        .into_iter()
+        .map(|h| (h.id.clone(), h))
+        .collect();
+    let selection_changed = st.selection != selection;
+    for (id, p) in &st.pending {
+        let take = (p.unselected_after.is_some() && selection_changed)
+            || (!p.turns.is_empty()
+                && p.complete.is_none_or(|c| c >= cfg.min_turns)
+                && window_may_hold(cfg, p));
+        if take
+            && !heads.contains_key(id)
+            && let Some(h) = db.root_of(id)?
+        {
+            heads.insert(h.id.clone(), h);
+        }
+    }
+    Ok(heads.into_values().collect())
+}
+
+fn window_may_hold(cfg: &ExportConfig, p: &Pending) -> bool {
+    let open = cfg.since.is_none() && cfg.until.is_none();
+    (p.untimed && open)
+        || match (p.first, p.last) {
+            (Some(f), Some(l)) => {
+                cfg.since.is_none_or(|s| l >= s) && cfg.until.is_none_or(|u| f < u)
+            }
+            _ => false,
+        }
 }

@@ -44,16 +44,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::dataset::LineFigures;
 use crate::format::Exchange;
-use crate::model::{Origin, Session};
-use crate::output::Written;
-use crate::select::{Covered, TurnSelection, turn_key};
+use crate::hash::stable_hash;
+use crate::model::{Message, Origin, Session};
 use crate::sink::{persist, temp_beside};
 
 /// Version 2: pending turns, turn identities, output identity and tails.
@@ -110,7 +110,7 @@ pub struct RunState {
     /// as long as its committed lines (a state of an earlier version) is
     /// recounted from `meta` instead.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub figures: BTreeMap<String, Vec<crate::manifest::LineFigures>>,
+    pub figures: BTreeMap<String, Vec<LineFigures>>,
     /// Lines at the start of each file that have no figures (written
     /// before the state kept them; see `output::migrate_units`): their
     /// tokens are not in `dataset`, and `forget` takes their channel and
@@ -135,7 +135,7 @@ pub struct RunState {
     pub read_version: u32,
     /// Running sums over every night: what the cumulative files hold.
     #[serde(default)]
-    pub dataset: crate::manifest::Dataset,
+    pub dataset: crate::dataset::Dataset,
     /// Successful runs so far.
     #[serde(default)]
     pub runs: u64,
@@ -449,7 +449,7 @@ pub fn finish_journal(
             let mut file =
                 File::open(&target).with_context(|| format!("opening {}", target.display()))?;
             let len = file.metadata()?.len();
-            crate::output::check_committed(&mut file, &target, len, &entry.new)?;
+            check_committed(&mut file, &target, len, &entry.new)?;
         }
         st.outputs.insert(entry.name, entry.new);
     }
@@ -634,4 +634,105 @@ impl RunCoverage {
         }
         changed
     }
+}
+
+/// What the previous runs covered (`state` is `None` without `--state`).
+pub struct Covered<'a> {
+    pub watermark: i64,
+    pub state: Option<&'a RunState>,
+}
+
+/// What selection made of each turn (exchange) of one session.
+#[derive(Debug, Default)]
+pub struct TurnSelection {
+    /// Exported in this run (unless the session has too few turns).
+    pub selected: Vec<bool>,
+    /// Another store's copy of which is exported: never context either.
+    pub copied: Vec<bool>,
+    /// Not covered by any committed run.
+    pub fresh: Vec<bool>,
+    /// Inside the time window.
+    pub usable: Vec<bool>,
+    /// Identities of the turns (sessions without row ids only).
+    pub idents: Vec<u64>,
+    /// Turns left out as copies of state.db turns.
+    pub duplicates: usize,
+    /// Complete turns in the window, old and new.
+    pub complete: usize,
+    /// SFT: the session has fewer complete turns than `--min-turns`.
+    pub too_few: bool,
+}
+
+impl TurnSelection {
+    pub fn any(&self) -> bool {
+        self.selected.iter().any(|s| *s)
+    }
+}
+
+/// The first state.db row id of a turn (its key in the state).
+pub fn turn_key(msgs: &[Message]) -> Option<i64> {
+    msgs.iter().find_map(|m| m.row_id)
+}
+
+/// What the run wrote, for the manifest and the state.
+#[derive(Debug, Default, Clone)]
+pub struct Written {
+    pub new_lines: u64,
+    /// New lines per file name.
+    pub new_per_file: BTreeMap<String, u64>,
+    /// file name → what it holds after this run.
+    pub files: Vec<(String, Committed)>,
+    /// The units of each split after this run.
+    pub units: Units,
+    /// The session index of files written without `meta`.
+    pub index: BTreeMap<String, Vec<(String, u64)>>,
+    /// The figures of this run's new lines per file name, in file order.
+    pub figures: BTreeMap<String, Vec<LineFigures>>,
+    /// Units placed in this run, and of those in valid.
+    pub new_units: (u64, u64),
+    /// Every line reached its destination (false when the reader of a
+    /// pipe went away first), and the lines a stream's reader took.
+    pub delivered: bool,
+    pub delivered_lines: u64,
+}
+
+/// Hash of the last [`TAIL_BYTES`] bytes before `end`.
+pub(crate) fn tail_hash(file: &mut File, end: u64) -> Result<String> {
+    let start = end.saturating_sub(TAIL_BYTES);
+    let mut buf = vec![0; (end - start) as usize];
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(&mut buf)?;
+    file.seek(SeekFrom::End(0))?;
+    let text: String = buf.iter().map(|b| *b as char).collect();
+    Ok(format!("{:016x}", stable_hash(&text)))
+}
+
+/// Checks that `file` still starts with what the state committed: at least
+/// that many bytes, ending with a newline, with the same tail.
+pub(crate) fn check_committed(
+    file: &mut File,
+    target: &Path,
+    len: u64,
+    c: &Committed,
+) -> Result<()> {
+    let changed = |why: &str| -> anyhow::Error {
+        crate::exit::Failure::new(crate::exit::ERROR, format!(
+            "{} does not hold what the state file committed ({why}): it was changed by another export or by hand. Nothing was written; restore it, or start over with a new state file and an empty output",
+            target.display()
+        ))
+        .into()
+    };
+    if len < c.bytes {
+        return Err(changed(&format!("{len} bytes, {} were committed", c.bytes)));
+    }
+    if c.bytes == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(c.bytes - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] != b'\n' || tail_hash(file, c.bytes)? != c.tail {
+        return Err(changed("its committed lines differ"));
+    }
+    Ok(())
 }

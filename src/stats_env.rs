@@ -29,7 +29,16 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use crate::hash::Shape;
+/// The kind of key a [`crate::hash::FastHasher`] hashes: a `str` (its bytes, then
+/// `0xff`), a byte slice (its length, then its bytes), or raw bytes
+/// ([`fingerprint`]).
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    #[default]
+    Raw,
+    Str,
+    Bytes,
+}
 
 /// The environment variable that turns the counting on.
 pub const ENV: &str = "HERMES_HARVEST_CACHE_STATS";

@@ -12,9 +12,10 @@ use super::{
     ShapeArg, SignalArg, SourcesArgs, TargetArg, ToolsArg, ValidateArgs,
 };
 use crate::config::{
-    ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig, SystemPolicy, ValidateConfig,
-    parse_when, part_rows_from_env,
+    ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig, ValidateConfig, parse_when,
+    part_rows_from_env,
 };
+use crate::format::SystemPolicy;
 use crate::format::tools::ToolsPolicy;
 use crate::home::HomeChoice;
 use crate::model::Channel;

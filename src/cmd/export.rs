@@ -10,28 +10,32 @@ use std::rc::Rc;
 
 use anyhow::Result;
 
-use crate::config::{ExportConfig, SystemPolicy};
+use crate::config::ExportConfig;
 use crate::coverage;
 use crate::curate::meta::{self, Meta};
 use crate::curate::{Curator, quality};
+use crate::dataset::{Dataset, LineFigures};
 use crate::exit::{self, Failure};
+use crate::format::SystemPolicy;
 use crate::format::fit::Fitter;
 use crate::format::tools::{SessionTools, ToolsPolicy, called_names};
 use crate::format::{self, Exchange, FormatOptions, dpo, sft, system_chain};
 use crate::hermes_settings::HermesSettings;
 use crate::home::HermesHome;
-use crate::manifest::{Counting, Dataset, Inputs, LineFigures, Manifest, Totals};
+use crate::manifest::{Counting, Inputs, Manifest, SourceEntry, Totals, tilde};
 use crate::model::{Channel, Origin, Role, Session};
-use crate::output::{Output, Written};
+use crate::output::Output;
 use crate::paths::{DIR_FILES, Dest, Plan};
 use crate::rebuild::{self, Rebuilt, Signal};
 use crate::redact::Redactor;
 use crate::report::{Report, counts};
-use crate::select::{self, Covered, Dedupe, TurnSelection};
+use crate::select::{self, Dedupe};
 use crate::shape::Shape;
 use crate::skip::Skip;
 use crate::source::Stores;
 use crate::source::session_files::ToolCatalog;
+use crate::state::Written;
+use crate::state::{Covered, TurnSelection};
 use crate::state::{RunCoverage, RunState};
 use crate::tokens::{Counter, Estimate, Sample};
 
@@ -418,7 +422,7 @@ impl<'a> Run<'a> {
         // pending turns that this run's filters may now take.
         let db_heads = match (state, &stores.state) {
             (Some(s), Some(db)) if s.watermark > 0 => {
-                Some(coverage::heads_to_read(s, db, cfg, selection)?)
+                Some(select::heads_to_read(s, db, cfg, selection)?)
             }
             _ => None,
         };
@@ -625,7 +629,7 @@ impl<'a> Run<'a> {
         let turns = format::exchanges(&p.rebuilt.messages)
             .iter()
             .filter_map(|ex| {
-                let key = select::turn_key(ex.msgs).filter(|k| *k <= st.watermark)?;
+                let key = crate::state::turn_key(ex.msgs).filter(|k| *k <= st.watermark)?;
                 let t = ex.timestamp.or(p.session.started_at);
                 Some((ex.msgs.first()?.content.clone(), key, t))
             })
@@ -912,9 +916,10 @@ impl<'a> Run<'a> {
         let fraction_changed = output.splits.changed_from;
         let counted_with = kit.counter.describe();
         let previous = state.map(|s| s.dataset.clone()).unwrap_or_default();
+        let sources = store_entries(stores, report);
         let inputs = Inputs {
             cfg,
-            stores,
+            sources: &sources,
             report,
             totals: &totals,
             redactions: &redactions,
@@ -1244,4 +1249,40 @@ fn token_summary(totals: &Totals) -> String {
     } else {
         tokens.join(", ")
     }
+}
+
+/// The manifest's `sources`: each store with what it contributed.
+fn store_entries(stores: &Stores, report: &Report) -> Vec<SourceEntry> {
+    let read = |o: Origin| report.sessions_read.get(o.as_str()).copied().unwrap_or(0);
+    let enriched = |store: &str| report.sessions_enriched.get(store).copied().unwrap_or(0);
+    let mut out = Vec::new();
+    if let Some(db) = &stores.state {
+        out.push(SourceEntry {
+            store: "state.db",
+            path: tilde(&db.path.display().to_string()),
+            schema_version: db.schema_version,
+            schema_note: db.schema_note(),
+            sessions_read: read(Origin::StateDb),
+            sessions_enriched: 0,
+        });
+    }
+    if let Some(rs) = &stores.responses {
+        out.push(SourceEntry {
+            store: "response_store.db",
+            path: tilde(&rs.path.display().to_string()),
+            schema_version: None,
+            schema_note: None,
+            sessions_read: read(Origin::ResponseStore),
+            sessions_enriched: enriched("response_store.db"),
+        });
+    }
+    out.push(SourceEntry {
+        store: "sessions",
+        path: tilde(&stores.files.dir.display().to_string()),
+        schema_version: None,
+        schema_note: None,
+        sessions_read: read(Origin::SessionJson) + read(Origin::Transcript),
+        sessions_enriched: enriched("sessions"),
+    });
+    out
 }

@@ -382,9 +382,7 @@ fn report_removed(
         let cut = match before {
             Some(b) => format!(
                 " and every turn before {}",
-                crate::config::iso_time(Some(b))
-                    .as_str()
-                    .unwrap_or_default()
+                crate::time::iso_time(Some(b)).as_str().unwrap_or_default()
             ),
             None => String::new(),
         };
@@ -426,7 +424,7 @@ fn read_committed(
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = file.metadata()?.len();
-    crate::output::check_committed(&mut file, path, len, committed)?;
+    crate::state::check_committed(&mut file, path, len, committed)?;
     crate::output::check_no_tail(path, len, committed, interrupted)?;
     let mut bytes = Vec::new();
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
@@ -488,7 +486,7 @@ fn stage(path: &Path, lines: &[&[u8]]) -> Result<Committed> {
     file.sync_all()
         .with_context(|| format!("syncing {}", staged.display()))?;
     let bytes = file.metadata()?.len();
-    let tail = crate::output::tail_hash(&mut file, bytes)?;
+    let tail = crate::state::tail_hash(&mut file, bytes)?;
     crate::sink::sync_dir(&staged);
     Ok(Committed {
         bytes,
@@ -512,7 +510,7 @@ fn update_manifest(dir: &Path, st: &RunState) -> Result<()> {
     m["dataset"] = serde_json::to_value(st.dataset.doc())?;
     if m["curation"].is_object() {
         m["curation"]["forgotten_sessions"] = st.curation.forgotten.len().into();
-        m["curation"]["forgotten_before"] = crate::config::iso_time(st.curation.forgotten_before);
+        m["curation"]["forgotten_before"] = crate::time::iso_time(st.curation.forgotten_before);
     }
     let mut tmp = temp_beside(&path)?;
     tmp.write_all(&serde_json::to_vec_pretty(&m)?)?;

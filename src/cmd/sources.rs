@@ -6,12 +6,12 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::SourcesConfig;
-use crate::config::iso_time;
 use crate::exit;
 use crate::model::Channel;
 use crate::report::Report;
 use crate::source::Stores;
 use crate::source::state_db::StateDb;
+use crate::time::iso_time;
 
 /// `sources --json`: what is under the Hermes home.
 #[derive(Debug, Serialize)]

@@ -71,7 +71,7 @@ pub fn unit(
 
 /// Epoch seconds as RFC 3339 UTC.
 pub fn time(t: Option<f64>) -> Option<String> {
-    match crate::config::iso_time(t) {
+    match crate::time::iso_time(t) {
         serde_json::Value::String(s) => Some(s),
         _ => None,
     }

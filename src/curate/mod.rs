@@ -218,7 +218,7 @@ impl Curator {
             near_duplicate_cap: self.settings.near_cap,
             min_reply_chars: self.settings.min_reply_chars,
             forgotten_sessions: self.forgotten.len(),
-            forgotten_before: crate::config::iso_time(self.forgotten_before)
+            forgotten_before: crate::time::iso_time(self.forgotten_before)
                 .as_str()
                 .map(str::to_owned),
         }

@@ -53,7 +53,7 @@ impl DryRun {
         counted: &str,
         skipped: &BTreeMap<&'static str, usize>,
     ) -> String {
-        let time = |t: Option<f64>| match crate::config::iso_time(t) {
+        let time = |t: Option<f64>| match crate::time::iso_time(t) {
             serde_json::Value::String(s) => s,
             _ => "-".to_string(),
         };

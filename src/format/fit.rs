@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::content::{mark_cut, split_marked};
 use crate::format::OutMsg;
 use crate::format::tools::SessionTools;
 use crate::skip::Skip;
@@ -167,23 +168,6 @@ pub fn cut_middle(text: &str, cut: usize) -> Option<String> {
     Some(mark_cut(&head[..keep_head], &tail[tail_from..], removed))
 }
 
-/// `head` and `tail` of a text whose middle (`removed` bytes) was cut,
-/// with a visible marker between them.
-pub fn mark_cut(head: &str, tail: &str, removed: usize) -> String {
-    format!("{head}{MARK_OPEN}{removed}{MARK_CLOSE}{tail}")
-}
-
-const MARK_OPEN: &str = "\n[… ";
-const MARK_CLOSE: &str = " bytes cut by hermes-harvest to fit the token budget …]\n";
-
-fn split_marked(text: &str) -> Option<(&str, &str, usize)> {
-    let open = text.find(MARK_OPEN)?;
-    let rest = &text[open + MARK_OPEN.len()..];
-    let close = rest.find(MARK_CLOSE)?;
-    let n = rest[..close].parse().ok()?;
-    Some((&text[..open], &rest[close + MARK_CLOSE.len()..], n))
-}
-
 fn floor_char(s: &str, mut i: usize) -> usize {
     while !s.is_char_boundary(i) {
         i -= 1;
@@ -201,6 +185,7 @@ fn ceil_char(s: &str, mut i: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::{MARK_CLOSE, MARK_OPEN};
 
     #[test]
     fn cuts_keep_head_and_tail_and_add_up() {

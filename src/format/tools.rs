@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use crate::hash::stable_hash;
+use crate::model::tool_name;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ToolsPolicy {
@@ -30,15 +31,6 @@ pub enum ToolsPolicy {
 
 /// Other offered tools a `used` sample carries at most, when they fit.
 pub const DISTRACTORS: usize = 2;
-
-/// The name of a tool definition (`{"type":"function","function":{"name"}}`
-/// or a bare `{"name"}`).
-pub fn tool_name(def: &Value) -> Option<&str> {
-    def.get("function")
-        .and_then(|f| f.get("name"))
-        .or_else(|| def.get("name"))
-        .and_then(Value::as_str)
-}
 
 /// Definitions a session's samples can draw on.
 #[derive(Debug, Default)]

@@ -105,7 +105,7 @@ impl ToolCatalog {
     /// first); a name keeps the first definition it was given.
     pub fn add_sets(&mut self, sets: Vec<Vec<Value>>) {
         for def in sets.into_iter().flatten() {
-            if let Some(n) = crate::format::tools::tool_name(&def) {
+            if let Some(n) = crate::model::tool_name(&def) {
                 self.defs.entry(n.to_string()).or_insert(def);
             }
         }
@@ -119,7 +119,7 @@ impl ToolCatalog {
                 continue;
             };
             for def in session.tools.into_iter().flatten() {
-                if let Some(n) = crate::format::tools::tool_name(&def) {
+                if let Some(n) = crate::model::tool_name(&def) {
                     self.defs.entry(n.to_string()).or_insert(def);
                 }
             }

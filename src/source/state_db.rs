@@ -694,7 +694,7 @@ fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>,
             let removed = usize::try_from(int(const { col("content_bytes") }, 0))
                 .unwrap_or(0)
                 .saturating_sub(head.len() + tail.len());
-            (crate::format::fit::mark_cut(head, tail, removed), false)
+            (crate::content::mark_cut(head, tail, removed), false)
         }
         None if oversize => (
             format!(

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::ser::SerializeSeq;
 use serde_json::Value;
 
-use crate::format::OutMsg;
+use crate::message::OutMsg;
 use chat::ChatTokenizer;
 
 /// Tokens of one rendered sample.
@@ -82,7 +82,7 @@ impl Serialize for MessageList<'_> {
         let mut seq = ser.serialize_seq(Some(s.messages.len() + 1))?;
         match s.system {
             Some(system) if self.1 => {
-                for m in crate::format::folded(system, s.messages) {
+                for m in crate::message::folded(system, s.messages) {
                     seq.serialize_element(&TemplateMsg(&m))?;
                 }
                 return seq.end();
@@ -95,6 +95,15 @@ impl Serialize for MessageList<'_> {
         }
         seq.end()
     }
+}
+
+/// The chat template the exact counts used, as the manifest records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateDoc {
+    pub source: String,
+    pub generation_block: bool,
+    /// How `trainable` was found: `generation_block` or `prefix_diff`.
+    pub trainable_by: &'static str,
 }
 
 /// Bytes per token assumed without a tokenizer. Measured on the Hermes
@@ -245,10 +254,10 @@ impl Counter {
 
     /// The template counted with: its source and whether it has a
     /// generation block.
-    pub fn template(&self) -> Option<crate::manifest::TemplateDoc> {
+    pub fn template(&self) -> Option<TemplateDoc> {
         match self {
             Counter::Estimate => None,
-            Counter::Exact(t) => Some(crate::manifest::TemplateDoc {
+            Counter::Exact(t) => Some(TemplateDoc {
                 source: t.template_origin.clone(),
                 generation_block: t.generation_block,
                 trainable_by: if t.generation_block {

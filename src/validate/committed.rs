@@ -17,8 +17,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::Problems;
-use super::dir::FileFacts;
-use crate::manifest::Dataset;
+use crate::dataset::Dataset;
 use crate::state::{Committed, RunState};
 
 pub fn check(
@@ -145,7 +144,7 @@ fn disagreement(path: &Path, f: &FileFacts, c: &Committed) -> Result<Option<Stri
     }
     if c.bytes > 0 {
         let mut file = std::fs::File::open(path)?;
-        if crate::output::tail_hash(&mut file, c.bytes)? != c.tail {
+        if crate::state::tail_hash(&mut file, c.bytes)? != c.tail {
             return Ok(Some(
                 "its committed lines differ from what the state recorded (their tail hash): changed since"
                     .to_string(),
@@ -166,4 +165,31 @@ fn disagreement(path: &Path, f: &FileFacts, c: &Committed) -> Result<Option<Stri
         )));
     }
     Ok(None)
+}
+
+/// What one split file holds, for the checks across files.
+#[derive(Debug, Default, Clone)]
+pub struct FileFacts {
+    pub name: String,
+    pub lines: u64,
+    pub bytes: u64,
+    pub per_channel: BTreeMap<String, u64>,
+    pub per_signal: BTreeMap<String, u64>,
+    /// Lines without `meta` (no unit, channel or signal to tell).
+    pub without_meta: u64,
+    /// The earliest `meta.first` and latest `meta.last` (RFC 3339 UTC,
+    /// which sorts as text).
+    pub first: Option<String>,
+    pub last: Option<String>,
+}
+
+impl FileFacts {
+    pub(super) fn saw(&mut self, first: Option<&str>, last: Option<&str>) {
+        if let Some(t) = first.filter(|t| self.first.as_deref().is_none_or(|f| *t < f)) {
+            self.first = Some(t.to_string());
+        }
+        if let Some(t) = last.filter(|t| self.last.as_deref().is_none_or(|l| *t > l)) {
+            self.last = Some(t.to_string());
+        }
+    }
 }

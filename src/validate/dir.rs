@@ -29,6 +29,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::Value;
 
+use super::committed::FileFacts;
 use super::{LineChecker, MANIFEST_SCHEMA, PerLine, Problems, Schemas, Shape, scan};
 
 /// The split files, in the order they are read (`train.jsonl` must be there).
@@ -146,33 +147,6 @@ pub struct DirCheck<'a> {
     pub shape: Option<Shape>,
     /// A state file whose committed outputs the files must match.
     pub state: Option<&'a Path>,
-}
-
-/// What one split file holds, for the checks across files.
-#[derive(Debug, Default, Clone)]
-pub struct FileFacts {
-    pub name: String,
-    pub lines: u64,
-    pub bytes: u64,
-    pub per_channel: BTreeMap<String, u64>,
-    pub per_signal: BTreeMap<String, u64>,
-    /// Lines without `meta` (no unit, channel or signal to tell).
-    pub without_meta: u64,
-    /// The earliest `meta.first` and latest `meta.last` (RFC 3339 UTC,
-    /// which sorts as text).
-    pub first: Option<String>,
-    pub last: Option<String>,
-}
-
-impl FileFacts {
-    fn saw(&mut self, first: Option<&str>, last: Option<&str>) {
-        if let Some(t) = first.filter(|t| self.first.as_deref().is_none_or(|f| *t < f)) {
-            self.first = Some(t.to_string());
-        }
-        if let Some(t) = last.filter(|t| self.last.as_deref().is_none_or(|l| *t > l)) {
-            self.last = Some(t.to_string());
-        }
-    }
 }
 
 /// What the directory held, for the summary line.

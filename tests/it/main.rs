@@ -1,6 +1,7 @@
 //! Integration tests: they drive the real binary on homes built from the
 //! captured fixtures, and validate every line against `schemas/`.
 
+mod arch;
 mod budget;
 mod common;
 mod cron;
