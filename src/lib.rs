@@ -70,5 +70,23 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Send(args) => cmd::send::run(&args.config()),
         Command::Validate(args) => cmd::validate::run(&args.config()),
         Command::Forget(args) => cmd::forget::run(&args.config()),
+        Command::Completions { shell } => shell_help(|cmd, out| {
+            clap_complete::generate(shell, cmd, "hermes-harvest", out);
+            Ok(())
+        }),
+        Command::Man => shell_help(|cmd, out| clap_mangen::Man::new(cmd.clone()).render(out)),
     }
+}
+
+/// Writes what `f` makes of the command-line definition (a completion
+/// script, the man page) to stdout, the way other data is written.
+fn shell_help(
+    f: impl FnOnce(&mut clap::Command, &mut Vec<u8>) -> std::io::Result<()>,
+) -> Result<u8> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    f(&mut cmd, &mut out)?;
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;
+    Ok(exit::OK)
 }

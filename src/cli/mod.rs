@@ -31,6 +31,13 @@ pub enum Command {
     /// Remove sessions from a cumulative export and keep them out of every
     /// later run of its state.
     Forget(ForgetArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of hermes-harvest.
+    Man,
 }
 
 /// Where the Hermes data lives.
