@@ -79,7 +79,8 @@ pub fn run(cli: Cli) -> Result<u8> {
 }
 
 /// Writes what `f` makes of the command-line definition (a completion
-/// script, the man page) to stdout, the way other data is written.
+/// script, the man page) through the one stdout writer, so a reader that
+/// closes the pipe early ends it quietly, as for any other data.
 fn shell_help(
     f: impl FnOnce(&mut clap::Command, &mut Vec<u8>) -> std::io::Result<()>,
 ) -> Result<u8> {
@@ -87,6 +88,9 @@ fn shell_help(
     let mut cmd = Cli::command();
     let mut out = Vec::new();
     f(&mut cmd, &mut out)?;
-    std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;
+    let mut stdout = sink::Stdout::new();
+    // `line` adds the newline the generated text ends with.
+    stdout.line(out.strip_suffix(b"\n").unwrap_or(&out))?;
+    stdout.finish()?;
     Ok(exit::OK)
 }

@@ -200,6 +200,17 @@ pub fn snapshot_files(dir: &Path) -> Vec<(PathBuf, usize, u64)> {
         .collect()
 }
 
+/// The 0.19 capture with its state.db emptied (FTS triggers dropped, no
+/// session or message left): a store a test fills by hand.
+pub fn emptied_state_db() -> tempfile::TempDir {
+    let home = fixture_home(VERSIONS[0]);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    drop_fts_triggers(&db);
+    db.execute_batch("DELETE FROM messages; DELETE FROM sessions;")
+        .unwrap();
+    home
+}
+
 /// Drops the FTS sync triggers of a scratch store so tests can insert many
 /// rows quickly.
 pub fn drop_fts_triggers(db: &rusqlite::Connection) {

@@ -639,12 +639,7 @@ fn an_open_write_transaction_does_not_block_or_leak_into_the_export() {
 /// The 0.19 capture's state.db emptied (no other store): a home to fill by
 /// hand.
 fn bare_home() -> tempfile::TempDir {
-    let home = fixture_home(VERSIONS[0]);
-    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
-    drop_fts_triggers(&db);
-    db.execute_batch("DELETE FROM messages; DELETE FROM sessions;")
-        .unwrap();
-    drop(db);
+    let home = emptied_state_db();
     std::fs::remove_file(home.path().join("response_store.db")).unwrap();
     std::fs::remove_dir_all(home.path().join("sessions")).unwrap();
     home

@@ -323,12 +323,7 @@ fn validate_reports_broken_files_by_line() {
 
 #[test]
 fn a_nexus_pair_prompt_starts_at_its_day_unit() {
-    let home = fixture_home(VERSIONS[0]);
-    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
-    drop_fts_triggers(&db);
-    db.execute_batch("DELETE FROM messages; DELETE FROM sessions;")
-        .unwrap();
-    drop(db);
+    let home = emptied_state_db();
     // Day one: an exchange; day two: an exchange whose answer the user
     // regenerates. The pair lies in day two's unit.
     let t = 1_800_000_000.0;

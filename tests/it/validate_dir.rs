@@ -518,6 +518,22 @@ fn the_cumulative_figures_must_equal_the_files() {
     );
 }
 
+/// Forgets `ids` from the cumulative `dir` kept with `state`, checks that
+/// `validate DIR/ --state` still passes, and gives the manifest's `dataset`.
+fn forget_then_validate(dir: &Path, state: &str, ids: &[&str]) -> Value {
+    let out = format!("{}/", dir.display());
+    let forget = ["forget", "--out", &out, "--state", state, "-q"];
+    let forgot = run(&[&forget[..], ids].concat());
+    assert!(
+        forgot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forgot.stderr)
+    );
+    let (code, lines, err) = validate(dir, &["--state", state]);
+    assert_eq!(code, 0, "{lines:#?}\n{err}");
+    read_json(&dir.join("manifest.json"))["dataset"].clone()
+}
+
 #[test]
 fn forget_takes_its_lines_out_of_the_cumulative_figures() {
     let (_home, _work, dir, state) = cumulative();
@@ -527,16 +543,7 @@ fn forget_takes_its_lines_out_of_the_cumulative_figures() {
         first["session"].as_str().unwrap(),
         first["channel"].as_str().unwrap(),
     );
-    let out = format!("{}/", dir.display());
-    let forgot = run(&["forget", "--out", &out, "--state", &state, session, "-q"]);
-    assert!(
-        forgot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&forgot.stderr)
-    );
-    let (code, lines, err) = validate(&dir, &["--state", &state]);
-    assert_eq!(code, 0, "{lines:#?}\n{err}");
-    let after = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let after = forget_then_validate(&dir, &state, &[session]);
     let gone = after["forgotten_lines"].as_u64().unwrap();
     assert!(gone > 0, "{after}");
     let samples = |d: &Value| d["tokens"][channel]["samples"].as_u64().unwrap_or(0);
@@ -649,16 +656,7 @@ fn an_upgraded_state_counts_its_dataset_from_meta() {
         .as_str()
         .unwrap()
         .to_string();
-    let forget = ["forget", "--out", &out, "--state", &state, "-q"];
-    let forgot = run(&[&forget[..], &["after-upgrade", &old]].concat());
-    assert!(
-        forgot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&forgot.stderr)
-    );
-    let (code, lines, err) = validate(&dir, &["--state", &state]);
-    assert_eq!(code, 0, "{lines:#?}\n{err}");
-    let after = read_json(&dir.join("manifest.json"))["dataset"].clone();
+    let after = forget_then_validate(&dir, &state, &["after-upgrade", &old]);
     let gone = after["forgotten_lines"].as_u64().unwrap();
     assert!(gone >= 2, "{after}");
     assert_eq!(sum(&after["samples"]) + gone, sum(&d["samples"]), "{after}");
