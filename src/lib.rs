@@ -70,5 +70,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Send(args) => cmd::send::run(&args.config()),
         Command::Validate(args) => cmd::validate::run(&args.config()),
         Command::Forget(args) => cmd::forget::run(&args.config()),
+        Command::Completions(args) => cli::shell::completions(args.shell),
+        Command::Man(args) => cli::shell::man(args.dir.as_deref()),
     }
 }

@@ -13,6 +13,7 @@ mod integrity;
 mod iot;
 mod props;
 mod send;
+mod shell;
 mod soak;
 mod stores;
 mod tokens;
