@@ -16,5 +16,6 @@ mod send;
 mod shell;
 mod soak;
 mod stores;
+mod summary;
 mod tokens;
 mod validate_dir;
