@@ -6,6 +6,7 @@ mod budget;
 mod common;
 mod cron;
 mod curate;
+mod docs;
 mod dpo;
 mod export;
 mod hostile;
