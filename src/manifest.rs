@@ -1,6 +1,6 @@
 //! `manifest.json` of a directory export, typed to match
 //! `schemas/manifest.schema.json` (field order is the file's order), and
-//! the per-run totals it and the summary line are made of.
+//! the per-run totals it and the summary are made of.
 //!
 //! `dataset` describes the whole cumulative output (every night), from
 //! running sums the state keeps ([`Dataset`]); `counts`, `tokens` and
