@@ -1,9 +1,9 @@
 //! The export's summary on stderr. On a terminal it is a short block: a
 //! headline, then a line each for channels, tokens, skips, redactions, the
 //! rebuild's history and the dataset. Anywhere else (cron, a log file) it
-//! is one line of the essentials: sessions read, lines written per channel
-//! (pairs per signal), tokens, skips per reason, redactions, the dataset's
-//! lines. `--quiet` prints neither. Every figure, the per-channel tokens
+//! is one line of the essentials: sessions read per store, lines written
+//! per channel (pairs per signal), tokens, skips per reason, redactions, the
+//! dataset's lines. `--quiet` prints neither. Every figure, the per-channel tokens
 //! included, is in the manifest of a directory output.
 //!
 //! Events print their own line before the summary: a changed
@@ -66,7 +66,7 @@ fn parts(report: &Report, closed: &Closed, cfg: &ExportConfig) -> Parts {
         100.0 * trainable as f64 / total as f64
     };
     Parts {
-        read: format!("read {read} sessions"),
+        read: format!("read {read} sessions ({})", counts(&report.sessions_read)),
         wrote: format!("wrote {written} {shape} lines"),
         channels,
         how,
@@ -116,12 +116,7 @@ fn block(report: &Report, closed: &Closed, cfg: &ExportConfig, p: Parts, dataset
     };
     let (total, trainable, share, longest) = p.tokens;
     let mut lines = vec![
-        format!(
-            "{} ({}); {}",
-            p.read,
-            counts(&report.sessions_read),
-            p.wrote
-        ),
+        format!("{}; {}", p.read, p.wrote),
         format!("channels: {}", p.channels),
         format!(
             "tokens ({}, at most {} a line): {total}, {trainable} trainable ({share:.0}%), longest {longest}; system prompts: {}",
