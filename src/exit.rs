@@ -1,4 +1,5 @@
-//! Exit codes. Every code is documented in the README; keep the two in sync.
+//! Exit codes. [`TABLE`] describes every one in a line, for `--help` and the
+//! man page; README.md explains each (tests/it/docs.rs checks it lists them all).
 
 /// Everything worked.
 pub const OK: u8 = 0;
@@ -33,6 +34,41 @@ pub const BAD_REPLY: u8 = 15;
 pub const NOT_CAPTURED: u8 = 16;
 /// `send`: TLS failed (certificate not trusted, handshake).
 pub const TLS: u8 = 17;
+
+/// Every exit code with its meaning in one line (`--help`, the man page).
+pub const TABLE: [(u8, &str); 16] = [
+    (OK, "success, including \"nothing new\""),
+    (
+        ERROR,
+        "fatal error, or a refused output (the message says which)",
+    ),
+    (USAGE, "usage error: a bad flag, value, path or event"),
+    (
+        PARTIAL,
+        "partial: some inputs were unreadable and skipped (each named)",
+    ),
+    (INVALID, "validate found problems"),
+    (LOCKED, "another run holds the lock"),
+    (EMPTY, "export --fail-on-empty: the output holds no line"),
+    (
+        DROPPED,
+        "export --fail-on-drop: a selected turn or pair was dropped",
+    ),
+    (UNREACHABLE, "send: the API server is unreachable"),
+    (AUTH, "send: the key was rejected (401/403)"),
+    (RATE_LIMITED, "send: rate limited (429)"),
+    (
+        SERVER,
+        "send: server error (5xx) or request refused (other 4xx)",
+    ),
+    (TIMEOUT, "send: no reply within --timeout"),
+    (BAD_REPLY, "send: the reply was not a chat completion"),
+    (
+        NOT_CAPTURED,
+        "send --verify: the turn did not appear in the stores in time",
+    ),
+    (TLS, "send: TLS failed (certificate not trusted, handshake)"),
+];
 
 /// An error that carries its own exit code. Anything else that reaches
 /// `main` exits with [`ERROR`].

@@ -70,27 +70,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Send(args) => cmd::send::run(&args.config()),
         Command::Validate(args) => cmd::validate::run(&args.config()),
         Command::Forget(args) => cmd::forget::run(&args.config()),
-        Command::Completions { shell } => shell_help(|cmd, out| {
-            clap_complete::generate(shell, cmd, "hermes-harvest", out);
-            Ok(())
-        }),
-        Command::Man => shell_help(|cmd, out| clap_mangen::Man::new(cmd.clone()).render(out)),
+        Command::Completions(args) => cli::shell::completions(args.shell),
+        Command::Man(args) => cli::shell::man(args.dir.as_deref()),
     }
-}
-
-/// Writes what `f` makes of the command-line definition (a completion
-/// script, the man page) through the one stdout writer, so a reader that
-/// closes the pipe early ends it quietly, as for any other data.
-fn shell_help(
-    f: impl FnOnce(&mut clap::Command, &mut Vec<u8>) -> std::io::Result<()>,
-) -> Result<u8> {
-    use clap::CommandFactory;
-    let mut cmd = Cli::command();
-    let mut out = Vec::new();
-    f(&mut cmd, &mut out)?;
-    let mut stdout = sink::Stdout::new();
-    // `line` adds the newline the generated text ends with.
-    stdout.line(out.strip_suffix(b"\n").unwrap_or(&out))?;
-    stdout.finish()?;
-    Ok(exit::OK)
 }

@@ -1,6 +1,6 @@
 //! `manifest.json` of a directory export, typed to match
 //! `schemas/manifest.schema.json` (field order is the file's order), and
-//! the per-run totals it and the summary line are made of.
+//! the per-run totals it and the summary are made of.
 //!
 //! `dataset` describes the whole cumulative output (every night), from
 //! running sums the state keeps ([`Dataset`]); `counts`, `tokens` and
@@ -255,6 +255,30 @@ pub struct Counts<'a> {
     pub signals: Option<BTreeMap<&'static str, usize>>,
     pub skipped: &'a BTreeMap<&'static str, usize>,
     pub new_lines: u64,
+    /// What the rebuild left out of the sessions read.
+    pub history: HistoryDoc,
+}
+
+/// The manifest's `counts.history`.
+#[derive(Debug, Serialize)]
+pub struct HistoryDoc {
+    pub summaries: usize,
+    pub compaction_copies: usize,
+    pub undone_rows: usize,
+    pub harness_rows: usize,
+    pub merged_user_turns: usize,
+}
+
+impl From<&RebuildStats> for HistoryDoc {
+    fn from(s: &RebuildStats) -> HistoryDoc {
+        HistoryDoc {
+            summaries: s.summaries,
+            compaction_copies: s.compaction_copies,
+            undone_rows: s.undone_rows,
+            harness_rows: s.harness_rows,
+            merged_user_turns: s.merged_user_turns,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -265,6 +289,8 @@ pub struct Tokens<'a> {
     pub trainer_max_length_at_least: usize,
     pub tools_policy: &'static str,
     pub system_prompt_policy: &'static str,
+    /// Called tools' definitions borrowed from other sessions of the home.
+    pub definitions_borrowed: usize,
     /// Samples per system prompt they carry (the policy's, or a shorter
     /// one it fell back to).
     pub system_prompts: BTreeMap<&'static str, usize>,
@@ -349,6 +375,7 @@ impl<'a> Manifest<'a> {
                 signals: cfg.shape.is_dpo().then(|| i.totals.per_signal(cfg)),
                 skipped: &i.report.skipped,
                 new_lines: w.new_lines,
+                history: (&i.totals.history).into(),
             },
             tokens: tokens(i),
             redactions: cfg.redact.then_some(i.redactions),
@@ -433,6 +460,7 @@ fn tokens<'a>(i: &Inputs<'a>) -> Tokens<'a> {
             ToolsPolicy::None => "none",
         },
         system_prompt_policy: cfg.system.as_str(),
+        definitions_borrowed: i.totals.definitions_borrowed,
         system_prompts: i.totals.prompts.clone(),
         template: i.counting.template.clone(),
         channels: selected_channels(cfg)

@@ -197,9 +197,10 @@ impl std::ops::DerefMut for Session {
 }
 
 /// Where a conversation happened: `telegram` (`source = 'telegram'`),
-/// `tui` (`cli` or `tui`), `nexus` (`source = 'nexus'`, an API-server
-/// session whose id has the Nexus prefix, or a title starting with
-/// "nexus"), and `other` for everything else.
+/// `tui` (`cli`, `tui` or `oneshot`), `nexus` (`source = 'nexus'`, an
+/// API-server session whose id has the Nexus prefix, or a session of another
+/// source whose title starts with "nexus", any case), and `other` for
+/// everything else. The telegram and tui sources win over a title.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Channel {
     Nexus,

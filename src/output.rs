@@ -243,13 +243,7 @@ impl FileOut {
         drop(file);
         if drop_empty && bytes == 0 {
             drop(self.temp);
-            match std::fs::remove_file(&target) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing {}", target.display()));
-                }
-                _ => {}
-            }
-            sync_dir(&target);
+            remove_empty(&target)?;
             return Ok((self.name, Committed::default()));
         }
         if let Some(temp) = self.temp {
@@ -266,6 +260,31 @@ impl FileOut {
             },
         ))
     }
+
+    /// Leaves a cumulative file as committed, appending nothing; a file
+    /// that holds no byte (this run created it) is removed again, as
+    /// [`FileOut::commit`] removes it.
+    fn leave(self) -> Result<()> {
+        let empty = self.out.get_ref().metadata()?.len() == 0;
+        drop(self.out);
+        if empty {
+            remove_empty(&self.target)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes a split file left without a line: a 0-byte JSONL file makes
+/// loaders fail (`datasets` refuses it, mlx-lm an empty valid.jsonl).
+fn remove_empty(target: &Path) -> Result<()> {
+    match std::fs::remove_file(target) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", target.display()));
+        }
+        _ => {}
+    }
+    sync_dir(target);
+    Ok(())
 }
 
 fn refused(msg: String) -> anyhow::Error {
@@ -501,7 +520,10 @@ impl Output {
             }
             Kind::Dir { dir, train, valid } => {
                 if self.cumulative && nothing_new && dir.join("manifest.json").exists() {
-                    // The manifest and card already describe these files.
+                    // The manifest and card already describe these files; a
+                    // split file this run opened empty goes again.
+                    train.leave()?;
+                    valid.leave()?;
                     return Ok(None);
                 }
                 let placed = self.splits.placed.iter().filter(|(_, l)| **l);

@@ -964,7 +964,7 @@ mod tests {
 
     /// The corpus under `fixtures/redaction/`: every planted secret found
     /// (and gone from the output), no ordinary line changed. Prints the
-    /// figures the README quotes (`cargo test --lib redaction_corpus --
+    /// figures docs/redaction-and-hardening.md quotes (`cargo test --lib redaction_corpus --
     /// --nocapture`).
     #[test]
     fn redaction_corpus() {

@@ -1,4 +1,4 @@
-//! Warnings, skip counters and the one-line summary, all on stderr.
+//! Warnings, skip counters and the lines of the summary, all on stderr.
 
 use std::collections::BTreeMap;
 
@@ -41,7 +41,7 @@ impl Report {
     /// Shows a progress bar of `len` steps on stderr, only when stderr is a
     /// terminal and the run is not quiet.
     pub fn start_progress(&mut self, len: u64, what: &str) {
-        if self.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        if self.quiet || !self.on_terminal() {
             return;
         }
         let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
@@ -102,6 +102,25 @@ impl Report {
             let text = clean(&text);
             self.bar.suspend(|| eprintln!("hermes-harvest: {text}"));
         }
+    }
+
+    /// Whether stderr is a terminal (a person reads it), not a log or cron.
+    pub fn on_terminal(&self) -> bool {
+        std::io::IsTerminal::is_terminal(&std::io::stderr())
+    }
+
+    /// Lines of information printed as one block, the later ones indented
+    /// under the first; hidden by `--quiet`.
+    pub fn info_block(&self, lines: &[String]) {
+        if self.quiet {
+            return;
+        }
+        self.bar.suspend(|| {
+            for (i, line) in lines.iter().enumerate() {
+                let lead = if i == 0 { "hermes-harvest: " } else { "  " };
+                eprintln!("{lead}{}", clean(line));
+            }
+        });
     }
 
     pub fn skip(&mut self, reason: Skip) {

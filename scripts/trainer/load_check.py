@@ -1,6 +1,6 @@
 """Loads each export directory with `load_dataset(DIR)` (one call, both
 splits, through the card's front matter) and compares every row with its
-JSON line. Run by hand with any `datasets` (the README's figures: 5.2.0 from
+JSON line. Run by hand with any `datasets` (the figures of docs/output.md: 5.2.0 from
 target/recipes-venv, and 4.8.5, on exports of both captures in each format,
 with and without meta, tools, tool calls and reasoning):
 

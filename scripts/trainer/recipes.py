@@ -1,12 +1,13 @@
-"""Runs the training recipes of the README and of the dataset cards as
+"""Runs the training recipes of docs/training.md (its "## Recipes" section,
+of which the README's recipes are copies) and of the dataset cards as
 written (for scripts/trainer-recipes.sh), and prints one result block per
 recipe for the golden file.
 
-    python recipes.py README.md WORK
+    python recipes.py docs/training.md WORK
 
 WORK holds the exports (`timmy-sft/`, `timmy-dpo/`, `timmy-dpo-flat/`, each
 with the card the tool wrote) and the model (`models/base/`). Every recipe
-runs in WORK, so the README's relative paths (`timmy-sft`, `models/base`)
+runs in WORK, so the recipes' relative paths (`timmy-sft`, `models/base`)
 name them; its `~/autolora/data/` and `~/models/` are read as WORK, and a
 card's `DIR` and `MODEL` as the card's directory and `models/base`.
 
@@ -38,8 +39,9 @@ def blocks(text):
 
 def readme_recipes():
     text = README.read_text()
-    start = text.index("## Training with it")
-    end = text.index("\n## ", start + 1)
+    start = text.index("## Recipes")
+    end = text.find("\n## ", start + 1)
+    end = len(text) if end < 0 else end
     out = []
     for lang, code in blocks(text[start:end]):
         code = code.replace("~/autolora/data/", "").replace("~/models/base", "models/base")

@@ -3,6 +3,7 @@
 //! configuration (`crate::config`), and enums here mirror the domain's.
 
 mod map;
+pub mod shell;
 
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// and inject Nexus perception events into Hermes.
 #[derive(Debug, Parser)]
 #[command(name = "hermes-harvest", version, about, long_about = None)]
+#[command(after_long_help = exit_codes())]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -31,13 +33,35 @@ pub enum Command {
     /// Remove sessions from a cumulative export and keep them out of every
     /// later run of its state.
     Forget(ForgetArgs),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// Print the man page (roff) of hermes-harvest.
-    Man,
+    /// Print a shell completion script on stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout, or write one page per command
+    /// into a directory.
+    Man(ManArgs),
+}
+
+/// The exit codes, one a line, for the end of `--help` and the man page.
+fn exit_codes() -> String {
+    let mut out = String::from("Exit codes:\n");
+    for (code, meaning) in crate::exit::TABLE {
+        out.push_str(&format!("  {code:>2}  {meaning}\n"));
+    }
+    out
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write hermes-harvest.1 and hermes-harvest-<command>.1 into this existing directory
+    /// instead of printing hermes-harvest.1
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Where the Hermes data lives.
@@ -57,11 +81,17 @@ pub enum FormatArg {
     Dpo,
 }
 
+/// The channels, as `model::Channel::of` decides them from the session's
+/// source (state.db's `sessions.source`, else a session file's platform).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ChannelArg {
+    /// Source nexus, an api_server id with --nexus-prefix, or a title "nexus…"
     Nexus,
+    /// Source telegram
     Telegram,
+    /// Source cli, tui or oneshot (the terminal, `hermes chat -q`)
     Tui,
+    /// Everything else (other api_server sessions, webhooks, other platforms)
     Other,
 }
 
@@ -93,8 +123,11 @@ pub enum ToolsArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SignalArg {
+    /// An undone reply, the same prompt again: the new answer beats the undone one
     Rewind,
+    /// A prompt sent again right after its answer: the later answer beats the first
     Regenerate,
+    /// A failed tool call, then one that works at the same step: the second wins
     ToolRetry,
 }
 
@@ -105,7 +138,9 @@ pub struct ExportArgs {
     /// Output shape
     #[arg(long, value_enum, default_value = "sft")]
     pub format: FormatArg,
-    /// Channels to export (comma-separated or repeated) [default: all]
+    /// Channels to export (comma-separated or repeated) [default: all]. A session's channel
+    /// comes from its source (state.db's, else its file's platform); a telegram or tui
+    /// source wins over a "nexus" title
     #[arg(long, value_enum, value_delimiter = ',')]
     pub channel: Vec<ChannelArg>,
     /// Raw `sessions.source` values to export (e.g. api_server, webhook)
@@ -168,7 +203,8 @@ pub struct ExportArgs {
     /// Preference signals to mine for DPO [default: all]
     #[arg(long, value_enum, value_delimiter = ',')]
     pub signals: Vec<SignalArg>,
-    /// Session-id prefix that marks API-server sessions as Nexus traffic
+    /// Session-id prefix that makes an `api_server` session a nexus one (the ids `send`
+    /// uses start with nexus-); an empty prefix turns this rule off
     #[arg(long, default_value = "nexus-", value_name = "PREFIX")]
     pub nexus_prefix: String,
     /// `-` for stdout, FILE.jsonl (written atomically), or DIR/ for train/valid split plus manifest

@@ -1,8 +1,10 @@
 //! The `export` pipeline: stores → sessions → rebuilt conversations →
 //! selection ([`crate::select`]) → formatter → redaction → output, with a
-//! one-line summary on stderr and, for directory output, a manifest
+//! summary on stderr ([`summary`]) and, for directory output, a manifest
 //! ([`crate::manifest`]). With `--state`, what the run covered is folded
 //! into the state file ([`crate::state`]) after the outputs are in place.
+
+mod summary;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -28,7 +30,7 @@ use crate::output::Output;
 use crate::paths::{DIR_FILES, Dest, Plan};
 use crate::rebuild::{self, Rebuilt, Signal};
 use crate::redact::Redactor;
-use crate::report::{Report, counts};
+use crate::report::Report;
 use crate::select::{self, Dedupe};
 use crate::shape::Shape;
 use crate::skip::Skip;
@@ -162,7 +164,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
         closed.retracted = retract(path, &mut st, &plan.dest, &mut closed.superseded)?;
         crate::state::clear_inflight(path);
     }
-    summarize(&report, &closed, cfg);
+    summary::print(&report, &closed, cfg);
     Ok(exit_code(&report, &closed.totals, cfg, Some(held)))
 }
 
@@ -1130,125 +1132,6 @@ fn commit_state(
         st.save(path)?;
     }
     Ok(())
-}
-
-fn summarize(report: &Report, closed: &Closed, cfg: &ExportConfig) {
-    let totals = &closed.totals;
-    let written: usize = totals.samples.values().sum();
-    let h = &totals.history;
-    if let Some((from, to)) = closed.fraction_changed {
-        report.info(format_args!(
-            "--valid-fraction changed from {from} to {to}: it applies to units new from now on; the units already placed keep their split"
-        ));
-    }
-    let split = split_summary(closed);
-    if closed.retracted > 0 {
-        report.info(format_args!(
-            "retracted {} line(s) whose answer Hermes's history shows regenerated, undone or rewound since it was exported; their other turns are written again by the next run",
-            closed.retracted
-        ));
-    }
-    let cumulative = cfg.state.is_some();
-    if cumulative && written == 0 && closed.written.as_ref().is_none_or(|w| w.new_lines == 0) {
-        report.info(format_args!(
-            "nothing new since the last run; outputs left as they were (read {} sessions){split}",
-            report.sessions_read.values().sum::<usize>()
-        ));
-        return;
-    }
-    let signals = if cfg.shape.is_dpo() {
-        format!("; pairs per signal: {}", counts(&totals.per_signal(cfg)))
-    } else {
-        String::new()
-    };
-    let tokens = token_summary(totals);
-    let borrowed = match totals.definitions_borrowed {
-        0 => String::new(),
-        n => format!("; {n} called tools' definitions borrowed from other sessions"),
-    };
-    if let Some(w) = closed.written.as_ref().filter(|w| !w.delivered) {
-        report.info(format_args!(
-            "the reader closed the output after {} of the {written} lines (`| head`): the rest were not delivered",
-            w.delivered_lines
-        ));
-    }
-    report.info(format_args!(
-        "read {} sessions ({}); wrote {written} {} lines ({}){signals}; tokens ({} of at most {} each): {}; system prompts: {}; skipped: {}; redacted: {}; history: {} summaries and {} compaction copies dropped, {} undone rows left out{borrowed}{split}",
-        report.sessions_read.values().sum::<usize>(),
-        counts(&report.sessions_read),
-        if cfg.shape.is_dpo() { "dpo" } else { "sft" },
-        counts(&totals.per_channel(cfg)),
-        if closed.exact { "exact" } else { "estimated" },
-        cfg.max_tokens,
-        tokens,
-        counts(&totals.prompts),
-        counts(&report.skipped),
-        if cfg.redact { counts(&closed.redactions) } else { "off".to_string() },
-        h.summaries,
-        h.compaction_copies,
-        h.undone_rows,
-    ));
-}
-
-/// The split of a directory output, in units and lines, for the summary.
-fn split_summary(closed: &Closed) -> String {
-    let Some(m) = &closed.manifest else {
-        return String::new();
-    };
-    let d = &m["dataset"];
-    let figure = |k: &str, f: &str| d[k][f].as_u64().unwrap_or(0);
-    let mut out = format!(
-        "; dataset: train {} units, {} lines; valid {} units, {} lines",
-        figure("units", "train"),
-        figure("lines", "train.jsonl"),
-        figure("units", "valid"),
-        figure("lines", "valid.jsonl"),
-    );
-    if figure("lines", "valid.jsonl") == 0 && figure("lines", "train.jsonl") > 0 {
-        out.push_str(
-            " (no validation file yet: too few units for --valid-fraction; mlx-lm needs one)",
-        );
-    }
-    out
-}
-
-/// Token figures per channel that wrote or dropped samples, for the summary.
-fn token_summary(totals: &Totals) -> String {
-    let tokens: Vec<String> = Channel::ALL
-        .iter()
-        .filter_map(|c| {
-            let t = totals.tokens.get(c.as_str())?;
-            (t.samples > 0 || t.over_budget > 0).then(|| {
-                let missing = if t.tool_definitions_missing > 0 {
-                    format!(
-                        "; {} without a called tool's definition",
-                        t.tool_definitions_missing
-                    )
-                } else {
-                    String::new()
-                };
-                let share = if t.total == 0 {
-                    0.0
-                } else {
-                    100.0 * t.trainable as f64 / t.total as f64
-                };
-                format!(
-                    "{} {} (trainable {}, {share:.0}%; last turn {}; longest {}; over budget {}{missing})",
-                    c.as_str(),
-                    t.total,
-                    t.trainable,
-                    t.last_turn,
-                    t.longest,
-                    t.over_budget,
-                )
-            })
-        })
-        .collect();
-    if tokens.is_empty() {
-        "none".to_string()
-    } else {
-        tokens.join(", ")
-    }
 }
 
 /// The manifest's `sources`: each store with what it contributed.

@@ -1,8 +1,7 @@
 //! The architecture drawing of `src/`, checked: which module imports which
 //! (`crate::…`, `super::…` and a `mod.rs`'s own `child::…` paths, test code
 //! left out), with no circle and none of the imports that run against the
-//! data flow. Run with `--nocapture` to print the drawing. Also: the man page
-//! and completions, which are made from the same clap definitions.
+//! data flow. Run with `--nocapture` to print the drawing.
 //!
 //! The floors, as the data flows (module → floor):
 //! - Face: `main`, `lib`, `cli`; Commands: `cmd`; Config: `config`, `paths`;
@@ -338,33 +337,4 @@ fn the_drawing_sees_every_kind_of_import() {
         code_only("x\n// crate::b\n#[cfg(test)]\nmod tests {\n    use crate::c;\n}"),
         "x"
     );
-}
-
-#[test]
-fn completions_and_man_page_come_from_the_clap_definitions() {
-    use crate::common::run;
-    for shell in ["bash", "zsh", "fish"] {
-        let out = run(&["completions", shell]);
-        assert!(
-            out.status.success(),
-            "{shell}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        for sub in ["export", "sources", "send", "validate", "forget"] {
-            assert!(text.contains(sub), "{shell} completion misses {sub}");
-        }
-        assert!(
-            text.contains("valid-fraction"),
-            "{shell} completion misses export's flags"
-        );
-    }
-    let man = run(&["man"]);
-    assert!(man.status.success());
-    let page = String::from_utf8_lossy(&man.stdout);
-    assert!(
-        page.starts_with(".ie") && page.contains(".TH hermes-harvest 1"),
-        "{page}"
-    );
-    assert_eq!(run(&["completions", "tcsh"]).status.code(), Some(2));
 }

@@ -65,10 +65,7 @@ fn every_sample_fits_the_default_budget_as_the_trainer_renders_it() {
                     ],
                 );
                 assert_eq!(code, 0, "{stderr}");
-                assert!(
-                    stderr.contains("tokens (exact of at most 2048 each)"),
-                    "{stderr}"
-                );
+                assert!(stderr.contains(" tokens (exact), "), "{stderr}");
                 for v in &lines {
                     let c = counter.count_line(v).unwrap();
                     assert!(c.total <= 2048, "{version} {format} {system}: {c:?}");
@@ -535,7 +532,8 @@ fn a_sample_that_does_not_fit_with_the_session_prompt_falls_back_and_is_counted(
         written,
         manifest["counts"]["channels"]["nexus"].as_u64().unwrap()
     );
-    assert!(stderr.contains("system prompts: session="), "{stderr}");
+    // The one-line summary leaves the prompts to the manifest (above).
+    assert!(!stderr.contains("system prompts:"), "{stderr}");
 }
 
 #[test]

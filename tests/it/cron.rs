@@ -1104,3 +1104,37 @@ fn a_version_3_state_is_migrated_and_its_sessions_keep_their_split() {
         + st["units"]["valid"].as_array().map_or(0, Vec::len);
     assert_eq!(units, 80, "every session placed once");
 }
+
+#[test]
+fn a_night_with_nothing_new_leaves_no_empty_split_file() {
+    // Too few units for a validation split: valid.jsonl is never made, and
+    // a later night that finds nothing new must not leave it empty (a
+    // 0-byte split file makes loaders fail, and validate refuses it).
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let out = format!("{}/", work.path().join("out").display());
+    let state = work.path().join("state.json");
+    let args = [
+        "--format",
+        "dpo",
+        "--out",
+        &out,
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    for night in 1..=2 {
+        let (code, _, stderr) = export(home.path(), &args);
+        assert_eq!(code, 0, "night {night}: {stderr}");
+        assert!(
+            !work.path().join("out/valid.jsonl").exists(),
+            "night {night}"
+        );
+        let check = run(&["validate", &out, "--state", state.to_str().unwrap()]);
+        assert_eq!(
+            check.status.code(),
+            Some(0),
+            "night {night}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}
