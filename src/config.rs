@@ -46,6 +46,8 @@ pub struct ExportConfig {
     pub sources: Vec<String>,
     pub sessions: Vec<String>,
     pub models: Vec<String>,
+    /// Listing flags whose sessions are left out; sorted, without repeats.
+    pub exclude: Vec<crate::model::Listed>,
     pub since: Option<f64>,
     pub until: Option<f64>,
     pub min_turns: usize,

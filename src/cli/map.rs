@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::{
-    ChannelArg, DpoStyleArg, EventKindArg, ExportArgs, ForgetArgs, FormatArg, HomeArgs, SendArgs,
-    ShapeArg, SignalArg, SourcesArgs, TargetArg, ToolsArg, ValidateArgs,
+    ChannelArg, DpoStyleArg, EventKindArg, ExcludeArg, ExportArgs, ForgetArgs, FormatArg, HomeArgs,
+    SendArgs, ShapeArg, SignalArg, SourcesArgs, TargetArg, ToolsArg, ValidateArgs,
 };
 use crate::config::{
     ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig, ValidateConfig, parse_when,
@@ -18,7 +18,7 @@ use crate::config::{
 use crate::format::SystemPolicy;
 use crate::format::tools::ToolsPolicy;
 use crate::home::HomeChoice;
-use crate::model::Channel;
+use crate::model::{Channel, Listed};
 use crate::rebuild::Signal;
 use crate::send::event::EventKind;
 use crate::shape::Shape;
@@ -39,6 +39,17 @@ impl ChannelArg {
             ChannelArg::Telegram => Channel::Telegram,
             ChannelArg::Tui => Channel::Tui,
             ChannelArg::Other => Channel::Other,
+        }
+    }
+}
+
+impl ExcludeArg {
+    fn domain(self) -> Listed {
+        match self {
+            ExcludeArg::Hidden => Listed::Hidden,
+            ExcludeArg::Archived => Listed::Archived,
+            ExcludeArg::AutoArchived => Listed::AutoArchived,
+            ExcludeArg::Pinned => Listed::Pinned,
         }
     }
 }
@@ -115,6 +126,7 @@ impl ExportArgs {
             sources: self.source.clone(),
             sessions: self.session.clone(),
             models: self.model.clone(),
+            exclude: sorted(self.exclude.iter().map(|e| e.domain()).collect()),
             since: when(&self.since)?,
             until: when(&self.until)?,
             min_turns: self.min_turns,

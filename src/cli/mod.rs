@@ -96,6 +96,18 @@ pub enum ChannelArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExcludeArg {
+    /// Sessions hidden in the desktop app (`sessions.hidden`)
+    Hidden,
+    /// Sessions the user archived (`sessions.archived`)
+    Archived,
+    /// Sessions the idle sweep archived (`sessions.auto_archived`)
+    AutoArchived,
+    /// Pinned sessions (`sessions.pinned`)
+    Pinned,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TargetArg {
     /// Tool-call arguments as JSON objects (TRL, mlx-lm, axolotl)
     Hf,
@@ -152,6 +164,11 @@ pub struct ExportArgs {
     /// Only sessions whose upstream model matches
     #[arg(long)]
     pub model: Vec<String>,
+    /// Leave out sessions with these listing flags (state.db v31, Hermes 0.22+;
+    /// comma-separated or repeated), counted in the summary as <flag>_session.
+    /// By default every session is exported, whatever its flags
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "FLAG")]
+    pub exclude: Vec<ExcludeArg>,
     /// Only turns at or after this time: a date, RFC 3339, or a duration such as 7d, 12h
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,

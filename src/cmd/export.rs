@@ -435,11 +435,17 @@ impl<'a> Run<'a> {
         };
         report.start_progress(progress_len, "exporting");
         let unselected = RefCell::new(Vec::new());
+        let mut excluded: BTreeMap<Skip, usize> = BTreeMap::new();
         stores.each_session(
             report,
             db_heads,
             &|h| select::wants(cfg, h),
-            &mut |h| unselected.borrow_mut().push(h.id.clone()),
+            &mut |h| {
+                if let Some(flag) = select::excluded_by(cfg, h) {
+                    *excluded.entry(Skip::excluded(flag)).or_default() += 1;
+                }
+                unselected.borrow_mut().push(h.id.clone())
+            },
             &mut |session, report| {
                 report.tick();
                 if session.origin != Some(Origin::StateDb) && self.dedupe.active {
@@ -455,6 +461,9 @@ impl<'a> Run<'a> {
             },
         )?;
         report.finish_progress();
+        for (reason, n) in excluded {
+            report.skip_n(reason, n);
+        }
         self.coverage.unselected = unselected.into_inner();
         Ok(())
     }
