@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::{
-    ChannelArg, DpoStyleArg, EventKindArg, ExcludeArg, ExportArgs, ForgetArgs, FormatArg, HomeArgs,
-    SendArgs, ShapeArg, SignalArg, SourcesArgs, TargetArg, ToolsArg, ValidateArgs,
+    ChannelArg, DpoStyleArg, EstimateFamilyArg, EventKindArg, ExcludeArg, ExportArgs, ForgetArgs,
+    FormatArg, HomeArgs, SendArgs, ShapeArg, SignalArg, SourcesArgs, TargetArg, ToolsArg,
+    ValidateArgs,
 };
 use crate::config::{
-    ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig, ValidateConfig, parse_when,
-    part_rows_from_env,
+    EstimateChoice, ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig, ValidateConfig,
+    parse_when, part_rows_from_env,
 };
 use crate::format::SystemPolicy;
 use crate::format::tools::ToolsPolicy;
@@ -22,6 +23,7 @@ use crate::model::{Channel, Listed};
 use crate::rebuild::Signal;
 use crate::send::event::EventKind;
 use crate::shape::Shape;
+use crate::tokens::family::Family;
 
 impl HomeArgs {
     fn choice(&self) -> HomeChoice {
@@ -132,6 +134,12 @@ impl ExportArgs {
             min_turns: self.min_turns,
             max_tokens: self.max_tokens,
             tokenizer: self.tokenizer.clone(),
+            estimate: match self.estimate_family {
+                EstimateFamilyArg::Auto => EstimateChoice::Auto,
+                EstimateFamilyArg::Generic => EstimateChoice::Generic,
+                EstimateFamilyArg::Qwen => EstimateChoice::Family(Family::Qwen),
+                EstimateFamilyArg::Llama3 => EstimateChoice::Family(Family::Llama3),
+            },
             tools: self.tools.domain(),
             distractors: self.distractors,
             sft_context: self.sft_context,

@@ -2,6 +2,7 @@
 //! transformers' `apply_chat_template` produced on the same tokenizer
 //! directories (`scripts/tokenizer.sh golden`; versions in counts.json).
 
+use hermes_harvest::tokens::family::Family;
 use hermes_harvest::tokens::{Counter, Estimate};
 use serde_json::Value;
 
@@ -458,5 +459,56 @@ fn the_estimate_is_never_under_any_real_tokenizer_family() {
             min >= 1.0,
             "{name}: the estimate is under the real count ({min:.3})"
         );
+    }
+}
+
+/// Estimate / real count of each golden sample under `tokenizer` (a key of
+/// `golden/families.json`), with the estimate of `family`.
+fn ratios_of(family: Option<Family>, tokenizer: &str) -> Vec<f64> {
+    let (samples, _) = golden();
+    let fam: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("fixtures/tokenizer/golden/families.json")).unwrap(),
+    )
+    .unwrap();
+    let real = fam["tokenizers"][tokenizer].as_array().expect(tokenizer);
+    let mut estimate = Counter::with_estimate(None, family).unwrap();
+    samples
+        .iter()
+        .zip(real)
+        .map(|(s, r)| {
+            let (m, t) = parts(s);
+            let e = estimate.count_json(&m, t.as_deref()).unwrap().total;
+            e as f64 / r.as_u64().unwrap() as f64
+        })
+        .collect()
+}
+
+#[test]
+fn a_familys_estimate_is_never_under_and_at_most_15_percent_over_on_the_goldens() {
+    let cases = [
+        (Family::Qwen, "Qwen 2 / 2.5 / 3"),
+        (Family::Qwen, "Qwen 3.5 / 3.6"),
+        (Family::Llama3, "Llama 3 (3.1/3.2/3.3; Hermes 3/4 bases)"),
+    ];
+    for (family, tokenizer) in cases {
+        for (label, f) in [("generic", None), (family.as_str(), Some(family))] {
+            let mut r = ratios_of(f, tokenizer);
+            r.sort_by(f64::total_cmp);
+            eprintln!(
+                "{tokenizer}, {label} estimate / real: min {:.3} median {:.3} max {:.3}",
+                r[0],
+                r[r.len() / 2],
+                r[r.len() - 1]
+            );
+        }
+        let r = ratios_of(Some(family), tokenizer);
+        for (n, x) in r.iter().enumerate() {
+            let line = n + 1;
+            assert!(*x >= 1.0, "{tokenizer}: line {line} under ({x:.3})");
+            assert!(
+                *x <= 1.15,
+                "{tokenizer}: line {line} over by more than 15% ({x:.3})"
+            );
+        }
     }
 }
