@@ -13,8 +13,8 @@ use super::{
     ValidateArgs,
 };
 use crate::config::{
-    EstimateChoice, ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig, ValidateConfig,
-    parse_when, part_rows_from_env,
+    EstimateChoice, ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig,
+    ValidateConfig, parse_when, part_rows_from_env,
 };
 use crate::format::SystemPolicy;
 use crate::format::tools::ToolsPolicy;

@@ -25,7 +25,7 @@
 use serde_json::Value;
 
 use super::{Count, Sample, json_len};
-use crate::format::OutMsg;
+use crate::message::OutMsg;
 
 /// A tokenizer family with an estimate of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
