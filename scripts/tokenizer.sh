@@ -10,6 +10,8 @@
 #                                             tokens of a template without generation blocks)
 #   scripts/tokenizer.sh families             fixtures/tokenizer/golden/families.json (the golden
 #                                             renderings counted by every real tokenizer)
+#   scripts/tokenizer.sh estimate             the per-family estimate's constants and figures
+#                                             (src/tokens/family.rs; standard library only)
 #   scripts/tokenizer.sh judge FILE.jsonl --tokenizer DIR --max-length N
 #   scripts/tokenizer.sh all                  fixture, golden, calibrate
 #
@@ -17,6 +19,10 @@
 # tokenizers) is built by scripts/trainer-venv.sh under target/trainer-venv/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = estimate ]; then
+  shift
+  exec python3 scripts/tokenizer/estimate_fit.py "$@"
+fi
 VENV="$(scripts/trainer-venv.sh)"
 PY="$VENV/bin/python"
 export PYTHONHASHSEED=0 TOKENIZERS_PARALLELISM=false RAYON_NUM_THREADS=1 HF_HUB_OFFLINE=1 \
@@ -38,5 +44,5 @@ case "$cmd" in
     "$PY" scripts/tokenizer/prefix_diff.py
     "$PY" scripts/tokenizer/families.py
     ;;
-  *) sed -n '2,18p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,20p' "$0" >&2; exit 2 ;;
 esac

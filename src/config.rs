@@ -35,6 +35,16 @@ impl OutTarget {
     }
 }
 
+/// `--estimate-family`: the estimate used without `--tokenizer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EstimateChoice {
+    /// The family of the model Hermes serves, if known; else generic.
+    Auto,
+    /// The conservative estimate, never under any measured tokenizer.
+    Generic,
+    Family(crate::tokens::family::Family),
+}
+
 /// `export`'s settings. Value ranges (`max_tokens` at least 64, shares and
 /// fractions in range) are checked where the command line is read.
 #[derive(Debug, Clone)]
@@ -46,11 +56,15 @@ pub struct ExportConfig {
     pub sources: Vec<String>,
     pub sessions: Vec<String>,
     pub models: Vec<String>,
+    /// Listing flags whose sessions are left out; sorted, without repeats.
+    pub exclude: Vec<crate::model::Listed>,
     pub since: Option<f64>,
     pub until: Option<f64>,
     pub min_turns: usize,
     pub max_tokens: usize,
     pub tokenizer: Option<PathBuf>,
+    /// Which estimate counts without `tokenizer`.
+    pub estimate: EstimateChoice,
     pub tools: ToolsPolicy,
     /// Other offered tools a sample carries at most (`--tools used`).
     pub distractors: usize,

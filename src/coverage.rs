@@ -48,12 +48,19 @@ pub fn identities(exchanges: &[Exchange<'_>]) -> Vec<u64> {
 /// The session filters, as recorded in the state.
 pub fn selection(cfg: &ExportConfig) -> String {
     format!(
-        "channels={:?} sources={:?} sessions={:?} models={:?} nexus_prefix={:?}",
+        "channels={:?} sources={:?} sessions={:?} models={:?} nexus_prefix={:?}{}",
         cfg.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         cfg.sources,
         cfg.sessions,
         cfg.models,
-        cfg.nexus_prefix
+        cfg.nexus_prefix,
+        // Only when given, so states written before the flag keep their selection.
+        if cfg.exclude.is_empty() {
+            String::new()
+        } else {
+            let flags: Vec<&str> = cfg.exclude.iter().map(|f| f.as_str()).collect();
+            format!(" exclude={flags:?}")
+        }
     )
 }
 

@@ -154,6 +154,58 @@ pub struct SessionMeta {
     pub parent_id: Option<String>,
     /// `end_reason` of the parent row, when the parent exists (state.db).
     pub parent_end_reason: Option<String>,
+    /// The listing flags set on the session row (state.db v31).
+    pub listing: Listing,
+}
+
+/// Listing flags of a v31 `sessions` row: set by the desktop app (`hidden`,
+/// `archived`, `pinned`, through `PATCH /api/sessions/{id}`) or by the idle
+/// sweep (`auto_archived`). Stores without the columns read all false.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub hidden: bool,
+    pub archived: bool,
+    pub auto_archived: bool,
+    pub pinned: bool,
+}
+
+/// A listing flag `export --exclude` can leave sessions out by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Listed {
+    Hidden,
+    Archived,
+    AutoArchived,
+    Pinned,
+}
+
+impl Listed {
+    pub const ALL: [Listed; 4] = [
+        Listed::Hidden,
+        Listed::Archived,
+        Listed::AutoArchived,
+        Listed::Pinned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listed::Hidden => "hidden",
+            Listed::Archived => "archived",
+            Listed::AutoArchived => "auto-archived",
+            Listed::Pinned => "pinned",
+        }
+    }
+}
+
+impl Listing {
+    /// Whether the flag is set.
+    pub fn has(self, flag: Listed) -> bool {
+        match flag {
+            Listed::Hidden => self.hidden,
+            Listed::Archived => self.archived,
+            Listed::AutoArchived => self.auto_archived,
+            Listed::Pinned => self.pinned,
+        }
+    }
 }
 
 impl SessionMeta {

@@ -104,9 +104,7 @@ const COPY_SEARCH_WINDOW: usize = 4096;
 
 pub fn rebuild(session: &Session) -> Rebuilt {
     let mut stats = RebuildStats::default();
-    let by_uid = by_identity(&session.messages, &mut stats);
-    let rows = by_uid.as_deref().unwrap_or(&session.messages);
-    let (turns, undone) = structure(rows, &mut stats);
+    let (turns, undone) = stored(session, &mut stats);
     let undone_rows = undone.iter().flat_map(|(_, b)| b.iter().cloned()).collect();
     let (messages, alternatives) = meaning(turns, undone, &mut stats);
     Rebuilt {
@@ -115,6 +113,26 @@ pub fn rebuild(session: &Session) -> Rebuilt {
         stats,
         undone: undone_rows,
     }
+}
+
+/// Phase 1 with the identity reduction before it: the stored turns once
+/// each, in order, and the undone blocks.
+fn stored(
+    session: &Session,
+    stats: &mut RebuildStats,
+) -> (Vec<Message>, Vec<(usize, Vec<Message>)>) {
+    let by_uid = by_identity(&session.messages, stats);
+    let rows = by_uid.as_deref().unwrap_or(&session.messages);
+    structure(rows, stats)
+}
+
+/// Every turn the session stores, once, in order, before phase 2: undone
+/// rows set aside, summaries dropped, compaction clones and copies (a
+/// rotated child's head and tail, an in-place compaction's archived
+/// originals) counted once. Two identical user turns stay two turns, as
+/// phase 2 would merge them as a regeneration.
+pub fn stored_turns(session: &Session) -> Vec<Message> {
+    stored(session, &mut RebuildStats::default()).0
 }
 
 /// Ends the summary part of a summary row that carries a turn (0.22); the

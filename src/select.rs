@@ -1,7 +1,7 @@
 //! Which sessions and turns an export takes.
 //!
-//! - Sessions, before any message is read: channel, raw source, id and
-//!   model ([`wants`]).
+//! - Sessions, before any message is read: channel, raw source, id,
+//!   model and the `--exclude`d listing flags ([`wants`]).
 //! - Turns: inside the time window (a turn's own time, else its session's
 //!   start); new to the state (state.db turns past the watermark or listed
 //!   as pending, other stores' turns by identity); not a copy of a turn
@@ -16,7 +16,7 @@ use anyhow::Result;
 use crate::config::ExportConfig;
 use crate::coverage::{fingerprint, identities};
 use crate::format::Exchange;
-use crate::model::{Channel, Message, Origin, Session, SessionMeta};
+use crate::model::{Channel, Listed, Message, Origin, Session, SessionMeta};
 use crate::redact::Redactor;
 use crate::report::Report;
 use crate::shape::Shape;
@@ -34,6 +34,12 @@ pub fn wants(cfg: &ExportConfig, h: &SessionMeta) -> bool {
         && (cfg.sources.is_empty() || cfg.sources.contains(&h.source))
         && (cfg.sessions.is_empty() || cfg.sessions.contains(&h.id))
         && (cfg.models.is_empty() || h.model.as_ref().is_some_and(|m| cfg.models.contains(m)))
+        && excluded_by(cfg, h).is_none()
+}
+
+/// The first `--exclude` flag the session carries, if any.
+pub fn excluded_by(cfg: &ExportConfig, h: &SessionMeta) -> Option<Listed> {
+    cfg.exclude.iter().copied().find(|f| h.listing.has(*f))
 }
 
 /// Turn-level time window: at or after `since`, before `until`. A turn

@@ -86,6 +86,27 @@ reasons! {
     ForgottenSession => "forgotten_session",
     /// An exchange whose normalised copy is already in the other split.
     CrossSplitCopy => "cross_split_copy",
+    /// A session hidden in the desktop app, left out by `--exclude hidden`.
+    HiddenSession => "hidden_session",
+    /// A session the user archived, left out by `--exclude archived`.
+    ArchivedSession => "archived_session",
+    /// A session the idle sweep archived, left out by `--exclude auto-archived`.
+    AutoArchivedSession => "auto_archived_session",
+    /// A pinned session, left out by `--exclude pinned`.
+    PinnedSession => "pinned_session",
+}
+
+impl Skip {
+    /// The reason a session left out by `--exclude FLAG` is counted under.
+    pub fn excluded(flag: crate::model::Listed) -> Skip {
+        use crate::model::Listed;
+        match flag {
+            Listed::Hidden => Skip::HiddenSession,
+            Listed::Archived => Skip::ArchivedSession,
+            Listed::AutoArchived => Skip::AutoArchivedSession,
+            Listed::Pinned => Skip::PinnedSession,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,20 +8,22 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::{
-    ChannelArg, DpoStyleArg, EventKindArg, ExportArgs, ForgetArgs, FormatArg, HomeArgs, SendArgs,
-    ShapeArg, SignalArg, SourcesArgs, TargetArg, ToolsArg, ValidateArgs,
+    ChannelArg, DpoStyleArg, EstimateFamilyArg, EventKindArg, ExcludeArg, ExportArgs, ForgetArgs,
+    FormatArg, HomeArgs, SendArgs, ShapeArg, SignalArg, SourcesArgs, TargetArg, ToolsArg,
+    ValidateArgs,
 };
 use crate::config::{
-    ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig, ValidateConfig, parse_when,
-    part_rows_from_env,
+    EstimateChoice, ExportConfig, ForgetConfig, OutTarget, SendConfig, SourcesConfig,
+    ValidateConfig, parse_when, part_rows_from_env,
 };
 use crate::format::SystemPolicy;
 use crate::format::tools::ToolsPolicy;
 use crate::home::HomeChoice;
-use crate::model::Channel;
+use crate::model::{Channel, Listed};
 use crate::rebuild::Signal;
 use crate::send::event::EventKind;
 use crate::shape::Shape;
+use crate::tokens::family::Family;
 
 impl HomeArgs {
     fn choice(&self) -> HomeChoice {
@@ -39,6 +41,17 @@ impl ChannelArg {
             ChannelArg::Telegram => Channel::Telegram,
             ChannelArg::Tui => Channel::Tui,
             ChannelArg::Other => Channel::Other,
+        }
+    }
+}
+
+impl ExcludeArg {
+    fn domain(self) -> Listed {
+        match self {
+            ExcludeArg::Hidden => Listed::Hidden,
+            ExcludeArg::Archived => Listed::Archived,
+            ExcludeArg::AutoArchived => Listed::AutoArchived,
+            ExcludeArg::Pinned => Listed::Pinned,
         }
     }
 }
@@ -115,11 +128,18 @@ impl ExportArgs {
             sources: self.source.clone(),
             sessions: self.session.clone(),
             models: self.model.clone(),
+            exclude: sorted(self.exclude.iter().map(|e| e.domain()).collect()),
             since: when(&self.since)?,
             until: when(&self.until)?,
             min_turns: self.min_turns,
             max_tokens: self.max_tokens,
             tokenizer: self.tokenizer.clone(),
+            estimate: match self.estimate_family {
+                EstimateFamilyArg::Auto => EstimateChoice::Auto,
+                EstimateFamilyArg::Generic => EstimateChoice::Generic,
+                EstimateFamilyArg::Qwen => EstimateChoice::Family(Family::Qwen),
+                EstimateFamilyArg::Llama3 => EstimateChoice::Family(Family::Llama3),
+            },
             tools: self.tools.domain(),
             distractors: self.distractors,
             sft_context: self.sft_context,

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use anyhow::Result;
 
-use crate::config::ExportConfig;
+use crate::config::{EstimateChoice, ExportConfig};
 use crate::coverage;
 use crate::curate::meta::{self, Meta};
 use crate::curate::{Curator, quality};
@@ -39,6 +39,7 @@ use crate::source::session_files::ToolCatalog;
 use crate::state::Written;
 use crate::state::{Covered, TurnSelection};
 use crate::state::{RunCoverage, RunState};
+use crate::tokens::family::Family;
 use crate::tokens::{Counter, Estimate, Sample};
 
 /// What formatting a session needs besides the session.
@@ -48,6 +49,33 @@ struct Kit {
     catalog: ToolCatalog,
     /// System messages already made, shared by the sessions that use them.
     system_json: sft::SystemCache,
+}
+
+/// The tokenizer family whose estimate counts without `--tokenizer`:
+/// the one asked for, or with `auto` the family of the model Hermes
+/// serves (`config.yaml`), said once on stderr; `None` is the generic one.
+fn estimate_family(
+    cfg: &ExportConfig,
+    home: &crate::home::HermesHome,
+    report: &Report,
+) -> Option<Family> {
+    if cfg.tokenizer.is_some() {
+        return None;
+    }
+    match cfg.estimate {
+        EstimateChoice::Generic => None,
+        EstimateChoice::Family(f) => Some(f),
+        EstimateChoice::Auto => {
+            let serving = crate::tokens::hub::Serving::of(&home.dir)?;
+            let family = Family::of_model(&serving.model)?;
+            report.info(format!(
+                "estimating tokens for the {} family, from the model config.yaml serves ({}); --estimate-family generic for the generic estimate, --tokenizer for exact counts",
+                family.as_str(),
+                serving.model
+            ));
+            Some(family)
+        }
+    }
 }
 
 impl Kit {
@@ -60,7 +88,7 @@ impl Kit {
         let text = system.text.as_str();
         let n = match &self.counter {
             Counter::Estimate => Estimate::system(text),
-            Counter::Exact(_) => self
+            Counter::Family(_) | Counter::Exact(_) => self
                 .counter
                 .count(&Sample {
                     system: Some(text),
@@ -112,7 +140,13 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     let mut report = Report::new(cfg.strict, cfg.quiet);
     // The template is probed before any store, lock or state is touched.
     let with_system = cfg.system != SystemPolicy::None;
-    let counter = Counter::for_export(cfg.tokenizer.as_deref(), with_system, cfg.fold_system)?;
+    let family = estimate_family(&cfg, &home, &report);
+    let counter = Counter::for_export(
+        cfg.tokenizer.as_deref(),
+        family,
+        with_system,
+        cfg.fold_system,
+    )?;
     // Every path this run writes, resolved and checked first.
     let plan = crate::paths::plan(
         &cfg.out,
@@ -435,11 +469,17 @@ impl<'a> Run<'a> {
         };
         report.start_progress(progress_len, "exporting");
         let unselected = RefCell::new(Vec::new());
+        let mut excluded: BTreeMap<Skip, usize> = BTreeMap::new();
         stores.each_session(
             report,
             db_heads,
             &|h| select::wants(cfg, h),
-            &mut |h| unselected.borrow_mut().push(h.id.clone()),
+            &mut |h| {
+                if let Some(flag) = select::excluded_by(cfg, h) {
+                    *excluded.entry(Skip::excluded(flag)).or_default() += 1;
+                }
+                unselected.borrow_mut().push(h.id.clone())
+            },
             &mut |session, report| {
                 report.tick();
                 if session.origin != Some(Origin::StateDb) && self.dedupe.active {
@@ -455,6 +495,9 @@ impl<'a> Run<'a> {
             },
         )?;
         report.finish_progress();
+        for (reason, n) in excluded {
+            report.skip_n(reason, n);
+        }
         self.coverage.unselected = unselected.into_inner();
         Ok(())
     }

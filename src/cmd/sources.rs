@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::SourcesConfig;
 use crate::exit;
-use crate::model::Channel;
+use crate::model::{Channel, Listed};
 use crate::report::Report;
 use crate::source::Stores;
 use crate::source::state_db::StateDb;
@@ -44,6 +44,10 @@ pub struct StateDbDoc {
     pub sources: BTreeMap<String, usize>,
     /// Sessions per upstream model, the values `export --model` matches.
     pub models: BTreeMap<String, i64>,
+    /// Sessions per listing flag set (v31 `hidden`, `archived`,
+    /// `auto_archived`, `pinned`), the values `export --exclude` takes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub listed: BTreeMap<&'static str, usize>,
     pub first: Option<String>,
     pub last: Option<String>,
 }
@@ -144,6 +148,7 @@ fn state_db_doc(db: &StateDb, nexus_prefix: &str) -> Result<StateDbDoc> {
         channels,
         sources,
         models: models(db.connection()),
+        listed: listed(db)?,
         first: time(stats.first),
         last: time(stats.last),
     })
@@ -204,6 +209,13 @@ fn render(doc: &SourcesDoc) -> String {
             let list: Vec<String> = db.models.iter().map(|(k, v)| format!("{k}={v}")).collect();
             out += &format!("  models     {} (select with --model)\n", list.join(" "));
         }
+        if !db.listed.is_empty() {
+            let list: Vec<String> = db.listed.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out += &format!(
+                "  listed     {} (exported; leave out with --exclude)\n",
+                list.join(" ")
+            );
+        }
     } else {
         out += "\nstate.db           not found\n";
     }
@@ -229,6 +241,18 @@ fn render(doc: &SourcesDoc) -> String {
         out += &s.render();
     }
     out
+}
+
+/// Sessions per listing flag that is set on any (see [`StateDbDoc::listed`]).
+fn listed(db: &StateDb) -> Result<BTreeMap<&'static str, usize>> {
+    let mut out = BTreeMap::new();
+    db.for_each_head(|h| {
+        for flag in Listed::ALL.into_iter().filter(|f| h.listing.has(*f)) {
+            *out.entry(flag.as_str()).or_default() += 1;
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Sessions per upstream model (`sessions.model`; `-` for sessions without

@@ -361,6 +361,7 @@ impl Stores {
             end_reason: None,
             parent_id: None,
             parent_end_reason: None,
+            listing: Default::default(),
         })
     }
 

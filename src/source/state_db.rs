@@ -22,9 +22,11 @@
 //!   (uids of calls and results, which `tool_call_id` already pairs), and on
 //!   `sessions`: `created_source`, `title_source`, `transport_profile`,
 //!   `compression_*` (cool-downs and failure streaks), `rewind_count`,
-//!   `last_read_at`. `hidden`, `archived`, `auto_archived` and `pinned` are
-//!   listing flags of the desktop app and the idle sweep: every such session
-//!   is still a conversation the user had, so all are exported.
+//!   `last_read_at`.
+//! - `hidden`, `archived`, `auto_archived` and `pinned` are listing flags of
+//!   the desktop app and the idle sweep, read into the session head: every
+//!   such session is still a conversation the user had, so all are exported
+//!   unless `export --exclude FLAG` leaves them out (counted per flag).
 //! - New tables that hold no conversation: `conversation_generations` (a
 //!   per-chat counter of `/new` boundaries, for prompt-cache scopes, not
 //!   regenerations), `session_turn_leases`, `gateway_heartbeats`,
@@ -79,8 +81,7 @@ pub struct StateDb {
     upto: i64,
 }
 
-const HEAD_COLUMNS: &str =
-    "s.id, s.source, {title}, {model}, s.started_at, {end_reason}, {parent}, {parent_end}";
+const HEAD_COLUMNS: &str = "s.id, s.source, {title}, {model}, s.started_at, {end_reason}, {parent}, {parent_end}, {hidden}, {archived}, {auto_archived}, {pinned}";
 
 impl StateDb {
     /// Opens `path` read-only. Errors name the file and say what is wrong
@@ -505,12 +506,17 @@ fn version_key(v: &str) -> Vec<u64> {
 /// parent's end reason comes from a self-join when the store links parents.
 fn head_sql(scols: &HashSet<String>) -> String {
     let s = |name: &str| or_default(scols, name, "NULL").replace(name, &format!("s.{name}"));
+    let flag_col = |name: &str| or_default(scols, name, "0").replace(name, &format!("s.{name}"));
     let parent_join = scols.contains("parent_session_id");
     let head_cols = HEAD_COLUMNS
         .replace("{title}", &s("title"))
         .replace("{model}", &s("model"))
         .replace("{end_reason}", &s("end_reason"))
         .replace("{parent}", &s("parent_session_id"))
+        .replace("{hidden}", &flag_col("hidden"))
+        .replace("{archived}", &flag_col("archived"))
+        .replace("{auto_archived}", &flag_col("auto_archived"))
+        .replace("{pinned}", &flag_col("pinned"))
         .replace(
             "{parent_end}",
             if parent_join && scols.contains("end_reason") {
@@ -648,7 +654,18 @@ fn head_from_row(r: &Row<'_>) -> rusqlite::Result<SessionMeta> {
         end_reason: r.get(5)?,
         parent_id: r.get(6)?,
         parent_end_reason: r.get(7)?,
+        listing: crate::model::Listing {
+            hidden: flag(r, 8)?,
+            archived: flag(r, 9)?,
+            auto_archived: flag(r, 10)?,
+            pinned: flag(r, 11)?,
+        },
     })
+}
+
+/// A v31 listing flag: set when the column holds a non-zero number.
+fn flag(r: &Row<'_>, i: usize) -> rusqlite::Result<bool> {
+    Ok(r.get::<_, Option<i64>>(i).ok().flatten().unwrap_or(0) != 0)
 }
 
 /// Joins the head and tail of an oversize tool result read from the store.

@@ -9,6 +9,7 @@
 
 pub mod bpe;
 pub mod chat;
+pub mod family;
 pub mod hub;
 pub mod pyjson;
 
@@ -199,17 +200,29 @@ pub fn json_len(v: &Value) -> usize {
     c.0
 }
 
-/// Counts samples: exactly with a model's tokenizer, else by estimate.
+/// Counts samples: exactly with a model's tokenizer, else by estimate
+/// (a tokenizer family's own, or the generic one).
 pub enum Counter {
     Estimate,
+    Family(family::Family),
     Exact(Box<ChatTokenizer>),
 }
 
 impl Counter {
     pub fn new(tokenizer: Option<&Path>) -> Result<Counter> {
-        Ok(match tokenizer {
-            Some(p) => Counter::Exact(Box::new(ChatTokenizer::load(&hub::resolve(p)?)?)),
-            None => Counter::Estimate,
+        Counter::with_estimate(tokenizer, None)
+    }
+
+    /// Exact with `tokenizer`, else the estimate of `family` (generic
+    /// without one).
+    pub fn with_estimate(
+        tokenizer: Option<&Path>,
+        family: Option<family::Family>,
+    ) -> Result<Counter> {
+        Ok(match (tokenizer, family) {
+            (Some(p), _) => Counter::Exact(Box::new(ChatTokenizer::load(&hub::resolve(p)?)?)),
+            (None, Some(f)) => Counter::Family(f),
+            (None, None) => Counter::Estimate,
         })
     }
 
@@ -219,8 +232,13 @@ impl Counter {
     /// system prompt unless `none` is asked, one user turn, one answer) is
     /// a usage error (exit 2) with the template's message, before anything
     /// is read or written.
-    pub fn for_export(tokenizer: Option<&Path>, system: bool, fold: bool) -> Result<Counter> {
-        let mut counter = Counter::new(tokenizer)?;
+    pub fn for_export(
+        tokenizer: Option<&Path>,
+        family: Option<family::Family>,
+        system: bool,
+        fold: bool,
+    ) -> Result<Counter> {
+        let mut counter = Counter::with_estimate(tokenizer, family)?;
         if let Counter::Exact(t) = &mut counter {
             t.fold_system = fold;
         }
@@ -256,7 +274,7 @@ impl Counter {
     /// generation block.
     pub fn template(&self) -> Option<TemplateDoc> {
         match self {
-            Counter::Estimate => None,
+            Counter::Estimate | Counter::Family(_) => None,
             Counter::Exact(t) => Some(TemplateDoc {
                 source: t.template_origin.clone(),
                 generation_block: t.generation_block,
@@ -274,6 +292,10 @@ impl Counter {
             Counter::Exact(t) => t.description.clone(),
             Counter::Estimate => format!(
                 "estimate: {BYTES_PER_TOKEN_SYSTEM} bytes a token for the system prompt, {BYTES_PER_TOKEN_TOOLS} for tool definitions, {BYTES_PER_TOKEN_TEXT} for messages, plus template tokens"
+            ),
+            Counter::Family(f) => format!(
+                "estimate for the {} tokenizer family (its own rates per kind of text and template tokens, never under its count of the golden samples)",
+                f.as_str()
             ),
         }
     }
@@ -293,6 +315,7 @@ impl Counter {
     fn count_with(&mut self, s: &Sample<'_>, trainable: bool) -> Result<Count> {
         match self {
             Counter::Estimate => Ok(Estimate::count(s)),
+            Counter::Family(f) => Ok(f.count(s)),
             Counter::Exact(t) => {
                 let messages = minijinja::Value::from_serialize(MessageList(s, t.fold_system));
                 let tools = s.tools.map(minijinja::Value::from_serialize);
@@ -360,6 +383,7 @@ impl Counter {
     pub fn count_json(&mut self, messages: &[Value], tools: Option<&[Value]>) -> Result<Count> {
         match self {
             Counter::Estimate => Ok(estimate_json(messages, tools)),
+            Counter::Family(f) => Ok(f.count_json(messages, tools)),
             Counter::Exact(t) => {
                 let (messages, tools) = template_input(messages, tools);
                 t.count(&messages, tools.as_ref(), true)
@@ -374,7 +398,7 @@ impl Counter {
         tools: Option<&[Value]>,
     ) -> Option<Result<String>> {
         match self {
-            Counter::Estimate => None,
+            Counter::Estimate | Counter::Family(_) => None,
             Counter::Exact(t) => {
                 let (messages, tools) = template_input(messages, tools);
                 Some(t.render(&messages, tools.as_ref()))

@@ -165,7 +165,7 @@ pub(crate) fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn manifest_schema() -> jsonschema::Validator {
+pub fn manifest_schema() -> jsonschema::Validator {
     jsonschema::validator_for(
         &serde_json::from_str(hermes_harvest::validate::MANIFEST_SCHEMA).unwrap(),
     )

@@ -408,6 +408,67 @@ fn hidden_archived_and_pinned_sessions_are_exported() {
     }
 }
 
+/// The user turns of the sessions in `ids`, as the default export gives them.
+fn user_turns_of(home: &Path, ids: &[&str]) -> BTreeSet<String> {
+    ids.iter()
+        .flat_map(|sid| conversation(home, sid))
+        .filter(|(r, _)| r == "user")
+        .map(|(_, t)| t)
+        .collect()
+}
+
+#[test]
+fn exclude_leaves_out_hidden_and_archived_sessions_and_counts_them() {
+    let home = fixture_home(V22);
+    // The capture did not drive the idle sweep: mark a session as it would.
+    db(home.path())
+        .execute_batch("UPDATE sessions SET auto_archived = 1 WHERE id = 'nexus-world-0001'")
+        .unwrap();
+    let sources = run_ok(home.path(), &["sources", "--json"]);
+    let doc: Value = serde_json::from_slice(&sources.stdout).unwrap();
+    let want = serde_json::json!({"archived": 1, "auto-archived": 1, "hidden": 1, "pinned": 1});
+    assert_eq!(doc["state_db"]["listed"], want, "{doc}");
+    let out_ids = [
+        "nexus-hidden-0003",
+        "nexus-archived-0003",
+        "nexus-world-0001",
+    ];
+    let left_out = user_turns_of(home.path(), &out_ids);
+    let pinned = user_turns_of(home.path(), &["nexus-pinned-0003"]);
+    assert!(!left_out.is_empty() && !pinned.is_empty());
+    let mut args = vec!["--exclude", "hidden,archived", "--exclude", "auto-archived"];
+    args.extend_from_slice(&WIDE);
+    let (code, lines, stderr) = export(home.path(), &args);
+    assert_eq!(code, 0, "{stderr}");
+    let users: BTreeSet<String> = user_texts(&lines).into_iter().collect();
+    assert!(users.is_disjoint(&left_out), "{users:#?}");
+    assert!(
+        users.is_superset(&pinned),
+        "pinned sessions stay: {users:#?}"
+    );
+    for counted in [
+        "archived_session=1",
+        "auto_archived_session=1",
+        "hidden_session=1",
+    ] {
+        assert!(stderr.contains(counted), "{counted}: {stderr}");
+    }
+    // Under --state the left-out sessions wait: a run without the flag
+    // takes exactly them.
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state.json");
+    let mut with_state = vec!["--state", state.to_str().unwrap()];
+    with_state.extend_from_slice(&args);
+    let (code, first, stderr) = export(home.path(), &with_state);
+    assert_eq!((code, first.len()), (0, lines.len()), "{stderr}");
+    let mut later = vec!["--state", state.to_str().unwrap()];
+    later.extend_from_slice(&WIDE);
+    let (code, second, stderr) = export(home.path(), &later);
+    assert_eq!(code, 0, "{stderr}");
+    let second: BTreeSet<String> = user_texts(&second).into_iter().collect();
+    assert_eq!(second, left_out, "{stderr}");
+}
+
 #[test]
 fn a_session_without_a_tool_set_borrows_from_the_same_hermes_and_says_so() {
     let home = fixture_home(V22);

@@ -2,6 +2,7 @@
 //! transformers' `apply_chat_template` produced on the same tokenizer
 //! directories (`scripts/tokenizer.sh golden`; versions in counts.json).
 
+use hermes_harvest::tokens::family::Family;
 use hermes_harvest::tokens::{Counter, Estimate};
 use serde_json::Value;
 
@@ -459,4 +460,156 @@ fn the_estimate_is_never_under_any_real_tokenizer_family() {
             "{name}: the estimate is under the real count ({min:.3})"
         );
     }
+}
+
+/// Estimate / real count of each golden sample under `tokenizer` (a key of
+/// `golden/families.json`), with the estimate of `family`.
+fn ratios_of(family: Option<Family>, tokenizer: &str) -> Vec<f64> {
+    let (samples, _) = golden();
+    let fam: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("fixtures/tokenizer/golden/families.json")).unwrap(),
+    )
+    .unwrap();
+    let real = fam["tokenizers"][tokenizer].as_array().expect(tokenizer);
+    let mut estimate = Counter::with_estimate(None, family).unwrap();
+    samples
+        .iter()
+        .zip(real)
+        .map(|(s, r)| {
+            let (m, t) = parts(s);
+            let e = estimate.count_json(&m, t.as_deref()).unwrap().total;
+            e as f64 / r.as_u64().unwrap() as f64
+        })
+        .collect()
+}
+
+#[test]
+fn a_familys_estimate_is_never_under_and_at_most_15_percent_over_on_the_goldens() {
+    let cases = [
+        (Family::Qwen, "Qwen 2 / 2.5 / 3"),
+        (Family::Qwen, "Qwen 3.5 / 3.6"),
+        (Family::Llama3, "Llama 3 (3.1/3.2/3.3; Hermes 3/4 bases)"),
+    ];
+    for (family, tokenizer) in cases {
+        for (label, f) in [("generic", None), (family.as_str(), Some(family))] {
+            let mut r = ratios_of(f, tokenizer);
+            r.sort_by(f64::total_cmp);
+            eprintln!(
+                "{tokenizer}, {label} estimate / real: min {:.3} median {:.3} max {:.3}",
+                r[0],
+                r[r.len() / 2],
+                r[r.len() - 1]
+            );
+        }
+        let r = ratios_of(Some(family), tokenizer);
+        for (n, x) in r.iter().enumerate() {
+            let line = n + 1;
+            assert!(*x >= 1.0, "{tokenizer}: line {line} under ({x:.3})");
+            assert!(
+                *x <= 1.15,
+                "{tokenizer}: line {line} over by more than 15% ({x:.3})"
+            );
+        }
+    }
+}
+
+/// Exports one session of the 0.19 fixture into a directory; returns the
+/// lines, the manifest (checked against its schema) and stderr.
+fn export_to_dir(home: &std::path::Path, args: &[&str]) -> (Vec<Value>, Value, String) {
+    let out = tempfile::tempdir().unwrap();
+    let dir = format!("{}/", out.path().display());
+    let mut full = vec!["export", "--out", &dir];
+    full.extend_from_slice(args);
+    let run = crate::common::run_ok(home, &full);
+    let lines = crate::common::lines(&std::fs::read(out.path().join("train.jsonl")).unwrap());
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    let errors: Vec<String> = crate::cron::manifest_schema()
+        .iter_errors(&manifest)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    (
+        lines,
+        manifest,
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_binary_counts_a_generation_less_templates_trainable_tokens_as_the_golden() {
+    // Golden line 10 is the 0.19 capture's session below, exported with no
+    // system prompt and no tools (golden/sources.json).
+    let (samples, _) = golden();
+    let want: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("fixtures/tokenizer/golden/prefix-diff.json")).unwrap(),
+    )
+    .unwrap();
+    let want = &want["samples"][9];
+    let home = crate::common::fixture_home("hermes-0.19.0");
+    let model = nogen_dir();
+    let args = [
+        "--session",
+        "20261125_133254_3fe5bc97",
+        "--system-prompt",
+        "none",
+        "--tools",
+        "none",
+        "--tokenizer",
+        model.path().to_str().unwrap(),
+    ];
+    let (lines, manifest, stderr) = export_to_dir(home.path(), &args);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!(lines[0]["messages"], samples[9]["messages"]);
+    let tokens = &manifest["tokens"];
+    assert_eq!(tokens["template"]["generation_block"], false);
+    assert_eq!(tokens["template"]["trainable_by"], "prefix_diff");
+    let ch = &tokens["channels"]["telegram"];
+    assert_eq!(ch["samples"], 1);
+    assert_eq!(ch["total"], want["tokens"], "{ch}");
+    assert_eq!(ch["trainable"], want["trainable"], "{ch}");
+    assert_eq!(ch["trainable_last_turn"], want["last_turn"], "{ch}");
+    // The one-line summary (no terminal) gives the total as counted.
+    let summary = format!("; {} tokens (exact), ", want["tokens"]);
+    assert!(stderr.contains(&summary), "{summary}: {stderr}");
+}
+
+#[test]
+fn auto_takes_the_estimate_of_the_family_config_yaml_serves() {
+    let home = crate::common::fixture_home("hermes-0.19.0");
+    let args = ["--session", "20261125_133254_3fe5bc97"];
+    let (generic, m, stderr) = export_to_dir(home.path(), &args);
+    assert!(!stderr.contains("estimating tokens for"), "{stderr}");
+    let generic_total = m["tokens"]["channels"]["telegram"]["total"]
+        .as_u64()
+        .unwrap();
+    let config = home.path().join("config.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("default: fake-model-1"));
+    std::fs::write(&config, text.replace("fake-model-1", "Qwen/Qwen3-8B")).unwrap();
+    let (lines, m, stderr) = export_to_dir(home.path(), &args);
+    assert!(
+        stderr.contains("estimating tokens for the qwen family, from the model config.yaml serves (Qwen/Qwen3-8B)"),
+        "{stderr}"
+    );
+    assert!(
+        m["tokens"]["counted_with"]
+            .as_str()
+            .unwrap()
+            .contains("qwen tokenizer family")
+    );
+    assert_eq!(lines, generic, "the same samples, counted tighter");
+    let qwen_total = m["tokens"]["channels"]["telegram"]["total"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        qwen_total < generic_total,
+        "{qwen_total} vs {generic_total}"
+    );
+    // The flag wins over config.yaml.
+    let mut flagged = args.to_vec();
+    flagged.extend(["--estimate-family", "generic"]);
+    let (_, m, stderr) = export_to_dir(home.path(), &flagged);
+    assert!(!stderr.contains("estimating tokens for"), "{stderr}");
+    assert_eq!(m["tokens"]["channels"]["telegram"]["total"], generic_total);
 }
