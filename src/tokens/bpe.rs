@@ -36,6 +36,7 @@ const CACHE_WORDS: usize = 1 << 17;
 /// matched that is followed by a non-space gives its last character back
 /// (what `\s+(?!\S)` does by backtracking). Other patterns run on
 /// `fancy-regex`, as in the `tokenizers` crate.
+#[derive(Clone)]
 enum Splitter {
     Fast {
         /// The pattern with `\s+` for its two last alternatives.
@@ -116,6 +117,7 @@ impl Splitter {
     }
 }
 
+#[derive(Clone)]
 pub struct FastBpe {
     split: Splitter,
     /// The symbol id of each byte.

@@ -45,6 +45,7 @@ const GEN_CLOSE: char = '\u{FDD1}';
 const CACHE_ENTRIES: usize = 1 << 14;
 const CACHE_BYTES: usize = 8 << 20;
 
+#[derive(Clone)]
 pub struct ChatTokenizer {
     tokenizer: Tokenizer,
     /// The exact fast path for byte-level BPE tokenizers, if this is one.
