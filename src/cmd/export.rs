@@ -193,6 +193,9 @@ struct Preparer<'a> {
     ahead: Option<Counter>,
     /// What earlier runs covered.
     covered: Covered<'a>,
+    /// Other stores may hold copies of state.db turns: which of their
+    /// sessions' turns are copies is known in the sink only.
+    copies: bool,
 }
 
 /// Sessions between the reader and the sink at most, per worker thread:
@@ -537,12 +540,9 @@ impl<'a> Run<'a> {
         let unselected = RefCell::new(Vec::new());
         let mut excluded: BTreeMap<Skip, usize> = BTreeMap::new();
         let threads = cfg.threads.max(1);
-        // Ahead, a worker selects as the sink will, which it cannot know
-        // while other stores' copies of state.db turns are looked for.
-        let ahead = threads > 1 && !self.dedupe.active;
-        let counters = (0..threads)
-            .filter(|_| ahead)
-            .map(|_| self.kit.counter.fork());
+        // A counter per worker, to format ahead with (none inline).
+        let workers = if threads > 1 { threads } else { 0 };
+        let counters = (0..workers).map(|_| self.kit.counter.fork());
         let counters = std::sync::Mutex::new(counters.collect::<Vec<_>>());
         let template = self.preparer();
         let work = |prep: &mut Preparer<'_>, session| Ok(prep.prepare(session));
@@ -594,6 +594,7 @@ impl<'a> Run<'a> {
                 watermark: self.covered.watermark,
                 state: self.covered.state,
             },
+            copies: self.dedupe.active,
         }
     }
 
@@ -669,7 +670,11 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         self.cross_split(&p, &exchanges, &mut sel, report);
+        let had = ahead.is_some();
         let ahead = Ahead::take_for(&mut { ahead }, &sel);
+        if had {
+            crate::stats_env::ahead(ahead.is_some());
+        }
         let (over_budget, failed) = match self.cfg.shape {
             Shape::Sft => self.write_sft(&p, &exchanges, &sel, ahead, report)?,
             Shape::Dpo | Shape::DpoFlat => self.write_dpo(&p, &sel, ahead, report)?,
@@ -1085,6 +1090,7 @@ impl<'a> Preparer<'a> {
                 watermark: self.covered.watermark,
                 state: self.covered.state,
             },
+            copies: self.copies,
         }
     }
 
@@ -1157,6 +1163,9 @@ impl<'a> Preparer<'a> {
     /// curation leaves it as it is (see [`Ahead`]); `None` without a
     /// counter, or when the sink writes no sample of it anyway.
     fn format_ahead(&mut self, p: &Prepared) -> Option<Ahead> {
+        if self.copies && p.session.origin != Some(Origin::StateDb) {
+            return None;
+        }
         let counter = self.ahead.as_mut()?;
         let exchanges = exchanges_of(self.cfg, p);
         let mut inactive = Dedupe::default();
