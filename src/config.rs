@@ -93,6 +93,8 @@ pub struct ExportConfig {
     /// The system prompt goes into the first user turn (templates without
     /// a system role).
     pub fold_system: bool,
+    /// Worker threads for the sessions (1: none besides the reader's).
+    pub threads: usize,
     /// Rows of a long state.db session per part (`HERMES_HARVEST_PART_ROWS`,
     /// for tests).
     pub part_rows: usize,

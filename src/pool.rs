@@ -96,16 +96,40 @@ where
     W: Fn(&mut S, T) -> Result<U, E> + Sync,
     K: FnMut(U) -> Result<Flow, E>,
 {
-    if threads <= 1 {
-        let mut state = init();
+    with_pool(threads, in_flight, init, work, |pool| {
         for item in items {
-            if sink(work(&mut state, item)?)? == Flow::Stop {
+            if pool.push(item, &mut sink)? == Flow::Stop {
                 return Ok(Flow::Stop);
             }
         }
-        return Ok(Flow::Continue);
+        pool.finish(&mut sink)
+    })
+}
+
+/// Runs `body` with an [`Ordered`] pool of `threads` workers (1: none, the
+/// work runs inline in [`Ordered::push`]) that the caller pushes items into
+/// from its own loop (a reader driving callbacks, say) and whose results
+/// reach the sink the caller passes, in push order. When `body` returns,
+/// the workers drop what is still queued and stop.
+pub fn with_pool<T, U, E, S, Init, W, R>(
+    threads: usize,
+    in_flight: usize,
+    init: Init,
+    work: W,
+    body: impl FnOnce(&mut Ordered<'_, T, U, E>) -> R,
+) -> R
+where
+    T: Send,
+    U: Send,
+    E: Send,
+    Init: Fn() -> S + Sync,
+    W: Fn(&mut S, T) -> Result<U, E> + Sync,
+{
+    if threads <= 1 {
+        let mut state = None;
+        let mut inline = |item| work(state.get_or_insert_with(&init), item);
+        return body(&mut Ordered::Inline(&mut inline));
     }
-    let in_flight = in_flight.max(1);
     let shared = Shared {
         stop: AtomicBool::new(false),
         failed_at: AtomicUsize::new(usize::MAX),
@@ -120,13 +144,114 @@ where
             scope.spawn(move || worker(queue, to_caller, shared, init, work));
         }
         drop(to_caller);
-        let outcome = drive(items, in_flight, &to_workers, &results, &shared, &mut sink);
+        let mut pool = Ordered::Pool(Box::new(Feed {
+            to_workers,
+            results,
+            shared: &shared,
+            in_flight: in_flight.max(1),
+            taken: 0,
+            sunk: 0,
+            waiting: VecDeque::new(),
+        }));
+        let out = body(&mut pool);
         // Stop the workers: what is still queued is dropped unworked.
         shared.stop.store(true, Ordering::Relaxed);
-        drop(to_workers);
-        outcome
+        drop(pool);
+        out
     })
-    .finish()
+}
+
+/// The caller's handle on a pool (see [`with_pool`]).
+pub enum Ordered<'p, T, U, E> {
+    /// One thread: each item is worked on where it is pushed.
+    Inline(&'p mut dyn FnMut(T) -> Result<U, E>),
+    Pool(Box<Feed<'p, T, U, E>>),
+}
+
+/// The caller's side of a pool with workers.
+pub struct Feed<'p, T, U, E> {
+    to_workers: mpsc::Sender<(usize, T)>,
+    results: mpsc::Receiver<(usize, Done<U, E>)>,
+    shared: &'p Shared,
+    in_flight: usize,
+    /// Items handed to the workers.
+    taken: usize,
+    /// Results given to the sink.
+    sunk: usize,
+    /// Results that arrived early: slot k is item `sunk + k`.
+    waiting: VecDeque<Option<Done<U, E>>>,
+}
+
+impl<T, U, E> Ordered<'_, T, U, E> {
+    /// Hands `item` to the workers, then gives `sink` every result that is
+    /// next in order and ready, waiting while `in_flight` items are out (so
+    /// with the caller's next item in hand, at most `in_flight` are between
+    /// the caller and the sink). An error (of the work, in input order, or
+    /// of the sink) is returned once every earlier result is sunk; after an
+    /// error or [`Flow::Stop`] the caller pushes no more.
+    pub fn push(&mut self, item: T, sink: &mut dyn FnMut(U) -> Result<Flow, E>) -> Result<Flow, E> {
+        match self {
+            Ordered::Inline(work) => sink(work(item)?),
+            Ordered::Pool(feed) => {
+                if feed.shared.skip(feed.taken) {
+                    // An earlier item failed: reach it instead.
+                    drop(item);
+                    return feed.drain(sink, 0);
+                }
+                if feed.to_workers.send((feed.taken, item)).is_err() {
+                    unreachable!("the workers outlive the caller's loop");
+                }
+                feed.taken += 1;
+                feed.drain(sink, feed.in_flight - 1)
+            }
+        }
+    }
+
+    /// Gives `sink` the results of every item pushed, in order.
+    pub fn finish(&mut self, sink: &mut dyn FnMut(U) -> Result<Flow, E>) -> Result<Flow, E> {
+        match self {
+            Ordered::Inline(_) => Ok(Flow::Continue),
+            Ordered::Pool(feed) => feed.drain(sink, 0),
+        }
+    }
+}
+
+impl<T, U, E> Feed<'_, T, U, E> {
+    /// Sinks results in order until at most `out` items are out (and every
+    /// result already there that is next in order).
+    fn drain(&mut self, sink: &mut dyn FnMut(U) -> Result<Flow, E>, out: usize) -> Result<Flow, E> {
+        loop {
+            while let Some(Some(done)) = self.waiting.front_mut().map(Option::take) {
+                self.waiting.pop_front();
+                self.sunk += 1;
+                match done {
+                    Done::Ok(u) => {
+                        if sink(u)? == Flow::Stop {
+                            return Ok(Flow::Stop);
+                        }
+                    }
+                    Done::Err(e) => return Err(e),
+                    Done::Panic(p) => panic::resume_unwind(p),
+                    Done::Skipped => {
+                        unreachable!("an item before the first failure is never skipped")
+                    }
+                }
+            }
+            let next = if self.taken - self.sunk > out {
+                self.results.recv().ok()
+            } else {
+                self.results.try_recv().ok()
+            };
+            let Some((index, done)) = next else {
+                return Ok(Flow::Continue);
+            };
+            let slot = index - self.sunk;
+            if self.waiting.len() <= slot {
+                self.waiting.resize_with(slot + 1, || None);
+            }
+            self.waiting[slot] = Some(done);
+        }
+    }
 }
 
 fn worker<T, U, E, S>(
@@ -160,81 +285,8 @@ fn worker<T, U, E, S>(
     }
 }
 
-/// How the caller's loop ended.
-enum Outcome<E> {
-    Flow(Flow),
-    Err(E),
-    Panic(Box<dyn std::any::Any + Send>),
-}
-
-impl<E> Outcome<E> {
-    fn finish(self) -> Result<Flow, E> {
-        match self {
-            Outcome::Flow(f) => Ok(f),
-            Outcome::Err(e) => Err(e),
-            Outcome::Panic(p) => panic::resume_unwind(p),
-        }
-    }
-}
-
-/// The caller's side: feeds the queue while fewer than `in_flight` items
-/// are out, and sinks the results in order.
-fn drive<T, U, E>(
-    items: impl IntoIterator<Item = T>,
-    in_flight: usize,
-    to_workers: &mpsc::Sender<(usize, T)>,
-    results: &mpsc::Receiver<(usize, Done<U, E>)>,
-    shared: &Shared,
-    sink: &mut impl FnMut(U) -> Result<Flow, E>,
-) -> Outcome<E> {
-    let mut items = items.into_iter();
-    let mut taken = 0usize; // items handed to the workers
-    let mut sunk = 0usize; // results given to the sink (or the failing one)
-    let mut exhausted = false;
-    // Results that arrived early: slot k is item `sunk + k`.
-    let mut waiting: VecDeque<Option<Done<U, E>>> = VecDeque::new();
-    loop {
-        while !exhausted && taken - sunk < in_flight && !shared.skip(taken) {
-            match items.next() {
-                Some(item) => {
-                    if to_workers.send((taken, item)).is_err() {
-                        unreachable!("the workers outlive the caller's loop");
-                    }
-                    taken += 1;
-                }
-                None => exhausted = true,
-            }
-        }
-        if sunk == taken {
-            return Outcome::Flow(Flow::Continue);
-        }
-        let Ok((index, done)) = results.recv() else {
-            unreachable!("a worker answers every item it takes");
-        };
-        let slot = index - sunk;
-        if waiting.len() <= slot {
-            waiting.resize_with(slot + 1, || None);
-        }
-        waiting[slot] = Some(done);
-        while let Some(Some(done)) = waiting.front_mut().map(Option::take) {
-            waiting.pop_front();
-            sunk += 1;
-            match done {
-                Done::Ok(u) => match sink(u) {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Stop) => return Outcome::Flow(Flow::Stop),
-                    Err(e) => return Outcome::Err(e),
-                },
-                Done::Err(e) => return Outcome::Err(e),
-                Done::Panic(p) => return Outcome::Panic(p),
-                Done::Skipped => unreachable!("an item before the first failure is never skipped"),
-            }
-        }
-    }
-}
-
-/// The number of worker threads `--threads 0` (or no flag) means: the cores
-/// this process may use.
+/// The number of worker threads without `--threads`: the cores this
+/// process may use.
 pub fn default_threads() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -345,6 +345,7 @@ fn secret_setting(name: &str) -> bool {
         .any(|w| STRONG_WORDS.contains(&singular(w).as_str()))
 }
 
+#[derive(Clone)]
 pub struct Redactor {
     /// Every pattern (secrets, configured literals, home paths) in one set:
     /// a string that matches none of them is scanned once and left alone.

@@ -144,6 +144,17 @@ fn tally(r: &mut Recent, slot: usize, insert: bool) {
     }
 }
 
+/// Sessions formatted ahead on a worker: taken by the sink, formatted again.
+static AHEAD: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// A session formatted ahead reached the sink: `taken` when its selection
+/// was the one formatted for (see `cmd::export`).
+pub fn ahead(taken: bool) {
+    if on() {
+        AHEAD[usize::from(!taken)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Lookups and hits so far: (`str` keys, byte-slice keys).
 pub fn figures() -> [(u64, u64); 2] {
     [0, 1].map(|i| {
@@ -166,8 +177,9 @@ pub fn report() -> Option<String> {
         };
         format!("{n} lookups, {hits} hits ({pct:.1}%)")
     };
+    let [taken, again] = AHEAD.each_ref().map(|a| a.load(Ordering::Relaxed));
     Some(format!(
-        "cache stats: text keys (system prompts, rendered pieces): {}; words (BPE): {}",
+        "cache stats: text keys (system prompts, rendered pieces): {}; words (BPE): {}; sessions formatted ahead: {taken} taken, {again} formatted again",
         rate(text),
         rate(words)
     ))

@@ -159,6 +159,7 @@ impl ExportArgs {
             quiet: self.quiet,
             fail_on_drop: self.fail_on_drop,
             fold_system: self.fold_system,
+            threads: self.threads.unwrap_or_else(crate::pool::default_threads),
             part_rows: part_rows_from_env(),
             flags: std::env::args().skip(1).collect(),
             curate: crate::curate::Settings {

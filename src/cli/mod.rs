@@ -275,6 +275,11 @@ pub struct ExportArgs {
     /// message, for chat templates that refuse a system role (Gemma)
     #[arg(long)]
     pub fold_system: bool,
+    /// Worker threads that rebuild, redact, format and count sessions (1: everything on one
+    /// thread; the output is the same bytes whatever the number) [default: the cores this
+    /// process may use]
+    #[arg(long, short = 'j', value_name = "N", value_parser = parse_threads)]
+    pub threads: Option<usize>,
     // --- curation (see `curate`) ---
     /// Leave out the `meta` provenance object (always left out with --target openai)
     #[arg(long)]
@@ -436,6 +441,18 @@ fn parse_max_tokens(s: &str) -> Result<usize, String> {
         .map_err(|_| format!("{s:?} is not a whole number"))?;
     if n < 64 {
         return Err("must be at least 64".to_string());
+    }
+    Ok(n)
+}
+
+/// `--threads`: 1 to 256.
+fn parse_threads(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))?;
+    if !(1..=256).contains(&n) {
+        return Err("must be from 1 to 256".to_string());
     }
     Ok(n)
 }

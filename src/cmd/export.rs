@@ -8,7 +8,7 @@ mod summary;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use anyhow::Result;
 
@@ -28,6 +28,7 @@ use crate::manifest::{Counting, Inputs, Manifest, SourceEntry, Totals, tilde};
 use crate::model::{Channel, Origin, Role, Session};
 use crate::output::Output;
 use crate::paths::{DIR_FILES, Dest, Plan};
+use crate::pool::Flow;
 use crate::rebuild::{self, Rebuilt, Signal};
 use crate::redact::Redactor;
 use crate::report::Report;
@@ -46,9 +47,9 @@ use crate::tokens::{Counter, Estimate, Sample};
 struct Kit {
     opts: FormatOptions,
     counter: Counter,
+    /// The tool catalog each preparer starts from (a copy each: it reads
+    /// snapshot files lazily, and answers the same whatever was asked).
     catalog: ToolCatalog,
-    /// System messages already made, shared by the sessions that use them.
-    system_json: sft::SystemCache,
 }
 
 /// The tokenizer family whose estimate counts without `--tokenizer`:
@@ -83,7 +84,7 @@ impl Kit {
     /// distinct prompt: the cached message keeps them).
     fn system_tokens(&mut self, system: &sft::SystemMsg) -> usize {
         if let Some(n) = system.tokens.get() {
-            return n;
+            return *n;
         }
         let text = system.text.as_str();
         let n = match &self.counter {
@@ -97,8 +98,7 @@ impl Kit {
                 })
                 .map_or_else(|_| Estimate::system(text), |c| c.total),
         };
-        system.tokens.set(Some(n));
-        n
+        *system.tokens.get_or_init(|| n)
     }
 }
 
@@ -131,9 +131,76 @@ struct Prepared {
     channel: Channel,
     rebuilt: Rebuilt,
     /// The system prompts to try, in order, with their names.
-    systems: Vec<(&'static str, Option<Rc<sft::SystemMsg>>)>,
+    systems: Vec<(&'static str, Option<Arc<sft::SystemMsg>>)>,
     tools: SessionTools,
 }
+
+/// What a preparer made of one session read: the session prepared
+/// (`None`: harness traffic only), the figures the run's totals take from
+/// it, and (with more than one thread) its samples formatted ahead.
+struct Worked {
+    id: String,
+    origin: Option<Origin>,
+    prepared: Option<Prepared>,
+    history: crate::rebuild::RebuildStats,
+    /// Called tools' definitions borrowed from other sessions.
+    borrowed: usize,
+    /// What redacting it counted.
+    redactions: BTreeMap<&'static str, usize>,
+    ahead: Option<Ahead>,
+}
+
+/// A session's samples formatted on a worker, for the selection the worker
+/// expects: the one the run makes unless curation (forgotten turns, the
+/// near-duplicate cap, the other split) changes it. The run takes them
+/// when its selection is that one, else it formats the session itself.
+/// Formatting is a function of the prepared session, the selection and
+/// the options alone (token counts included), so the bytes are the same.
+struct Ahead {
+    selected: Vec<bool>,
+    copied: Vec<bool>,
+    formatted: Formatted,
+}
+
+enum Formatted {
+    /// Per unit with a selected exchange: its first exchange, its name and
+    /// its samples.
+    Sft(Vec<(usize, String, sft::SftOutcome)>),
+    Dpo(dpo::DpoOutcome),
+}
+
+impl Ahead {
+    /// The formatted samples, when made for the selection `sel`.
+    fn take_for(ahead: &mut Option<Ahead>, sel: &TurnSelection) -> Option<Formatted> {
+        ahead
+            .take()
+            .filter(|a| a.selected == sel.selected && a.copied == sel.copied)
+            .map(|a| a.formatted)
+    }
+}
+
+/// What one thread needs to prepare sessions: its own copies of the tool
+/// catalog, the system-message cache, the redactor and (to format ahead)
+/// the counter.
+struct Preparer<'a> {
+    cfg: &'a ExportConfig,
+    opts: FormatOptions,
+    catalog: ToolCatalog,
+    /// System messages already made, shared by the sessions that use them.
+    system_json: sft::SystemCache,
+    redactor: Option<Redactor>,
+    /// The counter to format ahead with (workers only).
+    ahead: Option<Counter>,
+    /// What earlier runs covered.
+    covered: Covered<'a>,
+    /// Other stores may hold copies of state.db turns: which of their
+    /// sessions' turns are copies is known in the sink only.
+    copies: bool,
+}
+
+/// Sessions between the reader and the sink at most, per worker thread:
+/// enough to keep every core busy while one long session is worked on.
+const IN_FLIGHT_PER_THREAD: usize = 4;
 
 pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     let home = cfg.home.resolve()?;
@@ -420,7 +487,6 @@ impl<'a> Run<'a> {
                 opts: cfg.format_options(),
                 counter,
                 catalog: stores.tool_catalog(),
-                system_json: sft::SystemCache::default(),
             },
             covered: Covered {
                 watermark: state.map_or(0, |s| s.watermark),
@@ -444,7 +510,10 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Reads, selects and formats every session.
+    /// Reads, selects and formats every session. The reader, and the sink
+    /// (selection, curation, output, coverage) in the order read, run on
+    /// this thread; rebuilding, redaction and (with more than one thread)
+    /// formatting ahead run on `--threads` workers ([`crate::pool`]).
     fn each_session(
         &mut self,
         stores: &Stores,
@@ -470,30 +539,35 @@ impl<'a> Run<'a> {
         report.start_progress(progress_len, "exporting");
         let unselected = RefCell::new(Vec::new());
         let mut excluded: BTreeMap<Skip, usize> = BTreeMap::new();
-        stores.each_session(
-            report,
-            db_heads,
-            &|h| select::wants(cfg, h),
-            &mut |h| {
-                if let Some(flag) = select::excluded_by(cfg, h) {
-                    *excluded.entry(Skip::excluded(flag)).or_default() += 1;
-                }
-                unselected.borrow_mut().push(h.id.clone())
-            },
-            &mut |session, report| {
-                report.tick();
-                if session.origin != Some(Origin::StateDb) && self.dedupe.active {
-                    self.dedupe.fingerprint_db_copy(
-                        stores,
-                        &session.id,
-                        cfg.strict,
-                        report,
-                        self.redactor.as_mut(),
-                    )?;
-                }
-                self.session(session, report)
-            },
-        )?;
+        let threads = cfg.threads.max(1);
+        // A counter per worker, to format ahead with (none inline).
+        let workers = if threads > 1 { threads } else { 0 };
+        let counters = (0..workers).map(|_| self.kit.counter.fork());
+        let counters = std::sync::Mutex::new(counters.collect::<Vec<_>>());
+        let template = self.preparer();
+        let work = |prep: &mut Preparer<'_>, session| Ok(prep.prepare(session));
+        let in_flight = threads * IN_FLIGHT_PER_THREAD;
+        let fork = || template.fork(&counters);
+        crate::pool::with_pool(threads, in_flight, fork, work, |pool| {
+            stores.each_session(
+                report,
+                db_heads,
+                &|h| select::wants(cfg, h),
+                &mut |h| {
+                    if let Some(flag) = select::excluded_by(cfg, h) {
+                        *excluded.entry(Skip::excluded(flag)).or_default() += 1;
+                    }
+                    unselected.borrow_mut().push(h.id.clone())
+                },
+                &mut |session, report| {
+                    report.tick();
+                    let mut sink = |w| self.take(stores, w, report).map(|()| Flow::Continue);
+                    pool.push(session, &mut sink).map(|_| ())
+                },
+            )?;
+            let mut sink = |w| self.take(stores, w, report).map(|()| Flow::Continue);
+            pool.finish(&mut sink).map(|_| ())
+        })?;
         report.finish_progress();
         for (reason, n) in excluded {
             report.skip_n(reason, n);
@@ -502,69 +576,59 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Rebuilds one session, redacts it, and makes its system message and
-    /// tool definitions.
-    /// `None` for a session of harness traffic only (counted).
-    fn prepare(&mut self, mut session: Session, report: &mut Report) -> Option<Prepared> {
-        let channel = select::channel_of(self.cfg, &session.meta);
-        let mut rebuilt = rebuild::rebuild(&session);
-        self.totals.add_history(&rebuilt.stats);
-        if quality::harness_only(&rebuilt) {
-            report.skip(Skip::HarnessOnlySession);
-            return None;
+    /// The preparer the workers' are copies of (the redactor's counts
+    /// start at 0: each session's are added to the run's as it is taken).
+    fn preparer(&self) -> Preparer<'a> {
+        let mut redactor = self.redactor.clone();
+        if let Some(r) = redactor.as_mut() {
+            r.counts.clear();
         }
-        let mut redactor = self.redactor.as_mut();
-        if let Some(r) = redactor.as_deref_mut() {
-            // Every string once, before any sample repeats it.
-            rebuilt.messages.iter_mut().for_each(|m| r.message(m));
-            for alt in &mut rebuilt.alternatives {
-                alt.rejected.iter_mut().for_each(|m| r.message(m));
-            }
+        Preparer {
+            cfg: self.cfg,
+            opts: self.kit.opts.clone(),
+            catalog: self.kit.catalog.clone(),
+            system_json: sft::SystemCache::default(),
+            redactor,
+            ahead: None,
+            covered: Covered {
+                watermark: self.covered.watermark,
+                state: self.covered.state,
+            },
+            copies: self.dedupe.active,
         }
-        let systems = system_chain(&session, &self.cfg.system)
-            .into_iter()
-            .map(|(name, text)| {
-                let msg = text.map(|t| self.kit.system_json.get(&t, redactor.as_deref_mut()));
-                (name, msg)
-            })
-            .collect();
-        let tools = if self.kit.opts.tools == ToolsPolicy::None {
-            SessionTools::default()
-        } else {
-            let called = called_names(&rebuilt.messages);
-            let catalog = &mut self.kit.catalog;
-            // The definitions move into the sample tools (redacted there, once).
-            let offered = session.tools.take();
-            let mut t = SessionTools::new(&session.id, offered, &called, &mut |n| catalog.get(n));
-            self.totals.definitions_borrowed += t.borrowed.len();
-            if let Some(r) = redactor {
-                t.offered
-                    .iter_mut()
-                    .chain(&mut t.borrowed)
-                    .for_each(|v| r.value(v));
-            }
-            t
-        };
-        Some(Prepared {
-            session,
-            channel,
-            rebuilt,
-            systems,
-            tools,
-        })
     }
 
-    fn session(&mut self, session: Session, report: &mut Report) -> Result<()> {
-        let Some(p) = self.prepare(session, report) else {
-            return Ok(());
-        };
+    /// The sink's side of one session, in the order read: another store's
+    /// copy is fingerprinted against state.db first; the figures of its
+    /// preparation are added; then it is selected and written.
+    fn take(&mut self, stores: &Stores, w: Worked, report: &mut Report) -> Result<()> {
+        if w.origin != Some(Origin::StateDb) && self.dedupe.active {
+            self.dedupe.fingerprint_db_copy(
+                stores,
+                &w.id,
+                self.cfg.strict,
+                report,
+                self.redactor.as_mut(),
+            )?;
+        }
+        self.totals.add_history(&w.history);
+        self.totals.definitions_borrowed += w.borrowed;
+        if let Some(r) = self.redactor.as_mut() {
+            r.recount(&w.redactions.into_iter().collect::<Vec<_>>());
+        }
+        match w.prepared {
+            Some(p) => self.session(p, w.ahead, report),
+            None => {
+                report.skip(Skip::HarnessOnlySession);
+                Ok(())
+            }
+        }
+    }
+
+    fn session(&mut self, p: Prepared, ahead: Option<Ahead>, report: &mut Report) -> Result<()> {
         self.coverage.record_lineage(&self.covered, &p.session);
         self.find_superseded(&p);
-        let mut exchanges = format::exchanges(&p.rebuilt.messages);
-        mark_retried(&p.rebuilt, &mut exchanges);
-        if self.cfg.shape == Shape::Sft {
-            quality::mark_short_replies(&mut exchanges, self.cfg.curate.min_reply_chars);
-        }
+        let exchanges = exchanges_of(self.cfg, &p);
         let mut sel = select::turns(
             self.cfg,
             &self.covered,
@@ -606,9 +670,14 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         self.cross_split(&p, &exchanges, &mut sel, report);
+        let had = ahead.is_some();
+        let ahead = Ahead::take_for(&mut { ahead }, &sel);
+        if had {
+            crate::stats_env::ahead(ahead.is_some());
+        }
         let (over_budget, failed) = match self.cfg.shape {
-            Shape::Sft => self.write_sft(&p, &exchanges, &sel, report)?,
-            Shape::Dpo | Shape::DpoFlat => self.write_dpo(&p, &sel, report)?,
+            Shape::Sft => self.write_sft(&p, &exchanges, &sel, ahead, report)?,
+            Shape::Dpo | Shape::DpoFlat => self.write_dpo(&p, &sel, ahead, report)?,
         };
         if let Some(e) = failed {
             self.keep_pending(&p, &exchanges, (&consumed, &sel.idents), e, report)?;
@@ -768,6 +837,7 @@ impl<'a> Run<'a> {
         p: &Prepared,
         exchanges: &[Exchange<'_>],
         sel: &TurnSelection,
+        ahead: Option<Formatted>,
         report: &mut Report,
     ) -> Result<(usize, Option<String>)> {
         if !sel.any() {
@@ -787,22 +857,13 @@ impl<'a> Run<'a> {
             });
             return Ok((0, None));
         }
+        let units = match ahead {
+            Some(Formatted::Sft(units)) => units,
+            _ => sft_units(p, exchanges, sel, &self.kit.opts, &mut self.kit.counter),
+        };
         let mut reasons = Vec::new();
         let mut lines = Vec::new();
-        for (a, b, unit) in unit_ranges(p, exchanges) {
-            if !sel.selected[a..b].iter().any(|s| *s) {
-                continue;
-            }
-            let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
-            let outcome = sft::samples(
-                &exchanges[a..b],
-                &sel.selected[a..b],
-                &sel.copied[a..b],
-                &self.kit.opts,
-                &p.systems,
-                &p.tools,
-                &mut fitter,
-            );
+        for (a, unit, outcome) in units {
             if let Some(e) = outcome.template_error
                 && self.render_failed(&p.session.id, e, report)
             {
@@ -863,29 +924,13 @@ impl<'a> Run<'a> {
         &mut self,
         p: &Prepared,
         sel: &TurnSelection,
+        ahead: Option<Formatted>,
         report: &mut Report,
     ) -> Result<(usize, Option<String>)> {
-        let mut fitter = Fitter::new(&mut self.kit.counter, self.kit.opts.max_tokens);
-        let msgs = &p.rebuilt.messages;
-        // The pair's prompt ends with its exchange's user turn.
-        let selected_pair = |user: usize, _chosen_end: usize| -> bool {
-            let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
-            sel.selected.get(index).copied().unwrap_or(false)
+        let outcome = match ahead {
+            Some(Formatted::Dpo(outcome)) => outcome,
+            _ => dpo_pairs(p, &sel.selected, &self.kit.opts, &mut self.kit.counter),
         };
-        let unit_start = |user: usize| unit_start(p, user);
-        let systems: Vec<(&'static str, Option<&str>)> = p
-            .systems
-            .iter()
-            .map(|(name, s)| (*name, s.as_ref().map(|s| s.text.as_str())))
-            .collect();
-        let outcome = dpo::pairs(
-            &p.rebuilt,
-            &self.kit.opts,
-            &systems,
-            &p.tools,
-            &mut fitter,
-            (&selected_pair, &unit_start),
-        );
         if let Some(e) = outcome.template_error
             && self.render_failed(&p.session.id, e, report)
         {
@@ -1027,6 +1072,195 @@ impl<'a> Run<'a> {
                 .render(self.cfg.shape.as_str(), counted, &report.skipped)
         );
     }
+}
+
+impl<'a> Preparer<'a> {
+    /// A copy for a worker, with a counter of its own from `counters` to
+    /// format ahead with (none left: it does not format ahead).
+    fn fork(&self, counters: &std::sync::Mutex<Vec<Counter>>) -> Preparer<'a> {
+        let counter = counters.lock().ok().and_then(|mut c| c.pop());
+        Preparer {
+            cfg: self.cfg,
+            opts: self.opts.clone(),
+            catalog: self.catalog.clone(),
+            system_json: sft::SystemCache::default(),
+            redactor: self.redactor.clone(),
+            ahead: counter,
+            covered: Covered {
+                watermark: self.covered.watermark,
+                state: self.covered.state,
+            },
+            copies: self.copies,
+        }
+    }
+
+    /// Rebuilds one session, redacts it, makes its system messages and tool
+    /// definitions, and formats it ahead when it can.
+    fn prepare(&mut self, mut session: Session) -> Worked {
+        let mut worked = Worked {
+            id: session.id.clone(),
+            origin: session.origin,
+            prepared: None,
+            history: Default::default(),
+            borrowed: 0,
+            redactions: BTreeMap::new(),
+            ahead: None,
+        };
+        let channel = select::channel_of(self.cfg, &session.meta);
+        let mut rebuilt = rebuild::rebuild(&session);
+        worked.history = rebuilt.stats.clone();
+        if quality::harness_only(&rebuilt) {
+            return worked;
+        }
+        let mut redactor = self.redactor.as_mut();
+        if let Some(r) = redactor.as_deref_mut() {
+            // Every string once, before any sample repeats it.
+            rebuilt.messages.iter_mut().for_each(|m| r.message(m));
+            for alt in &mut rebuilt.alternatives {
+                alt.rejected.iter_mut().for_each(|m| r.message(m));
+            }
+        }
+        let systems = system_chain(&session, &self.cfg.system)
+            .into_iter()
+            .map(|(name, text)| {
+                let msg = text.map(|t| self.system_json.get(&t, redactor.as_deref_mut()));
+                (name, msg)
+            })
+            .collect();
+        let tools = if self.opts.tools == ToolsPolicy::None {
+            SessionTools::default()
+        } else {
+            let called = called_names(&rebuilt.messages);
+            let catalog = &mut self.catalog;
+            // The definitions move into the sample tools (redacted there, once).
+            let offered = session.tools.take();
+            let mut t = SessionTools::new(&session.id, offered, &called, &mut |n| catalog.get(n));
+            worked.borrowed = t.borrowed.len();
+            if let Some(r) = redactor {
+                t.offered
+                    .iter_mut()
+                    .chain(&mut t.borrowed)
+                    .for_each(|v| r.value(v));
+            }
+            t
+        };
+        if let Some(r) = self.redactor.as_mut() {
+            worked.redactions = std::mem::take(&mut r.counts);
+        }
+        let p = Prepared {
+            session,
+            channel,
+            rebuilt,
+            systems,
+            tools,
+        };
+        worked.ahead = self.format_ahead(&p);
+        worked.prepared = Some(p);
+        worked
+    }
+
+    /// The session's samples, for the selection the sink makes when
+    /// curation leaves it as it is (see [`Ahead`]); `None` without a
+    /// counter, or when the sink writes no sample of it anyway.
+    fn format_ahead(&mut self, p: &Prepared) -> Option<Ahead> {
+        if self.copies && p.session.origin != Some(Origin::StateDb) {
+            return None;
+        }
+        let counter = self.ahead.as_mut()?;
+        let exchanges = exchanges_of(self.cfg, p);
+        let mut inactive = Dedupe::default();
+        let sel = select::turns(
+            self.cfg,
+            &self.covered,
+            &mut inactive,
+            &p.session,
+            &exchanges,
+        );
+        let formatted = match self.cfg.shape {
+            Shape::Sft if !sel.any() || sel.too_few => return None,
+            Shape::Sft => Formatted::Sft(sft_units(p, &exchanges, &sel, &self.opts, counter)),
+            Shape::Dpo | Shape::DpoFlat => {
+                Formatted::Dpo(dpo_pairs(p, &sel.selected, &self.opts, counter))
+            }
+        };
+        Some(Ahead {
+            selected: sel.selected,
+            copied: sel.copied,
+            formatted,
+        })
+    }
+}
+
+/// The exchanges of a prepared session as selection sees them: a turn
+/// whose failed call was taken out for a retry pair, and (SFT) too short
+/// a reply, marked.
+fn exchanges_of<'p>(cfg: &ExportConfig, p: &'p Prepared) -> Vec<Exchange<'p>> {
+    let mut exchanges = format::exchanges(&p.rebuilt.messages);
+    mark_retried(&p.rebuilt, &mut exchanges);
+    if cfg.shape == Shape::Sft {
+        quality::mark_short_replies(&mut exchanges, cfg.curate.min_reply_chars);
+    }
+    exchanges
+}
+
+/// The SFT samples of each unit of `p` with a selected exchange, one unit
+/// at a time (context never crosses a unit): its first exchange, its name
+/// and what the formatter made.
+fn sft_units(
+    p: &Prepared,
+    exchanges: &[Exchange<'_>],
+    sel: &TurnSelection,
+    opts: &FormatOptions,
+    counter: &mut Counter,
+) -> Vec<(usize, String, sft::SftOutcome)> {
+    let mut out = Vec::new();
+    for (a, b, unit) in unit_ranges(p, exchanges) {
+        if !sel.selected[a..b].iter().any(|s| *s) {
+            continue;
+        }
+        let mut fitter = Fitter::new(counter, opts.max_tokens);
+        let outcome = sft::samples(
+            &exchanges[a..b],
+            &sel.selected[a..b],
+            &sel.copied[a..b],
+            opts,
+            &p.systems,
+            &p.tools,
+            &mut fitter,
+        );
+        out.push((a, unit, outcome));
+    }
+    out
+}
+
+/// The preference pairs of `p` whose exchange is `selected`.
+fn dpo_pairs(
+    p: &Prepared,
+    selected: &[bool],
+    opts: &FormatOptions,
+    counter: &mut Counter,
+) -> dpo::DpoOutcome {
+    let mut fitter = Fitter::new(counter, opts.max_tokens);
+    let msgs = &p.rebuilt.messages;
+    // The pair's prompt ends with its exchange's user turn.
+    let selected_pair = |user: usize, _chosen_end: usize| -> bool {
+        let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
+        selected.get(index).copied().unwrap_or(false)
+    };
+    let unit_start = |user: usize| unit_start(p, user);
+    let systems: Vec<(&'static str, Option<&str>)> = p
+        .systems
+        .iter()
+        .map(|(name, s)| (*name, s.as_ref().map(|s| s.text.as_str())))
+        .collect();
+    dpo::pairs(
+        &p.rebuilt,
+        opts,
+        &systems,
+        &p.tools,
+        &mut fitter,
+        (&selected_pair, &unit_start),
+    )
 }
 
 /// Superseded replies per session, and the rows looked at.

@@ -21,7 +21,7 @@
 //! shortened; if it still does not fit it is skipped as `over_budget`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
@@ -42,13 +42,14 @@ const CONTEXT_EXCHANGES: usize = 64;
 pub struct SystemMsg {
     pub text: String,
     pub json: Box<[u8]>,
-    pub tokens: std::cell::Cell<Option<usize>>,
+    /// Set once, by whichever thread counts it first (the same figure).
+    pub tokens: OnceLock<usize>,
 }
 
 /// One SFT line, with its token count.
 #[derive(Debug, Clone)]
 pub struct SftLine {
-    pub system: Option<Rc<SystemMsg>>,
+    pub system: Option<Arc<SystemMsg>>,
     pub messages: Vec<OutMsg>,
     pub tools: Vec<Value>,
     pub count: Count,
@@ -103,14 +104,14 @@ impl SftLine {
 /// redacted and escaped once.
 #[derive(Debug, Default)]
 pub struct SystemCache {
-    map: HashMap<String, (Rc<SystemMsg>, Counted), BuildFast>,
+    map: HashMap<String, (Arc<SystemMsg>, Counted), BuildFast>,
 }
 
 /// Distinct system prompts remembered at most.
 const SYSTEM_CACHE_ENTRIES: usize = 1024;
 
 impl SystemCache {
-    pub fn get(&mut self, text: &str, redactor: Option<&mut Redactor>) -> Rc<SystemMsg> {
+    pub fn get(&mut self, text: &str, redactor: Option<&mut Redactor>) -> Arc<SystemMsg> {
         if let Some((msg, counted)) = self.map.get(text) {
             if let Some(r) = redactor {
                 r.recount(counted);
@@ -125,10 +126,10 @@ impl SystemCache {
         let json = serde_json::to_vec(&OutMsg::text("system", text_out.as_str()))
             .expect("a message serializes")
             .into_boxed_slice();
-        let msg = Rc::new(SystemMsg {
+        let msg = Arc::new(SystemMsg {
             text: text_out,
             json,
-            tokens: std::cell::Cell::new(None),
+            tokens: OnceLock::new(),
         });
         if self.map.len() >= SYSTEM_CACHE_ENTRIES {
             self.map.clear();
@@ -195,7 +196,7 @@ impl<'e> Flat<'e> {
 pub type Prompts = [Prompt];
 
 /// A system prompt's name and its message (none for `none`).
-pub type Prompt = (&'static str, Option<Rc<SystemMsg>>);
+pub type Prompt = (&'static str, Option<Arc<SystemMsg>>);
 
 /// Cuts the selected exchanges of a session into samples within the
 /// budget (see the module documentation). A sample that does not fit with

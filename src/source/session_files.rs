@@ -76,7 +76,7 @@ pub struct SessionFiles {
 /// are read lazily, in reverse id order, and at most [`CATALOG_FILES`] of
 /// them; a name takes the definition of the first file that has it, so
 /// the answer does not depend on what was asked before.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ToolCatalog {
     files: Vec<PathBuf>,
     read: usize,

@@ -36,6 +36,7 @@ const CACHE_WORDS: usize = 1 << 17;
 /// matched that is followed by a non-space gives its last character back
 /// (what `\s+(?!\S)` does by backtracking). Other patterns run on
 /// `fancy-regex`, as in the `tokenizers` crate.
+#[derive(Clone)]
 enum Splitter {
     Fast {
         /// The pattern with `\s+` for its two last alternatives.
@@ -43,6 +44,8 @@ enum Splitter {
         /// The pattern without them: a match of `all` came from `\s+`
         /// exactly when this one does not match at the same start.
         head: meta::Regex,
+        /// The pattern is GPT-2's: ASCII text is split by [`gpt2_ascii`].
+        gpt2: bool,
     },
     Fancy(fancy_regex::Regex),
 }
@@ -55,7 +58,8 @@ impl Splitter {
             && let Ok(all) = meta::Regex::new(&format!("{head}|\\s+"))
             && let Ok(head) = meta::Regex::new(head)
         {
-            return Some(Splitter::Fast { all, head });
+            let gpt2 = pattern == GPT2_PATTERN;
+            return Some(Splitter::Fast { all, head, gpt2 });
         }
         fancy_regex::Regex::new(pattern).ok().map(Splitter::Fancy)
     }
@@ -69,9 +73,14 @@ impl Splitter {
                     out.push((m.start(), m.end()));
                 }
             }
-            Splitter::Fast { all, head } => {
+            Splitter::Fast { all, head, gpt2 } => {
                 let mut at = 0;
                 while at < text.len() {
+                    if let Some(end) = gpt2.then(|| gpt2_ascii(text.as_bytes(), at)).flatten() {
+                        out.push((at, end));
+                        at = end;
+                        continue;
+                    }
                     // Nearly every match starts where the last one ended: an
                     // anchored search (forward only) finds it; otherwise the
                     // next match further on.
@@ -116,6 +125,73 @@ impl Splitter {
     }
 }
 
+/// The end of the match of [`GPT2_PATTERN`] at `at` (which always matches
+/// where the last match ended), found byte by byte when it depends on
+/// ASCII characters only; `None` when a non-ASCII character takes part
+/// (whether it is a letter, a number or a space), which the regex decides.
+/// The alternatives, first to last: the contractions `'s 't 're 've 'm 'll
+/// 'd`; an optional space and a run of letters, of numbers, or of other
+/// characters (neither space, letter nor number); then a run of spaces,
+/// less its last one when a non-space follows and the run is longer than
+/// one (`\s+(?!\S)`, else `\s+`).
+fn gpt2_ascii(b: &[u8], at: usize) -> Option<usize> {
+    #[derive(PartialEq, Clone, Copy)]
+    enum Class {
+        Letter,
+        Number,
+        Space,
+        Other,
+    }
+    let class = |c: u8| -> Option<Class> {
+        match c {
+            b'a'..=b'z' | b'A'..=b'Z' => Some(Class::Letter),
+            b'0'..=b'9' => Some(Class::Number),
+            b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ' => Some(Class::Space),
+            0x80.. => None,
+            _ => Some(Class::Other),
+        }
+    };
+    // The end of the run of `k` from `i`; `None` if a non-ASCII character
+    // could continue it.
+    let run = |mut i: usize, k: Class| -> Option<usize> {
+        while i < b.len() {
+            match class(b[i])? {
+                c if c == k => i += 1,
+                _ => return Some(i),
+            }
+        }
+        Some(i)
+    };
+    let first = class(b[at])?;
+    if b[at] == b'\'' {
+        let rest = &b[at + 1..];
+        if matches!(rest.first(), Some(b's' | b't' | b'm' | b'd')) {
+            return Some(at + 2);
+        }
+        if rest.starts_with(b"re") || rest.starts_with(b"ve") || rest.starts_with(b"ll") {
+            return Some(at + 3);
+        }
+    }
+    if first != Class::Space {
+        return run(at, first);
+    }
+    if b[at] == b' '
+        && let Some(&next) = b.get(at + 1)
+    {
+        match class(next)? {
+            Class::Space => {}
+            k => return run(at + 1, k),
+        }
+    }
+    let end = run(at, Class::Space)?;
+    if end < b.len() && end - at > 1 {
+        // A non-space follows (an ASCII one: `run` stopped at it).
+        return Some(end - 1);
+    }
+    Some(end)
+}
+
+#[derive(Clone)]
 pub struct FastBpe {
     split: Splitter,
     /// The symbol id of each byte.
@@ -126,6 +202,9 @@ pub struct FastBpe {
     whole_words: Option<HashMap<Vec<u8>, u32>>,
     /// Byte length of each token id (for offsets).
     token_len: Vec<u32>,
+    /// No two vocabulary entries share an id: a token's bytes then name
+    /// its id, and equal token bytes are equal ids.
+    pub distinct_ids: bool,
     /// Each word's tokens, as byte lengths.
     cache: HashMap<Box<[u8]>, Box<[u32]>, BuildFast>,
 }
@@ -188,8 +267,11 @@ impl FastBpe {
         let vocab = model.get("vocab")?.as_object()?;
         let mut ids: HashMap<&str, u32> = HashMap::with_capacity(vocab.len());
         let mut token_len = vec![0u32; vocab.len() + 1];
+        let mut seen = std::collections::HashSet::with_capacity(vocab.len());
+        let mut distinct_ids = true;
         for (k, v) in vocab {
             let id = u32::try_from(v.as_u64()?).ok()?;
+            distinct_ids &= seen.insert(id);
             ids.insert(k.as_str(), id);
             let idx = id as usize;
             if idx >= token_len.len() {
@@ -230,6 +312,7 @@ impl FastBpe {
             merges,
             whole_words,
             token_len,
+            distinct_ids,
             cache: HashMap::default(),
         })
     }
@@ -337,4 +420,50 @@ fn split_pattern(p: &Json) -> Option<String> {
         .get("Regex")?
         .as_str()
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Splits as the `tokenizers` crate does: `fancy-regex` on the pattern
+    /// itself.
+    fn reference(re: &Splitter, text: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        re.bounds(text, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_ascii_split_of_gpt2s_pattern_is_the_regexs() {
+        let fast = Splitter::new(GPT2_PATTERN).unwrap();
+        let re = Splitter::Fancy(fancy_regex::Regex::new(GPT2_PATTERN).unwrap());
+        assert!(matches!(fast, Splitter::Fast { gpt2: true, .. }));
+        // Characters of every class, ASCII or not (letters, numbers and
+        // spaces beyond ASCII among them), and the contractions' letters.
+        let alphabet: Vec<&str> = vec![
+            "a", "Z", "s", "t", "r", "e", "v", "l", "m", "d", "'", "0", "7", " ", " ", " ", "\t",
+            "\n", "\r", "\u{b}", "\u{c}", ".", "?", "{", "\"", "-", "é", "中", "\u{a0}",
+            "\u{3000}", "٣", "²", "🙂", "\u{85}",
+        ];
+        let mut z: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = |n: usize| {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            (z % n as u64) as usize
+        };
+        for _ in 0..5_000 {
+            let len = 1 + next(24);
+            let text: String = (0..len).map(|_| alphabet[next(alphabet.len())]).collect();
+            let mut got = Vec::new();
+            fast.bounds(&text, &mut got).unwrap();
+            assert_eq!(got, reference(&re, &text), "{text:?}");
+        }
+        for text in ["it's   we'll  x", "  \n\n  a", "a\t\tb ", "'re'", " 'S"] {
+            let mut got = Vec::new();
+            fast.bounds(text, &mut got).unwrap();
+            assert_eq!(got, reference(&re, text), "{text:?}");
+        }
+    }
 }

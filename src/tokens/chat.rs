@@ -45,6 +45,7 @@ const GEN_CLOSE: char = '\u{FDD1}';
 const CACHE_ENTRIES: usize = 1 << 14;
 const CACHE_BYTES: usize = 8 << 20;
 
+#[derive(Clone)]
 pub struct ChatTokenizer {
     tokenizer: Tokenizer,
     /// The exact fast path for byte-level BPE tokenizers, if this is one.
@@ -454,9 +455,7 @@ impl ChatTokenizer {
     /// are counted (and remembered) as usual.
     fn common_tokens(&mut self, a: &str, b: &str) -> Result<(usize, usize)> {
         if self.splitters.is_empty() {
-            let (x, y) = (self.ids(a)?, self.ids(b)?);
-            let common = x.iter().zip(&y).take_while(|(p, q)| p == q).count();
-            return Ok((common, y.len()));
+            return self.shared_prefix(a, b);
         }
         let (pa, pb) = (
             split_at_specials(a, &self.splitters),
@@ -477,14 +476,38 @@ impl ChatTokenizer {
             match pa.get(k) {
                 Some(p) if p.special == q.special && a[p.start..p.end] == *text_b => common += n,
                 Some(p) if !p.special && !q.special => {
-                    let (x, y) = (self.ids(&a[p.start..p.end])?, self.ids(text_b)?);
-                    common += x.iter().zip(&y).take_while(|(s, t)| s == t).count();
+                    common += self.shared_prefix(&a[p.start..p.end], text_b)?.0;
                     same = false;
                 }
                 _ => same = false,
             }
         }
         Ok((common, len))
+    }
+
+    /// The longest common token prefix of `a` and `b` (by ids), and the
+    /// tokens of `b`. The fast counter gives token lengths: where its
+    /// vocabulary's ids are distinct, equal bytes at the same place are
+    /// the same token, so the tokens are compared by their bytes.
+    fn shared_prefix(&mut self, a: &str, b: &str) -> Result<(usize, usize)> {
+        if let Some(fast) = self.fast.as_mut().filter(|f| f.distinct_ids) {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            if fast.token_lengths(a, &mut x).is_some() && fast.token_lengths(b, &mut y).is_some() {
+                let (mut at, mut common) = (0, 0);
+                for (p, q) in x.iter().zip(&y) {
+                    let n = *p as usize;
+                    if p != q || a.as_bytes()[at..at + n] != b.as_bytes()[at..at + n] {
+                        break;
+                    }
+                    at += n;
+                    common += 1;
+                }
+                return Ok((common, y.len()));
+            }
+        }
+        let (x, y) = (self.ids(a)?, self.ids(b)?);
+        let common = x.iter().zip(&y).take_while(|(p, q)| p == q).count();
+        Ok((common, y.len()))
     }
 
     fn ids(&self, text: &str) -> Result<Vec<u32>> {

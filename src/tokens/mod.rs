@@ -266,6 +266,16 @@ impl Counter {
         Ok(counter)
     }
 
+    /// A counter of its own for another thread: the same tokenizer and
+    /// template, so the same counts.
+    pub fn fork(&self) -> Counter {
+        match self {
+            Counter::Estimate => Counter::Estimate,
+            Counter::Family(f) => Counter::Family(*f),
+            Counter::Exact(t) => Counter::Exact(t.clone()),
+        }
+    }
+
     pub fn is_exact(&self) -> bool {
         matches!(self, Counter::Exact(_))
     }

@@ -18,5 +18,6 @@ mod shell;
 mod soak;
 mod stores;
 mod summary;
+mod threads;
 mod tokens;
 mod validate_dir;
