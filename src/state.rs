@@ -124,6 +124,14 @@ pub struct RunState {
     /// The split of every unit that has lines (see `output`).
     #[serde(default)]
     pub units: Units,
+    /// `forget --before`: per session, the time spans `[from, to)` (epoch
+    /// seconds) of the turns at or after the cut that the lines it removed
+    /// trained on. An export takes turns in them as new again
+    /// (`select::is_new`), so none is lost, and drops a session's spans
+    /// once it read the session and consumed them (see
+    /// [`RunCoverage::record_session`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reopened: BTreeMap<String, Vec<(f64, f64)>>,
     /// Rewrites staged but not yet in place (see the module header).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub journal: Vec<Staged>,
@@ -470,6 +478,9 @@ pub struct RunCoverage {
     pub unselected: Vec<String>,
     /// Non-root ids of the lineages read → their root.
     pub lineage: BTreeMap<String, String>,
+    /// Sessions whose reopened spans (`RunState::reopened`) this run is
+    /// done with.
+    pub reopened_done: BTreeSet<String>,
 }
 
 impl RunCoverage {
@@ -486,6 +497,7 @@ impl RunCoverage {
         if covered.state.is_none() {
             return;
         }
+        self.record_reopened(covered, session, exchanges, sel);
         if session.origin != Some(Origin::StateDb) {
             for (i, ident) in sel.idents.iter().enumerate() {
                 if sel.selected[i] && !sel.too_few {
@@ -526,6 +538,31 @@ impl RunCoverage {
         }
     }
 
+    /// A session's reopened spans are done once it is read: a state.db
+    /// session's unconsumed turns in them stay pending by key (they are
+    /// new, see `record_session`); another store's session is done only
+    /// when every turn in them was consumed (or is a copy of a state.db
+    /// turn), as its coverage has no pending list.
+    fn record_reopened(
+        &mut self,
+        covered: &Covered<'_>,
+        session: &Session,
+        exchanges: &[Exchange<'_>],
+        sel: &TurnSelection,
+    ) {
+        let Some(spans) = covered.state.and_then(|s| s.reopened.get(&session.id)) else {
+            return;
+        };
+        let left = session.origin != Some(Origin::StateDb)
+            && exchanges.iter().enumerate().any(|(i, ex)| {
+                let consumed = sel.selected[i] && !sel.too_few;
+                !consumed && !sel.copied[i] && in_spans(spans, ex.timestamp.or(session.started_at))
+            });
+        if !left {
+            self.reopened_done.insert(session.id.clone());
+        }
+    }
+
     /// Remembers the other ids of a session's lineage.
     pub fn record_lineage(&mut self, covered: &Covered<'_>, session: &Session) {
         if covered.state.is_none() {
@@ -549,6 +586,8 @@ impl RunCoverage {
             return;
         }
         if session.origin != Some(Origin::StateDb) {
+            // Its reopened turns stay reopened.
+            self.reopened_done.remove(&session.id);
             if let Some(v) = self.covered.get_mut(&session.id) {
                 let back: BTreeSet<u64> = idents
                     .iter()
@@ -603,6 +642,9 @@ impl RunCoverage {
             p.unselected_after = Some(p.unselected_after.map_or(previous, |a| a.min(previous)));
         }
         st.pending.retain(|_, p| !p.is_empty());
+        for id in &self.reopened_done {
+            st.reopened.remove(id);
+        }
         st.lineage.extend(self.lineage);
         for (id, mut idents) in self.covered {
             let v = st.covered_turns.entry(id).or_default();
@@ -667,6 +709,12 @@ impl TurnSelection {
     pub fn any(&self) -> bool {
         self.selected.iter().any(|s| *s)
     }
+}
+
+/// Whether a turn at time `t` lies in one of `spans` (untimed turns never
+/// do: exports leave them out once a cut-off is set).
+pub fn in_spans(spans: &[(f64, f64)], t: Option<f64>) -> bool {
+    t.is_some_and(|t| spans.iter().any(|(a, b)| (*a..*b).contains(&t)))
 }
 
 /// The first state.db row id of a turn (its key in the state).

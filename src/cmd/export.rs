@@ -778,6 +778,7 @@ impl<'a> Run<'a> {
                 ..Meta::of(&p.session, &unit, p.channel, (t, last))
             };
             let json = line.to_json()?;
+            let print = crate::curate::dedupe::line_print(&json);
             let Some(bytes) = self
                 .curate
                 .emit(json, &meta, (t, last), line.count, report)?
@@ -786,7 +787,9 @@ impl<'a> Run<'a> {
             };
             let figures = LineFigures::new(p.channel, None, line.count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
-            self.wrote_exchanges(&exchanges[first + line.own.0..first + line.own.1], &unit);
+            let own = &exchanges[first + line.own.0..first + line.own.1];
+            let keys = self.wrote_exchanges(own, &unit);
+            self.curate.dedupe.wrote_line(print, keys);
             self.totals.saw_time((t, last));
             let system_tokens = line
                 .system
@@ -801,16 +804,19 @@ impl<'a> Run<'a> {
 
     /// The exchanges of a line of `unit` were written: only what is
     /// written counts toward the near-duplicate cap and as held by its
-    /// split.
-    fn wrote_exchanges(&mut self, own: &[Exchange<'_>], unit: &str) {
+    /// split. Returns their near keys.
+    fn wrote_exchanges(&mut self, own: &[Exchange<'_>], unit: &str) -> Vec<u64> {
         let (dir, valid) = (self.output.is_dir(), self.output.is_valid(unit));
+        let mut keys = Vec::with_capacity(own.len());
         for ex in own {
             let key = crate::curate::dedupe::exchange_key(ex.msgs);
             self.curate.dedupe.written(key);
             if dir {
                 self.curate.dedupe.wrote_in(key, valid);
             }
+            keys.push(key);
         }
+        keys
     }
 
     /// Writes the preference pairs of one session; returns how many were
@@ -829,7 +835,8 @@ impl<'a> Run<'a> {
             let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
             sel.selected.get(index).copied().unwrap_or(false)
         };
-        let unit_start = |user: usize| unit_start(p, user);
+        let cut = |t: Option<f64>| self.curate.before_cut(t);
+        let unit_start = |user: usize| unit_start(p, user, &cut);
         let systems: Vec<(&'static str, Option<&str>)> = p
             .systems
             .iter()
@@ -869,9 +876,11 @@ impl<'a> Run<'a> {
             };
             // Key order is kept (`preserve_order`): the same bytes as the line's.
             let json = serde_json::to_vec(&value)?;
+            let print = crate::curate::dedupe::line_print(&json);
             let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
                 continue;
             };
+            self.curate.dedupe.wrote_line(print, vec![key]);
             let figures = LineFigures::new(p.channel, Some(signal), count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
             if self.output.is_dir() {
@@ -1051,15 +1060,19 @@ fn unit_ranges(p: &Prepared, exchanges: &[Exchange<'_>]) -> Vec<(usize, usize, S
 }
 
 /// The first user turn of the unit of the user turn `messages[user]` of
-/// `p`: a pair's prompt history starts there.
-fn unit_start(p: &Prepared, user: usize) -> usize {
+/// `p` after the last one `before_cut` (the `forget --before` cut-off): a
+/// pair's prompt history starts there, so it never carries a turn from
+/// before the cut.
+fn unit_start(p: &Prepared, user: usize, before_cut: &dyn Fn(Option<f64>) -> bool) -> usize {
     let msgs = &p.rebuilt.messages;
     let unit_at = |i: usize| meta::unit(&p.session, p.channel, msgs[i].timestamp);
     let unit = unit_at(user);
     (0..user)
         .rev()
         .filter(|&i| msgs[i].role == Role::User)
-        .take_while(|&i| unit_at(i) == unit)
+        .take_while(|&i| {
+            unit_at(i) == unit && !before_cut(msgs[i].timestamp.or(p.session.started_at))
+        })
         .last()
         .unwrap_or(user)
 }

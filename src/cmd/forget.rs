@@ -27,7 +27,8 @@
 //!   go and changes nothing (beyond finishing such a journal). The manifest (its `dataset`
 //!   less the lines removed, see `stage_lines`) and the dataset card of a
 //!   directory output are brought up to date last.
-//! - The exact-duplicate fingerprints of the removed lines leave the state.
+//! - The exact-duplicate fingerprints of the removed lines leave the state,
+//!   and the near-duplicate keys they counted are given back.
 //! - What was removed is listed on stdout (the command's product), one
 //!   line per file; the summary goes to stderr.
 
@@ -106,9 +107,11 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
         .chain(given.iter().map(|id| id.to_string()))
         .collect();
     let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let reopen = before.map_or_else(BTreeMap::new, |b| reopened(&files, &wanted, b));
+    let again = reopen.values().map(|(_, n)| n).sum::<usize>();
     if args.dry_run {
         let gone = doomed(&files, &wanted, before);
-        report_removed(&gone, (ids.len(), true), before, args.quiet)?;
+        report_removed(&gone, (ids.len(), true), (before, again), args.quiet)?;
         return Ok(exit::OK);
     }
 
@@ -121,6 +124,12 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     }
     for id in &ids {
         st.pending.remove(id);
+        st.reopened.remove(id);
+    }
+    for (session, (spans, _)) in reopen {
+        let all = st.reopened.entry(session).or_default();
+        all.extend(spans);
+        *all = merge_spans(std::mem::take(all));
     }
     let removed = stage_lines(
         &files,
@@ -135,7 +144,7 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     if let Some(d) = &dir {
         update_manifest(d, &st)?;
     }
-    report_removed(&removed, (ids.len(), false), before, args.quiet)?;
+    report_removed(&removed, (ids.len(), false), (before, again), args.quiet)?;
     Ok(exit::OK)
 }
 
@@ -175,6 +184,64 @@ fn goes(
     before: Option<f64>,
 ) -> bool {
     wanted.contains(session) || before.is_some_and(|b| first.is_none_or(|t| t < b))
+}
+
+/// What `--before b` gives back: per session (not forgotten outright),
+/// the time spans `[b, last]` of the lines that go although they trained
+/// on turns at or after the cut (`meta.last`, whole seconds, so up to the
+/// second after it), and how many such lines there are. A line without
+/// `meta` has no times: everything of its session from the cut on is
+/// reopened (all its file's lines go). A line with `meta` but no time
+/// trained on untimed turns only, which exports leave out.
+fn reopened(
+    files: &[FileLines],
+    wanted: &BTreeSet<&str>,
+    b: f64,
+) -> BTreeMap<String, (Vec<(f64, f64)>, usize)> {
+    let mut out: BTreeMap<String, (Vec<(f64, f64)>, usize)> = BTreeMap::new();
+    for f in files {
+        for (n, (_, session, first)) in f.lines.iter().enumerate() {
+            if wanted.contains(session.as_str()) || !goes((session, *first), wanted, Some(b)) {
+                continue;
+            }
+            let meta = &f.metas[n];
+            let end = match meta.is_object() {
+                false => f64::MAX,
+                true => match meta_time(meta, "last").or(*first) {
+                    Some(last) if last + 1.0 > b => last + 1.0,
+                    _ => continue,
+                },
+            };
+            let e = out.entry(session.clone()).or_default();
+            e.0.push((b, end));
+            e.1 += 1;
+        }
+    }
+    for (spans, _) in out.values_mut() {
+        *spans = merge_spans(std::mem::take(spans));
+    }
+    out
+}
+
+/// Spans sorted, overlapping ones joined.
+fn merge_spans(mut spans: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    spans.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.total_cmp(&y.1)));
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for (a, b) in spans {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// A time of a line's `meta` (`first`, `last`) in epoch seconds.
+fn meta_time(meta: &Value, key: &str) -> Option<f64> {
+    meta[key]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_micros() as f64 / 1e6)
 }
 
 /// The 1-based numbers of the lines that go, per file.
@@ -286,7 +353,7 @@ fn stage_lines(
             let fig = old.and_then(|v| n.checked_sub(unfigured).map(|k| v[k]));
             if goes(f, n) {
                 gone.push(n + 1);
-                forget_print(&mut st.curation.exact, bytes);
+                forget_print(&mut st.curation, bytes);
                 let meta = |k: &str| f.metas[n][k].as_str();
                 match (&fig, meta("channel")) {
                     (Some(fig), _) => st.dataset.remove(fig),
@@ -341,22 +408,21 @@ fn stage_lines(
 }
 
 /// Drops the exact-duplicate fingerprint of a removed line (its bytes
-/// without `meta`, as they were fingerprinted).
-fn forget_print(exact: &mut Vec<u64>, line: &[u8]) {
+/// without `meta`, as they were fingerprinted) and gives back the
+/// near-duplicate keys it counted.
+fn forget_print(memory: &mut crate::curate::Memory, line: &[u8]) {
     let body = match line.windows(8).rposition(|w| w == b",\"meta\":") {
         Some(at) => [&line[..at], b"}"].concat(),
         None => line.to_vec(),
     };
-    if let Ok(i) = exact.binary_search(&crate::curate::dedupe::line_print(&body)) {
-        exact.remove(i);
-    }
+    crate::curate::dedupe::forget_line(memory, crate::curate::dedupe::line_print(&body));
 }
 
 /// The removed line numbers per file on stdout; the summary on stderr.
 fn report_removed(
     removed: &BTreeMap<String, Vec<usize>>,
     (ids, dry_run): (usize, bool),
-    before: Option<f64>,
+    (before, again): (Option<f64>, usize),
     quiet: bool,
 ) -> Result<()> {
     let verb = if dry_run {
@@ -379,20 +445,26 @@ fn report_removed(
     }
     stdout.finish()?;
     if !quiet {
-        let cut = match before {
-            Some(b) => format!(
-                " and every turn before {}",
-                crate::time::iso_time(Some(b)).as_str().unwrap_or_default()
+        let (cut, later) = match before {
+            Some(b) => (
+                format!(
+                    " and every turn before {}",
+                    crate::time::iso_time(Some(b)).as_str().unwrap_or_default()
+                ),
+                format!(
+                    "; {again} of them held turns from the cut on, which the next export {} again without context from before the cut",
+                    if dry_run { "would write" } else { "writes" }
+                ),
             ),
-            None => String::new(),
+            None => (String::new(), String::new()),
         };
         if dry_run {
             eprintln!(
-                "hermes-harvest: dry run: forgetting {ids} session id(s){cut} would remove {total} line(s); nothing was changed"
+                "hermes-harvest: dry run: forgetting {ids} session id(s){cut} would remove {total} line(s){later}; nothing was changed"
             );
         } else {
             eprintln!(
-                "hermes-harvest: forgot {ids} session id(s){cut}; {total} line(s) removed; the state keeps them out of every later run"
+                "hermes-harvest: forgot {ids} session id(s){cut}; {total} line(s) removed{later}; the state keeps the rest out of every later run"
             );
         }
     }
@@ -449,10 +521,7 @@ fn read_committed(
                 n + 1
             )));
         };
-        let first = v["meta"]["first"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp_micros() as f64 / 1e6);
+        let first = meta_time(&v["meta"], "first");
         lines.push((line.to_vec(), session.to_string(), first));
         metas.push(v["meta"].clone());
     }

@@ -31,6 +31,8 @@ pub struct Dedupe {
     /// The splits the session at hand let exchanges through for (not yet
     /// written; only what is written counts for later sessions).
     session_sides: HashMap<u64, u32>,
+    /// The near keys of each line written in this run, by its print.
+    lines: Vec<(u64, Vec<u64>)>,
     cap: usize,
     pub exact_dropped: usize,
     pub near_dropped: usize,
@@ -44,6 +46,7 @@ impl Dedupe {
             pending: HashMap::new(),
             sides: memory.sides.iter().copied().collect(),
             session_sides: HashMap::new(),
+            lines: Vec::new(),
             cap,
             exact_dropped: 0,
             near_dropped: 0,
@@ -96,6 +99,12 @@ impl Dedupe {
         *n = n.saturating_add(1);
     }
 
+    /// A line with the fingerprint `print` was written, counting the near
+    /// keys `keys` (see `Memory::line_keys`).
+    pub fn wrote_line(&mut self, print: u64, keys: Vec<u64>) {
+        self.lines.push((print, keys));
+    }
+
     /// A new session: what the last one let through and did not write no
     /// longer holds a place under the cap.
     pub fn new_session(&mut self) {
@@ -135,6 +144,34 @@ impl Dedupe {
         let mut sides: Vec<(u64, u32)> = self.sides.iter().map(|(k, v)| (*k, *v)).collect();
         sides.sort_unstable();
         memory.sides = sides;
+        memory.line_keys.extend(self.lines.iter().cloned());
+        memory.line_keys.sort_unstable_by_key(|l| l.0);
+        memory.line_keys.dedup_by_key(|l| l.0);
+    }
+}
+
+/// A line with the fingerprint `print` left the dataset: its exact
+/// fingerprint goes, and each near key it counted is counted once less
+/// (a key at 0 goes, with the splits it was seen in; a key still counted
+/// keeps them, as a line left in a split may hold it).
+pub fn forget_line(memory: &mut Memory, print: u64) {
+    if let Ok(i) = memory.exact.binary_search(&print) {
+        memory.exact.remove(i);
+    }
+    let Ok(i) = memory.line_keys.binary_search_by_key(&print, |l| l.0) else {
+        return;
+    };
+    for key in memory.line_keys.remove(i).1 {
+        let Ok(k) = memory.near.binary_search_by_key(&key, |n| n.0) else {
+            continue;
+        };
+        memory.near[k].1 = memory.near[k].1.saturating_sub(1);
+        if memory.near[k].1 == 0 {
+            memory.near.remove(k);
+            if let Ok(s) = memory.sides.binary_search_by_key(&key, |n| n.0) {
+                memory.sides.remove(s);
+            }
+        }
     }
 }
 

@@ -58,6 +58,12 @@ pub struct Memory {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub sides: Vec<(u64, u32)>,
+    /// The near-duplicate keys each line counted (an SFT line's own
+    /// exchanges, a DPO line's pair), by the line's fingerprint (as in
+    /// `exact`), sorted: `forget` and retraction give them back
+    /// ([`dedupe::forget_line`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub line_keys: Vec<(u64, Vec<u64>)>,
     /// Sessions `forget` removed: never exported again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub forgotten: BTreeSet<String>,
@@ -150,15 +156,13 @@ impl Curator {
         }
         self.dedupe.new_session();
         for (i, ex) in exchanges.iter().enumerate() {
+            let before_cut = self.before_cut(ex.timestamp.or(started_at));
             if !selected[i] {
+                // A turn before the cut is never context either.
+                copied[i] |= before_cut;
                 continue;
             }
-            // Untimed turns cannot be told to be after the cut-off.
-            let t = ex.timestamp.or(started_at);
-            let drop = if self
-                .forgotten_before
-                .is_some_and(|b| t.is_none_or(|t| t < b))
-            {
+            let drop = if before_cut {
                 Some(Skip::ForgottenSession)
             } else if sft
                 && ex.problem.is_none()
@@ -202,6 +206,13 @@ impl Curator {
             return Ok(Some(line));
         }
         meta::append(&line, meta).map(Some)
+    }
+
+    /// Whether a turn at time `t` is before the `forget --before` cut-off
+    /// (untimed turns cannot be told to be after it).
+    pub fn before_cut(&self, t: Option<f64>) -> bool {
+        self.forgotten_before
+            .is_some_and(|b| t.is_none_or(|t| t < b))
     }
 
     /// Folds what this run wrote into the state's memory.
