@@ -731,17 +731,7 @@ impl<'a> Run<'a> {
             return Ok((0, None));
         }
         if sel.too_few {
-            // Say why each turn could not count.
-            for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
-                if let Some(problem) = ex.0.problem {
-                    report.skip(problem);
-                }
-            }
-            report.skip(if sel.complete == 0 {
-                Skip::NoCompleteTurn
-            } else {
-                Skip::TooFewTurns
-            });
+            too_few(exchanges, sel, report);
             return Ok((0, None));
         }
         let mut reasons = Vec::new();
@@ -787,9 +777,11 @@ impl<'a> Run<'a> {
             };
             let figures = LineFigures::new(p.channel, None, line.count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
-            let own = &exchanges[first + line.own.0..first + line.own.1];
-            let keys = self.wrote_exchanges(own, &unit);
-            self.curate.dedupe.wrote_line(print, keys);
+            self.wrote_exchanges(
+                &exchanges[first + line.own.0..first + line.own.1],
+                &unit,
+                print,
+            );
             self.totals.saw_time((t, last));
             let system_tokens = line
                 .system
@@ -804,8 +796,9 @@ impl<'a> Run<'a> {
 
     /// The exchanges of a line of `unit` were written: only what is
     /// written counts toward the near-duplicate cap and as held by its
-    /// split. Returns their near keys.
-    fn wrote_exchanges(&mut self, own: &[Exchange<'_>], unit: &str) -> Vec<u64> {
+    /// split; the line's fingerprint `print` keeps their keys (see
+    /// `Memory::line_keys`).
+    fn wrote_exchanges(&mut self, own: &[Exchange<'_>], unit: &str, print: u64) {
         let (dir, valid) = (self.output.is_dir(), self.output.is_valid(unit));
         let mut keys = Vec::with_capacity(own.len());
         for ex in own {
@@ -816,7 +809,7 @@ impl<'a> Run<'a> {
             }
             keys.push(key);
         }
-        keys
+        self.curate.dedupe.wrote_line(print, keys);
     }
 
     /// Writes the preference pairs of one session; returns how many were
@@ -1057,6 +1050,21 @@ fn unit_ranges(p: &Prepared, exchanges: &[Exchange<'_>]) -> Vec<(usize, usize, S
         }
     }
     out
+}
+
+/// A session with fewer complete turns than `--min-turns`: says why each
+/// selected turn could not count, and why the session is skipped.
+fn too_few(exchanges: &[Exchange<'_>], sel: &TurnSelection, report: &mut Report) {
+    for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
+        if let Some(problem) = ex.0.problem {
+            report.skip(problem);
+        }
+    }
+    report.skip(if sel.complete == 0 {
+        Skip::NoCompleteTurn
+    } else {
+        Skip::TooFewTurns
+    });
 }
 
 /// The first user turn of the unit of the user turn `messages[user]` of

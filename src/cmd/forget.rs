@@ -9,6 +9,14 @@
 //!   also removes every line whose first turn (`meta.first`) is earlier,
 //!   or unknown (later exports leave untimed turns out once a cut-off is
 //!   set, as they cannot tell on which side of it they fall).
+//! - `--before` never loses a turn from the cut on: a removed line that
+//!   trained on turns at or after the cut (`meta.last`; a line without
+//!   `meta`: any) gives them back. The state records, per session, the
+//!   span from the cut to the line's last turn (`RunState::reopened`, in
+//!   the same commit as the cut-off), and the next export takes the turns
+//!   in it as new again and writes them once, without context from before
+//!   the cut (the export never uses a turn before the cut as context or
+//!   as a pair's history). The dry run and the summary count those lines.
 //!   A line without `meta` (`--no-meta`, `--target openai`) is attributed
 //!   through the state's index of the sessions of such lines; without one
 //!   (an earlier version wrote them) the command refuses.
@@ -118,19 +126,7 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     // The ids, the cut-off and the journal of the staged files are
     // committed at once: from then on no run exports them, and any later
     // command finishes the rewrite.
-    st.curation.forgotten.extend(ids.iter().cloned());
-    if let Some(b) = before {
-        st.curation.forgotten_before = Some(st.curation.forgotten_before.map_or(b, |a| a.max(b)));
-    }
-    for id in &ids {
-        st.pending.remove(id);
-        st.reopened.remove(id);
-    }
-    for (session, (spans, _)) in reopen {
-        let all = st.reopened.entry(session).or_default();
-        all.extend(spans);
-        *all = merge_spans(std::mem::take(all));
-    }
+    record(&mut st, &ids, before, reopen);
     let removed = stage_lines(
         &files,
         &|f, n| goes((&f.lines[n].1, f.lines[n].2), &wanted, before),
@@ -146,6 +142,29 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     }
     report_removed(&removed, (ids.len(), false), (before, again), args.quiet)?;
     Ok(exit::OK)
+}
+
+/// Records in the state what goes (the ids, the cut-off) and what the
+/// next export writes again (`RunState::reopened`).
+fn record(
+    st: &mut RunState,
+    ids: &BTreeSet<String>,
+    before: Option<f64>,
+    reopen: BTreeMap<String, (Vec<(f64, f64)>, usize)>,
+) {
+    st.curation.forgotten.extend(ids.iter().cloned());
+    if let Some(b) = before {
+        st.curation.forgotten_before = Some(st.curation.forgotten_before.map_or(b, |a| a.max(b)));
+    }
+    for id in ids {
+        st.pending.remove(id);
+        st.reopened.remove(id);
+    }
+    for (session, (spans, _)) in reopen {
+        let all = st.reopened.entry(session).or_default();
+        all.extend(spans);
+        *all = merge_spans(std::mem::take(all));
+    }
 }
 
 /// Every committed line of every output file (a killed run's uncommitted
@@ -464,7 +483,7 @@ fn report_removed(
             );
         } else {
             eprintln!(
-                "hermes-harvest: forgot {ids} session id(s){cut}; {total} line(s) removed{later}; the state keeps the rest out of every later run"
+                "hermes-harvest: forgot {ids} session id(s){cut}; {total} line(s) removed{later}; the state keeps them out of every later run"
             );
         }
     }
