@@ -22,7 +22,7 @@ use crate::report::Report;
 use crate::shape::Shape;
 use crate::source::Stores;
 use crate::source::state_db::StateDb;
-use crate::state::{Covered, Pending, RunState, TurnSelection, in_spans, turn_key};
+use crate::state::{Covered, Pending, RunState, TurnSelection, turn_key};
 
 pub fn channel_of(cfg: &ExportConfig, h: &SessionMeta) -> Channel {
     Channel::of(&h.source, &h.id, h.title.as_deref(), &cfg.nexus_prefix)
@@ -155,8 +155,8 @@ pub fn turns(
 /// up to `resume_after` belong to the previous part of a long session and
 /// are only context here. Turns recovered from a snapshot have no row id:
 /// they predate the compaction, so only a first run takes them. Other
-/// sessions: by identity. Either way, a turn in a span `forget --before`
-/// reopened (`RunState::reopened`) is new again.
+/// sessions: by identity. Either way, a turn `forget --before` gave back
+/// (`RunState::reopened`) is new again.
 fn is_new(
     covered: &Covered<'_>,
     session: &Session,
@@ -168,7 +168,7 @@ fn is_new(
     let reopened = covered
         .state
         .and_then(|s| s.reopened.get(&session.id))
-        .is_some_and(|spans| in_spans(spans, ex.timestamp.or(session.started_at)));
+        .is_some_and(|r| r.holds(ex.timestamp));
     if session.origin != Some(Origin::StateDb) {
         let known = covered.state.and_then(|s| s.covered_turns.get(&session.id));
         return reopened || known.is_none_or(|k| k.binary_search(&idents[index]).is_err());
@@ -187,7 +187,8 @@ fn is_new(
 
 /// The state.db sessions an incremental run reads: those touched since the
 /// watermark, those holding pending turns that this run's filters may
-/// now take, and those with reopened spans (sorted by id).
+/// now take, and those with turns `forget --before` gave back (sorted by
+/// id).
 pub fn heads_to_read(
     st: &RunState,
     db: &StateDb,

@@ -11,12 +11,13 @@
 //!   set, as they cannot tell on which side of it they fall).
 //! - `--before` never loses a turn from the cut on: a removed line that
 //!   trained on turns at or after the cut (`meta.last`; a line without
-//!   `meta`: any) gives them back. The state records, per session, the
-//!   span from the cut to the line's last turn (`RunState::reopened`, in
-//!   the same commit as the cut-off), and the next export takes the turns
-//!   in it as new again and writes them once, without context from before
-//!   the cut (the export never uses a turn before the cut as context or
-//!   as a pair's history). The dry run and the summary count those lines.
+//!   `meta.first` or without `meta`: any) gives them back. The state
+//!   records, per session, the span from the cut to the line's last turn,
+//!   or its untimed turns (`RunState::reopened`, in the same commit as the
+//!   cut-off), and the next export takes them as new again and writes them
+//!   once, without context from before the cut (the export never uses a
+//!   turn before the cut as context or as a pair's history). The dry run
+//!   and the summary count those lines.
 //!   A line without `meta` (`--no-meta`, `--target openai`) is attributed
 //!   through the state's index of the sessions of such lines; without one
 //!   (an earlier version wrote them) the command refuses.
@@ -52,7 +53,7 @@ use crate::exit::{self, Failure};
 use crate::lock::RunLock;
 use crate::safe_io::{self, FileDest};
 use crate::sink::{persist, temp_beside};
-use crate::state::{Committed, RunState};
+use crate::state::{Committed, Reopened, RunState};
 
 fn usage(msg: String) -> anyhow::Error {
     Failure::new(exit::USAGE, msg).into()
@@ -150,7 +151,7 @@ fn record(
     st: &mut RunState,
     ids: &BTreeSet<String>,
     before: Option<f64>,
-    reopen: BTreeMap<String, (Vec<(f64, f64)>, usize)>,
+    reopen: BTreeMap<String, (Reopened, usize)>,
 ) {
     st.curation.forgotten.extend(ids.iter().cloned());
     if let Some(b) = before {
@@ -160,10 +161,8 @@ fn record(
         st.pending.remove(id);
         st.reopened.remove(id);
     }
-    for (session, (spans, _)) in reopen {
-        let all = st.reopened.entry(session).or_default();
-        all.extend(spans);
-        *all = merge_spans(std::mem::take(all));
+    for (session, (back, _)) in reopen {
+        st.reopened.entry(session).or_default().merge(back);
     }
 }
 
@@ -206,50 +205,44 @@ fn goes(
 }
 
 /// What `--before b` gives back: per session (not forgotten outright),
-/// the time spans `[b, last]` of the lines that go although they trained
-/// on turns at or after the cut (`meta.last`, whole seconds, so up to the
-/// second after it), and how many such lines there are. A line without
-/// `meta` has no times: everything of its session from the cut on is
-/// reopened (all its file's lines go). A line with `meta` but no time
-/// trained on untimed turns only, which exports leave out.
+/// the turns of the lines that go although they trained on turns at or
+/// after the cut, and how many such lines there are. A line with times
+/// gives the span `[b, last]` (`meta.last`, whole seconds, so up to the
+/// second after it); one with `meta` but no time trained on turns without
+/// a time of their own, which the export times by their session's start:
+/// those (the cut-off judges them again). A line without `meta` gives
+/// everything of its session from the cut on (all its file's lines go).
 fn reopened(
     files: &[FileLines],
     wanted: &BTreeSet<&str>,
     b: f64,
-) -> BTreeMap<String, (Vec<(f64, f64)>, usize)> {
-    let mut out: BTreeMap<String, (Vec<(f64, f64)>, usize)> = BTreeMap::new();
+) -> BTreeMap<String, (Reopened, usize)> {
+    let mut out: BTreeMap<String, (Reopened, usize)> = BTreeMap::new();
     for f in files {
         for (n, (_, session, first)) in f.lines.iter().enumerate() {
             if wanted.contains(session.as_str()) || !goes((session, *first), wanted, Some(b)) {
                 continue;
             }
             let meta = &f.metas[n];
-            let end = match meta.is_object() {
-                false => f64::MAX,
-                true => match meta_time(meta, "last").or(*first) {
-                    Some(last) if last + 1.0 > b => last + 1.0,
-                    _ => continue,
+            let last = meta_time(meta, "last").or(*first);
+            let back = match (meta.is_object(), last) {
+                (false, _) => Reopened {
+                    spans: vec![(b, f64::MAX)],
+                    untimed: true,
                 },
+                (true, None) => Reopened {
+                    spans: Vec::new(),
+                    untimed: true,
+                },
+                (true, Some(last)) if last + 1.0 > b => Reopened {
+                    spans: vec![(b, last + 1.0)],
+                    untimed: false,
+                },
+                _ => continue,
             };
             let e = out.entry(session.clone()).or_default();
-            e.0.push((b, end));
+            e.0.merge(back);
             e.1 += 1;
-        }
-    }
-    for (spans, _) in out.values_mut() {
-        *spans = merge_spans(std::mem::take(spans));
-    }
-    out
-}
-
-/// Spans sorted, overlapping ones joined.
-fn merge_spans(mut spans: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
-    spans.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.total_cmp(&y.1)));
-    let mut out: Vec<(f64, f64)> = Vec::new();
-    for (a, b) in spans {
-        match out.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
         }
     }
     out

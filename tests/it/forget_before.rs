@@ -203,3 +203,76 @@ fn forget_before_writes_the_later_turns_of_a_line_again() {
 fn forget_before_writes_them_again_without_context_or_cap() {
     cut_inside_a_line(&["--sft-context", "0", "--near-duplicate-cap", "0", "--quiet"]);
 }
+
+/// Every assistant turn of every line, sorted (with `--sft-context 0`
+/// each line holds only the turns it trains on).
+fn targets(lines: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = lines
+        .iter()
+        .flat_map(|l| l["messages"].as_array().unwrap().clone())
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| format!("{}|{}", m["content"], m["tool_calls"]))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn forget_before_inside_a_captured_line_matches_a_fresh_export() {
+    const FLAGS: [&str; 5] = ["--sft-context", "0", "--near-duplicate-cap", "0", "--quiet"];
+    for version in VERSIONS {
+        let home = fixture_home(version);
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("out");
+        let dir = format!("{}/", out.display());
+        let state = work.path().join("state.json");
+        let s = state.to_str().unwrap();
+        let export = || {
+            ok(&run_in(
+                home.path(),
+                &[&["export", "--out", &dir, "--state", s], &FLAGS[..]].concat(),
+            ))
+        };
+        export();
+        // The cut: the last turn of a line that began earlier.
+        let mut lasts: Vec<String> = dir_lines(&out)
+            .iter()
+            .filter(|l| l["meta"]["first"].as_str() < l["meta"]["last"].as_str())
+            .map(|l| l["meta"]["last"].as_str().unwrap().to_string())
+            .collect();
+        lasts.sort();
+        assert!(!lasts.is_empty(), "{version}: no line of several turns");
+        let cut = lasts[lasts.len() / 2].clone();
+        let args = ["forget", "--out", &dir, "--state", s, "--before", &cut];
+        let said = ok(&run(&args));
+        assert!(!said.contains("; 0 of them held"), "{version}: {said}");
+        export();
+        let ours = dir_lines(&out);
+        let v = run(&["validate", &dir, "--state", s]);
+        assert_eq!(v.status.code(), Some(0), "{version}: {v:?}");
+        // A fresh export with the same cut-off.
+        let t = chrono::DateTime::parse_from_rfc3339(&cut)
+            .unwrap()
+            .timestamp();
+        let fresh_state = work.path().join("fresh.json");
+        let st =
+            serde_json::json!({"version": 4, "watermark": 0, "curation": {"forgotten_before": t}});
+        std::fs::write(&fresh_state, st.to_string()).unwrap();
+        let fresh_dir = format!("{}/", work.path().join("fresh").display());
+        let args = [
+            "export",
+            "--out",
+            &fresh_dir,
+            "--state",
+            fresh_state.to_str().unwrap(),
+        ];
+        ok(&run_in(home.path(), &[&args[..], &FLAGS[..]].concat()));
+        let fresh = dir_lines(&work.path().join("fresh"));
+        assert!(!fresh.is_empty(), "{version}");
+        assert_eq!(targets(&ours), targets(&fresh), "{version}");
+        // Lines without a time hold turns timed by their session's start
+        // (after the cut), as in the fresh export.
+        let first = |l: &Value| l["meta"]["first"].as_str().map(str::to_owned);
+        assert!(ours.iter().all(|l| first(l).is_none_or(|f| f >= cut)));
+    }
+}
