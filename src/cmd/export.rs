@@ -777,11 +777,8 @@ impl<'a> Run<'a> {
             };
             let figures = LineFigures::new(p.channel, None, line.count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
-            self.wrote_exchanges(
-                &exchanges[first + line.own.0..first + line.own.1],
-                &unit,
-                print,
-            );
+            let own = &exchanges[first + line.own.0..first + line.own.1];
+            self.wrote_exchanges(own, &unit, (print, p.session.started_at));
             self.totals.saw_time((t, last));
             let system_tokens = line
                 .system
@@ -796,9 +793,14 @@ impl<'a> Run<'a> {
 
     /// The exchanges of a line of `unit` were written: only what is
     /// written counts toward the near-duplicate cap and as held by its
-    /// split; the line's fingerprint `print` keeps their keys (see
-    /// `Memory::line_keys`).
-    fn wrote_exchanges(&mut self, own: &[Exchange<'_>], unit: &str, print: u64) {
+    /// split; the line's fingerprint `print` keeps their keys and times
+    /// (a turn's own, else its session's start; see `Memory::line_keys`).
+    fn wrote_exchanges(
+        &mut self,
+        own: &[Exchange<'_>],
+        unit: &str,
+        (print, started_at): (u64, Option<f64>),
+    ) {
         let (dir, valid) = (self.output.is_dir(), self.output.is_valid(unit));
         let mut keys = Vec::with_capacity(own.len());
         for ex in own {
@@ -807,7 +809,7 @@ impl<'a> Run<'a> {
             if dir {
                 self.curate.dedupe.wrote_in(key, valid);
             }
-            keys.push(key);
+            keys.push((key, ex.timestamp.or(started_at)));
         }
         self.curate.dedupe.wrote_line(print, keys);
     }
@@ -873,7 +875,7 @@ impl<'a> Run<'a> {
             let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
                 continue;
             };
-            self.curate.dedupe.wrote_line(print, vec![key]);
+            self.curate.dedupe.wrote_line(print, vec![(key, t)]);
             let figures = LineFigures::new(p.channel, Some(signal), count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
             if self.output.is_dir() {

@@ -49,6 +49,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::config::ForgetConfig;
+use crate::curate::dedupe::body_print;
 use crate::exit::{self, Failure};
 use crate::lock::RunLock;
 use crate::safe_io::{self, FileDest};
@@ -116,8 +117,9 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
         .chain(given.iter().map(|id| id.to_string()))
         .collect();
     let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
-    let reopen = before.map_or_else(BTreeMap::new, |b| reopened(&files, &wanted, b));
-    let again = reopen.values().map(|(_, n)| n).sum::<usize>();
+    let (reopen, again) = before.map_or_else(Default::default, |b| {
+        reopened(&files, (&wanted, &st.curation), b)
+    });
     if args.dry_run {
         let gone = doomed(&files, &wanted, before);
         report_removed(&gone, (ids.len(), true), (before, again), args.quiet)?;
@@ -151,7 +153,7 @@ fn record(
     st: &mut RunState,
     ids: &BTreeSet<String>,
     before: Option<f64>,
-    reopen: BTreeMap<String, (Reopened, usize)>,
+    reopen: BTreeMap<String, Reopened>,
 ) {
     st.curation.forgotten.extend(ids.iter().cloned());
     if let Some(b) = before {
@@ -161,7 +163,7 @@ fn record(
         st.pending.remove(id);
         st.reopened.remove(id);
     }
-    for (session, (back, _)) in reopen {
+    for (session, back) in reopen {
         st.reopened.entry(session).or_default().merge(back);
     }
 }
@@ -206,7 +208,7 @@ fn goes(
 
 /// What `--before b` gives back: per session (not forgotten outright),
 /// the turns of the lines that go although they trained on turns at or
-/// after the cut, and how many such lines there are. A line with times
+/// after the cut, and how many (see [`Again`]). A line with times
 /// gives the span `[b, last]` (`meta.last`, whole seconds, so up to the
 /// second after it); one with `meta` but no time trained on turns without
 /// a time of their own, which the export times by their session's start:
@@ -214,10 +216,11 @@ fn goes(
 /// everything of its session from the cut on (all its file's lines go).
 fn reopened(
     files: &[FileLines],
-    wanted: &BTreeSet<&str>,
+    (wanted, memory): (&BTreeSet<&str>, &crate::curate::Memory),
     b: f64,
-) -> BTreeMap<String, (Reopened, usize)> {
-    let mut out: BTreeMap<String, (Reopened, usize)> = BTreeMap::new();
+) -> (BTreeMap<String, Reopened>, Again) {
+    let mut out: BTreeMap<String, Reopened> = BTreeMap::new();
+    let mut again = Again::default();
     for f in files {
         for (n, (_, session, first)) in f.lines.iter().enumerate() {
             if wanted.contains(session.as_str()) || !goes((session, *first), wanted, Some(b)) {
@@ -240,12 +243,27 @@ fn reopened(
                 },
                 _ => continue,
             };
-            let e = out.entry(session.clone()).or_default();
-            e.0.merge(back);
-            e.1 += 1;
+            out.entry(session.clone()).or_default().merge(back);
+            again.lines += 1;
+            let bytes = &f.lines[n].0;
+            match crate::curate::dedupe::line_times(memory, body_print(bytes)) {
+                Some(times) => again.turns += times.iter().flatten().filter(|t| **t >= b).count(),
+                None => again.untold += 1,
+            }
         }
     }
-    out
+    (out, again)
+}
+
+/// What `--before` gives back: the removed lines that held turns from the
+/// cut on, those turns (by the times the state recorded per line), and
+/// the lines whose turn times it did not record (an earlier version wrote
+/// them).
+#[derive(Debug, Default, Clone, Copy)]
+struct Again {
+    lines: usize,
+    turns: usize,
+    untold: usize,
 }
 
 /// A time of a line's `meta` (`first`, `last`) in epoch seconds.
@@ -423,18 +441,14 @@ fn stage_lines(
 /// without `meta`, as they were fingerprinted) and gives back the
 /// near-duplicate keys it counted.
 fn forget_print(memory: &mut crate::curate::Memory, line: &[u8]) {
-    let body = match line.windows(8).rposition(|w| w == b",\"meta\":") {
-        Some(at) => [&line[..at], b"}"].concat(),
-        None => line.to_vec(),
-    };
-    crate::curate::dedupe::forget_line(memory, crate::curate::dedupe::line_print(&body));
+    crate::curate::dedupe::forget_line(memory, body_print(line));
 }
 
 /// The removed line numbers per file on stdout; the summary on stderr.
 fn report_removed(
     removed: &BTreeMap<String, Vec<usize>>,
     (ids, dry_run): (usize, bool),
-    (before, again): (Option<f64>, usize),
+    (before, again): (Option<f64>, Again),
     quiet: bool,
 ) -> Result<()> {
     let verb = if dry_run {
@@ -464,7 +478,15 @@ fn report_removed(
                     crate::time::iso_time(Some(b)).as_str().unwrap_or_default()
                 ),
                 format!(
-                    "; {again} of them held turns from the cut on, which the next export {} again without context from before the cut",
+                    "; {} of them held turns from the cut on ({} turn(s){}), which the next export {} again without context from before the cut",
+                    again.lines,
+                    again.turns,
+                    match again.untold {
+                        0 => String::new(),
+                        n => format!(
+                            ", and those of {n} line(s) whose turn times the state did not keep"
+                        ),
+                    },
                     if dry_run { "would write" } else { "writes" }
                 ),
             ),

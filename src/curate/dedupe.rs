@@ -31,8 +31,9 @@ pub struct Dedupe {
     /// The splits the session at hand let exchanges through for (not yet
     /// written; only what is written counts for later sessions).
     session_sides: HashMap<u64, u32>,
-    /// The near keys of each line written in this run, by its print.
-    lines: Vec<(u64, Vec<u64>)>,
+    /// The near keys (and turn times) of each line written in this run,
+    /// by its print.
+    lines: Vec<super::LineKeys>,
     cap: usize,
     pub exact_dropped: usize,
     pub near_dropped: usize,
@@ -100,8 +101,8 @@ impl Dedupe {
     }
 
     /// A line with the fingerprint `print` was written, counting the near
-    /// keys `keys` (see `Memory::line_keys`).
-    pub fn wrote_line(&mut self, print: u64, keys: Vec<u64>) {
+    /// keys `keys` of turns at their times (see `Memory::line_keys`).
+    pub fn wrote_line(&mut self, print: u64, keys: Vec<(u64, Option<f64>)>) {
         self.lines.push((print, keys));
     }
 
@@ -150,6 +151,25 @@ impl Dedupe {
     }
 }
 
+/// The times of the turns a line with the fingerprint `print` trained
+/// on, when the state recorded them.
+pub fn line_times(memory: &Memory, print: u64) -> Option<Vec<Option<f64>>> {
+    let i = memory
+        .line_keys
+        .binary_search_by_key(&print, |l| l.0)
+        .ok()?;
+    Some(memory.line_keys[i].1.iter().map(|k| k.1).collect())
+}
+
+/// A line's fingerprint: its bytes without `meta`, as they were
+/// fingerprinted when written.
+pub fn body_print(line: &[u8]) -> u64 {
+    match line.windows(8).rposition(|w| w == b",\"meta\":") {
+        Some(at) => line_print(&[&line[..at], b"}"].concat()),
+        None => line_print(line),
+    }
+}
+
 /// A line with the fingerprint `print` left the dataset: its exact
 /// fingerprint goes, and each near key it counted is counted once less
 /// (a key at 0 goes, with the splits it was seen in; a key still counted
@@ -161,7 +181,7 @@ pub fn forget_line(memory: &mut Memory, print: u64) {
     let Ok(i) = memory.line_keys.binary_search_by_key(&print, |l| l.0) else {
         return;
     };
-    for key in memory.line_keys.remove(i).1 {
+    for (key, _) in memory.line_keys.remove(i).1 {
         let Ok(k) = memory.near.binary_search_by_key(&key, |n| n.0) else {
             continue;
         };

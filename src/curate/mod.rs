@@ -31,6 +31,10 @@ use crate::skip::Skip;
 /// world to teach repetition.
 pub const DEFAULT_NEAR_DUPLICATE_CAP: usize = 3;
 
+/// A line's fingerprint and the near keys it counted, each with its
+/// turn's time (see `Memory::line_keys`).
+pub type LineKeys = (u64, Vec<(u64, Option<f64>)>);
+
 /// What the state remembers for curation (field `curation`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Memory {
@@ -59,11 +63,13 @@ pub struct Memory {
     )]
     pub sides: Vec<(u64, u32)>,
     /// The near-duplicate keys each line counted (an SFT line's own
-    /// exchanges, a DPO line's pair), by the line's fingerprint (as in
-    /// `exact`), sorted: `forget` and retraction give them back
-    /// ([`dedupe::forget_line`]).
+    /// exchanges, a DPO line's pair), each with its turn's time as the
+    /// cut-off judges it, by the line's fingerprint (as in `exact`),
+    /// sorted: `forget` and retraction give the keys back
+    /// ([`dedupe::forget_line`]), and `forget --before` counts the turns
+    /// it gives back by their times.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub line_keys: Vec<(u64, Vec<u64>)>,
+    pub line_keys: Vec<LineKeys>,
     /// Sessions `forget` removed: never exported again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub forgotten: BTreeSet<String>,

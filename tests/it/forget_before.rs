@@ -118,7 +118,7 @@ fn cut_inside_a_line(flags: &[&str]) {
     let said = forget(&["--dry-run"]);
     assert!(
         said.contains(
-            "; 1 of them held turns from the cut on, which the next export would write again"
+            "; 1 of them held turns from the cut on (2 turn(s)), which the next export would write again"
         ),
         "{said}"
     );
@@ -129,7 +129,9 @@ fn cut_inside_a_line(flags: &[&str]) {
     assert_eq!((now, read(&state)), (files, saved));
     let said = forget(&[]);
     assert!(
-        said.contains("; 1 of them held turns from the cut on, which the next export writes again"),
+        said.contains(
+            "; 1 of them held turns from the cut on (2 turn(s)), which the next export writes again"
+        ),
         "{said}"
     );
     assert!(
@@ -246,8 +248,23 @@ fn forget_before_inside_a_captured_line_matches_a_fresh_export() {
         let args = ["forget", "--out", &dir, "--state", s, "--before", &cut];
         let said = ok(&run(&args));
         assert!(!said.contains("; 0 of them held"), "{version}: {said}");
+        // One user message per exchange (`--sft-context 0`).
+        let kept = contents(&dir_lines(&out), "user").len();
         export();
         let ours = dir_lines(&out);
+        // The summary counted the turns written again.
+        let again = said
+            .split(" turn(s)")
+            .next()
+            .unwrap()
+            .rsplit('(')
+            .next()
+            .unwrap();
+        assert_eq!(
+            again.parse::<usize>().unwrap(),
+            contents(&ours, "user").len() - kept,
+            "{version}: {said}"
+        );
         let v = run(&["validate", &dir, "--state", s]);
         assert_eq!(v.status.code(), Some(0), "{version}: {v:?}");
         // A fresh export with the same cut-off.
