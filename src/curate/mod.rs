@@ -32,8 +32,9 @@ use crate::skip::Skip;
 pub const DEFAULT_NEAR_DUPLICATE_CAP: usize = 3;
 
 /// A line's fingerprint and the near keys it counted, each with its
-/// turn's time (see `Memory::line_keys`).
-pub type LineKeys = (u64, Vec<(u64, Option<f64>)>);
+/// turn's time
+/// (whole seconds, [`dedupe::NO_TIME`] for none; see `Memory::line_keys`).
+pub type LineKeys = (u64, Vec<(u64, u32)>);
 
 /// What the state remembers for curation (field `curation`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -68,7 +69,11 @@ pub struct Memory {
     /// sorted: `forget` and retraction give the keys back
     /// ([`dedupe::forget_line`]), and `forget --before` counts the turns
     /// it gives back by their times.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        with = "dedupe::hex_line_keys",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub line_keys: Vec<LineKeys>,
     /// Sessions `forget` removed: never exported again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
