@@ -2,7 +2,8 @@
 //! line goes, and the next export writes its turns from the cut on again,
 //! once each, without context from before the cut; the near-duplicate
 //! keys of the removed lines leave the state. Checked against a fresh
-//! export with the same cut-off.
+//! export with the same cut-off. A DPO pair after a cut carries no
+//! history from before it.
 
 use std::path::Path;
 
@@ -292,4 +293,50 @@ fn forget_before_inside_a_captured_line_matches_a_fresh_export() {
         let first = |l: &Value| l["meta"]["first"].as_str().map(str::to_owned);
         assert!(ours.iter().all(|l| first(l).is_none_or(|f| f >= cut)));
     }
+}
+
+#[test]
+fn a_pair_after_the_cut_carries_no_history_from_before_it() {
+    let home = fixture_home(VERSIONS[0]);
+    let h = home.path();
+    session(h, "dpo-cut", "telegram", T0 - 10.0, None);
+    turn(h, "dpo-cut", T0, "dpo early");
+    turn(h, "dpo-cut", T0 + 200.0, "dpo late");
+    // The user regenerates the answer after the cut.
+    crate::cron::sql(
+        h,
+        &format!(
+            "INSERT INTO messages (session_id, role, content, timestamp, active, compacted) VALUES ('dpo-cut', 'user', 'please dpo late', {}, 1, 0);
+             INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES ('dpo-cut', 'assistant', 'a better answer to dpo late', {}, 'stop', 1, 0);",
+            T0 + 260.0,
+            T0 + 261.0
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let pairs = |cut: Option<f64>| {
+        let state = work.path().join(format!("{cut:?}.json"));
+        let st = serde_json::json!({"version": 4, "watermark": 0, "curation": {"forgotten_before": cut}});
+        std::fs::write(&state, st.to_string()).unwrap();
+        let file = work.path().join(format!("{cut:?}.jsonl"));
+        let (f, s) = (file.to_str().unwrap(), state.to_str().unwrap());
+        ok(&run_in(
+            h,
+            &[
+                "export", "--format", "dpo", "--out", f, "--state", s, "--quiet",
+            ],
+        ));
+        let all = lines(&read(&file));
+        all.into_iter()
+            .filter(|l| l["meta"]["session"] == "dpo-cut")
+            .map(|l| l.to_string())
+            .collect::<Vec<String>>()
+    };
+    // Without a cut the pair's history holds the early turn; with one it does not.
+    let uncut = pairs(None);
+    assert!(uncut.iter().any(|l| l.contains("dpo early")), "{uncut:?}");
+    let cut = pairs(Some(T0 + 100.0));
+    assert!(
+        !cut.is_empty() && cut.iter().all(|l| !l.contains("dpo early")),
+        "{cut:?}"
+    );
 }
