@@ -16,7 +16,7 @@ use anyhow::Result;
 use crate::config::ExportConfig;
 use crate::coverage::{fingerprint, identities};
 use crate::format::Exchange;
-use crate::model::{Channel, Listed, Message, Origin, Session, SessionMeta};
+use crate::model::{Channel, Listed, Origin, Session, SessionMeta};
 use crate::redact::Redactor;
 use crate::report::Report;
 use crate::shape::Shape;
@@ -143,7 +143,7 @@ pub fn turns(
                 continue;
             }
         }
-        sel.fresh[i] = is_new(covered, session, &sel.idents, i, ex.msgs);
+        sel.fresh[i] = is_new(covered, session, &sel.idents, i, ex);
         sel.usable[i] = in_window(cfg, ex.timestamp.or(session.started_at));
         sel.selected.push(sel.usable[i] && sel.fresh[i]);
     }
@@ -161,17 +161,23 @@ pub fn turns(
 /// up to `resume_after` belong to the previous part of a long session and
 /// are only context here. Turns recovered from a snapshot have no row id:
 /// they predate the compaction, so only a first run takes them. Other
-/// sessions: by identity.
+/// sessions: by identity. Either way, a turn `forget --before` gave back
+/// (`RunState::reopened`) is new again.
 fn is_new(
     covered: &Covered<'_>,
     session: &Session,
     idents: &[u64],
     index: usize,
-    msgs: &[Message],
+    ex: &Exchange<'_>,
 ) -> bool {
+    let msgs = ex.msgs;
+    let reopened = covered
+        .state
+        .and_then(|s| s.reopened.get(&session.id))
+        .is_some_and(|r| r.holds(ex.timestamp));
     if session.origin != Some(Origin::StateDb) {
         let known = covered.state.and_then(|s| s.covered_turns.get(&session.id));
-        return known.is_none_or(|k| k.binary_search(&idents[index]).is_err());
+        return reopened || known.is_none_or(|k| k.binary_search(&idents[index]).is_err());
     }
     let (Some(key), Some(last)) = (turn_key(msgs), msgs.iter().filter_map(|m| m.row_id).max())
     else {
@@ -180,13 +186,15 @@ fn is_new(
     let pending = covered.state.and_then(|s| s.pending.get(&session.id));
     key > session.resume_after.unwrap_or(0)
         && (last > covered.watermark
+            || reopened
             || pending
                 .is_some_and(|p| p.has_turn(key) || p.unselected_after.is_some_and(|a| last > a)))
 }
 
 /// The state.db sessions an incremental run reads: those touched since the
-/// watermark, and those holding pending turns that this run's filters may
-/// now take (sorted by id).
+/// watermark, those holding pending turns that this run's filters may
+/// now take, and those with turns `forget --before` gave back (sorted by
+/// id).
 pub fn heads_to_read(
     st: &RunState,
     db: &StateDb,
@@ -199,13 +207,14 @@ pub fn heads_to_read(
         .map(|h| (h.id.clone(), h))
         .collect();
     let selection_changed = st.selection != selection;
-    for (id, p) in &st.pending {
-        let take = (p.unselected_after.is_some() && selection_changed)
+    let pending = st.pending.iter().filter(|(_, p)| {
+        (p.unselected_after.is_some() && selection_changed)
             || (!p.turns.is_empty()
                 && p.complete.is_none_or(|c| c >= cfg.min_turns)
-                && window_may_hold(cfg, p));
-        if take
-            && !heads.contains_key(id)
+                && window_may_hold(cfg, p))
+    });
+    for id in pending.map(|(id, _)| id).chain(st.reopened.keys()) {
+        if !heads.contains_key(id)
             && let Some(h) = db.root_of(id)?
         {
             heads.insert(h.id.clone(), h);

@@ -124,6 +124,13 @@ pub struct RunState {
     /// The split of every unit that has lines (see `output`).
     #[serde(default)]
     pub units: Units,
+    /// `forget --before`: per session, the turns at or after the cut that
+    /// the lines it removed trained on. An export takes them as new again
+    /// (`select::is_new`), so none is lost, and drops a session's entry
+    /// once it read the session and consumed them (see
+    /// [`RunCoverage::record_session`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reopened: BTreeMap<String, Reopened>,
     /// Rewrites staged but not yet in place (see the module header).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub journal: Vec<Staged>,
@@ -202,6 +209,44 @@ pub struct Staged {
 
 /// Bytes at the end of a committed output that are hashed.
 pub const TAIL_BYTES: u64 = 4096;
+
+/// The turns of one session that `forget --before` gives back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Reopened {
+    /// Turns whose own time is in one of these spans `[from, to)` (epoch
+    /// seconds; sorted, disjoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spans: Vec<(f64, f64)>,
+    /// Also the session's turns without a time of their own (a removed
+    /// line had no `meta.first`: the export times them by the session's
+    /// start, which its cut-off judges as usual).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untimed: bool,
+}
+
+impl Reopened {
+    /// Whether a turn whose own time is `own` is given back.
+    pub fn holds(&self, own: Option<f64>) -> bool {
+        match own {
+            Some(t) => self.spans.iter().any(|(a, b)| (*a..*b).contains(&t)),
+            None => self.untimed,
+        }
+    }
+
+    /// Adds `other`'s turns.
+    pub fn merge(&mut self, other: Reopened) {
+        self.untimed |= other.untimed;
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.extend(other.spans);
+        spans.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.total_cmp(&y.1)));
+        for (a, b) in spans {
+            match self.spans.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => self.spans.push((a, b)),
+            }
+        }
+    }
+}
 
 /// What a `state.db` session still holds for a later run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -470,6 +515,9 @@ pub struct RunCoverage {
     pub unselected: Vec<String>,
     /// Non-root ids of the lineages read → their root.
     pub lineage: BTreeMap<String, String>,
+    /// Sessions whose reopened turns (`RunState::reopened`) this run is
+    /// done with.
+    pub reopened_done: BTreeSet<String>,
 }
 
 impl RunCoverage {
@@ -486,6 +534,7 @@ impl RunCoverage {
         if covered.state.is_none() {
             return;
         }
+        self.record_reopened(covered, session, exchanges, sel);
         if session.origin != Some(Origin::StateDb) {
             for (i, ident) in sel.idents.iter().enumerate() {
                 if sel.selected[i] && !sel.too_few {
@@ -526,6 +575,31 @@ impl RunCoverage {
         }
     }
 
+    /// A session's reopened turns are done once it is read: a state.db
+    /// session's unconsumed turns in them stay pending by key (they are
+    /// new, see `record_session`); another store's session is done only
+    /// when every turn in them was consumed (or is a copy of a state.db
+    /// turn), as its coverage has no pending list.
+    fn record_reopened(
+        &mut self,
+        covered: &Covered<'_>,
+        session: &Session,
+        exchanges: &[Exchange<'_>],
+        sel: &TurnSelection,
+    ) {
+        let Some(reopened) = covered.state.and_then(|s| s.reopened.get(&session.id)) else {
+            return;
+        };
+        let left = session.origin != Some(Origin::StateDb)
+            && exchanges.iter().enumerate().any(|(i, ex)| {
+                let consumed = sel.selected[i] && !sel.too_few;
+                !consumed && !sel.copied[i] && reopened.holds(ex.timestamp)
+            });
+        if !left {
+            self.reopened_done.insert(session.id.clone());
+        }
+    }
+
     /// Remembers the other ids of a session's lineage.
     pub fn record_lineage(&mut self, covered: &Covered<'_>, session: &Session) {
         if covered.state.is_none() {
@@ -549,6 +623,8 @@ impl RunCoverage {
             return;
         }
         if session.origin != Some(Origin::StateDb) {
+            // Its reopened turns stay reopened.
+            self.reopened_done.remove(&session.id);
             if let Some(v) = self.covered.get_mut(&session.id) {
                 let back: BTreeSet<u64> = idents
                     .iter()
@@ -603,6 +679,9 @@ impl RunCoverage {
             p.unselected_after = Some(p.unselected_after.map_or(previous, |a| a.min(previous)));
         }
         st.pending.retain(|_, p| !p.is_empty());
+        for id in &self.reopened_done {
+            st.reopened.remove(id);
+        }
         st.lineage.extend(self.lineage);
         for (id, mut idents) in self.covered {
             let v = st.covered_turns.entry(id).or_default();

@@ -196,6 +196,9 @@ struct Preparer<'a> {
     /// Other stores may hold copies of state.db turns: which of their
     /// sessions' turns are copies is known in the sink only.
     copies: bool,
+    /// The `forget --before` cut-off: no pair's prompt history reaches
+    /// before it.
+    cut: Option<f64>,
 }
 
 /// Sessions between the reader and the sink at most, per worker thread:
@@ -595,6 +598,7 @@ impl<'a> Run<'a> {
                 state: self.covered.state,
             },
             copies: self.dedupe.active,
+            cut: self.curate.forgotten_before,
         }
     }
 
@@ -844,17 +848,7 @@ impl<'a> Run<'a> {
             return Ok((0, None));
         }
         if sel.too_few {
-            // Say why each turn could not count.
-            for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
-                if let Some(problem) = ex.0.problem {
-                    report.skip(problem);
-                }
-            }
-            report.skip(if sel.complete == 0 {
-                Skip::NoCompleteTurn
-            } else {
-                Skip::TooFewTurns
-            });
+            too_few(exchanges, sel, report);
             return Ok((0, None));
         }
         let units = match ahead {
@@ -882,6 +876,7 @@ impl<'a> Run<'a> {
                 ..Meta::of(&p.session, &unit, p.channel, (t, last))
             };
             let json = line.to_json()?;
+            let print = crate::curate::dedupe::line_print(&json);
             let Some(bytes) = self
                 .curate
                 .emit(json, &meta, (t, last), line.count, report)?
@@ -890,7 +885,8 @@ impl<'a> Run<'a> {
             };
             let figures = LineFigures::new(p.channel, None, line.count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
-            self.wrote_exchanges(&exchanges[first + line.own.0..first + line.own.1], &unit);
+            let own = &exchanges[first + line.own.0..first + line.own.1];
+            self.wrote_exchanges(own, &unit, (print, p.session.started_at));
             self.totals.saw_time((t, last));
             let system_tokens = line
                 .system
@@ -905,16 +901,25 @@ impl<'a> Run<'a> {
 
     /// The exchanges of a line of `unit` were written: only what is
     /// written counts toward the near-duplicate cap and as held by its
-    /// split.
-    fn wrote_exchanges(&mut self, own: &[Exchange<'_>], unit: &str) {
+    /// split; the line's fingerprint `print` keeps their keys and times
+    /// (a turn's own, else its session's start; see `Memory::line_keys`).
+    fn wrote_exchanges(
+        &mut self,
+        own: &[Exchange<'_>],
+        unit: &str,
+        (print, started_at): (u64, Option<f64>),
+    ) {
         let (dir, valid) = (self.output.is_dir(), self.output.is_valid(unit));
+        let mut keys = Vec::with_capacity(own.len());
         for ex in own {
             let key = crate::curate::dedupe::exchange_key(ex.msgs);
             self.curate.dedupe.written(key);
             if dir {
                 self.curate.dedupe.wrote_in(key, valid);
             }
+            keys.push((key, ex.timestamp.or(started_at)));
         }
+        self.curate.dedupe.wrote_line(print, keys);
     }
 
     /// Writes the preference pairs of one session; returns how many were
@@ -929,7 +934,12 @@ impl<'a> Run<'a> {
     ) -> Result<(usize, Option<String>)> {
         let outcome = match ahead {
             Some(Formatted::Dpo(outcome)) => outcome,
-            _ => dpo_pairs(p, &sel.selected, &self.kit.opts, &mut self.kit.counter),
+            _ => dpo_pairs(
+                p,
+                (&sel.selected, self.curate.forgotten_before),
+                &self.kit.opts,
+                &mut self.kit.counter,
+            ),
         };
         if let Some(e) = outcome.template_error
             && self.render_failed(&p.session.id, e, report)
@@ -957,9 +967,11 @@ impl<'a> Run<'a> {
             };
             // Key order is kept (`preserve_order`): the same bytes as the line's.
             let json = serde_json::to_vec(&value)?;
+            let print = crate::curate::dedupe::line_print(&json);
             let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
                 continue;
             };
+            self.curate.dedupe.wrote_line(print, vec![(key, t)]);
             let figures = LineFigures::new(p.channel, Some(signal), count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
             if self.output.is_dir() {
@@ -1091,6 +1103,7 @@ impl<'a> Preparer<'a> {
                 state: self.covered.state,
             },
             copies: self.copies,
+            cut: self.cut,
         }
     }
 
@@ -1180,7 +1193,7 @@ impl<'a> Preparer<'a> {
             Shape::Sft if !sel.any() || sel.too_few => return None,
             Shape::Sft => Formatted::Sft(sft_units(p, &exchanges, &sel, &self.opts, counter)),
             Shape::Dpo | Shape::DpoFlat => {
-                Formatted::Dpo(dpo_pairs(p, &sel.selected, &self.opts, counter))
+                Formatted::Dpo(dpo_pairs(p, (&sel.selected, self.cut), &self.opts, counter))
             }
         };
         Some(Ahead {
@@ -1236,7 +1249,7 @@ fn sft_units(
 /// The preference pairs of `p` whose exchange is `selected`.
 fn dpo_pairs(
     p: &Prepared,
-    selected: &[bool],
+    (selected, cut): (&[bool], Option<f64>),
     opts: &FormatOptions,
     counter: &mut Counter,
 ) -> dpo::DpoOutcome {
@@ -1247,7 +1260,8 @@ fn dpo_pairs(
         let index = msgs[..user].iter().filter(|m| m.role == Role::User).count();
         selected.get(index).copied().unwrap_or(false)
     };
-    let unit_start = |user: usize| unit_start(p, user);
+    let before_cut = |t: Option<f64>| crate::curate::before(cut, t);
+    let unit_start = |user: usize| unit_start(p, user, &before_cut);
     let systems: Vec<(&'static str, Option<&str>)> = p
         .systems
         .iter()
@@ -1327,16 +1341,35 @@ fn unit_ranges(p: &Prepared, exchanges: &[Exchange<'_>]) -> Vec<(usize, usize, S
     out
 }
 
+/// A session with fewer complete turns than `--min-turns`: says why each
+/// selected turn could not count, and why the session is skipped.
+fn too_few(exchanges: &[Exchange<'_>], sel: &TurnSelection, report: &mut Report) {
+    for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
+        if let Some(problem) = ex.0.problem {
+            report.skip(problem);
+        }
+    }
+    report.skip(if sel.complete == 0 {
+        Skip::NoCompleteTurn
+    } else {
+        Skip::TooFewTurns
+    });
+}
+
 /// The first user turn of the unit of the user turn `messages[user]` of
-/// `p`: a pair's prompt history starts there.
-fn unit_start(p: &Prepared, user: usize) -> usize {
+/// `p` after the last one `before_cut` (the `forget --before` cut-off): a
+/// pair's prompt history starts there, so it never carries a turn from
+/// before the cut.
+fn unit_start(p: &Prepared, user: usize, before_cut: &dyn Fn(Option<f64>) -> bool) -> usize {
     let msgs = &p.rebuilt.messages;
     let unit_at = |i: usize| meta::unit(&p.session, p.channel, msgs[i].timestamp);
     let unit = unit_at(user);
     (0..user)
         .rev()
         .filter(|&i| msgs[i].role == Role::User)
-        .take_while(|&i| unit_at(i) == unit)
+        .take_while(|&i| {
+            unit_at(i) == unit && !before_cut(msgs[i].timestamp.or(p.session.started_at))
+        })
         .last()
         .unwrap_or(user)
 }

@@ -9,6 +9,15 @@
 //!   also removes every line whose first turn (`meta.first`) is earlier,
 //!   or unknown (later exports leave untimed turns out once a cut-off is
 //!   set, as they cannot tell on which side of it they fall).
+//! - `--before` never loses a turn from the cut on: a removed line that
+//!   trained on turns at or after the cut (`meta.last`; a line without
+//!   `meta.first` or without `meta`: any) gives them back. The state
+//!   records, per session, the span from the cut to the line's last turn,
+//!   or its untimed turns (`RunState::reopened`, in the same commit as the
+//!   cut-off), and the next export takes them as new again and writes them
+//!   once, without context from before the cut (the export never uses a
+//!   turn before the cut as context or as a pair's history). The dry run
+//!   and the summary count those lines.
 //!   A line without `meta` (`--no-meta`, `--target openai`) is attributed
 //!   through the state's index of the sessions of such lines; without one
 //!   (an earlier version wrote them) the command refuses.
@@ -27,7 +36,8 @@
 //!   go and changes nothing (beyond finishing such a journal). The manifest (its `dataset`
 //!   less the lines removed, see `stage_lines`) and the dataset card of a
 //!   directory output are brought up to date last.
-//! - The exact-duplicate fingerprints of the removed lines leave the state.
+//! - The exact-duplicate fingerprints of the removed lines leave the state,
+//!   and the near-duplicate keys they counted are given back.
 //! - What was removed is listed on stdout (the command's product), one
 //!   line per file; the summary goes to stderr.
 
@@ -39,11 +49,12 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::config::ForgetConfig;
+use crate::curate::dedupe::body_print;
 use crate::exit::{self, Failure};
 use crate::lock::RunLock;
 use crate::safe_io::{self, FileDest};
 use crate::sink::{persist, temp_beside};
-use crate::state::{Committed, RunState};
+use crate::state::{Committed, Reopened, RunState};
 
 fn usage(msg: String) -> anyhow::Error {
     Failure::new(exit::USAGE, msg).into()
@@ -106,22 +117,19 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
         .chain(given.iter().map(|id| id.to_string()))
         .collect();
     let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let (reopen, again) = before.map_or_else(Default::default, |b| {
+        reopened(&files, (&wanted, &st.curation), b)
+    });
     if args.dry_run {
         let gone = doomed(&files, &wanted, before);
-        report_removed(&gone, (ids.len(), true), before, args.quiet)?;
+        report_removed(&gone, (ids.len(), true), (before, again), args.quiet)?;
         return Ok(exit::OK);
     }
 
     // The ids, the cut-off and the journal of the staged files are
     // committed at once: from then on no run exports them, and any later
     // command finishes the rewrite.
-    st.curation.forgotten.extend(ids.iter().cloned());
-    if let Some(b) = before {
-        st.curation.forgotten_before = Some(st.curation.forgotten_before.map_or(b, |a| a.max(b)));
-    }
-    for id in &ids {
-        st.pending.remove(id);
-    }
+    record(&mut st, &ids, before, reopen);
     let removed = stage_lines(
         &files,
         &|f, n| goes((&f.lines[n].1, f.lines[n].2), &wanted, before),
@@ -135,8 +143,29 @@ pub fn run(args: &ForgetConfig) -> Result<u8> {
     if let Some(d) = &dir {
         update_manifest(d, &st)?;
     }
-    report_removed(&removed, (ids.len(), false), before, args.quiet)?;
+    report_removed(&removed, (ids.len(), false), (before, again), args.quiet)?;
     Ok(exit::OK)
+}
+
+/// Records in the state what goes (the ids, the cut-off) and what the
+/// next export writes again (`RunState::reopened`).
+fn record(
+    st: &mut RunState,
+    ids: &BTreeSet<String>,
+    before: Option<f64>,
+    reopen: BTreeMap<String, Reopened>,
+) {
+    st.curation.forgotten.extend(ids.iter().cloned());
+    if let Some(b) = before {
+        st.curation.forgotten_before = Some(st.curation.forgotten_before.map_or(b, |a| a.max(b)));
+    }
+    for id in ids {
+        st.pending.remove(id);
+        st.reopened.remove(id);
+    }
+    for (session, back) in reopen {
+        st.reopened.entry(session).or_default().merge(back);
+    }
 }
 
 /// Every committed line of every output file (a killed run's uncommitted
@@ -175,6 +204,74 @@ fn goes(
     before: Option<f64>,
 ) -> bool {
     wanted.contains(session) || before.is_some_and(|b| first.is_none_or(|t| t < b))
+}
+
+/// What `--before b` gives back: per session (not forgotten outright),
+/// the turns of the lines that go although they trained on turns at or
+/// after the cut, and how many (see [`Again`]). A line with times
+/// gives the span `[b, last]` (`meta.last`, whole seconds, so up to the
+/// second after it); one with `meta` but no time trained on turns without
+/// a time of their own, which the export times by their session's start:
+/// those (the cut-off judges them again). A line without `meta` gives
+/// everything of its session from the cut on (all its file's lines go).
+fn reopened(
+    files: &[FileLines],
+    (wanted, memory): (&BTreeSet<&str>, &crate::curate::Memory),
+    b: f64,
+) -> (BTreeMap<String, Reopened>, Again) {
+    let mut out: BTreeMap<String, Reopened> = BTreeMap::new();
+    let mut again = Again::default();
+    for f in files {
+        for (n, (_, session, first)) in f.lines.iter().enumerate() {
+            if wanted.contains(session.as_str()) || !goes((session, *first), wanted, Some(b)) {
+                continue;
+            }
+            let meta = &f.metas[n];
+            let last = meta_time(meta, "last").or(*first);
+            let back = match (meta.is_object(), last) {
+                (false, _) => Reopened {
+                    spans: vec![(b, f64::MAX)],
+                    untimed: true,
+                },
+                (true, None) => Reopened {
+                    spans: Vec::new(),
+                    untimed: true,
+                },
+                (true, Some(last)) if last + 1.0 > b => Reopened {
+                    spans: vec![(b, last + 1.0)],
+                    untimed: false,
+                },
+                _ => continue,
+            };
+            out.entry(session.clone()).or_default().merge(back);
+            again.lines += 1;
+            let bytes = &f.lines[n].0;
+            match crate::curate::dedupe::line_times(memory, body_print(bytes)) {
+                Some(times) => again.turns += times.iter().flatten().filter(|t| **t >= b).count(),
+                None => again.untold += 1,
+            }
+        }
+    }
+    (out, again)
+}
+
+/// What `--before` gives back: the removed lines that held turns from the
+/// cut on, those turns (by the times the state recorded per line), and
+/// the lines whose turn times it did not record (an earlier version wrote
+/// them).
+#[derive(Debug, Default, Clone, Copy)]
+struct Again {
+    lines: usize,
+    turns: usize,
+    untold: usize,
+}
+
+/// A time of a line's `meta` (`first`, `last`) in epoch seconds.
+fn meta_time(meta: &Value, key: &str) -> Option<f64> {
+    meta[key]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_micros() as f64 / 1e6)
 }
 
 /// The 1-based numbers of the lines that go, per file.
@@ -286,7 +383,7 @@ fn stage_lines(
             let fig = old.and_then(|v| n.checked_sub(unfigured).map(|k| v[k]));
             if goes(f, n) {
                 gone.push(n + 1);
-                forget_print(&mut st.curation.exact, bytes);
+                forget_print(&mut st.curation, bytes);
                 let meta = |k: &str| f.metas[n][k].as_str();
                 match (&fig, meta("channel")) {
                     (Some(fig), _) => st.dataset.remove(fig),
@@ -341,22 +438,17 @@ fn stage_lines(
 }
 
 /// Drops the exact-duplicate fingerprint of a removed line (its bytes
-/// without `meta`, as they were fingerprinted).
-fn forget_print(exact: &mut Vec<u64>, line: &[u8]) {
-    let body = match line.windows(8).rposition(|w| w == b",\"meta\":") {
-        Some(at) => [&line[..at], b"}"].concat(),
-        None => line.to_vec(),
-    };
-    if let Ok(i) = exact.binary_search(&crate::curate::dedupe::line_print(&body)) {
-        exact.remove(i);
-    }
+/// without `meta`, as they were fingerprinted) and gives back the
+/// near-duplicate keys it counted.
+fn forget_print(memory: &mut crate::curate::Memory, line: &[u8]) {
+    crate::curate::dedupe::forget_line(memory, body_print(line));
 }
 
 /// The removed line numbers per file on stdout; the summary on stderr.
 fn report_removed(
     removed: &BTreeMap<String, Vec<usize>>,
     (ids, dry_run): (usize, bool),
-    before: Option<f64>,
+    (before, again): (Option<f64>, Again),
     quiet: bool,
 ) -> Result<()> {
     let verb = if dry_run {
@@ -379,20 +471,34 @@ fn report_removed(
     }
     stdout.finish()?;
     if !quiet {
-        let cut = match before {
-            Some(b) => format!(
-                " and every turn before {}",
-                crate::time::iso_time(Some(b)).as_str().unwrap_or_default()
+        let (cut, later) = match before {
+            Some(b) => (
+                format!(
+                    " and every turn before {}",
+                    crate::time::iso_time(Some(b)).as_str().unwrap_or_default()
+                ),
+                format!(
+                    "; {} of them held turns from the cut on ({} turn(s){}), which the next export {} again without context from before the cut",
+                    again.lines,
+                    again.turns,
+                    match again.untold {
+                        0 => String::new(),
+                        n => format!(
+                            ", and those of {n} line(s) whose turn times the state did not keep"
+                        ),
+                    },
+                    if dry_run { "would write" } else { "writes" }
+                ),
             ),
-            None => String::new(),
+            None => (String::new(), String::new()),
         };
         if dry_run {
             eprintln!(
-                "hermes-harvest: dry run: forgetting {ids} session id(s){cut} would remove {total} line(s); nothing was changed"
+                "hermes-harvest: dry run: forgetting {ids} session id(s){cut} would remove {total} line(s){later}; nothing was changed"
             );
         } else {
             eprintln!(
-                "hermes-harvest: forgot {ids} session id(s){cut}; {total} line(s) removed; the state keeps them out of every later run"
+                "hermes-harvest: forgot {ids} session id(s){cut}; {total} line(s) removed{later}; the state keeps them out of every later run"
             );
         }
     }
@@ -449,10 +555,7 @@ fn read_committed(
                 n + 1
             )));
         };
-        let first = v["meta"]["first"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp_micros() as f64 / 1e6);
+        let first = meta_time(&v["meta"], "first");
         lines.push((line.to_vec(), session.to_string(), first));
         metas.push(v["meta"].clone());
     }

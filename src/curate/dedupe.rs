@@ -31,6 +31,9 @@ pub struct Dedupe {
     /// The splits the session at hand let exchanges through for (not yet
     /// written; only what is written counts for later sessions).
     session_sides: HashMap<u64, u32>,
+    /// The near keys (and turn times) of each line written in this run,
+    /// by its print.
+    lines: Vec<super::LineKeys>,
     cap: usize,
     pub exact_dropped: usize,
     pub near_dropped: usize,
@@ -44,6 +47,7 @@ impl Dedupe {
             pending: HashMap::new(),
             sides: memory.sides.iter().copied().collect(),
             session_sides: HashMap::new(),
+            lines: Vec::new(),
             cap,
             exact_dropped: 0,
             near_dropped: 0,
@@ -96,6 +100,15 @@ impl Dedupe {
         *n = n.saturating_add(1);
     }
 
+    /// A line with the fingerprint `print` was written, counting the near
+    /// keys `keys` of turns at their times (see `Memory::line_keys`).
+    pub fn wrote_line(&mut self, print: u64, keys: Vec<(u64, Option<f64>)>) {
+        let secs =
+            |t: Option<f64>| t.map_or(NO_TIME, |t| t.clamp(0.0, f64::from(NO_TIME - 1)) as u32);
+        self.lines
+            .push((print, keys.into_iter().map(|(k, t)| (k, secs(t))).collect()));
+    }
+
     /// A new session: what the last one let through and did not write no
     /// longer holds a place under the cap.
     pub fn new_session(&mut self) {
@@ -135,6 +148,54 @@ impl Dedupe {
         let mut sides: Vec<(u64, u32)> = self.sides.iter().map(|(k, v)| (*k, *v)).collect();
         sides.sort_unstable();
         memory.sides = sides;
+        memory.line_keys.extend(self.lines.iter().cloned());
+        memory.line_keys.sort_unstable_by_key(|l| l.0);
+        memory.line_keys.dedup_by_key(|l| l.0);
+    }
+}
+
+/// The times of the turns a line with the fingerprint `print` trained
+/// on (whole seconds), when the state recorded them.
+pub fn line_times(memory: &Memory, print: u64) -> Option<Vec<Option<f64>>> {
+    let i = memory
+        .line_keys
+        .binary_search_by_key(&print, |l| l.0)
+        .ok()?;
+    let time = |secs: u32| (secs != NO_TIME).then_some(f64::from(secs));
+    Some(memory.line_keys[i].1.iter().map(|k| time(k.1)).collect())
+}
+
+/// A line's fingerprint: its bytes without `meta`, as they were
+/// fingerprinted when written.
+pub fn body_print(line: &[u8]) -> u64 {
+    match line.windows(8).rposition(|w| w == b",\"meta\":") {
+        Some(at) => line_print(&[&line[..at], b"}"].concat()),
+        None => line_print(line),
+    }
+}
+
+/// A line with the fingerprint `print` left the dataset: its exact
+/// fingerprint goes, and each near key it counted is counted once less
+/// (a key at 0 goes, with the splits it was seen in; a key still counted
+/// keeps them, as a line left in a split may hold it).
+pub fn forget_line(memory: &mut Memory, print: u64) {
+    if let Ok(i) = memory.exact.binary_search(&print) {
+        memory.exact.remove(i);
+    }
+    let Ok(i) = memory.line_keys.binary_search_by_key(&print, |l| l.0) else {
+        return;
+    };
+    for (key, _) in memory.line_keys.remove(i).1 {
+        let Ok(k) = memory.near.binary_search_by_key(&key, |n| n.0) else {
+            continue;
+        };
+        memory.near[k].1 = memory.near[k].1.saturating_sub(1);
+        if memory.near[k].1 == 0 {
+            memory.near.remove(k);
+            if let Ok(s) = memory.sides.binary_search_by_key(&key, |n| n.0) {
+                memory.sides.remove(s);
+            }
+        }
     }
 }
 
@@ -298,31 +359,67 @@ pub mod hex_counts {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(v: &[(u64, u32)], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, u32)>, D::Error> {
+        decode(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    /// 16 hex digits of key and 8 of count each.
+    pub(super) fn encode(v: &[(u64, u32)]) -> String {
         let mut out = String::with_capacity(v.len() * 24);
         for (k, n) in v {
             out.push_str(&format!("{k:016x}{n:08x}"));
         }
-        s.serialize_str(&out)
+        out
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, u32)>, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.len() % 24 != 0 || !s.is_ascii() {
-            return Err(D::Error::custom(
-                "near-duplicate counts: not 24 hex digits each",
-            ));
+    pub(super) fn decode(s: &str) -> Result<Vec<(u64, u32)>, String> {
+        if !s.len().is_multiple_of(24) || !s.is_ascii() {
+            return Err("near-duplicate counts: not 24 hex digits each".into());
         }
         (0..s.len() / 24)
             .map(|i| {
                 let e = &s[i * 24..i * 24 + 24];
-                Ok((
-                    u64::from_str_radix(&e[..16], 16).map_err(D::Error::custom)?,
-                    u32::from_str_radix(&e[16..], 16).map_err(D::Error::custom)?,
-                ))
+                let hex = |x: &str| u64::from_str_radix(x, 16).map_err(|e| e.to_string());
+                Ok((hex(&e[..16])?, hex(&e[16..])? as u32))
             })
             .collect()
     }
 }
+
+/// [`Memory::line_keys`] as one string a line: 16 hex digits of the
+/// line's fingerprint, then each key as [`hex_counts`] writes it, with the
+/// turn's time in whole seconds for a count ([`NO_TIME`] for none).
+pub mod hex_line_keys {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::curate::LineKeys;
+
+    pub fn serialize<S: Serializer>(v: &[LineKeys], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            v.iter()
+                .map(|(print, keys)| format!("{print:016x}{}", super::hex_counts::encode(keys))),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<LineKeys>, D::Error> {
+        let lines = Vec::<String>::deserialize(d)?;
+        lines
+            .iter()
+            .map(|l| {
+                let print = l.get(..16).ok_or("line keys: too short")?;
+                let print = u64::from_str_radix(print, 16).map_err(|e| e.to_string())?;
+                Ok((print, super::hex_counts::decode(&l[16..])?))
+            })
+            .collect::<Result<_, String>>()
+            .map_err(D::Error::custom)
+    }
+}
+
+/// A turn without a time in [`Memory::line_keys`].
+pub const NO_TIME: u32 = u32::MAX;
 
 #[cfg(test)]
 mod tests {
@@ -381,5 +478,31 @@ mod tests {
         let back: Memory = serde_json::from_str(&text).unwrap();
         assert_eq!(back, m);
         assert!(serde_json::from_str::<Memory>(r#"{"exact":"12"}"#).is_err());
+    }
+
+    #[test]
+    fn a_forgotten_line_gives_its_near_keys_back() {
+        let mut d = Dedupe::new(&Memory::default(), 3);
+        for (print, key) in [(10, 7), (11, 7), (12, 8)] {
+            assert!(d.reserve(key));
+            d.written(key);
+            d.wrote_in(key, false);
+            d.wrote_line(print, vec![(key, Some(1_800_000_000.5)), (9, None)]);
+        }
+        let mut m = Memory::default();
+        d.remember(&mut m);
+        let text = serde_json::to_string(&m).unwrap();
+        let back: Memory = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, m, "{text}");
+        assert_eq!(line_times(&m, 12), Some(vec![Some(1_800_000_000.0), None]));
+        forget_line(&mut m, 10);
+        assert_eq!(m.near, vec![(7, 1), (8, 1)]);
+        forget_line(&mut m, 12);
+        assert_eq!(
+            (m.near.clone(), m.sides.clone()),
+            (vec![(7, 1)], vec![(7, 1)])
+        );
+        assert_eq!(line_times(&m, 12), None);
+        assert!(serde_json::from_str::<Memory>(r#"{"line_keys":["12"]}"#).is_err());
     }
 }

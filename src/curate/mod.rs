@@ -31,6 +31,11 @@ use crate::skip::Skip;
 /// world to teach repetition.
 pub const DEFAULT_NEAR_DUPLICATE_CAP: usize = 3;
 
+/// A line's fingerprint and the near keys it counted, each with its
+/// turn's time
+/// (whole seconds, [`dedupe::NO_TIME`] for none; see `Memory::line_keys`).
+pub type LineKeys = (u64, Vec<(u64, u32)>);
+
 /// What the state remembers for curation (field `curation`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Memory {
@@ -58,6 +63,18 @@ pub struct Memory {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub sides: Vec<(u64, u32)>,
+    /// The near-duplicate keys each line counted (an SFT line's own
+    /// exchanges, a DPO line's pair), each with its turn's time as the
+    /// cut-off judges it, by the line's fingerprint (as in `exact`),
+    /// sorted: `forget` and retraction give the keys back
+    /// ([`dedupe::forget_line`]), and `forget --before` counts the turns
+    /// it gives back by their times.
+    #[serde(
+        default,
+        with = "dedupe::hex_line_keys",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub line_keys: Vec<LineKeys>,
     /// Sessions `forget` removed: never exported again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub forgotten: BTreeSet<String>,
@@ -105,6 +122,12 @@ impl Default for Settings {
     }
 }
 
+/// Whether a turn at time `t` is before the `forget --before` cut-off
+/// `cut` (an untimed turn cannot be told to be after it).
+pub fn before(cut: Option<f64>, t: Option<f64>) -> bool {
+    cut.is_some_and(|b| t.is_none_or(|t| t < b))
+}
+
 /// The curation side of one export run.
 #[derive(Debug, Default)]
 pub struct Curator {
@@ -150,15 +173,13 @@ impl Curator {
         }
         self.dedupe.new_session();
         for (i, ex) in exchanges.iter().enumerate() {
+            let before_cut = self.before_cut(ex.timestamp.or(started_at));
             if !selected[i] {
+                // A turn before the cut is never context either.
+                copied[i] |= before_cut;
                 continue;
             }
-            // Untimed turns cannot be told to be after the cut-off.
-            let t = ex.timestamp.or(started_at);
-            let drop = if self
-                .forgotten_before
-                .is_some_and(|b| t.is_none_or(|t| t < b))
-            {
+            let drop = if before_cut {
                 Some(Skip::ForgottenSession)
             } else if sft
                 && ex.problem.is_none()
@@ -202,6 +223,12 @@ impl Curator {
             return Ok(Some(line));
         }
         meta::append(&line, meta).map(Some)
+    }
+
+    /// Whether a turn at time `t` is before the `forget --before` cut-off
+    /// (untimed turns cannot be told to be after it).
+    pub fn before_cut(&self, t: Option<f64>) -> bool {
+        before(self.forgotten_before, t)
     }
 
     /// Folds what this run wrote into the state's memory.

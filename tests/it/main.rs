@@ -9,6 +9,7 @@ mod curate;
 mod docs;
 mod dpo;
 mod export;
+mod forget_before;
 mod hostile;
 mod integrity;
 mod iot;

@@ -36,7 +36,7 @@ pub(crate) fn word(i: usize) -> String {
 }
 
 /// One exchange in `session` at `t`, as Hermes writes it.
-fn turn(home: &Path, session: &str, t: f64, text: &str) {
+pub(crate) fn turn(home: &Path, session: &str, t: f64, text: &str) {
     sql(
         home,
         &format!(
@@ -47,7 +47,7 @@ fn turn(home: &Path, session: &str, t: f64, text: &str) {
     );
 }
 
-fn session(home: &Path, id: &str, source: &str, t: f64, parent: Option<&str>) {
+pub(crate) fn session(home: &Path, id: &str, source: &str, t: f64, parent: Option<&str>) {
     let parent = parent.map_or("NULL".to_string(), |p| format!("'{p}'"));
     sql(
         home,
