@@ -121,6 +121,7 @@ pub fn turns(
     let n = exchanges.len();
     let mut sel = TurnSelection {
         copied: vec![false; n],
+        db_copy: vec![false; n],
         fresh: vec![false; n],
         usable: vec![false; n],
         idents: if from_db {
@@ -137,7 +138,7 @@ pub fn turns(
                 dedupe.fingerprinted.insert(session.id.clone());
                 dedupe.seen.insert(print);
             } else if dedupe.seen.contains(&print) {
-                sel.duplicates += 1;
+                sel.db_copy[i] = true;
                 sel.copied[i] = true;
                 sel.selected.push(false);
                 continue;

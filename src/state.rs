@@ -523,7 +523,9 @@ pub struct RunCoverage {
 impl RunCoverage {
     /// Records what this run did with the turns of one session. A turn is
     /// covered once a run selected it; one a filter left out stays pending
-    /// for a later run (never consumed by what was not exported).
+    /// for a later run (never consumed by what was not exported). Another
+    /// store's copy of a state.db turn is covered with it: a later run may
+    /// not read that state.db session again, and must not take the copy.
     pub fn record_session(
         &mut self,
         covered: &Covered<'_>,
@@ -537,7 +539,7 @@ impl RunCoverage {
         self.record_reopened(covered, session, exchanges, sel);
         if session.origin != Some(Origin::StateDb) {
             for (i, ident) in sel.idents.iter().enumerate() {
-                if sel.selected[i] && !sel.too_few {
+                if (sel.selected[i] && !sel.too_few) || sel.db_copy[i] {
                     self.covered
                         .entry(session.id.clone())
                         .or_default()
@@ -734,8 +736,10 @@ pub struct TurnSelection {
     pub usable: Vec<bool>,
     /// Identities of the turns (sessions without row ids only).
     pub idents: Vec<u64>,
-    /// Turns left out as copies of state.db turns.
-    pub duplicates: usize,
+    /// Turns left out as copies of state.db turns (another store's only):
+    /// covered as the state.db turn is, so that a later run, which may not
+    /// read that state.db session again, never takes them as new.
+    pub db_copy: Vec<bool>,
     /// Complete turns in the window, old and new.
     pub complete: usize,
     /// SFT: the session has fewer complete turns than `--min-turns`.
@@ -745,6 +749,11 @@ pub struct TurnSelection {
 impl TurnSelection {
     pub fn any(&self) -> bool {
         self.selected.iter().any(|s| *s)
+    }
+
+    /// How many turns were left out as copies of state.db turns.
+    pub fn duplicates(&self) -> usize {
+        self.db_copy.iter().filter(|c| **c).count()
     }
 }
 

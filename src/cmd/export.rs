@@ -640,7 +640,7 @@ impl<'a> Run<'a> {
             &p.session,
             &exchanges,
         );
-        report.skip_n(Skip::TurnAlreadyInStateDb, sel.duplicates);
+        report.skip_n(Skip::TurnAlreadyInStateDb, sel.duplicates());
         for ex in exchanges.iter().zip(&sel.selected).filter(|(_, s)| **s) {
             if ex.0.problem == Some(Skip::ToolArgumentsTooDeep) {
                 report.warn(format_args!(

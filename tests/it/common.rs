@@ -225,3 +225,16 @@ pub fn drop_fts_triggers(db: &rusqlite::Connection) {
         db.execute_batch(&format!("DROP TRIGGER \"{t}\"")).unwrap();
     }
 }
+
+/// Every assistant turn of every line, sorted: the training targets (with
+/// `--sft-context 0` each line holds only the turns it trains on).
+pub fn targets(lines: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = lines
+        .iter()
+        .flat_map(|l| l["messages"].as_array().unwrap().clone())
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| format!("{}|{}", m["content"], m["tool_calls"]))
+        .collect();
+    out.sort();
+    out
+}

@@ -207,19 +207,6 @@ fn forget_before_writes_them_again_without_context_or_cap() {
     cut_inside_a_line(&["--sft-context", "0", "--near-duplicate-cap", "0", "--quiet"]);
 }
 
-/// Every assistant turn of every line, sorted (with `--sft-context 0`
-/// each line holds only the turns it trains on).
-fn targets(lines: &[Value]) -> Vec<String> {
-    let mut out: Vec<String> = lines
-        .iter()
-        .flat_map(|l| l["messages"].as_array().unwrap().clone())
-        .filter(|m| m["role"] == "assistant")
-        .map(|m| format!("{}|{}", m["content"], m["tool_calls"]))
-        .collect();
-    out.sort();
-    out
-}
-
 #[test]
 fn forget_before_inside_a_captured_line_matches_a_fresh_export() {
     const FLAGS: [&str; 5] = ["--sft-context", "0", "--near-duplicate-cap", "0", "--quiet"];

@@ -369,17 +369,6 @@ fn split_lines(dir: &Path, split: &str) -> Vec<Value> {
     lines(&read(&dir.join(format!("{split}.jsonl"))))
 }
 
-/// Every assistant turn the lines train on (with `--sft-context 0` each
-/// line holds only its own turns).
-fn targets(lines: &[Value]) -> Vec<String> {
-    lines
-        .iter()
-        .flat_map(|l| l["messages"].as_array().unwrap().clone())
-        .filter(|m| m["role"] == "assistant")
-        .map(|m| format!("{}|{}", m["content"], m["tool_calls"]))
-        .collect()
-}
-
 /// A tokenizer whose template raises on the marker of night 21's turns.
 fn raising_tokenizer(work: &Path) -> PathBuf {
     let dir = work.join("raising");
