@@ -158,6 +158,16 @@ pub(crate) fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
 }
 
+/// Every line of a directory export (train, then valid; a missing split
+/// holds none).
+pub(crate) fn dir_lines(dir: &Path) -> Vec<Value> {
+    let mut v = Vec::new();
+    for f in ["train.jsonl", "valid.jsonl"] {
+        v.extend(lines(&read(&dir.join(f))));
+    }
+    v
+}
+
 pub(crate) fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
     ["train.jsonl", "valid.jsonl", "manifest.json"]
         .iter()

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::common::*;
-use crate::cron::{append_turn, read, sql};
+use crate::cron::{append_turn, dir_lines, read, sql};
 
 /// The stores' files (SQLite's shared-memory and WAL side files appear
 /// when a reader opens a WAL database; they hold no data here).
@@ -26,14 +26,6 @@ fn without_meta(v: &Value) -> String {
     let mut v = v.clone();
     v.as_object_mut().unwrap().remove("meta");
     v.to_string()
-}
-
-fn dir_lines(dir: &Path) -> Vec<Value> {
-    let mut v = Vec::new();
-    for f in ["train.jsonl", "valid.jsonl"] {
-        v.extend(lines(&read(&dir.join(f))));
-    }
-    v
 }
 
 #[test]

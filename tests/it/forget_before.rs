@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::common::*;
-use crate::cron::read;
+use crate::cron::{dir_lines, read};
 use crate::soak::{session, turn};
 
 /// Well after every turn of the fixture captures.
@@ -22,15 +22,6 @@ fn iso(t: f64) -> String {
     chrono::DateTime::from_timestamp(t as i64, 0)
         .unwrap()
         .to_rfc3339()
-}
-
-/// Every line of a directory export.
-fn dir_lines(dir: &Path) -> Vec<Value> {
-    let mut v = Vec::new();
-    for f in ["train.jsonl", "valid.jsonl"] {
-        v.extend(lines(&read(&dir.join(f))));
-    }
-    v
 }
 
 /// The contents of every message of a role, sorted.
@@ -51,11 +42,12 @@ fn ok(o: &std::process::Output) -> String {
     err
 }
 
-/// A fresh export of `home` into `base/out/` whose state holds only the cut.
-fn fresh(home: &Path, base: &Path, flags: &[&str]) -> Vec<Value> {
+/// A fresh export of `home` into `base/fresh/` whose state holds only the
+/// cut-off `cut`.
+fn fresh(home: &Path, base: &Path, cut: f64, flags: &[&str]) -> Vec<Value> {
     let state = base.join("fresh-state.json");
     let st =
-        serde_json::json!({"version": 4, "watermark": 0, "curation": {"forgotten_before": CUT}});
+        serde_json::json!({"version": 4, "watermark": 0, "curation": {"forgotten_before": cut}});
     std::fs::write(&state, st.to_string()).unwrap();
     let dir = format!("{}/", base.join("fresh").display());
     let args = [
@@ -192,7 +184,7 @@ fn cut_inside_a_line(flags: &[&str]) {
         String::from_utf8_lossy(&v.stderr)
     );
     // The same as a fresh export with the same cut-off.
-    let fresh = fresh(h, work.path(), flags);
+    let fresh = fresh(h, work.path(), CUT, flags);
     assert_eq!(contents(&fresh, "assistant"), answers);
     assert_eq!(contents(&fresh, "user"), contents(&after, "user"));
 }
@@ -259,20 +251,7 @@ fn forget_before_inside_a_captured_line_matches_a_fresh_export() {
         let t = chrono::DateTime::parse_from_rfc3339(&cut)
             .unwrap()
             .timestamp();
-        let fresh_state = work.path().join("fresh.json");
-        let st =
-            serde_json::json!({"version": 4, "watermark": 0, "curation": {"forgotten_before": t}});
-        std::fs::write(&fresh_state, st.to_string()).unwrap();
-        let fresh_dir = format!("{}/", work.path().join("fresh").display());
-        let args = [
-            "export",
-            "--out",
-            &fresh_dir,
-            "--state",
-            fresh_state.to_str().unwrap(),
-        ];
-        ok(&run_in(home.path(), &[&args[..], &FLAGS[..]].concat()));
-        let fresh = dir_lines(&work.path().join("fresh"));
+        let fresh = fresh(home.path(), work.path(), t as f64, &FLAGS);
         assert!(!fresh.is_empty(), "{version}");
         assert_eq!(targets(&ours), targets(&fresh), "{version}");
         // Lines without a time hold turns timed by their session's start

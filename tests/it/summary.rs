@@ -108,13 +108,8 @@ fn under_cron_the_summary_is_one_short_line_and_quiet_hides_it() {
     assert!(line.chars().count() < 320, "{} chars: {line}", line.len());
     let m = manifest(&work.path().join("data"));
     let written: u64 = m["counts"]["new_lines"].as_u64().unwrap();
-    let channels: Vec<String> = m["counts"]["channels"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let wrote = format!("wrote {written} sft lines ({})", channels.join(" "));
+    let channels = channel_counts(&m);
+    let wrote = format!("wrote {written} sft lines ({channels})");
     assert!(line.contains(&wrote), "{line}\nwants {wrote}");
     for part in [
         "tokens (estimated)",
@@ -171,13 +166,8 @@ fn on_a_terminal_the_summary_is_a_short_block() {
         "{seen}"
     );
     let m = manifest(&work.path().join("data"));
-    let channels: Vec<String> = m["counts"]["channels"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    assert_eq!(block[1], format!("  channels: {}", channels.join(" ")));
+    let channels = channel_counts(&m);
+    assert_eq!(block[1], format!("  channels: {channels}"));
     assert!(
         block[2].ends_with("system prompts: soul=11"),
         "{}",
@@ -200,4 +190,11 @@ fn on_a_terminal_the_summary_is_a_short_block() {
     // --quiet on a terminal: no block either.
     let quiet = on_terminal(&with_home(home.path(), &["export", "--quiet"]));
     assert!(!quiet.contains("hermes-harvest: read"), "{quiet}");
+}
+
+/// The manifest's lines per channel as the summary gives them: `nexus=3 …`.
+fn channel_counts(m: &Value) -> String {
+    let counts = m["counts"]["channels"].as_object().unwrap();
+    let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    parts.join(" ")
 }
