@@ -1148,3 +1148,50 @@ fn a_night_with_nothing_new_leaves_no_empty_split_file() {
         );
     }
 }
+
+#[test]
+fn session_file_copies_under_other_ids_are_never_exported_on_a_later_night() {
+    // Hermes can keep a session's turns both in state.db and in a session
+    // file under another id (0.13's snapshots of compaction and retry
+    // sessions). Here every state.db session gets a new id, so each file
+    // is a copy that only its turns' prints tie to state.db. The first
+    // night exports every turn once, from state.db; the second reads the
+    // files again but not the untouched state.db sessions, and must find
+    // nothing new (a copy left uncovered was exported then).
+    let home = fixture_home(VERSIONS[0]);
+    let _ = std::fs::remove_file(home.path().join("response_store.db"));
+    sql(
+        home.path(),
+        "PRAGMA foreign_keys = OFF;
+         UPDATE messages SET session_id = 'db-' || session_id;
+         UPDATE sessions SET id = 'db-' || id,
+             parent_session_id = 'db-' || parent_session_id;",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let flags = ["--sft-context", "0"];
+    let first = nightly(home.path(), work.path(), &flags);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("turn_already_in_state_db="), "{stderr}");
+    let before = dir_lines(&work.path().join("out"));
+    let (fresh_code, fresh, _) = export(
+        home.path(),
+        &["--sft-context", "0", "--near-duplicate-cap", "0"],
+    );
+    assert_eq!(fresh_code, 0);
+    assert_eq!(
+        targets(&before),
+        targets(&fresh),
+        "the first night against a fresh export"
+    );
+    let second = nightly(home.path(), work.path(), &flags);
+    assert_eq!(second.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("nothing new"), "{stderr}");
+    assert_eq!(dir_lines(&work.path().join("out")), before);
+}
