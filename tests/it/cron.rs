@@ -1170,13 +1170,8 @@ fn session_file_copies_under_other_ids_are_never_exported_on_a_later_night() {
     let work = tempfile::tempdir().unwrap();
     let flags = ["--sft-context", "0"];
     let first = nightly(home.path(), work.path(), &flags);
-    assert_eq!(
-        first.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
     let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("turn_already_in_state_db="), "{stderr}");
     let before = dir_lines(&work.path().join("out"));
     let (fresh_code, fresh, _) = export(
