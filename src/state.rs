@@ -322,26 +322,39 @@ impl Pending {
 }
 
 impl RunState {
+    /// Reads the state file, streamed through a buffer: a large state is
+    /// parsed as it is read, never held whole beside what it decodes to.
     pub fn load(path: &Path) -> Result<RunState> {
-        let bytes = match crate::safe_io::read_optional(path, crate::safe_io::MAX_STATE_BYTES) {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                return Ok(RunState {
-                    version: STATE_VERSION,
-                    ..RunState::default()
-                });
-            }
-            Err(e) => {
-                return Err(e).with_context(|| format!("reading state file {}", path.display()));
+        let limit = crate::safe_io::MAX_STATE_BYTES;
+        let open = || match crate::safe_io::open_regular(path, limit) {
+            Ok(f) => Ok(Some(std::io::BufReader::with_capacity(
+                1 << 16,
+                f.take(limit + 1),
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading state file {}", path.display())),
+        };
+        let Some(reader) = open()? else {
+            return Ok(RunState {
+                version: STATE_VERSION,
+                ..RunState::default()
+            });
+        };
+        let parsed = serde_json::from_reader::<_, RunState>(reader);
+        // The version decides the message: a state of an unknown version
+        // may not parse at all, so it is read again for it on failure.
+        let version = match &parsed {
+            Ok(st) => Some(st.version),
+            Err(_) => {
+                #[derive(Deserialize)]
+                struct Version {
+                    version: Option<u32>,
+                }
+                open()?
+                    .and_then(|r| serde_json::from_reader::<_, Version>(r).ok())
+                    .and_then(|v| v.version)
             }
         };
-        #[derive(Deserialize)]
-        struct Version {
-            version: Option<u32>,
-        }
-        let version = serde_json::from_slice::<Version>(&bytes)
-            .ok()
-            .and_then(|v| v.version);
         match version {
             Some(STATE_VERSION_READ..=STATE_VERSION) => {}
             Some(v) if v < STATE_VERSION_READ => bail!(
@@ -354,7 +367,7 @@ impl RunState {
             ),
             None => {}
         }
-        let mut st: RunState = serde_json::from_slice(&bytes).with_context(|| {
+        let mut st = parsed.with_context(|| {
             format!(
                 "state file {} is not valid; move it away to start over (everything will be exported again)",
                 path.display()
@@ -668,8 +681,20 @@ impl RunCoverage {
         selection: String,
         identity: OutputIdentity,
     ) -> bool {
-        let before = st.clone();
+        // Whether anything changed is tracked step by step, comparing only
+        // the entries this run touches: a copy of the whole state to
+        // compare against would double a large state's memory.
         let previous = st.watermark;
+        let touched: BTreeSet<&String> = self
+            .read_db
+            .iter()
+            .chain(self.pending.keys())
+            .chain(&self.unselected)
+            .collect();
+        let pending_before: Vec<(String, Option<Pending>)> = touched
+            .into_iter()
+            .map(|id| (id.clone(), st.pending.get(id).cloned()))
+            .collect();
         for id in &self.read_db {
             st.pending.remove(id);
         }
@@ -681,35 +706,56 @@ impl RunCoverage {
             p.unselected_after = Some(p.unselected_after.map_or(previous, |a| a.min(previous)));
         }
         st.pending.retain(|_, p| !p.is_empty());
+        let mut changed = pending_before
+            .into_iter()
+            .any(|(id, was)| st.pending.get(&id) != was.as_ref());
         for id in &self.reopened_done {
-            st.reopened.remove(id);
+            changed |= st.reopened.remove(id).is_some();
         }
-        st.lineage.extend(self.lineage);
+        for (id, root) in self.lineage {
+            changed |= st.lineage.get(&id) != Some(&root);
+            st.lineage.insert(id, root);
+        }
         for (id, mut idents) in self.covered {
             let v = st.covered_turns.entry(id).or_default();
+            let len = v.len();
             v.append(&mut idents);
             v.sort_unstable();
             v.dedup();
+            // Sorted and deduplicated before and after: nothing new was
+            // added exactly when the length stayed.
+            changed |= v.len() != len;
         }
         if let Some(w) = written {
             for (name, committed) in &w.files {
-                st.outputs.insert(name.clone(), committed.clone());
+                changed |=
+                    st.outputs.insert(name.clone(), committed.clone()).as_ref() != Some(committed);
             }
-            st.units = w.units.clone();
+            if st.units != w.units {
+                st.units = w.units.clone();
+                changed = true;
+            }
             for (name, runs) in &w.index {
-                st.index.insert(name.clone(), runs.clone());
+                changed |= st.index.insert(name.clone(), runs.clone()).as_ref() != Some(runs);
             }
             for (name, new) in &w.figures {
+                changed |= !new.is_empty();
                 st.figures.entry(name.clone()).or_default().extend(new);
             }
         }
+        changed |= !st.forced_valid.is_empty() || !st.forced_train.is_empty();
         st.forced_valid.clear();
         st.forced_train.clear();
-        st.tool_version = env!("CARGO_PKG_VERSION").to_string();
+        let version = env!("CARGO_PKG_VERSION");
+        changed |= st.tool_version != version;
+        st.tool_version = version.to_string();
+        changed |= top > st.watermark;
         st.watermark = st.watermark.max(top);
+        changed |= st.selection != selection;
         st.selection = selection;
+        changed |= st.identity.as_ref() != Some(&identity);
         st.identity = Some(identity);
-        let changed = *st != before || written.is_some_and(|w| !w.files.is_empty());
+        let changed = changed || written.is_some_and(|w| !w.files.is_empty());
         if changed {
             st.runs += 1;
         }

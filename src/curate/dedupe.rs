@@ -332,47 +332,79 @@ pub fn line_key(line: &serde_json::Value) -> u64 {
     fingerprint(key.as_bytes())
 }
 
+/// Writes what its closure writes: the compact hex forms go straight into
+/// the state file's writer (`collect_str`), without a string of their own.
+struct Hex<F>(F);
+
+impl<F: Fn(&mut std::fmt::Formatter<'_>) -> std::fmt::Result> std::fmt::Display for Hex<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (self.0)(f)
+    }
+}
+
+impl<F: Fn(&mut std::fmt::Formatter<'_>) -> std::fmt::Result> serde::Serialize for Hex<F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Decodes a string field with `f` without copying it when the input can
+/// lend it (a state file read whole).
+fn with_str<'de, D, T>(d: D, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Str<F>(F);
+    impl<'de, T, F: FnOnce(&str) -> Result<T, String>> serde::de::Visitor<'de> for Str<F> {
+        type Value = T;
+        fn expecting(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            out.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            (self.0)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Str(f))
+}
+
 /// Serde helpers for the compact forms of [`Memory`].
 pub mod hex_prints {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
-        let mut out = String::with_capacity(v.len() * 16);
-        for x in v {
-            out.push_str(&format!("{x:016x}"));
-        }
-        s.serialize_str(&out)
+        s.collect_str(&super::Hex(|f: &mut std::fmt::Formatter<'_>| {
+            v.iter().try_for_each(|x| write!(f, "{x:016x}"))
+        }))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.len() % 16 != 0 || !s.is_ascii() {
-            return Err(D::Error::custom("fingerprints: not 16 hex digits each"));
-        }
-        (0..s.len() / 16)
-            .map(|i| u64::from_str_radix(&s[i * 16..i * 16 + 16], 16).map_err(D::Error::custom))
-            .collect()
+        super::with_str(d, |s| {
+            if s.len() % 16 != 0 || !s.is_ascii() {
+                return Err("fingerprints: not 16 hex digits each".into());
+            }
+            (0..s.len() / 16)
+                .map(|i| {
+                    u64::from_str_radix(&s[i * 16..i * 16 + 16], 16).map_err(|e| e.to_string())
+                })
+                .collect()
+        })
     }
 }
 
 pub mod hex_counts {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[(u64, u32)], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&encode(v))
+        s.collect_str(&super::Hex(|f: &mut std::fmt::Formatter<'_>| encode(v, f)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, u32)>, D::Error> {
-        decode(&String::deserialize(d)?).map_err(D::Error::custom)
+        super::with_str(d, decode)
     }
 
     /// 16 hex digits of key and 8 of count each.
-    pub(super) fn encode(v: &[(u64, u32)]) -> String {
-        let mut out = String::with_capacity(v.len() * 24);
-        for (k, n) in v {
-            out.push_str(&format!("{k:016x}{n:08x}"));
-        }
-        out
+    pub(super) fn encode(v: &[(u64, u32)], f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        v.iter().try_for_each(|(k, n)| write!(f, "{k:016x}{n:08x}"))
     }
 
     pub(super) fn decode(s: &str) -> Result<Vec<(u64, u32)>, String> {
@@ -393,28 +425,48 @@ pub mod hex_counts {
 /// line's fingerprint, then each key as [`hex_counts`] writes it, with the
 /// turn's time in whole seconds for a count ([`NO_TIME`] for none).
 pub mod hex_line_keys {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::curate::LineKeys;
 
     pub fn serialize<S: Serializer>(v: &[LineKeys], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            v.iter()
-                .map(|(print, keys)| format!("{print:016x}{}", super::hex_counts::encode(keys))),
-        )
+        s.collect_seq(v.iter().map(|(print, keys)| {
+            super::Hex(move |f: &mut std::fmt::Formatter<'_>| {
+                write!(f, "{print:016x}")?;
+                super::hex_counts::encode(keys, f)
+            })
+        }))
     }
 
+    /// Decoded line by line as the strings arrive (no list of strings is
+    /// held: a large state has a few hundred thousand).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<LineKeys>, D::Error> {
-        let lines = Vec::<String>::deserialize(d)?;
-        lines
-            .iter()
-            .map(|l| {
-                let print = l.get(..16).ok_or("line keys: too short")?;
-                let print = u64::from_str_radix(print, 16).map_err(|e| e.to_string())?;
-                Ok((print, super::hex_counts::decode(&l[16..])?))
-            })
-            .collect::<Result<_, String>>()
-            .map_err(D::Error::custom)
+        struct Lines;
+        impl<'de> Visitor<'de> for Lines {
+            type Value = Vec<LineKeys>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of line key strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(keys) = seq.next_element::<Line>()? {
+                    out.push(keys.0);
+                }
+                Ok(out)
+            }
+        }
+        struct Line(LineKeys);
+        impl<'de> Deserialize<'de> for Line {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Line, D::Error> {
+                super::with_str(d, |l| {
+                    let print = l.get(..16).ok_or("line keys: too short")?;
+                    let print = u64::from_str_radix(print, 16).map_err(|e| e.to_string())?;
+                    Ok(Line((print, super::hex_counts::decode(&l[16..])?)))
+                })
+            }
+        }
+        d.deserialize_seq(Lines)
     }
 }
 
@@ -474,10 +526,17 @@ mod tests {
             ..Memory::default()
         };
         let text = serde_json::to_string(&m).unwrap();
-        assert!(text.contains("0000000000000001ffffffffffffffff"), "{text}");
+        assert_eq!(
+            text,
+            r#"{"exact":"0000000000000001ffffffffffffffff","near":"000000000000000300000004"}"#
+        );
         let back: Memory = serde_json::from_str(&text).unwrap();
         assert_eq!(back, m);
+        // Read streamed as well as whole (the state file is streamed).
+        let streamed: Memory = serde_json::from_reader(text.as_bytes()).unwrap();
+        assert_eq!(streamed, m);
         assert!(serde_json::from_str::<Memory>(r#"{"exact":"12"}"#).is_err());
+        assert!(serde_json::from_str::<Memory>(r#"{"exact":12}"#).is_err());
     }
 
     #[test]
@@ -494,6 +553,12 @@ mod tests {
         let text = serde_json::to_string(&m).unwrap();
         let back: Memory = serde_json::from_str(&text).unwrap();
         assert_eq!(back, m, "{text}");
+        assert!(
+            text.contains(r#""line_keys":["000000000000000a0000000000000007"#),
+            "one string a line, its fingerprint first: {text}"
+        );
+        let streamed: Memory = serde_json::from_reader(text.as_bytes()).unwrap();
+        assert_eq!(streamed, m);
         assert_eq!(line_times(&m, 12), Some(vec![Some(1_800_000_000.0), None]));
         forget_line(&mut m, 10);
         assert_eq!(m.near, vec![(7, 1), (8, 1)]);

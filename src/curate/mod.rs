@@ -141,12 +141,15 @@ pub struct Curator {
 
 impl Curator {
     pub fn new(settings: Settings, memory: Option<&Memory>) -> Curator {
-        let memory = memory.cloned().unwrap_or_default();
+        // Borrowed, not cloned: the memory of a large state holds a key
+        // list per line, and the dedupe tables are built from it anyway.
+        let empty = Memory::default();
+        let memory = memory.unwrap_or(&empty);
         Curator {
-            dedupe: dedupe::Dedupe::new(&memory, settings.near_cap),
+            dedupe: dedupe::Dedupe::new(memory, settings.near_cap),
             settings,
             stats: stats::DryRun::default(),
-            forgotten: memory.forgotten,
+            forgotten: memory.forgotten.clone(),
             forgotten_before: memory.forgotten_before,
         }
     }
