@@ -147,8 +147,8 @@ impl Dataset {
             d.lines.insert(name.clone(), c.lines);
         }
         if !w.files.is_empty() && w.files.len() == 2 {
-            d.units.insert("train".into(), w.units.train.len() as u64);
-            d.units.insert("valid".into(), w.units.valid.len() as u64);
+            d.units.insert("train".into(), w.units.totals.0);
+            d.units.insert("valid".into(), w.units.totals.1);
         }
         add_all(
             &mut d.samples,
@@ -400,11 +400,7 @@ impl<'a> Manifest<'a> {
                         (name.clone(), count)
                     })
                     .collect(),
-                units: [
-                    ("train", w.units.train.len() as u64),
-                    ("valid", w.units.valid.len() as u64),
-                ]
-                .into(),
+                units: [("train", w.units.totals.0), ("valid", w.units.totals.1)].into(),
                 new_units: [
                     ("train", w.new_units.0 - w.new_units.1),
                     ("valid", w.new_units.1),

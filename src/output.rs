@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use crate::coverage::{LEGACY_SPLIT, SPLIT};
 use crate::dataset::LineFigures;
-use crate::state::{Committed, RunState, Units, Written, check_committed, tail_hash};
+use crate::state::{Committed, Placement, RunState, Units, Written, check_committed, tail_hash};
 
 /// Trainers' usual batch size: mlx-lm refuses a split with fewer rows.
 pub const MIN_VALID_LINES: u64 = 4;
@@ -45,69 +45,106 @@ pub const MIN_VALID_LINES: u64 = 4;
 /// - A changed `--valid-fraction` applies to new units only (the summary
 ///   says so): the units placed so far keep their split.
 #[derive(Debug, Default)]
-pub struct Splits {
-    pub units: Units,
+pub struct Splits<'s> {
+    /// The units committed runs placed (the state's, borrowed: a large
+    /// state holds hundreds of thousands; this run only adds to them).
+    committed: Option<&'s Units>,
     fraction: f64,
+    /// (units, valid units) placed when `fraction` took effect.
+    base: (u64, u64),
     /// The fraction in force before this run, when it changed.
     pub changed_from: Option<f64>,
-    /// Units placed in this run, and whether a line was written in them.
-    placed: BTreeMap<String, bool>,
+    /// Units placed in this run: (in valid, a line was written in it).
+    placed: BTreeMap<String, (bool, bool)>,
+    /// Of `placed`, those in valid.
+    placed_valid: u64,
 }
 
-impl Splits {
-    pub fn new(mut units: Units, fraction: f64) -> Splits {
-        let changed_from = units.fraction.filter(|f| *f != fraction);
-        if units.fraction != Some(fraction) {
-            let n = (units.train.len() + units.valid.len()) as u64;
-            units.base = (n, units.valid.len() as u64);
-            units.fraction = Some(fraction);
-        }
+impl<'s> Splits<'s> {
+    pub fn new(committed: Option<&'s Units>, fraction: f64) -> Splits<'s> {
+        let (base, changed_from) = match committed {
+            Some(u) if u.fraction == Some(fraction) => (u.base, None),
+            Some(u) => (
+                ((u.train.len() + u.valid.len()) as u64, u.valid.len() as u64),
+                u.fraction,
+            ),
+            None => ((0, 0), None),
+        };
         Splits {
-            units,
+            committed,
             fraction,
+            base,
             changed_from,
             placed: BTreeMap::new(),
+            placed_valid: 0,
         }
+    }
+
+    /// Units in (train, valid), committed and placed in this run.
+    fn totals(&self) -> (u64, u64) {
+        let (t, v) = self
+            .committed
+            .map_or((0, 0), |u| (u.train.len() as u64, u.valid.len() as u64));
+        let placed = self.placed.len() as u64;
+        (t + placed - self.placed_valid, v + self.placed_valid)
     }
 
     /// Whether `unit` is in valid (placing it when it is new).
     pub fn is_valid(&mut self, unit: &str) -> bool {
-        if self.units.valid.contains(unit) {
-            return true;
+        if let Some(u) = self.committed {
+            if u.valid.contains(unit) {
+                return true;
+            }
+            if u.train.contains(unit) {
+                return false;
+            }
         }
-        if self.units.train.contains(unit) {
-            return false;
+        if let Some((valid, _)) = self.placed.get(unit) {
+            return *valid;
         }
-        let n = (self.units.train.len() + self.units.valid.len() + 1) as u64;
-        let (base_n, base_v) = self.units.base;
+        let (train, valid_units) = self.totals();
+        let n = train + valid_units + 1;
+        let (base_n, base_v) = self.base;
         let want = base_v + (self.fraction * n.saturating_sub(base_n) as f64).round() as u64;
-        let valid = !self.units.train.is_empty() && (self.units.valid.len() as u64) < want;
-        let side = if valid {
-            &mut self.units.valid
-        } else {
-            &mut self.units.train
-        };
-        side.insert(unit.to_string());
-        self.placed.insert(unit.to_string(), false);
+        let valid = train > 0 && valid_units < want;
+        self.placed.insert(unit.to_string(), (valid, false));
+        self.placed_valid += u64::from(valid);
         valid
     }
 
     fn wrote(&mut self, unit: &str) {
-        if let Some(has) = self.placed.get_mut(unit) {
+        if let Some((_, has)) = self.placed.get_mut(unit) {
             *has = true;
         }
     }
 
-    /// The units as committed: those placed in this run without a line
-    /// are placed again by a later run.
-    fn settle(mut self) -> Units {
-        for (unit, has_lines) in self.placed {
-            if !has_lines {
-                self.units.train.remove(&unit);
-                self.units.valid.remove(&unit);
+    /// Units placed in this run with a line, and of those in valid.
+    fn new_units(&self) -> (u64, u64) {
+        let with_lines = self.placed.values().filter(|(_, l)| *l);
+        let valid = with_lines.clone().filter(|(v, _)| *v).count() as u64;
+        (with_lines.count() as u64, valid)
+    }
+
+    /// The placement as committed: units placed in this run without a
+    /// line are placed again by a later run.
+    fn settle(self) -> Placement {
+        let mut p = Placement {
+            fraction: Some(self.fraction),
+            base: self.base,
+            ..Placement::default()
+        };
+        for (unit, (valid, has_lines)) in self.placed {
+            match (has_lines, valid) {
+                (false, _) => {}
+                (true, true) => p.valid.push(unit),
+                (true, false) => p.train.push(unit),
             }
         }
-        self.units
+        let (t, v) = self
+            .committed
+            .map_or((0, 0), |u| (u.train.len() as u64, u.valid.len() as u64));
+        p.totals = (t + p.train.len() as u64, v + p.valid.len() as u64);
+        p
     }
 }
 
@@ -312,10 +349,11 @@ pub(crate) fn check_no_tail(
     )))
 }
 
-pub struct Output {
+pub struct Output<'s> {
     kind: Kind,
     cumulative: bool,
-    pub splits: Splits,
+    pub splits: Splits<'s>,
+    valid_fraction: f64,
     /// Lines without `meta` in a cumulative file: the session of each, as
     /// runs per file name (see `RunState::index`); `None` with meta.
     index: Option<BTreeMap<String, Vec<(String, u64)>>>,
@@ -334,7 +372,7 @@ enum Kind {
     },
 }
 
-impl Output {
+impl<'s> Output<'s> {
     /// `interrupted`: a run of this state was killed before its commit
     /// (its tails are cut back).
     pub fn open(
@@ -342,7 +380,7 @@ impl Output {
         state: Option<&RunState>,
         valid_fraction: f64,
         (interrupted, meta): (bool, bool),
-    ) -> Result<Output> {
+    ) -> Result<Output<'static>> {
         let cumulative = state.is_some();
         let keep = |name: &str| (state.and_then(|s| s.outputs.get(name)), interrupted);
         let kind = match dest {
@@ -380,24 +418,39 @@ impl Output {
                 }
             }
         };
-        let units = state.map(|s| s.units.clone()).unwrap_or_default();
         Ok(Output {
             kind,
             cumulative,
-            splits: Splits::new(units, valid_fraction),
+            splits: Splits::new(None, valid_fraction),
+            valid_fraction,
             index: state.filter(|_| !meta).map(|s| s.index.clone()),
             figures: BTreeMap::new(),
         })
     }
 
     /// A destination that keeps nothing (`export --dry-run`).
-    pub fn discard() -> Output {
+    pub fn discard() -> Output<'static> {
         Output {
             kind: Kind::Stdout(Stdout::on(Box::new(std::io::sink()), "nowhere".into())),
             cumulative: false,
             splits: Splits::default(),
+            valid_fraction: 0.0,
             index: None,
             figures: BTreeMap::new(),
+        }
+    }
+
+    /// The output with the state's committed split units, borrowed for
+    /// the run (the state is written to once more, by its claim, after
+    /// the output is opened and before a line is).
+    pub fn with_units<'t>(self, committed: Option<&'t Units>) -> Output<'t> {
+        Output {
+            splits: Splits::new(committed, self.valid_fraction),
+            kind: self.kind,
+            cumulative: self.cumulative,
+            valid_fraction: self.valid_fraction,
+            index: self.index,
+            figures: self.figures,
         }
     }
 
@@ -526,12 +579,7 @@ impl Output {
                     valid.leave()?;
                     return Ok(None);
                 }
-                let placed = self.splits.placed.iter().filter(|(_, l)| **l);
-                let new_valid = placed
-                    .clone()
-                    .filter(|(u, _)| self.splits.units.valid.contains(*u))
-                    .count() as u64;
-                let new_units = (placed.count() as u64, new_valid);
+                let new_units = self.splits.new_units();
                 let mut w = Written {
                     new_lines: train.new_lines + valid.new_lines,
                     new_per_file: [
@@ -564,56 +612,73 @@ impl Output {
 mod tests {
     use super::*;
 
-    fn place(n: usize, fraction: f64) -> Splits {
-        let mut s = Splits::new(Units::default(), fraction);
+    /// `n` new units placed over `committed` at `fraction`, each with a
+    /// line; the placement as committed.
+    fn place(committed: Option<&Units>, prefix: &str, n: usize, fraction: f64) -> Placement {
+        let mut s = Splits::new(committed, fraction);
         for i in 0..n {
-            s.is_valid(&format!("u{i:04}"));
+            let u = format!("{prefix}{i:04}");
+            s.is_valid(&u);
+            s.wrote(&u);
         }
-        s
+        s.settle()
     }
 
     #[test]
     fn the_first_unit_trains_and_valid_follows_the_fraction_in_units() {
-        let s = place(1, 0.9);
-        assert_eq!((s.units.train.len(), s.units.valid.len()), (1, 0));
+        let p = place(None, "u", 1, 0.9);
+        assert_eq!((p.train.len(), p.valid.len(), p.totals), (1, 0, (1, 0)));
         for (n, f) in [(14, 0.05), (200, 0.05), (1000, 0.1), (7, 0.5)] {
-            let s = place(n, f);
-            let v = s.units.valid.len() as f64;
+            let p = place(None, "u", n, f);
+            let v = p.valid.len() as f64;
             assert!((v - f * n as f64).abs() <= 1.0, "{v} valid of {n} at {f}");
-            assert_eq!(s.units.train.len() + s.units.valid.len(), n);
+            assert_eq!(p.train.len() + p.valid.len(), n);
+            assert_eq!(p.totals, (p.train.len() as u64, p.valid.len() as u64));
         }
     }
 
     #[test]
     fn a_placed_unit_keeps_its_split_and_a_new_fraction_applies_to_new_units_only() {
-        let s = place(100, 0.1);
-        let valid: Vec<String> = s.units.valid.iter().cloned().collect();
-        let mut units = s.settle_all();
-        units.fraction = Some(0.1);
-        let mut s = Splits::new(units, 0.5);
+        let mut units = Units::default();
+        assert!(units.apply(&place(None, "u", 100, 0.1)));
+        let valid = units.valid.clone();
+        let mut s = Splits::new(Some(&units), 0.5);
         assert_eq!(s.changed_from, Some(0.1));
         for u in &valid {
             assert!(s.is_valid(u), "{u} moved");
         }
-        for i in 0..100 {
-            s.is_valid(&format!("new{i:03}"));
+        for u in &units.train {
+            assert!(!s.is_valid(u), "{u} moved");
         }
-        let new_valid = s
-            .units
-            .valid
-            .iter()
-            .filter(|u| u.starts_with("new"))
-            .count();
+        for i in 0..100 {
+            let u = format!("new{i:04}");
+            s.is_valid(&u);
+            s.wrote(&u);
+        }
+        let p = s.settle();
+        assert!(p.train.iter().chain(&p.valid).all(|u| u.starts_with("new")));
         assert!(
-            (49..=51).contains(&new_valid),
-            "{new_valid} of 100 new units"
+            (49..=51).contains(&p.valid.len()),
+            "{} of 100 new units",
+            p.valid.len()
         );
-        assert_eq!(s.units.valid.len() - new_valid, valid.len());
+        assert_eq!(p.totals.1, (valid.len() + p.valid.len()) as u64);
+        assert!(units.apply(&p));
+        assert_eq!(units.valid.len() as u64, p.totals.1);
+        assert!(!units.apply(&p), "applied twice, nothing changes");
     }
 
-    impl Splits {
-        fn settle_all(self) -> Units {
-            self.units
-        }
+    #[test]
+    fn a_unit_placed_without_a_line_is_not_committed() {
+        let mut s = Splits::new(None, 0.5);
+        s.is_valid("a");
+        s.wrote("a");
+        s.is_valid("b");
+        assert_eq!(s.new_units(), (1, 0));
+        let p = s.settle();
+        assert_eq!(
+            (p.train, p.valid, p.totals),
+            (vec!["a".to_string()], vec![], (1, 0))
+        );
     }
 }

@@ -199,6 +199,38 @@ pub struct Units {
     pub base: (u64, u64),
 }
 
+/// What a run placed: the units new in each split that got a line, the
+/// fraction in force and its base, and the units of each split in all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    pub train: Vec<String>,
+    pub valid: Vec<String>,
+    /// `None` for a destination without splits (nothing placed).
+    pub fraction: Option<f64>,
+    pub base: (u64, u64),
+    /// Units in (train, valid) after the run.
+    pub totals: (u64, u64),
+}
+
+impl Units {
+    /// Adds a run's placement; true when anything changed.
+    pub fn apply(&mut self, p: &Placement) -> bool {
+        let mut changed = false;
+        for u in &p.train {
+            changed |= self.train.insert(u.clone());
+        }
+        for u in &p.valid {
+            changed |= self.valid.insert(u.clone());
+        }
+        if p.fraction.is_some() && (self.fraction != p.fraction || self.base != p.base) {
+            self.fraction = p.fraction;
+            self.base = p.base;
+            changed = true;
+        }
+        changed
+    }
+}
+
 /// A rewrite staged by `forget`: the staged file and what it holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Staged {
@@ -731,10 +763,7 @@ impl RunCoverage {
                 changed |=
                     st.outputs.insert(name.clone(), committed.clone()).as_ref() != Some(committed);
             }
-            if st.units != w.units {
-                st.units = w.units.clone();
-                changed = true;
-            }
+            changed |= st.units.apply(&w.units);
             for (name, runs) in &w.index {
                 changed |= st.index.insert(name.clone(), runs.clone()).as_ref() != Some(runs);
             }
@@ -816,8 +845,8 @@ pub struct Written {
     pub new_per_file: BTreeMap<String, u64>,
     /// file name → what it holds after this run.
     pub files: Vec<(String, Committed)>,
-    /// The units of each split after this run.
-    pub units: Units,
+    /// The units this run placed (with a line), and the totals after it.
+    pub units: Placement,
     /// The session index of files written without `meta`.
     pub index: BTreeMap<String, Vec<(String, u64)>>,
     /// The figures of this run's new lines per file name, in file order.

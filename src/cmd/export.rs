@@ -110,10 +110,10 @@ struct Run<'a> {
     totals: Totals,
     coverage: RunCoverage,
     dedupe: Dedupe,
-    output: Output,
+    output: Output<'a>,
     redactor: Option<Redactor>,
     /// Provenance, duplicates, quality rules, dry-run figures.
-    curate: Curator,
+    curate: Curator<'a>,
     /// Sessions the template failed on (kept pending with `--state`).
     render_failed: Vec<String>,
     /// Of those, the sessions kept pending.
@@ -261,7 +261,10 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
         commit_state(
             path,
             &mut st,
-            (std::mem::take(&mut closed.coverage), &closed.curate),
+            (
+                std::mem::take(&mut closed.coverage),
+                std::mem::take(&mut closed.remembered),
+            ),
             written,
             (top, selection, identity),
         )?;
@@ -323,7 +326,7 @@ fn open_output(
     plan: &Plan,
     state: Option<&mut RunState>,
     identity: &crate::state::OutputIdentity,
-) -> Result<Output> {
+) -> Result<Output<'static>> {
     if cfg.curate.dry_run {
         return Ok(Output::discard());
     }
@@ -481,7 +484,7 @@ impl<'a> Run<'a> {
         cfg: &'a ExportConfig,
         stores: &Stores,
         state: Option<&'a RunState>,
-        (counter, output): (Counter, Output),
+        (counter, output): (Counter, Output<'static>),
         redactor: Option<Redactor>,
     ) -> Run<'a> {
         Run {
@@ -503,7 +506,7 @@ impl<'a> Run<'a> {
                     || !stores.files.transcripts.is_empty(),
                 ..Dedupe::default()
             },
-            output,
+            output: output.with_units(state.map(|s| &s.units)),
             redactor,
             curate: Curator::new(cfg.curate.clone(), state.map(|s| &s.curation)),
             render_failed: Vec::new(),
@@ -1056,7 +1059,7 @@ impl<'a> Run<'a> {
             redactions,
             exact: kit.counter.is_exact(),
             manifest: manifest.into_inner(),
-            curate,
+            remembered: curate.dedupe.into_update(),
             dataset,
             fraction_changed: fraction_changed.map(|f| (f, cfg.valid_fraction)),
             superseded: (superseded, superseded_rows),
@@ -1289,7 +1292,8 @@ struct Closed {
     exact: bool,
     /// The manifest written (directory output), for the dataset card.
     manifest: Option<serde_json::Value>,
-    curate: Curator,
+    /// What the run adds to the state's curation memory.
+    remembered: crate::curate::dedupe::Update,
     /// What the cumulative output holds after this run.
     dataset: Dataset,
     /// `--valid-fraction` changed (from, to): new units only.
@@ -1425,7 +1429,7 @@ fn retract(
 fn commit_state(
     path: &std::path::Path,
     st: &mut RunState,
-    (coverage, curate): (RunCoverage, &Curator),
+    (coverage, remembered): (RunCoverage, crate::curate::dedupe::Update),
     written: Option<&Written>,
     (top, selection, identity): (i64, String, crate::state::OutputIdentity),
 ) -> Result<()> {
@@ -1436,7 +1440,7 @@ fn commit_state(
         )
         .into());
     }
-    curate.remember(&mut st.curation);
+    remembered.apply(&mut st.curation);
     if coverage.commit(st, written, top, selection, identity) {
         crate::stall::point("before-state");
         st.save(path)?;

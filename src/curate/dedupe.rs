@@ -18,15 +18,27 @@ use crate::model::Message;
 
 use super::Memory;
 
-/// Duplicate bookkeeping of one run, seeded from the state.
+/// Duplicate bookkeeping of one run, over the state's memory.
+///
+/// The memory's sorted lists are borrowed and looked up by binary search;
+/// only what this run adds or changes is held in its own tables, and
+/// [`Dedupe::into_update`] hands those to the commit, which merges them
+/// into the memory ([`Update::apply`]). A large state's lists are so never
+/// copied into hash tables beside themselves.
 #[derive(Debug, Default)]
-pub struct Dedupe {
+pub struct Dedupe<'m> {
+    exact_base: &'m [u64],
+    /// Fingerprints first seen in this run.
     exact: HashSet<u64>,
+    near_base: &'m [(u64, u32)],
+    /// Counts this run changed (whole counts, not increments).
     near: HashMap<u64, u32>,
     /// Exchanges of the session at hand let through the cap but not yet
     /// written: they count toward it only once written.
     pending: HashMap<u64, u32>,
-    /// The splits each normalised exchange was written to (1 train, 2 valid).
+    sides_base: &'m [(u64, u32)],
+    /// The splits each normalised exchange was written to (1 train, 2
+    /// valid), where this run changed them.
     sides: HashMap<u64, u32>,
     /// The splits the session at hand let exchanges through for (not yet
     /// written; only what is written counts for later sessions).
@@ -39,25 +51,90 @@ pub struct Dedupe {
     pub near_dropped: usize,
 }
 
-impl Dedupe {
-    pub fn new(memory: &Memory, cap: usize) -> Dedupe {
+/// What a run adds to the memory (see [`Dedupe::into_update`]).
+#[derive(Debug, Default)]
+pub struct Update {
+    /// New fingerprints, sorted.
+    exact: Vec<u64>,
+    /// Changed counts and splits, sorted by key.
+    near: Vec<(u64, u32)>,
+    sides: Vec<(u64, u32)>,
+    lines: Vec<super::LineKeys>,
+}
+
+/// The value of `key` in a list sorted by key.
+fn lookup(base: &[(u64, u32)], key: u64) -> Option<u32> {
+    base.binary_search_by_key(&key, |e| e.0)
+        .ok()
+        .map(|i| base[i].1)
+}
+
+/// The run's own entry for `key`, first filled from the memory's list.
+fn entry<'a>(over: &'a mut HashMap<u64, u32>, base: &[(u64, u32)], key: u64) -> &'a mut u32 {
+    over.entry(key)
+        .or_insert_with(|| lookup(base, key).unwrap_or(0))
+}
+
+/// The value of `key`: the run's own, else the memory's.
+fn current(over: &HashMap<u64, u32>, base: &[(u64, u32)], key: u64) -> u32 {
+    over.get(&key)
+        .copied()
+        .or_else(|| lookup(base, key))
+        .unwrap_or(0)
+}
+
+/// A sorted list's entries as a sorted list, each replaced by `over`'s
+/// when it has one, with `over`'s other entries added.
+fn merged(base: &[(u64, u32)], over: &[(u64, u32)]) -> Vec<(u64, u32)> {
+    let mut out = Vec::with_capacity(base.len() + over.len());
+    let (mut i, mut j) = (0, 0);
+    while i < base.len() || j < over.len() {
+        match (base.get(i), over.get(j)) {
+            (Some(b), Some(o)) if b.0 == o.0 => {
+                out.push(*o);
+                i += 1;
+                j += 1;
+            }
+            (Some(b), Some(o)) if b.0 < o.0 => {
+                out.push(*b);
+                i += 1;
+            }
+            (Some(b), None) => {
+                out.push(*b);
+                i += 1;
+            }
+            (_, Some(o)) => {
+                out.push(*o);
+                j += 1;
+            }
+            (None, None) => unreachable!(),
+        }
+    }
+    out
+}
+
+fn sorted(map: HashMap<u64, u32>) -> Vec<(u64, u32)> {
+    let mut v: Vec<(u64, u32)> = map.into_iter().collect();
+    v.sort_unstable();
+    v
+}
+
+impl<'m> Dedupe<'m> {
+    pub fn new(memory: &'m Memory, cap: usize) -> Dedupe<'m> {
         Dedupe {
-            exact: memory.exact.iter().copied().collect(),
-            near: memory.near.iter().copied().collect(),
-            pending: HashMap::new(),
-            sides: memory.sides.iter().copied().collect(),
-            session_sides: HashMap::new(),
-            lines: Vec::new(),
+            exact_base: &memory.exact,
+            near_base: &memory.near,
+            sides_base: &memory.sides,
             cap,
-            exact_dropped: 0,
-            near_dropped: 0,
+            ..Dedupe::default()
         }
     }
 
     /// Whether a line with these bytes is new (and remembers it). With
     /// `enabled` false every line is new, but still remembered.
     pub fn first_time(&mut self, line: &[u8], enabled: bool) -> bool {
-        let new = self.exact.insert(line_print(line));
+        let print = line_print(line);
+        let new = self.exact_base.binary_search(&print).is_err() && self.exact.insert(print);
         if !new && enabled {
             self.exact_dropped += 1;
             return false;
@@ -68,11 +145,11 @@ impl Dedupe {
     /// Whether one more exchange with this normalised key fits under the
     /// cap (and counts it when it does).
     pub fn under_cap(&mut self, key: u64) -> bool {
-        let n = self.near.entry(key).or_default();
-        if self.cap > 0 && *n as usize >= self.cap {
+        if self.cap > 0 && current(&self.near, self.near_base, key) as usize >= self.cap {
             self.near_dropped += 1;
             return false;
         }
+        let n = entry(&mut self.near, self.near_base, key);
         *n = n.saturating_add(1);
         true
     }
@@ -81,7 +158,7 @@ impl Dedupe {
     /// those written and those of this session let through so far (it is
     /// counted as written by [`Dedupe::written`]).
     pub fn reserve(&mut self, key: u64) -> bool {
-        let written = self.near.get(&key).copied().unwrap_or(0);
+        let written = current(&self.near, self.near_base, key);
         let pending = self.pending.entry(key).or_default();
         if self.cap > 0 && (written + *pending) as usize >= self.cap {
             self.near_dropped += 1;
@@ -96,7 +173,7 @@ impl Dedupe {
         if let Some(p) = self.pending.get_mut(&key) {
             *p = p.saturating_sub(1);
         }
-        let n = self.near.entry(key).or_default();
+        let n = entry(&mut self.near, self.near_base, key);
         *n = n.saturating_add(1);
     }
 
@@ -123,7 +200,7 @@ impl Dedupe {
     /// [`Dedupe::wrote_in`] says it was written).
     pub fn in_other_split(&mut self, key: u64, valid: bool) -> bool {
         let (mine, other) = sides(valid);
-        let written = self.sides.get(&key).copied().unwrap_or(0);
+        let written = current(&self.sides, self.sides_base, key);
         let here = self.session_sides.entry(key).or_default();
         if (written | *here) & other != 0 {
             return true;
@@ -134,35 +211,183 @@ impl Dedupe {
 
     /// The exchange `key` was written to the split `valid` says.
     pub fn wrote_in(&mut self, key: u64, valid: bool) {
-        *self.sides.entry(key).or_default() |= sides(valid).0;
+        *entry(&mut self.sides, self.sides_base, key) |= sides(valid).0;
     }
 
-    /// Puts this run's fingerprints into the state's memory.
-    pub fn remember(&self, memory: &mut Memory) {
-        let mut exact: Vec<u64> = self.exact.iter().copied().collect();
+    /// What this run adds to the memory it was made over, owned (the
+    /// memory is no longer borrowed).
+    pub fn into_update(self) -> Update {
+        let mut exact: Vec<u64> = self.exact.into_iter().collect();
         exact.sort_unstable();
-        memory.exact = exact;
-        let mut near: Vec<(u64, u32)> = self.near.iter().map(|(k, v)| (*k, *v)).collect();
-        near.sort_unstable();
-        memory.near = near;
-        let mut sides: Vec<(u64, u32)> = self.sides.iter().map(|(k, v)| (*k, *v)).collect();
-        sides.sort_unstable();
-        memory.sides = sides;
-        memory.line_keys.extend(self.lines.iter().cloned());
-        memory.line_keys.sort_unstable_by_key(|l| l.0);
-        memory.line_keys.dedup_by_key(|l| l.0);
+        Update {
+            exact,
+            near: sorted(self.near),
+            sides: sorted(self.sides),
+            lines: self.lines,
+        }
+    }
+}
+
+impl Update {
+    /// Merges this run's fingerprints into `memory` (the memory the run's
+    /// [`Dedupe`] was made over).
+    pub fn apply(self, memory: &mut Memory) {
+        if !self.exact.is_empty() {
+            let mut exact = Vec::with_capacity(memory.exact.len() + self.exact.len());
+            let (mut a, mut b) = (memory.exact.iter().peekable(), self.exact.iter().peekable());
+            loop {
+                let next = match (a.peek(), b.peek()) {
+                    (Some(x), Some(y)) if x <= y => a.next(),
+                    (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                    (Some(_), None) => a.next(),
+                    (None, None) => break,
+                };
+                exact.extend(next);
+            }
+            exact.dedup();
+            memory.exact = exact;
+        }
+        if !self.near.is_empty() {
+            memory.near = merged(&memory.near, &self.near);
+        }
+        if !self.sides.is_empty() {
+            memory.sides = merged(&memory.sides, &self.sides);
+        }
+        memory.line_keys.add(self.lines);
+    }
+}
+
+/// The near keys each line counted, with its turns' times, by the line's
+/// fingerprint (see `Memory::line_keys`): one sorted list of
+/// fingerprints and flat lists of keys and times, so that a few hundred
+/// thousand lines cost no allocation each.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LineKeyTable {
+    /// Line fingerprints, sorted, each once.
+    prints: Vec<u64>,
+    /// Where each line's keys end in `keys` and `times`.
+    ends: Vec<usize>,
+    keys: Vec<u64>,
+    times: Vec<u32>,
+}
+
+impl LineKeyTable {
+    pub const fn new() -> LineKeyTable {
+        LineKeyTable {
+            prints: Vec::new(),
+            ends: Vec::new(),
+            keys: Vec::new(),
+            times: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prints.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.prints.len()
+    }
+
+    fn range(&self, i: usize) -> std::ops::Range<usize> {
+        (if i == 0 { 0 } else { self.ends[i - 1] })..self.ends[i]
+    }
+
+    fn push(&mut self, print: u64, keys: impl IntoIterator<Item = (u64, u32)>) {
+        for (k, t) in keys {
+            self.keys.push(k);
+            self.times.push(t);
+        }
+        self.prints.push(print);
+        self.ends.push(self.keys.len());
+    }
+
+    /// The `i`th line: its fingerprint, keys and times.
+    pub fn line(&self, i: usize) -> (u64, &[u64], &[u32]) {
+        let r = self.range(i);
+        (self.prints[i], &self.keys[r.clone()], &self.times[r])
+    }
+
+    /// Each line's fingerprint and its keys with their times.
+    fn iter(&self) -> impl Iterator<Item = (u64, impl Iterator<Item = (u64, u32)> + '_)> {
+        (0..self.len()).map(|i| {
+            let (print, keys, times) = self.line(i);
+            (print, keys.iter().copied().zip(times.iter().copied()))
+        })
+    }
+
+    /// The keys and times of the line with the fingerprint `print`.
+    pub fn get(&self, print: u64) -> Option<(&[u64], &[u32])> {
+        let i = self.prints.binary_search(&print).ok()?;
+        let r = self.range(i);
+        Some((&self.keys[r.clone()], &self.times[r]))
+    }
+
+    /// Removes the line with the fingerprint `print`; its keys.
+    pub fn remove(&mut self, print: u64) -> Option<Vec<u64>> {
+        let i = self.prints.binary_search(&print).ok()?;
+        let r = self.range(i);
+        let n = r.len();
+        let keys: Vec<u64> = self.keys.drain(r.clone()).collect();
+        self.times.drain(r);
+        self.prints.remove(i);
+        self.ends.remove(i);
+        for e in &mut self.ends[i..] {
+            *e -= n;
+        }
+        Some(keys)
+    }
+
+    /// Adds lines; a fingerprint already held keeps its keys.
+    pub fn add(&mut self, mut lines: Vec<super::LineKeys>) {
+        if lines.is_empty() {
+            return;
+        }
+        lines.sort_by_key(|l| l.0);
+        lines.dedup_by_key(|l| l.0);
+        lines.retain(|l| self.prints.binary_search(&l.0).is_err());
+        if lines
+            .first()
+            .is_none_or(|l| self.prints.last().is_none_or(|p| *p < l.0))
+        {
+            // The common case: a first run, or fingerprints past the last.
+            for (print, keys) in lines {
+                self.push(print, keys);
+            }
+            return;
+        }
+        let old = std::mem::take(self);
+        let mut new = lines.into_iter().peekable();
+        for (print, keys) in old.iter() {
+            while let Some(l) = new.next_if(|l| l.0 < print) {
+                self.push(l.0, l.1);
+            }
+            self.push(print, keys);
+        }
+        for l in new {
+            self.push(l.0, l.1);
+        }
+    }
+
+    /// Sorted by fingerprint, each once (as a state file read back holds
+    /// them unless it was edited).
+    fn sorted(self) -> LineKeyTable {
+        if self.prints.windows(2).all(|w| w[0] < w[1]) {
+            return self;
+        }
+        let lines: Vec<super::LineKeys> = self.iter().map(|(p, k)| (p, k.collect())).collect();
+        let mut table = LineKeyTable::new();
+        table.add(lines);
+        table
     }
 }
 
 /// The times of the turns a line with the fingerprint `print` trained
 /// on (whole seconds), when the state recorded them.
 pub fn line_times(memory: &Memory, print: u64) -> Option<Vec<Option<f64>>> {
-    let i = memory
-        .line_keys
-        .binary_search_by_key(&print, |l| l.0)
-        .ok()?;
+    let (_, times) = memory.line_keys.get(print)?;
     let time = |secs: u32| (secs != NO_TIME).then_some(f64::from(secs));
-    Some(memory.line_keys[i].1.iter().map(|k| time(k.1)).collect())
+    Some(times.iter().map(|t| time(*t)).collect())
 }
 
 /// A line's fingerprint: its bytes without `meta`, as they were
@@ -182,10 +407,10 @@ pub fn forget_line(memory: &mut Memory, print: u64) {
     if let Ok(i) = memory.exact.binary_search(&print) {
         memory.exact.remove(i);
     }
-    let Ok(i) = memory.line_keys.binary_search_by_key(&print, |l| l.0) else {
+    let Some(keys) = memory.line_keys.remove(print) else {
         return;
     };
-    for (key, _) in memory.line_keys.remove(i).1 {
+    for key in keys {
         let Ok(k) = memory.near.binary_search_by_key(&key, |n| n.0) else {
             continue;
         };
@@ -428,41 +653,44 @@ pub mod hex_line_keys {
     use serde::de::{SeqAccess, Visitor};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::curate::LineKeys;
+    use super::LineKeyTable;
 
-    pub fn serialize<S: Serializer>(v: &[LineKeys], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(|(print, keys)| {
+    pub fn serialize<S: Serializer>(v: &LineKeyTable, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((0..v.len()).map(|i| {
             super::Hex(move |f: &mut std::fmt::Formatter<'_>| {
+                let (print, keys, times) = v.line(i);
                 write!(f, "{print:016x}")?;
-                super::hex_counts::encode(keys, f)
+                keys.iter()
+                    .zip(times)
+                    .try_for_each(|(k, n)| write!(f, "{k:016x}{n:08x}"))
             })
         }))
     }
 
     /// Decoded line by line as the strings arrive (no list of strings is
     /// held: a large state has a few hundred thousand).
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<LineKeys>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LineKeyTable, D::Error> {
         struct Lines;
         impl<'de> Visitor<'de> for Lines {
-            type Value = Vec<LineKeys>;
+            type Value = LineKeyTable;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a list of line key strings")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(keys) = seq.next_element::<Line>()? {
-                    out.push(keys.0);
+                let mut out = LineKeyTable::new();
+                while let Some(Line(print, keys)) = seq.next_element::<Line>()? {
+                    out.push(print, keys);
                 }
-                Ok(out)
+                Ok(out.sorted())
             }
         }
-        struct Line(LineKeys);
+        struct Line(u64, Vec<(u64, u32)>);
         impl<'de> Deserialize<'de> for Line {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Line, D::Error> {
                 super::with_str(d, |l| {
                     let print = l.get(..16).ok_or("line keys: too short")?;
                     let print = u64::from_str_radix(print, 16).map_err(|e| e.to_string())?;
-                    Ok(Line((print, super::hex_counts::decode(&l[16..])?)))
+                    Ok(Line(print, super::hex_counts::decode(&l[16..])?))
                 })
             }
         }
@@ -505,17 +733,102 @@ mod tests {
 
     #[test]
     fn the_cap_holds_and_duplicates_go() {
-        let mut d = Dedupe::new(&Memory::default(), 2);
+        let empty = Memory::default();
+        let mut d = Dedupe::new(&empty, 2);
         assert!(d.under_cap(7) && d.under_cap(7) && !d.under_cap(7));
         assert_eq!(d.near_dropped, 1);
         assert!(d.first_time(b"{}", true) && !d.first_time(b"{}", true));
         assert!(d.first_time(b"{}", false), "kept when dedupe is off");
         assert_eq!(d.exact_dropped, 1);
         let mut m = Memory::default();
-        d.remember(&mut m);
-        let again = Dedupe::new(&m, 2);
-        assert_eq!(again.near.get(&7), Some(&2));
-        assert!(again.exact.contains(&line_print(b"{}")));
+        d.into_update().apply(&mut m);
+        let mut again = Dedupe::new(&m, 2);
+        assert!(!again.under_cap(7), "the count is the memory's");
+        assert!(!again.first_time(b"{}", true), "so is the fingerprint");
+    }
+
+    /// Runs over a memory, each merged into it, give what one table of
+    /// every count and split gives.
+    #[test]
+    fn runs_over_a_memory_merge_as_one_table() {
+        let mut m = Memory::default();
+        let mut model: std::collections::BTreeMap<u64, (u32, u32)> = Default::default();
+        let mut prints = std::collections::BTreeSet::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for run in 0..6 {
+            let mut d = Dedupe::new(&m, 0);
+            for _ in 0..200 {
+                let key = next(300);
+                assert!(d.reserve(key));
+                d.written(key);
+                let valid = next(2) == 0;
+                d.wrote_in(key, valid);
+                let e = model.entry(key).or_default();
+                e.0 += 1;
+                e.1 |= sides(valid).0;
+                let line = format!("{run}-{}", next(500));
+                assert_eq!(d.first_time(line.as_bytes(), true), prints.insert(line));
+            }
+            d.into_update().apply(&mut m);
+            let near: Vec<(u64, u32)> = model.iter().map(|(k, v)| (*k, v.0)).collect();
+            let sides: Vec<(u64, u32)> = model.iter().map(|(k, v)| (*k, v.1)).collect();
+            assert_eq!((&m.near, &m.sides), (&near, &sides), "after run {run}");
+            let mut exact: Vec<u64> = prints.iter().map(|p| line_print(p.as_bytes())).collect();
+            exact.sort_unstable();
+            assert_eq!(m.exact, exact);
+        }
+    }
+
+    #[test]
+    fn the_line_key_table_keeps_lines_sorted_through_adds_and_removals() {
+        let mut t = LineKeyTable::new();
+        t.add(vec![
+            (20, vec![(1, 5)]),
+            (40, vec![]),
+            (30, vec![(2, 6), (3, 7)]),
+        ]);
+        t.add(vec![
+            (10, vec![(4, 8)]),
+            (30, vec![(9, 9)]),
+            (50, vec![(5, 1)]),
+        ]);
+        let all = |t: &LineKeyTable| -> Vec<(u64, Vec<(u64, u32)>)> {
+            t.iter().map(|(p, k)| (p, k.collect())).collect()
+        };
+        assert_eq!(
+            all(&t),
+            vec![
+                (10, vec![(4, 8)]),
+                (20, vec![(1, 5)]),
+                (30, vec![(2, 6), (3, 7)]),
+                (40, vec![]),
+                (50, vec![(5, 1)]),
+            ],
+            "a fingerprint held keeps its keys"
+        );
+        assert_eq!(t.remove(30), Some(vec![2, 3]));
+        assert_eq!(t.remove(30), None);
+        assert_eq!(t.get(50), Some((&[5u64][..], &[1u32][..])));
+        assert_eq!(t.get(40), Some((&[][..], &[][..])));
+        let text = serde_json::to_string(&Memory {
+            line_keys: t.clone(),
+            ..Memory::default()
+        })
+        .unwrap();
+        let back: Memory = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.line_keys, t);
+        // A file whose lines are out of order reads back sorted.
+        let m: Memory = serde_json::from_str(
+            r#"{"line_keys":["0000000000000002","000000000000000100000000000000030000000a"]}"#,
+        )
+        .unwrap();
+        assert_eq!(all(&m.line_keys), vec![(1, vec![(3, 10)]), (2, vec![])]);
     }
 
     #[test]
@@ -541,7 +854,8 @@ mod tests {
 
     #[test]
     fn a_forgotten_line_gives_its_near_keys_back() {
-        let mut d = Dedupe::new(&Memory::default(), 3);
+        let empty = Memory::default();
+        let mut d = Dedupe::new(&empty, 3);
         for (print, key) in [(10, 7), (11, 7), (12, 8)] {
             assert!(d.reserve(key));
             d.written(key);
@@ -549,7 +863,7 @@ mod tests {
             d.wrote_line(print, vec![(key, Some(1_800_000_000.5)), (9, None)]);
         }
         let mut m = Memory::default();
-        d.remember(&mut m);
+        d.into_update().apply(&mut m);
         let text = serde_json::to_string(&m).unwrap();
         let back: Memory = serde_json::from_str(&text).unwrap();
         assert_eq!(back, m, "{text}");

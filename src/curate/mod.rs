@@ -72,9 +72,9 @@ pub struct Memory {
     #[serde(
         default,
         with = "dedupe::hex_line_keys",
-        skip_serializing_if = "Vec::is_empty"
+        skip_serializing_if = "dedupe::LineKeyTable::is_empty"
     )]
-    pub line_keys: Vec<LineKeys>,
+    pub line_keys: dedupe::LineKeyTable,
     /// Sessions `forget` removed: never exported again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub forgotten: BTreeSet<String>,
@@ -94,6 +94,16 @@ impl Memory {
         self.forgotten.contains(session)
     }
 }
+
+/// The memory of a run without a state.
+static EMPTY: Memory = Memory {
+    exact: Vec::new(),
+    near: Vec::new(),
+    sides: Vec::new(),
+    line_keys: dedupe::LineKeyTable::new(),
+    forgotten: BTreeSet::new(),
+    forgotten_before: None,
+};
 
 /// Curation settings of one export.
 #[derive(Debug, Clone)]
@@ -130,27 +140,29 @@ pub fn before(cut: Option<f64>, t: Option<f64>) -> bool {
 
 /// The curation side of one export run.
 #[derive(Debug, Default)]
-pub struct Curator {
+pub struct Curator<'m> {
     pub settings: Settings,
-    pub dedupe: dedupe::Dedupe,
+    pub dedupe: dedupe::Dedupe<'m>,
     pub stats: stats::DryRun,
     /// Sessions and the cut-off time `forget` recorded.
     pub forgotten: BTreeSet<String>,
     pub forgotten_before: Option<f64>,
 }
 
-impl Curator {
-    pub fn new(settings: Settings, memory: Option<&Memory>) -> Curator {
-        // Borrowed, not cloned: the memory of a large state holds a key
-        // list per line, and the dedupe tables are built from it anyway.
-        let empty = Memory::default();
-        let memory = memory.unwrap_or(&empty);
+impl<'m> Curator<'m> {
+    /// Curation over the state's memory (borrowed, not copied: a large
+    /// state's holds a few hundred thousand fingerprints).
+    pub fn new(settings: Settings, memory: Option<&'m Memory>) -> Curator<'m> {
+        let dedupe = match memory {
+            Some(m) => dedupe::Dedupe::new(m, settings.near_cap),
+            None => dedupe::Dedupe::new(&EMPTY, settings.near_cap),
+        };
         Curator {
-            dedupe: dedupe::Dedupe::new(memory, settings.near_cap),
+            dedupe,
             settings,
             stats: stats::DryRun::default(),
-            forgotten: memory.forgotten.clone(),
-            forgotten_before: memory.forgotten_before,
+            forgotten: memory.map(|m| m.forgotten.clone()).unwrap_or_default(),
+            forgotten_before: memory.and_then(|m| m.forgotten_before),
         }
     }
 
@@ -232,11 +244,6 @@ impl Curator {
     /// (untimed turns cannot be told to be after it).
     pub fn before_cut(&self, t: Option<f64>) -> bool {
         before(self.forgotten_before, t)
-    }
-
-    /// Folds what this run wrote into the state's memory.
-    pub fn remember(&self, memory: &mut Memory) {
-        self.dedupe.remember(memory);
     }
 
     /// What the manifest says of curation.
