@@ -63,9 +63,10 @@ pub struct DatasetTokens {
 /// file order (see `RunState::figures`) so that a removed line is
 /// subtracted: its channel (index in [`Channel::ALL`]), its signal (0 for
 /// none, else 1 + index in [`Signal::ALL`]), its total and trainable
-/// tokens. A tuple, so that the state stays small.
+/// tokens (a line never holds 4 billion). A tuple, so that the state stays
+/// small.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LineFigures(pub u8, pub u8, pub u64, pub u64);
+pub struct LineFigures(pub u8, pub u8, pub u32, pub u32);
 
 impl LineFigures {
     pub fn new(channel: Channel, signal: Option<Signal>, count: Count) -> LineFigures {
@@ -73,8 +74,8 @@ impl LineFigures {
         LineFigures(
             code(Channel::ALL.iter().position(|c| *c == channel)),
             code(signal.and_then(|s| Signal::ALL.iter().position(|x| *x == s).map(|i| i + 1))),
-            count.total as u64,
-            count.trainable as u64,
+            u32::try_from(count.total).unwrap_or(u32::MAX),
+            u32::try_from(count.trainable).unwrap_or(u32::MAX),
         )
     }
 
@@ -117,8 +118,8 @@ impl Dataset {
         }
         let t = self.tokens.entry(channel.to_string()).or_default();
         t.samples += 1;
-        t.total += f.2;
-        t.trainable += f.3;
+        t.total += u64::from(f.2);
+        t.trainable += u64::from(f.3);
     }
 
     /// Takes a removed line of `channel` (and `signal`) out of the lines
@@ -136,8 +137,8 @@ impl Dataset {
         self.remove_line(channel, f.signal());
         if let Some(t) = self.tokens.get_mut(channel) {
             t.samples = t.samples.saturating_sub(1);
-            t.total = t.total.saturating_sub(f.2);
-            t.trainable = t.trainable.saturating_sub(f.3);
+            t.total = t.total.saturating_sub(u64::from(f.2));
+            t.trainable = t.trainable.saturating_sub(u64::from(f.3));
             if t.samples == 0 {
                 self.tokens.remove(channel);
             }

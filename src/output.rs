@@ -168,18 +168,20 @@ pub fn migrate_units(st: &mut RunState, path_of: &dyn Fn(&str) -> PathBuf) -> Re
         file.seek(SeekFrom::Start(0))?;
         let mut bytes = Vec::new();
         file.take(c.bytes).read_to_end(&mut bytes)?;
+        let mut units = Vec::new();
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+            if let Some(u) = v["meta"]["unit"].as_str().or(v["meta"]["session"].as_str()) {
+                units.push(u.to_string());
+            }
+            metas.push(v["meta"].clone());
+        }
         let side = if name == "valid.jsonl" {
             &mut st.units.valid
         } else {
             &mut st.units.train
         };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
-            if let Some(u) = v["meta"]["unit"].as_str().or(v["meta"]["session"].as_str()) {
-                side.insert(u.to_string());
-            }
-            metas.push(v["meta"].clone());
-        }
+        side.extend(units.iter().map(String::as_str));
         st.dataset.lines.insert(name.clone(), c.lines);
         st.unfigured.insert(name.clone(), c.lines);
     }
@@ -641,13 +643,13 @@ mod tests {
     fn a_placed_unit_keeps_its_split_and_a_new_fraction_applies_to_new_units_only() {
         let mut units = Units::default();
         assert!(units.apply(&place(None, "u", 100, 0.1)));
-        let valid = units.valid.clone();
+        let valid: Vec<String> = units.valid.iter().map(String::from).collect();
         let mut s = Splits::new(Some(&units), 0.5);
         assert_eq!(s.changed_from, Some(0.1));
         for u in &valid {
             assert!(s.is_valid(u), "{u} moved");
         }
-        for u in &units.train {
+        for u in units.train.iter() {
             assert!(!s.is_valid(u), "{u} moved");
         }
         for i in 0..100 {

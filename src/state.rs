@@ -187,16 +187,165 @@ pub struct Committed {
 /// The units of each split and the fraction new units are placed by.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Units {
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub train: BTreeSet<String>,
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub valid: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "UnitSet::is_empty")]
+    pub train: UnitSet,
+    #[serde(default, skip_serializing_if = "UnitSet::is_empty")]
+    pub valid: UnitSet,
     /// `--valid-fraction` in force, and the units (all, valid) placed when
     /// it took effect: a changed fraction applies to new units only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fraction: Option<f64>,
     #[serde(default)]
     pub base: (u64, u64),
+}
+
+/// A sorted set of unit names held as one string and the end of each
+/// name in it: a state's units number as many as its sessions, and a
+/// string each (in a tree) would cost several times their text. Names are
+/// added in batches ([`UnitSet::extend`], one merge), as a run places
+/// them. In the state file, a list of strings in byte order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UnitSet {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl UnitSet {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.get(mid).cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
+    }
+
+    fn last(&self) -> Option<&str> {
+        self.len().checked_sub(1).map(|i| self.get(i))
+    }
+
+    fn push(&mut self, name: &str) {
+        self.text.push_str(name);
+        self.ends.push(self.text.len());
+    }
+
+    /// Adds names (in any order, repeats allowed); true when any was new.
+    pub fn extend<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) -> bool {
+        let mut new: Vec<&str> = names.into_iter().filter(|n| !self.contains(n)).collect();
+        if new.is_empty() {
+            return false;
+        }
+        new.sort_unstable();
+        new.dedup();
+        if self.last().is_none_or(|last| last < new[0]) {
+            new.into_iter().for_each(|n| self.push(n));
+            return true;
+        }
+        let old = std::mem::take(self);
+        self.text
+            .reserve(old.text.len() + new.iter().map(|n| n.len()).sum::<usize>());
+        self.ends.reserve(old.len() + new.len());
+        let mut new = new.into_iter().peekable();
+        for name in old.iter() {
+            while let Some(n) = new.next_if(|n| *n < name) {
+                self.push(n);
+            }
+            self.push(name);
+        }
+        new.for_each(|n| self.push(n));
+        true
+    }
+}
+
+impl Serialize for UnitSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for UnitSet {
+    /// Read name by name; a list out of order (an edited file) is sorted.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UnitSet, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = UnitSet;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of unit names")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<UnitSet, A::Error> {
+                let mut set = UnitSet::default();
+                let mut rest = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    if rest.is_empty() && set.last().is_none_or(|last| *last < *name) {
+                        set.push(&name);
+                    } else {
+                        rest.push(name);
+                    }
+                }
+                set.extend(rest.iter().map(String::as_str));
+                Ok(set)
+            }
+        }
+        d.deserialize_seq(Names)
+    }
+}
+
+#[cfg(test)]
+mod unit_set_tests {
+    use super::UnitSet;
+
+    #[test]
+    fn names_stay_sorted_and_once_and_read_back_as_written() {
+        let mut s = UnitSet::default();
+        assert!(s.extend(["m", "c", "x", "c"]));
+        assert!(s.extend(["a", "n", "z"]));
+        assert!(!s.extend(["m", "a"]), "nothing new");
+        let names: Vec<&str> = s.iter().collect();
+        assert_eq!(names, ["a", "c", "m", "n", "x", "z"]);
+        assert!(s.contains("n") && !s.contains("b") && !s.contains(""));
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(text, r#"["a","c","m","n","x","z"]"#);
+        assert_eq!(serde_json::from_str::<UnitSet>(&text).unwrap(), s);
+        let edited: UnitSet = serde_json::from_str(r#"["b","a","b","c"]"#).unwrap();
+        assert_eq!(edited.iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        // Byte order, as the tree of strings before it wrote them.
+        let t: std::collections::BTreeSet<String> =
+            ["é", "z", "Z", "a1", "a"].map(String::from).into();
+        let mut u = UnitSet::default();
+        u.extend(t.iter().rev().map(String::as_str));
+        assert_eq!(
+            serde_json::to_string(&u).unwrap(),
+            serde_json::to_string(&t).unwrap()
+        );
+    }
 }
 
 /// What a run placed: the units new in each split that got a line, the
@@ -215,13 +364,8 @@ pub struct Placement {
 impl Units {
     /// Adds a run's placement; true when anything changed.
     pub fn apply(&mut self, p: &Placement) -> bool {
-        let mut changed = false;
-        for u in &p.train {
-            changed |= self.train.insert(u.clone());
-        }
-        for u in &p.valid {
-            changed |= self.valid.insert(u.clone());
-        }
+        let mut changed = self.train.extend(p.train.iter().map(String::as_str));
+        changed |= self.valid.extend(p.valid.iter().map(String::as_str));
         if p.fraction.is_some() && (self.fraction != p.fraction || self.base != p.base) {
             self.fraction = p.fraction;
             self.base = p.base;
