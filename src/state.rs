@@ -266,18 +266,33 @@ impl UnitSet {
             new.into_iter().for_each(|n| self.push(n));
             return true;
         }
-        let old = std::mem::take(self);
-        self.text
-            .reserve(old.text.len() + new.iter().map(|n| n.len()).sum::<usize>());
-        self.ends.reserve(old.len() + new.len());
-        let mut new = new.into_iter().peekable();
-        for name in old.iter() {
-            while let Some(n) = new.next_if(|n| *n < name) {
-                self.push(n);
+        // From the back, in place: the text and the ends grow once, by
+        // what is added, and no second copy of them is made.
+        let mut text = std::mem::take(&mut self.text).into_bytes();
+        let (mut i, mut j) = (self.ends.len(), new.len());
+        let mut w = text.len() + new.iter().map(|n| n.len()).sum::<usize>();
+        text.resize(w, 0);
+        self.ends.resize(i + j, 0);
+        while j > 0 {
+            let k = i + j - 1;
+            let start = if i > 1 { self.ends[i - 2] } else { 0 };
+            let old = (i > 0).then(|| start..self.ends[i - 1]);
+            self.ends[k] = w;
+            match old {
+                Some(r) if text[r.clone()] > *new[j - 1].as_bytes() => {
+                    w -= r.len();
+                    text.copy_within(r, w);
+                    i -= 1;
+                }
+                _ => {
+                    let name = new[j - 1].as_bytes();
+                    w -= name.len();
+                    text[w..w + name.len()].copy_from_slice(name);
+                    j -= 1;
+                }
             }
-            self.push(name);
         }
-        new.for_each(|n| self.push(n));
+        self.text = String::from_utf8(text).expect("whole names were moved");
         true
     }
 }
@@ -345,6 +360,35 @@ mod unit_set_tests {
             serde_json::to_string(&u).unwrap(),
             serde_json::to_string(&t).unwrap()
         );
+    }
+
+    #[test]
+    fn batches_merge_as_a_tree_of_strings_would_hold_them() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut set = UnitSet::default();
+        let mut tree = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let batch: Vec<String> = (0..(next() % 40))
+                .map(|_| {
+                    let n = next();
+                    let len = (n % 7) as usize;
+                    let letters = ['a', 'b', 'é', 'Z', '1'];
+                    (0..len)
+                        .map(|k| letters[((n >> (8 * k)) % 5) as usize])
+                        .collect()
+                })
+                .collect();
+            let grew = batch.iter().any(|b| !tree.contains(b));
+            assert_eq!(set.extend(batch.iter().map(String::as_str)), grew);
+            tree.extend(batch);
+            assert!(set.iter().eq(tree.iter().map(String::as_str)));
+        }
     }
 }
 

@@ -83,34 +83,40 @@ fn current(over: &HashMap<u64, u32>, base: &[(u64, u32)], key: u64) -> u32 {
         .unwrap_or(0)
 }
 
-/// A sorted list's entries as a sorted list, each replaced by `over`'s
-/// when it has one, with `over`'s other entries added.
-fn merged(base: &[(u64, u32)], over: &[(u64, u32)]) -> Vec<(u64, u32)> {
-    let mut out = Vec::with_capacity(base.len() + over.len());
-    let (mut i, mut j) = (0, 0);
-    while i < base.len() || j < over.len() {
-        match (base.get(i), over.get(j)) {
-            (Some(b), Some(o)) if b.0 == o.0 => {
-                out.push(*o);
-                i += 1;
-                j += 1;
-            }
-            (Some(b), Some(o)) if b.0 < o.0 => {
-                out.push(*b);
-                i += 1;
-            }
-            (Some(b), None) => {
-                out.push(*b);
-                i += 1;
-            }
-            (_, Some(o)) => {
-                out.push(*o);
-                j += 1;
-            }
-            (None, None) => unreachable!(),
+/// Merges the sorted `new`, none of which `v` holds, into the sorted `v`
+/// in place (from the back: no second copy of a large list is made).
+fn merge_new<T: Copy + Ord>(v: &mut Vec<T>, new: &[T]) {
+    let Some(first) = new.first() else {
+        return;
+    };
+    if v.last().is_none_or(|last| last < first) {
+        v.extend_from_slice(new);
+        return;
+    }
+    let (mut i, mut j) = (v.len(), new.len());
+    v.resize(i + j, *first);
+    while j > 0 {
+        if i > 0 && v[i - 1] > new[j - 1] {
+            v[i + j - 1] = v[i - 1];
+            i -= 1;
+        } else {
+            v[i + j - 1] = new[j - 1];
+            j -= 1;
         }
     }
-    out
+}
+
+/// A sorted list of (key, value) with `over`'s values (sorted by key) in
+/// place of its own, and `over`'s other keys added.
+fn merge_over(v: &mut Vec<(u64, u32)>, over: &[(u64, u32)]) {
+    let mut new = Vec::new();
+    for &(key, value) in over {
+        match v.binary_search_by_key(&key, |e| e.0) {
+            Ok(i) => v[i].1 = value,
+            Err(_) => new.push((key, value)),
+        }
+    }
+    merge_new(v, &new);
 }
 
 fn sorted(map: HashMap<u64, u32>) -> Vec<(u64, u32)> {
@@ -232,27 +238,10 @@ impl Update {
     /// Merges this run's fingerprints into `memory` (the memory the run's
     /// [`Dedupe`] was made over).
     pub fn apply(self, memory: &mut Memory) {
-        if !self.exact.is_empty() {
-            let mut exact = Vec::with_capacity(memory.exact.len() + self.exact.len());
-            let (mut a, mut b) = (memory.exact.iter().peekable(), self.exact.iter().peekable());
-            loop {
-                let next = match (a.peek(), b.peek()) {
-                    (Some(x), Some(y)) if x <= y => a.next(),
-                    (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-                    (Some(_), None) => a.next(),
-                    (None, None) => break,
-                };
-                exact.extend(next);
-            }
-            exact.dedup();
-            memory.exact = exact;
-        }
-        if !self.near.is_empty() {
-            memory.near = merged(&memory.near, &self.near);
-        }
-        if !self.sides.is_empty() {
-            memory.sides = merged(&memory.sides, &self.sides);
-        }
+        // The run's fingerprints are those the memory did not hold.
+        merge_new(&mut memory.exact, &self.exact);
+        merge_over(&mut memory.near, &self.near);
+        merge_over(&mut memory.sides, &self.sides);
         memory.line_keys.add(self.lines);
     }
 }
@@ -356,16 +345,34 @@ impl LineKeyTable {
             }
             return;
         }
-        let old = std::mem::take(self);
-        let mut new = lines.into_iter().peekable();
-        for (print, keys) in old.iter() {
-            while let Some(l) = new.next_if(|l| l.0 < print) {
-                self.push(l.0, l.1);
+        // From the back, in place: each list grows once, by what is added.
+        let added: usize = lines.iter().map(|l| l.1.len()).sum();
+        let (mut i, mut j) = (self.prints.len(), lines.len());
+        let mut w = self.keys.len() + added;
+        self.prints.resize(i + j, 0);
+        self.ends.resize(i + j, 0);
+        self.keys.resize(w, 0);
+        self.times.resize(w, 0);
+        while j > 0 {
+            let k = i + j - 1;
+            self.ends[k] = w;
+            if i > 0 && self.prints[i - 1] > lines[j - 1].0 {
+                let r = self.range(i - 1);
+                w -= r.len();
+                self.keys.copy_within(r.clone(), w);
+                self.times.copy_within(r, w);
+                self.prints[k] = self.prints[i - 1];
+                i -= 1;
+            } else {
+                let (print, keys) = &lines[j - 1];
+                w -= keys.len();
+                for (n, (key, time)) in keys.iter().enumerate() {
+                    self.keys[w + n] = *key;
+                    self.times[w + n] = *time;
+                }
+                self.prints[k] = *print;
+                j -= 1;
             }
-            self.push(print, keys);
-        }
-        for l in new {
-            self.push(l.0, l.1);
         }
     }
 
@@ -441,21 +448,29 @@ pub fn normalise(text: &str) -> String {
     out
 }
 
-/// [`normalise`], appended to `out`.
+/// [`normalise`], appended to `out`. ASCII text is read as its bytes; other
+/// text as its characters (the same rules over either).
 fn normalise_into(text: &str, out: &mut String) {
+    if text.is_ascii() {
+        normalise_chars(text.as_bytes(), out);
+    } else {
+        normalise_chars(&text.chars().collect::<Vec<char>>(), out);
+    }
+}
+
+fn normalise_chars<T: Copy + Into<char>>(chars: &[T], out: &mut String) {
+    let at = |i: usize| chars.get(i).map(|c| (*c).into());
     let start = out.len();
-    let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
     let mut space = false;
-    while i < chars.len() {
-        let c = chars[i];
+    while let Some(c) = at(i) {
         let signed = (c == '-' || c == '+')
-            && chars.get(i + 1).is_some_and(char::is_ascii_digit)
-            && (i == 0 || !chars[i - 1].is_alphanumeric());
+            && at(i + 1).is_some_and(|d| d.is_ascii_digit())
+            && (i == 0 || !at(i - 1).is_some_and(char::is_alphanumeric));
         if c.is_ascii_digit() || signed {
             // One figure: digits joined by separators that sit between
             // digits (a separator may be followed by a sign).
-            i = figure_end(&chars, i + 1);
+            i = figure_end(&at, i + 1);
             out.push('#');
             space = false;
             continue;
@@ -480,21 +495,21 @@ fn normalise_into(text: &str, out: &mut String) {
 }
 
 /// Where the figure whose first character is before `i` ends.
-fn figure_end(chars: &[char], mut i: usize) -> usize {
+fn figure_end(at: &impl Fn(usize) -> Option<char>, mut i: usize) -> usize {
     loop {
-        match chars.get(i) {
+        match at(i) {
             Some(d) if d.is_ascii_digit() => i += 1,
             Some(s) if matches!(s, '.' | ',' | ':' | '-' | '/' | 'T' | 'Z') => {
                 let mut j = i + 1;
-                while chars.get(j) == Some(&' ') && *s == ',' {
+                while at(j) == Some(' ') && s == ',' {
                     j += 1;
                 }
-                if matches!(chars.get(j), Some('-' | '+')) {
+                if matches!(at(j), Some('-' | '+')) {
                     j += 1;
                 }
-                if chars.get(j).is_some_and(char::is_ascii_digit) {
+                if at(j).is_some_and(|d| d.is_ascii_digit()) {
                     i = j;
-                } else if *s == 'Z' {
+                } else if s == 'Z' {
                     return i + 1;
                 } else {
                     return i;
@@ -717,6 +732,23 @@ mod tests {
     }
 
     #[test]
+    fn ascii_text_normalises_as_its_characters_do() {
+        for text in [
+            "Tick  at 2026-11-25T13:25:44Z: Archon at 12,-4, 7.5 (HP 40)",
+            "a-1 +2 x+3 -4\x0bend\r\n\t 5, 6,  -7 8/9 10:11 12Z",
+            "  Hello\n\tWorld  ",
+            "",
+            "-",
+            "9",
+        ] {
+            let mut chars = String::new();
+            normalise_chars(&text.chars().collect::<Vec<char>>(), &mut chars);
+            assert_eq!(normalise(text), chars, "{text:?}");
+        }
+        assert_eq!(normalise("Ünïcode 12 ÀB"), "ünïcode # àb");
+    }
+
+    #[test]
     fn ticks_share_a_key_and_words_do_not() {
         let ex = |u: &str, a: &str| {
             exchange_key(&[
@@ -829,6 +861,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(all(&m.line_keys), vec![(1, vec![(3, 10)]), (2, vec![])]);
+    }
+
+    #[test]
+    fn line_key_batches_merge_as_a_map_would_hold_them() {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut table = LineKeyTable::new();
+        let mut map: std::collections::BTreeMap<u64, Vec<(u64, u32)>> = Default::default();
+        for _ in 0..40 {
+            let batch: Vec<crate::curate::LineKeys> = (0..(next() % 30))
+                .map(|_| {
+                    let print = next() % 500;
+                    let keys = (0..(next() % 4)).map(|_| (next(), next() as u32)).collect();
+                    (print, keys)
+                })
+                .collect();
+            let mut first = std::collections::BTreeMap::new();
+            for (p, k) in &batch {
+                first.entry(*p).or_insert_with(|| k.clone());
+            }
+            for (p, k) in first {
+                map.entry(p).or_insert(k);
+            }
+            table.add(batch);
+            let held: Vec<(u64, Vec<(u64, u32)>)> =
+                table.iter().map(|(p, k)| (p, k.collect())).collect();
+            let want: Vec<(u64, Vec<(u64, u32)>)> = map.clone().into_iter().collect();
+            assert_eq!(held, want);
+        }
     }
 
     #[test]
