@@ -123,6 +123,11 @@ struct Run<'a> {
     /// rows looked at.
     superseded: BTreeMap<String, crate::cmd::forget::Superseded>,
     superseded_rows: Vec<i64>,
+    /// The export rules this run follows, and (when a committed state's
+    /// are older) what the files hold for the one-time re-check of the
+    /// covered turns (see `recheck`).
+    rules: u32,
+    recheck: Option<crate::recheck::Held>,
 }
 
 /// A rebuilt session ready to format.
@@ -244,7 +249,15 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     system_prompt(&mut cfg.system, &home, redactor.as_mut(), &report);
     let cfg = &cfg;
     let output = open_output(cfg, &plan, state.as_mut(), &identity)?;
+    let rules = crate::recheck::rules();
+    let recheck = match (&state, &plan.dest) {
+        (Some(st), Dest::Dir(_) | Dest::File(_)) if crate::recheck::due(st, rules) => {
+            Some(crate::recheck::Held::read(st, &path_in(&plan.dest))?)
+        }
+        _ => None,
+    };
     let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
+    (run.rules, run.recheck) = (rules, recheck);
     run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
     if dry_run {
         run.dry_run_report(&report);
@@ -264,6 +277,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
             (std::mem::take(&mut closed.coverage), &closed.curate),
             written,
             (top, selection, identity),
+            rules,
         )?;
         closed.retracted = retract(path, &mut st, &plan.dest, &mut closed.superseded)?;
         crate::state::clear_inflight(path);
@@ -510,6 +524,8 @@ impl<'a> Run<'a> {
             pending_renders: 0,
             superseded: BTreeMap::new(),
             superseded_rows: Vec::new(),
+            rules: crate::state::EXPORT_RULES,
+            recheck: None,
         }
     }
 
@@ -533,6 +549,15 @@ impl<'a> Run<'a> {
                 Some(select::heads_to_read(s, db, cfg, selection)?)
             }
             _ => None,
+        };
+        // A re-check reads every session; those the filters leave out are
+        // pending only when an ordinary night would have read them.
+        let (db_heads, touched) = match db_heads {
+            Some(h) if self.recheck.is_some() => {
+                let ids: std::collections::HashSet<String> = h.into_iter().map(|h| h.id).collect();
+                (None, Some(ids))
+            }
+            h => (h, None),
         };
         let progress_len = match (&db_heads, &stores.state) {
             (Some(h), _) => h.len() as u64,
@@ -560,7 +585,9 @@ impl<'a> Run<'a> {
                     if let Some(flag) = select::excluded_by(cfg, h) {
                         *excluded.entry(Skip::excluded(flag)).or_default() += 1;
                     }
-                    unselected.borrow_mut().push(h.id.clone())
+                    if touched.as_ref().is_none_or(|t| t.contains(&h.id)) {
+                        unselected.borrow_mut().push(h.id.clone())
+                    }
                 },
                 &mut |session, report| {
                     report.tick();
@@ -652,6 +679,12 @@ impl<'a> Run<'a> {
         }
         self.coverage
             .record_session(&self.covered, &p.session, &exchanges, &sel);
+        crate::recheck::follow_old_rules(self.rules, &exchanges, &mut sel);
+        if let Some(held) = &self.recheck {
+            let sft = self.cfg.shape == Shape::Sft;
+            held.add(&p.session, &exchanges, &mut sel, sft);
+            sel.too_few = sft && sel.complete < self.cfg.min_turns && sel.any();
+        }
         // What a render error gives back to pending.
         let consumed = sel.selected.clone();
         // Curation, once coverage is settled (what it drops is consumed,
@@ -885,7 +918,15 @@ impl<'a> Run<'a> {
             };
             let figures = LineFigures::new(p.channel, None, line.count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
-            let own = &exchanges[first + line.own.0..first + line.own.1];
+            let own = first + line.own.0..first + line.own.1;
+            if let Some(h) = self.recheck.as_mut() {
+                let n = (sel.rechecked.get(own.clone()).into_iter().flatten())
+                    .filter(|r| **r)
+                    .count() as u64;
+                h.lines += u64::from(n > 0);
+                h.turns += n;
+            }
+            let own = &exchanges[own];
             self.wrote_exchanges(own, &unit, (print, p.session.started_at));
             self.totals.saw_time((t, last));
             let system_tokens = line
@@ -948,8 +989,22 @@ impl<'a> Run<'a> {
         }
         let over_budget = skipped(report, &outcome.skipped);
         self.totals.drops.note(&p.session.id, &outcome.skipped);
-        for (signal, line, count, missing, (t, last), prompt) in outcome.lines {
+        for (signal, line, count, missing, (t, last), prompt, user) in outcome.lines {
             let value = serde_json::to_value(&line)?;
+            // A pair of a covered turn that the re-check takes: written only
+            // when the files do not hold it.
+            let rechecked = !sel.rechecked.is_empty() && {
+                let msgs = &p.rebuilt.messages[..user];
+                let index = msgs.iter().filter(|m| m.role == Role::User).count();
+                sel.rechecked.get(index) == Some(&true)
+            };
+            if rechecked
+                && (self.recheck.as_ref()).is_some_and(|h| {
+                    h.holds_pair(&p.session.id, &value["chosen"], &value["rejected"])
+                })
+            {
+                continue;
+            }
             let key = crate::curate::dedupe::line_key(&value);
             if !self.curate.dedupe.under_cap(key) {
                 report.skip(Skip::NearDuplicate);
@@ -972,6 +1027,10 @@ impl<'a> Run<'a> {
                 continue;
             };
             self.curate.dedupe.wrote_line(print, vec![(key, t)]);
+            if let (true, Some(h)) = (rechecked, self.recheck.as_mut()) {
+                h.lines += 1;
+                h.turns += 1;
+            }
             let figures = LineFigures::new(p.channel, Some(signal), count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
             if self.output.is_dir() {
@@ -1011,8 +1070,16 @@ impl<'a> Run<'a> {
             pending_renders,
             superseded,
             superseded_rows,
+            rules,
+            recheck,
             ..
         } = self;
+        let rechecked = recheck.map(|h| crate::manifest::Rechecked {
+            rules_before: h.from,
+            rules,
+            lines: h.lines,
+            turns: h.turns,
+        });
         let redactions = redactor.map(|r| r.counts).unwrap_or_default();
         template_warning(report, &totals, (&render_failed, pending_renders > 0));
         let fraction_changed = output.splits.changed_from;
@@ -1032,6 +1099,7 @@ impl<'a> Run<'a> {
                 template: kit.counter.template(),
             },
             curation: curate.manifest(),
+            rechecked,
         };
         // The manifest as written, for the dataset card.
         let manifest = RefCell::new(None);
@@ -1061,6 +1129,8 @@ impl<'a> Run<'a> {
             fraction_changed: fraction_changed.map(|f| (f, cfg.valid_fraction)),
             superseded: (superseded, superseded_rows),
             retracted: 0,
+            rechecked,
+            dpo: cfg.shape.is_dpo(),
         })
     }
 
@@ -1298,6 +1368,9 @@ struct Closed {
     superseded: Found,
     /// Lines retracted after the commit.
     retracted: u64,
+    /// What the one-time re-check of covered turns added (see `recheck`).
+    rechecked: Option<crate::manifest::Rechecked>,
+    dpo: bool,
 }
 
 /// One warning for the chat template's failures, naming the first
@@ -1428,6 +1501,7 @@ fn commit_state(
     (coverage, curate): (RunCoverage, &Curator),
     written: Option<&Written>,
     (top, selection, identity): (i64, String, crate::state::OutputIdentity),
+    rules: u32,
 ) -> Result<()> {
     if written.is_some_and(|w| !w.delivered) {
         return Err(Failure::new(
@@ -1437,7 +1511,11 @@ fn commit_state(
         .into());
     }
     curate.remember(&mut st.curation);
-    if coverage.commit(st, written, top, selection, identity) {
+    // The rules are raised in the commit that records the lines a re-check
+    // wrote: a killed re-check is done again by the next run.
+    let rules_changed = st.rules != rules;
+    st.rules = rules;
+    if coverage.commit(st, written, top, selection, identity) || rules_changed {
         crate::stall::point("before-state");
         st.save(path)?;
     }
