@@ -34,7 +34,6 @@
 //! default flags, see docs/training.md "Defaults before and after"), and
 //! record `n`.
 
-use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
 
@@ -77,22 +76,20 @@ pub fn due(st: &RunState, rules: u32) -> bool {
 }
 
 /// What the cumulative files already train on (see the module header),
-/// and what the re-check added.
+/// and the rules of the state it was read for. Kept lean, as it is read
+/// whole before the sessions: 24 bytes per exchange of the files (SFT), 8
+/// per pair (DPO).
 #[derive(Debug, Default)]
 pub struct Held {
     /// The rules of the state re-checked.
     pub from: u32,
-    /// SFT: per session, the print of each final answer → the trained
-    /// spans (first, last) of the lines that end an exchange with it.
-    answers: HashMap<String, HashMap<u64, Vec<Span>>>,
-    /// DPO: per session, the prints of the pairs' sides.
-    pairs: HashMap<String, HashSet<u64>>,
-    /// Lines and turns (pairs for DPO) the re-check added.
-    pub lines: u64,
-    pub turns: u64,
+    /// SFT: the print of (session, final answer) of each exchange a line
+    /// ends, with the line's trained span in whole seconds (`i64::MIN`,
+    /// `i64::MAX` when unknown), sorted.
+    answers: Vec<(u64, i64, i64)>,
+    /// DPO: the prints of (session, the pair's sides), sorted.
+    pairs: Vec<u64>,
 }
-
-type Span = (Option<f64>, Option<f64>);
 
 /// The session key of lines whose session cannot be told.
 const ANY: &str = "";
@@ -128,31 +125,26 @@ impl Held {
                 let Ok(v) = serde_json::from_slice::<Value>(&buf) else {
                     continue;
                 };
-                let session = v["meta"]["session"]
-                    .as_str()
-                    .or(indexed)
-                    .unwrap_or(ANY)
-                    .to_string();
+                let session = v["meta"]["session"].as_str().or(indexed).unwrap_or(ANY);
                 held.add_line(session, &v);
             }
         }
+        held.answers.sort_unstable();
+        held.pairs.sort_unstable();
         Ok(held)
     }
 
-    fn add_line(&mut self, session: String, v: &Value) {
+    fn add_line(&mut self, session: &str, v: &Value) {
         if v.get("chosen").is_some() {
-            let print = pair_print(&v["chosen"], &v["rejected"]);
-            self.pairs.entry(session).or_default().insert(print);
+            self.pairs
+                .push(pair_print(session, &v["chosen"], &v["rejected"]));
             return;
         }
-        let span = (
-            meta_time(&v["meta"], "first"),
-            meta_time(&v["meta"], "last"),
-        );
+        let first = meta_time(&v["meta"], "first").unwrap_or(i64::MIN);
+        let last = meta_time(&v["meta"], "last").unwrap_or(i64::MAX);
         let Some(msgs) = v["messages"].as_array() else {
             return;
         };
-        let answers = self.answers.entry(session).or_default();
         // The last message before each user turn (and the line's last)
         // ends an exchange.
         let ends = msgs
@@ -164,32 +156,37 @@ impl Held {
             if m["role"] == "assistant"
                 && let Some(text) = m["content"].as_str()
             {
-                answers.entry(print(text)).or_default().push(span);
+                self.answers
+                    .push((answer_print(session, text), first, last));
             }
         }
     }
 
     /// Whether the files hold the final answer `text` of a turn of
-    /// `session` at time `t`.
+    /// `session` at time `t` (a line's span is in whole seconds).
     pub fn holds_answer(&self, session: &str, text: &str, t: Option<f64>) -> bool {
-        let p = print(text);
         [session, ANY].iter().any(|s| {
-            let spans = self.answers.get(*s).and_then(|a| a.get(&p));
-            spans.into_iter().flatten().any(|(first, last)| match t {
-                Some(t) => {
-                    first.is_none_or(|f| t >= f.floor()) && last.is_none_or(|l| t < l.floor() + 1.0)
-                }
-                None => true,
-            })
+            let p = answer_print(s, text);
+            let from = self.answers.partition_point(|a| a.0 < p);
+            self.answers[from..]
+                .iter()
+                .take_while(|a| a.0 == p)
+                .any(|(_, first, last)| {
+                    t.is_none_or(|t| {
+                        let t = t.floor() as i64;
+                        *first <= t && t <= *last
+                    })
+                })
         })
     }
 
     /// Whether the files hold a pair of `session` with these sides.
     pub fn holds_pair(&self, session: &str, chosen: &Value, rejected: &Value) -> bool {
-        let p = pair_print(chosen, rejected);
-        [session, ANY]
-            .iter()
-            .any(|s| self.pairs.get(*s).is_some_and(|set| set.contains(&p)))
+        [session, ANY].iter().any(|s| {
+            self.pairs
+                .binary_search(&pair_print(s, chosen, rejected))
+                .is_ok()
+        })
     }
 
     /// Adds to `sel` the covered turns of `session` the files do not hold
@@ -199,11 +196,12 @@ impl Held {
     /// when they are made ([`Held::holds_pair`]).
     pub fn add(
         &self,
+        cfg: &crate::config::ExportConfig,
         session: &crate::model::Session,
         exchanges: &[Exchange<'_>],
         sel: &mut TurnSelection,
-        sft: bool,
     ) {
+        let sft = cfg.shape == crate::shape::Shape::Sft;
         let context_upto = session.resume_after.unwrap_or(0);
         sel.rechecked = vec![false; exchanges.len()];
         for (i, ex) in exchanges.iter().enumerate() {
@@ -225,23 +223,29 @@ impl Held {
             sel.selected[i] = true;
             sel.rechecked[i] = true;
         }
+        sel.too_few = sft && sel.complete < cfg.min_turns && sel.any();
     }
 }
 
-/// The print of a pair's sides.
-fn pair_print(chosen: &Value, rejected: &Value) -> u64 {
-    let text = format!("{chosen}\u{0}{rejected}");
+/// The print of a pair's sides in `session`.
+fn pair_print(session: &str, chosen: &Value, rejected: &Value) -> u64 {
+    let text = format!("{session}\u{0}{chosen}\u{0}{rejected}");
     crate::hash::fingerprint(text.as_bytes())
 }
 
-fn print(text: &str) -> u64 {
-    crate::hash::fingerprint(text.as_bytes())
+/// The print of a final answer in `session`.
+fn answer_print(session: &str, text: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(session.len() + 1 + text.len());
+    bytes.extend_from_slice(session.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(text.as_bytes());
+    crate::hash::fingerprint(&bytes)
 }
 
-/// A time of a line's `meta` (`first`, `last`) in epoch seconds.
-fn meta_time(meta: &Value, key: &str) -> Option<f64> {
+/// A time of a line's `meta` (`first`, `last`) in whole epoch seconds.
+fn meta_time(meta: &Value, key: &str) -> Option<i64> {
     meta[key]
         .as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.timestamp() as f64)
+        .map(|t| t.timestamp())
 }

@@ -127,7 +127,9 @@ struct Run<'a> {
     /// are older) what the files hold for the one-time re-check of the
     /// covered turns (see `recheck`).
     rules: u32,
-    recheck: Option<crate::recheck::Held>,
+    recheck: Option<Arc<crate::recheck::Held>>,
+    /// Lines and turns (pairs) the re-check wrote.
+    rechecked: (u64, u64),
 }
 
 /// A rebuilt session ready to format.
@@ -204,6 +206,9 @@ struct Preparer<'a> {
     /// The `forget --before` cut-off: no pair's prompt history reaches
     /// before it.
     cut: Option<f64>,
+    /// The run's export rules and re-check (see `recheck`).
+    rules: u32,
+    recheck: Option<Arc<crate::recheck::Held>>,
 }
 
 /// Sessions between the reader and the sink at most, per worker thread:
@@ -251,9 +256,9 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     let output = open_output(cfg, &plan, state.as_mut(), &identity)?;
     let rules = crate::recheck::rules();
     let recheck = match (&state, &plan.dest) {
-        (Some(st), Dest::Dir(_) | Dest::File(_)) if crate::recheck::due(st, rules) => {
-            Some(crate::recheck::Held::read(st, &path_in(&plan.dest))?)
-        }
+        (Some(st), Dest::Dir(_) | Dest::File(_)) if crate::recheck::due(st, rules) => Some(
+            Arc::new(crate::recheck::Held::read(st, &path_in(&plan.dest))?),
+        ),
         _ => None,
     };
     let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
@@ -526,6 +531,7 @@ impl<'a> Run<'a> {
             superseded_rows: Vec::new(),
             rules: crate::state::EXPORT_RULES,
             recheck: None,
+            rechecked: (0, 0),
         }
     }
 
@@ -626,6 +632,8 @@ impl<'a> Run<'a> {
             },
             copies: self.dedupe.active,
             cut: self.curate.forgotten_before,
+            rules: self.rules,
+            recheck: self.recheck.clone(),
         }
     }
 
@@ -681,9 +689,7 @@ impl<'a> Run<'a> {
             .record_session(&self.covered, &p.session, &exchanges, &sel);
         crate::recheck::follow_old_rules(self.rules, &exchanges, &mut sel);
         if let Some(held) = &self.recheck {
-            let sft = self.cfg.shape == Shape::Sft;
-            held.add(&p.session, &exchanges, &mut sel, sft);
-            sel.too_few = sft && sel.complete < self.cfg.min_turns && sel.any();
+            held.add(self.cfg, &p.session, &exchanges, &mut sel);
         }
         // What a render error gives back to pending.
         let consumed = sel.selected.clone();
@@ -919,13 +925,11 @@ impl<'a> Run<'a> {
             let figures = LineFigures::new(p.channel, None, line.count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
             let own = first + line.own.0..first + line.own.1;
-            if let Some(h) = self.recheck.as_mut() {
-                let n = (sel.rechecked.get(own.clone()).into_iter().flatten())
-                    .filter(|r| **r)
-                    .count() as u64;
-                h.lines += u64::from(n > 0);
-                h.turns += n;
-            }
+            let n = (sel.rechecked.get(own.clone()).into_iter().flatten())
+                .filter(|r| **r)
+                .count() as u64;
+            self.rechecked.0 += u64::from(n > 0);
+            self.rechecked.1 += n;
             let own = &exchanges[own];
             self.wrote_exchanges(own, &unit, (print, p.session.started_at));
             self.totals.saw_time((t, last));
@@ -1027,9 +1031,9 @@ impl<'a> Run<'a> {
                 continue;
             };
             self.curate.dedupe.wrote_line(print, vec![(key, t)]);
-            if let (true, Some(h)) = (rechecked, self.recheck.as_mut()) {
-                h.lines += 1;
-                h.turns += 1;
+            if rechecked {
+                self.rechecked.0 += 1;
+                self.rechecked.1 += 1;
             }
             let figures = LineFigures::new(p.channel, Some(signal), count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
@@ -1072,13 +1076,14 @@ impl<'a> Run<'a> {
             superseded_rows,
             rules,
             recheck,
+            rechecked,
             ..
         } = self;
         let rechecked = recheck.map(|h| crate::manifest::Rechecked {
             rules_before: h.from,
             rules,
-            lines: h.lines,
-            turns: h.turns,
+            lines: rechecked.0,
+            turns: rechecked.1,
         });
         let redactions = redactor.map(|r| r.counts).unwrap_or_default();
         template_warning(report, &totals, (&render_failed, pending_renders > 0));
@@ -1174,6 +1179,8 @@ impl<'a> Preparer<'a> {
             },
             copies: self.copies,
             cut: self.cut,
+            rules: self.rules,
+            recheck: self.recheck.clone(),
         }
     }
 
@@ -1252,13 +1259,18 @@ impl<'a> Preparer<'a> {
         let counter = self.ahead.as_mut()?;
         let exchanges = exchanges_of(self.cfg, p);
         let mut inactive = Dedupe::default();
-        let sel = select::turns(
+        let mut sel = select::turns(
             self.cfg,
             &self.covered,
             &mut inactive,
             &p.session,
             &exchanges,
         );
+        // As the sink selects (see `Run::session`).
+        crate::recheck::follow_old_rules(self.rules, &exchanges, &mut sel);
+        if let Some(held) = &self.recheck {
+            held.add(self.cfg, &p.session, &exchanges, &mut sel);
+        }
         let formatted = match self.cfg.shape {
             Shape::Sft if !sel.any() || sel.too_few => return None,
             Shape::Sft => Formatted::Sft(sft_units(p, &exchanges, &sel, &self.opts, counter)),
