@@ -249,3 +249,71 @@ fn meta_time(meta: &Value, key: &str) -> Option<i64> {
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.timestamp())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(lines: &[(&str, Value)]) -> Held {
+        let mut h = Held::default();
+        for (session, v) in lines {
+            h.add_line(session, v);
+        }
+        h.answers.sort_unstable();
+        h.pairs.sort_unstable();
+        h
+    }
+
+    #[test]
+    fn an_answer_is_held_inside_its_line_span_only() {
+        let line = serde_json::json!({
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "context"},
+                {"role": "assistant", "content": "old answer"},
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "", "tool_calls": [{}]},
+                {"role": "tool", "content": "out"},
+                {"role": "assistant", "content": "answer"}
+            ],
+            "meta": {"session": "s1", "first": "2027-01-01T00:00:10Z", "last": "2027-01-01T00:00:20Z"}
+        });
+        let h = held(&[("s1", line)]);
+        let t0 = chrono::DateTime::parse_from_rfc3339("2027-01-01T00:00:00Z")
+            .unwrap()
+            .timestamp() as f64;
+        assert!(h.holds_answer("s1", "answer", Some(t0 + 10.5)));
+        assert!(h.holds_answer("s1", "answer", Some(t0 + 20.9)));
+        assert!(h.holds_answer("s1", "answer", None));
+        assert!(!h.holds_answer("s1", "answer", Some(t0 + 21.0)));
+        assert!(!h.holds_answer("s2", "answer", Some(t0 + 15.0)));
+        // Context before the span is not held; a tool call's empty text
+        // ends no exchange.
+        assert!(!h.holds_answer("s1", "old answer", Some(t0 + 5.0)));
+        assert!(!h.holds_answer("s1", "", Some(t0 + 15.0)));
+    }
+
+    #[test]
+    fn a_line_of_an_unknown_session_holds_for_every_session() {
+        let line = serde_json::json!({
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        });
+        let h = held(&[(ANY, line)]);
+        assert!(h.holds_answer("any", "a", Some(1.0)));
+        assert!(!h.holds_answer("any", "b", Some(1.0)));
+    }
+
+    #[test]
+    fn a_pair_is_held_by_its_sides_in_its_session() {
+        let line = serde_json::json!({
+            "prompt": [{"role": "user", "content": "q"}],
+            "chosen": [{"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "assistant", "content": "bad"}],
+            "meta": {"session": "s1"}
+        });
+        let h = held(&[("s1", line.clone())]);
+        assert!(h.holds_pair("s1", &line["chosen"], &line["rejected"]));
+        assert!(!h.holds_pair("s1", &line["rejected"], &line["chosen"]));
+        assert!(!h.holds_pair("s2", &line["chosen"], &line["rejected"]));
+    }
+}

@@ -165,29 +165,31 @@ fn a_state_without_rules_is_rechecked_once_and_nothing_is_doubled() {
     // An earlier version's state has no `rules`. Its files hold every turn
     // (written at today's defaults, context included): the re-check reads
     // them, finds every turn held, and writes nothing.
-    let home = fixture_home(VERSIONS[0]);
-    let work = tempfile::tempdir().unwrap();
-    night(home.path(), work.path(), None, &[]);
-    let path = work.path().join("state.json");
-    let mut st = state_of(work.path());
-    assert_eq!(st["rules"], 1);
-    st.as_object_mut().unwrap().remove("rules");
-    std::fs::write(&path, st.to_string()).unwrap();
-    let before = dir_lines(&work.path().join("out"));
-    let out = night(home.path(), work.path(), None, &[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Nothing written: the outputs (the manifest with them) stay as they were.
-    assert!(
-        stderr.contains(
-            "(export rules 0 -> 1): 0 lines written that the files did not hold (0 turns)"
-        ),
-        "{stderr}"
-    );
-    assert!(stderr.contains("nothing new"), "{stderr}");
-    assert_eq!(state_of(work.path())["rules"], 1);
-    assert_eq!(dir_lines(&work.path().join("out")), before);
-    validate(work.path());
-    third_night_is_quiet(home.path(), work.path(), &[]);
+    for version in VERSIONS {
+        let home = fixture_home(version);
+        let work = tempfile::tempdir().unwrap();
+        night(home.path(), work.path(), None, &[]);
+        let path = work.path().join("state.json");
+        let mut st = state_of(work.path());
+        assert_eq!(st["rules"], 1);
+        st.as_object_mut().unwrap().remove("rules");
+        std::fs::write(&path, st.to_string()).unwrap();
+        let before = dir_lines(&work.path().join("out"));
+        let out = night(home.path(), work.path(), None, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Nothing written: the outputs (the manifest with them) stay as they were.
+        assert!(
+            stderr.contains(
+                "(export rules 0 -> 1): 0 lines written that the files did not hold (0 turns)"
+            ),
+            "{version}: {stderr}"
+        );
+        assert!(stderr.contains("nothing new"), "{version}: {stderr}");
+        assert_eq!(state_of(work.path())["rules"], 1);
+        assert_eq!(dir_lines(&work.path().join("out")), before, "{version}");
+        validate(work.path());
+        third_night_is_quiet(home.path(), work.path(), &[]);
+    }
 }
 
 #[test]
@@ -297,4 +299,33 @@ fn a_recheck_writes_the_same_with_one_thread_or_four() {
         ]);
     }
     assert_eq!(files[0], files[1]);
+}
+
+#[test]
+fn lines_without_meta_are_told_by_the_state_index() {
+    // `--no-meta` lines carry neither session nor times: the state's
+    // index tells their sessions, and their answers are held at any time.
+    let home = fixture_home(VERSIONS[0]);
+    let work = tempfile::tempdir().unwrap();
+    let flags = ["--sft-context", "0", "--no-meta"];
+    night(home.path(), work.path(), Some("0"), &flags);
+    let out = night(home.path(), work.path(), None, &flags);
+    let (added, _) = rechecked(work.path(), &out, 0);
+    assert!(added > 0);
+    let (_, fresh, _) = export(
+        home.path(),
+        &[
+            "--sft-context",
+            "0",
+            "--near-duplicate-cap",
+            "0",
+            "--no-meta",
+        ],
+    );
+    assert_eq!(
+        targets(&dir_lines(&work.path().join("out"))),
+        targets(&fresh)
+    );
+    validate(work.path());
+    third_night_is_quiet(home.path(), work.path(), &flags);
 }
