@@ -1515,6 +1515,10 @@ fn commit_state(
     (top, selection, identity): (i64, String, crate::state::OutputIdentity),
     rules: u32,
 ) -> Result<()> {
+    // The rules are raised in the commit that records the lines a re-check
+    // wrote: a killed re-check is done again by the next run.
+    let rules_changed = st.rules != rules;
+    st.rules = rules;
     if written.is_some_and(|w| !w.delivered) {
         return Err(Failure::new(
             exit::ERROR,
@@ -1523,12 +1527,10 @@ fn commit_state(
         .into());
     }
     curate.remember(&mut st.curation);
-    // The rules are raised in the commit that records the lines a re-check
-    // wrote: a killed re-check is done again by the next run.
-    let rules_changed = st.rules != rules;
-    st.rules = rules;
-    if coverage.commit(st, written, top, selection, identity) || rules_changed {
+    if coverage.commit(st, written, top, selection, identity) {
         crate::stall::point("before-state");
+        st.save(path)?;
+    } else if rules_changed {
         st.save(path)?;
     }
     Ok(())
