@@ -104,8 +104,9 @@ fn rechecked(work: &Path, out: &Output, from: u64) -> (u64, u64) {
     (r["lines"].as_u64().unwrap(), r["turns"].as_u64().unwrap())
 }
 
-/// A third night re-checks nothing and writes nothing.
-fn third_night_is_quiet(home: &Path, work: &Path, extra: &[&str]) {
+/// A third night re-checks nothing and writes nothing; returns the
+/// sessions it read.
+fn third_night_is_quiet(home: &Path, work: &Path, extra: &[&str]) -> usize {
     let before = dir_lines(&work.join("out"));
     let out = night(home, work, None, extra);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -113,6 +114,13 @@ fn third_night_is_quiet(home: &Path, work: &Path, extra: &[&str]) {
     assert!(stderr.contains("nothing new"), "{stderr}");
     assert_eq!(state_of(work)["rules"], 1);
     assert_eq!(dir_lines(&work.join("out")), before);
+    sessions_read(&stderr)
+}
+
+/// The sessions a "nothing new" night says it read.
+fn sessions_read(stderr: &str) -> usize {
+    let at = stderr.find("(read ").expect("a nothing-new line") + "(read ".len();
+    stderr[at..].split(' ').next().unwrap().parse().unwrap()
 }
 
 #[test]
@@ -155,8 +163,15 @@ fn an_upgrade_exports_once_the_turns_the_old_rules_left_covered() {
             assert_eq!(new_splits.get(unit), Some(file), "{version}: {unit} moved");
         }
         validate(work.path());
-        third_night_is_quiet(home.path(), work.path(), &flags);
+        let read = third_night_is_quiet(home.path(), work.path(), &flags);
         validate(work.path());
+        // After the re-check, a night reads what it reads without one.
+        let control = tempfile::tempdir().unwrap();
+        night(home.path(), control.path(), None, &flags);
+        let out = night(home.path(), control.path(), None, &flags);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("re-checked"), "{stderr}");
+        assert_eq!(read, sessions_read(&stderr), "{version}");
     }
 }
 
