@@ -130,6 +130,10 @@ struct Run<'a> {
     recheck: Option<Arc<crate::recheck::Held>>,
     /// Lines and turns (pairs) the re-check wrote.
     rechecked: (u64, u64),
+    /// In a re-check, the state.db sessions an ordinary night would have
+    /// read: only those are looked at for superseded replies, as on any
+    /// night (the others' rejected rows were never exported).
+    ordinary: Option<std::collections::HashSet<String>>,
 }
 
 /// A rebuilt session ready to format.
@@ -532,6 +536,7 @@ impl<'a> Run<'a> {
             rules: crate::state::EXPORT_RULES,
             recheck: None,
             rechecked: (0, 0),
+            ordinary: None,
         }
     }
 
@@ -565,6 +570,7 @@ impl<'a> Run<'a> {
             }
             h => (h, None),
         };
+        self.ordinary.clone_from(&touched);
         let progress_len = match (&db_heads, &stores.state) {
             (Some(h), _) => h.len() as u64,
             (None, Some(db)) => db.session_count(),
@@ -743,6 +749,9 @@ impl<'a> Run<'a> {
             return;
         };
         if self.cfg.shape != Shape::Sft || p.session.origin != Some(Origin::StateDb) {
+            return;
+        }
+        if (self.ordinary.as_ref()).is_some_and(|o| !o.contains(&p.session.id)) {
             return;
         }
         let old = |m: &&crate::model::Message| {
