@@ -38,6 +38,7 @@ pub mod output;
 pub mod paths;
 pub mod pool;
 pub mod rebuild;
+pub mod recheck;
 pub mod redact;
 pub mod render_guard;
 pub mod report;

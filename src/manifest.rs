@@ -257,6 +257,19 @@ pub struct Counts<'a> {
     pub new_lines: u64,
     /// What the rebuild left out of the sessions read.
     pub history: HistoryDoc,
+    /// Only in a run that re-checked the covered turns (see `recheck`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rechecked: Option<Rechecked>,
+}
+
+/// The manifest's `counts.rechecked`: the state's export rules and this
+/// run's, and what the re-check wrote (turns: pairs for DPO).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rechecked {
+    pub rules_before: u32,
+    pub rules: u32,
+    pub lines: u64,
+    pub turns: u64,
 }
 
 /// The manifest's `counts.history`.
@@ -357,6 +370,7 @@ pub struct Inputs<'a> {
     pub watermark: i64,
     pub counting: Counting<'a>,
     pub curation: crate::curate::CurationDoc,
+    pub rechecked: Option<Rechecked>,
 }
 
 impl<'a> Manifest<'a> {
@@ -376,6 +390,7 @@ impl<'a> Manifest<'a> {
                 skipped: &i.report.skipped,
                 new_lines: w.new_lines,
                 history: (&i.totals.history).into(),
+                rechecked: i.rechecked,
             },
             tokens: tokens(i),
             redactions: cfg.redact.then_some(i.redactions),

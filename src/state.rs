@@ -41,6 +41,11 @@
 //! - The state belongs to one output (format, style, target, destination);
 //!   any other is refused before a byte changes.
 //! - Split units keep the split they were placed in (see `output`).
+//! - Upgrades keep the promise: the state records the export rules of the
+//!   run that committed it ([`EXPORT_RULES`]); a run with newer rules
+//!   reads every session once and exports the covered turns whose
+//!   training target the files do not hold yet (see `recheck`), raising
+//!   `rules` only in the commit that records those lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -64,6 +69,16 @@ use crate::sink::{persist, temp_beside};
 pub const STATE_VERSION: u32 = 4;
 /// The oldest version read as is.
 const STATE_VERSION_READ: u32 = 2;
+
+/// The number of the export rules: bump it whenever a change makes the
+/// tool export turns that an earlier version left covered below the
+/// watermark (an exchange the old defaults dropped, a turn the old rebuild
+/// lost). A state records the rules of the run that last committed it
+/// ([`RunState::rules`]); a run with newer rules re-checks the covered
+/// turns once (see `recheck`). Rules 1: every turn the defaults of issue
+/// 20 keep (tool-using exchanges included); 0 is a state of an earlier
+/// version.
+pub const EXPORT_RULES: u32 = 1;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunState {
@@ -137,6 +152,11 @@ pub struct RunState {
     /// The hermes-harvest version of the last committed run.
     #[serde(default)]
     pub tool_version: String,
+    /// The export rules ([`EXPORT_RULES`]) of the last committed run; 0 in
+    /// a state of an earlier version (the field is missing). A run with
+    /// newer rules re-checks the covered turns once (see `recheck`).
+    #[serde(default)]
+    pub rules: u32,
     /// The state version the file was read as (not written).
     #[serde(skip)]
     pub read_version: u32,
@@ -1003,6 +1023,8 @@ pub struct TurnSelection {
     /// covered as the state.db turn is, so that a later run, which may not
     /// read that state.db session again, never takes them as new.
     pub db_copy: Vec<bool>,
+    /// Covered turns a re-check takes (see `recheck`; empty otherwise).
+    pub rechecked: Vec<bool>,
     /// Complete turns in the window, old and new.
     pub complete: usize,
     /// SFT: the session has fewer complete turns than `--min-turns`.

@@ -123,6 +123,17 @@ struct Run<'a> {
     /// rows looked at.
     superseded: BTreeMap<String, crate::cmd::forget::Superseded>,
     superseded_rows: Vec<i64>,
+    /// The export rules this run follows, and (when a committed state's
+    /// are older) what the files hold for the one-time re-check of the
+    /// covered turns (see `recheck`).
+    rules: u32,
+    recheck: Option<Arc<crate::recheck::Held>>,
+    /// Lines and turns (pairs) the re-check wrote.
+    rechecked: (u64, u64),
+    /// In a re-check, the state.db sessions an ordinary night would have
+    /// read: only those are looked at for superseded replies, as on any
+    /// night (the others' rejected rows were never exported).
+    ordinary: Option<std::collections::HashSet<String>>,
 }
 
 /// A rebuilt session ready to format.
@@ -199,6 +210,9 @@ struct Preparer<'a> {
     /// The `forget --before` cut-off: no pair's prompt history reaches
     /// before it.
     cut: Option<f64>,
+    /// The run's export rules and re-check (see `recheck`).
+    rules: u32,
+    recheck: Option<Arc<crate::recheck::Held>>,
 }
 
 /// Sessions between the reader and the sink at most, per worker thread:
@@ -244,7 +258,15 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     system_prompt(&mut cfg.system, &home, redactor.as_mut(), &report);
     let cfg = &cfg;
     let output = open_output(cfg, &plan, state.as_mut(), &identity)?;
+    let rules = crate::recheck::rules();
+    let recheck = match (&state, &plan.dest) {
+        (Some(st), Dest::Dir(_) | Dest::File(_)) if crate::recheck::due(st, rules) => Some(
+            Arc::new(crate::recheck::Held::read(st, &path_in(&plan.dest))?),
+        ),
+        _ => None,
+    };
     let mut run = Run::new(cfg, &stores, state.as_ref(), (counter, output), redactor);
+    (run.rules, run.recheck) = (rules, recheck);
     run.each_session(&stores, state.as_ref(), &selection, &mut report)?;
     if dry_run {
         run.dry_run_report(&report);
@@ -267,6 +289,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
             ),
             written,
             (top, selection, identity),
+            rules,
         )?;
         closed.retracted = retract(path, &mut st, &plan.dest, &mut closed.superseded)?;
         crate::state::clear_inflight(path);
@@ -513,6 +536,10 @@ impl<'a> Run<'a> {
             pending_renders: 0,
             superseded: BTreeMap::new(),
             superseded_rows: Vec::new(),
+            rules: crate::state::EXPORT_RULES,
+            recheck: None,
+            rechecked: (0, 0),
+            ordinary: None,
         }
     }
 
@@ -537,6 +564,16 @@ impl<'a> Run<'a> {
             }
             _ => None,
         };
+        // A re-check reads every session; those the filters leave out are
+        // pending only when an ordinary night would have read them.
+        let (db_heads, touched) = match db_heads {
+            Some(h) if self.recheck.is_some() => {
+                let ids: std::collections::HashSet<String> = h.into_iter().map(|h| h.id).collect();
+                (None, Some(ids))
+            }
+            h => (h, None),
+        };
+        self.ordinary.clone_from(&touched);
         let progress_len = match (&db_heads, &stores.state) {
             (Some(h), _) => h.len() as u64,
             (None, Some(db)) => db.session_count(),
@@ -563,7 +600,9 @@ impl<'a> Run<'a> {
                     if let Some(flag) = select::excluded_by(cfg, h) {
                         *excluded.entry(Skip::excluded(flag)).or_default() += 1;
                     }
-                    unselected.borrow_mut().push(h.id.clone())
+                    if touched.as_ref().is_none_or(|t| t.contains(&h.id)) {
+                        unselected.borrow_mut().push(h.id.clone())
+                    }
                 },
                 &mut |session, report| {
                     report.tick();
@@ -602,6 +641,8 @@ impl<'a> Run<'a> {
             },
             copies: self.dedupe.active,
             cut: self.curate.forgotten_before,
+            rules: self.rules,
+            recheck: self.recheck.clone(),
         }
     }
 
@@ -655,6 +696,10 @@ impl<'a> Run<'a> {
         }
         self.coverage
             .record_session(&self.covered, &p.session, &exchanges, &sel);
+        crate::recheck::follow_old_rules(self.rules, &exchanges, &mut sel);
+        if let Some(held) = &self.recheck {
+            held.add(self.cfg, &p.session, &exchanges, &mut sel);
+        }
         // What a render error gives back to pending.
         let consumed = sel.selected.clone();
         // Curation, once coverage is settled (what it drops is consumed,
@@ -707,6 +752,9 @@ impl<'a> Run<'a> {
             return;
         };
         if self.cfg.shape != Shape::Sft || p.session.origin != Some(Origin::StateDb) {
+            return;
+        }
+        if (self.ordinary.as_ref()).is_some_and(|o| !o.contains(&p.session.id)) {
             return;
         }
         let old = |m: &&crate::model::Message| {
@@ -888,7 +936,13 @@ impl<'a> Run<'a> {
             };
             let figures = LineFigures::new(p.channel, None, line.count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
-            let own = &exchanges[first + line.own.0..first + line.own.1];
+            let own = first + line.own.0..first + line.own.1;
+            let n = (sel.rechecked.get(own.clone()).into_iter().flatten())
+                .filter(|r| **r)
+                .count() as u64;
+            self.rechecked.0 += u64::from(n > 0);
+            self.rechecked.1 += n;
+            let own = &exchanges[own];
             self.wrote_exchanges(own, &unit, (print, p.session.started_at));
             self.totals.saw_time((t, last));
             let system_tokens = line
@@ -951,8 +1005,22 @@ impl<'a> Run<'a> {
         }
         let over_budget = skipped(report, &outcome.skipped);
         self.totals.drops.note(&p.session.id, &outcome.skipped);
-        for (signal, line, count, missing, (t, last), prompt) in outcome.lines {
+        for (signal, line, count, missing, (t, last), prompt, user) in outcome.lines {
             let value = serde_json::to_value(&line)?;
+            // A pair of a covered turn that the re-check takes: written only
+            // when the files do not hold it.
+            let rechecked = !sel.rechecked.is_empty() && {
+                let msgs = &p.rebuilt.messages[..user];
+                let index = msgs.iter().filter(|m| m.role == Role::User).count();
+                sel.rechecked.get(index) == Some(&true)
+            };
+            if rechecked
+                && (self.recheck.as_ref()).is_some_and(|h| {
+                    h.holds_pair(&p.session.id, &value["chosen"], &value["rejected"])
+                })
+            {
+                continue;
+            }
             let key = crate::curate::dedupe::line_key(&value);
             if !self.curate.dedupe.under_cap(key) {
                 report.skip(Skip::NearDuplicate);
@@ -975,6 +1043,10 @@ impl<'a> Run<'a> {
                 continue;
             };
             self.curate.dedupe.wrote_line(print, vec![(key, t)]);
+            if rechecked {
+                self.rechecked.0 += 1;
+                self.rechecked.1 += 1;
+            }
             let figures = LineFigures::new(p.channel, Some(signal), count);
             self.output.line((&p.session.id, &unit), &bytes, figures)?;
             if self.output.is_dir() {
@@ -1014,8 +1086,17 @@ impl<'a> Run<'a> {
             pending_renders,
             superseded,
             superseded_rows,
+            rules,
+            recheck,
+            rechecked,
             ..
         } = self;
+        let rechecked = recheck.map(|h| crate::manifest::Rechecked {
+            rules_before: h.from,
+            rules,
+            lines: rechecked.0,
+            turns: rechecked.1,
+        });
         let redactions = redactor.map(|r| r.counts).unwrap_or_default();
         template_warning(report, &totals, (&render_failed, pending_renders > 0));
         let fraction_changed = output.splits.changed_from;
@@ -1035,6 +1116,7 @@ impl<'a> Run<'a> {
                 template: kit.counter.template(),
             },
             curation: curate.manifest(),
+            rechecked,
         };
         // The manifest as written, for the dataset card.
         let manifest = RefCell::new(None);
@@ -1064,6 +1146,8 @@ impl<'a> Run<'a> {
             fraction_changed: fraction_changed.map(|f| (f, cfg.valid_fraction)),
             superseded: (superseded, superseded_rows),
             retracted: 0,
+            rechecked,
+            dpo: cfg.shape.is_dpo(),
         })
     }
 
@@ -1107,6 +1191,8 @@ impl<'a> Preparer<'a> {
             },
             copies: self.copies,
             cut: self.cut,
+            rules: self.rules,
+            recheck: self.recheck.clone(),
         }
     }
 
@@ -1185,13 +1271,18 @@ impl<'a> Preparer<'a> {
         let counter = self.ahead.as_mut()?;
         let exchanges = exchanges_of(self.cfg, p);
         let mut inactive = Dedupe::default();
-        let sel = select::turns(
+        let mut sel = select::turns(
             self.cfg,
             &self.covered,
             &mut inactive,
             &p.session,
             &exchanges,
         );
+        // As the sink selects (see `Run::session`).
+        crate::recheck::follow_old_rules(self.rules, &exchanges, &mut sel);
+        if let Some(held) = &self.recheck {
+            held.add(self.cfg, &p.session, &exchanges, &mut sel);
+        }
         let formatted = match self.cfg.shape {
             Shape::Sft if !sel.any() || sel.too_few => return None,
             Shape::Sft => Formatted::Sft(sft_units(p, &exchanges, &sel, &self.opts, counter)),
@@ -1302,6 +1393,9 @@ struct Closed {
     superseded: Found,
     /// Lines retracted after the commit.
     retracted: u64,
+    /// What the one-time re-check of covered turns added (see `recheck`).
+    rechecked: Option<crate::manifest::Rechecked>,
+    dpo: bool,
 }
 
 /// One warning for the chat template's failures, naming the first
@@ -1432,7 +1526,12 @@ fn commit_state(
     (coverage, remembered): (RunCoverage, crate::curate::dedupe::Update),
     written: Option<&Written>,
     (top, selection, identity): (i64, String, crate::state::OutputIdentity),
+    rules: u32,
 ) -> Result<()> {
+    // The rules are raised in the commit that records the lines a re-check
+    // wrote: a killed re-check is done again by the next run.
+    let rules_changed = st.rules != rules;
+    st.rules = rules;
     if written.is_some_and(|w| !w.delivered) {
         return Err(Failure::new(
             exit::ERROR,
@@ -1443,6 +1542,8 @@ fn commit_state(
     remembered.apply(&mut st.curation);
     if coverage.commit(st, written, top, selection, identity) {
         crate::stall::point("before-state");
+        st.save(path)?;
+    } else if rules_changed {
         st.save(path)?;
     }
     Ok(())

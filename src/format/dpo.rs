@@ -52,8 +52,9 @@ pub struct DpoOutcome {
     /// Each pair with its signal, its tokens (the prompt with the longer
     /// side; trainable: the chosen side), how many called tools have no
     /// definition, and the times of its user turn and of the chosen
-    /// side's last message, and the name of the system prompt it carries.
-    pub lines: Vec<(Signal, PairLine, Count, usize, Span, &'static str)>,
+    /// side's last message, the name of the system prompt it carries, and
+    /// the index of its user turn in the messages.
+    pub lines: Vec<(Signal, PairLine, Count, usize, Span, &'static str, usize)>,
     pub skipped: Vec<Skip>,
     /// Set when the chat template failed on a pair.
     pub template_error: Option<String>,
@@ -126,6 +127,7 @@ pub fn pairs(
                     missing,
                     (msgs[user].timestamp, last),
                     prompt,
+                    user,
                 ))
             }
             Err(Skip::OverBudget) => out.skipped.push(fitter.reason(failures)),
@@ -537,7 +539,7 @@ mod tests {
         );
         assert!(out.skipped.is_empty(), "{:?}", out.skipped);
         assert_eq!(out.lines.len(), 1);
-        let (signal, line, count, missing, _, _) = &out.lines[0];
+        let (signal, line, count, missing, _, _, _) = &out.lines[0];
         assert_eq!(*signal, Signal::Regenerate);
         assert_eq!(*missing, 0);
         assert!(count.trainable > 0 && count.trainable < count.total);

@@ -21,4 +21,5 @@ mod stores;
 mod summary;
 mod threads;
 mod tokens;
+mod upgrade;
 mod validate_dir;

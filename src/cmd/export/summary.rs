@@ -7,7 +7,8 @@
 //! included, is in the manifest of a directory output.
 //!
 //! Events print their own line before the summary: a changed
-//! `--valid-fraction`, retracted lines, a reader that closed the pipe, and
+//! `--valid-fraction`, the one-time re-check of covered turns (what it
+//! added), retracted lines, a reader that closed the pipe, and
 //! (a warning) lines written without a called tool's definition.
 
 use std::collections::BTreeMap;
@@ -189,6 +190,15 @@ fn events(report: &Report, closed: &Closed) {
     if let Some((from, to)) = closed.fraction_changed {
         report.info(format_args!(
             "--valid-fraction changed from {from} to {to}: it applies to units new from now on; the units already placed keep their split"
+        ));
+    }
+    if let Some(r) = &closed.rechecked {
+        report.info(format_args!(
+            "re-checked the turns earlier runs covered, once (export rules {} -> {}): {} written that the files did not hold ({})",
+            r.rules_before,
+            r.rules,
+            n(r.lines, "line"),
+            n(r.turns, if closed.dpo { "pair" } else { "turn" })
         ));
     }
     if closed.retracted > 0 {
