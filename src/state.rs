@@ -75,9 +75,10 @@ const STATE_VERSION_READ: u32 = 2;
 /// watermark (an exchange the old defaults dropped, a turn the old rebuild
 /// lost). A state records the rules of the run that last committed it
 /// ([`RunState::rules`]); a run with newer rules re-checks the covered
-/// turns once (see `recheck`). Rules 1: every turn the defaults of issue
-/// 20 keep (tool-using exchanges included); 0 is a state of an earlier
-/// version.
+/// turns once (see `recheck`). Rules 1: tool-using exchanges are
+/// written at default flags (earlier versions left them out; see
+/// docs/training.md, "Defaults before and after"); 0 is a state of an
+/// earlier version.
 pub const EXPORT_RULES: u32 = 1;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -1,4 +1,4 @@
-//! Upgrades keep the promise (issue 18, item 9): turns an earlier version
+//! Upgrades keep the promise: turns an earlier version
 //! left covered below the watermark are exported by the next night, once.
 //! `HERMES_HARVEST_RULES=0` makes a run follow the rules of an earlier
 //! version (tool-using exchanges dropped at default flags) and record them.
