@@ -118,6 +118,15 @@ for _ in $(seq 240); do
 done
 echo $(( $(now_ms) - t0 )) >"$OUT/health.ms"
 [ "$healthy" = 1 ] || { echo "driver: the gateway's API server never answered /health" >&2; exit 92; }
+# /health answers before the gateway has finished starting: Hermes 0.22 imports
+# its agent in a background warm-up meanwhile, and a chat request that races
+# that import gets HTTP 500 ("cannot import name 'AIAgent'"), seen on a loaded
+# machine. Every version logs this line once it has started.
+for _ in $(seq 600); do
+  grep -q "Press Ctrl+C to stop" "$TMPD/gateway.log" 2>/dev/null && break
+  kill -0 "$GW_PID" 2>/dev/null || break
+  sleep 0.1
+done
 
 run send1 -- send archon_entering --actor Ezra --at 12,0,4 --world "$WORLD" --hermes-home "$HH" --verify
 run send2 -- send archon_materialized --actor Ezra --at 12,1.5,4 --world "$WORLD" --hermes-home "$HH" --verify
