@@ -1023,6 +1023,9 @@ impl<'a> Run<'a> {
             }
             let key = crate::curate::dedupe::line_key(&value);
             if !self.curate.dedupe.under_cap(key) {
+                let turn = crate::state::turn_key(&p.rebuilt.messages[user..]);
+                let time = p.rebuilt.messages[user].timestamp;
+                (self.curate.dedupe).held_back(key, &p.session.id, (turn, time));
                 report.skip(Skip::NearDuplicate);
                 continue;
             }

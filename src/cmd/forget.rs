@@ -49,6 +49,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::config::ForgetConfig;
+use crate::curate::dedupe::HeldBack;
 use crate::curate::dedupe::body_print;
 use crate::exit::{self, Failure};
 use crate::lock::RunLock;
@@ -163,6 +164,7 @@ fn record(
         st.pending.remove(id);
         st.reopened.remove(id);
     }
+    st.curation.held_back.retain(|h| !ids.contains(&h.1));
     for (session, back) in reopen {
         st.reopened.entry(session).or_default().merge(back);
     }
@@ -367,6 +369,7 @@ fn stage_lines(
     let mut removed = BTreeMap::new();
     let mut metas = Vec::new();
     let mut all_meta = true;
+    let mut freed = Vec::new();
     // Figures are subtracted only when every file has one per line (its
     // unfigured lines, whose tokens the sums never held, aside).
     let figured = files
@@ -383,7 +386,7 @@ fn stage_lines(
             let fig = old.and_then(|v| n.checked_sub(unfigured).map(|k| v[k]));
             if goes(f, n) {
                 gone.push(n + 1);
-                forget_print(&mut st.curation, bytes);
+                freed.extend(forget_print(&mut st.curation, bytes));
                 let meta = |k: &str| f.metas[n][k].as_str();
                 match (&fig, meta("channel")) {
                     (Some(fig), _) => st.dataset.remove(fig),
@@ -434,14 +437,49 @@ fn stage_lines(
     if all_meta {
         st.dataset.recount(metas, !figured);
     }
+    give_back(st, freed);
     Ok(removed)
 }
 
 /// Drops the exact-duplicate fingerprint of a removed line (its bytes
 /// without `meta`, as they were fingerprinted) and gives back the
-/// near-duplicate keys it counted.
-fn forget_print(memory: &mut crate::curate::Memory, line: &[u8]) {
-    crate::curate::dedupe::forget_line(memory, body_print(line));
+/// near-duplicate keys it counted; returns the exchanges the cap held
+/// back under those keys.
+fn forget_print(memory: &mut crate::curate::Memory, line: &[u8]) -> Vec<HeldBack> {
+    let less = crate::curate::dedupe::forget_line(memory, body_print(line));
+    crate::curate::dedupe::release_held(memory, &less)
+}
+
+/// Gives exchanges the near-duplicate cap held back, under keys a removed
+/// line counted toward, back to the next export, which judges them under
+/// its cap again: a state.db turn as pending by its row, another store's
+/// by its time. Those of forgotten sessions stay out.
+fn give_back(st: &mut RunState, held: Vec<HeldBack>) {
+    for HeldBack(_, session, turn, time) in held {
+        if st.curation.forgotten.contains(&session) {
+            continue;
+        }
+        match turn {
+            Some(key) => {
+                let mut p = crate::state::Pending::default();
+                p.add_turn(key, time, false);
+                st.pending.entry(session).or_default().merge(p);
+            }
+            None => {
+                let back = match time {
+                    Some(t) => Reopened {
+                        spans: vec![(t, t.next_up())],
+                        untimed: false,
+                    },
+                    None => Reopened {
+                        spans: Vec::new(),
+                        untimed: true,
+                    },
+                };
+                st.reopened.entry(session).or_default().merge(back);
+            }
+        }
+    }
 }
 
 /// The removed line numbers per file on stdout; the summary on stderr.

@@ -46,6 +46,8 @@ pub struct Dedupe<'m> {
     /// The near keys (and turn times) of each line written in this run,
     /// by its print.
     lines: Vec<super::LineKeys>,
+    /// Exchanges this run's cap held back (see `Memory::held_back`).
+    held: Vec<HeldBack>,
     cap: usize,
     pub exact_dropped: usize,
     pub near_dropped: usize,
@@ -60,6 +62,28 @@ pub struct Update {
     near: Vec<(u64, u32)>,
     sides: Vec<(u64, u32)>,
     lines: Vec<super::LineKeys>,
+    held: Vec<HeldBack>,
+}
+
+/// An exchange the near-duplicate cap held back: its normalised key, its
+/// session, and the turn (its first state.db row, for a state.db session)
+/// and time (its user turn's), by which it is given back.
+#[derive(Debug, Clone, PartialEq, PartialOrd, serde::Serialize, serde::Deserialize)]
+pub struct HeldBack(pub u64, pub String, pub Option<i64>, pub Option<f64>);
+
+/// Takes out of `memory` the exchanges held back under any of `keys` (a
+/// line that counted toward them left the dataset): the caller gives them
+/// back to the next export.
+pub fn release_held(memory: &mut Memory, keys: &[u64]) -> Vec<HeldBack> {
+    if memory.held_back.is_empty() || keys.is_empty() {
+        return Vec::new();
+    }
+    let keys: HashSet<u64> = keys.iter().copied().collect();
+    let (out, kept) = std::mem::take(&mut memory.held_back)
+        .into_iter()
+        .partition(|h| keys.contains(&h.0));
+    memory.held_back = kept;
+    out
 }
 
 /// The value of `key` in a list sorted by key.
@@ -174,6 +198,13 @@ impl<'m> Dedupe<'m> {
         true
     }
 
+    /// The cap held back an exchange of `session` with this key: it is
+    /// remembered, so that a place a removed line frees goes to it.
+    pub fn held_back(&mut self, key: u64, session: &str, (turn, time): (Option<i64>, Option<f64>)) {
+        self.held
+            .push(HeldBack(key, session.to_string(), turn, time));
+    }
+
     /// An exchange let through by [`Dedupe::reserve`] was written.
     pub fn written(&mut self, key: u64) {
         if let Some(p) = self.pending.get_mut(&key) {
@@ -230,6 +261,7 @@ impl<'m> Dedupe<'m> {
             near: sorted(self.near),
             sides: sorted(self.sides),
             lines: self.lines,
+            held: self.held,
         }
     }
 }
@@ -243,6 +275,13 @@ impl Update {
         merge_over(&mut memory.near, &self.near);
         merge_over(&mut memory.sides, &self.sides);
         memory.line_keys.add(self.lines);
+        if !self.held.is_empty() {
+            memory.held_back.extend(self.held);
+            memory
+                .held_back
+                .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            memory.held_back.dedup();
+        }
     }
 }
 
@@ -410,18 +449,22 @@ pub fn body_print(line: &[u8]) -> u64 {
 /// fingerprint goes, and each near key it counted is counted once less
 /// (a key at 0 goes, with the splits it was seen in; a key still counted
 /// keeps them, as a line left in a split may hold it).
-pub fn forget_line(memory: &mut Memory, print: u64) {
+///
+/// Returns the keys counted once less.
+pub fn forget_line(memory: &mut Memory, print: u64) -> Vec<u64> {
     if let Ok(i) = memory.exact.binary_search(&print) {
         memory.exact.remove(i);
     }
     let Some(keys) = memory.line_keys.remove(print) else {
-        return;
+        return Vec::new();
     };
+    let mut less = Vec::with_capacity(keys.len());
     for key in keys {
         let Ok(k) = memory.near.binary_search_by_key(&key, |n| n.0) else {
             continue;
         };
         memory.near[k].1 = memory.near[k].1.saturating_sub(1);
+        less.push(key);
         if memory.near[k].1 == 0 {
             memory.near.remove(k);
             if let Ok(s) = memory.sides.binary_search_by_key(&key, |n| n.0) {
@@ -429,6 +472,7 @@ pub fn forget_line(memory: &mut Memory, print: u64) {
             }
         }
     }
+    less
 }
 
 /// The bits of (this split, the other split) in `Dedupe::sides`.

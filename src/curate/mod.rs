@@ -75,6 +75,15 @@ pub struct Memory {
         skip_serializing_if = "dedupe::LineKeyTable::is_empty"
     )]
     pub line_keys: dedupe::LineKeyTable,
+    /// Exchanges the near-duplicate cap held back (normalised key,
+    /// session, turn, time), sorted: when `forget` or retraction removes a
+    /// line that counted toward a key, the key's held-back exchanges are
+    /// given back to the next export (see [`dedupe::release_held`]), which
+    /// judges them under its cap again, as a fresh export without that
+    /// line would. Every one is kept (a repeating world holds back a few
+    /// hundred a day; each costs about 70 bytes of state).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_back: Vec<dedupe::HeldBack>,
     /// Sessions `forget` removed: never exported again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub forgotten: BTreeSet<String>,
@@ -101,6 +110,7 @@ static EMPTY: Memory = Memory {
     near: Vec::new(),
     sides: Vec::new(),
     line_keys: dedupe::LineKeyTable::new(),
+    held_back: Vec::new(),
     forgotten: BTreeSet::new(),
     forgotten_before: None,
 };
@@ -196,11 +206,17 @@ impl<'m> Curator<'m> {
             }
             let drop = if before_cut {
                 Some(Skip::ForgottenSession)
-            } else if sft
-                && ex.problem.is_none()
-                && !self.dedupe.reserve(dedupe::exchange_key(ex.msgs))
-            {
-                Some(Skip::NearDuplicate)
+            } else if sft && ex.problem.is_none() {
+                let key = dedupe::exchange_key(ex.msgs);
+                let fits = self.dedupe.reserve(key);
+                if !fits {
+                    // The turn by its first state.db row, as the state
+                    // keys turns.
+                    let row = ex.msgs.iter().find_map(|m| m.row_id);
+                    let turn = (row, ex.timestamp);
+                    self.dedupe.held_back(key, session, turn);
+                }
+                (!fits).then_some(Skip::NearDuplicate)
             } else {
                 None
             };

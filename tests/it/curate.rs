@@ -497,3 +497,104 @@ fn sources_lists_the_models() {
         "{text}"
     );
 }
+
+/// Sessions `nd-1`..`nd-n` of one exchange each, near duplicates of one
+/// another (only the gate's number differs).
+fn near_duplicate_sessions(home: &Path, n: usize) {
+    let db = rusqlite::Connection::open(home.join("state.db")).unwrap();
+    drop_fts_triggers(&db);
+    for k in 1..=n {
+        let (id, t) = (format!("nd-{k}"), 1_800_000_000 + 100 * k as i64);
+        db.execute(
+            "INSERT INTO sessions (id, source, started_at) VALUES (?1, 'cli', ?2)",
+            rusqlite::params![id, t],
+        )
+        .unwrap();
+        for (role, text, at) in [
+            ("user", format!("How is gate {k} tonight?"), t + 1),
+            ("assistant", format!("Gate {k} is calm tonight."), t + 2),
+        ] {
+            db.execute(
+                "INSERT INTO messages (session_id, role, content, timestamp, finish_reason, active, compacted) VALUES (?1, ?2, ?3, ?4, 'stop', 1, 0)",
+                rusqlite::params![id, role, text, at],
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn gates(lines: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = user_texts(lines)
+        .into_iter()
+        .filter(|t| t.starts_with("How is gate"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A copy the near-duplicate cap held back takes the place a forgotten
+/// (or retracted) line leaves, as in a fresh export without that line.
+#[test]
+fn a_copy_the_cap_held_back_takes_the_place_a_forgotten_line_left() {
+    let home = fixture_home(VERSIONS[0]);
+    near_duplicate_sessions(home.path(), 5);
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let dir = format!("{}/", out.display());
+    let state = work.path().join("state.json");
+    let flags = ["--near-duplicate-cap", "2", "--sft-context", "0"];
+    let ids = |from: usize| {
+        (from..=5)
+            .map(|k| format!("nd-{k}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let night = || {
+        let mut args = vec!["export", "--out", &dir, "--state", state.to_str().unwrap()];
+        args.extend(flags);
+        let all = ids(1);
+        args.extend(["--session", &all]);
+        let o = run_ok(home.path(), &args);
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let forget = |id: &str| {
+        let o = run(&[
+            "forget",
+            "--out",
+            &dir,
+            "--state",
+            state.to_str().unwrap(),
+            id,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let fresh = |from: usize| {
+        let mut args = flags.to_vec();
+        let some = ids(from);
+        args.extend(["--session", &some]);
+        let (c, lines, err) = export(home.path(), &args);
+        assert_eq!(c, 0, "{err}");
+        gates(&lines)
+    };
+    let check = || {
+        let v = run(&["validate", &dir, "--state", state.to_str().unwrap()]);
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    };
+    let err = night();
+    assert!(err.contains("near_duplicate=3"), "{err}");
+    assert_eq!(gates(&dir_lines(&out)), fresh(1));
+    forget("nd-1");
+    night();
+    assert_eq!(gates(&dir_lines(&out)), fresh(2), "nd-3 takes nd-1's place");
+    check();
+    let err = night();
+    assert!(err.contains("nothing new"), "{err}");
+    forget("nd-2");
+    night();
+    assert_eq!(gates(&dir_lines(&out)), fresh(3), "nd-4 takes nd-2's place");
+    check();
+    forget("nd-3");
+    night();
+    assert_eq!(gates(&dir_lines(&out)), fresh(4), "nd-5 takes nd-3's place");
+    check();
+}
