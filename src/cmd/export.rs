@@ -705,10 +705,11 @@ impl<'a> Run<'a> {
         // Curation, once coverage is settled (what it drops is consumed,
         // never pending): forgotten sessions and turns, the near-duplicate
         // cap, copies of what the other split holds.
+        let keys = crate::curate::dedupe::ExchangeKeys::new(exchanges.len());
         let kept = self.curate.select(
             &p.session.id,
             p.session.started_at,
-            &exchanges,
+            (&exchanges, &keys),
             (&mut sel.selected, &mut sel.copied),
             self.cfg.shape == Shape::Sft,
             report,
@@ -721,14 +722,14 @@ impl<'a> Run<'a> {
             }
             return Ok(());
         }
-        self.cross_split(&p, &exchanges, &mut sel, report);
+        self.cross_split(&p, (&exchanges, &keys), &mut sel, report);
         let had = ahead.is_some();
         let ahead = Ahead::take_for(&mut { ahead }, &sel);
         if had {
             crate::stats_env::ahead(ahead.is_some());
         }
         let (over_budget, failed) = match self.cfg.shape {
-            Shape::Sft => self.write_sft(&p, &exchanges, &sel, ahead, report)?,
+            Shape::Sft => self.write_sft(&p, (&exchanges, &keys), &sel, ahead, report)?,
             Shape::Dpo | Shape::DpoFlat => self.write_dpo(&p, &sel, ahead, report)?,
         };
         if let Some(e) = failed {
@@ -813,7 +814,7 @@ impl<'a> Run<'a> {
     fn cross_split(
         &mut self,
         p: &Prepared,
-        exchanges: &[Exchange<'_>],
+        (exchanges, keys): (&[Exchange<'_>], &crate::curate::dedupe::ExchangeKeys),
         sel: &mut TurnSelection,
         report: &mut Report,
     ) {
@@ -827,7 +828,7 @@ impl<'a> Run<'a> {
             let valid = self
                 .output
                 .is_valid(&meta::unit(&p.session, p.channel, ex.timestamp));
-            let key = crate::curate::dedupe::exchange_key(ex.msgs);
+            let key = keys.get(i, ex.msgs);
             if self.curate.dedupe.in_other_split(key, valid) {
                 sel.selected[i] = false;
                 sel.copied[i] = true;
@@ -890,7 +891,7 @@ impl<'a> Run<'a> {
     fn write_sft(
         &mut self,
         p: &Prepared,
-        exchanges: &[Exchange<'_>],
+        (exchanges, keys): (&[Exchange<'_>], &crate::curate::dedupe::ExchangeKeys),
         sel: &TurnSelection,
         ahead: Option<Formatted>,
         report: &mut Report,
@@ -942,8 +943,10 @@ impl<'a> Run<'a> {
                 .count() as u64;
             self.rechecked.0 += u64::from(n > 0);
             self.rechecked.1 += n;
-            let own = &exchanges[own];
-            self.wrote_exchanges(own, &unit, (print, p.session.started_at));
+            let own: Vec<(u64, Option<f64>)> = own
+                .map(|i| (keys.get(i, exchanges[i].msgs), exchanges[i].timestamp))
+                .collect();
+            self.wrote_exchanges(&own, &unit, (print, p.session.started_at));
             self.totals.saw_time((t, last));
             let system_tokens = line
                 .system
@@ -962,19 +965,18 @@ impl<'a> Run<'a> {
     /// (a turn's own, else its session's start; see `Memory::line_keys`).
     fn wrote_exchanges(
         &mut self,
-        own: &[Exchange<'_>],
+        own: &[(u64, Option<f64>)],
         unit: &str,
         (print, started_at): (u64, Option<f64>),
     ) {
         let (dir, valid) = (self.output.is_dir(), self.output.is_valid(unit));
         let mut keys = Vec::with_capacity(own.len());
-        for ex in own {
-            let key = crate::curate::dedupe::exchange_key(ex.msgs);
+        for &(key, time) in own {
             self.curate.dedupe.written(key);
             if dir {
                 self.curate.dedupe.wrote_in(key, valid);
             }
-            keys.push((key, ex.timestamp.or(started_at)));
+            keys.push((key, time.or(started_at)));
         }
         self.curate.dedupe.wrote_line(print, keys);
     }

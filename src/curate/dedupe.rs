@@ -583,6 +583,23 @@ pub fn exchange_key(msgs: &[Message]) -> u64 {
     fingerprint(key.as_bytes())
 }
 
+/// The near-duplicate keys of one session's exchanges, each computed once,
+/// when first asked for (selection, the other-split check and the written
+/// line all ask).
+#[derive(Debug)]
+pub struct ExchangeKeys(Vec<std::cell::OnceCell<u64>>);
+
+impl ExchangeKeys {
+    pub fn new(n: usize) -> ExchangeKeys {
+        ExchangeKeys(vec![std::cell::OnceCell::new(); n])
+    }
+
+    /// The key of exchange `i`, whose messages are `msgs`.
+    pub fn get(&self, i: usize, msgs: &[Message]) -> u64 {
+        *self.0[i].get_or_init(|| exchange_key(msgs))
+    }
+}
+
 /// The near-duplicate key of a written line (DPO pairs): every string in
 /// it but the system prompt and the tool definitions, normalised.
 pub fn line_key(line: &serde_json::Value) -> u64 {

@@ -184,7 +184,7 @@ impl<'m> Curator<'m> {
         &mut self,
         session: &str,
         started_at: Option<f64>,
-        exchanges: &[crate::format::Exchange<'_>],
+        (exchanges, keys): (&[crate::format::Exchange<'_>], &dedupe::ExchangeKeys),
         (selected, copied): (&mut [bool], &mut [bool]),
         sft: bool,
         report: &mut crate::report::Report,
@@ -207,7 +207,7 @@ impl<'m> Curator<'m> {
             let drop = if before_cut {
                 Some(Skip::ForgottenSession)
             } else if sft && ex.problem.is_none() {
-                let key = dedupe::exchange_key(ex.msgs);
+                let key = keys.get(i, ex.msgs);
                 let fits = self.dedupe.reserve(key);
                 if !fits {
                     // The turn by its first state.db row, as the state
