@@ -672,29 +672,36 @@ fn flag(r: &Row<'_>, i: usize) -> rusqlite::Result<bool> {
 const HEAD_TAIL: char = '\u{FDD2}';
 
 fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>, String> {
-    let text = |i: usize| -> Result<Option<String>, String> {
+    // A column's text borrowed from the row where it can be (valid UTF-8):
+    // what is only looked at is never copied, and what is kept once.
+    let text_ref = |i: usize| -> Result<Option<std::borrow::Cow<'_, str>>, String> {
+        use std::borrow::Cow;
         match r.get_ref(i).map_err(|e| e.to_string())? {
             rusqlite::types::ValueRef::Null => Ok(None),
             rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                Ok(Some(utf8(t)))
+                Ok(Some(String::from_utf8_lossy(t)))
             }
-            rusqlite::types::ValueRef::Integer(n) => Ok(Some(n.to_string())),
-            rusqlite::types::ValueRef::Real(f) => Ok(Some(f.to_string())),
+            rusqlite::types::ValueRef::Integer(n) => Ok(Some(Cow::Owned(n.to_string()))),
+            rusqlite::types::ValueRef::Real(f) => Ok(Some(Cow::Owned(f.to_string()))),
         }
+    };
+    let text = |i: usize| -> Result<Option<String>, String> {
+        Ok(text_ref(i)?.map(std::borrow::Cow::into_owned))
     };
     let int = |i: usize, default: i64| -> i64 {
         r.get::<_, Option<i64>>(i).ok().flatten().unwrap_or(default)
     };
-    let role_raw = text(const { col("role") })?.unwrap_or_default();
+    let role_raw = text_ref(const { col("role") })?.unwrap_or_default();
     let Some(role) = Role::parse(&role_raw) else {
         return Ok(None); // session_meta and other bookkeeping rows
     };
-    if text(const { col("display_kind") })?.as_deref() == Some("hidden") {
+    if text_ref(const { col("display_kind") })?.as_deref() == Some("hidden") {
         return Ok(None); // model-facing scaffolding (v30 display_kind)
     }
     let oversize = int(const { col("content_bytes") }, 0) > max_text_bytes
         || int(const { col("tool_calls_bytes") }, 0) > max_text_bytes;
-    let tool_calls = content::tool_calls_from_str(text(const { col("tool_calls") })?.as_deref())?;
+    let tool_calls =
+        content::tool_calls_from_str(text_ref(const { col("tool_calls") })?.as_deref())?;
     let active = int(const { col("active") }, 1);
     let compacted = int(const { col("compacted") }, 0);
     let state = match (active, compacted) {
@@ -702,7 +709,7 @@ fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>,
         (0, _) => RowState::Compacted,
         _ => RowState::Live,
     };
-    let raw = text(const { col("content") })?;
+    let raw = text_ref(const { col("content") })?;
     let cut = (role == Role::Tool && int(const { col("tool_calls_bytes") }, 0) <= max_text_bytes)
         .then(|| raw.as_deref()?.split_once(HEAD_TAIL))
         .flatten();
@@ -721,7 +728,7 @@ fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>,
             ),
             true,
         ),
-        None => (content::decode(&raw.unwrap_or_default()), false),
+        None => (content::decode(raw.as_deref().unwrap_or_default()), false),
     };
     Ok(Some(Message {
         row_id: Some(int(const { col("id") }, 0)),
@@ -741,7 +748,7 @@ fn message_from_row(r: &Row<'_>, max_text_bytes: i64) -> Result<Option<Message>,
         summary_flag: int(const { col("summary_flag") }, 0) != 0,
         oversize,
         uid: text(const { col("uid") })?.filter(|u| !u.is_empty()),
-        absorbed: uid_list(text(const { col("absorbed") })?.as_deref()),
+        absorbed: uid_list(text_ref(const { col("absorbed") })?.as_deref()),
     }))
 }
 
@@ -758,15 +765,6 @@ fn uid_list(raw: Option<&str>) -> Vec<String> {
             .map(|u| u.trim().trim_matches('"').to_string())
             .filter(|u| !u.is_empty())
             .collect(),
-    }
-}
-
-/// Text from a column: valid UTF-8 as is (the fast path), anything else
-/// with replacement characters.
-fn utf8(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 
