@@ -113,10 +113,12 @@ fn message_bytes(s: &Session) -> usize {
 enum DbRead {
     /// A session the filters leave out.
     Unwanted(SessionMeta),
-    /// The next session is read (its parts follow).
+    /// A session was read that gave no part.
     Wanted,
-    /// A session (or part), with the message bytes it takes from the budget.
-    Session(Session, usize),
+    /// A session (or part), with the message bytes it takes from the budget,
+    /// and whether it is the first part of a session read (one message a
+    /// session, not two: each may wake the receiving thread).
+    Session(Session, usize, bool),
     /// A bad row of the session just read.
     Problem(String),
 }
@@ -139,10 +141,10 @@ fn read_db(
         if !want(&head) {
             return send(DbRead::Unwanted(head));
         }
-        send(DbRead::Wanted)?;
         // Bad rows are reported after the session's parts, as they were
         // found while reading them.
         let mut problems = Vec::new();
+        let mut first = true;
         db.load_parts(
             &head,
             part_rows,
@@ -153,9 +155,12 @@ fn read_db(
             &mut |s| {
                 let n = message_bytes(&s);
                 in_flight.take(n);
-                send(DbRead::Session(s, n))
+                send(DbRead::Session(s, n, std::mem::take(&mut first)))
             },
         )?;
+        if first {
+            send(DbRead::Wanted)?;
+        }
         problems
             .into_iter()
             .try_for_each(|p| send(DbRead::Problem(p)))
@@ -273,7 +278,10 @@ impl Stores {
                     match item {
                         DbRead::Unwanted(head) => unwanted(&head),
                         DbRead::Wanted => report.read_session(Origin::StateDb.as_str()),
-                        DbRead::Session(mut s, n) => {
+                        DbRead::Session(mut s, n, first) => {
+                            if first {
+                                report.read_session(Origin::StateDb.as_str());
+                            }
                             self.enrich(&mut s, report)?;
                             let done = f(s, report);
                             in_flight.give_back(n);
