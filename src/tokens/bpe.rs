@@ -207,6 +207,24 @@ pub struct FastBpe {
     pub distinct_ids: bool,
     /// Each word's tokens, as byte lengths.
     cache: HashMap<Box<[u8]>, Box<[u32]>, BuildFast>,
+    /// The same for words of at most 7 bytes (most of them), keyed by the
+    /// word in 8 bytes (its bytes, its length last) and with the lengths
+    /// inline: no pointer to follow and no bytes to compare out of line.
+    /// (An array key hashes as a byte slice does, so the cache statistics
+    /// count it with the word cache.)
+    short: HashMap<[u8; 8], (u8, [u8; 7]), BuildFast>,
+}
+
+/// A word of at most 7 bytes in 8: its bytes, then its length last (so no
+/// two words share one).
+fn short_key(w: &[u8]) -> Option<[u8; 8]> {
+    if w.len() > 7 {
+        return None;
+    }
+    let mut k = [0u8; 8];
+    k[..w.len()].copy_from_slice(w);
+    k[7] = w.len() as u8;
+    Some(k)
 }
 
 /// GPT-2's byte → symbol map (printable bytes stand for themselves, the
@@ -314,6 +332,7 @@ impl FastBpe {
             token_len,
             distinct_ids,
             cache: HashMap::default(),
+            short: HashMap::default(),
         })
     }
 
@@ -347,7 +366,13 @@ impl FastBpe {
         if w.is_empty() {
             return Some(());
         }
-        if let Some(lens) = self.cache.get(w) {
+        let short = short_key(w);
+        if let Some(k) = short {
+            if let Some((n, lens)) = self.short.get(&k) {
+                out.extend(lens[..usize::from(*n)].iter().map(|l| u32::from(*l)));
+                return Some(());
+            }
+        } else if let Some(lens) = self.cache.get(w) {
             out.extend_from_slice(lens);
             return Some(());
         }
@@ -363,6 +388,18 @@ impl FastBpe {
                 .collect(),
         };
         out.extend_from_slice(&lens);
+        if let Some(k) = short {
+            // A word of 7 bytes has at most 7 tokens, each at most 7 bytes.
+            let mut inline = [0u8; 7];
+            for (to, l) in inline.iter_mut().zip(lens.iter()) {
+                *to = *l as u8;
+            }
+            if self.short.len() >= CACHE_WORDS {
+                self.short.clear();
+            }
+            self.short.insert(k, (lens.len() as u8, inline));
+            return Some(());
+        }
         if self.cache.len() >= CACHE_WORDS {
             self.cache.clear();
         }
