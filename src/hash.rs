@@ -102,6 +102,18 @@ impl Hasher for FastHasher {
 
 pub type BuildFast = BuildHasherDefault<FastHasher>;
 
+/// A small xorshift generator for the unit tests' random cases (fixed
+/// seeds, so a failure repeats).
+#[cfg(test)]
+pub fn test_rng(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -385,13 +385,7 @@ mod unit_set_tests {
 
     #[test]
     fn batches_merge_as_a_tree_of_strings_would_hold_them() {
-        let mut x = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::hash::test_rng(0x2545_f491_4f6c_dd1d_u64);
         let mut set = UnitSet::default();
         let mut tree = std::collections::BTreeSet::new();
         for _ in 0..50 {

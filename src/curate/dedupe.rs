@@ -847,13 +847,8 @@ mod tests {
         let mut m = Memory::default();
         let mut model: std::collections::BTreeMap<u64, (u32, u32)> = Default::default();
         let mut prints = std::collections::BTreeSet::new();
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut rng = crate::hash::test_rng(0x9e37_79b9_7f4a_7c15_u64);
+        let mut next = |n: u64| rng() % n;
         for run in 0..6 {
             let mut d = Dedupe::new(&m, 0);
             for _ in 0..200 {
@@ -926,13 +921,7 @@ mod tests {
 
     #[test]
     fn line_key_batches_merge_as_a_map_would_hold_them() {
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::hash::test_rng(0x9e37_79b9_7f4a_7c15_u64);
         let mut table = LineKeyTable::new();
         let mut map: std::collections::BTreeMap<u64, Vec<(u64, u32)>> = Default::default();
         for _ in 0..40 {

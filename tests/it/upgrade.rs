@@ -43,6 +43,13 @@ fn night(home: &Path, work: &Path, rules: Option<&str>, extra: &[&str]) -> Outpu
     out
 }
 
+/// The cumulative files train on what a fresh export (context and cap
+/// off) does.
+fn same_targets_as_a_fresh_export(home: &Path, work: &Path) {
+    let (_, fresh, _) = export(home, &["--sft-context", "0", "--near-duplicate-cap", "0"]);
+    assert_eq!(targets(&dir_lines(&work.join("out"))), targets(&fresh));
+}
+
 fn state_of(work: &Path) -> Value {
     serde_json::from_slice(&read(&work.join("state.json"))).unwrap()
 }
@@ -222,14 +229,7 @@ fn a_state_without_rules_gets_the_dropped_turns_once() {
     let out = night(home.path(), work.path(), None, &flags);
     let (added, _) = rechecked(work.path(), &out, 0);
     assert!(added > 0);
-    let (_, fresh, _) = export(
-        home.path(),
-        &["--sft-context", "0", "--near-duplicate-cap", "0"],
-    );
-    assert_eq!(
-        targets(&dir_lines(&work.path().join("out"))),
-        targets(&fresh)
-    );
+    same_targets_as_a_fresh_export(home.path(), work.path());
     third_night_is_quiet(home.path(), work.path(), &flags);
 }
 
@@ -259,14 +259,7 @@ fn a_killed_recheck_is_done_by_the_next_run() {
     let out = night(home.path(), work.path(), None, &flags);
     let (added, _) = rechecked(work.path(), &out, 0);
     assert!(added > 0);
-    let (_, fresh, _) = export(
-        home.path(),
-        &["--sft-context", "0", "--near-duplicate-cap", "0"],
-    );
-    assert_eq!(
-        targets(&dir_lines(&work.path().join("out"))),
-        targets(&fresh)
-    );
+    same_targets_as_a_fresh_export(home.path(), work.path());
     validate(work.path());
     third_night_is_quiet(home.path(), work.path(), &flags);
 }
