@@ -338,11 +338,17 @@ impl StateDb {
         }
         let mut part: Vec<Message> = Vec::new();
         let mut bytes = 0usize;
+        // The session's first rows (up to HEAD_ROWS), copied only when the
+        // session is cut (most never are): at each cut, from the rows the
+        // part read since the last one (`part[fresh..]`).
         let mut head_rows: Vec<Message> = Vec::new();
+        let mut fresh = 0;
         let mut resume_after = None;
         self.rows(&mut msg_stmt, &head.id, on_problem, &mut |m| {
             let size = m.content.len() + 256;
             if m.role == Role::User && (part.len() >= part_rows || bytes >= PART_BYTES) {
+                let need = HEAD_ROWS.saturating_sub(head_rows.len());
+                head_rows.extend(part[fresh..].iter().take(need).cloned());
                 let last = part.last().and_then(|m| m.row_id);
                 let carry_from = part.len().saturating_sub(CARRY_ROWS);
                 let mut next = head_rows.clone();
@@ -352,6 +358,7 @@ impl StateDb {
                         .filter(|m| !head_rows.contains(m))
                         .cloned(),
                 );
+                fresh = next.len();
                 let done = std::mem::replace(&mut part, next);
                 bytes = part.iter().map(|m| m.content.len() + 256).sum();
                 f(Session {
@@ -360,9 +367,6 @@ impl StateDb {
                     ..template.clone()
                 })?;
                 resume_after = last;
-            }
-            if head_rows.len() < HEAD_ROWS {
-                head_rows.push(m.clone());
             }
             bytes += size;
             part.push(m);
