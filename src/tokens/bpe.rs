@@ -27,8 +27,9 @@ const GPT2_PATTERN: &str =
 /// Words longer than this are left to the crate (the merge loop here is
 /// quadratic in the word's length).
 pub const MAX_WORD_BYTES: usize = 256;
-/// Words remembered at most (then the memory starts over).
-const CACHE_WORDS: usize = 1 << 17;
+/// Words remembered at most by each of the two word caches (short words,
+/// the others; then that cache starts over): 131,072 in all.
+const CACHE_WORDS: usize = 1 << 16;
 
 /// The pre-tokenizer's split. Patterns ending in `\s+(?!\S)|\s+` (GPT-2,
 /// Llama 3, Qwen) run on the `regex-automata` engines, with the look-ahead
