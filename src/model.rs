@@ -81,6 +81,12 @@ pub struct Message {
     pub absorbed: Vec<String>,
 }
 
+/// The first state.db row id of a turn's messages: the turn's key in the
+/// state (`None` for a turn of another store, whose rows have no ids).
+pub fn turn_key(msgs: &[Message]) -> Option<i64> {
+    msgs.iter().find_map(|m| m.row_id)
+}
+
 impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Message {
         Message {

@@ -52,9 +52,25 @@ pub fn rules() -> u32 {
         .unwrap_or(crate::state::EXPORT_RULES)
 }
 
+/// What the run's rules and its re-check make of a session's selection,
+/// after coverage: the one place both the sink and the workers (which
+/// format ahead for the sink's selection) take it from.
+pub fn select(
+    (rules, recheck): (u32, Option<&Held>),
+    cfg: &crate::config::ExportConfig,
+    session: &crate::model::Session,
+    exchanges: &[Exchange<'_>],
+    sel: &mut TurnSelection,
+) {
+    follow_old_rules(rules, exchanges, sel);
+    if let Some(held) = recheck {
+        held.add(cfg, session, exchanges, sel);
+    }
+}
+
 /// Rules 0 (an earlier version at default flags): tool-using exchanges are
 /// not written (they stay covered, as the old defaults left them).
-pub fn follow_old_rules(rules: u32, exchanges: &[Exchange<'_>], sel: &mut TurnSelection) {
+fn follow_old_rules(rules: u32, exchanges: &[Exchange<'_>], sel: &mut TurnSelection) {
     if rules >= 1 {
         return;
     }

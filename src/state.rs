@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::LineFigures;
 use crate::format::Exchange;
 use crate::hash::stable_hash;
-use crate::model::{Message, Origin, Session};
+use crate::model::{Origin, Session};
 use crate::sink::{persist, temp_beside};
 
 /// Version 2: pending turns, turn identities, output identity and tails.
@@ -1037,10 +1037,7 @@ impl TurnSelection {
     }
 }
 
-/// The first state.db row id of a turn (its key in the state).
-pub fn turn_key(msgs: &[Message]) -> Option<i64> {
-    msgs.iter().find_map(|m| m.row_id)
-}
+pub use crate::model::turn_key;
 
 /// What the run wrote, for the manifest and the state.
 #[derive(Debug, Default, Clone)]

@@ -696,10 +696,8 @@ impl<'a> Run<'a> {
         }
         self.coverage
             .record_session(&self.covered, &p.session, &exchanges, &sel);
-        crate::recheck::follow_old_rules(self.rules, &exchanges, &mut sel);
-        if let Some(held) = &self.recheck {
-            held.add(self.cfg, &p.session, &exchanges, &mut sel);
-        }
+        let recheck = (self.rules, self.recheck.as_deref());
+        crate::recheck::select(recheck, self.cfg, &p.session, &exchanges, &mut sel);
         // What a render error gives back to pending.
         let consumed = sel.selected.clone();
         // Curation, once coverage is settled (what it drops is consumed,
@@ -1284,10 +1282,8 @@ impl<'a> Preparer<'a> {
             &exchanges,
         );
         // As the sink selects (see `Run::session`).
-        crate::recheck::follow_old_rules(self.rules, &exchanges, &mut sel);
-        if let Some(held) = &self.recheck {
-            held.add(self.cfg, &p.session, &exchanges, &mut sel);
-        }
+        let recheck = (self.rules, self.recheck.as_deref());
+        crate::recheck::select(recheck, self.cfg, &p.session, &exchanges, &mut sel);
         let formatted = match self.cfg.shape {
             Shape::Sft if !sel.any() || sel.too_few => return None,
             Shape::Sft => Formatted::Sft(sft_units(p, &exchanges, &sel, &self.opts, counter)),

@@ -210,10 +210,7 @@ impl<'m> Curator<'m> {
                 let key = keys.get(i, ex.msgs);
                 let fits = self.dedupe.reserve(key);
                 if !fits {
-                    // The turn by its first state.db row, as the state
-                    // keys turns.
-                    let row = ex.msgs.iter().find_map(|m| m.row_id);
-                    let turn = (row, ex.timestamp);
+                    let turn = (crate::model::turn_key(ex.msgs), ex.timestamp);
                     self.dedupe.held_back(key, session, turn);
                 }
                 (!fits).then_some(Skip::NearDuplicate)

@@ -53,6 +53,23 @@ pub fn run_in(home: &Path, args: &[&str]) -> Output {
     run(&full)
 }
 
+/// `validate DIR/ --state STATE` passes (its output tells why not).
+pub fn validates_with_state(dir: &str, state: &Path) {
+    let v = run(&[
+        "validate",
+        dir,
+        "--state",
+        state.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+}
+
 /// [`run_in`], asserting that the run succeeded (its stderr tells why not).
 pub fn run_ok(home: &Path, args: &[&str]) -> Output {
     let out = run_in(home, args);

@@ -576,10 +576,7 @@ fn a_copy_the_cap_held_back_takes_the_place_a_forgotten_line_left() {
         assert_eq!(c, 0, "{err}");
         gates(&lines)
     };
-    let check = || {
-        let v = run(&["validate", &dir, "--state", state.to_str().unwrap()]);
-        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
-    };
+    let check = || validates_with_state(&dir, &state);
     let err = night();
     assert!(err.contains("near_duplicate=3"), "{err}");
     assert_eq!(gates(&dir_lines(&out)), fresh(1));

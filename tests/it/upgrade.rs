@@ -76,14 +76,7 @@ fn splits(dir: &Path) -> BTreeMap<String, &'static str> {
 
 fn validate(work: &Path) {
     let out = format!("{}/", work.join("out").display());
-    let state = work.join("state.json");
-    let check = run(&["validate", &out, "--state", state.to_str().unwrap()]);
-    assert_eq!(
-        check.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    validates_with_state(&out, &work.join("state.json"));
 }
 
 /// The sides of each DPO pair, sorted.
