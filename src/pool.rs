@@ -26,6 +26,15 @@
 //! - the sink returns an error: as for [`Flow::Stop`], and the error is
 //!   returned.
 //!
+//! Items travel in batches: the caller's thread sends the workers up to
+//! [`BATCH_ITEMS`] items at a time (fewer when `in_flight` is small, so
+//! every worker still gets some; fewer when their weight reaches the
+//! batch's), and a worker sends a batch's results back at once. A hand-off
+//! wakes a sleeping thread, which costs about what formatting a short
+//! session does; a batch pays it once for many. A partial batch is sent
+//! before the caller waits for a result, so nothing waits on an item
+//! that was never sent.
+//!
 //! Each worker has its own state, made by `init` on the worker's own thread
 //! (so it need not be `Send`: caches holding `Rc`s are fine), and passed to
 //! every call of `work` on that thread.
@@ -63,6 +72,13 @@ enum Done<U, E> {
     Skipped,
 }
 
+/// The most items sent to a worker at once.
+pub const BATCH_ITEMS: usize = 32;
+
+/// The weight at which a batch is sent whatever its length (a few long
+/// sessions go alone, so one worker does not hold them all).
+pub const BATCH_WEIGHT: usize = 512 << 10;
+
 /// What the workers read to know whether to go on.
 struct Shared {
     stop: AtomicBool,
@@ -96,9 +112,9 @@ where
     W: Fn(&mut S, T) -> Result<U, E> + Sync,
     K: FnMut(U) -> Result<Flow, E>,
 {
-    with_pool(threads, in_flight, init, work, |pool| {
+    with_pool(threads, in_flight, usize::MAX, init, work, |pool| {
         for item in items {
-            if pool.push(item, &mut sink)? == Flow::Stop {
+            if pool.push(item, 0, &mut sink)? == Flow::Stop {
                 return Ok(Flow::Stop);
             }
         }
@@ -109,11 +125,14 @@ where
 /// Runs `body` with an [`Ordered`] pool of `threads` workers (1: none, the
 /// work runs inline in [`Ordered::push`]) that the caller pushes items into
 /// from its own loop (a reader driving callbacks, say) and whose results
-/// reach the sink the caller passes, in push order. When `body` returns,
+/// reach the sink the caller passes, in push order. At most `in_flight`
+/// items, and items of at most `max_weight` weight (or one item, whatever
+/// it weighs), are between the caller and the sink. When `body` returns,
 /// the workers drop what is still queued and stop.
 pub fn with_pool<T, U, E, S, Init, W, R>(
     threads: usize,
     in_flight: usize,
+    max_weight: usize,
     init: Init,
     work: W,
     body: impl FnOnce(&mut Ordered<'_, T, U, E>) -> R,
@@ -134,9 +153,10 @@ where
         stop: AtomicBool::new(false),
         failed_at: AtomicUsize::new(usize::MAX),
     };
-    let (to_workers, queue) = mpsc::channel::<(usize, T)>();
+    let (to_workers, queue) = mpsc::channel::<Vec<(usize, T)>>();
     let queue = Mutex::new(queue);
-    let (to_caller, results) = mpsc::channel::<(usize, Done<U, E>)>();
+    let (to_caller, results) = mpsc::channel::<Vec<(usize, Done<U, E>)>>();
+    let in_flight = in_flight.max(1);
     thread::scope(|scope| {
         for _ in 0..threads {
             let to_caller = to_caller.clone();
@@ -148,7 +168,13 @@ where
             to_workers,
             results,
             shared: &shared,
-            in_flight: in_flight.max(1),
+            in_flight,
+            max_weight,
+            batch: (in_flight / (2 * threads)).clamp(1, BATCH_ITEMS),
+            pending: Vec::new(),
+            pending_weight: 0,
+            weights: VecDeque::new(),
+            weight_out: 0,
             taken: 0,
             sunk: 0,
             waiting: VecDeque::new(),
@@ -170,10 +196,20 @@ pub enum Ordered<'p, T, U, E> {
 
 /// The caller's side of a pool with workers.
 pub struct Feed<'p, T, U, E> {
-    to_workers: mpsc::Sender<(usize, T)>,
-    results: mpsc::Receiver<(usize, Done<U, E>)>,
+    to_workers: mpsc::Sender<Vec<(usize, T)>>,
+    results: mpsc::Receiver<Vec<(usize, Done<U, E>)>>,
     shared: &'p Shared,
     in_flight: usize,
+    max_weight: usize,
+    /// Items a batch holds at most.
+    batch: usize,
+    /// Items taken and not yet sent, with their weight.
+    pending: Vec<(usize, T)>,
+    pending_weight: usize,
+    /// The weight of each item taken and not sunk (slot k: item `sunk + k`),
+    /// and their sum.
+    weights: VecDeque<usize>,
+    weight_out: usize,
     /// Items handed to the workers.
     taken: usize,
     /// Results given to the sink.
@@ -183,13 +219,19 @@ pub struct Feed<'p, T, U, E> {
 }
 
 impl<T, U, E> Ordered<'_, T, U, E> {
-    /// Hands `item` to the workers, then gives `sink` every result that is
-    /// next in order and ready, waiting while `in_flight` items are out (so
-    /// with the caller's next item in hand, at most `in_flight` are between
-    /// the caller and the sink). An error (of the work, in input order, or
-    /// of the sink) is returned once every earlier result is sunk; after an
-    /// error or [`Flow::Stop`] the caller pushes no more.
-    pub fn push(&mut self, item: T, sink: &mut dyn FnMut(U) -> Result<Flow, E>) -> Result<Flow, E> {
+    /// Hands `item` (of `weight`) to the workers, then gives `sink` every
+    /// result that is next in order and ready, waiting while `in_flight`
+    /// items, or more than the pool's weight, are out (so with the caller's
+    /// next item in hand, at most `in_flight` are between the caller and
+    /// the sink). An error (of the work, in input order, or of the sink) is
+    /// returned once every earlier result is sunk; after an error or
+    /// [`Flow::Stop`] the caller pushes no more.
+    pub fn push(
+        &mut self,
+        item: T,
+        weight: usize,
+        sink: &mut dyn FnMut(U) -> Result<Flow, E>,
+    ) -> Result<Flow, E> {
         match self {
             Ordered::Inline(work) => sink(work(item)?),
             Ordered::Pool(feed) => {
@@ -198,10 +240,14 @@ impl<T, U, E> Ordered<'_, T, U, E> {
                     drop(item);
                     return feed.drain(sink, 0);
                 }
-                if feed.to_workers.send((feed.taken, item)).is_err() {
-                    unreachable!("the workers outlive the caller's loop");
-                }
+                feed.pending.push((feed.taken, item));
+                feed.pending_weight = feed.pending_weight.saturating_add(weight);
+                feed.weights.push_back(weight);
+                feed.weight_out = feed.weight_out.saturating_add(weight);
                 feed.taken += 1;
+                if feed.pending.len() >= feed.batch || feed.pending_weight >= BATCH_WEIGHT {
+                    feed.send();
+                }
                 feed.drain(sink, feed.in_flight - 1)
             }
         }
@@ -217,13 +263,34 @@ impl<T, U, E> Ordered<'_, T, U, E> {
 }
 
 impl<T, U, E> Feed<'_, T, U, E> {
-    /// Sinks results in order until at most `out` items are out (and every
-    /// result already there that is next in order).
+    /// Sends the items taken and not yet sent, if any.
+    fn send(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_weight = 0;
+        if self.to_workers.send(batch).is_err() {
+            unreachable!("the workers outlive the caller's loop");
+        }
+    }
+
+    /// Whether more than `out` items, or more than the pool's weight (with
+    /// more than one item), are out.
+    fn too_many_out(&self, out: usize) -> bool {
+        let items = self.taken - self.sunk;
+        items > out || (items > 1 && self.weight_out > self.max_weight)
+    }
+
+    /// Sinks results in order until at most `out` items are out, within
+    /// the weight (and every result already there that is next in order).
     fn drain(&mut self, sink: &mut dyn FnMut(U) -> Result<Flow, E>, out: usize) -> Result<Flow, E> {
         loop {
             while let Some(Some(done)) = self.waiting.front_mut().map(Option::take) {
                 self.waiting.pop_front();
                 self.sunk += 1;
+                let weight = self.weights.pop_front().unwrap_or(0);
+                self.weight_out -= weight.min(self.weight_out);
                 match done {
                     Done::Ok(u) => {
                         if sink(u)? == Flow::Stop {
@@ -237,49 +304,57 @@ impl<T, U, E> Feed<'_, T, U, E> {
                     }
                 }
             }
-            let next = if self.taken - self.sunk > out {
+            let next = if self.too_many_out(out) {
+                // Whatever is waited for must have been sent.
+                self.send();
                 self.results.recv().ok()
             } else {
                 self.results.try_recv().ok()
             };
-            let Some((index, done)) = next else {
+            let Some(batch) = next else {
                 return Ok(Flow::Continue);
             };
-            let slot = index - self.sunk;
-            if self.waiting.len() <= slot {
-                self.waiting.resize_with(slot + 1, || None);
+            for (index, done) in batch {
+                let slot = index - self.sunk;
+                if self.waiting.len() <= slot {
+                    self.waiting.resize_with(slot + 1, || None);
+                }
+                self.waiting[slot] = Some(done);
             }
-            self.waiting[slot] = Some(done);
         }
     }
 }
 
 fn worker<T, U, E, S>(
-    queue: &Mutex<mpsc::Receiver<(usize, T)>>,
-    to_caller: mpsc::Sender<(usize, Done<U, E>)>,
+    queue: &Mutex<mpsc::Receiver<Vec<(usize, T)>>>,
+    to_caller: mpsc::Sender<Vec<(usize, Done<U, E>)>>,
     shared: &Shared,
     init: &(impl Fn() -> S + Sync),
     work: &(impl Fn(&mut S, T) -> Result<U, E> + Sync),
 ) {
     let mut state = None;
     loop {
-        // The lock is held only while taking one item.
+        // The lock is held only while taking one batch.
         let next = queue.lock().map(|q| q.recv());
-        let Ok(Ok((index, item))) = next else { return };
-        let done = if shared.skip(index) {
-            Done::Skipped
-        } else {
-            let state = state.get_or_insert_with(init);
-            match panic::catch_unwind(AssertUnwindSafe(|| work(state, item))) {
-                Ok(Ok(u)) => Done::Ok(u),
-                Ok(Err(e)) => Done::Err(e),
-                Err(payload) => Done::Panic(payload),
+        let Ok(Ok(batch)) = next else { return };
+        let mut results = Vec::with_capacity(batch.len());
+        for (index, item) in batch {
+            let done = if shared.skip(index) {
+                Done::Skipped
+            } else {
+                let state = state.get_or_insert_with(init);
+                match panic::catch_unwind(AssertUnwindSafe(|| work(state, item))) {
+                    Ok(Ok(u)) => Done::Ok(u),
+                    Ok(Err(e)) => Done::Err(e),
+                    Err(payload) => Done::Panic(payload),
+                }
+            };
+            if matches!(done, Done::Err(_) | Done::Panic(_)) {
+                shared.failed_at.fetch_min(index, Ordering::Relaxed);
             }
-        };
-        if matches!(done, Done::Err(_) | Done::Panic(_)) {
-            shared.failed_at.fetch_min(index, Ordering::Relaxed);
+            results.push((index, done));
         }
-        if to_caller.send((index, done)).is_err() {
+        if to_caller.send(results).is_err() {
             return;
         }
     }

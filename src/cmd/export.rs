@@ -216,8 +216,14 @@ struct Preparer<'a> {
 }
 
 /// Sessions between the reader and the sink at most, per worker thread:
-/// enough to keep every core busy while one long session is worked on.
-const IN_FLIGHT_PER_THREAD: usize = 4;
+/// two batches each (see `pool`), enough to keep every core busy while one
+/// long session is worked on.
+const IN_FLIGHT_PER_THREAD: usize = 2 * crate::pool::BATCH_ITEMS;
+
+/// Message bytes between the reader and the sink at most (or one session,
+/// whatever its size): what bounds the pool's memory, as the item count
+/// alone would not for long sessions.
+const IN_FLIGHT_BYTES: usize = 16 << 20;
 
 pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     let home = cfg.home.resolve()?;
@@ -591,7 +597,7 @@ impl<'a> Run<'a> {
         let work = |prep: &mut Preparer<'_>, session| Ok(prep.prepare(session));
         let in_flight = threads * IN_FLIGHT_PER_THREAD;
         let fork = || template.fork(&counters);
-        crate::pool::with_pool(threads, in_flight, fork, work, |pool| {
+        crate::pool::with_pool(threads, in_flight, IN_FLIGHT_BYTES, fork, work, |pool| {
             stores.each_session(
                 report,
                 db_heads,
@@ -607,7 +613,8 @@ impl<'a> Run<'a> {
                 &mut |session, report| {
                     report.tick();
                     let mut sink = |w| self.take(stores, w, report).map(|()| Flow::Continue);
-                    pool.push(session, &mut sink).map(|_| ())
+                    let weight = crate::source::message_bytes(&session);
+                    pool.push(session, weight, &mut sink).map(|_| ())
                 },
             )?;
             let mut sink = |w| self.take(stores, w, report).map(|()| Flow::Continue);

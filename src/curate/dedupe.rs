@@ -487,23 +487,74 @@ pub fn line_print(line: &[u8]) -> u64 {
 
 /// Lower-cased text with whitespace collapsed and figures masked as `#`.
 pub fn normalise(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+    let mut out = Vec::with_capacity(text.len());
     normalise_into(text, &mut out);
-    out
+    String::from_utf8(out).expect("normalised text is UTF-8")
 }
 
-/// [`normalise`], appended to `out`. ASCII text is read as its bytes; other
-/// text as its characters (the same rules over either).
-fn normalise_into(text: &str, out: &mut String) {
+/// [`normalise`], appended to `out` (UTF-8). ASCII text is read as its
+/// bytes, a run of plain characters copied at once; other text as its
+/// characters (the same rules over either).
+fn normalise_into(text: &str, out: &mut Vec<u8>) {
     if text.is_ascii() {
-        normalise_chars(text.as_bytes(), out);
+        normalise_ascii(text.as_bytes(), out);
     } else {
         normalise_chars(&text.chars().collect::<Vec<char>>(), out);
     }
 }
 
-fn normalise_chars<T: Copy + Into<char>>(chars: &[T], out: &mut String) {
+/// Whitespace as `char::is_whitespace` has it below U+0080: U+0009 to
+/// U+000D (with U+000B, which `u8::is_ascii_whitespace` leaves out) and
+/// the space.
+const fn ascii_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t'..=b'\r')
+}
+
+/// [`normalise_chars`] over ASCII bytes.
+fn normalise_ascii(b: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut i = 0;
+    let mut space = false;
+    while let Some(&c) = b.get(i) {
+        let signed = (c == b'-' || c == b'+')
+            && b.get(i + 1).is_some_and(u8::is_ascii_digit)
+            && (i == 0 || !b[i - 1].is_ascii_alphanumeric());
+        if c.is_ascii_digit() || signed {
+            i = figure_end(&|k| b.get(k).map(|&d| char::from(d)), i + 1);
+            out.push(b'#');
+            space = false;
+        } else if ascii_space(c) {
+            if !space && out.len() > start {
+                out.push(b' ');
+            }
+            space = true;
+            i += 1;
+        } else {
+            // Up to the next byte that may start a figure or a space.
+            let run = i;
+            i += 1;
+            while b
+                .get(i)
+                .is_some_and(|&d| !(d.is_ascii_digit() || ascii_space(d) || d == b'-' || d == b'+'))
+            {
+                i += 1;
+            }
+            let at = out.len();
+            out.extend_from_slice(&b[run..i]);
+            out[at..].make_ascii_lowercase();
+            space = false;
+        }
+    }
+    if out.len() > start && out.last() == Some(&b' ') {
+        out.pop();
+    }
+}
+
+fn normalise_chars<T: Copy + Into<char>>(chars: &[T], out: &mut Vec<u8>) {
     let at = |i: usize| chars.get(i).map(|c| (*c).into());
+    let push = |out: &mut Vec<u8>, c: char| {
+        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+    };
     let start = out.len();
     let mut i = 0;
     let mut space = false;
@@ -515,27 +566,26 @@ fn normalise_chars<T: Copy + Into<char>>(chars: &[T], out: &mut String) {
             // One figure: digits joined by separators that sit between
             // digits (a separator may be followed by a sign).
             i = figure_end(&at, i + 1);
-            out.push('#');
+            out.push(b'#');
             space = false;
             continue;
         }
         if c.is_whitespace() {
             if !space && out.len() > start {
-                out.push(' ');
+                out.push(b' ');
             }
             space = true;
         } else {
-            if c.is_ascii() {
-                out.push(c.to_ascii_lowercase());
-            } else {
-                out.extend(c.to_lowercase());
-            }
+            c.to_lowercase().for_each(|l| push(out, l));
             space = false;
         }
         i += 1;
     }
-    let trimmed = out.trim_end().len().max(start);
-    out.truncate(trimmed);
+    // Only the one collapsed space can end it (a lower-cased character is
+    // never whitespace).
+    if out.len() > start && out.last() == Some(&b' ') {
+        out.pop();
+    }
 }
 
 /// Where the figure whose first character is before `i` ends.
@@ -567,20 +617,20 @@ fn figure_end(at: &impl Fn(usize) -> Option<char>, mut i: usize) -> usize {
 /// The near-duplicate key of an exchange: its messages' normalised text
 /// and tool calls, in order.
 pub fn exchange_key(msgs: &[Message]) -> u64 {
-    let mut key = String::new();
+    let mut key = Vec::new();
     for m in msgs {
-        key.push_str(m.role.as_str());
-        key.push('\u{1}');
+        key.extend_from_slice(m.role.as_str().as_bytes());
+        key.push(1);
         normalise_into(&m.content, &mut key);
         for c in &m.tool_calls {
-            key.push('\u{2}');
-            key.push_str(&c.name);
-            key.push('\u{2}');
+            key.push(2);
+            key.extend_from_slice(c.name.as_bytes());
+            key.push(2);
             normalise_into(&c.arguments.to_string(), &mut key);
         }
-        key.push('\u{3}');
+        key.push(3);
     }
-    fingerprint(key.as_bytes())
+    fingerprint(&key)
 }
 
 /// The near-duplicate keys of one session's exchanges, each computed once,
@@ -603,11 +653,11 @@ impl ExchangeKeys {
 /// The near-duplicate key of a written line (DPO pairs): every string in
 /// it but the system prompt and the tool definitions, normalised.
 pub fn line_key(line: &serde_json::Value) -> u64 {
-    fn walk(v: &serde_json::Value, key: &mut String) {
+    fn walk(v: &serde_json::Value, key: &mut Vec<u8>) {
         match v {
             serde_json::Value::String(s) => {
                 normalise_into(s, key);
-                key.push('\u{1}');
+                key.push(1);
             }
             serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, key)),
             serde_json::Value::Object(o) => {
@@ -616,21 +666,21 @@ pub fn line_key(line: &serde_json::Value) -> u64 {
                 }
                 for (k, x) in o {
                     if k != "tools" && k != "system" && k != "meta" {
-                        key.push_str(k);
-                        key.push('\u{2}');
+                        key.extend_from_slice(k.as_bytes());
+                        key.push(2);
                         walk(x, key);
                     }
                 }
             }
             other => {
                 normalise_into(&other.to_string(), key);
-                key.push('\u{1}');
+                key.push(1);
             }
         }
     }
-    let mut key = String::new();
+    let mut key = Vec::new();
     walk(line, &mut key);
-    fingerprint(key.as_bytes())
+    fingerprint(&key)
 }
 
 /// Writes what its closure writes: the compact hex forms go straight into
@@ -802,11 +852,30 @@ mod tests {
             "-",
             "9",
         ] {
-            let mut chars = String::new();
+            let mut chars = Vec::new();
             normalise_chars(&text.chars().collect::<Vec<char>>(), &mut chars);
-            assert_eq!(normalise(text), chars, "{text:?}");
+            assert_eq!(normalise(text).as_bytes(), chars, "{text:?}");
         }
         assert_eq!(normalise("Ünïcode 12 ÀB"), "ünïcode # àb");
+    }
+
+    #[test]
+    fn the_byte_reading_gives_what_the_character_reading_gives() {
+        // Random ASCII over the characters the rules look at, appended to a
+        // buffer that already holds text (as a key does), 20,000 times.
+        let alphabet = b"aZ09-+.,:/TZ \t\n\x0b\x0c\r_x#";
+        let mut next = crate::hash::test_rng(0x2545_f491_4f6c_dd1d);
+        for round in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let text: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let prefix: &[u8] = if round % 2 == 0 { b"" } else { b"user\x01a " };
+            let (mut bytes, mut chars) = (prefix.to_vec(), prefix.to_vec());
+            normalise_ascii(&text, &mut bytes);
+            normalise_chars(&text, &mut chars);
+            assert_eq!(bytes, chars, "{:?}", String::from_utf8_lossy(&text));
+        }
     }
 
     #[test]

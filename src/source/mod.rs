@@ -66,8 +66,12 @@ pub struct Stores {
 /// and the message bytes they may hold (a session larger than that waits
 /// until the ones before it are done, so at most two very long parts are
 /// in memory at once).
-const READ_AHEAD: usize = 16;
+const READ_AHEAD: usize = 256;
 const READ_AHEAD_BYTES: usize = 16 << 20;
+/// Items the reader hands over at once: each hand-off may wake the
+/// receiving thread, which costs about what reading a short session does.
+/// A partial batch goes before the reader waits for bytes given back.
+const READ_BATCH: usize = 32;
 
 /// Message bytes read but not yet formatted, shared by the reader (which
 /// waits while the next session would take them past [`READ_AHEAD_BYTES`])
@@ -80,8 +84,16 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn take(&self, n: usize) {
+    /// Takes `n` bytes, waiting while that would go past the budget;
+    /// `before_waiting` runs (without the lock) before any wait.
+    fn take(&self, n: usize, before_waiting: &dyn Fn()) {
+        let must_wait = |st: &(usize, bool)| st.0 > 0 && st.0 + n > READ_AHEAD_BYTES && !st.1;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if must_wait(&st) {
+            drop(st);
+            before_waiting();
+            st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        }
         while st.0 > 0 && st.0 + n > READ_AHEAD_BYTES && !st.1 {
             st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
         }
@@ -105,7 +117,9 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-fn message_bytes(s: &Session) -> usize {
+/// What a session's messages take in memory, about: their text and 256
+/// bytes each.
+pub fn message_bytes(s: &Session) -> usize {
     s.messages.iter().map(|m| m.content.len() + 256).sum()
 }
 
@@ -130,11 +144,27 @@ fn read_db(
     heads: Option<Vec<SessionMeta>>,
     part_rows: usize,
     want: &(dyn Fn(&SessionMeta) -> bool + Sync),
-    tx: &std::sync::mpsc::SyncSender<DbRead>,
+    tx: &std::sync::mpsc::SyncSender<Vec<DbRead>>,
     in_flight: &InFlight,
 ) -> Result<()> {
-    let send = |item: DbRead| tx.send(item).map_err(|_| anyhow::anyhow!("export stopped"));
-    let one = |head: SessionMeta| -> Result<()> {
+    let batch = std::cell::RefCell::new(Vec::with_capacity(READ_BATCH));
+    let flush = || -> Result<()> {
+        let items = std::mem::take(&mut *batch.borrow_mut());
+        if items.is_empty() {
+            return Ok(());
+        }
+        tx.send(items)
+            .map_err(|_| anyhow::anyhow!("export stopped"))
+    };
+    let send = |item: DbRead| -> Result<()> {
+        let full = {
+            let mut b = batch.borrow_mut();
+            b.push(item);
+            b.len() >= READ_BATCH
+        };
+        if full { flush() } else { Ok(()) }
+    };
+    let one = |head: SessionMeta, prompt: &dyn Fn() -> Result<Option<String>>| -> Result<()> {
         if head.is_rotation_child() {
             return Ok(());
         }
@@ -145,8 +175,9 @@ fn read_db(
         // found while reading them.
         let mut problems = Vec::new();
         let mut first = true;
-        db.load_parts(
+        db.load_parts_with(
             &head,
+            prompt()?,
             part_rows,
             &mut |p| {
                 problems.push(p);
@@ -154,7 +185,8 @@ fn read_db(
             },
             &mut |s| {
                 let n = message_bytes(&s);
-                in_flight.take(n);
+                // A refused hand-off shows at the next one.
+                in_flight.take(n, &|| drop(flush()));
                 send(DbRead::Session(s, n, std::mem::take(&mut first)))
             },
         )?;
@@ -165,10 +197,16 @@ fn read_db(
             .into_iter()
             .try_for_each(|p| send(DbRead::Problem(p)))
     };
-    match heads {
-        Some(heads) => heads.into_iter().try_for_each(one),
-        None => db.for_each_head(one),
-    }
+    let read = match heads {
+        Some(heads) => heads.into_iter().try_for_each(|h| {
+            let id = h.id.clone();
+            one(h, &|| db.system_prompt(&id))
+        }),
+        None => db.for_each_head_prompted(one),
+    };
+    // What was read before an error still arrives, before it.
+    let flushed = flush();
+    read.and(flushed)
 }
 
 impl Stores {
@@ -269,12 +307,13 @@ impl Stores {
             let part_rows = self.part_rows;
             let in_flight = InFlight::default();
             std::thread::scope(|scope| -> Result<()> {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<DbRead>(READ_AHEAD);
+                let (tx, rx) =
+                    std::sync::mpsc::sync_channel::<Vec<DbRead>>(READ_AHEAD / READ_BATCH);
                 let gate = &in_flight;
                 let producer =
                     scope.spawn(move || read_db(&reader, db_heads, part_rows, want, &tx, gate));
                 let stop = StopOnDrop(gate);
-                for item in rx {
+                for item in rx.into_iter().flatten() {
                     match item {
                         DbRead::Unwanted(head) => unwanted(&head),
                         DbRead::Wanted => report.read_session(Origin::StateDb.as_str()),

@@ -67,6 +67,14 @@ pub struct StateDb {
     head_sql: String,
     message_sql: String,
     prompt_sql: String,
+    /// The head query with each session's stored prompt after the head's
+    /// columns (see [`StateDb::for_each_head_prompted`]).
+    prompted_head_sql: String,
+    /// Whether that query's prompt column is a `system_prompts` hash
+    /// (followed by the session's own text), not the text alone.
+    prompt_by_hash: bool,
+    /// Shared prompts read by hash (stores that keep each prompt once).
+    shared_prompts: std::cell::RefCell<std::collections::HashMap<String, Option<String>>>,
     /// The query of a session's tool set (v31 `tool_names`), if the store has one.
     tools_sql: Option<String>,
     /// `sessions.parent_session_id` exists (lineage can be followed).
@@ -119,6 +127,18 @@ impl StateDb {
 
         let head_sql = head_sql(&scols);
         let prompt_sql = prompt_sql(&tables, &scols);
+        let prompt_by_hash =
+            tables.contains("system_prompts") && scols.contains("system_prompt_hash");
+        let own_prompt =
+            or_default(&scols, "system_prompt", "NULL").replace("system_prompt", "s.system_prompt");
+        let prompted_head_sql = head_sql_with(
+            &scols,
+            &if prompt_by_hash {
+                format!("s.system_prompt_hash, {own_prompt}")
+            } else {
+                own_prompt
+            },
+        );
         let tools_sql = (tables.contains("system_prompts") && scols.contains("tool_names")).then(|| {
             "SELECT sp.prompt FROM sessions s JOIN system_prompts sp ON sp.hash = s.tool_names WHERE s.id = +?1".to_string()
         });
@@ -133,6 +153,9 @@ impl StateDb {
             head_sql,
             message_sql,
             prompt_sql,
+            prompted_head_sql,
+            prompt_by_hash,
+            shared_prompts: Default::default(),
             tools_sql,
             has_parent: scols.contains("parent_session_id"),
             has_title: scols.contains("title"),
@@ -197,6 +220,59 @@ impl StateDb {
             f(head_from_row(row)?)?;
         }
         Ok(())
+    }
+
+    /// Like [`StateDb::for_each_head`], and `f` may also have the session's
+    /// system prompt, read with its head. The prompt's column comes after
+    /// most of the head's in Hermes's sessions table, so reading the head
+    /// already walks the prompt's pages; asking again by id would walk them
+    /// twice (on a 0.19 store the prompts are most of what the sessions
+    /// table holds). A prompt that `system_prompts` keeps once is read once.
+    pub fn for_each_head_prompted(
+        &self,
+        mut f: impl FnMut(SessionMeta, &dyn Fn() -> Result<Option<String>>) -> Result<()>,
+    ) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{} ORDER BY s.id", self.prompted_head_sql))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let prompt = || -> Result<Option<String>> {
+                let own =
+                    row.get::<_, Option<String>>(HEAD_FIELDS + usize::from(self.prompt_by_hash));
+                match row.get::<_, Option<String>>(HEAD_FIELDS)? {
+                    Some(hash) if self.prompt_by_hash => match self.shared_prompt(&hash)? {
+                        Some(shared) => Ok(Some(shared)),
+                        None => Ok(own?),
+                    },
+                    _ => Ok(own?),
+                }
+            };
+            f(head_from_row(row)?, &prompt)?;
+        }
+        Ok(())
+    }
+
+    /// The `system_prompts` text of `hash`, read once a run (the cache is
+    /// let go past [`SHARED_PROMPT_BYTES`]).
+    fn shared_prompt(&self, hash: &str) -> Result<Option<String>> {
+        if let Some(known) = self.shared_prompts.borrow().get(hash) {
+            return Ok(known.clone());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT prompt FROM system_prompts WHERE hash = +?1")?;
+        let prompt = stmt
+            .query_row([hash], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten();
+        let mut cache = self.shared_prompts.borrow_mut();
+        let held: usize = cache.values().flatten().map(String::len).sum();
+        if held > SHARED_PROMPT_BYTES {
+            cache.clear();
+        }
+        cache.insert(hash.to_string(), prompt.clone());
+        Ok(prompt)
     }
 
     pub fn head(&self, id: &str) -> Result<Option<SessionMeta>> {
@@ -301,12 +377,26 @@ impl StateDb {
         on_problem: &mut dyn FnMut(String) -> Result<()>,
         f: &mut dyn FnMut(Session) -> Result<()>,
     ) -> Result<()> {
+        let prompt = self.system_prompt(&head.id)?;
+        self.load_parts_with(head, prompt, part_rows, on_problem, f)
+    }
+
+    /// [`StateDb::load_parts`] with the session's system prompt already
+    /// read (see [`StateDb::for_each_head_prompted`]).
+    pub fn load_parts_with(
+        &self,
+        head: &SessionMeta,
+        system_prompt: Option<String>,
+        part_rows: usize,
+        on_problem: &mut dyn FnMut(String) -> Result<()>,
+        f: &mut dyn FnMut(Session) -> Result<()>,
+    ) -> Result<()> {
         let template = Session {
             meta: SessionMeta {
                 parent_end_reason: None,
                 ..head.clone()
             },
-            system_prompt: self.system_prompt(&head.id)?,
+            system_prompt,
             origin: Some(Origin::StateDb),
             lineage: vec![head.id.clone()],
             ..Session::default()
@@ -471,7 +561,8 @@ impl StateDb {
         Ok(sets)
     }
 
-    fn system_prompt(&self, id: &str) -> Result<Option<String>> {
+    /// A session's system prompt, read by its id.
+    pub fn system_prompt(&self, id: &str) -> Result<Option<String>> {
         let mut stmt = self.conn.prepare_cached(&self.prompt_sql)?;
         Ok(stmt
             .query_row([id], |r| r.get::<_, Option<String>>(0))
@@ -509,6 +600,17 @@ fn version_key(v: &str) -> Vec<u64> {
 /// The query of session heads ([`head_from_row`] reads its columns); the
 /// parent's end reason comes from a self-join when the store links parents.
 fn head_sql(scols: &HashSet<String>) -> String {
+    head_sql_with(scols, "")
+}
+
+/// The columns [`head_from_row`] reads; more may follow them.
+const HEAD_FIELDS: usize = 12;
+
+/// How many bytes of shared prompts a run keeps read.
+const SHARED_PROMPT_BYTES: usize = 16 << 20;
+
+/// [`head_sql`] with `more` columns (if any) after the head's.
+fn head_sql_with(scols: &HashSet<String>, more: &str) -> String {
     let s = |name: &str| or_default(scols, name, "NULL").replace(name, &format!("s.{name}"));
     let flag_col = |name: &str| or_default(scols, name, "0").replace(name, &format!("s.{name}"));
     let parent_join = scols.contains("parent_session_id");
@@ -529,6 +631,11 @@ fn head_sql(scols: &HashSet<String>) -> String {
                 "NULL"
             },
         );
+    let head_cols = if more.is_empty() {
+        head_cols
+    } else {
+        format!("{head_cols}, {more}")
+    };
     if parent_join {
         format!(
             "SELECT {head_cols} FROM sessions s LEFT JOIN sessions p ON p.id = s.parent_session_id"
