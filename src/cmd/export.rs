@@ -218,7 +218,7 @@ struct Preparer<'a> {
 /// Sessions between the reader and the sink at most, per worker thread:
 /// two batches each (see `pool`), enough to keep every core busy while one
 /// long session is worked on.
-const IN_FLIGHT_PER_THREAD: usize = 2 * crate::pool::BATCH_ITEMS;
+const IN_FLIGHT_PER_THREAD: usize = crate::pool::BATCH_ITEMS;
 
 /// Message bytes between the reader and the sink at most (or one session,
 /// whatever its size): what bounds the pool's memory, as the item count

@@ -66,7 +66,7 @@ pub struct Stores {
 /// and the message bytes they may hold (a session larger than that waits
 /// until the ones before it are done, so at most two very long parts are
 /// in memory at once).
-const READ_AHEAD: usize = 256;
+const READ_AHEAD: usize = 128;
 const READ_AHEAD_BYTES: usize = 16 << 20;
 /// Items the reader hands over at once: each hand-off may wake the
 /// receiving thread, which costs about what reading a short session does.
