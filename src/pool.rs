@@ -432,7 +432,8 @@ mod tests {
         let inline = run(1, 1, 500);
         assert_eq!(inline.len(), 500);
         assert!(inline.iter().enumerate().all(|(k, &(i, _))| k as u64 == i));
-        for (threads, cap) in [(2, 2), (2, 7), (3, 4), (4, 16), (8, 3)] {
+        // The larger caps send batches of several items (up to 32).
+        for (threads, cap) in [(2, 2), (2, 7), (3, 4), (4, 16), (8, 3), (2, 256), (3, 100)] {
             assert_eq!(
                 run(threads, cap, 500),
                 inline,
@@ -511,6 +512,49 @@ mod tests {
             assert!(peak.get() <= cap, "peak {} > cap {cap}", peak.get());
             assert!(busy_peak.load(Ordering::SeqCst) <= threads.min(cap));
         }
+    }
+
+    #[test]
+    fn no_more_than_the_weight_between_the_caller_and_the_sink() {
+        // Items of weight 100 (every seventh of 2,500) under a bound of
+        // 1,000: at most 10 out after each push returns (one heavy item may
+        // be out alone), in order, with batches of up to 32 items.
+        let weight = |i: u64| if i.is_multiple_of(7) { 2_500 } else { 100 };
+        let out = Cell::new(0usize);
+        let held = Cell::new(0usize);
+        let mut got = Vec::new();
+        with_pool(
+            2,
+            256,
+            1_000,
+            || (),
+            |_, i: u64| Ok::<_, ()>((i, churn(i))),
+            |pool| {
+                for i in 0..2_000u64 {
+                    out.set(out.get() + 1);
+                    held.set(held.get() + weight(i) as usize);
+                    let mut sink = |(k, v): (u64, u64)| {
+                        out.set(out.get() - 1);
+                        held.set(held.get() - weight(k) as usize);
+                        got.push((k, v));
+                        Ok(Flow::Continue)
+                    };
+                    pool.push(i, weight(i) as usize, &mut sink).unwrap();
+                    assert!(
+                        out.get() <= 1 || held.get() <= 1_000,
+                        "{} items of {} weight out",
+                        out.get(),
+                        held.get()
+                    );
+                }
+                let mut sink = |r| {
+                    got.push(r);
+                    Ok(Flow::Continue)
+                };
+                pool.finish(&mut sink).unwrap();
+            },
+        );
+        assert_eq!(got, (0..2_000).map(|i| (i, churn(i))).collect::<Vec<_>>());
     }
 
     #[test]
