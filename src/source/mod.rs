@@ -94,7 +94,7 @@ impl InFlight {
             before_waiting();
             st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         }
-        while st.0 > 0 && st.0 + n > READ_AHEAD_BYTES && !st.1 {
+        while must_wait(&st) {
             st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         st.0 += n;

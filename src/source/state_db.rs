@@ -223,11 +223,12 @@ impl StateDb {
     }
 
     /// Like [`StateDb::for_each_head`], and `f` may also have the session's
-    /// system prompt, read with its head. The prompt's column comes after
-    /// most of the head's in Hermes's sessions table, so reading the head
-    /// already walks the prompt's pages; asking again by id would walk them
-    /// twice (on a 0.19 store the prompts are most of what the sessions
-    /// table holds). A prompt that `system_prompts` keeps once is read once.
+    /// system prompt, read with its head. In Hermes's sessions table the
+    /// prompt's column comes before most of the head's (the title, the
+    /// listing flags), so reading the head already walks the prompt's
+    /// overflow pages; asking again by id would walk them twice (on a 0.19
+    /// store the prompts are most of what the sessions table holds). A
+    /// prompt that `system_prompts` keeps once is read once a run.
     pub fn for_each_head_prompted(
         &self,
         mut f: impl FnMut(SessionMeta, &dyn Fn() -> Result<Option<String>>) -> Result<()>,
