@@ -13,6 +13,7 @@
 //! [`FastBpe::from_json`] returns `None` and the crate counts.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use regex_automata::{Anchored, Input, meta};
 
@@ -196,17 +197,20 @@ fn gpt2_ascii(b: &[u8], at: usize) -> Option<usize> {
     Some(end)
 }
 
+/// A copy for another thread (`Clone`) shares the tables read from the
+/// vocabulary, which for a real model hold hundreds of thousands of
+/// entries, and has caches of its own.
 #[derive(Clone)]
 pub struct FastBpe {
     split: Splitter,
     /// The symbol id of each byte.
     byte_ids: [u32; 256],
     /// (left, right) → (rank, merged id).
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    merges: Arc<HashMap<(u32, u32), (u32, u32)>>,
     /// With `ignore_merges`, a word that is itself a token is one token.
-    whole_words: Option<HashMap<Vec<u8>, u32>>,
+    whole_words: Option<Arc<HashMap<Vec<u8>, u32>>>,
     /// Byte length of each token id (for offsets).
-    token_len: Vec<u32>,
+    token_len: Arc<[u32]>,
     /// No two vocabulary entries share an id: a token's bytes then name
     /// its id, and equal token bytes are equal ids.
     pub distinct_ids: bool,
@@ -332,9 +336,9 @@ impl FastBpe {
         Some(FastBpe {
             split: Splitter::new(&pattern)?,
             byte_ids,
-            merges,
-            whole_words,
-            token_len,
+            merges: Arc::new(merges),
+            whole_words: whole_words.map(Arc::new),
+            token_len: token_len.into(),
             distinct_ids,
             cache: HashMap::default(),
             short: HashMap::default(),

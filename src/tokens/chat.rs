@@ -50,7 +50,8 @@ const CACHE_BYTES: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct ChatTokenizer {
-    tokenizer: Tokenizer,
+    /// Shared by the copies other threads count with (it is only read).
+    tokenizer: std::sync::Arc<Tokenizer>,
     /// The exact fast path for byte-level BPE tokenizers, if this is one.
     fast: Option<FastBpe>,
     /// Whether `fast` may also give offsets (the tokenizer does not trim
@@ -315,7 +316,7 @@ impl ChatTokenizer {
             .unwrap_or_default()
             .contains("\"trim_offsets\":true");
         Ok(ChatTokenizer {
-            tokenizer,
+            tokenizer: std::sync::Arc::new(tokenizer),
             fast,
             fast_offsets,
             env,
