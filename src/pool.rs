@@ -47,8 +47,10 @@
 //! formats, redacts and counts one session into its finished output lines
 //! (and the figures the summary needs); the sink writes those lines to the
 //! output, advances the state and coverage, and returns [`Flow::Stop`] when
-//! the reader of a pipe has gone (`export | head`). `in_flight` of a few
-//! times `threads` keeps both cores busy while a long session is worked on.
+//! the reader of a pipe has gone (`export | head`). An `in_flight` of two
+//! batches per worker keeps both cores busy while a long session is worked
+//! on, and the weight bound (message bytes) keeps long sessions from
+//! filling memory.
 
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
