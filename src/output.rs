@@ -80,11 +80,15 @@ impl<'s> Splits<'s> {
         }
     }
 
+    /// Units in (train, valid) that committed runs placed.
+    fn committed_totals(&self) -> (u64, u64) {
+        self.committed
+            .map_or((0, 0), |u| (u.train.len() as u64, u.valid.len() as u64))
+    }
+
     /// Units in (train, valid), committed and placed in this run.
     fn totals(&self) -> (u64, u64) {
-        let (t, v) = self
-            .committed
-            .map_or((0, 0), |u| (u.train.len() as u64, u.valid.len() as u64));
+        let (t, v) = self.committed_totals();
         let placed = self.placed.len() as u64;
         (t + placed - self.placed_valid, v + self.placed_valid)
     }
@@ -128,6 +132,7 @@ impl<'s> Splits<'s> {
     /// The placement as committed: units placed in this run without a
     /// line are placed again by a later run.
     fn settle(self) -> Placement {
+        let (t, v) = self.committed_totals();
         let mut p = Placement {
             fraction: Some(self.fraction),
             base: self.base,
@@ -140,9 +145,6 @@ impl<'s> Splits<'s> {
                 (true, false) => p.train.push(unit),
             }
         }
-        let (t, v) = self
-            .committed
-            .map_or((0, 0), |u| (u.train.len() as u64, u.valid.len() as u64));
         p.totals = (t + p.train.len() as u64, v + p.valid.len() as u64);
         p
     }

@@ -163,16 +163,13 @@ impl<'m> Curator<'m> {
     /// Curation over the state's memory (borrowed, not copied: a large
     /// state's holds a few hundred thousand fingerprints).
     pub fn new(settings: Settings, memory: Option<&'m Memory>) -> Curator<'m> {
-        let dedupe = match memory {
-            Some(m) => dedupe::Dedupe::new(m, settings.near_cap),
-            None => dedupe::Dedupe::new(&EMPTY, settings.near_cap),
-        };
+        let memory = memory.unwrap_or(&EMPTY);
         Curator {
-            dedupe,
+            dedupe: dedupe::Dedupe::new(memory, settings.near_cap),
             settings,
             stats: stats::DryRun::default(),
-            forgotten: memory.map(|m| m.forgotten.clone()).unwrap_or_default(),
-            forgotten_before: memory.and_then(|m| m.forgotten_before),
+            forgotten: memory.forgotten.clone(),
+            forgotten_before: memory.forgotten_before,
         }
     }
 

@@ -175,14 +175,7 @@ fn cut_inside_a_line(flags: &[&str]) {
             .all(|l| l["meta"]["first"].as_str() >= Some(&iso(CUT)[..]))
     );
     // (c) The directory and its state agree.
-    let v = run(&["validate", &dir, "--state", s]);
-    assert_eq!(
-        v.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
+    validates_with_state(&dir, &state);
     // The same as a fresh export with the same cut-off.
     let fresh = fresh(h, work.path(), CUT, flags);
     assert_eq!(contents(&fresh, "assistant"), answers);
