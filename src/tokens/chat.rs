@@ -397,10 +397,11 @@ impl ChatTokenizer {
             spans.clear();
         }
         // Without splitters the whole text is one piece.
-        let mut count = self.count_pieces(&text, &spans)?;
+        let tally = self.count_pieces(&text, &spans)?;
+        let mut count = tally.count;
         if trainable {
             let only_last = self.generation_block;
-            let (all, last) = self.prefix_diff(messages, tools, &text, only_last)?;
+            let (all, last) = self.prefix_diff(messages, tools, (&text, &tally), only_last)?;
             if !self.generation_block {
                 count.trainable = all;
             }
@@ -417,12 +418,12 @@ impl ChatTokenizer {
     /// assistant header is not trained, its end marker is). Returns the sum
     /// over assistant messages and the last one's (with `only_last`, only
     /// the last one is looked at). `full` is the whole rendered sample
-    /// (the last message's conversation).
-    pub fn prefix_diff(
+    /// (the last message's conversation) and its counted pieces.
+    fn prefix_diff(
         &mut self,
         messages: &Value,
         tools: Option<&Value>,
-        full: &str,
+        full: (&str, &Tally),
         only_last: bool,
     ) -> Result<(usize, usize)> {
         let items: Vec<Value> = messages
@@ -441,12 +442,12 @@ impl ChatTokenizer {
             let before = self
                 .render_with(&Value::from(items[..i].to_vec()), tools, true)?
                 .replace([GEN_OPEN, GEN_CLOSE], "");
-            let with = if i + 1 == items.len() {
-                full.to_string()
+            let (common, len) = if i + 1 == items.len() {
+                self.common_with_counted(&before, full.0, full.1)?
             } else {
-                self.render(&Value::from(items[..=i].to_vec()), tools)?
+                let with = self.render(&Value::from(items[..=i].to_vec()), tools)?;
+                self.common_tokens(&before, &with)?
             };
-            let (common, len) = self.common_tokens(&before, &with)?;
             last = len - common;
             all += last;
         }
@@ -489,14 +490,57 @@ impl ChatTokenizer {
         Ok((common, len))
     }
 
+    /// [`ChatTokenizer::common_tokens`] where `b` is counted already
+    /// (`tally`): only the first piece where `a` differs is encoded, and of
+    /// that piece only `a`'s side when `b`'s token lengths are known.
+    fn common_with_counted(&mut self, a: &str, b: &str, tally: &Tally) -> Result<(usize, usize)> {
+        let pa = split_at_specials(a, &self.splitters);
+        let mut common = 0;
+        for (k, q) in tally.pieces.iter().enumerate() {
+            let text_b = &b[q.start..q.end];
+            match pa.get(k) {
+                Some(p) if p.special == q.special && a[p.start..p.end] == *text_b => {
+                    common += tally.starts[k + 1] - tally.starts[k];
+                }
+                Some(p) if !p.special && !q.special => {
+                    let known = tally.lengths(k);
+                    common += self
+                        .shared_prefix_known(&a[p.start..p.end], text_b, known)?
+                        .0;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        Ok((common, tally.count.total))
+    }
+
     /// The longest common token prefix of `a` and `b` (by ids), and the
     /// tokens of `b`. The fast counter gives token lengths: where its
     /// vocabulary's ids are distinct, equal bytes at the same place are
     /// the same token, so the tokens are compared by their bytes.
     fn shared_prefix(&mut self, a: &str, b: &str) -> Result<(usize, usize)> {
+        self.shared_prefix_known(a, b, None)
+    }
+
+    /// [`ChatTokenizer::shared_prefix`], with `b`'s token lengths if they
+    /// are known (from the fast counter).
+    fn shared_prefix_known(
+        &mut self,
+        a: &str,
+        b: &str,
+        b_lengths: Option<Vec<u32>>,
+    ) -> Result<(usize, usize)> {
         if let Some(fast) = self.fast.as_mut().filter(|f| f.distinct_ids) {
-            let (mut x, mut y) = (Vec::new(), Vec::new());
-            if fast.token_lengths(a, &mut x).is_some() && fast.token_lengths(b, &mut y).is_some() {
+            let mut x = Vec::new();
+            let y = match b_lengths {
+                Some(y) => Some(y),
+                None => {
+                    let mut y = Vec::new();
+                    fast.token_lengths(b, &mut y).map(|()| y)
+                }
+            };
+            if let Some(y) = y.filter(|_| fast.token_lengths(a, &mut x).is_some()) {
                 let (mut at, mut common) = (0, 0);
                 for (p, q) in x.iter().zip(&y) {
                     let n = *p as usize;
@@ -534,37 +578,39 @@ impl ChatTokenizer {
             .len())
     }
 
-    fn offsets(&mut self, text: &str) -> Result<Vec<(usize, usize)>> {
+    /// The token spans of `text`, and whether they are the fast counter's
+    /// (then each span's length is its token's).
+    fn offsets(&mut self, text: &str) -> Result<(Vec<(usize, usize)>, bool)> {
         if self.fast_offsets
             && let Some(fast) = self.fast.as_mut()
         {
             let mut lens = Vec::new();
             if fast.token_lengths(text, &mut lens).is_some() {
                 let mut at = 0;
-                return Ok(lens
+                let spans = lens
                     .into_iter()
                     .map(|n| {
                         let span = (at, at + n as usize);
                         at += n as usize;
                         span
                     })
-                    .collect());
+                    .collect();
+                return Ok((spans, true));
             }
         }
-        Ok(self
+        let encoding = self
             .tokenizer
             .encode(text, false)
-            .map_err(|e| anyhow!("tokenizing: {e}"))?
-            .get_offsets()
-            .to_vec())
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        Ok((encoding.get_offsets().to_vec(), false))
     }
 
-    fn count_pieces(&mut self, text: &str, spans: &[(usize, usize)]) -> Result<Count> {
+    fn count_pieces(&mut self, text: &str, spans: &[(usize, usize)]) -> Result<Tally> {
         let pieces = split_at_specials(text, &self.splitters);
         // Token index where each piece starts, and the token offsets of the
         // pieces a span starts or ends in (encoded once, for both).
         let mut starts = Vec::with_capacity(pieces.len() + 1);
-        let mut offsets: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
+        let mut offsets: Vec<Encoded> = Vec::new();
         let mut total = 0;
         for (k, p) in pieces.iter().enumerate() {
             starts.push(total);
@@ -572,22 +618,28 @@ impl ChatTokenizer {
             total += if p.special {
                 1
             } else if spans.iter().any(|&(s, e)| holds(s) || holds(e - 1)) {
-                let o = self.offsets(&text[p.start..p.end])?;
-                let n = o.len();
-                offsets.push((k, o));
+                let (spans, fast) = self.offsets(&text[p.start..p.end])?;
+                let n = spans.len();
+                offsets.push(Encoded {
+                    piece: k,
+                    spans,
+                    fast,
+                });
                 n
             } else {
                 self.piece_len(&text[p.start..p.end])?
             };
         }
+        starts.push(total);
         let token_at = |c: usize| -> Option<usize> {
             let k = pieces.iter().position(|p| p.start <= c && c < p.end)?;
             if pieces[k].special {
                 return Some(starts[k]);
             }
-            let (_, o) = offsets.iter().find(|(i, _)| *i == k)?;
+            let o = offsets.iter().find(|e| e.piece == k)?;
             let local = c - pieces[k].start;
-            o.iter()
+            o.spans
+                .iter()
                 .position(|&(s, e)| s <= local && local < e)
                 .map(|i| starts[k] + i)
         };
@@ -595,10 +647,16 @@ impl ChatTokenizer {
             .iter()
             .filter_map(|&(s, e)| Some((token_at(s)?, token_at(e - 1).unwrap_or(total - 1))))
             .collect();
-        Ok(Count {
+        let count = Count {
             total,
             trainable: union_len(ranges),
             last_turn: 0,
+        };
+        Ok(Tally {
+            count,
+            pieces,
+            starts,
+            offsets,
         })
     }
 
@@ -682,6 +740,32 @@ fn strip_marks(marked: &str) -> (String, Vec<(usize, usize)>) {
         spans.push((s, text.len()));
     }
     (text, spans)
+}
+
+/// A rendered text counted piece by piece.
+struct Tally {
+    count: Count,
+    pieces: Vec<Piece>,
+    /// The token index where each piece starts, and the total last.
+    starts: Vec<usize>,
+    /// The pieces that were encoded for their token spans.
+    offsets: Vec<Encoded>,
+}
+
+/// A piece's token spans (byte ranges in the piece).
+struct Encoded {
+    piece: usize,
+    spans: Vec<(usize, usize)>,
+    /// Given by the fast counter: each span is then exactly one token's bytes.
+    fast: bool,
+}
+
+impl Tally {
+    /// The token lengths of piece `k`, when the fast counter gave them.
+    fn lengths(&self, k: usize) -> Option<Vec<u32>> {
+        let e = self.offsets.iter().find(|e| e.piece == k && e.fast)?;
+        Some(e.spans.iter().map(|(s, e)| (e - s) as u32).collect())
+    }
 }
 
 struct Piece {
