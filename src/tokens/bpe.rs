@@ -205,8 +205,10 @@ pub struct FastBpe {
     split: Splitter,
     /// The symbol id of each byte.
     byte_ids: [u32; 256],
-    /// (left, right) → (rank, merged id).
-    merges: Arc<HashMap<(u32, u32), (u32, u32)>>,
+    /// (left, right) → (rank, merged id), the pair keyed as one word
+    /// ([`pair`]) under foldhash: looked up for every adjacent pair of a
+    /// word the cache misses, where SipHash took a tenth of the count.
+    merges: Arc<foldhash::HashMap<u64, (u32, u32)>>,
     /// With `ignore_merges`, a word that is itself a token is one token.
     whole_words: Option<Arc<HashMap<Vec<u8>, u32>>>,
     /// Byte length of each token id (for offsets).
@@ -222,6 +224,11 @@ pub struct FastBpe {
     /// (An array key hashes as a byte slice does, so the cache statistics
     /// count it with the word cache.)
     short: HashMap<[u8; 8], (u8, [u8; 7]), BuildFast>,
+}
+
+/// The merge table's key of the symbol pair (`left`, `right`).
+fn pair(left: u32, right: u32) -> u64 {
+    (u64::from(left) << 32) | u64::from(right)
 }
 
 /// A word of at most 7 bytes in 8: its bytes, then its length last (so no
@@ -310,7 +317,7 @@ impl FastBpe {
         for (b, c) in chars.iter().enumerate() {
             byte_ids[b] = *ids.get(c.to_string().as_str())?;
         }
-        let mut merges = HashMap::new();
+        let mut merges = foldhash::HashMap::default();
         for (rank, m) in model.get("merges")?.as_array()?.iter().enumerate() {
             let (a, b) = match m {
                 Json::String(s) => s.split_once(' ')?,
@@ -319,8 +326,9 @@ impl FastBpe {
             };
             let merged = format!("{a}{b}");
             let new = *ids.get(merged.as_str())?;
+            // As in `tokenizers`, a pair listed twice keeps its last rank.
             merges.insert(
-                (*ids.get(a)?, *ids.get(b)?),
+                pair(*ids.get(a)?, *ids.get(b)?),
                 (u32::try_from(rank).ok()?, new),
             );
         }
@@ -417,23 +425,37 @@ impl FastBpe {
     }
 
     /// BPE merges on one word: the lowest-ranked adjacent pair first, the
-    /// leftmost of equal rank first, until no pair merges.
+    /// leftmost of equal rank first, until no pair merges. Each pair's rank
+    /// is looked up once and kept; a merge looks up only the two new pairs
+    /// beside it.
     fn merge(&self, w: &[u8]) -> Vec<u32> {
         let mut syms: Vec<u32> = w.iter().map(|b| self.byte_ids[usize::from(*b)]).collect();
+        let rank_of = |l: u32, r: u32| self.merges.get(&pair(l, r)).copied();
+        // ranks[i]: the merge of syms[i] and syms[i + 1], if any.
+        let mut ranks: Vec<Option<(u32, u32)>> =
+            syms.windows(2).map(|p| rank_of(p[0], p[1])).collect();
         loop {
-            let mut best: Option<(u32, usize, u32)> = None;
-            for i in 0..syms.len().saturating_sub(1) {
-                if let Some(&(rank, new)) = self.merges.get(&(syms[i], syms[i + 1]))
-                    && best.is_none_or(|(r, _, _)| rank < r)
+            let mut best: Option<(u32, usize)> = None;
+            for (i, r) in ranks.iter().enumerate() {
+                if let Some((rank, _)) = *r
+                    && best.is_none_or(|(b, _)| rank < b)
                 {
-                    best = Some((rank, i, new));
+                    best = Some((rank, i));
                 }
             }
-            let Some((_, i, new)) = best else {
+            let Some((_, i)) = best else {
                 return syms;
             };
+            let (_, new) = ranks[i].expect("the best pair merges");
             syms[i] = new;
             syms.remove(i + 1);
+            ranks.remove(i);
+            if i > 0 {
+                ranks[i - 1] = rank_of(syms[i - 1], new);
+            }
+            if i < ranks.len() {
+                ranks[i] = rank_of(new, syms[i + 1]);
+            }
         }
     }
 }
