@@ -510,20 +510,47 @@ const fn ascii_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t'..=b'\r')
 }
 
+/// What a byte is to [`normalise_ascii`]: a figure's digit, a space, a
+/// sign that may start a figure, or a plain byte (copied, lower-cased).
+const PLAIN: u8 = 0;
+const DIGIT: u8 = 1;
+const SPACE: u8 = 2;
+const SIGN: u8 = 3;
+const CLASS: [u8; 256] = {
+    let mut t = [PLAIN; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_digit() {
+            DIGIT
+        } else if ascii_space(c) {
+            SPACE
+        } else if c == b'-' || c == b'+' {
+            SIGN
+        } else {
+            PLAIN
+        };
+        b += 1;
+    }
+    t
+};
+
 /// [`normalise_chars`] over ASCII bytes.
 fn normalise_ascii(b: &[u8], out: &mut Vec<u8>) {
+    out.reserve(b.len());
     let start = out.len();
     let mut i = 0;
     let mut space = false;
     while let Some(&c) = b.get(i) {
-        let signed = (c == b'-' || c == b'+')
+        let class = CLASS[usize::from(c)];
+        let signed = class == SIGN
             && b.get(i + 1).is_some_and(u8::is_ascii_digit)
             && (i == 0 || !b[i - 1].is_ascii_alphanumeric());
-        if c.is_ascii_digit() || signed {
+        if class == DIGIT || signed {
             i = figure_end(&|k| b.get(k).map(|&d| char::from(d)), i + 1);
             out.push(b'#');
             space = false;
-        } else if ascii_space(c) {
+        } else if class == SPACE {
             if !space && out.len() > start {
                 out.push(b' ');
             }
@@ -533,15 +560,10 @@ fn normalise_ascii(b: &[u8], out: &mut Vec<u8>) {
             // Up to the next byte that may start a figure or a space.
             let run = i;
             i += 1;
-            while b
-                .get(i)
-                .is_some_and(|&d| !(d.is_ascii_digit() || ascii_space(d) || d == b'-' || d == b'+'))
-            {
+            while b.get(i).is_some_and(|&d| CLASS[usize::from(d)] == PLAIN) {
                 i += 1;
             }
-            let at = out.len();
-            out.extend_from_slice(&b[run..i]);
-            out[at..].make_ascii_lowercase();
+            out.extend(b[run..i].iter().map(u8::to_ascii_lowercase));
             space = false;
         }
     }
@@ -617,7 +639,7 @@ fn figure_end(at: &impl Fn(usize) -> Option<char>, mut i: usize) -> usize {
 /// The near-duplicate key of an exchange: its messages' normalised text
 /// and tool calls, in order.
 pub fn exchange_key(msgs: &[Message]) -> u64 {
-    let mut key = Vec::new();
+    let mut key = Vec::with_capacity(msgs.iter().map(|m| m.content.len() + 8).sum());
     for m in msgs {
         key.extend_from_slice(m.role.as_str().as_bytes());
         key.push(1);
