@@ -377,7 +377,7 @@ impl ChatTokenizer {
     /// The rendered text, as `apply_chat_template(tokenize=False)` returns it.
     pub fn render(&self, messages: &Value, tools: Option<&Value>) -> Result<String> {
         let marked = self.render_marked(messages, tools)?;
-        Ok(marked.replace([GEN_OPEN, GEN_CLOSE], ""))
+        Ok(strip_marks(&marked).0)
     }
 
     /// Tokens of the rendered sample, and (with `trainable`) those trainers
@@ -439,9 +439,8 @@ impl ChatTokenizer {
             if !is_assistant(&items[i]) || (only_last && Some(i) != last_assistant) {
                 continue;
             }
-            let before = self
-                .render_with(&Value::from(items[..i].to_vec()), tools, true)?
-                .replace([GEN_OPEN, GEN_CLOSE], "");
+            let marked = self.render_with(&Value::from(items[..i].to_vec()), tools, true)?;
+            let before = strip_marks(&marked).0;
             let (common, len) = if i + 1 == items.len() {
                 self.common_with_counted(&before, full.0, full.1)?
             } else {
