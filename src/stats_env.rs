@@ -147,6 +147,20 @@ fn tally(r: &mut Recent, slot: usize, insert: bool) {
 /// Sessions formatted ahead on a worker: taken by the sink, formatted again.
 static AHEAD: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
+/// A word found in the BPE's small table in front of its short-word cache
+/// (no hash is taken for it): one byte-slice lookup that hit.
+#[inline]
+pub fn word_hit() {
+    if on() {
+        RECENT.with(|cell| {
+            let mut r = cell.get();
+            tally(&mut r, 1, false);
+            r.any_bytes_lookup = false;
+            cell.set(r);
+        });
+    }
+}
+
 /// A session formatted ahead reached the sink: `taken` when its selection
 /// was the one formatted for (see `cmd::export`).
 pub fn ahead(taken: bool) {

@@ -224,6 +224,29 @@ pub struct FastBpe {
     /// (An array key hashes as a byte slice does, so the cache statistics
     /// count it with the word cache.)
     short: HashMap<[u8; 8], (u8, [u8; 7]), BuildFast>,
+    /// The most recent short words in a direct-mapped table in front of
+    /// `short`: (key as a word, tokens packed as a word), `0` for empty (a
+    /// key holds its length, never 0). Small enough to stay in the
+    /// processor's nearest caches, where a lookup in `short` (control
+    /// bytes, then the entry) mostly waits for memory.
+    front: Box<[(u64, u64)]>,
+}
+
+/// Slots of [`FastBpe::front`], as a power of two.
+const FRONT_BITS: u32 = 11;
+
+/// The slot of `key` in [`FastBpe::front`].
+fn front_slot(key: u64) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FRONT_BITS)) as usize
+}
+
+/// A short word's token lengths, packed as [`FastBpe::front`] keeps them:
+/// the count in the low byte, then the lengths.
+fn pack(n: u8, lens: [u8; 7]) -> u64 {
+    let mut b = [0u8; 8];
+    b[0] = n;
+    b[1..].copy_from_slice(&lens);
+    u64::from_le_bytes(b)
 }
 
 /// The merge table's key of the symbol pair (`left`, `right`).
@@ -350,6 +373,7 @@ impl FastBpe {
             distinct_ids,
             cache: HashMap::default(),
             short: HashMap::default(),
+            front: vec![(0, 0); 1 << FRONT_BITS].into_boxed_slice(),
         })
     }
 
@@ -385,7 +409,17 @@ impl FastBpe {
         }
         let short = short_key(w);
         if let Some(k) = short {
+            let key = u64::from_le_bytes(k);
+            let slot = front_slot(key);
+            let (front_key, packed) = self.front[slot];
+            if front_key == key {
+                crate::stats_env::word_hit();
+                let b = packed.to_le_bytes();
+                out.extend(b[1..=usize::from(b[0])].iter().map(|l| u32::from(*l)));
+                return Some(());
+            }
             if let Some((n, lens)) = self.short.get(&k) {
+                self.front[slot] = (key, pack(*n, *lens));
                 out.extend(lens[..usize::from(*n)].iter().map(|l| u32::from(*l)));
                 return Some(());
             }
@@ -415,6 +449,8 @@ impl FastBpe {
                 self.short.clear();
             }
             self.short.insert(k, (lens.len() as u8, inline));
+            self.front[front_slot(u64::from_le_bytes(k))] =
+                (u64::from_le_bytes(k), pack(lens.len() as u8, inline));
             return Some(());
         }
         if self.cache.len() >= CACHE_LONG_WORDS {
