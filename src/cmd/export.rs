@@ -934,9 +934,9 @@ impl<'a> Run<'a> {
             };
             let json = line.to_json()?;
             let print = crate::curate::dedupe::line_print(&json);
-            let Some(bytes) = self
-                .curate
-                .emit(json, &meta, (t, last), line.count, report)?
+            let Some(bytes) =
+                self.curate
+                    .emit(json, print, &meta, (t, last), line.count, report)?
             else {
                 continue;
             };
@@ -1049,7 +1049,10 @@ impl<'a> Run<'a> {
             // Key order is kept (`preserve_order`): the same bytes as the line's.
             let json = serde_json::to_vec(&value)?;
             let print = crate::curate::dedupe::line_print(&json);
-            let Some(bytes) = self.curate.emit(json, &meta, (t, last), count, report)? else {
+            let Some(bytes) = self
+                .curate
+                .emit(json, print, &meta, (t, last), count, report)?
+            else {
                 continue;
             };
             self.curate.dedupe.wrote_line(print, vec![(key, t)]);

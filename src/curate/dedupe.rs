@@ -160,10 +160,10 @@ impl<'m> Dedupe<'m> {
         }
     }
 
-    /// Whether a line with these bytes is new (and remembers it). With
-    /// `enabled` false every line is new, but still remembered.
-    pub fn first_time(&mut self, line: &[u8], enabled: bool) -> bool {
-        let print = line_print(line);
+    /// Whether a line with the fingerprint `print` ([`line_print`]) is new
+    /// (and remembers it). With `enabled` false every line is new, but still
+    /// remembered.
+    pub fn first_time(&mut self, print: u64, enabled: bool) -> bool {
         let new = self.exact_base.binary_search(&print).is_err() && self.exact.insert(print);
         if !new && enabled {
             self.exact_dropped += 1;
@@ -921,14 +921,20 @@ mod tests {
         let mut d = Dedupe::new(&empty, 2);
         assert!(d.under_cap(7) && d.under_cap(7) && !d.under_cap(7));
         assert_eq!(d.near_dropped, 1);
-        assert!(d.first_time(b"{}", true) && !d.first_time(b"{}", true));
-        assert!(d.first_time(b"{}", false), "kept when dedupe is off");
+        assert!(d.first_time(line_print(b"{}"), true) && !d.first_time(line_print(b"{}"), true));
+        assert!(
+            d.first_time(line_print(b"{}"), false),
+            "kept when dedupe is off"
+        );
         assert_eq!(d.exact_dropped, 1);
         let mut m = Memory::default();
         d.into_update().apply(&mut m);
         let mut again = Dedupe::new(&m, 2);
         assert!(!again.under_cap(7), "the count is the memory's");
-        assert!(!again.first_time(b"{}", true), "so is the fingerprint");
+        assert!(
+            !again.first_time(line_print(b"{}"), true),
+            "so is the fingerprint"
+        );
     }
 
     /// Runs over a memory, each merged into it, give what one table of
@@ -952,7 +958,10 @@ mod tests {
                 e.0 += 1;
                 e.1 |= sides(valid).0;
                 let line = format!("{run}-{}", next(500));
-                assert_eq!(d.first_time(line.as_bytes(), true), prints.insert(line));
+                assert_eq!(
+                    d.first_time(line_print(line.as_bytes()), true),
+                    prints.insert(line)
+                );
             }
             d.into_update().apply(&mut m);
             let near: Vec<(u64, u32)> = model.iter().map(|(k, v)| (*k, v.0)).collect();

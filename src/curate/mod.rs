@@ -229,12 +229,13 @@ impl<'m> Curator<'m> {
     pub fn emit(
         &mut self,
         line: Vec<u8>,
+        print: u64,
         meta: &meta::Meta<'_>,
         times: (Option<f64>, Option<f64>),
         count: crate::tokens::Count,
         report: &mut crate::report::Report,
     ) -> serde_json::Result<Option<Vec<u8>>> {
-        if !self.dedupe.first_time(&line, self.settings.dedupe) {
+        if !self.dedupe.first_time(print, self.settings.dedupe) {
             report.skip(Skip::DuplicateSample);
             return Ok(None);
         }

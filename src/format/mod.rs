@@ -173,8 +173,15 @@ pub fn soul_part<'a>(prompt: &'a str, soul: Option<&str>) -> Option<&'a str> {
         let start = prompt.len() - prompt.trim_start().len();
         return Some(&prompt[start..prompt.len() - rest.len()]);
     }
+    // Paragraphs as `split_inclusive("\n\n")` gives them (each with the
+    // break that ends it), found with memchr's vectorised search.
     let mut end = 0;
-    for para in prompt.split_inclusive("\n\n") {
+    let breaks = memchr::memmem::find_iter(prompt.as_bytes(), b"\n\n").map(|at| at + 2);
+    for stop in breaks.chain(std::iter::once(prompt.len())) {
+        if stop <= end {
+            continue;
+        }
+        let para = &prompt[end..stop];
         if end > 0
             && HARNESS_OPENINGS
                 .iter()
@@ -182,7 +189,7 @@ pub fn soul_part<'a>(prompt: &'a str, soul: Option<&str>) -> Option<&'a str> {
         {
             break;
         }
-        end += para.len();
+        end = stop;
     }
     let part = prompt[..end].trim();
     (!part.is_empty()).then_some(part)
@@ -311,4 +318,52 @@ fn too_deep(arguments: &Value) -> bool {
         }
     }
     max > crate::content::MAX_ARGUMENTS_DEPTH
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The persona part by `str::split_inclusive`, the reading
+    /// [`soul_part`] must give.
+    fn by_split(prompt: &str) -> Option<&str> {
+        let mut end = 0;
+        for para in prompt.split_inclusive("\n\n") {
+            if end > 0
+                && HARNESS_OPENINGS
+                    .iter()
+                    .any(|o| para.trim_start().starts_with(o))
+            {
+                break;
+            }
+            end += para.len();
+        }
+        let part = prompt[..end].trim();
+        (!part.is_empty()).then_some(part)
+    }
+
+    #[test]
+    fn the_persona_part_splits_paragraphs_as_split_inclusive_does() {
+        let pieces = [
+            "You are Timmy.",
+            "\n",
+            "\n\n",
+            "\n\n\n",
+            " ",
+            "# Tools",
+            "Host: box",
+            "Model: m",
+            "<memory>",
+            "plain words",
+            "é",
+        ];
+        let mut next = crate::hash::test_rng(0x5EED_5011);
+        for _ in 0..20_000 {
+            let n = (next() % 9) as usize;
+            let prompt: String = (0..n)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            assert_eq!(soul_part(&prompt, None), by_split(&prompt), "{prompt:?}");
+        }
+    }
 }
