@@ -5,8 +5,10 @@
 //!
 //! The caches are maps with [`crate::hash::BuildFast`], and each is used the
 //! same way: look a key up, and on a miss compute the value and insert it
-//! under the same key. So the counts come from the hasher alone, with no
-//! line in the caches' own code: per thread and per key shape, a hash equal
+//! under the same key. So the counts come from the hasher alone, with one
+//! line in the caches' own code (the BPE's small table in front of its
+//! short-word cache takes no hash; its hits are counted by [`word_hit`]):
+//! per thread and per key shape, a hash equal
 //! to the one before it is the insert that follows a miss; any other hash is
 //! a new lookup (the exact rules are at [`count`]). The shapes tell the
 //! caches apart:
