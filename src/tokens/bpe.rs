@@ -206,8 +206,9 @@ pub struct FastBpe {
     /// The symbol id of each byte.
     byte_ids: [u32; 256],
     /// (left, right) → (rank, merged id), the pair keyed as one word
-    /// ([`pair`]) under foldhash: looked up for every adjacent pair of a
-    /// word the cache misses, where SipHash took a tenth of the count.
+    /// ([`pair`]) under foldhash: it is looked up for the adjacent pairs of
+    /// every word the caches miss, and SipHash there took about 4 % of a
+    /// `--tokenizer` export's time.
     merges: Arc<foldhash::HashMap<u64, (u32, u32)>>,
     /// With `ignore_merges`, a word that is itself a token is one token.
     whole_words: Option<Arc<HashMap<Vec<u8>, u32>>>,
