@@ -133,14 +133,16 @@ median() { tr ' ' '\n' <<<"$1" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2)
 spread() { tr ' ' '\n' <<<"$1" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }'; }
 verdict() { if awk "BEGIN { exit !($1) }"; then echo "met"; else echo "MISSED"; fi; }
 
-# cache_stats NAME CMD...: one untimed run with the cache counters on; sets STATS_TEXT and
-# STATS_WORDS ("lookups hits").
+# cache_stats NAME CMD...: one untimed run with the cache counters on; sets STATS_PROMPTS,
+# STATS_PIECES and STATS_WORDS ("lookups hits", each counted by the cache itself).
 cache_stats() {
   local name="$1"; shift
   HERMES_HARVEST_CACHE_STATS=1 "$@" >/dev/null 2>"$TMPD/$name.stats" \
     || { cat "$TMPD/$name.stats" >&2; die "$name failed"; }
-  STATS_TEXT=$(sed -n 's/.*text keys[^:]*: \([0-9]*\) lookups, \([0-9]*\) hits.*/\1 \2/p' "$TMPD/$name.stats")
-  STATS_WORDS=$(sed -n 's/.*words (BPE): \([0-9]*\) lookups, \([0-9]*\) hits.*/\1 \2/p' "$TMPD/$name.stats")
+  local f="$TMPD/$name.stats"
+  STATS_PROMPTS=$(sed -n 's/.*system prompts: \([0-9]*\) lookups, \([0-9]*\) hits.*/\1 \2/p' "$f")
+  STATS_PIECES=$(sed -n 's/.*rendered pieces: \([0-9]*\) lookups, \([0-9]*\) hits.*/\1 \2/p' "$f")
+  STATS_WORDS=$(sed -n 's/.*words (BPE): \([0-9]*\) lookups, \([0-9]*\) hits.*/\1 \2/p' "$f")
 }
 rate() { awk -v n="$1" -v h="$2" 'BEGIN { if (n > 0) printf "%.1f%% of %d", 100 * h / n, n; else printf "- (no lookups)" }'; }
 
@@ -201,10 +203,9 @@ bench_store() {
   measure "scan-warm.$kind" sqlite3 "$STORE" "$SCAN_SQL"
   [ "$RC" = 0 ] || die "sqlite3 scan failed (exit $RC)"
   cache_stats "stats.$kind" "${EXPORT[@]}"
-  local text_def words_def
-  text_def=$STATS_TEXT
+  local prompts_def=$STATS_PROMPTS
   cache_stats "stats-tok.$kind" "${EXPORT[@]}" --tokenizer "$TOKENIZER"
-  local text_tok=$STATS_TEXT words_tok=$STATS_WORDS
+  local pieces_tok=$STATS_PIECES words_tok=$STATS_WORDS
 
   say "$kind: $PAIRS pairs (scan, export)"
   pairs "ours.$kind" "$PAIRS" "${EXPORT[@]}"
@@ -259,11 +260,11 @@ bench_store() {
     variety=$("$SYNTH" --measure --out "$STORE" | sed 's/^[^:]*: variety: //')
   fi
 
-  # Cache hit rates: the system-prompt cache's lookups are the same with and without a
-  # tokenizer, so the rendered-piece cache's are the difference.
-  local sys_n sys_h all_n all_h w_n w_h
-  read -r sys_n sys_h <<<"${text_def:-0 0}"
-  read -r all_n all_h <<<"${text_tok:-0 0}"
+  # Cache hit rates: system prompts from the default export, rendered pieces and BPE words
+  # from the one with --tokenizer.
+  local sys_n sys_h p_n p_h w_n w_h
+  read -r sys_n sys_h <<<"${prompts_def:-0 0}"
+  read -r p_n p_h <<<"${pieces_tok:-0 0}"
   read -r w_n w_h <<<"${words_tok:-0 0}"
 
   out ""
@@ -278,7 +279,7 @@ bench_store() {
   out "with --tokenizer / scan, paired:  median $tok_ratio ($TOK_PAIRS pairs, $tok_spread: $ratios_tok)   (bar <= 3.0: $(verdict "$tok_ratio <= 3.0"))"
   out "peak RSS of our exports:          $peak MB   (bar < 100 MB: $(verdict "$peak < 100")); the --state runs: $state_peak MB"
   out "incremental run, one new day:     $night s   (bar < 1 s: $(verdict "$night < 1"))"
-  out "cache hit rates (lower bounds):   system prompts $(rate "$sys_n" "$sys_h"); rendered pieces $(rate $((all_n - sys_n)) $((all_h - sys_h))); words (BPE) $(rate "$w_n" "$w_h")"
+  out "cache hit rates:                  system prompts $(rate "$sys_n" "$sys_h"); rendered pieces $(rate "$p_n" "$p_h"); words (BPE) $(rate "$w_n" "$w_h")"
   if [ "$kind" = synth ] && [ -n "${HERMES_WALL:-}" ]; then
     out "hermes sessions export / ours:    $(awk -v a="$HERMES_WALL" -v b="$ours_wall" 'BEGIN { printf "%.1f", (b > 0 ? a / b : 0) }')x the time, ${EXPORTED:-0} of $n_sessions sessions"
   fi

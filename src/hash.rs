@@ -53,11 +53,7 @@ const K: u64 = 0x9E37_79B9_7F4A_7C15;
 #[derive(Default)]
 pub struct FastHasher {
     h: u64,
-    /// What kind of key is being hashed, for the cache statistics only.
-    shape: Shape,
 }
-
-pub use crate::stats_env::Shape;
 
 impl FastHasher {
     fn add(&mut self, word: u64) {
@@ -67,9 +63,7 @@ impl FastHasher {
 
 impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
-        let h = fmix64(self.h);
-        crate::stats_env::hashed(self.shape, h);
-        h
+        fmix64(self.h)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -82,21 +76,6 @@ impl Hasher for FastHasher {
         last[..rest.len()].copy_from_slice(rest);
         self.add(u64::from_le_bytes(last));
         self.add(bytes.len() as u64);
-    }
-
-    // The two below hash exactly as the defaults do; they only note the key's
-    // shape (a `str` ends with `write_u8(0xff)`, a slice starts with its
-    // length).
-    fn write_u8(&mut self, i: u8) {
-        self.shape = Shape::Str;
-        self.write(&[i]);
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        if self.shape == Shape::Raw {
-            self.shape = Shape::Bytes;
-        }
-        self.write(&i.to_ne_bytes());
     }
 }
 
@@ -134,8 +113,8 @@ mod tests {
 
     #[test]
     fn map_keys_hash_as_before() {
-        // The shape notes change no hash: a str key is its bytes then 0xff, a
-        // byte-slice key its length then its bytes.
+        // The standard library's key encoding: a str key is its bytes then
+        // 0xff, a byte-slice key its length then its bytes.
         use std::hash::BuildHasher;
         let build = BuildFast::default();
         let mut by_hand = FastHasher::default();

@@ -31,6 +31,7 @@ use crate::format::{Exchange, FormatOptions, OutMsg};
 use crate::hash::BuildFast;
 use crate::redact::{Counted, Redactor};
 use crate::skip::Skip;
+use crate::stats_env::Cache;
 use crate::tokens::{Count, Estimate, Sample};
 
 /// Exchanges looked back at for context at most.
@@ -113,11 +114,13 @@ const SYSTEM_CACHE_ENTRIES: usize = 1024;
 impl SystemCache {
     pub fn get(&mut self, text: &str, redactor: Option<&mut Redactor>) -> Arc<SystemMsg> {
         if let Some((msg, counted)) = self.map.get(text) {
+            crate::stats_env::lookup(Cache::SystemPrompts, true);
             if let Some(r) = redactor {
                 r.recount(counted);
             }
             return msg.clone();
         }
+        crate::stats_env::lookup(Cache::SystemPrompts, false);
         let (redacted, counted) = match redactor {
             Some(r) => r.counted(text),
             None => (None, Vec::new()),

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use regex_automata::{Anchored, Input, meta};
 
 use crate::hash::BuildFast;
+use crate::stats_env::Cache;
 
 use serde_json::Value as Json;
 
@@ -414,20 +415,23 @@ impl FastBpe {
             let slot = front_slot(key);
             let (front_key, packed) = self.front[slot];
             if front_key == key {
-                crate::stats_env::word_hit();
+                crate::stats_env::lookup(Cache::Words, true);
                 let b = packed.to_le_bytes();
                 out.extend(b[1..=usize::from(b[0])].iter().map(|l| u32::from(*l)));
                 return Some(());
             }
             if let Some((n, lens)) = self.short.get(&k) {
+                crate::stats_env::lookup(Cache::Words, true);
                 self.front[slot] = (key, pack(*n, *lens));
                 out.extend(lens[..usize::from(*n)].iter().map(|l| u32::from(*l)));
                 return Some(());
             }
         } else if let Some(lens) = self.cache.get(w) {
+            crate::stats_env::lookup(Cache::Words, true);
             out.extend_from_slice(lens);
             return Some(());
         }
+        crate::stats_env::lookup(Cache::Words, false);
         if w.len() > MAX_WORD_BYTES {
             return None;
         }

@@ -29,6 +29,7 @@ use serde_json::Value as Json;
 use tokenizers::Tokenizer;
 
 use crate::hash::BuildFast;
+use crate::stats_env::Cache;
 use crate::tokens::Count;
 use crate::tokens::bpe::FastBpe;
 use crate::tokens::pyjson::PyJson;
@@ -661,8 +662,10 @@ impl ChatTokenizer {
 
     fn piece_len(&mut self, piece: &str) -> Result<usize> {
         if let Some(&n) = self.cache.get(piece) {
+            crate::stats_env::lookup(Cache::Pieces, true);
             return Ok(n);
         }
+        crate::stats_env::lookup(Cache::Pieces, false);
         let n = self.encode_len(piece)?;
         if self.cache.len() >= CACHE_ENTRIES || self.cache_bytes + piece.len() > CACHE_BYTES {
             self.cache.clear();
