@@ -12,7 +12,6 @@
 //!   short-word cache, the short-word cache or the long-word cache
 //!   (`tokens/bpe.rs`); a word found in none of them is one miss.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// The caches counted.
@@ -35,10 +34,11 @@ static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
 static LOOKUPS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 static HITS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 
+#[cfg(test)]
 thread_local! {
-    /// This thread's lookups and hits per cache (for the unit test, which
-    /// shares the process with others that look things up too).
-    static MINE: Cell<[(u64, u64); 3]> = const { Cell::new([(0, 0); 3]) };
+    /// This thread's lookups and hits per cache, for the unit test (it shares
+    /// the process with other tests that look things up too).
+    static MINE: std::cell::Cell<[(u64, u64); 3]> = const { std::cell::Cell::new([(0, 0); 3]) };
 }
 
 fn on() -> bool {
@@ -66,6 +66,7 @@ fn count(cache: Cache, hit: bool) {
     let c = cache as usize;
     LOOKUPS[c].fetch_add(1, Ordering::Relaxed);
     HITS[c].fetch_add(u64::from(hit), Ordering::Relaxed);
+    #[cfg(test)]
     MINE.with(|m| {
         let mut t = m.get();
         t[c].0 += 1;
@@ -132,7 +133,7 @@ mod tests {
             }
             lookup(Cache::Words, true);
             lookup(Cache::Words, false);
-            (MINE.with(Cell::get), (before, figures()))
+            (MINE.with(std::cell::Cell::get), (before, figures()))
         })
         .join()
         .unwrap();
