@@ -43,6 +43,7 @@ pub mod redact;
 pub mod render_guard;
 pub mod report;
 pub mod safe_io;
+pub mod sched;
 pub mod select;
 pub mod send;
 pub mod shape;

@@ -334,6 +334,9 @@ fn worker<T, U, E, S>(
     init: &(impl Fn() -> S + Sync),
     work: &(impl Fn(&mut S, T) -> Result<U, E> + Sync),
 ) {
+    // Workers wake at every batch handed over; they should not take a core
+    // from the thread feeding them (see `crate::sched`).
+    let _batch = crate::sched::Batch::enter();
     let mut state = None;
     loop {
         // The lock is held only while taking one batch.

@@ -14,6 +14,7 @@ use anyhow::Result;
 
 use crate::config::{EstimateChoice, ExportConfig};
 use crate::coverage;
+use crate::curate::dedupe::ExchangeKeys;
 use crate::curate::meta::{self, Meta};
 use crate::curate::{Curator, quality};
 use crate::dataset::{Dataset, LineFigures};
@@ -171,6 +172,10 @@ struct Ahead {
     selected: Vec<bool>,
     copied: Vec<bool>,
     formatted: Formatted,
+    /// The near-duplicate keys of the exchanges the worker selected (SFT),
+    /// made on the worker: they depend on the exchange alone, so the sink
+    /// takes them whatever it selects, and makes any others it asks for.
+    keys: ExchangeKeys,
 }
 
 enum Formatted {
@@ -680,7 +685,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn session(&mut self, p: Prepared, ahead: Option<Ahead>, report: &mut Report) -> Result<()> {
+    fn session(
+        &mut self,
+        p: Prepared,
+        mut ahead: Option<Ahead>,
+        report: &mut Report,
+    ) -> Result<()> {
         self.coverage.record_lineage(&self.covered, &p.session);
         self.find_superseded(&p);
         let exchanges = exchanges_of(self.cfg, &p);
@@ -710,7 +720,10 @@ impl<'a> Run<'a> {
         // Curation, once coverage is settled (what it drops is consumed,
         // never pending): forgotten sessions and turns, the near-duplicate
         // cap, copies of what the other split holds.
-        let keys = crate::curate::dedupe::ExchangeKeys::new(exchanges.len());
+        let keys = match ahead.as_mut() {
+            Some(a) => std::mem::take(&mut a.keys),
+            None => ExchangeKeys::new(exchanges.len()),
+        };
         let kept = self.curate.select(
             &p.session.id,
             p.session.started_at,
@@ -819,7 +832,7 @@ impl<'a> Run<'a> {
     fn cross_split(
         &mut self,
         p: &Prepared,
-        (exchanges, keys): (&[Exchange<'_>], &crate::curate::dedupe::ExchangeKeys),
+        (exchanges, keys): (&[Exchange<'_>], &ExchangeKeys),
         sel: &mut TurnSelection,
         report: &mut Report,
     ) {
@@ -896,7 +909,7 @@ impl<'a> Run<'a> {
     fn write_sft(
         &mut self,
         p: &Prepared,
-        (exchanges, keys): (&[Exchange<'_>], &crate::curate::dedupe::ExchangeKeys),
+        (exchanges, keys): (&[Exchange<'_>], &ExchangeKeys),
         sel: &TurnSelection,
         ahead: Option<Formatted>,
         report: &mut Report,
@@ -1294,9 +1307,20 @@ impl<'a> Preparer<'a> {
         // As the sink selects (see `Run::session`).
         let recheck = (self.rules, self.recheck.as_deref());
         crate::recheck::select(recheck, self.cfg, &p.session, &exchanges, &mut sel);
+        let keys = ExchangeKeys::new(exchanges.len());
         let formatted = match self.cfg.shape {
             Shape::Sft if !sel.any() || sel.too_few => return None,
-            Shape::Sft => Formatted::Sft(sft_units(p, &exchanges, &sel, &self.opts, counter)),
+            Shape::Sft => {
+                // What curation and the written lines ask for (see `Run::session`).
+                for (i, ex) in exchanges
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| sel.selected[*i])
+                {
+                    keys.get(i, ex.msgs);
+                }
+                Formatted::Sft(sft_units(p, &exchanges, &sel, &self.opts, counter))
+            }
             Shape::Dpo | Shape::DpoFlat => {
                 Formatted::Dpo(dpo_pairs(p, (&sel.selected, self.cut), &self.opts, counter))
             }
@@ -1305,6 +1329,7 @@ impl<'a> Preparer<'a> {
             selected: sel.selected,
             copied: sel.copied,
             formatted,
+            keys,
         })
     }
 }

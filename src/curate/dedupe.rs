@@ -658,7 +658,7 @@ pub fn exchange_key(msgs: &[Message]) -> u64 {
 /// The near-duplicate keys of one session's exchanges, each computed once,
 /// when first asked for (selection, the other-split check and the written
 /// line all ask).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ExchangeKeys(Vec<std::cell::OnceCell<u64>>);
 
 impl ExchangeKeys {

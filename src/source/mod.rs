@@ -313,6 +313,11 @@ impl Stores {
                 let producer =
                     scope.spawn(move || read_db(&reader, db_heads, part_rows, want, &tx, gate));
                 let stop = StopOnDrop(gate);
+                // The reader sets the pace: this thread, woken at every
+                // batch it is handed, should not take the reader's core
+                // (see `crate::sched`; the reader, started above, keeps the
+                // ordinary policy).
+                let batch = crate::sched::Batch::enter();
                 for item in rx.into_iter().flatten() {
                     match item {
                         DbRead::Unwanted(head) => unwanted(&head),
@@ -329,7 +334,7 @@ impl Stores {
                         DbRead::Problem(p) => report.input_problem(p)?,
                     }
                 }
-                drop(stop);
+                drop((stop, batch));
                 producer.join().expect("the state.db reader does not panic")
             })?;
         }
