@@ -259,6 +259,87 @@ fn a_very_long_session_is_read_in_parts_with_every_turn_once() {
 }
 
 #[test]
+fn rows_stored_out_of_time_order_come_in_id_order_whole_or_in_parts() {
+    // Each row's time is earlier than the one before, so the session index
+    // (session, time) holds them backwards; two assistant rows have broken
+    // tool calls. Small sessions are read whole in index order and put in
+    // id order, larger ones in order part by part: both give the turns,
+    // and the bad rows' problems, in id order.
+    let home = fixture_home(VERSIONS[0]);
+    let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
+    drop_fts_triggers(&db);
+    db.execute_batch(
+        "INSERT INTO sessions (id, source, started_at, system_prompt) VALUES ('nexus-backwards', 'api_server', 1800000000, 'You are Timmy.');
+         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 39)
+         INSERT INTO messages (session_id, role, content, tool_calls, timestamp, finish_reason, active, compacted)
+         SELECT 'nexus-backwards', CASE i % 2 WHEN 0 THEN 'user' ELSE 'assistant' END,
+                CASE i % 2 WHEN 0 THEN '[perception] tick ' || (i / 2) ELSE 'Noted, tick ' || (i / 2) || '.' END,
+                CASE WHEN i IN (7, 23) THEN '{oops ' || i END,
+                1800000000 - i, CASE i % 2 WHEN 1 THEN 'stop' END, 1, 0
+         FROM n",
+    )
+    .unwrap();
+    let first_id: i64 = db
+        .query_row(
+            "SELECT MIN(id) FROM messages WHERE session_id = 'nexus-backwards'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(db);
+    let read = |part_rows: &str| -> (Vec<String>, Vec<String>) {
+        let out = std::process::Command::new(bin())
+            .args([
+                "export",
+                "--session",
+                "nexus-backwards",
+                "--near-duplicate-cap",
+                "0",
+                "--hermes-home",
+                home.path().to_str().unwrap(),
+            ])
+            .env("HERMES_HARVEST_PART_ROWS", part_rows)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let problems = stderr
+            .lines()
+            .filter(|l| l.contains("tool_calls is not JSON"))
+            .map(str::to_string)
+            .collect();
+        (user_texts(&lines(&out.stdout)), problems)
+    };
+    let (whole, whole_problems) = read("1000000");
+    // A user turn whose reply was a bad row joins the next one.
+    let tick = |t: i32| format!("[perception] tick {t}");
+    let expected: Vec<String> = (0..20)
+        .filter(|t| ![4, 12].contains(t))
+        .map(|t| match t {
+            3 | 11 => format!("{}\n\n{}", tick(t), tick(t + 1)),
+            t => tick(t),
+        })
+        .collect();
+    let mut seen = whole.clone();
+    seen.dedup();
+    assert_eq!(seen, expected, "turns in id order");
+    assert_eq!(whole_problems.len(), 2, "{whole_problems:?}");
+    for (problem, i) in whole_problems.iter().zip([7, 23]) {
+        assert!(
+            problem.contains(&format!("row {}:", first_id + i)),
+            "problems in id order: {whole_problems:?}"
+        );
+    }
+    // Parts repeat their last turns as the next part's context.
+    let (mut parts, parts_problems) = read("6");
+    parts.dedup();
+    assert_eq!(
+        (parts, parts_problems),
+        (seen, whole_problems),
+        "in parts: the same turns and problems"
+    );
+}
+
+#[test]
 fn an_oversize_message_is_not_read_and_its_turn_is_skipped() {
     let home = fixture_home(VERSIONS[0]);
     let db = rusqlite::Connection::open(home.path().join("state.db")).unwrap();
