@@ -36,6 +36,13 @@ pub const MAX_WORD_BYTES: usize = 256;
 /// docs/performance.md).
 const CACHE_SHORT_WORDS: usize = 1 << 15;
 const CACHE_LONG_WORDS: usize = 1 << 14;
+/// Words of at most this many bytes are short: kept inline, their bytes as
+/// the key and their token lengths packed in one word (a word of 15 bytes
+/// has at most 15 tokens of at most 15 bytes each, four bits apiece).
+const SHORT_BYTES: usize = 15;
+/// A reused buffer of word bounds larger than this (in bounds) is let go
+/// after the text it was grown for.
+const KEEP_BOUNDS: usize = 1 << 16;
 
 /// The pre-tokenizer's split. Patterns ending in `\s+(?!\S)|\s+` (GPT-2,
 /// Llama 3, Qwen) run on the `regex-automata` engines, with the look-ahead
@@ -218,54 +225,83 @@ pub struct FastBpe {
     /// No two vocabulary entries share an id: a token's bytes then name
     /// its id, and equal token bytes are equal ids.
     pub distinct_ids: bool,
-    /// Each word's tokens, as byte lengths.
+    /// Each long word's tokens, as byte lengths.
     cache: HashMap<Box<[u8]>, Box<[u32]>, BuildFast>,
-    /// The same for words of at most 7 bytes (most of them), keyed by the
-    /// word in 8 bytes (its bytes, its length last) and with the lengths
-    /// inline: no pointer to follow and no bytes to compare out of line.
-    /// (An array key hashes as a byte slice does, so the cache statistics
-    /// count it with the word cache.)
-    short: HashMap<[u8; 8], (u8, [u8; 7]), BuildFast>,
+    /// The same for short words (most of them), keyed by [`short_key`] and
+    /// with the lengths packed ([`pack`]): no pointer to follow and no
+    /// bytes to compare out of line.
+    short: HashMap<u128, u64, BuildFast>,
     /// The most recent short words in a direct-mapped table in front of
-    /// `short`: (key as a word, tokens packed as a word), `0` for empty (a
-    /// key holds its length, never 0). Small enough to stay in the
-    /// processor's nearest caches, where a lookup in `short` (control
-    /// bytes, then the entry) mostly waits for memory.
-    front: Box<[(u64, u64)]>,
+    /// `short`: (key's low word, key's high word, packed lengths), all `0`
+    /// for empty (a key's high word holds its length, never 0). Small
+    /// enough to stay in the processor's nearest caches, where a lookup in
+    /// `short` (control bytes, then the entry) mostly waits for memory.
+    front: Box<[[u64; 3]]>,
+    /// The word bounds of the text being counted (kept between texts).
+    bounds: Vec<(usize, usize)>,
 }
 
 /// Slots of [`FastBpe::front`], as a power of two.
 const FRONT_BITS: u32 = 11;
 
 /// The slot of `key` in [`FastBpe::front`].
-fn front_slot(key: u64) -> usize {
-    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FRONT_BITS)) as usize
+fn front_slot(key: u128) -> usize {
+    let (lo, hi) = (key as u64, (key >> 64) as u64);
+    let mixed = (lo ^ hi.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> (64 - FRONT_BITS)) as usize
 }
 
-/// A short word's token lengths, packed as [`FastBpe::front`] keeps them:
-/// the count in the low byte, then the lengths.
-fn pack(n: u8, lens: [u8; 7]) -> u64 {
-    let mut b = [0u8; 8];
-    b[0] = n;
-    b[1..].copy_from_slice(&lens);
-    u64::from_le_bytes(b)
+/// A short word's token lengths packed in one word: the count in the low
+/// four bits, then each length in four bits, first token lowest.
+fn pack(lens: &[u32]) -> u64 {
+    debug_assert!(lens.len() <= SHORT_BYTES && lens.iter().all(|l| (1..16).contains(l)));
+    lens.iter()
+        .rev()
+        .fold(0, |p, &l| (p << 4) | u64::from(l))
+        .wrapping_shl(4)
+        | lens.len() as u64
 }
 
-/// The merge table's key of the symbol pair (`left`, `right`).
-fn pair(left: u32, right: u32) -> u64 {
-    (u64::from(left) << 32) | u64::from(right)
+/// The key of the short word `text[start..end]` (at most [`SHORT_BYTES`]
+/// bytes, at least one): its bytes, its length in the last byte (so no two
+/// words share one). Read as one load from `text` where 16 bytes follow
+/// `start`; building it byte by byte on the stack and reading it back made
+/// the processor wait for the stores.
+fn short_key(text: &[u8], start: usize, end: usize) -> u128 {
+    let n = end - start;
+    let raw = match text.get(start..start + 16) {
+        Some(b) => u128::from_le_bytes(b.try_into().expect("16 bytes")),
+        None => {
+            let mut b = [0u8; 16];
+            b[..n].copy_from_slice(&text[start..end]);
+            u128::from_le_bytes(b)
+        }
+    };
+    (raw & ((1u128 << (8 * n)) - 1)) | ((n as u128) << 120)
 }
 
-/// A word of at most 7 bytes in 8: its bytes, then its length last (so no
-/// two words share one).
-fn short_key(w: &[u8]) -> Option<[u8; 8]> {
-    if w.len() > 7 {
-        return None;
+/// Where the tokens of a text go: their count, and their byte lengths when
+/// asked for.
+struct Out<'a> {
+    n: usize,
+    lens: Option<&'a mut Vec<u32>>,
+}
+
+impl Out<'_> {
+    fn packed(&mut self, p: u64) {
+        let k = (p & 15) as usize;
+        self.n += k;
+        if let Some(v) = self.lens.as_deref_mut() {
+            v.extend((1..=k).map(|i| ((p >> (4 * i)) & 15) as u32));
+        }
     }
-    let mut k = [0u8; 8];
-    k[..w.len()].copy_from_slice(w);
-    k[7] = w.len() as u8;
-    Some(k)
+
+    fn lens(&mut self, lens: &[u32]) {
+        self.n += lens.len();
+        if let Some(v) = self.lens.as_deref_mut() {
+            v.extend_from_slice(lens);
+        }
+    }
 }
 
 /// GPT-2's byte → symbol map (printable bytes stand for themselves, the
@@ -287,6 +323,11 @@ fn byte_chars() -> [char; 256] {
 
 fn is_null_or(v: Option<&Json>, ok: &dyn Fn(&Json) -> bool) -> bool {
     v.is_none_or(|v| v.is_null() || ok(v))
+}
+
+/// The merge table's key of the symbol pair (`left`, `right`).
+fn pair(left: u32, right: u32) -> u64 {
+    (u64::from(left) << 32) | u64::from(right)
 }
 
 impl FastBpe {
@@ -375,60 +416,76 @@ impl FastBpe {
             distinct_ids,
             cache: HashMap::default(),
             short: HashMap::default(),
-            front: vec![(0, 0); 1 << FRONT_BITS].into_boxed_slice(),
+            front: vec![[0; 3]; 1 << FRONT_BITS].into_boxed_slice(),
+            bounds: Vec::new(),
         })
     }
 
     /// The byte lengths of the tokens of `text`; `None` when a word is too
     /// long for this counter (or the regex fails), so the crate must count.
     pub fn token_lengths(&mut self, text: &str, out: &mut Vec<u32>) -> Option<()> {
-        let mut bounds = Vec::new();
-        self.split.bounds(text, &mut bounds)?;
-        let mut last = 0;
-        for (start, end) in bounds {
-            if start > last {
-                self.word(&text.as_bytes()[last..start], out)?;
-            }
-            self.word(&text.as_bytes()[start..end], out)?;
-            last = end;
-        }
-        if last < text.len() {
-            self.word(&text.as_bytes()[last..], out)?;
-        }
-        Some(())
+        self.tokens(
+            text,
+            &mut Out {
+                n: 0,
+                lens: Some(out),
+            },
+        )
     }
 
     /// The number of tokens of `text` (see [`FastBpe::token_lengths`]).
     pub fn count(&mut self, text: &str) -> Option<usize> {
-        let mut lens = Vec::new();
-        self.token_lengths(text, &mut lens)?;
-        Some(lens.len())
+        let mut out = Out { n: 0, lens: None };
+        self.tokens(text, &mut out)?;
+        Some(out.n)
     }
 
-    fn word(&mut self, w: &[u8], out: &mut Vec<u32>) -> Option<()> {
+    fn tokens(&mut self, text: &str, out: &mut Out<'_>) -> Option<()> {
+        let mut bounds = std::mem::take(&mut self.bounds);
+        bounds.clear();
+        self.split.bounds(text, &mut bounds)?;
+        let b = text.as_bytes();
+        let mut last = 0;
+        for &(start, end) in &bounds {
+            if start > last {
+                self.word(b, last, start, out)?;
+            }
+            self.word(b, start, end, out)?;
+            last = end;
+        }
+        if last < b.len() {
+            self.word(b, last, b.len(), out)?;
+        }
+        if bounds.capacity() <= KEEP_BOUNDS {
+            self.bounds = bounds;
+        }
+        Some(())
+    }
+
+    /// The tokens of the word `text[start..end]`.
+    fn word(&mut self, text: &[u8], start: usize, end: usize, out: &mut Out<'_>) -> Option<()> {
+        let w = &text[start..end];
         if w.is_empty() {
             return Some(());
         }
-        let short = short_key(w);
-        if let Some(k) = short {
-            let key = u64::from_le_bytes(k);
+        let short = (w.len() <= SHORT_BYTES).then(|| short_key(text, start, end));
+        if let Some(key) = short {
             let slot = front_slot(key);
-            let (front_key, packed) = self.front[slot];
-            if front_key == key {
+            let [lo, hi, packed] = self.front[slot];
+            if lo == key as u64 && hi == (key >> 64) as u64 {
                 crate::stats_env::lookup(Cache::Words, true);
-                let b = packed.to_le_bytes();
-                out.extend(b[1..=usize::from(b[0])].iter().map(|l| u32::from(*l)));
+                out.packed(packed);
                 return Some(());
             }
-            if let Some((n, lens)) = self.short.get(&k) {
+            if let Some(&packed) = self.short.get(&key) {
                 crate::stats_env::lookup(Cache::Words, true);
-                self.front[slot] = (key, pack(*n, *lens));
-                out.extend(lens[..usize::from(*n)].iter().map(|l| u32::from(*l)));
+                self.front[slot] = [key as u64, (key >> 64) as u64, packed];
+                out.packed(packed);
                 return Some(());
             }
         } else if let Some(lens) = self.cache.get(w) {
             crate::stats_env::lookup(Cache::Words, true);
-            out.extend_from_slice(lens);
+            out.lens(lens);
             return Some(());
         }
         crate::stats_env::lookup(Cache::Words, false);
@@ -443,19 +500,14 @@ impl FastBpe {
                 .map(|id| self.token_len[id as usize])
                 .collect(),
         };
-        out.extend_from_slice(&lens);
-        if let Some(k) = short {
-            // A word of 7 bytes has at most 7 tokens, each at most 7 bytes.
-            let mut inline = [0u8; 7];
-            for (to, l) in inline.iter_mut().zip(lens.iter()) {
-                *to = *l as u8;
-            }
+        out.lens(&lens);
+        if let Some(key) = short {
+            let packed = pack(&lens);
             if self.short.len() >= CACHE_SHORT_WORDS {
                 self.short.clear();
             }
-            self.short.insert(k, (lens.len() as u8, inline));
-            self.front[front_slot(u64::from_le_bytes(k))] =
-                (u64::from_le_bytes(k), pack(lens.len() as u8, inline));
+            self.short.insert(key, packed);
+            self.front[front_slot(key)] = [key as u64, (key >> 64) as u64, packed];
             return Some(());
         }
         if self.cache.len() >= CACHE_LONG_WORDS {
@@ -541,6 +593,94 @@ mod tests {
         let mut out = Vec::new();
         re.bounds(text, &mut out).unwrap();
         out
+    }
+
+    /// The fixture tokenizer's counter and the crate's own tokenizer.
+    fn fixture() -> (FastBpe, tokenizers::Tokenizer) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/tokenizer/chatml/tokenizer.json");
+        let json: Json = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let fast = FastBpe::from_json(&json).expect("a byte-level BPE tokenizer");
+        (fast, tokenizers::Tokenizer::from_file(&path).unwrap())
+    }
+
+    #[test]
+    fn token_lengths_are_the_crates_whether_remembered_or_not() {
+        let (mut fast, crate_tok) = fixture();
+        let mut z: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: usize| {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            (z % n as u64) as usize
+        };
+        // Words of every length around the short words' 15 bytes, from a
+        // few letters (so they repeat and are found remembered, in the
+        // front table or behind it) or from many (so the short-word cache
+        // fills and starts over), with spaces, punctuation and non-ASCII
+        // between them.
+        let seps = [
+            " ", "  ", "\n", ", ", ".\n\n", "\t", "é", "中文", "'s ", " 12 ",
+        ];
+        let mut texts = 0;
+        let mut distinct = std::collections::HashSet::new();
+        while texts < 3_000 || distinct.len() <= CACHE_SHORT_WORDS {
+            let letters: &[u8] = if texts % 3 == 0 {
+                b"ab"
+            } else {
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+            };
+            let mut text = String::new();
+            for _ in 0..1 + next(40) {
+                let word: String = (0..1 + next(20))
+                    .map(|_| char::from(letters[next(letters.len())]))
+                    .collect();
+                distinct.insert(format!(" {word}"));
+                text.push_str(&word);
+                text.push_str(seps[next(seps.len())]);
+            }
+            // Ends of every kind: the last word may end the text.
+            if next(2) == 0 {
+                text.pop();
+            }
+            let text = text.as_str();
+            let enc = crate_tok.encode(text, false).unwrap();
+            let want: Vec<u32> = enc
+                .get_tokens()
+                .iter()
+                .map(|t| t.chars().count() as u32)
+                .collect();
+            let mut got = Vec::new();
+            fast.token_lengths(text, &mut got).unwrap();
+            assert_eq!(got, want, "{text:?}");
+            assert_eq!(fast.count(text), Some(want.len()), "{text:?}");
+            texts += 1;
+        }
+    }
+
+    #[test]
+    fn packed_lengths_unpack_to_themselves() {
+        for lens in [
+            vec![1],
+            vec![15],
+            vec![1; 15],
+            (1..=15).collect::<Vec<u32>>(),
+            vec![3, 15, 1, 7],
+        ] {
+            let mut v = Vec::new();
+            let mut out = Out {
+                n: 0,
+                lens: Some(&mut v),
+            };
+            out.packed(pack(&lens));
+            assert_eq!(out.n, lens.len());
+            assert_eq!(v, lens);
+        }
+        // Keys of different words differ, whatever follows them in the text.
+        let text = b"abcdefghijklmnopqrstuvwxyz";
+        assert_ne!(short_key(text, 0, 3), short_key(text, 0, 4));
+        assert_eq!(short_key(text, 0, 3), short_key(b"abc", 0, 3));
+        assert_eq!(short_key(text, 11, 26), short_key(&text[11..], 0, 15));
     }
 
     #[test]
