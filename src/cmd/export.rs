@@ -236,7 +236,7 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
     // The template is probed before any store, lock or state is touched.
     let with_system = cfg.system != SystemPolicy::None;
     let family = estimate_family(&cfg, &home, &report);
-    let counter = Counter::for_export(
+    let mut counter = Counter::for_export(
         cfg.tokenizer.as_deref(),
         family,
         with_system,
@@ -249,6 +249,11 @@ pub fn run(mut cfg: ExportConfig) -> Result<u8> {
         &home,
         cfg.system_file.as_deref(),
     )?;
+    // The last turn's tokens are a manifest figure: without a manifest
+    // they are not counted (one render a sample instead of two).
+    if !matches!(plan.dest, Dest::Dir(_)) {
+        counter.without_last_turn();
+    }
     // One run at a time per state file (or per output). A dry run writes
     // nothing, not even a lock or a cleanup.
     let dry_run = cfg.curate.dry_run;

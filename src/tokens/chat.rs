@@ -80,6 +80,11 @@ pub struct ChatTokenizer {
     pub generation_block: bool,
     /// Samples' system prompts are folded into their first user turn.
     pub fold_system: bool,
+    /// Whether the last assistant turn's tokens are counted ([`Count`]'s
+    /// `last_turn`) where the template has generation blocks: it takes a
+    /// second render of each sample (the conversation before that turn),
+    /// and only a manifest shows the figure.
+    pub last_turn: bool,
 }
 
 /// `{% generation %}` / `{% endgeneration %}` (with any whitespace control)
@@ -339,6 +344,7 @@ impl ChatTokenizer {
             template_origin: origin,
             generation_block: marks_assistant,
             fold_system: false,
+            last_turn: true,
         })
     }
 
@@ -384,8 +390,9 @@ impl ChatTokenizer {
     /// Tokens of the rendered sample, and (with `trainable`) those trainers
     /// train on: inside generation blocks when the template has them, else
     /// by prefix difference ([`ChatTokenizer::prefix_diff`]); the last
-    /// assistant turn's alone always by prefix difference. Without
-    /// `trainable` both are 0.
+    /// assistant turn's alone always by prefix difference (unless
+    /// [`ChatTokenizer::last_turn`] is off: then it is 0 with generation
+    /// blocks). Without `trainable` all three but the total are 0.
     pub fn count(
         &mut self,
         messages: &Value,
@@ -400,7 +407,7 @@ impl ChatTokenizer {
         // Without splitters the whole text is one piece.
         let tally = self.count_pieces(&text, &spans)?;
         let mut count = tally.count;
-        if trainable {
+        if trainable && (!self.generation_block || self.last_turn) {
             let only_last = self.generation_block;
             let (all, last) = self.prefix_diff(messages, tools, (&text, &tally), only_last)?;
             if !self.generation_block {

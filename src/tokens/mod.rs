@@ -276,6 +276,17 @@ impl Counter {
         }
     }
 
+    /// Leaves the last assistant turn's tokens uncounted (0) where the
+    /// template marks assistant turns with generation blocks: they take a
+    /// second render of each sample, and only a manifest shows them.
+    /// Without generation blocks they come with the trainable tokens, at no
+    /// further cost, and are still counted.
+    pub fn without_last_turn(&mut self) {
+        if let Counter::Exact(t) = self {
+            t.last_turn = false;
+        }
+    }
+
     pub fn is_exact(&self) -> bool {
         matches!(self, Counter::Exact(_))
     }

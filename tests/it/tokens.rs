@@ -613,3 +613,47 @@ fn auto_takes_the_estimate_of_the_family_config_yaml_serves() {
     assert!(!stderr.contains("estimating tokens for"), "{stderr}");
     assert_eq!(m["tokens"]["channels"]["telegram"]["total"], generic_total);
 }
+
+#[test]
+fn with_generation_blocks_the_last_turn_is_counted_for_a_manifest_and_stdout_gets_the_same_lines() {
+    // The fixture template renders the text its generation-less copy
+    // renders, so the last turn's prefix difference is the golden's. Only a
+    // manifest shows it; stdout (where it is not counted) gets the same
+    // lines and the same summary figures.
+    let want: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("fixtures/tokenizer/golden/prefix-diff.json")).unwrap(),
+    )
+    .unwrap();
+    let want = &want["samples"][9];
+    let home = crate::common::fixture_home("hermes-0.19.0");
+    let tokenizer = repo().join("fixtures/tokenizer/chatml");
+    let args = [
+        "--session",
+        "20261125_133254_3fe5bc97",
+        "--system-prompt",
+        "none",
+        "--tools",
+        "none",
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+    ];
+    let (lines, manifest, dir_stderr) = export_to_dir(home.path(), &args);
+    let tokens = &manifest["tokens"];
+    assert_eq!(tokens["template"]["generation_block"], true);
+    let ch = &tokens["channels"]["telegram"];
+    assert_eq!(ch["total"], want["tokens"], "{ch}");
+    assert_eq!(ch["trainable_last_turn"], want["last_turn"], "{ch}");
+    let mut full = vec!["export", "--out", "-"];
+    full.extend_from_slice(&args);
+    let run = crate::common::run_ok(home.path(), &full);
+    assert_eq!(crate::common::lines(&run.stdout), lines);
+    // Up to the dataset's own part, which only a directory has.
+    let summary = |s: &str| {
+        let line = s[s.find("; ").unwrap()..].lines().next().unwrap();
+        line.split("; dataset").next().unwrap().to_string()
+    };
+    assert_eq!(
+        summary(&String::from_utf8_lossy(&run.stderr)),
+        summary(&dir_stderr)
+    );
+}
