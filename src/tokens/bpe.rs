@@ -595,6 +595,17 @@ mod tests {
         out
     }
 
+    /// Reproducible draws below `n` (xorshift from `seed`).
+    fn draws(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut z = seed;
+        move |n| {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            (z % n as u64) as usize
+        }
+    }
+
     /// The fixture tokenizer's counter and the crate's own tokenizer.
     fn fixture() -> (FastBpe, tokenizers::Tokenizer) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -607,13 +618,7 @@ mod tests {
     #[test]
     fn token_lengths_are_the_crates_whether_remembered_or_not() {
         let (mut fast, crate_tok) = fixture();
-        let mut z: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = |n: usize| {
-            z ^= z << 13;
-            z ^= z >> 7;
-            z ^= z << 17;
-            (z % n as u64) as usize
-        };
+        let mut next = draws(0x9E37_79B9_7F4A_7C15);
         // Words of every length around the short words' 15 bytes, from a
         // few letters (so they repeat and are found remembered, in the
         // front table or behind it) or from many (so the short-word cache
@@ -695,13 +700,7 @@ mod tests {
             "\n", "\r", "\u{b}", "\u{c}", ".", "?", "{", "\"", "-", "é", "中", "\u{a0}",
             "\u{3000}", "٣", "²", "🙂", "\u{85}",
         ];
-        let mut z: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = |n: usize| {
-            z ^= z << 13;
-            z ^= z >> 7;
-            z ^= z << 17;
-            (z % n as u64) as usize
-        };
+        let mut next = draws(0x2545_F491_4F6C_DD1D);
         for _ in 0..5_000 {
             let len = 1 + next(24);
             let text: String = (0..len).map(|_| alphabet[next(alphabet.len())]).collect();

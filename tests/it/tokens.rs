@@ -536,19 +536,20 @@ fn export_to_dir(home: &std::path::Path, args: &[&str]) -> (Vec<Value>, Value, S
     )
 }
 
-#[test]
-fn the_binary_counts_a_generation_less_templates_trainable_tokens_as_the_golden() {
-    // Golden line 10 is the 0.19 capture's session below, exported with no
-    // system prompt and no tools (golden/sources.json).
-    let (samples, _) = golden();
-    let want: Value = serde_json::from_slice(
+/// transformers' counts of the golden samples under the generation-less
+/// template (`golden/prefix-diff.json`).
+fn prefix_diff_golden() -> Value {
+    serde_json::from_slice(
         &std::fs::read(repo().join("fixtures/tokenizer/golden/prefix-diff.json")).unwrap(),
     )
-    .unwrap();
-    let want = &want["samples"][9];
-    let home = crate::common::fixture_home("hermes-0.19.0");
-    let model = nogen_dir();
-    let args = [
+    .unwrap()
+}
+
+/// The export flags of golden line 10 (the 0.19 capture's session below,
+/// with no system prompt and no tools: golden/sources.json), counted with
+/// `tokenizer`.
+fn golden_10_args(tokenizer: &std::path::Path) -> [&str; 8] {
+    [
         "--session",
         "20261125_133254_3fe5bc97",
         "--system-prompt",
@@ -556,8 +557,17 @@ fn the_binary_counts_a_generation_less_templates_trainable_tokens_as_the_golden(
         "--tools",
         "none",
         "--tokenizer",
-        model.path().to_str().unwrap(),
-    ];
+        tokenizer.to_str().unwrap(),
+    ]
+}
+
+#[test]
+fn the_binary_counts_a_generation_less_templates_trainable_tokens_as_the_golden() {
+    let (samples, _) = golden();
+    let want = &prefix_diff_golden()["samples"][9];
+    let home = crate::common::fixture_home("hermes-0.19.0");
+    let model = nogen_dir();
+    let args = golden_10_args(model.path());
     let (lines, manifest, stderr) = export_to_dir(home.path(), &args);
     assert_eq!(lines.len(), 1, "{stderr}");
     assert_eq!(lines[0]["messages"], samples[9]["messages"]);
@@ -620,23 +630,10 @@ fn with_generation_blocks_the_last_turn_is_counted_for_a_manifest_and_stdout_get
     // renders, so the last turn's prefix difference is the golden's. Only a
     // manifest shows it; stdout (where it is not counted) gets the same
     // lines and the same summary figures.
-    let want: Value = serde_json::from_slice(
-        &std::fs::read(repo().join("fixtures/tokenizer/golden/prefix-diff.json")).unwrap(),
-    )
-    .unwrap();
-    let want = &want["samples"][9];
+    let want = &prefix_diff_golden()["samples"][9];
     let home = crate::common::fixture_home("hermes-0.19.0");
     let tokenizer = repo().join("fixtures/tokenizer/chatml");
-    let args = [
-        "--session",
-        "20261125_133254_3fe5bc97",
-        "--system-prompt",
-        "none",
-        "--tools",
-        "none",
-        "--tokenizer",
-        tokenizer.to_str().unwrap(),
-    ];
+    let args = golden_10_args(&tokenizer);
     let (lines, manifest, dir_stderr) = export_to_dir(home.path(), &args);
     let tokens = &manifest["tokens"];
     assert_eq!(tokens["template"]["generation_block"], true);
