@@ -255,11 +255,13 @@ fn front_slot(key: u128) -> usize {
 /// four bits, then each length in four bits, first token lowest.
 fn pack(lens: &[u32]) -> u64 {
     debug_assert!(lens.len() <= SHORT_BYTES && lens.iter().all(|l| (1..16).contains(l)));
-    lens.iter()
-        .rev()
-        .fold(0, |p, &l| (p << 4) | u64::from(l))
-        .wrapping_shl(4)
-        | lens.len() as u64
+    let lengths = lens.iter().rev().fold(0, |p, &l| (p << 4) | u64::from(l));
+    (lengths << 4) | lens.len() as u64
+}
+
+/// A slot of [`FastBpe::front`] holding `key` and its packed lengths.
+fn front_entry(key: u128, packed: u64) -> [u64; 3] {
+    [key as u64, (key >> 64) as u64, packed]
 }
 
 /// The key of the short word `text[start..end]` (at most [`SHORT_BYTES`]
@@ -479,7 +481,7 @@ impl FastBpe {
             }
             if let Some(&packed) = self.short.get(&key) {
                 crate::stats_env::lookup(Cache::Words, true);
-                self.front[slot] = [key as u64, (key >> 64) as u64, packed];
+                self.front[slot] = front_entry(key, packed);
                 out.packed(packed);
                 return Some(());
             }
@@ -507,7 +509,7 @@ impl FastBpe {
                 self.short.clear();
             }
             self.short.insert(key, packed);
-            self.front[front_slot(key)] = [key as u64, (key >> 64) as u64, packed];
+            self.front[front_slot(key)] = front_entry(key, packed);
             return Some(());
         }
         if self.cache.len() >= CACHE_LONG_WORDS {

@@ -392,7 +392,7 @@ impl ChatTokenizer {
     /// by prefix difference ([`ChatTokenizer::prefix_diff`]); the last
     /// assistant turn's alone always by prefix difference (unless
     /// [`ChatTokenizer::last_turn`] is off: then it is 0 with generation
-    /// blocks). Without `trainable` all three but the total are 0.
+    /// blocks). Without `trainable` only the total is counted.
     pub fn count(
         &mut self,
         messages: &Value,

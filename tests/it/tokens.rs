@@ -195,6 +195,34 @@ fn without_generation_blocks_trainable_tokens_are_the_prefix_difference_transfor
     }
 }
 
+#[test]
+fn without_the_last_turn_only_generation_block_templates_leave_it_at_zero() {
+    let (samples, _) = golden();
+    let nogen = nogen_dir();
+    for (dir, blocks) in [
+        (repo().join("fixtures/tokenizer/chatml"), true),
+        (nogen.path().to_path_buf(), false),
+    ] {
+        let mut with = Counter::new(Some(&dir)).unwrap();
+        let mut without = Counter::new(Some(&dir)).unwrap();
+        without.without_last_turn();
+        for (n, sample) in samples.iter().enumerate() {
+            let (messages, tools) = parts(sample);
+            let a = with.count_json(&messages, tools.as_deref()).unwrap();
+            let b = without.count_json(&messages, tools.as_deref()).unwrap();
+            assert!(a.last_turn > 0, "line {}", n + 1);
+            assert_eq!(
+                (b.total, b.trainable),
+                (a.total, a.trainable),
+                "line {}",
+                n + 1
+            );
+            let last = if blocks { 0 } else { a.last_turn };
+            assert_eq!(b.last_turn, last, "line {} ({dir:?})", n + 1);
+        }
+    }
+}
+
 /// Runs the binary with `envs` set (and every Hugging Face location
 /// variable cleared first).
 fn run_env(args: &[&str], envs: &[(&str, &std::path::Path)]) -> std::process::Output {
